@@ -1,0 +1,253 @@
+"""Argument checking and array normalisation shared by every public function.
+
+Everything that a user can get wrong is checked here, before any call into ``_core``; the
+core then only sees float32/float64 arrays with known shapes, strides and dtypes.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class FloatInput(NamedTuple):
+    """A prediction input prepared for the core."""
+
+    array: np.ndarray  # float32 or float64, native byte order, aligned
+    orig_dtype: np.dtype  # the caller's dtype (what a gradient is returned in)
+    loss_dtype: np.dtype  # what losses are returned in (float32 for 16-bit inputs)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    return dtype.name == "bfloat16"
+
+
+def _type_name(x: Any) -> str:
+    return type(x).__name__
+
+
+def float_input(x: Any, name: str) -> FloatInput:
+    """Return ``x`` as a float32/float64 array for the core.
+
+    float32/float64 are used as they are (no copy unless unaligned or byte-swapped); float16
+    and ``ml_dtypes.bfloat16`` are computed in float32; integers and bools become float64
+    (as ``np.exp`` does). Complex, object and other dtypes are a TypeError.
+    """
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name}: cannot be converted to a numeric array ({exc})") from None
+    dt = a.dtype
+    if dt.kind == "c":
+        raise TypeError(f"{name}: complex input ({dt}) is not supported; pass real numbers")
+    if dt == np.float32 or dt == np.float64:
+        loss_dt = np.dtype(dt.newbyteorder("="))
+        if not dt.isnative or not a.flags.aligned:
+            a = a.astype(loss_dt)
+        return FloatInput(a, loss_dt, loss_dt)
+    if dt == np.float16 or is_bfloat16(dt):
+        return FloatInput(a.astype(np.float32), dt, np.dtype(np.float32))
+    if dt.kind in "iub":
+        return FloatInput(a.astype(np.float64), np.dtype(np.float64), np.dtype(np.float64))
+    raise TypeError(
+        f"{name}: unsupported dtype {dt}; use float16, bfloat16, float32, float64 or integers"
+    )
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_type_name(axis)}") from None
+    if not -ndim <= ax < ndim:
+        # AxisError is both a ValueError and an IndexError, as in NumPy.
+        raise np.exceptions.AxisError(ax, ndim, name)
+    return ax % ndim
+
+
+def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """axis None / int / tuple of ints -> sorted tuple of distinct non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(normalize_axis(a, ndim) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis {tuple(axis)} repeats an axis")
+        return tuple(sorted(axes))
+    return (normalize_axis(axis, ndim),)
+
+
+def as3d(a: np.ndarray, axis: int) -> np.ndarray:
+    """View ``a`` as (prod(shape[:axis]), shape[axis], prod(shape[axis+1:])) (a copy only when
+    the strides cannot express that shape)."""
+    s = a.shape
+    return a.reshape(math.prod(s[:axis]), s[axis], math.prod(s[axis + 1 :]))
+
+
+def rows_last(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Move ``axes`` to the end and view the result as (rows, prod(axes sizes), 1)."""
+    if len(axes) == 1:
+        return as3d(a, axes[0])
+    rest = [i for i in range(a.ndim) if i not in axes]
+    t = a.transpose(rest + list(axes))
+    n = math.prod(a.shape[i] for i in axes)
+    return t.reshape(-1 if n else math.prod(a.shape[i] for i in rest), n, 1)
+
+
+def is_view_of(view: np.ndarray, base: np.ndarray) -> bool:
+    """True if ``view`` (a reshape of ``base``) shares base's memory instead of being a copy."""
+    return view.size == 0 or np.may_share_memory(view, base)
+
+
+def same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> str:
+    if not isinstance(reduction, str) or reduction not in allowed:
+        raise ValueError(
+            f"reduction must be one of {', '.join(repr(r) for r in allowed)}; got {reduction!r}"
+        )
+    return reduction
+
+
+def check_real(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite real option in [lo, hi]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    if isinstance(value, np.complexfloating):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not (lo <= v <= hi):  # also rejects NaN
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def check_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_type_name(value)}") from None
+
+
+def class_weight(weight: Any, n_classes: int, dtype: np.dtype) -> Optional[np.ndarray]:
+    """Per-class weights as a contiguous 1-d array of the compute dtype, or None."""
+    if weight is None:
+        return None
+    w = float_input(weight, "weight").array
+    if w.shape != (n_classes,):
+        raise ValueError(
+            f"weight must have shape ({n_classes},) (one weight per class), got {w.shape}"
+        )
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+class ClassTargets(NamedTuple):
+    flat: np.ndarray  # int64, contiguous, one entry per row (C order of the target shape)
+    shape: tuple[int, ...]  # target shape (logits' shape without the class axis)
+    valid: np.ndarray  # bool, rows that are not ignore_index
+
+
+def class_targets(
+    target: np.ndarray, logits_shape: tuple[int, ...], axis: int, ignore_index: int, name="target"
+) -> ClassTargets:
+    """Validate integer class indices against logits of ``logits_shape`` with class ``axis``."""
+    expected = logits_shape[:axis] + logits_shape[axis + 1 :]
+    n_classes = logits_shape[axis]
+    if target.shape != expected:
+        raise ValueError(
+            f"{name} has shape {target.shape} but class indices must have the logits' shape "
+            f"without the class axis (axis={axis}): {expected}"
+        )
+    if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
+        big = int(np.flatnonzero(target.ravel() > np.iinfo(np.int64).max)[0])
+        raise IndexError(
+            f"{name}{np.unravel_index(big, expected)} is out of range for {n_classes} classes"
+        )
+    flat = np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
+    valid = flat != ignore_index
+    bad = valid & ((flat < 0) | (flat >= n_classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        pos = tuple(int(k) for k in np.unravel_index(i, expected)) if expected else ()
+        raise IndexError(
+            f"{name}[{', '.join(map(str, pos))}] = {flat[i]} is out of range: class indices "
+            f"must be in [0, {n_classes - 1}] (axis {axis} of the predictions has {n_classes} "
+            f"classes) or equal ignore_index={ignore_index}"
+        )
+    return ClassTargets(flat, expected, valid)
+
+
+def grad_buffer(
+    grad_out: Any, shape: tuple[int, ...], dtype: np.dtype, name: str = "grad_out"
+) -> np.ndarray:
+    """Check a caller's preallocated gradient array."""
+    if not isinstance(grad_out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(grad_out)}")
+    if grad_out.shape != shape:
+        raise ValueError(f"{name} has shape {grad_out.shape}, expected {shape}")
+    if grad_out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {grad_out.dtype}, expected {dtype}")
+    if not grad_out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return grad_out
+
+
+def reduce_rows(
+    per_row: np.ndarray, reduction: str, denom: float, shape: tuple[int, ...], dtype: np.dtype
+):
+    """Apply a reduction to float64 per-row losses: a NumPy scalar, or an array of ``shape``."""
+    if reduction == "none":
+        return per_row.reshape(shape).astype(dtype, copy=False)
+    total = float(np.sum(per_row))
+    if reduction == "sum":
+        return dtype.type(total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dtype.type(np.float64(total) / np.float64(denom))
+
+
+class GradTarget:
+    """Where the core writes a gradient, and how the caller gets it back.
+
+    The core writes straight into ``grad_out`` (or a fresh array) when it can be viewed in
+    the core's 3-d layout and does not partly overlap an input; otherwise it writes into a
+    temporary that is copied over at the end. ``grad_out`` may be the logits array itself.
+    """
+
+    def __init__(self, grad_out: Any, x: FloatInput, axis: int, inputs3d: tuple = ()):
+        shape, work = x.array.shape, x.array.dtype
+        self.user = None
+        # 16-bit inputs: the core computes in float32, the gradient is returned in the input dtype.
+        self.cast_to = x.orig_dtype if x.orig_dtype != work else None
+        if grad_out is not None:
+            self.user = grad_buffer(grad_out, shape, x.orig_dtype)
+            if x.orig_dtype == work:
+                g3 = as3d(grad_out, axis)
+                aliased = any(
+                    np.may_share_memory(grad_out, a) and not same_memory_layout(g3, a)
+                    for a in inputs3d
+                )
+                if is_view_of(g3, grad_out) and not aliased:
+                    self.core, self.temp = g3, None
+                    return
+        self.temp = np.empty(shape, dtype=work)
+        self.core = as3d(self.temp, axis)
+
+    def result(self) -> np.ndarray:
+        if self.temp is None:
+            return self.user
+        if self.user is None:
+            return self.temp.astype(self.cast_to) if self.cast_to is not None else self.temp
+        np.copyto(self.user, self.temp, casting="unsafe")
+        return self.user

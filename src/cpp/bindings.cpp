@@ -1,0 +1,151 @@
+// fastloss._core: the thin pybind11 layer. It turns NumPy arrays into pointers and layouts,
+// releases the GIL and calls a kernel. Argument checking that users see lives in Python; the
+// checks here guard internal invariants only (a failure is a bug in the Python layer).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.hpp"
+
+namespace py = pybind11;
+using namespace fastloss;
+
+namespace {
+
+using OptArray = std::optional<py::array>;
+
+template <class T> void check_dtype(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw std::invalid_argument(std::string("_core: ") + name + " has the wrong dtype or is unaligned");
+}
+
+template <class T> Layout3 layout3(const py::array& a, const char* name) {
+  check_dtype<T>(a, name);
+  if (a.ndim() != 3) throw std::invalid_argument(std::string("_core: ") + name + " must be 3-d");
+  Layout3 L;
+  L.n0 = a.shape(0), L.n1 = a.shape(1), L.n2 = a.shape(2);
+  L.s0 = a.strides(0) / ssize_t(sizeof(T));
+  L.s1 = a.strides(1) / ssize_t(sizeof(T));
+  L.s2 = a.strides(2) / ssize_t(sizeof(T));
+  return L;
+}
+
+template <class T> T* mutable_ptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+template <class T> const T* const_ptr(const py::array& a) { return static_cast<const T*>(a.data()); }
+
+template <class T> const T* vector_ptr(const OptArray& a, int64_t n, const char* name) {
+  if (!a) return nullptr;
+  check_dtype<T>(*a, name);
+  if (a->ndim() != 1 || a->shape(0) != n || !(a->flags() & py::array::c_style))
+    throw std::invalid_argument(std::string("_core: ") + name + " must be contiguous 1-d of length " +
+                                std::to_string(n));
+  return const_ptr<T>(*a);
+}
+
+// Calls fn.template operator()<T>() with T = float or double by the dtype of `x`.
+template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
+  if (py::isinstance<py::array_t<float>>(x)) return fn(float{});
+  if (py::isinstance<py::array_t<double>>(x)) return fn(double{});
+  throw std::invalid_argument("_core: only float32 and float64 arrays reach the core");
+}
+
+void logsumexp_py(const py::array& x, py::array out) {
+  by_dtype(x, [&](auto tag) {
+    using T = decltype(tag);
+    SoftmaxArgs<T> a;
+    a.lx = layout3<T>(x, "x");
+    a.x = const_ptr<T>(x);
+    a.out = const_cast<T*>(vector_ptr<T>(out, a.lx.rows(), "out"));
+    mutable_ptr<T>(out);  // raises if read-only
+    py::gil_scoped_release nogil;
+    fastloss::logsumexp(a);
+  });
+}
+
+void softmax_py(const py::array& x, py::array out, bool log) {
+  by_dtype(x, [&](auto tag) {
+    using T = decltype(tag);
+    SoftmaxArgs<T> a;
+    a.lx = layout3<T>(x, "x");
+    a.lo = layout3<T>(out, "out");
+    a.x = const_ptr<T>(x);
+    a.out = mutable_ptr<T>(out);
+    py::gil_scoped_release nogil;
+    fastloss::softmax(a, log);
+  });
+}
+
+void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray& probs,
+                      const OptArray& weight, int64_t ignore_index, double label_smoothing,
+                      double grad_scale, py::array loss, OptArray grad) {
+  by_dtype(x, [&](auto tag) {
+    using T = decltype(tag);
+    CrossEntropyArgs<T> a;
+    a.lx = layout3<T>(x, "logits");
+    a.x = const_ptr<T>(x);
+    const int64_t rows = a.lx.rows();
+    a.target = vector_ptr<int64_t>(target, rows, "target");
+    if (probs) {
+      a.lp = layout3<T>(*probs, "probs");
+      a.probs = const_ptr<T>(*probs);
+    }
+    if (!a.target == !a.probs) throw std::invalid_argument("_core: give target or probs");
+    a.weight = vector_ptr<T>(weight, a.lx.n1, "weight");
+    a.ignore_index = ignore_index;
+    a.label_smoothing = label_smoothing;
+    a.grad_scale = grad_scale;
+    vector_ptr<double>(loss, rows, "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (grad) {
+      a.lg = layout3<T>(*grad, "grad");
+      a.grad = mutable_ptr<T>(*grad);
+    }
+    py::gil_scoped_release nogil;
+    fastloss::cross_entropy(a);
+  });
+}
+
+void nll_loss_py(const py::array& x, const py::array& target, const OptArray& weight,
+                 int64_t ignore_index, double grad_scale, py::array loss, OptArray grad) {
+  by_dtype(x, [&](auto tag) {
+    using T = decltype(tag);
+    NllArgs<T> a;
+    a.lx = layout3<T>(x, "log_probs");
+    a.x = const_ptr<T>(x);
+    const int64_t rows = a.lx.rows();
+    a.target = vector_ptr<int64_t>(target, rows, "target");
+    a.weight = vector_ptr<T>(weight, a.lx.n1, "weight");
+    a.ignore_index = ignore_index;
+    a.grad_scale = grad_scale;
+    vector_ptr<double>(loss, rows, "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (grad) {
+      a.lg = layout3<T>(*grad, "grad");
+      a.grad = mutable_ptr<T>(*grad);
+    }
+    py::gil_scoped_release nogil;
+    fastloss::nll_loss(a);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastloss C++ core (private; use the fastloss package)";
+  // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
+  m.def("logsumexp", &logsumexp_py, py::arg("x"), py::arg("out"));
+  m.def("softmax", &softmax_py, py::arg("x"), py::arg("out"), py::arg("log"));
+  m.def("cross_entropy", &cross_entropy_py, py::arg("logits"), py::arg("target"), py::arg("probs"),
+        py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
+        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
+        py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  // Threads.
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.attr("compiler") = py::str(__VERSION__);
+}

@@ -1,0 +1,69 @@
+// Entry points of the C++ core. Pure C++: raw pointers, extents and strides; no Python here.
+#pragma once
+
+#include <cstdint>
+
+namespace fastloss {
+
+// A logical (n0, n1, n2) array whose axis 1 is the reduction (class) axis; strides are in
+// elements. Row r = o * n2 + i (o < n0, i < n2) is the n1 elements at o*s0 + i*s2 + j*s1.
+// Any axis of any N-d array maps onto this: n0 = prod(shape[:axis]), n1 = shape[axis],
+// n2 = prod(shape[axis+1:]).
+struct Layout3 {
+  int64_t n0 = 0, n1 = 0, n2 = 0;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+  int64_t rows() const { return n0 * n2; }
+  int64_t offset(int64_t r) const { return (r / n2) * s0 + (r % n2) * s2; }
+};
+
+template <class T> struct SoftmaxArgs {
+  const T* x = nullptr;
+  Layout3 lx;
+  T* out = nullptr;  // logsumexp: (rows) contiguous; softmax/log_softmax: layout lo
+  Layout3 lo;
+};
+
+template <class T> struct CrossEntropyArgs {
+  const T* x = nullptr;  // logits
+  Layout3 lx;
+  const int64_t* target = nullptr;  // class indices, (rows) contiguous; or nullptr
+  const T* probs = nullptr;         // class probabilities with layout lp; or nullptr
+  Layout3 lp;
+  const T* weight = nullptr;  // per-class weights (n1) contiguous; or nullptr
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+  double grad_scale = 1.0;  // d(returned loss) / d(per-row loss), e.g. 1/sum(w) for "mean"
+  double* loss = nullptr;   // per-row loss (rows) contiguous, always written
+  T* grad = nullptr;        // gradient with layout lg; or nullptr for loss only
+  Layout3 lg;
+};
+
+template <class T> struct NllArgs {
+  const T* x = nullptr;  // log-probabilities
+  Layout3 lx;
+  const int64_t* target = nullptr;
+  const T* weight = nullptr;
+  int64_t ignore_index = -100;
+  double grad_scale = 1.0;
+  double* loss = nullptr;
+  T* grad = nullptr;
+  Layout3 lg;
+};
+
+#define FASTLOSS_DECLARE(T)                                 \
+  void logsumexp(const SoftmaxArgs<T>& a);                  \
+  void softmax(const SoftmaxArgs<T>& a, bool log);          \
+  void cross_entropy(const CrossEntropyArgs<T>& a);         \
+  void nll_loss(const NllArgs<T>& a);
+FASTLOSS_DECLARE(float)
+FASTLOSS_DECLARE(double)
+#undef FASTLOSS_DECLARE
+
+// Threads (threads.cpp).
+int get_num_threads();
+void set_num_threads(int n);
+// Threads to use for a job touching `work` elements: 1 below the size where starting a team
+// costs more than it saves, never more than `max_parallel` (e.g. the number of rows).
+int threads_for(int64_t work, int64_t max_parallel);
+
+}  // namespace fastloss

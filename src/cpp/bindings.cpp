@@ -132,6 +132,27 @@ void nll_loss_py(const py::array& x, const py::array& target, const OptArray& we
   });
 }
 
+double stream_read_py(const py::array& x) {
+  check_dtype<float>(x, "x");
+  if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_core: x must be contiguous");
+  const float* p = const_ptr<float>(x);
+  const int64_t n = x.size();
+  py::gil_scoped_release nogil;
+  return stream_read(p, n);
+}
+
+void stream_copy_py(const py::array& x, py::array y) {
+  check_dtype<float>(x, "x");
+  check_dtype<float>(y, "y");
+  if (!(x.flags() & py::array::c_style) || !(y.flags() & py::array::c_style) || x.size() != y.size())
+    throw std::invalid_argument("_core: x and y must be contiguous and of one size");
+  const float* p = const_ptr<float>(x);
+  float* q = mutable_ptr<float>(y);
+  const int64_t n = x.size();
+  py::gil_scoped_release nogil;
+  stream_copy(p, q, n);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -144,8 +165,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  // Bandwidth floor (benchmarks).
+  m.def("stream_read", &stream_read_py, py::arg("x"));
+  m.def("stream_copy", &stream_copy_py, py::arg("x"), py::arg("y"));
   // Threads.
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  // Instruction sets (run-time dispatch).
+  m.def("compiled_isas", [] {
+    py::list out;
+    for (const char* const* p = compiled_isas(); *p; ++p) out.append(*p);
+    return out;
+  });
+  m.def("isa_supported", [](const std::string& n) { return isa_supported(n.c_str()); }, py::arg("name"));
+  m.def("active_isa", [] { return std::string(active_isa()); });
+  m.def("set_isa", [](const std::string& n) { return set_isa(n.c_str()); }, py::arg("name"));
   m.attr("compiler") = py::str(__VERSION__);
 }

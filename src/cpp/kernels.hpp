@@ -1,6 +1,7 @@
 // Entry points of the C++ core. Pure C++: raw pointers, extents and strides; no Python here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace fastloss {
@@ -50,6 +51,32 @@ template <class T> struct NllArgs {
   Layout3 lg;
 };
 
+// One table of kernels per instruction set (softmax_ce.cpp is compiled once for each, into
+// namespace fastloss::<isa>); dispatch.cpp picks one at import by CPUID.
+struct KernelTable {
+  const char* name;
+  void (*logsumexp_f32)(const SoftmaxArgs<float>&);
+  void (*logsumexp_f64)(const SoftmaxArgs<double>&);
+  void (*softmax_f32)(const SoftmaxArgs<float>&, bool);
+  void (*softmax_f64)(const SoftmaxArgs<double>&, bool);
+  void (*cross_entropy_f32)(const CrossEntropyArgs<float>&);
+  void (*cross_entropy_f64)(const CrossEntropyArgs<double>&);
+  void (*nll_loss_f32)(const NllArgs<float>&);
+  void (*nll_loss_f64)(const NllArgs<double>&);
+};
+
+// Instruction sets: the ones this build has, best first; the one in use; choosing one (for
+// tests: returns false if the machine or the build lacks it). FASTLOSS_ISA=avx2 (or baseline)
+// in the environment caps the choice made at import.
+const char* const* compiled_isas();  // nullptr-terminated
+bool isa_supported(const char* name);
+const char* active_isa();
+bool set_isa(const char* name);
+
+// Per-thread scratch memory (threads.cpp, baseline code): slot 0..3, at least `bytes`, valid
+// until the same thread asks for the same slot again. 64-byte aligned.
+void* thread_scratch(int slot, size_t bytes);
+
 #define FASTLOSS_DECLARE(T)                                 \
   void logsumexp(const SoftmaxArgs<T>& a);                  \
   void softmax(const SoftmaxArgs<T>& a, bool log);          \
@@ -58,6 +85,10 @@ template <class T> struct NllArgs {
 FASTLOSS_DECLARE(float)
 FASTLOSS_DECLARE(double)
 #undef FASTLOSS_DECLARE
+
+// Bandwidth floor (bandwidth.cpp): a streaming read (returns the sum) and a streaming copy.
+double stream_read(const float* x, int64_t n);
+void stream_copy(const float* x, float* y, int64_t n);
 
 // Threads (threads.cpp).
 int get_num_threads();

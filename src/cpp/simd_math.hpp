@@ -1,9 +1,8 @@
 // SIMD math shared by every kernel: fixed-width vector types and exp.
 //
-// The vectors are GCC/Clang vector extensions of 64 bytes (16 floats or 8 doubles). The same
-// source compiles to one AVX-512 register, two AVX2 registers or four SSE2 registers depending
-// on the target flags of the translation unit, which is what lets one kernel source be built
-// once per instruction set and dispatched at run time.
+// The vectors are GCC/Clang vector extensions as wide as the target's registers (64 bytes for
+// AVX-512, 32 for AVX2, 16 for SSE2). The same source compiles for each instruction set, which
+// is what lets one kernel source be built once per ISA and dispatched at run time.
 //
 // exp is our own (Cody-Waite range reduction + polynomial, 2^n built from the exponent bits):
 // glibc's vector expf reaches ~1.4 G exp/s per core and would halve the fused bandwidth.
@@ -15,22 +14,37 @@
 #include <limits>
 
 namespace fastloss {
+// Internal linkage: each translation unit (one per instruction set) keeps its own copy, so the
+// linker can never hand an AVX-512 body to the baseline kernels.
+namespace {
 
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-typedef double f64x8 __attribute__((vector_size(64)));
-typedef int64_t i64x8 __attribute__((vector_size(64)));
+// Native vector width of the instruction set this file is compiled for: an operation on a
+// wider GCC vector than the hardware has is lowered element by element (max and select become
+// scalar code), so the width follows the target.
+#if defined(__AVX512F__)
+#define FASTLOSS_VEC_BYTES 64
+#elif defined(__AVX__)
+#define FASTLOSS_VEC_BYTES 32
+#else
+#define FASTLOSS_VEC_BYTES 16
+#endif
+
+typedef float f32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
+typedef int32_t i32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
+typedef double f64v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
+typedef int64_t i64v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
+typedef float f32h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));  // half an f32v
 
 template <class T> struct Vec;
 template <> struct Vec<float> {
-  using type = f32x16;
-  using itype = i32x16;
-  static constexpr int width = 16;
+  using type = f32v;
+  using itype = i32v;
+  static constexpr int width = FASTLOSS_VEC_BYTES / 4;
 };
 template <> struct Vec<double> {
-  using type = f64x8;
-  using itype = i64x8;
-  static constexpr int width = 8;
+  using type = f64v;
+  using itype = i64v;
+  static constexpr int width = FASTLOSS_VEC_BYTES / 8;
 };
 template <class T> using vec_t = typename Vec<T>::type;
 template <class T> constexpr int vec_width = Vec<T>::width;
@@ -44,9 +58,17 @@ template <class T> inline void vstore(T* p, vec_t<T> v) { std::memcpy(p, &v, siz
 template <class T> inline vec_t<T> vset(T x) { return vec_t<T>{} + x; }
 
 // Lane-wise select: mask lanes are all-ones (true) or zero, as produced by vector compares.
-template <class V, class M> inline V vselect(M mask, V a, V b) { return mask ? a : b; }
+// With AVX2/AVX-512 the vector ternary maps to blend instructions; without them GCC lowers it
+// element by element, so the baseline build selects with bitwise and/or instead.
+template <class V, class M> inline V vselect(M mask, V a, V b) {
+#if defined(__AVX2__)
+  return mask ? a : b;
+#else
+  return V((mask & M(a)) | (~mask & M(b)));
+#endif
+}
 
-template <class T> inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) { return a > b ? a : b; }
+template <class T> inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) { return vselect(a > b, a, b); }
 
 template <class T> inline T hmax(vec_t<T> v) {
   T m = v[0];
@@ -64,13 +86,13 @@ template <class V> inline double hsum(V v) {
   return s[0];
 }
 
-// Widen 16 floats into two vectors of 8 doubles (low and high halves).
-inline void widen(f32x16 v, f64x8& lo, f64x8& hi) {
-  typedef float f32x8 __attribute__((vector_size(32)));
-  f32x8 l = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  f32x8 h = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  lo = __builtin_convertvector(l, f64x8);
-  hi = __builtin_convertvector(h, f64x8);
+// Widen a float vector into two double vectors (low and high halves).
+inline void widen(f32v v, f64v& lo, f64v& hi) {
+  f32h l, h;
+  std::memcpy(&l, &v, sizeof(l));
+  std::memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof(l), sizeof(h));
+  lo = __builtin_convertvector(l, f64v);
+  hi = __builtin_convertvector(h, f64v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -79,31 +101,33 @@ inline void widen(f32x16 v, f64x8& lo, f64x8& hi) {
 // (max error ~1 ulp). Results below ~2.2e-38 (x < -87.3) flush to 0; x > 88.72 gives +inf;
 // NaN propagates. 2^n is built as 2^(n-1) * 2 so n = 128 still reaches FLT_MAX.
 // ---------------------------------------------------------------------------------------------
-inline f32x16 vexp(f32x16 x) {
-  const f32x16 hi = vset<float>(88.7228390f), lo = vset<float>(-87.3365448f);
-  f32x16 xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
+inline f32v vexp(f32v x) {
+  const f32v hi = vset<float>(88.7228390f), lo = vset<float>(-87.3365448f);
+  f32v xc = vselect(x > hi, hi, x);
+  xc = vselect(xc < lo, lo, xc);
   // Round to nearest via the 1.5 * 2^23 shifter: valid for |x / ln2| < 2^22.
-  const f32x16 shifter = vset<float>(12582912.0f);
-  f32x16 t = xc * vset<float>(1.44269504088896341f) + shifter;
-  f32x16 n = t - shifter;
-  f32x16 r = xc - n * vset<float>(0.693359375f);
+  const f32v shifter = vset<float>(12582912.0f);
+  f32v t = xc * vset<float>(1.44269504088896341f) + shifter;
+  f32v n = t - shifter;
+  f32v r = xc - n * vset<float>(0.693359375f);
   r = r - n * vset<float>(-2.12194440e-4f);
-  f32x16 p = vset<float>(1.9875691500E-4f);
+  f32v p = vset<float>(1.9875691500E-4f);
   p = p * r + vset<float>(1.3981999507E-3f);
   p = p * r + vset<float>(8.3334519073E-3f);
   p = p * r + vset<float>(4.1665795894E-2f);
   p = p * r + vset<float>(1.6666665459E-1f);
   p = p * r + vset<float>(5.0000001201E-1f);
   p = p * (r * r) + r + vset<float>(1.0f);
-  i32x16 ni = __builtin_convertvector(n, i32x16);
-  i32x16 bits = (ni + 126) << 23;  // 2^(n-1)
-  f32x16 scale;
+  // t = shifter + n exactly, so n is the difference of their bit patterns (no float->int
+  // conversion, which SSE2 lacks for doubles).
+  i32v ni = i32v(t) - i32v(shifter);
+  i32v bits = (ni + 126) << 23;  // 2^(n-1)
+  f32v scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  f32x16 res = p * scale * vset<float>(2.0f);
-  res = x < lo ? vset<float>(0.0f) : res;
-  res = x > hi ? vset<float>(std::numeric_limits<float>::infinity()) : res;
-  res = x != x ? x : res;  // NaN in, NaN out
+  f32v res = p * scale * vset<float>(2.0f);
+  res = vselect(x < lo, vset<float>(0.0f), res);
+  res = vselect(x > hi, vset<float>(std::numeric_limits<float>::infinity()), res);
+  res = vselect(x != x, x, res);  // NaN in, NaN out
   return res;
 }
 
@@ -111,17 +135,17 @@ inline f32x16 vexp(f32x16 x) {
 // exp, float64. Same reduction; exp(r) for |r| <= ln2/2 by its Taylor series to degree 13
 // (truncation error < 2e-17 relative). Results below ~2.2e-308 flush to 0.
 // ---------------------------------------------------------------------------------------------
-inline f64x8 vexp(f64x8 x) {
-  const f64x8 hi = vset<double>(709.782712893383973), lo = vset<double>(-708.39641853226408);
-  f64x8 xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  const f64x8 shifter = vset<double>(6755399441055744.0);  // 1.5 * 2^52
-  f64x8 t = xc * vset<double>(1.4426950408889634074) + shifter;
-  f64x8 n = t - shifter;
-  f64x8 r = xc - n * vset<double>(6.93147180369123816490e-01);
+inline f64v vexp(f64v x) {
+  const f64v hi = vset<double>(709.782712893383973), lo = vset<double>(-708.39641853226408);
+  f64v xc = vselect(x > hi, hi, x);
+  xc = vselect(xc < lo, lo, xc);
+  const f64v shifter = vset<double>(6755399441055744.0);  // 1.5 * 2^52
+  f64v t = xc * vset<double>(1.4426950408889634074) + shifter;
+  f64v n = t - shifter;
+  f64v r = xc - n * vset<double>(6.93147180369123816490e-01);
   r = r - n * vset<double>(1.90821492927058770002e-10);
   // Horner on 1/k! coefficients, degree 13.
-  f64x8 p = vset<double>(1.0 / 6227020800.0);
+  f64v p = vset<double>(1.0 / 6227020800.0);
   p = p * r + vset<double>(1.0 / 479001600.0);
   p = p * r + vset<double>(1.0 / 39916800.0);
   p = p * r + vset<double>(1.0 / 3628800.0);
@@ -134,15 +158,16 @@ inline f64x8 vexp(f64x8 x) {
   p = p * r + vset<double>(1.0 / 6.0);
   p = p * r + vset<double>(0.5);
   p = p * (r * r) + r + vset<double>(1.0);
-  i64x8 ni = __builtin_convertvector(n, i64x8);
-  i64x8 bits = (ni + 1022) << 52;  // 2^(n-1)
-  f64x8 scale;
+  i64v ni = i64v(t) - i64v(shifter);
+  i64v bits = (ni + 1022) << 52;  // 2^(n-1)
+  f64v scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  f64x8 res = p * scale * vset<double>(2.0);
-  res = x < lo ? vset<double>(0.0) : res;
-  res = x > hi ? vset<double>(std::numeric_limits<double>::infinity()) : res;
-  res = x != x ? x : res;
+  f64v res = p * scale * vset<double>(2.0);
+  res = vselect(x < lo, vset<double>(0.0), res);
+  res = vselect(x > hi, vset<double>(std::numeric_limits<double>::infinity()), res);
+  res = vselect(x != x, x, res);
   return res;
 }
 
+}  // namespace
 }  // namespace fastloss

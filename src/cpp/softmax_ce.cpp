@@ -12,15 +12,18 @@
 // are float64.
 #include <omp.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "kernels.hpp"
 #include "simd_math.hpp"
 
+#ifndef FASTLOSS_ISA_NS
+#error "compile this file once per instruction set with -DFASTLOSS_ISA_NS=<name>"
+#endif
+
 namespace fastloss {
+namespace FASTLOSS_ISA_NS {
 namespace {
 
 template <class T> constexpr T kInf = std::numeric_limits<T>::infinity();
@@ -29,24 +32,25 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // ---------------------------------------------------------------------------------------------
 // Row access: contiguous rows are used in place; strided rows go through a scratch buffer.
 // ---------------------------------------------------------------------------------------------
-template <class T> struct RowScratch {
-  std::vector<T> x, y, g;
-};
-
-template <class T>
-const T* read_row(const T* base, const Layout3& L, int64_t r, std::vector<T>& buf) {
-  const T* p = base + L.offset(r);
-  if (L.s1 == 1) return p;
-  buf.resize(size_t(L.n1));
-  for (int64_t j = 0; j < L.n1; ++j) buf[size_t(j)] = p[j * L.s1];
-  return buf.data();
+// Scratch rows come from thread_scratch (baseline code), not std::vector: no STL template may be
+// instantiated here, or the linker could keep this file's AVX-512 copy for every caller.
+enum Slot { kSlotX = 0, kSlotY = 1, kSlotG = 2 };
+template <class T> T* scratch_row(Slot slot, int64_t n) {
+  return static_cast<T*>(thread_scratch(slot, size_t(n) * sizeof(T)));
 }
 
-// Where to write row r: in place when contiguous, else the scratch buffer (then scatter_row).
-template <class T> T* write_row(T* base, const Layout3& L, int64_t r, std::vector<T>& buf) {
+template <class T> const T* read_row(const T* base, const Layout3& L, int64_t r, Slot slot) {
+  const T* p = base + L.offset(r);
+  if (L.s1 == 1) return p;
+  T* buf = scratch_row<T>(slot, L.n1);
+  for (int64_t j = 0; j < L.n1; ++j) buf[j] = p[j * L.s1];
+  return buf;
+}
+
+// Where to write row r: in place when contiguous, else a scratch row (then scatter_row).
+template <class T> T* write_row(T* base, const Layout3& L, int64_t r) {
   if (L.s1 == 1) return base + L.offset(r);
-  buf.resize(size_t(L.n1));
-  return buf.data();
+  return scratch_row<T>(kSlotG, L.n1);
 }
 
 template <class T> void scatter_row(T* base, const Layout3& L, int64_t r, const T* row) {
@@ -75,9 +79,9 @@ template <class T> inline void store_partial(T* p, int64_t n, vec_t<T> v) {
 // Sum of vectors accumulated in float64 lanes.
 template <class T> struct Acc;
 template <> struct Acc<float> {
-  f64x8 lo{}, hi{};
-  void add(f32x16 v) {
-    f64x8 l, h;
+  f64v lo{}, hi{};
+  void add(f32v v) {
+    f64v l, h;
     widen(v, l, h);
     lo += l;
     hi += h;
@@ -85,9 +89,9 @@ template <> struct Acc<float> {
   double total() const { return hsum(lo + hi); }
 };
 template <> struct Acc<double> {
-  f64x8 a{}, b{};
+  f64v a{}, b{};
   bool flip = false;
-  void add(f64x8 v) {  // two chains so consecutive adds do not wait on each other
+  void add(f64v v) {  // two chains so consecutive adds do not wait on each other
     (flip ? b : a) += v;
     flip = !flip;
   }
@@ -116,15 +120,15 @@ template <class T, Coef C> struct CoefRow {
     if constexpr (C == Coef::kWProbs) return vload(w + j) * (vset<T>(a) * vload(y + j) + b);
     return vset<T>(0);
   }
-  vec_t<T> load_partial(int64_t j, int64_t n) const {  // padded with c = 0
-    if constexpr (C == Coef::kOne) return fastloss::load_partial<T>(ones(), n, 0);
-    if constexpr (C == Coef::kWeight) return fastloss::load_partial<T>(w + j, n, 0);
+  vec_t<T> load_tail(int64_t j, int64_t n) const {  // padded with c = 0
+    if constexpr (C == Coef::kOne) return load_partial<T>(ones(), n, 0);
+    if constexpr (C == Coef::kWeight) return load_partial<T>(w + j, n, 0);
     if constexpr (C == Coef::kProbs)
-      return fastloss::load_partial<T>(ones(), n, 0) *
-             (vset<T>(a) * fastloss::load_partial<T>(y + j, n, 0) + b);
+      return load_partial<T>(ones(), n, 0) *
+             (vset<T>(a) * load_partial<T>(y + j, n, 0) + b);
     if constexpr (C == Coef::kWProbs)
-      return fastloss::load_partial<T>(w + j, n, 0) *
-             (vset<T>(a) * fastloss::load_partial<T>(y + j, n, 0) + b);
+      return load_partial<T>(w + j, n, 0) *
+             (vset<T>(a) * load_partial<T>(y + j, n, 0) + b);
     return vset<T>(0);
   }
   double at(int64_t j) const {
@@ -188,14 +192,14 @@ RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
       // c_j = 0 terms (zero target mass, and the padding of a row's tail) count 0 even when
       // x_j = -inf, where c_j * d would be 0 * inf = NaN.
       V cd = cv * d;
-      cd = cv == vset<T>(0) ? vset<T>(0) : cd;
+      cd = vselect(cv == vset<T>(0), vset<T>(0), cd);
       scd.add(cd);
       sc.add(cv);
     }
   };
   int64_t j = begin;
   for (; j + W <= end; j += W) step(vload(x + j), coef.load(j));
-  if (j < end) step(load_partial<T>(x + j, end - j, -kInf<T>), coef.load_partial(j, end - j));
+  if (j < end) step(load_partial<T>(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j));
   RowSums s;
   s.exp = se.total();
   if constexpr (C != Coef::kNone) {
@@ -220,11 +224,11 @@ void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T
   for (; j + W <= n; j += W) vstore(g + j, value(vload(x + j), coef.load(j)));
   if (j < n)
     store_partial<T>(g + j, n - j,
-                     value(load_partial<T>(x + j, n - j, -kInf<T>), coef.load_partial(j, n - j)));
+                     value(load_partial<T>(x + j, n - j, -kInf<T>), coef.load_tail(j, n - j)));
 }
 
 template <class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
-  const int nt = threads_for(rows * std::max<int64_t>(row_len, 1), rows);
+  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #pragma omp for schedule(static)
@@ -239,8 +243,7 @@ template <class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
 template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
   const int64_t V = a.lx.n1;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    thread_local RowScratch<T> s;
-    const T* x = read_row(a.x, a.lx, r, s.x);
+    const T* x = read_row(a.x, a.lx, r, kSlotX);
     bool has_nan;
     T m = row_max(x, V, has_nan);
     double out;
@@ -262,9 +265,8 @@ template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
 template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
   const int64_t V = a.lx.n1;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    thread_local RowScratch<T> s;
-    const T* x = read_row(a.x, a.lx, r, s.x);
-    T* out = write_row(a.out, a.lo, r, s.g);
+    const T* x = read_row(a.x, a.lx, r, kSlotX);
+    T* out = write_row(a.out, a.lo, r);
     bool has_nan;
     T m = row_max(x, V, has_nan);
     if (has_nan || !std::isfinite(m)) {
@@ -300,7 +302,6 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
   CoefRow<T, C> coef;
   coef.w = a.weight;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    thread_local RowScratch<T> s;
     const int64_t t = a.target[r];
     const bool ignored = t == a.ignore_index;
     if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
@@ -308,7 +309,7 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
       if (a.grad) fill_row(a.grad, a.lg, r, ignored ? T(0) : T(kNaN));
       return;
     }
-    const T* x = read_row(a.x, a.lx, r, s.x);
+    const T* x = read_row(a.x, a.lx, r, kSlotX);
     bool has_nan;
     const T m = row_max(x, V, has_nan);
     if (has_nan || !std::isfinite(m)) {
@@ -331,7 +332,7 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
     }
     a.loss[r] = loss;
     if (!a.grad) return;
-    T* gr = write_row(a.grad, a.lg, r, s.g);
+    T* gr = write_row(a.grad, a.lg, r);
     const double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W);
     row_grad<T, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr);
     // The target entry in closed form: g * (-(1-eps) w_t (1 - p_t) + (eps/C)(W p_t - c_t)).
@@ -351,11 +352,10 @@ template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
   const int64_t V = a.lx.n1;
   const double eps = a.label_smoothing, g = a.grad_scale;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    thread_local RowScratch<T> s;
-    const T* x = read_row(a.x, a.lx, r, s.x);
+    const T* x = read_row(a.x, a.lx, r, kSlotX);
     CoefRow<T, C> coef;
     coef.w = a.weight;
-    coef.y = read_row(a.probs, a.lp, r, s.y);
+    coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
     bool has_nan;
@@ -369,7 +369,7 @@ template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
     const double log_sum = std::log(rs.exp);
     a.loss[r] = rs.cd + rs.c * log_sum;
     if (!a.grad) return;
-    T* gr = write_row(a.grad, a.lg, r, s.g);
+    T* gr = write_row(a.grad, a.lg, r);
     row_grad<T, C>(x, V, m, T(g * rs.c / rs.exp), T(g), coef, gr);
     scatter_row(a.grad, a.lg, r, gr);
   });
@@ -416,13 +416,14 @@ template <class T> void nll_loss_impl(const NllArgs<T>& a) {
 
 }  // namespace
 
-#define FASTLOSS_DEFINE(T)                                                            \
-  void logsumexp(const SoftmaxArgs<T>& a) { logsumexp_impl<T>(a); }                   \
-  void softmax(const SoftmaxArgs<T>& a, bool log) { softmax_impl<T>(a, log); }        \
-  void cross_entropy(const CrossEntropyArgs<T>& a) { cross_entropy_impl<T>(a); }      \
-  void nll_loss(const NllArgs<T>& a) { nll_loss_impl<T>(a); }
-FASTLOSS_DEFINE(float)
-FASTLOSS_DEFINE(double)
-#undef FASTLOSS_DEFINE
+#define FASTLOSS_STR2(x) #x
+#define FASTLOSS_STR(x) FASTLOSS_STR2(x)
+extern const KernelTable table;
+const KernelTable table = {
+    FASTLOSS_STR(FASTLOSS_ISA_NS), &logsumexp_impl<float>, &logsumexp_impl<double>,
+    &softmax_impl<float>,          &softmax_impl<double>,  &cross_entropy_impl<float>,
+    &cross_entropy_impl<double>,   &nll_loss_impl<float>,  &nll_loss_impl<double>,
+};
 
+}  // namespace FASTLOSS_ISA_NS
 }  // namespace fastloss

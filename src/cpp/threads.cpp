@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <new>
 
 #include "kernels.hpp"
 
@@ -26,6 +28,25 @@ int threads_for(int64_t work, int64_t max_parallel) {
   int64_t by_work = work / kMinWorkPerThread;
   int64_t n = std::min<int64_t>({int64_t(get_num_threads()), by_work, max_parallel});
   return int(std::max<int64_t>(n, 1));
+}
+
+void* thread_scratch(int slot, size_t bytes) {
+  struct Buffers {
+    void* p[4] = {nullptr, nullptr, nullptr, nullptr};
+    size_t n[4] = {0, 0, 0, 0};
+    ~Buffers() {
+      for (void* q : p) std::free(q);
+    }
+  };
+  thread_local Buffers b;
+  if (b.n[slot] < bytes) {
+    std::free(b.p[slot]);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    b.p[slot] = std::aligned_alloc(64, rounded);
+    if (!b.p[slot]) throw std::bad_alloc();
+    b.n[slot] = rounded;
+  }
+  return b.p[slot];
 }
 
 }  // namespace fastloss

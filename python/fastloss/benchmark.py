@@ -1,0 +1,231 @@
+"""Benchmark machinery shared by ``fastloss bench`` and the pytest-benchmark suites in bench/.
+
+A case is a workload (say cross-entropy loss+gradient on (4096, 50257) float32 logits); an
+implementation is one library's way of computing it. Every implementation's output is checked
+against fastloss's before it is timed, and every time is set against the machine's own
+bandwidth floor, measured with the same threads on arrays of the same size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _core, reference
+from .classification import cross_entropy
+
+__all__ = ["Result", "bandwidth_floor", "cross_entropy_case", "run_case", "time_call"]
+
+
+@dataclass
+class Result:
+    case: str
+    impl: str
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    bytes_moved: int
+    floor_ms: float
+    numpy_ms: Optional[float] = None
+    note: str = ""
+    times_ms: list = field(default_factory=list)
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_moved / (self.median_ms * 1e-3) / 1e9
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.median_ms / self.floor_ms
+
+    @property
+    def speedup_vs_numpy(self) -> Optional[float]:
+        return None if self.numpy_ms is None else self.numpy_ms / self.median_ms
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(gbps=self.gbps, floor_ratio=self.floor_ratio,
+                 speedup_vs_numpy=self.speedup_vs_numpy)
+        return d
+
+
+def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:
+    """Wall-clock times (ms) of ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _as_float32_bytes(a: np.ndarray) -> np.ndarray:
+    """The bytes of a contiguous array seen as float32 (for measuring the floor of any dtype)."""
+    flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return flat[: flat.size // 4 * 4].view(np.float32)
+
+
+def bandwidth_floor(nbytes: int, repeat: int = 5) -> dict:
+    """Measured streaming read and read+write bandwidth (GB/s) on buffers of ``nbytes``, with
+    the current fastloss thread count (best of ``repeat``: the floor is what the machine can do)."""
+    src = np.ones(max(nbytes // 4, 1), dtype=np.float32)
+    dst = np.empty_like(src)
+    read = min(time_call(lambda: _core.stream_read(src), repeat))
+    copy = min(time_call(lambda: _core.stream_copy(src, dst), repeat))
+    return {"read_gbps": src.nbytes / (read * 1e-3) / 1e9,
+            "read_write_gbps": 2 * src.nbytes / (copy * 1e-3) / 1e9}
+
+
+def _torch_impls(x: np.ndarray, t: np.ndarray, threads: int):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+
+    def loss():
+        with torch.no_grad():
+            return F.cross_entropy(xt, tt).item()
+
+    def loss_grad():
+        xg = xt.detach().requires_grad_(True)
+        out = F.cross_entropy(xg, tt)
+        out.backward()
+        return out.item(), xg.grad.numpy()
+
+    return {"loss": loss, "loss+grad": loss_grad}, f"torch {torch.__version__}"
+
+
+def _jax_impls(x: np.ndarray, t: np.ndarray, threads: int):
+    import jax
+    import jax.numpy as jnp
+
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+
+    def ce(logits, labels):
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+    f_loss = jax.jit(ce)
+    f_grad = jax.jit(jax.value_and_grad(ce))
+    xj, tj = jnp.asarray(x), jnp.asarray(t)
+
+    def loss():
+        return float(f_loss(xj, tj).block_until_ready())
+
+    def loss_grad():
+        v, g = f_grad(xj, tj)
+        g.block_until_ready()
+        return float(v), np.asarray(g)
+
+    return {"loss": loss, "loss+grad": loss_grad}, f"jax {jax.__version__} (jit)"
+
+
+def cross_entropy_case(batch: int, vocab: int, dtype: str = "float32", seed: int = 0):
+    """Logits of N(0, 3^2) and uniform random targets, as saved LM logits look."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((batch, vocab), dtype=np.float32) * 3).astype(_np_dtype(dtype))
+    t = rng.integers(0, vocab, batch, dtype=np.int64)
+    return x, t
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[int] = None,
+             repeat: int = 5, numpy_repeat: int = 2, others: bool = True,
+             progress: Callable[[str], None] = lambda s: None) -> tuple:
+    """Time cross-entropy loss and loss+grad for fastloss, the NumPy reference and, when
+    importable, PyTorch and JAX. Returns (results, machine info)."""
+    from . import get_num_threads, set_num_threads
+
+    if threads:
+        set_num_threads(threads)
+    threads = get_num_threads()
+    progress(f"allocating ({batch}, {vocab}) {dtype} logits")
+    x, t = cross_entropy_case(batch, vocab, dtype)
+    nbytes = x.nbytes
+    progress("measuring the bandwidth floor")
+    floor = bandwidth_floor(nbytes)
+    floor_ms = {"loss": nbytes / floor["read_gbps"] / 1e6,
+                "loss+grad": 2 * nbytes / floor["read_write_gbps"] / 1e6}
+    moved = {"loss": nbytes, "loss+grad": 2 * nbytes}
+    results = []
+
+    def add(case, impl, times, note=""):
+        results.append(Result(case, impl, statistics.median(times), min(times), max(times),
+                              moved[case], floor_ms[case], note=note, times_ms=times))
+
+    ref_loss = float(cross_entropy(x, t))
+    grad_buf = np.empty_like(x)
+
+    progress("fastloss")
+    add("loss", "fastloss", time_call(lambda: cross_entropy(x, t), repeat))
+    add("loss+grad", "fastloss", time_call(
+        lambda: cross_entropy(x, t, return_grad=True, grad_out=grad_buf), repeat),
+        "preallocated grad_out")
+    add("loss+grad", "fastloss (fresh)", time_call(
+        lambda: cross_entropy(x, t, return_grad=True), repeat), "new gradient array per call")
+
+    progress("NumPy reference (float64, slow)")
+    np_times = {}
+    for case, fn in {"loss": lambda: reference.cross_entropy(x, t),
+                     "loss+grad": lambda: reference.cross_entropy(x, t, return_grad=True)}.items():
+        np_times[case] = time_call(fn, numpy_repeat, warmup=0)
+        add(case, "numpy reference", np_times[case])
+
+    if others:
+        for mod, make in (("torch", _torch_impls), ("jax", _jax_impls)):
+            if importlib.util.find_spec(mod) is None or dtype not in ("float32", "float64"):
+                continue
+            progress(mod)
+            impls, label = make(x, t, threads)
+            check = impls["loss"]()
+            _, check_grad = impls["loss+grad"]()
+            if not np.isclose(check, ref_loss, rtol=1e-4) or not np.allclose(
+                    check_grad, grad_buf, rtol=1e-3, atol=1e-6 / batch):
+                raise RuntimeError(f"{label} disagrees with fastloss: loss {check} vs {ref_loss}")
+            for case, fn in impls.items():
+                add(case, label, time_call(fn, repeat, warmup=2),
+                    "single-threaded XLA CPU" if mod == "jax" else "")
+
+    for r in results:
+        ms = np_times.get(r.case)
+        r.numpy_ms = statistics.median(ms) if ms else None
+    info = {
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "threads": threads,
+        "batch": batch,
+        "vocab": vocab,
+        "dtype": dtype,
+        "read_gbps": floor["read_gbps"],
+        "read_write_gbps": floor["read_write_gbps"],
+        "compiler": _core.compiler,
+    }
+    return results, info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,101 @@
+// Run-time choice of the instruction set: the kernel file is compiled once per ISA into its own
+// namespace (see CMakeLists.txt); here the best table the CPU supports is picked at load, unless
+// the environment variable FASTLOSS_ISA names a lower one. Built without -march=native, so a
+// wheel built on one x86-64 machine runs on any other; on other architectures only the portable
+// baseline exists.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels.hpp"
+
+namespace fastloss {
+
+namespace baseline {
+extern const KernelTable table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const KernelTable table;
+}
+namespace avx512 {
+extern const KernelTable table;
+}
+#endif
+
+namespace {
+
+struct Isa {
+  const char* name;
+  const KernelTable* table;
+  bool (*cpu_has)();
+};
+
+const Isa kIsas[] = {  // best first
+#if defined(FASTLOSS_X86)
+    {"avx512", &avx512::table,
+     [] {
+       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+              __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+     }},
+    {"avx2", &avx2::table,
+     [] {
+       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c");
+     }},
+#endif
+    {"baseline", &baseline::table, [] { return true; }},
+};
+constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
+
+const char* const* names() {
+  static const char* list[kNumIsas + 1] = {};
+  for (int i = 0; i < kNumIsas; ++i) list[i] = kIsas[i].name;
+  return list;
+}
+
+int find(const char* name) {
+  for (int i = 0; i < kNumIsas; ++i)
+    if (name && std::strcmp(kIsas[i].name, name) == 0) return i;
+  return -1;
+}
+
+int initial_choice() {
+#if defined(FASTLOSS_X86)
+  __builtin_cpu_init();
+#endif
+  const int cap = find(std::getenv("FASTLOSS_ISA"));  // -1 (unset or unknown): no cap
+  for (int i = cap < 0 ? 0 : cap; i < kNumIsas; ++i)
+    if (kIsas[i].cpu_has()) return i;
+  return kNumIsas - 1;
+}
+
+std::atomic<int> g_choice{initial_choice()};
+
+const KernelTable& table() { return *kIsas[g_choice.load(std::memory_order_relaxed)].table; }
+
+}  // namespace
+
+const char* const* compiled_isas() { return names(); }
+bool isa_supported(const char* name) {
+  const int i = find(name);
+  return i >= 0 && kIsas[i].cpu_has();
+}
+const char* active_isa() { return kIsas[g_choice.load()].name; }
+bool set_isa(const char* name) {
+  if (!isa_supported(name)) return false;
+  g_choice.store(find(name));
+  return true;
+}
+
+void logsumexp(const SoftmaxArgs<float>& a) { table().logsumexp_f32(a); }
+void logsumexp(const SoftmaxArgs<double>& a) { table().logsumexp_f64(a); }
+void softmax(const SoftmaxArgs<float>& a, bool log) { table().softmax_f32(a, log); }
+void softmax(const SoftmaxArgs<double>& a, bool log) { table().softmax_f64(a, log); }
+void cross_entropy(const CrossEntropyArgs<float>& a) { table().cross_entropy_f32(a); }
+void cross_entropy(const CrossEntropyArgs<double>& a) { table().cross_entropy_f64(a); }
+void nll_loss(const NllArgs<float>& a) { table().nll_loss_f32(a); }
+void nll_loss(const NllArgs<double>& a) { table().nll_loss_f64(a); }
+
+}  // namespace fastloss

@@ -91,9 +91,10 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100, reduc
         tv = np.where(valid, t, 0)
         w_t = np.where(valid, w[tv], 0.0)
         nll = -logp[np.arange(n), tv]
-        with np.errstate(invalid="ignore"):
-            smooth = -(logp * w).sum(axis=1)
-            per_row = np.where(valid, (1 - eps) * w_t * nll + (eps / C) * smooth, 0.0)
+        per_row = (1 - eps) * w_t * nll
+        if eps:  # (a -inf masked logit makes the smoothing term inf; 0 * inf would be NaN)
+            per_row = per_row + (eps / C) * -(logp * w).sum(axis=1)
+        per_row = np.where(valid, per_row, 0.0)
         denom = w_t.sum()
         coef_p = (1 - eps) * w_t + (eps / C) * w.sum()
         onehot = np.zeros_like(x)

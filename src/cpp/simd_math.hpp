@@ -13,6 +13,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace fastloss {
 // Internal linkage: each translation unit (one per instruction set) keeps its own copy, so the
 // linker can never hand an AVX-512 body to the baseline kernels.
@@ -167,6 +171,78 @@ inline f64v vexp(f64v x) {
   res = vselect(x > hi, vset<double>(std::numeric_limits<double>::infinity()), res);
   res = vselect(x != x, x, res);
   return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp for arguments x <= 64 (softmax: x = logit - reference near the row max), the hot path.
+// Only the low clamp is needed: at x <= -127 ln 2 the exponent field is 0, so the result is
+// exactly 0 (-inf gives 0; results below 2^-126 flush to 0; the AVX-512 form keeps subnormals).
+// NaN in gives NaN out. Same polynomials as vexp.
+// ---------------------------------------------------------------------------------------------
+inline f32v vexp_capped(f32v x) {
+#if defined(__AVX512F__)
+  // AVX-512: round with vrndscaleps and apply 2^n with vscalefps (which gives exactly 0 for
+  // n <= -150), replacing the shifter, the integer ops and a multiply.
+  const f32v xc = vselect(x < vset<float>(-104.0f), vset<float>(-104.0f), x);
+  const f32v n = f32v(_mm512_roundscale_ps(__m512(xc * vset<float>(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  f32v r = xc - n * vset<float>(0.693359375f);
+  r = r - n * vset<float>(-2.12194440e-4f);
+  f32v p = vset<float>(1.9875691500E-4f);
+  p = p * r + vset<float>(1.3981999507E-3f);
+  p = p * r + vset<float>(8.3334519073E-3f);
+  p = p * r + vset<float>(4.1665795894E-2f);
+  p = p * r + vset<float>(1.6666665459E-1f);
+  p = p * r + vset<float>(5.0000001201E-1f);
+  p = p * (r * r) + r + vset<float>(1.0f);
+  return f32v(_mm512_scalef_ps(__m512(p), __m512(n)));
+#else
+  const f32v lo = vset<float>(-88.0296919311f);  // -127 ln 2
+  const f32v xc = vselect(x < lo, lo, x);
+  const f32v shifter = vset<float>(12582912.0f);
+  const f32v t = xc * vset<float>(1.44269504088896341f) + shifter;
+  const f32v n = t - shifter;
+  f32v r = xc - n * vset<float>(0.693359375f);
+  r = r - n * vset<float>(-2.12194440e-4f);
+  f32v p = vset<float>(1.9875691500E-4f);
+  p = p * r + vset<float>(1.3981999507E-3f);
+  p = p * r + vset<float>(8.3334519073E-3f);
+  p = p * r + vset<float>(4.1665795894E-2f);
+  p = p * r + vset<float>(1.6666665459E-1f);
+  p = p * r + vset<float>(5.0000001201E-1f);
+  p = p * (r * r) + r + vset<float>(1.0f);
+  const i32v bits = (i32v(t) - i32v(shifter) + 127) << 23;  // 2^n, n in [-127, 93]
+  f32v scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+#endif
+}
+
+inline f64v vexp_capped(f64v x) {
+  const f64v lo = vset<double>(-709.089565712824051);  // -1023 ln 2
+  const f64v xc = vselect(x < lo, lo, x);
+  const f64v shifter = vset<double>(6755399441055744.0);
+  const f64v t = xc * vset<double>(1.4426950408889634074) + shifter;
+  const f64v n = t - shifter;
+  f64v r = xc - n * vset<double>(6.93147180369123816490e-01);
+  r = r - n * vset<double>(1.90821492927058770002e-10);
+  f64v p = vset<double>(1.0 / 6227020800.0);
+  p = p * r + vset<double>(1.0 / 479001600.0);
+  p = p * r + vset<double>(1.0 / 39916800.0);
+  p = p * r + vset<double>(1.0 / 3628800.0);
+  p = p * r + vset<double>(1.0 / 362880.0);
+  p = p * r + vset<double>(1.0 / 40320.0);
+  p = p * r + vset<double>(1.0 / 5040.0);
+  p = p * r + vset<double>(1.0 / 720.0);
+  p = p * r + vset<double>(1.0 / 120.0);
+  p = p * r + vset<double>(1.0 / 24.0);
+  p = p * r + vset<double>(1.0 / 6.0);
+  p = p * r + vset<double>(0.5);
+  p = p * (r * r) + r + vset<double>(1.0);
+  const i64v bits = (i64v(t) - i64v(shifter) + 1023) << 52;
+  f64v scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 }  // namespace

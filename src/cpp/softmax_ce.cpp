@@ -76,26 +76,37 @@ template <class T> inline void store_partial(T* p, int64_t n, vec_t<T> v) {
   for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
 }
 
-// Sum of vectors accumulated in float64 lanes.
+// Sum of vectors. Float vectors go into float lane partials of at most kFlush terms each, which
+// are then added into float64 lanes: all terms of a softmax sum are >= 0, so each partial has a
+// relative error <= (kFlush - 1) ulp and so has the total; widening every vector to float64
+// would halve the throughput of the exp pass. Double vectors are added in two float64 chains.
 template <class T> struct Acc;
 template <> struct Acc<float> {
+  static constexpr int kFlush = 8;
+  f32v part{};
   f64v lo{}, hi{};
+  int n = 0;
   void add(f32v v) {
+    part += v;
+    if (++n == kFlush) flush();
+  }
+  void flush() {
     f64v l, h;
-    widen(v, l, h);
+    widen(part, l, h);
     lo += l;
     hi += h;
+    part = f32v{};
+    n = 0;
   }
-  double total() const { return hsum(lo + hi); }
+  double total() {
+    flush();
+    return hsum(lo + hi);
+  }
 };
 template <> struct Acc<double> {
-  f64v a{}, b{};
-  bool flip = false;
-  void add(f64v v) {  // two chains so consecutive adds do not wait on each other
-    (flip ? b : a) += v;
-    flip = !flip;
-  }
-  double total() const { return hsum(a + b); }
+  f64v a{};
+  void add(f64v v) { a += v; }
+  double total() const { return hsum(a); }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -148,29 +159,35 @@ template <class T, Coef C> struct CoefRow {
   }
 };
 
-// Row maximum. Comparisons drop NaN, so NaN is tracked separately.
-template <class T> T row_max(const T* x, int64_t n, bool& has_nan) {
+// Maximum of x[0:n). Comparisons drop NaN: a NaN is caught later, by the sums it turns to NaN
+// (or, in a block whose maximum is not finite, by a scalar scan).
+template <class T> T row_max(const T* x, int64_t n) {
   using V = vec_t<T>;
-  using I = typename Vec<T>::itype;
   constexpr int W = vec_width<T>;
   V m0 = vset<T>(-kInf<T>), m1 = m0;
-  I bad{};
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
-    V a = vload(x + j), b = vload(x + j + W);
-    m0 = vmax<T>(m0, a);
-    m1 = vmax<T>(m1, b);
-    bad |= (a != a) | (b != b);
+    m0 = vmax<T>(m0, vload(x + j));
+    m1 = vmax<T>(m1, vload(x + j + W));
   }
-  for (; j < n; j += W) {
-    V a = j + W <= n ? vload(x + j) : load_partial<T>(x + j, n - j, -kInf<T>);
-    m0 = vmax<T>(m0, a);
-    bad |= (a != a);
-  }
-  has_nan = false;
-  for (int i = 0; i < W; ++i) has_nan |= bad[i] != 0;
+  for (; j < n; j += W)
+    m0 = vmax<T>(m0, j + W <= n ? vload(x + j) : load_partial<T>(x + j, n - j, -kInf<T>));
   return hmax<T>(vmax<T>(m0, m1));
 }
+
+template <class T> bool any_nan(const T* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j)
+    if (std::isnan(x[j])) return true;
+  return false;
+}
+
+// Elements per block of the blockwise row statistics (8 KB of float, 16 KB of double: both sit
+// in L1 with room to spare), and how far ahead the sum pass prefetches (one block).
+template <class T> constexpr int64_t kBlock = 2048;
+template <class T> constexpr int64_t kPrefetchAhead = kBlock<T>;
+// How far above the reference a logit may be in a one-pass block sum (e^64 * 8 terms per float
+// partial stays far below FLT_MAX).
+template <class T> constexpr T kMaxShift = T(64);
 
 struct RowSums {
   double exp = 0;  // sum_j exp(x_j - m)
@@ -178,16 +195,20 @@ struct RowSums {
   double c = 0;    // sum_j c_j
 };
 
-// Sums over x[begin:end). m is the row maximum (finite).
+// Sums over x[begin:end) relative to a reference m (finite; exp(x_j - m) must not overflow, so
+// x_j <= m + kMaxShift), and the maximum of the stretch (block_max).
 template <class T, Coef C>
-RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef) {
+RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
+                 T& block_max) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   Acc<T> se, scd, sc;
   const V vm = vset<T>(m);
+  V mx = vset<T>(-kInf<T>);
   auto step = [&](V xv, V cv) {
-    V d = vm - xv;  // >= 0
-    se.add(vexp(-d));
+    mx = vmax<T>(mx, xv);
+    V d = vm - xv;
+    se.add(vexp_capped(-d));
     if constexpr (C != Coef::kNone) {
       // c_j = 0 terms (zero target mass, and the padding of a row's tail) count 0 even when
       // x_j = -inf, where c_j * d would be 0 * inf = NaN.
@@ -198,8 +219,14 @@ RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     }
   };
   int64_t j = begin;
-  for (; j + W <= end; j += W) step(vload(x + j), coef.load(j));
+  for (; j + W <= end; j += W) {
+    // Pull the next block in while this one is summed: memory traffic overlaps the exp
+    // arithmetic. Prefetches past the end of the array cannot fault.
+    __builtin_prefetch(x + j + kPrefetchAhead<T>, 0, 3);
+    step(vload(x + j), coef.load(j));
+  }
   if (j < end) step(load_partial<T>(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j));
+  block_max = hmax<T>(mx);
   RowSums s;
   s.exp = se.total();
   if constexpr (C != Coef::kNone) {
@@ -209,6 +236,106 @@ RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
   return s;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Blockwise row statistics. A row is cut into blocks that fit in L1; each block's maximum is
+// found (reading it from memory) and its sums are taken relative to that maximum (re-reading it
+// from L1), then blocks are merged. Memory reads and exp arithmetic thus alternate at L1 scale
+// instead of a DRAM-bound max pass followed by a compute-bound sum pass.
+// ---------------------------------------------------------------------------------------------
+// Sums are relative to a reference m: the stretch's maximum, or a value at most kMaxShift below
+// it (the running maximum of the blocks before); any such m gives the same final results.
+struct RowStats {
+  double m = -std::numeric_limits<double>::infinity();  // reference (-inf: empty or all -inf)
+  double s = 0;    // sum_j exp(x_j - m)
+  double cd = 0;   // sum_j c_j (m - x_j); +inf if some x_j = -inf has c_j != 0
+  double c = 0;    // sum_j c_j
+  bool nan = false;
+};
+
+// The same statistics relative to a larger reference m (m >= r.m, m finite).
+inline RowStats rebase(const RowStats& r, double m) {
+  RowStats o = r;
+  o.m = m;
+  if (r.m == -std::numeric_limits<double>::infinity()) {
+    o.s = 0;  // cd already counts c_j * (m - (-inf)) = inf
+  } else {
+    o.s = r.s * std::exp(r.m - m);
+    if (r.c != 0) o.cd = r.cd + r.c * (m - r.m);  // adds non-negative amounts: no cancellation
+  }
+  return o;
+}
+
+// Combine the statistics of two disjoint stretches of one row (associative, commutative).
+inline RowStats merge(const RowStats& a, const RowStats& b) {
+  RowStats o;
+  o.nan = a.nan || b.nan;
+  o.m = a.m > b.m ? a.m : b.m;
+  if (o.nan || !std::isfinite(o.m)) {  // the callers turn these into NaN / +-inf results
+    o.c = a.c + b.c;
+    return o;
+  }
+  const RowStats ra = rebase(a, o.m), rb = rebase(b, o.m);
+  o.s = ra.s + rb.s;
+  o.cd = ra.cd + rb.cd;
+  o.c = ra.c + rb.c;
+  return o;
+}
+
+template <class T, Coef C>
+RowStats block_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef) {
+  RowStats st;
+  const T m = row_max(x + begin, end - begin);
+  st.m = m;
+  if (!std::isfinite(m)) {  // rare: +inf, all -inf, or all NaN
+    st.nan = any_nan(x + begin, end - begin);
+    if (st.nan || m == kInf<T>) return st;
+    if constexpr (C != Coef::kNone) {  // all -inf: no mass; any c_j != 0 makes cd infinite
+      for (int64_t j = begin; j < end; ++j) {
+        const double c = coef.at(j);
+        st.c += c;
+        if (c != 0) st.cd = std::numeric_limits<double>::infinity();
+      }
+    }
+    return st;
+  }
+  T unused;
+  const RowSums rs = row_sums<T, C>(x, begin, end, m, coef, unused);
+  st.s = rs.exp;
+  st.cd = rs.cd;
+  st.c = rs.c;
+  st.nan = std::isnan(rs.exp);  // a NaN logit makes its exp, and so the sum, NaN
+  return st;
+}
+
+// Statistics of x[begin:end), block by block, continuing from `st` (the stretches before).
+// Each block is summed in one pass relative to the running maximum m while its own maximum is
+// taken; only when it turns out to exceed m by more than kMaxShift (exp could overflow), or has
+// NaN or +-inf, is it redone the careful way (max first, then sums).
+template <class T, Coef C>
+RowStats range_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
+                     RowStats st = {}) {
+  for (int64_t b = begin; b < end; b += kBlock<T>) {
+    const int64_t e = b + kBlock<T> < end ? b + kBlock<T> : end;
+    const T m = T(st.m);
+    if (std::isfinite(m) && !st.nan) {
+      T block_max;
+      const RowSums rs = row_sums<T, C>(x, b, e, m, coef, block_max);
+      if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
+        RowStats bs;
+        bs.m = st.m;
+        bs.s = rs.exp;
+        bs.cd = rs.cd;
+        bs.c = rs.c;
+        st = merge(st, bs);
+        if (block_max > m) st = rebase(st, double(block_max));
+        continue;
+      }
+    }
+    st = merge(st, block_stats<T, C>(x, b, e, coef));
+  }
+  return st;
+}
+
 // g_j = a * exp(x_j - m) - d * c_j for j in [0, n). x and g may be the same row (in place).
 template <class T, Coef C>
 void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T* g) {
@@ -216,7 +343,7 @@ void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T
   constexpr int W = vec_width<T>;
   const V vm = vset<T>(m), va = vset<T>(a), vd = vset<T>(d);
   auto value = [&](V xv, V cv) {
-    V e = va * vexp(xv - vm);
+    V e = va * vexp_capped(xv - vm);
     if constexpr (C != Coef::kNone) e -= vd * cv;
     return e;
   };
@@ -244,15 +371,14 @@ template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
   const int64_t V = a.lx.n1;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const T* x = read_row(a.x, a.lx, r, kSlotX);
-    bool has_nan;
-    T m = row_max(x, V, has_nan);
+    const RowStats st = range_stats<T, Coef::kNone>(x, 0, V, {});
     double out;
-    if (has_nan)
+    if (st.nan)
       out = kNaN;
-    else if (!std::isfinite(m))
-      out = double(m);
+    else if (!std::isfinite(st.m))
+      out = st.m;
     else
-      out = double(m) + std::log(row_sums<T, Coef::kNone>(x, 0, V, m, {}).exp);
+      out = st.m + std::log(st.s);
     a.out[r] = T(out);
   });
 }
@@ -267,19 +393,16 @@ template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const T* x = read_row(a.x, a.lx, r, kSlotX);
     T* out = write_row(a.out, a.lo, r);
-    bool has_nan;
-    T m = row_max(x, V, has_nan);
-    if (has_nan || !std::isfinite(m)) {
-      for (int64_t j = 0; j < V; ++j) out[j] = log && !has_nan ? x[j] - m : T(kNaN);
+    const RowStats st = range_stats<T, Coef::kNone>(x, 0, V, {});
+    const T m = T(st.m);
+    if (st.nan || !std::isfinite(st.m)) {
+      for (int64_t j = 0; j < V; ++j) out[j] = log && !st.nan ? x[j] - m : T(kNaN);
+    } else if (log) {
+      // (x_j - m) - log(sum): subtract the max first so large logits keep their digits.
+      const T log_sum = T(std::log(st.s));
+      for (int64_t j = 0; j < V; ++j) out[j] = (x[j] - m) - log_sum;
     } else {
-      const double sum = row_sums<T, Coef::kNone>(x, 0, V, m, {}).exp;
-      if (log) {
-        // (x_j - m) - log(sum): subtract the max first so large logits keep their digits.
-        const T log_sum = T(std::log(sum));
-        for (int64_t j = 0; j < V; ++j) out[j] = (x[j] - m) - log_sum;
-      } else {
-        row_grad<T, Coef::kNone>(x, V, m, T(1.0 / sum), T(0), {}, out);
-      }
+      row_grad<T, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out);
     }
     scatter_row(a.out, a.lo, r, out);
   });
@@ -310,17 +433,19 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
       return;
     }
     const T* x = read_row(a.x, a.lx, r, kSlotX);
-    bool has_nan;
-    const T m = row_max(x, V, has_nan);
-    if (has_nan || !std::isfinite(m)) {
+    // Statistics of the row without the target, then the target itself.
+    const RowStats excl = range_stats<T, C>(x, t + 1, V, coef, range_stats<T, C>(x, 0, t, coef));
+    const double xt = x[t];
+    const double md = excl.m > xt ? excl.m : xt;
+    if (excl.nan || std::isnan(xt) || !std::isfinite(md)) {
       a.loss[r] = kNaN;
       if (a.grad) fill_row(a.grad, a.lg, r, T(kNaN));
       return;
     }
-    RowSums lo = row_sums<T, C>(x, 0, t, m, coef), hi = row_sums<T, C>(x, t + 1, V, m, coef);
-    const double md = m, xt = x[t];
+    const T m = T(md);
+    const RowStats rest = rebase(excl, md);
     const double e_t = std::exp(xt - md);
-    const double s_excl = lo.exp + hi.exp, sum = s_excl + e_t;
+    const double s_excl = rest.s, sum = s_excl + e_t;
     const double log_sum = xt == md ? std::log1p(s_excl) : std::log(sum);
     const double w_t = a.weight ? double(a.weight[t]) : 1.0;
     double loss = (1.0 - eps) * w_t * ((md - xt) + log_sum);
@@ -328,7 +453,7 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
     if constexpr (C != Coef::kNone) {
       c_t = coef.at(t);
       const double cd_t = c_t == 0.0 ? 0.0 : c_t * (md - xt);
-      loss += (eps / double(V)) * (lo.cd + hi.cd + cd_t + W * log_sum);
+      loss += (eps / double(V)) * (rest.cd + cd_t + W * log_sum);
     }
     a.loss[r] = loss;
     if (!a.grad) return;
@@ -358,19 +483,18 @@ template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
-    bool has_nan;
-    const T m = row_max(x, V, has_nan);
-    if (has_nan || !std::isfinite(m)) {
+    const RowStats st = range_stats<T, C>(x, 0, V, coef);
+    if (st.nan || !std::isfinite(st.m)) {
       a.loss[r] = kNaN;
       if (a.grad) fill_row(a.grad, a.lg, r, T(kNaN));
       return;
     }
-    const RowSums rs = row_sums<T, C>(x, 0, V, m, coef);
-    const double log_sum = std::log(rs.exp);
-    a.loss[r] = rs.cd + rs.c * log_sum;
+    const T m = T(st.m);
+    const double log_sum = std::log(st.s);
+    a.loss[r] = st.cd + st.c * log_sum;
     if (!a.grad) return;
     T* gr = write_row(a.grad, a.lg, r);
-    row_grad<T, C>(x, V, m, T(g * rs.c / rs.exp), T(g), coef, gr);
+    row_grad<T, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr);
     scatter_row(a.grad, a.lg, r, gr);
   });
 }

@@ -73,15 +73,29 @@ def _as_float32_bytes(a: np.ndarray) -> np.ndarray:
     return flat[: flat.size // 4 * 4].view(np.float32)
 
 
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
+    off = (-raw.__array_interface__["data"][0]) % align
+    return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def bandwidth_floor(nbytes: int, repeat: int = 5) -> dict:
-    """Measured streaming read and read+write bandwidth (GB/s) on buffers of ``nbytes``, with
-    the current fastloss thread count (best of ``repeat``: the floor is what the machine can do)."""
-    src = np.ones(max(nbytes // 4, 1), dtype=np.float32)
-    dst = np.empty_like(src)
+    """The machine's streaming bandwidth (GB/s) on buffers of ``nbytes``, with the current
+    fastloss thread count, best of ``repeat`` (the floor is what the machine can do): a read, a
+    read + write with ordinary stores, and a read + write with non-temporal stores."""
+    src = aligned_empty(max(nbytes // 4, 16), np.float32)
+    dst = aligned_empty(src.shape, np.float32)
+    src.fill(1.0)
+    dst.fill(0.0)
     read = min(time_call(lambda: _core.stream_read(src), repeat))
-    copy = min(time_call(lambda: _core.stream_copy(src, dst), repeat))
+    copy = min(time_call(lambda: _core.stream_copy(src, dst, False), repeat))
+    copy_nt = min(time_call(lambda: _core.stream_copy(src, dst, True), repeat))
     return {"read_gbps": src.nbytes / (read * 1e-3) / 1e9,
-            "read_write_gbps": 2 * src.nbytes / (copy * 1e-3) / 1e9}
+            "read_write_gbps": 2 * src.nbytes / (copy * 1e-3) / 1e9,
+            "read_write_nt_gbps": 2 * src.nbytes / (copy_nt * 1e-3) / 1e9}
 
 
 def _torch_impls(x: np.ndarray, t: np.ndarray, threads: int):

@@ -29,14 +29,23 @@ double stream_read(const float* x, int64_t n) {
   return total;
 }
 
-void stream_copy(const float* x, float* y, int64_t n) {
-  const int nt = threads_for(n, n);
-  const int64_t block = int64_t(1) << 16;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (int64_t j = 0; j < (n + block - 1) / block; ++j) {
-    const int64_t lo = j * block, len = std::min(block, n - lo);
-    std::memcpy(y + lo, x + lo, size_t(len) * sizeof(float));
+// y = x with ordinary stores (nt = false: every written line is first read, write-allocate)
+// or non-temporal ones (nt = true), one aligned vector at a time.
+void stream_copy(const float* x, float* y, int64_t n, bool nt) {
+  const int nt_threads = threads_for(n, n);
+  constexpr int W = vec_width<float>;
+#pragma omp parallel num_threads(nt_threads) if (nt_threads > 1)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t j = 0; j < n / W; ++j) {
+      if (nt)
+        vstream(y + j * W, vload(x + j * W));
+      else
+        vstore(y + j * W, vload(x + j * W));
+    }
+    stream_fence();
   }
+  for (int64_t j = n / W * W; j < n; ++j) y[j] = x[j];
 }
 
 }  // namespace fastloss

@@ -141,16 +141,18 @@ double stream_read_py(const py::array& x) {
   return stream_read(p, n);
 }
 
-void stream_copy_py(const py::array& x, py::array y) {
+void stream_copy_py(const py::array& x, py::array y, bool nt) {
   check_dtype<float>(x, "x");
   check_dtype<float>(y, "y");
   if (!(x.flags() & py::array::c_style) || !(y.flags() & py::array::c_style) || x.size() != y.size())
     throw std::invalid_argument("_core: x and y must be contiguous and of one size");
+  if (nt && reinterpret_cast<uintptr_t>(y.data()) % 64 != 0)
+    throw std::invalid_argument("_core: y must be 64-byte aligned for non-temporal stores");
   const float* p = const_ptr<float>(x);
   float* q = mutable_ptr<float>(y);
   const int64_t n = x.size();
   py::gil_scoped_release nogil;
-  stream_copy(p, q, n);
+  stream_copy(p, q, n, nt);
 }
 
 }  // namespace
@@ -167,7 +169,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Bandwidth floor (benchmarks).
   m.def("stream_read", &stream_read_py, py::arg("x"));
-  m.def("stream_copy", &stream_copy_py, py::arg("x"), py::arg("y"));
+  m.def("stream_copy", &stream_copy_py, py::arg("x"), py::arg("y"), py::arg("nt"));
   // Threads.
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

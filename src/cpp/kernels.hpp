@@ -86,9 +86,10 @@ FASTLOSS_DECLARE(float)
 FASTLOSS_DECLARE(double)
 #undef FASTLOSS_DECLARE
 
-// Bandwidth floor (bandwidth.cpp): a streaming read (returns the sum) and a streaming copy.
+// Bandwidth floor (bandwidth.cpp): a streaming read (returns the sum) and a streaming copy with
+// ordinary or non-temporal stores (y must be aligned to 64 bytes for nt).
 double stream_read(const float* x, int64_t n);
-void stream_copy(const float* x, float* y, int64_t n);
+void stream_copy(const float* x, float* y, int64_t n, bool nt);
 
 // Threads (threads.cpp).
 int get_num_threads();

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -60,6 +60,29 @@ template <class T> inline vec_t<T> vload(const T* p) {
 }
 template <class T> inline void vstore(T* p, vec_t<T> v) { std::memcpy(p, &v, sizeof(v)); }
 template <class T> inline vec_t<T> vset(T x) { return vec_t<T>{} + x; }
+
+// Non-temporal (streaming) store of one vector: p must be aligned to the vector size. Used for
+// outputs larger than the last-level cache, which would otherwise be read before being written
+// (write-allocate) and evict the inputs.
+template <class V> inline void vstream(void* p, V v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(v[0]) == 4) _mm512_stream_ps(static_cast<float*>(p), __m512(v));
+  else _mm512_stream_pd(static_cast<double*>(p), __m512d(v));
+#elif defined(__AVX__)
+  if constexpr (sizeof(v[0]) == 4) _mm256_stream_ps(static_cast<float*>(p), __m256(v));
+  else _mm256_stream_pd(static_cast<double*>(p), __m256d(v));
+#elif defined(__SSE2__)
+  if constexpr (sizeof(v[0]) == 4) _mm_stream_ps(static_cast<float*>(p), __m128(v));
+  else _mm_stream_pd(static_cast<double*>(p), __m128d(v));
+#else
+  std::memcpy(p, &v, sizeof(v));
+#endif
+}
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 // Lane-wise select: mask lanes are all-ones (true) or zero, as produced by vector compares.
 // With AVX2/AVX-512 the vector ternary maps to blend instructions; without them GCC lowers it

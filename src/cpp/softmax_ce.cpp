@@ -337,8 +337,10 @@ RowStats range_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>
 }
 
 // g_j = a * exp(x_j - m) - d * c_j for j in [0, n). x and g may be the same row (in place).
+// With `stream`, whole aligned vectors are written with non-temporal stores.
 template <class T, Coef C>
-void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T* g) {
+void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T* g,
+              bool stream = false) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   const V vm = vset<T>(m), va = vset<T>(a), vd = vset<T>(d);
@@ -348,18 +350,32 @@ void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T
     return e;
   };
   int64_t j = 0;
+  if (stream) {
+    // Head: elements up to the first vector-aligned address of g.
+    const int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g) % sizeof(V)) %
+                                 sizeof(V) / sizeof(T));
+    if (reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0 && head < n) {
+      if (head) store_partial<T>(g, head, value(load_partial<T>(x, head, -kInf<T>), coef.load_tail(0, head)));
+      for (j = head; j + W <= n; j += W) vstream(g + j, value(vload(x + j), coef.load(j)));
+    }
+  }
   for (; j + W <= n; j += W) vstore(g + j, value(vload(x + j), coef.load(j)));
   if (j < n)
     store_partial<T>(g + j, n - j,
                      value(load_partial<T>(x + j, n - j, -kInf<T>), coef.load_tail(j, n - j)));
 }
 
+// Outputs at least this large bypass the caches (non-temporal stores): a larger output would
+// not stay cached anyway, and write-allocate would read it first.
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
+
 template <class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
   const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < rows; ++r) fn(r);
+    stream_fence();  // make this thread's non-temporal stores visible before returning
   }
 }
 
@@ -390,6 +406,7 @@ template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
 // ---------------------------------------------------------------------------------------------
 template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
   const int64_t V = a.lx.n1;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const T* x = read_row(a.x, a.lx, r, kSlotX);
     T* out = write_row(a.out, a.lo, r);
@@ -402,7 +419,7 @@ template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
       const T log_sum = T(std::log(st.s));
       for (int64_t j = 0; j < V; ++j) out[j] = (x[j] - m) - log_sum;
     } else {
-      row_grad<T, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out);
+      row_grad<T, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out, stream);
     }
     scatter_row(a.out, a.lo, r, out);
   });
@@ -421,6 +438,7 @@ template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
 // ---------------------------------------------------------------------------------------------
 template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, double W) {
   const int64_t V = a.lx.n1;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
   const double eps = a.label_smoothing, g = a.grad_scale;
   CoefRow<T, C> coef;
   coef.w = a.weight;
@@ -459,7 +477,7 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
     if (!a.grad) return;
     T* gr = write_row(a.grad, a.lg, r);
     const double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W);
-    row_grad<T, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr);
+    row_grad<T, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr, stream);
     // The target entry in closed form: g * (-(1-eps) w_t (1 - p_t) + (eps/C)(W p_t - c_t)).
     gr[t] = T(g * (-(1.0 - eps) * w_t * (s_excl / sum) + (eps / double(V)) * (W * e_t / sum - c_t)));
     scatter_row(a.grad, a.lg, r, gr);
@@ -475,6 +493,7 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
 // ---------------------------------------------------------------------------------------------
 template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
   const int64_t V = a.lx.n1;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
   const double eps = a.label_smoothing, g = a.grad_scale;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const T* x = read_row(a.x, a.lx, r, kSlotX);
@@ -494,7 +513,7 @@ template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
     a.loss[r] = st.cd + st.c * log_sum;
     if (!a.grad) return;
     T* gr = write_row(a.grad, a.lg, r);
-    row_grad<T, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr);
+    row_grad<T, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr, stream);
     scatter_row(a.grad, a.lg, r, gr);
   });
 }

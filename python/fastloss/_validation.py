@@ -18,9 +18,10 @@ REDUCTIONS = ("mean", "sum", "none")
 class FloatInput(NamedTuple):
     """A prediction input prepared for the core."""
 
-    array: np.ndarray  # float32 or float64, native byte order, aligned
+    array: np.ndarray  # float16/bfloat16/float32/float64, native byte order, aligned
     orig_dtype: np.dtype  # the caller's dtype (what a gradient is returned in)
     loss_dtype: np.dtype  # what losses are returned in (float32 for 16-bit inputs)
+    compute_dtype: np.dtype  # what the core computes in, and weights/probabilities are given in
 
 
 def is_bfloat16(dtype: np.dtype) -> bool:
@@ -31,12 +32,15 @@ def _type_name(x: Any) -> str:
     return type(x).__name__
 
 
-def float_input(x: Any, name: str) -> FloatInput:
-    """Return ``x`` as a float32/float64 array for the core.
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
-    float32/float64 are used as they are (no copy unless unaligned or byte-swapped); float16
-    and ``ml_dtypes.bfloat16`` are computed in float32; integers and bools become float64
-    (as ``np.exp`` does). Complex, object and other dtypes are a TypeError.
+
+def float_input(x: Any, name: str) -> FloatInput:
+    """Return ``x`` as an array the core takes.
+
+    float16, ``ml_dtypes.bfloat16``, float32 and float64 are used as they are (no copy unless
+    unaligned or byte-swapped); 16-bit inputs are computed in float32 by the core. Integers and
+    bools become float64 (as ``np.exp`` does). Complex, object and other dtypes: TypeError.
     """
     try:
         a = np.asarray(x)
@@ -45,15 +49,14 @@ def float_input(x: Any, name: str) -> FloatInput:
     dt = a.dtype
     if dt.kind == "c":
         raise TypeError(f"{name}: complex input ({dt}) is not supported; pass real numbers")
-    if dt == np.float32 or dt == np.float64:
-        loss_dt = np.dtype(dt.newbyteorder("="))
+    if dt.kind == "f" and dt.itemsize in (2, 4, 8) or is_bfloat16(dt):
+        native = np.dtype(dt.newbyteorder("=")) if dt.kind == "f" else dt
         if not dt.isnative or not a.flags.aligned:
-            a = a.astype(loss_dt)
-        return FloatInput(a, loss_dt, loss_dt)
-    if dt == np.float16 or is_bfloat16(dt):
-        return FloatInput(a.astype(np.float32), dt, np.dtype(np.float32))
+            a = a.astype(native)
+        wide = native.itemsize > 2
+        return FloatInput(a, native, native if wide else _F32, native if wide else _F32)
     if dt.kind in "iub":
-        return FloatInput(a.astype(np.float64), np.dtype(np.float64), np.dtype(np.float64))
+        return FloatInput(a.astype(np.float64), _F64, _F64, _F64)
     raise TypeError(
         f"{name}: unsupported dtype {dt}; use float16, bfloat16, float32, float64 or integers"
     )
@@ -226,28 +229,25 @@ class GradTarget:
     """
 
     def __init__(self, grad_out: Any, x: FloatInput, axis: int, inputs3d: tuple = ()):
-        shape, work = x.array.shape, x.array.dtype
+        shape, dtype = x.array.shape, x.array.dtype
         self.user = None
-        # 16-bit inputs: the core computes in float32, the gradient is returned in the input dtype.
-        self.cast_to = x.orig_dtype if x.orig_dtype != work else None
         if grad_out is not None:
             self.user = grad_buffer(grad_out, shape, x.orig_dtype)
-            if x.orig_dtype == work:
-                g3 = as3d(grad_out, axis)
-                aliased = any(
-                    np.may_share_memory(grad_out, a) and not same_memory_layout(g3, a)
-                    for a in inputs3d
-                )
-                if is_view_of(g3, grad_out) and not aliased:
-                    self.core, self.temp = g3, None
-                    return
-        self.temp = np.empty(shape, dtype=work)
+            g3 = as3d(grad_out, axis)
+            aliased = any(
+                np.may_share_memory(grad_out, a) and not same_memory_layout(g3, a)
+                for a in inputs3d
+            )
+            if is_view_of(g3, grad_out) and not aliased:
+                self.core, self.temp = g3, None
+                return
+        self.temp = np.empty(shape, dtype=dtype)
         self.core = as3d(self.temp, axis)
 
     def result(self) -> np.ndarray:
         if self.temp is None:
             return self.user
         if self.user is None:
-            return self.temp.astype(self.cast_to) if self.cast_to is not None else self.temp
-        np.copyto(self.user, self.temp, casting="unsafe")
+            return self.temp
+        np.copyto(self.user, self.temp)
         return self.user

@@ -119,7 +119,7 @@ def cross_entropy(
     want_grad = _check_return_grad(return_grad, grad_out)
     arr = x.array
     n_classes = arr.shape[ax]
-    w = class_weight(weight, n_classes, arr.dtype)
+    w = class_weight(weight, n_classes, x.compute_dtype)
 
     t = np.asarray(target)
     target_flat = probs3 = None
@@ -137,7 +137,7 @@ def cross_entropy(
                 f"and must have the logits' shape {arr.shape}, got {t.shape}; class indices "
                 "must have an integer dtype"
             )
-        probs3 = as3d(np.asarray(t, dtype=arr.dtype), ax)
+        probs3 = as3d(np.asarray(t, dtype=x.compute_dtype), ax)
         out_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
         denom = float(math.prod(out_shape))
     elif t.dtype.kind == "b":
@@ -187,7 +187,7 @@ def nll_loss(
     ignore_index = check_int(ignore_index, "ignore_index")
     want_grad = _check_return_grad(return_grad, grad_out)
     arr = x.array
-    w = class_weight(weight, arr.shape[ax], arr.dtype)
+    w = class_weight(weight, arr.shape[ax], x.compute_dtype)
     t = np.asarray(target)
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")

@@ -65,8 +65,9 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
     arr = np.atleast_1d(x.array)
     axes = normalize_axes(axis, arr.ndim)
     out_dt = _result_dtype(x.orig_dtype, arr.dtype)
-    if b is not None:
-        res, sgn = _logsumexp_weighted(arr, float_input(b, "b").array, axes, return_sign)
+    if b is not None:  # NumPy path, in the compute dtype
+        res, sgn = _logsumexp_weighted(arr.astype(x.compute_dtype, copy=False),
+                                       float_input(b, "b").array, axes, return_sign)
     else:
         kept = tuple(n for i, n in enumerate(arr.shape) if i not in axes)
         if math.prod(arr.shape[i] for i in axes) == 0:

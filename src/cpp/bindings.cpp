@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 
@@ -18,8 +19,19 @@ namespace {
 
 using OptArray = std::optional<py::array>;
 
+// Does the array hold elements of type T? (float16 and ml_dtypes.bfloat16 have no pybind11
+// type, so they are recognised by kind, size and name.)
+template <class T> bool holds(const py::array& a) {
+  const py::dtype dt = a.dtype();
+  if constexpr (std::is_same_v<T, float16>) return dt.kind() == 'f' && dt.itemsize() == 2;
+  else if constexpr (std::is_same_v<T, bfloat16>)
+    return dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
+  else return py::isinstance<py::array_t<T>>(a);
+}
+
 template <class T> void check_dtype(const py::array& a, const char* name) {
-  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+  if (!holds<T>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
+      !a.dtype().attr("isnative").cast<bool>())
     throw std::invalid_argument(std::string("_core: ") + name + " has the wrong dtype or is unaligned");
 }
 
@@ -46,11 +58,13 @@ template <class T> const T* vector_ptr(const OptArray& a, int64_t n, const char*
   return const_ptr<T>(*a);
 }
 
-// Calls fn.template operator()<T>() with T = float or double by the dtype of `x`.
+// Calls fn(S{}) with S the storage type of `x`: float, double, float16 or bfloat16.
 template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
-  if (py::isinstance<py::array_t<float>>(x)) return fn(float{});
-  if (py::isinstance<py::array_t<double>>(x)) return fn(double{});
-  throw std::invalid_argument("_core: only float32 and float64 arrays reach the core");
+  if (holds<float>(x)) return fn(float{});
+  if (holds<double>(x)) return fn(double{});
+  if (holds<float16>(x)) return fn(float16{});
+  if (holds<bfloat16>(x)) return fn(bfloat16{});
+  throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
 }
 
 void logsumexp_py(const py::array& x, py::array out) {
@@ -83,10 +97,11 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
                       const OptArray& weight, int64_t ignore_index, double label_smoothing,
                       double grad_scale, py::array loss, OptArray grad) {
   by_dtype(x, [&](auto tag) {
-    using T = decltype(tag);
-    CrossEntropyArgs<T> a;
-    a.lx = layout3<T>(x, "logits");
-    a.x = const_ptr<T>(x);
+    using S = decltype(tag);
+    using T = compute_t<S>;
+    CrossEntropyArgs<S> a;
+    a.lx = layout3<S>(x, "logits");
+    a.x = const_ptr<S>(x);
     const int64_t rows = a.lx.rows();
     a.target = vector_ptr<int64_t>(target, rows, "target");
     if (probs) {
@@ -101,8 +116,8 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
     vector_ptr<double>(loss, rows, "loss");
     a.loss = mutable_ptr<double>(loss);
     if (grad) {
-      a.lg = layout3<T>(*grad, "grad");
-      a.grad = mutable_ptr<T>(*grad);
+      a.lg = layout3<S>(*grad, "grad");
+      a.grad = mutable_ptr<S>(*grad);
     }
     py::gil_scoped_release nogil;
     fastloss::cross_entropy(a);
@@ -112,10 +127,11 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
 void nll_loss_py(const py::array& x, const py::array& target, const OptArray& weight,
                  int64_t ignore_index, double grad_scale, py::array loss, OptArray grad) {
   by_dtype(x, [&](auto tag) {
-    using T = decltype(tag);
-    NllArgs<T> a;
-    a.lx = layout3<T>(x, "log_probs");
-    a.x = const_ptr<T>(x);
+    using S = decltype(tag);
+    using T = compute_t<S>;
+    NllArgs<S> a;
+    a.lx = layout3<S>(x, "log_probs");
+    a.x = const_ptr<S>(x);
     const int64_t rows = a.lx.rows();
     a.target = vector_ptr<int64_t>(target, rows, "target");
     a.weight = vector_ptr<T>(weight, a.lx.n1, "weight");
@@ -124,8 +140,8 @@ void nll_loss_py(const py::array& x, const py::array& target, const OptArray& we
     vector_ptr<double>(loss, rows, "loss");
     a.loss = mutable_ptr<double>(loss);
     if (grad) {
-      a.lg = layout3<T>(*grad, "grad");
-      a.grad = mutable_ptr<T>(*grad);
+      a.lg = layout3<S>(*grad, "grad");
+      a.grad = mutable_ptr<S>(*grad);
     }
     py::gil_scoped_release nogil;
     fastloss::nll_loss(a);

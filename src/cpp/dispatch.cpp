@@ -89,13 +89,12 @@ bool set_isa(const char* name) {
   return true;
 }
 
-void logsumexp(const SoftmaxArgs<float>& a) { table().logsumexp_f32(a); }
-void logsumexp(const SoftmaxArgs<double>& a) { table().logsumexp_f64(a); }
-void softmax(const SoftmaxArgs<float>& a, bool log) { table().softmax_f32(a, log); }
-void softmax(const SoftmaxArgs<double>& a, bool log) { table().softmax_f64(a, log); }
-void cross_entropy(const CrossEntropyArgs<float>& a) { table().cross_entropy_f32(a); }
-void cross_entropy(const CrossEntropyArgs<double>& a) { table().cross_entropy_f64(a); }
-void nll_loss(const NllArgs<float>& a) { table().nll_loss_f32(a); }
-void nll_loss(const NllArgs<double>& a) { table().nll_loss_f64(a); }
+#define FASTLOSS_FORWARD(sfx, S)                                                           \
+  void logsumexp(const SoftmaxArgs<S>& a) { table().logsumexp_##sfx(a); }                   \
+  void softmax(const SoftmaxArgs<S>& a, bool log) { table().softmax_##sfx(a, log); }        \
+  void cross_entropy(const CrossEntropyArgs<S>& a) { table().cross_entropy_##sfx(a); }      \
+  void nll_loss(const NllArgs<S>& a) { table().nll_loss_##sfx(a); }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD)
+#undef FASTLOSS_FORWARD
 
 }  // namespace fastloss

@@ -6,6 +6,16 @@
 
 namespace fastloss {
 
+// Storage types. float16 is the compiler's IEEE half; bfloat16 is a 16-bit pattern (the top
+// half of a float32), as ml_dtypes stores it. Both are computed in float32.
+using float16 = _Float16;
+struct bfloat16 {
+  uint16_t bits;
+};
+template <class S> struct ComputeType { using type = float; };
+template <> struct ComputeType<double> { using type = double; };
+template <class S> using compute_t = typename ComputeType<S>::type;
+
 // A logical (n0, n1, n2) array whose axis 1 is the reduction (class) axis; strides are in
 // elements. Row r = o * n2 + i (o < n0, i < n2) is the n1 elements at o*s0 + i*s2 + j*s1.
 // Any axis of any N-d array maps onto this: n0 = prod(shape[:axis]), n1 = shape[axis],
@@ -17,15 +27,18 @@ struct Layout3 {
   int64_t offset(int64_t r) const { return (r / n2) * s0 + (r % n2) * s2; }
 };
 
-template <class T> struct SoftmaxArgs {
-  const T* x = nullptr;
+// S is the storage type of the inputs and outputs named x/out/grad (float, double, float16,
+// bfloat16); weights and probabilities are in the compute type compute_t<S>.
+template <class S> struct SoftmaxArgs {
+  const S* x = nullptr;
   Layout3 lx;
-  T* out = nullptr;  // logsumexp: (rows) contiguous; softmax/log_softmax: layout lo
+  S* out = nullptr;  // logsumexp: (rows) contiguous; softmax/log_softmax: layout lo
   Layout3 lo;
 };
 
-template <class T> struct CrossEntropyArgs {
-  const T* x = nullptr;  // logits
+template <class S> struct CrossEntropyArgs {
+  using T = compute_t<S>;
+  const S* x = nullptr;  // logits
   Layout3 lx;
   const int64_t* target = nullptr;  // class indices, (rows) contiguous; or nullptr
   const T* probs = nullptr;         // class probabilities with layout lp; or nullptr
@@ -35,34 +48,37 @@ template <class T> struct CrossEntropyArgs {
   double label_smoothing = 0.0;
   double grad_scale = 1.0;  // d(returned loss) / d(per-row loss), e.g. 1/sum(w) for "mean"
   double* loss = nullptr;   // per-row loss (rows) contiguous, always written
-  T* grad = nullptr;        // gradient with layout lg; or nullptr for loss only
+  S* grad = nullptr;        // gradient with layout lg; or nullptr for loss only
   Layout3 lg;
 };
 
-template <class T> struct NllArgs {
-  const T* x = nullptr;  // log-probabilities
+template <class S> struct NllArgs {
+  using T = compute_t<S>;
+  const S* x = nullptr;  // log-probabilities
   Layout3 lx;
   const int64_t* target = nullptr;
   const T* weight = nullptr;
   int64_t ignore_index = -100;
   double grad_scale = 1.0;
   double* loss = nullptr;
-  T* grad = nullptr;
+  S* grad = nullptr;
   Layout3 lg;
 };
 
 // One table of kernels per instruction set (softmax_ce.cpp is compiled once for each, into
 // namespace fastloss::<isa>); dispatch.cpp picks one at import by CPUID.
+// The storage types every kernel is instantiated for: X(suffix, type).
+#define FASTLOSS_FOR_EACH_DTYPE(X) X(f32, float) X(f64, double) X(f16, float16) X(bf16, bfloat16)
+
 struct KernelTable {
   const char* name;
-  void (*logsumexp_f32)(const SoftmaxArgs<float>&);
-  void (*logsumexp_f64)(const SoftmaxArgs<double>&);
-  void (*softmax_f32)(const SoftmaxArgs<float>&, bool);
-  void (*softmax_f64)(const SoftmaxArgs<double>&, bool);
-  void (*cross_entropy_f32)(const CrossEntropyArgs<float>&);
-  void (*cross_entropy_f64)(const CrossEntropyArgs<double>&);
-  void (*nll_loss_f32)(const NllArgs<float>&);
-  void (*nll_loss_f64)(const NllArgs<double>&);
+#define FASTLOSS_TABLE_ENTRIES(sfx, S)                  \
+  void (*logsumexp_##sfx)(const SoftmaxArgs<S>&);       \
+  void (*softmax_##sfx)(const SoftmaxArgs<S>&, bool);   \
+  void (*cross_entropy_##sfx)(const CrossEntropyArgs<S>&); \
+  void (*nll_loss_##sfx)(const NllArgs<S>&);
+  FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_TABLE_ENTRIES)
+#undef FASTLOSS_TABLE_ENTRIES
 };
 
 // Instruction sets: the ones this build has, best first; the one in use; choosing one (for
@@ -77,13 +93,12 @@ bool set_isa(const char* name);
 // until the same thread asks for the same slot again. 64-byte aligned.
 void* thread_scratch(int slot, size_t bytes);
 
-#define FASTLOSS_DECLARE(T)                                 \
-  void logsumexp(const SoftmaxArgs<T>& a);                  \
-  void softmax(const SoftmaxArgs<T>& a, bool log);          \
-  void cross_entropy(const CrossEntropyArgs<T>& a);         \
-  void nll_loss(const NllArgs<T>& a);
-FASTLOSS_DECLARE(float)
-FASTLOSS_DECLARE(double)
+#define FASTLOSS_DECLARE(sfx, S)                   \
+  void logsumexp(const SoftmaxArgs<S>& a);         \
+  void softmax(const SoftmaxArgs<S>& a, bool log); \
+  void cross_entropy(const CrossEntropyArgs<S>& a); \
+  void nll_loss(const NllArgs<S>& a);
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE)
 #undef FASTLOSS_DECLARE
 
 // Bandwidth floor (bandwidth.cpp): a streaming read (returns the sum) and a streaming copy with

@@ -11,7 +11,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <limits>
+
+#include "kernels.hpp"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -266,6 +269,66 @@ inline f64v vexp_capped(f64v x) {
   f64v scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage <-> compute conversions: 16-bit inputs are widened to float32 as they are loaded and
+// rounded (to nearest even) as they are stored, so they cost half the memory traffic.
+// ---------------------------------------------------------------------------------------------
+typedef uint16_t u16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
+typedef float16 f16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
+typedef uint32_t u32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
+
+template <class S> inline vec_t<compute_t<S>> vload_as(const S* p) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    u16h h;
+    std::memcpy(&h, p, sizeof(h));
+    return f32v(__builtin_convertvector(h, u32v) << 16);
+  } else if constexpr (std::is_same_v<S, float16>) {
+    f16h h;
+    std::memcpy(&h, p, sizeof(h));
+    return __builtin_convertvector(h, f32v);
+  } else {
+    return vload(p);
+  }
+}
+
+template <class S> inline void vstore_as(S* p, vec_t<compute_t<S>> v) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    u32v u = u32v(v);
+    u = u + 0x7FFFu + ((u >> 16) & 1u);              // round to nearest even
+    u = vselect(v != v, u32v{} + 0x7FC00000u, u);     // NaN stays a (quiet) NaN
+    const u16h h = __builtin_convertvector(u >> 16, u16h);
+    std::memcpy(p, &h, sizeof(h));
+  } else if constexpr (std::is_same_v<S, float16>) {
+    const f16h h = __builtin_convertvector(v, f16h);
+    std::memcpy(p, &h, sizeof(h));
+  } else {
+    vstore(p, v);
+  }
+}
+
+template <class S> inline compute_t<S> to_compute(S v) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    const uint32_t u = uint32_t(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  } else {
+    return compute_t<S>(v);
+  }
+}
+
+template <class S> inline S from_compute(compute_t<S> v) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    if (v != v) return bfloat16{0x7FC0};
+    u = u + 0x7FFFu + ((u >> 16) & 1u);
+    return bfloat16{uint16_t(u >> 16)};
+  } else {
+    return S(v);
+  }
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels.hpp"
 #include "simd_math.hpp"
@@ -64,16 +65,19 @@ template <class T> void fill_row(T* base, const Layout3& L, int64_t r, T value) 
   for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = value;
 }
 
-// Load n < width elements, padding the rest of the vector with `pad`.
-template <class T> inline vec_t<T> load_partial(const T* p, int64_t n, T pad) {
+// Load n < width elements (converted to the compute type), padding the vector with `pad`.
+template <class S> inline vec_t<compute_t<S>> load_partial(const S* p, int64_t n,
+                                                          compute_t<S> pad) {
+  using T = compute_t<S>;
   T buf[vec_width<T>];
-  for (int i = 0; i < vec_width<T>; ++i) buf[i] = i < n ? p[i] : pad;
+  for (int i = 0; i < vec_width<T>; ++i) buf[i] = i < n ? to_compute(p[i]) : pad;
   return vload(buf);
 }
-template <class T> inline void store_partial(T* p, int64_t n, vec_t<T> v) {
+template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>> v) {
+  using T = compute_t<S>;
   T buf[vec_width<T>];
   vstore(buf, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
+  for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
 }
 
 // Sum of vectors. Float vectors go into float lane partials of at most kFlush terms each, which
@@ -161,23 +165,23 @@ template <class T, Coef C> struct CoefRow {
 
 // Maximum of x[0:n). Comparisons drop NaN: a NaN is caught later, by the sums it turns to NaN
 // (or, in a block whose maximum is not finite, by a scalar scan).
-template <class T> T row_max(const T* x, int64_t n) {
+template <class S, class T = compute_t<S>> T row_max(const S* x, int64_t n) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   V m0 = vset<T>(-kInf<T>), m1 = m0;
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
-    m0 = vmax<T>(m0, vload(x + j));
-    m1 = vmax<T>(m1, vload(x + j + W));
+    m0 = vmax<T>(m0, vload_as(x + j));
+    m1 = vmax<T>(m1, vload_as(x + j + W));
   }
   for (; j < n; j += W)
-    m0 = vmax<T>(m0, j + W <= n ? vload(x + j) : load_partial<T>(x + j, n - j, -kInf<T>));
+    m0 = vmax<T>(m0, j + W <= n ? vload_as(x + j) : load_partial(x + j, n - j, -kInf<T>));
   return hmax<T>(vmax<T>(m0, m1));
 }
 
-template <class T> bool any_nan(const T* x, int64_t n) {
+template <class S> bool any_nan(const S* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
-    if (std::isnan(x[j])) return true;
+    if (std::isnan(to_compute(x[j]))) return true;
   return false;
 }
 
@@ -197,8 +201,8 @@ struct RowSums {
 
 // Sums over x[begin:end) relative to a reference m (finite; exp(x_j - m) must not overflow, so
 // x_j <= m + kMaxShift), and the maximum of the stretch (block_max).
-template <class T, Coef C>
-RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
+template <class S, Coef C, class T = compute_t<S>>
+RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
                  T& block_max) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
@@ -223,9 +227,9 @@ RowSums row_sums(const T* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     // Pull the next block in while this one is summed: memory traffic overlaps the exp
     // arithmetic. Prefetches past the end of the array cannot fault.
     __builtin_prefetch(x + j + kPrefetchAhead<T>, 0, 3);
-    step(vload(x + j), coef.load(j));
+    step(vload_as(x + j), coef.load(j));
   }
-  if (j < end) step(load_partial<T>(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j));
+  if (j < end) step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j));
   block_max = hmax<T>(mx);
   RowSums s;
   s.exp = se.total();
@@ -281,8 +285,8 @@ inline RowStats merge(const RowStats& a, const RowStats& b) {
   return o;
 }
 
-template <class T, Coef C>
-RowStats block_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef) {
+template <class S, Coef C, class T = compute_t<S>>
+RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef) {
   RowStats st;
   const T m = row_max(x + begin, end - begin);
   st.m = m;
@@ -299,7 +303,7 @@ RowStats block_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>
     return st;
   }
   T unused;
-  const RowSums rs = row_sums<T, C>(x, begin, end, m, coef, unused);
+  const RowSums rs = row_sums<S, C>(x, begin, end, m, coef, unused);
   st.s = rs.exp;
   st.cd = rs.cd;
   st.c = rs.c;
@@ -311,15 +315,15 @@ RowStats block_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>
 // Each block is summed in one pass relative to the running maximum m while its own maximum is
 // taken; only when it turns out to exceed m by more than kMaxShift (exp could overflow), or has
 // NaN or +-inf, is it redone the careful way (max first, then sums).
-template <class T, Coef C>
-RowStats range_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
+template <class S, Coef C, class T = compute_t<S>>
+RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
                      RowStats st = {}) {
   for (int64_t b = begin; b < end; b += kBlock<T>) {
     const int64_t e = b + kBlock<T> < end ? b + kBlock<T> : end;
     const T m = T(st.m);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
-      const RowSums rs = row_sums<T, C>(x, b, e, m, coef, block_max);
+      const RowSums rs = row_sums<S, C>(x, b, e, m, coef, block_max);
       if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
         RowStats bs;
         bs.m = st.m;
@@ -331,15 +335,15 @@ RowStats range_stats(const T* x, int64_t begin, int64_t end, const CoefRow<T, C>
         continue;
       }
     }
-    st = merge(st, block_stats<T, C>(x, b, e, coef));
+    st = merge(st, block_stats<S, C>(x, b, e, coef));
   }
   return st;
 }
 
 // g_j = a * exp(x_j - m) - d * c_j for j in [0, n). x and g may be the same row (in place).
 // With `stream`, whole aligned vectors are written with non-temporal stores.
-template <class T, Coef C>
-void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T* g,
+template <class S, Coef C, class T = compute_t<S>>
+void row_grad(const S* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, S* g,
               bool stream = false) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
@@ -350,19 +354,21 @@ void row_grad(const T* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, T
     return e;
   };
   int64_t j = 0;
-  if (stream) {
-    // Head: elements up to the first vector-aligned address of g.
-    const int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g) % sizeof(V)) %
-                                 sizeof(V) / sizeof(T));
-    if (reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0 && head < n) {
-      if (head) store_partial<T>(g, head, value(load_partial<T>(x, head, -kInf<T>), coef.load_tail(0, head)));
-      for (j = head; j + W <= n; j += W) vstream(g + j, value(vload(x + j), coef.load(j)));
+  if constexpr (std::is_same_v<S, T>) {  // (16-bit outputs are small enough to cache)
+    if (stream) {
+      // Head: elements up to the first vector-aligned address of g.
+      const int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g) % sizeof(V)) %
+                                   sizeof(V) / sizeof(T));
+      if (reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0 && head < n) {
+        if (head) store_partial(g, head, value(load_partial(x, head, -kInf<T>), coef.load_tail(0, head)));
+        for (j = head; j + W <= n; j += W) vstream(g + j, value(vload(x + j), coef.load(j)));
+      }
     }
   }
-  for (; j + W <= n; j += W) vstore(g + j, value(vload(x + j), coef.load(j)));
+  for (; j + W <= n; j += W) vstore_as(g + j, value(vload_as(x + j), coef.load(j)));
   if (j < n)
-    store_partial<T>(g + j, n - j,
-                     value(load_partial<T>(x + j, n - j, -kInf<T>), coef.load_tail(j, n - j)));
+    store_partial(g + j, n - j,
+                  value(load_partial(x + j, n - j, -kInf<T>), coef.load_tail(j, n - j)));
 }
 
 // Outputs at least this large bypass the caches (non-temporal stores): a larger output would
@@ -383,11 +389,12 @@ template <class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
 // logsumexp: lse = m + log(sum_j exp(x_j - m)), m = max_j x_j. As scipy: a +inf entry gives
 // +inf, an all -inf row gives -inf, NaN gives NaN.
 // ---------------------------------------------------------------------------------------------
-template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
+template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
+  using T = compute_t<S>;
   const int64_t V = a.lx.n1;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    const T* x = read_row(a.x, a.lx, r, kSlotX);
-    const RowStats st = range_stats<T, Coef::kNone>(x, 0, V, {});
+    const S* x = read_row(a.x, a.lx, r, kSlotX);
+    const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {});
     double out;
     if (st.nan)
       out = kNaN;
@@ -395,7 +402,7 @@ template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
       out = st.m;
     else
       out = st.m + std::log(st.s);
-    a.out[r] = T(out);
+    a.out[r] = from_compute<S>(T(out));
   });
 }
 
@@ -404,22 +411,24 @@ template <class T> void logsumexp_impl(const SoftmaxArgs<T>& a) {
 // log_softmax: log p_j = (x_j - m) - log(sum_k exp(x_k - m))
 // A row with NaN or a non-finite maximum gives NaN (softmax) or x_j - m (log_softmax), as scipy.
 // ---------------------------------------------------------------------------------------------
-template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
+template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
+  using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    const T* x = read_row(a.x, a.lx, r, kSlotX);
-    T* out = write_row(a.out, a.lo, r);
-    const RowStats st = range_stats<T, Coef::kNone>(x, 0, V, {});
+    const S* x = read_row(a.x, a.lx, r, kSlotX);
+    S* out = write_row(a.out, a.lo, r);
+    const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {});
     const T m = T(st.m);
     if (st.nan || !std::isfinite(st.m)) {
-      for (int64_t j = 0; j < V; ++j) out[j] = log && !st.nan ? x[j] - m : T(kNaN);
+      for (int64_t j = 0; j < V; ++j)
+        out[j] = from_compute<S>(log && !st.nan ? to_compute(x[j]) - m : T(kNaN));
     } else if (log) {
       // (x_j - m) - log(sum): subtract the max first so large logits keep their digits.
       const T log_sum = T(std::log(st.s));
-      for (int64_t j = 0; j < V; ++j) out[j] = (x[j] - m) - log_sum;
+      for (int64_t j = 0; j < V; ++j) out[j] = from_compute<S>((to_compute(x[j]) - m) - log_sum);
     } else {
-      row_grad<T, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out, stream);
+      row_grad<S, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out, stream);
     }
     scatter_row(a.out, a.lo, r, out);
   });
@@ -436,9 +445,10 @@ template <class T> void softmax_impl(const SoftmaxArgs<T>& a, bool log) {
 // row maximum log S = log1p(S') and 1 - p_t = S' / S keep full relative accuracy (a confident
 // row's loss of 1e-9 is not rounded to 0).
 // ---------------------------------------------------------------------------------------------
-template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, double W) {
+template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, double W) {
+  using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes;
   const double eps = a.label_smoothing, g = a.grad_scale;
   CoefRow<T, C> coef;
   coef.w = a.weight;
@@ -447,17 +457,17 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
     const bool ignored = t == a.ignore_index;
     if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
       a.loss[r] = ignored ? 0.0 : kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, ignored ? T(0) : T(kNaN));
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
       return;
     }
-    const T* x = read_row(a.x, a.lx, r, kSlotX);
+    const S* x = read_row(a.x, a.lx, r, kSlotX);
     // Statistics of the row without the target, then the target itself.
-    const RowStats excl = range_stats<T, C>(x, t + 1, V, coef, range_stats<T, C>(x, 0, t, coef));
-    const double xt = x[t];
+    const RowStats excl = range_stats<S, C>(x, t + 1, V, coef, range_stats<S, C>(x, 0, t, coef));
+    const double xt = to_compute(x[t]);
     const double md = excl.m > xt ? excl.m : xt;
     if (excl.nan || std::isnan(xt) || !std::isfinite(md)) {
       a.loss[r] = kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, T(kNaN));
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
     }
     const T m = T(md);
@@ -475,11 +485,12 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
     }
     a.loss[r] = loss;
     if (!a.grad) return;
-    T* gr = write_row(a.grad, a.lg, r);
+    S* gr = write_row(a.grad, a.lg, r);
     const double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W);
-    row_grad<T, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr, stream);
+    row_grad<S, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr, stream);
     // The target entry in closed form: g * (-(1-eps) w_t (1 - p_t) + (eps/C)(W p_t - c_t)).
-    gr[t] = T(g * (-(1.0 - eps) * w_t * (s_excl / sum) + (eps / double(V)) * (W * e_t / sum - c_t)));
+    gr[t] = from_compute<S>(
+        T(g * (-(1.0 - eps) * w_t * (s_excl / sum) + (eps / double(V)) * (W * e_t / sum - c_t))));
     scatter_row(a.grad, a.lg, r, gr);
   });
 }
@@ -491,40 +502,42 @@ template <class T, Coef C> void ce_index_rows(const CrossEntropyArgs<T>& a, doub
 //   dloss/dx_j = (sum_c c_c) p_j - c_j
 // A class with c_j = 0 contributes 0 even if its logit is -inf (0 * log 0 = 0).
 // ---------------------------------------------------------------------------------------------
-template <class T, Coef C> void ce_probs_rows(const CrossEntropyArgs<T>& a) {
+template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
+  using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  const bool stream = a.lx.rows() * V * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes;
   const double eps = a.label_smoothing, g = a.grad_scale;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    const T* x = read_row(a.x, a.lx, r, kSlotX);
+    const S* x = read_row(a.x, a.lx, r, kSlotX);
     CoefRow<T, C> coef;
     coef.w = a.weight;
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
-    const RowStats st = range_stats<T, C>(x, 0, V, coef);
+    const RowStats st = range_stats<S, C>(x, 0, V, coef);
     if (st.nan || !std::isfinite(st.m)) {
       a.loss[r] = kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, T(kNaN));
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
     }
     const T m = T(st.m);
     const double log_sum = std::log(st.s);
     a.loss[r] = st.cd + st.c * log_sum;
     if (!a.grad) return;
-    T* gr = write_row(a.grad, a.lg, r);
-    row_grad<T, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr, stream);
+    S* gr = write_row(a.grad, a.lg, r);
+    row_grad<S, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr, stream);
     scatter_row(a.grad, a.lg, r, gr);
   });
 }
 
-template <class T> void cross_entropy_impl(const CrossEntropyArgs<T>& a) {
+template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
+  using T = compute_t<S>;
   const bool smooth = a.label_smoothing > 0.0;
   if (a.probs) {
     if (a.weight)
-      ce_probs_rows<T, Coef::kWProbs>(a);
+      ce_probs_rows<S, Coef::kWProbs>(a);
     else
-      ce_probs_rows<T, Coef::kProbs>(a);
+      ce_probs_rows<S, Coef::kProbs>(a);
     return;
   }
   double W = double(a.lx.n1);
@@ -533,27 +546,28 @@ template <class T> void cross_entropy_impl(const CrossEntropyArgs<T>& a) {
     for (int64_t j = 0; j < a.lx.n1; ++j) W += double(a.weight[j]);
   }
   if (!smooth)
-    ce_index_rows<T, Coef::kNone>(a, W);
+    ce_index_rows<S, Coef::kNone>(a, W);
   else if (a.weight)
-    ce_index_rows<T, Coef::kWeight>(a, W);
+    ce_index_rows<S, Coef::kWeight>(a, W);
   else
-    ce_index_rows<T, Coef::kOne>(a, W);
+    ce_index_rows<S, Coef::kOne>(a, W);
 }
 
 // ---------------------------------------------------------------------------------------------
 // nll_loss: loss = -w_t * x_t; dloss/dx_j = -w_t [j == t].
 // ---------------------------------------------------------------------------------------------
-template <class T> void nll_loss_impl(const NllArgs<T>& a) {
+template <class S> void nll_loss_impl(const NllArgs<S>& a) {
+  using T = compute_t<S>;
   const int64_t V = a.lx.n1;
   parallel_rows(a.lx.rows(), a.grad ? V : 1, [&](int64_t r) {
     const int64_t t = a.target[r];
     const bool valid = t != a.ignore_index && t >= 0 && t < V;
     const double w_t = valid ? (a.weight ? double(a.weight[t]) : 1.0) : 0.0;
-    a.loss[r] = valid ? -w_t * double(a.x[a.lx.offset(r) + t * a.lx.s1])
+    a.loss[r] = valid ? -w_t * double(to_compute(a.x[a.lx.offset(r) + t * a.lx.s1]))
                       : (t == a.ignore_index ? 0.0 : kNaN);
     if (!a.grad) return;
-    fill_row(a.grad, a.lg, r, T(0));
-    if (valid) a.grad[a.lg.offset(r) + t * a.lg.s1] = T(-a.grad_scale * w_t);
+    fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));
+    if (valid) a.grad[a.lg.offset(r) + t * a.lg.s1] = from_compute<S>(T(-a.grad_scale * w_t));
   });
 }
 
@@ -563,9 +577,11 @@ template <class T> void nll_loss_impl(const NllArgs<T>& a) {
 #define FASTLOSS_STR(x) FASTLOSS_STR2(x)
 extern const KernelTable table;
 const KernelTable table = {
-    FASTLOSS_STR(FASTLOSS_ISA_NS), &logsumexp_impl<float>, &logsumexp_impl<double>,
-    &softmax_impl<float>,          &softmax_impl<double>,  &cross_entropy_impl<float>,
-    &cross_entropy_impl<double>,   &nll_loss_impl<float>,  &nll_loss_impl<double>,
+    FASTLOSS_STR(FASTLOSS_ISA_NS),
+#define FASTLOSS_TABLE_ROW(sfx, S) \
+  &logsumexp_impl<S>, &softmax_impl<S>, &cross_entropy_impl<S>, &nll_loss_impl<S>,
+    FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_TABLE_ROW)
+#undef FASTLOSS_TABLE_ROW
 };
 
 }  // namespace FASTLOSS_ISA_NS

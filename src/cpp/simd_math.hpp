@@ -279,30 +279,99 @@ typedef uint16_t u16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
 typedef float16 f16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
 typedef uint32_t u32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
 
+#if !defined(__F16C__)
+// IEEE half -> float without F16C, branch-free on the bits (exact for every half, incl.
+// subnormals, inf and NaN): shift exponent and mantissa into place, re-bias the exponent, then
+// fix subnormals by a float subtraction and inf/NaN by a larger re-bias.
+inline f32v half_bits_to_float(u32v h) {
+  const u32v shifted = (h & 0x7FFFu) << 13;
+  const u32v exp = shifted & (0x1Fu << 23);
+  u32v o = shifted + ((127u - 15u) << 23);
+  o = vselect(exp == (0x1Fu << 23), o + ((128u - 16u) << 23), o);  // inf / NaN
+  f32v f = f32v(o);
+  const f32v sub = f32v(o + (1u << 23)) - f32v(u32v{} + (113u << 23));  // subnormal
+  f = vselect(exp == 0u, sub, f);
+  return f32v(u32v(f) | ((h & 0x8000u) << 16));
+}
+
+// float -> IEEE half bits without F16C, branch-free, rounding to nearest even (overflow gives
+// inf, NaN stays NaN, small values become subnormal halves or zero).
+inline u32v float_to_half_bits(f32v v) {
+  u32v f = u32v(v);
+  const u32v sign = f & 0x80000000u;
+  f ^= sign;
+  // Normal range: re-bias the exponent and round the 13 dropped mantissa bits to nearest even.
+  const u32v normal = (f + ((15u - 127u) << 23) + 0xFFFu + ((f >> 13) & 1u)) >> 13;
+  // Subnormal range (|v| < 2^-14): let a float addition do the shift and the rounding.
+  const f32v magic = f32v(u32v{} + (((127u - 15u) + (23u - 10u) + 1u) << 23));
+  const u32v subnormal = u32v(f32v(f) + magic) - u32v(magic);
+  const u32v big = vselect(f > 0x7F800000u, u32v{} + 0x7E00u, u32v{} + 0x7C00u);  // NaN / inf
+  u32v o = vselect(f < 0x38800000u, subnormal, normal);
+  o = vselect(f >= 0x47800000u, big, o);
+  return o | (sign >> 16);
+}
+#endif
+
 template <class S> inline vec_t<compute_t<S>> vload_as(const S* p) {
-  if constexpr (std::is_same_v<S, bfloat16>) {
+  if constexpr (std::is_same_v<S, bfloat16>) {  // a bfloat16 is the top half of a float32
+#if defined(__AVX512F__)
+    return f32v(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#elif defined(__AVX2__)
+    return f32v(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#elif defined(__SSE2__)
+    return f32v(_mm_unpacklo_epi16(_mm_setzero_si128(),
+                                   _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
     u16h h;
     std::memcpy(&h, p, sizeof(h));
     return f32v(__builtin_convertvector(h, u32v) << 16);
+#endif
   } else if constexpr (std::is_same_v<S, float16>) {
-    f16h h;
+#if defined(__AVX512F__)
+    return f32v(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__F16C__) && defined(__AVX__)
+    return f32v(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+    u16h h;
     std::memcpy(&h, p, sizeof(h));
-    return __builtin_convertvector(h, f32v);
+    return half_bits_to_float(__builtin_convertvector(h, u32v));
+#endif
   } else {
     return vload(p);
   }
 }
 
+template <class S> inline compute_t<S> to_compute(S v);
+template <class S> inline S from_compute(compute_t<S> v);
+
 template <class S> inline void vstore_as(S* p, vec_t<compute_t<S>> v) {
   if constexpr (std::is_same_v<S, bfloat16>) {
     u32v u = u32v(v);
-    u = u + 0x7FFFu + ((u >> 16) & 1u);              // round to nearest even
-    u = vselect(v != v, u32v{} + 0x7FC00000u, u);     // NaN stays a (quiet) NaN
-    const u16h h = __builtin_convertvector(u >> 16, u16h);
-    std::memcpy(p, &h, sizeof(h));
+    u = u + 0x7FFFu + ((u >> 16) & 1u);           // round to nearest even
+    u = vselect(v != v, u32v{} + 0x7FC00000u, u);  // NaN stays a (quiet) NaN
+    u = u >> 16;
+#if defined(__AVX512F__)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(__m512i(u)));
+#elif defined(__AVX2__)
+    const __m256i packed = _mm256_packus_epi32(__m256i(u), __m256i(u));  // per 128-bit lane
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+#else
+    for (int i = 0; i < vec_width<float>; ++i) p[i] = bfloat16{uint16_t(u[i])};
+#endif
   } else if constexpr (std::is_same_v<S, float16>) {
-    const f16h h = __builtin_convertvector(v, f16h);
+#if defined(__AVX512F__)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(__m512(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__) && defined(__AVX__)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(__m256(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    const u16h h = __builtin_convertvector(float_to_half_bits(v), u16h);
     std::memcpy(p, &h, sizeof(h));
+#endif
   } else {
     vstore(p, v);
   }

@@ -9,12 +9,24 @@ semantics where PyTorch has the same loss, and can return its gradient in the sa
 from __future__ import annotations
 
 import operator
+import os
+import warnings
 
 from . import _core
+from ._config import config as _config_dict
+from ._config import show_config
 from .classification import cross_entropy, nll_loss
 from .softmax import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
+
+if os.environ.get("FASTLOSS_ISA") and os.environ["FASTLOSS_ISA"] not in _core.compiled_isas():
+    warnings.warn(
+        f"FASTLOSS_ISA={os.environ['FASTLOSS_ISA']!r} is not one of "
+        f"{', '.join(_core.compiled_isas())}; using {_core.active_isa()}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 __all__ = [
     "cross_entropy",
@@ -23,8 +35,15 @@ __all__ = [
     "logsumexp",
     "nll_loss",
     "set_num_threads",
+    "show_config",
     "softmax",
 ]
+
+
+def __getattr__(name: str):
+    if name == "__config__":  # a fresh snapshot: the ISA and thread count can change
+        return _config_dict()
+    raise AttributeError(f"module 'fastloss' has no attribute {name!r}")
 
 
 def set_num_threads(n: int) -> None:

@@ -1,0 +1,47 @@
+"""Build and run-time configuration: which instruction set the kernels dispatched to, threads,
+compiler."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any, Dict
+
+import numpy as np
+
+from . import _core
+
+
+def config() -> Dict[str, Any]:
+    """The configuration as a dict (what :func:`show_config` prints)."""
+    from . import __version__
+
+    return {
+        "fastloss": __version__,
+        "isa": _core.active_isa(),
+        "isas_compiled": list(_core.compiled_isas()),
+        "isas_supported": [i for i in _core.compiled_isas() if _core.isa_supported(i)],
+        "FASTLOSS_ISA": os.environ.get("FASTLOSS_ISA"),
+        "threads": _core.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "cpus": os.cpu_count(),
+        "compiler": _core.compiler,
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+    }
+
+
+def show_config() -> None:
+    """Print the dispatched instruction set, thread count, compiler and versions.
+
+    The kernels are compiled once per instruction set (AVX-512, AVX2, baseline x86-64 or the
+    portable baseline elsewhere) and the best one the CPU supports is chosen at import. Set the
+    environment variable ``FASTLOSS_ISA=avx2`` (or ``baseline``) before importing fastloss to
+    cap the choice, e.g. to test the other paths.
+    """
+    for key, value in config().items():
+        if isinstance(value, list):
+            value = ", ".join(value)
+        print(f"{key:>16}: {value}")

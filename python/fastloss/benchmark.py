@@ -33,6 +33,7 @@ class Result:
     bytes_moved: int
     floor_ms: float
     numpy_ms: Optional[float] = None
+    peak_extra_bytes: Optional[int] = None
     note: str = ""
     times_ms: list = field(default_factory=list)
 
@@ -67,6 +68,31 @@ def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:
     return times
 
 
+def peak_extra_memory(fn: Callable[[], object]) -> Optional[int]:
+    """Bytes of resident memory ``fn()`` added at its peak, over what was resident before
+    (Linux: resets the high-water mark through /proc/self/clear_refs; None elsewhere). It counts
+    every allocator, NumPy's, PyTorch's and XLA's alike; the result is kept alive until the peak
+    is read, so it includes the outputs (e.g. a gradient array)."""
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise OSError(key)
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS:")
+        out = fn()
+        peak = status("VmHWM:")
+        del out
+    except OSError:
+        return None
+    return max(peak - before, 0)
+
+
 def _as_float32_bytes(a: np.ndarray) -> np.ndarray:
     """The bytes of a contiguous array seen as float32 (for measuring the floor of any dtype)."""
     flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
@@ -96,6 +122,32 @@ def bandwidth_floor(nbytes: int, repeat: int = 5) -> dict:
     return {"read_gbps": src.nbytes / (read * 1e-3) / 1e9,
             "read_write_gbps": 2 * src.nbytes / (copy * 1e-3) / 1e9,
             "read_write_nt_gbps": 2 * src.nbytes / (copy_nt * 1e-3) / 1e9}
+
+
+def _numpy_impls(x: np.ndarray, t: np.ndarray):
+    """Cross-entropy as a NumPy user writes it (stable, vectorised, in the input dtype); the
+    float64 :mod:`fastloss.reference` is the accuracy baseline, not a speed one."""
+    rows = np.arange(x.shape[0])
+
+    def stats():
+        m = x.max(axis=1, keepdims=True)
+        e = np.exp(x - m)
+        s = e.sum(axis=1, keepdims=True)
+        return m, e, s
+
+    def loss():
+        m, e, s = stats()
+        return float(np.mean(np.log(s[:, 0]) + m[:, 0] - x[rows, t]))
+
+    def loss_grad():
+        m, e, s = stats()
+        value = float(np.mean(np.log(s[:, 0]) + m[:, 0] - x[rows, t]))
+        e /= s
+        e[rows, t] -= 1
+        e /= x.shape[0]
+        return value, e
+
+    return {"loss": loss, "loss+grad": loss_grad}, f"numpy {np.__version__}"
 
 
 def _torch_impls(x: np.ndarray, t: np.ndarray, threads: int):
@@ -161,10 +213,10 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[int] = None,
-             repeat: int = 5, numpy_repeat: int = 2, others: bool = True,
+             repeat: int = 5, numpy_repeat: int = 3, others: bool = True,
              progress: Callable[[str], None] = lambda s: None) -> tuple:
-    """Time cross-entropy loss and loss+grad for fastloss, the NumPy reference and, when
-    importable, PyTorch and JAX. Returns (results, machine info)."""
+    """Time cross-entropy loss and loss+grad for fastloss, plain NumPy and, when importable,
+    PyTorch and JAX. Returns (results, machine info)."""
     from . import get_num_threads, set_num_threads
 
     if threads:
@@ -180,27 +232,37 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
     moved = {"loss": nbytes, "loss+grad": 2 * nbytes}
     results = []
 
-    def add(case, impl, times, note=""):
+    def add(case, impl, fn, repeat_, warmup=1, note=""):
+        times = time_call(fn, repeat_, warmup)
         results.append(Result(case, impl, statistics.median(times), min(times), max(times),
-                              moved[case], floor_ms[case], note=note, times_ms=times))
+                              moved[case], floor_ms[case], note=note, times_ms=times,
+                              peak_extra_bytes=peak_extra_memory(fn)))
+        return times
 
     ref_loss = float(cross_entropy(x, t))
     grad_buf = np.empty_like(x)
+    cross_entropy(x, t, return_grad=True, grad_out=grad_buf)  # touch it; also the check value
 
     progress("fastloss")
-    add("loss", "fastloss", time_call(lambda: cross_entropy(x, t), repeat))
-    add("loss+grad", "fastloss", time_call(
-        lambda: cross_entropy(x, t, return_grad=True, grad_out=grad_buf), repeat),
-        "preallocated grad_out")
-    add("loss+grad", "fastloss (fresh)", time_call(
-        lambda: cross_entropy(x, t, return_grad=True), repeat), "new gradient array per call")
+    add("loss", "fastloss", lambda: cross_entropy(x, t), repeat)
+    add("loss+grad", "fastloss", lambda: cross_entropy(x, t, return_grad=True, grad_out=grad_buf),
+        repeat, note="preallocated grad_out")
+    add("loss+grad", "fastloss (fresh)", lambda: cross_entropy(x, t, return_grad=True), repeat,
+        note="new gradient array per call")
+    if x.dtype.itemsize > 2:
+        work = x.copy()
+        add("loss+grad", "fastloss (in place)",
+            lambda: cross_entropy(work, t, return_grad=True, grad_out=work), repeat,
+            note="grad_out=logits")
 
-    progress("NumPy reference (float64, slow)")
     np_times = {}
-    for case, fn in {"loss": lambda: reference.cross_entropy(x, t),
-                     "loss+grad": lambda: reference.cross_entropy(x, t, return_grad=True)}.items():
-        np_times[case] = time_call(fn, numpy_repeat, warmup=0)
-        add(case, "numpy reference", np_times[case])
+    if numpy_repeat and x.dtype.itemsize > 2:
+        progress("NumPy")
+        impls, label = _numpy_impls(x, t)
+        if not np.isclose(impls["loss"](), ref_loss, rtol=1e-4):
+            raise RuntimeError("the NumPy implementation disagrees with fastloss")
+        for case, fn in impls.items():
+            np_times[case] = add(case, label, fn, numpy_repeat)
 
     if others:
         for mod, make in (("torch", _torch_impls), ("jax", _jax_impls)):
@@ -214,8 +276,8 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
                     check_grad, grad_buf, rtol=1e-3, atol=1e-6 / batch):
                 raise RuntimeError(f"{label} disagrees with fastloss: loss {check} vs {ref_loss}")
             for case, fn in impls.items():
-                add(case, label, time_call(fn, repeat, warmup=2),
-                    "single-threaded XLA CPU" if mod == "jax" else "")
+                add(case, label, fn, repeat, warmup=2,
+                    note="XLA CPU, its own threads" if mod == "jax" else "")
 
     for r in results:
         ms = np_times.get(r.case)
@@ -229,6 +291,8 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
         "dtype": dtype,
         "read_gbps": floor["read_gbps"],
         "read_write_gbps": floor["read_write_gbps"],
+        "read_write_nt_gbps": floor["read_write_nt_gbps"],
+        "isa": _core.active_isa(),
         "compiler": _core.compiler,
     }
     return results, info
@@ -243,3 +307,54 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def vocab_sweep(vocabs=(1024, 4096, 16384, 50257, 131072, 262144), elements: int = 1 << 27,
+                dtype: str = "float32", repeat: int = 3, others: bool = True, numpy: bool = True,
+                progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Loss-only throughput (GB/s) against vocabulary size, about ``elements`` logits per case,
+    for fastloss, the NumPy reference and PyTorch/JAX when importable; plus the read floor."""
+    out: dict = {"vocab": list(vocabs), "floor_gbps": [], "impls": {}}
+    for v in vocabs:
+        batch = max(elements // v, 1)
+        x, t = cross_entropy_case(batch, v, dtype)
+        progress(f"vocabulary {v}: ({batch}, {v})")
+        out["floor_gbps"].append(bandwidth_floor(x.nbytes, 3)["read_gbps"])
+        impls = {"fastloss": lambda: cross_entropy(x, t)}
+        if numpy:
+            fns, label = _numpy_impls(x, t)
+            impls[label] = fns["loss"]
+        if others:
+            from . import get_num_threads
+
+            for mod, make in (("torch", _torch_impls), ("jax", _jax_impls)):
+                if importlib.util.find_spec(mod) is not None and dtype in ("float32", "float64"):
+                    fns, label = make(x, t, get_num_threads())
+                    impls[label] = fns["loss"]
+        for name, fn in impls.items():
+            ms = statistics.median(time_call(fn, repeat))
+            out["impls"].setdefault(name, []).append(x.nbytes / (ms * 1e-3) / 1e9)
+    return out
+
+
+def plot_sweep(sweep: dict, path: str, title: str) -> None:
+    """Throughput against vocabulary size, one line per implementation, the floor dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, gbps in sweep["impls"].items():
+        ax.plot(sweep["vocab"], gbps, marker="o", label=name)
+    ax.plot(sweep["vocab"], sweep["floor_gbps"], "k--", label="read bandwidth floor")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("vocabulary size (classes per row)")
+    ax.set_ylabel("logits read per second (GB/s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -8,10 +8,35 @@ import sys
 from typing import Optional, Sequence
 
 
-def _progress_printer(quiet: bool):
-    if quiet:
-        return lambda msg: None
-    return lambda msg: print(f"  ... {msg}", file=sys.stderr, flush=True)
+class _Progress:
+    """Progress lines on stderr: a rich spinner when rich is installed, plain lines otherwise."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.status = quiet, None
+        if not quiet:
+            try:
+                from rich.console import Console
+
+                self.status = Console(stderr=True).status("fastloss bench")
+            except ImportError:
+                pass
+
+    def __enter__(self):
+        if self.status:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.status:
+            self.status.__exit__(*exc)
+
+    def __call__(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.status:
+            self.status.update(f"fastloss bench: {msg}")
+        else:
+            print(f"  ... {msg}", file=sys.stderr, flush=True)
 
 
 def _fmt(x: Optional[float], spec: str) -> str:
@@ -21,13 +46,18 @@ def _fmt(x: Optional[float], spec: str) -> str:
 def format_table(results, info) -> str:
     """A plain-text table (also what the README shows)."""
     head = (f"fastloss bench: cross-entropy ({info['batch']}, {info['vocab']}) {info['dtype']}, "
-            f"{info['threads']} threads, {info['processor']}\n"
-            f"bandwidth floor: read {info['read_gbps']:.1f} GB/s, "
-            f"read+write {info['read_write_gbps']:.1f} GB/s\n")
+            f"{info['threads']} threads, {info['isa']} kernels, {info['processor']}\n"
+            f"bandwidth floor: read {info['read_gbps']:.1f} GB/s, read+write "
+            f"{info['read_write_gbps']:.1f} GB/s ({info['read_write_nt_gbps']:.1f} GB/s with "
+            "non-temporal stores); 'x floor' = time / (bytes moved / floor bandwidth); loss "
+            "moves the logits once, loss+grad reads them and writes the gradient\n"
+            "timings: outputs preallocated except rows marked 'fresh' (new pages are "
+            "first-touched in the timed call)\n")
     cols = ["case", "implementation", "median ms", "min..max ms", "GB/s", "x floor", "vs numpy",
-            "note"]
+            "peak extra MB", "note"]
     rows = [[r.case, r.impl, f"{r.median_ms:.1f}", f"{r.min_ms:.1f}..{r.max_ms:.1f}",
              f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", _fmt(r.speedup_vs_numpy, ".1f") + "x",
+             _fmt(None if r.peak_extra_bytes is None else r.peak_extra_bytes / 1e6, ".0f"),
              r.note] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -36,14 +66,25 @@ def format_table(results, info) -> str:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import run_case
+    from .benchmark import plot_sweep, run_case, vocab_sweep
 
-    results, info = run_case(args.batch, args.vocab, args.dtype, args.threads, args.repeat,
-                             others=not args.no_others, progress=_progress_printer(args.quiet))
+    with _Progress(args.quiet) as progress:
+        results, info = run_case(args.batch, args.vocab, args.dtype, args.threads, args.repeat,
+                                 numpy_repeat=0 if args.no_numpy else args.repeat,
+                                 others=not args.no_others, progress=progress)
+        sweep = None
+        if args.plot:
+            sweep = vocab_sweep(dtype=args.dtype, others=not args.no_others,
+                                numpy=not args.no_numpy, progress=progress)
     print(format_table(results, info))
+    if args.plot:
+        plot_sweep(sweep, args.plot, f"cross-entropy loss, {args.dtype}, {info['threads']} "
+                                     f"threads, {info['processor']}")
+        print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": [r.as_dict() for r in results]}, f, indent=2)
+            json.dump({"info": info, "results": [r.as_dict() for r in results],
+                       "vocab_sweep": sweep}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 
@@ -60,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=5, help="timed runs per implementation")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--no-others", action="store_true", help="skip PyTorch and JAX")
+    b.add_argument("--no-numpy", action="store_true", help="skip plain NumPy")
+    b.add_argument("--plot", metavar="FILE.png",
+                   help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_bench)
     return p

@@ -136,7 +136,8 @@ def test_logsumexp_b_with_negative_and_zero_weights(rng, shape, axis):
     np.testing.assert_array_equal(sgn, want_sgn)
     # independent: log|sum(b e^a)| straight from the definition (the values are moderate)
     s = np.sum(b * np.exp(a), axis=axis)
-    assert_allclose(res, np.log(np.abs(s)), rtol=1e-11)
+    with np.errstate(divide="ignore"):
+        assert_allclose(res, np.log(np.abs(s)), rtol=1e-11)
     np.testing.assert_array_equal(sgn, np.sign(s))
     # without return_sign a negative sum is NaN, as scipy
     with np.errstate(invalid="ignore"):
@@ -241,12 +242,19 @@ def test_softmax_low_precision_keeps_dtype(rng, fl_f, sp_f, ref_f, dtype, rtol, 
 
 
 @pytest.mark.parametrize("fl_f,sp_f,ref_f", SOFTMAX_FUNCS)
-@pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint8])
+@pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint8, np.bool_])
 def test_softmax_integer_input_gives_float64(fl_f, sp_f, ref_f, dtype):
-    x = np.array([[1, 2, 3], [0, 0, 7]], dtype=dtype)
+    # The contract (API.md) says float64 for every integer and bool dtype. scipy agrees for
+    # int64; it gives float32 for int16 and wraps around in unsigned arithmetic for uint8, so
+    # the values are compared with scipy on the int64 (or float64) version of the input.
+    x = np.array([[1, 0, 1], [0, 0, 1]], dtype=dtype)
     got = fl_f(x, axis=1)
-    assert got.dtype == np.float64 == sp_f(x, axis=1).dtype
-    assert_allclose(got, ref_f(x.astype(np.float64), axis=1), rtol=1e-14)
+    assert got.dtype == np.float64
+    x64 = x.astype(np.float64)
+    assert_allclose(got, sp_f(x64, axis=1), rtol=1e-15)
+    assert_allclose(got, ref_f(x64, axis=1), rtol=1e-15)
+    if dtype is np.int64:
+        assert sp_f(x, axis=1).dtype == np.float64
 
 
 def test_softmax_hand_value():
@@ -327,9 +335,11 @@ def test_logsumexp_empty(shape, axis, want_shape):
     got = fl.logsumexp(a, axis=axis)
     assert np.shape(got) == want_shape
     assert np.all(np.asarray(got) == -np.inf)  # an empty sum is 0, its log -inf
-    assert_allclose(got, sp.logsumexp(a, axis=axis))
     kd = fl.logsumexp(a, axis=axis, keepdims=True)
-    assert np.shape(kd) == np.shape(sp.logsumexp(a, axis=axis, keepdims=True))
+    assert np.shape(kd) == np.shape(np.sum(a, axis=axis, keepdims=True))
+    if not isinstance(axis, tuple):  # (scipy 1.17 raises IndexError for an empty tuple axis)
+        assert_allclose(got, sp.logsumexp(a, axis=axis))
+        assert np.shape(kd) == np.shape(sp.logsumexp(a, axis=axis, keepdims=True))
     res, sgn = fl.logsumexp(a, axis=axis, return_sign=True)
     assert np.all(np.asarray(sgn) == 0.0)
 

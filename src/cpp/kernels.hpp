@@ -89,8 +89,9 @@ bool isa_supported(const char* name);
 const char* active_isa();
 bool set_isa(const char* name);
 
-// Per-thread scratch memory (threads.cpp, baseline code): slot 0..3, at least `bytes`, valid
-// until the same thread asks for the same slot again. 64-byte aligned.
+// Per-thread scratch memory (threads.cpp, baseline code): slot 0..kScratchSlots-1, at least
+// `bytes`, valid until the same thread asks for the same slot again. 64-byte aligned.
+constexpr int kScratchSlots = 6;
 void* thread_scratch(int slot, size_t bytes);
 
 #define FASTLOSS_DECLARE(sfx, S)                   \

@@ -35,7 +35,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // ---------------------------------------------------------------------------------------------
 // Scratch rows come from thread_scratch (baseline code), not std::vector: no STL template may be
 // instantiated here, or the linker could keep this file's AVX-512 copy for every caller.
-enum Slot { kSlotX = 0, kSlotY = 1, kSlotG = 2 };
+enum Slot { kSlotX = 0, kSlotY = 1, kSlotG = 2, kSlotE = 3, kSlotSegEnd = 4, kSlotSegRef = 5 };
 template <class T> T* scratch_row(Slot slot, int64_t n) {
   return static_cast<T*>(thread_scratch(slot, size_t(n) * sizeof(T)));
 }
@@ -201,18 +201,26 @@ struct RowSums {
 
 // Sums over x[begin:end) relative to a reference m (finite; exp(x_j - m) must not overflow, so
 // x_j <= m + kMaxShift), and the maximum of the stretch (block_max).
+// With e_row, also stores e_j = exp(x_j - m) at e_row[j] (the gradient pass reuses them).
 template <class S, Coef C, class T = compute_t<S>>
 RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
-                 T& block_max) {
+                 T& block_max, T* e_row = nullptr) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   Acc<T> se, scd, sc;
   const V vm = vset<T>(m);
   V mx = vset<T>(-kInf<T>);
-  auto step = [&](V xv, V cv) {
+  auto step = [&](V xv, V cv, int64_t j, int64_t n) {
     mx = vmax<T>(mx, xv);
     V d = vm - xv;
-    se.add(vexp_capped(-d));
+    const V e = vexp_capped(-d);
+    se.add(e);
+    if (e_row) {
+      if (n == W)
+        vstore(e_row + j, e);
+      else
+        store_partial(e_row + j, n, e);
+    }
     if constexpr (C != Coef::kNone) {
       // c_j = 0 terms (zero target mass, and the padding of a row's tail) count 0 even when
       // x_j = -inf, where c_j * d would be 0 * inf = NaN.
@@ -227,9 +235,9 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     // Pull the next block in while this one is summed: memory traffic overlaps the exp
     // arithmetic. Prefetches past the end of the array cannot fault.
     __builtin_prefetch(x + j + kPrefetchAhead<T>, 0, 3);
-    step(vload_as(x + j), coef.load(j));
+    step(vload_as(x + j), coef.load(j), j, W);
   }
-  if (j < end) step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j));
+  if (j < end) step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j), j, end - j);
   block_max = hmax<T>(mx);
   RowSums s;
   s.exp = se.total();
@@ -285,12 +293,40 @@ inline RowStats merge(const RowStats& a, const RowStats& b) {
   return o;
 }
 
+// Where the exp values of a row are kept for the gradient pass: e[j] = exp(x_j - ref_k) for j in
+// segment k (segments end at seg_end[k]; each block is summed against its own reference).
+template <class T> struct ExpRow {
+  T* e = nullptr;  // nullptr: loss only, nothing kept
+  int64_t* seg_end = nullptr;
+  double* seg_ref = nullptr;
+  int64_t n_seg = 0;
+  void add(int64_t end, double ref) {
+    seg_end[n_seg] = end;
+    seg_ref[n_seg++] = ref;
+  }
+};
+
+template <class T> ExpRow<T> exp_row(int64_t V, bool keep) {
+  ExpRow<T> er;
+  if (!keep) return er;
+  const int64_t max_seg = V / kBlock<T> + 3;
+  er.e = static_cast<T*>(thread_scratch(kSlotE, size_t(V) * sizeof(T)));
+  er.seg_end = static_cast<int64_t*>(thread_scratch(kSlotSegEnd, size_t(max_seg) * 8));
+  er.seg_ref = static_cast<double*>(thread_scratch(kSlotSegRef, size_t(max_seg) * 8));
+  return er;
+}
+
 template <class S, Coef C, class T = compute_t<S>>
-RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef) {
+RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
+                     ExpRow<T>* er = nullptr) {
   RowStats st;
   const T m = row_max(x + begin, end - begin);
   st.m = m;
   if (!std::isfinite(m)) {  // rare: +inf, all -inf, or all NaN
+    if (er && er->e) {  // all -inf: exp is 0 whatever the reference
+      for (int64_t j = begin; j < end; ++j) er->e[j] = T(0);
+      er->add(end, 0.0);
+    }
     st.nan = any_nan(x + begin, end - begin);
     if (st.nan || m == kInf<T>) return st;
     if constexpr (C != Coef::kNone) {  // all -inf: no mass; any c_j != 0 makes cd infinite
@@ -303,7 +339,8 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
     return st;
   }
   T unused;
-  const RowSums rs = row_sums<S, C>(x, begin, end, m, coef, unused);
+  const RowSums rs = row_sums<S, C>(x, begin, end, m, coef, unused, er ? er->e : nullptr);
+  if (er && er->e) er->add(end, double(m));
   st.s = rs.exp;
   st.cd = rs.cd;
   st.c = rs.c;
@@ -317,14 +354,15 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
 // NaN or +-inf, is it redone the careful way (max first, then sums).
 template <class S, Coef C, class T = compute_t<S>>
 RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
-                     RowStats st = {}) {
+                     RowStats st = {}, ExpRow<T>* er = nullptr) {
   for (int64_t b = begin; b < end; b += kBlock<T>) {
     const int64_t e = b + kBlock<T> < end ? b + kBlock<T> : end;
     const T m = T(st.m);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
-      const RowSums rs = row_sums<S, C>(x, b, e, m, coef, block_max);
+      const RowSums rs = row_sums<S, C>(x, b, e, m, coef, block_max, er ? er->e : nullptr);
       if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
+        if (er && er->e) er->add(e, st.m);
         RowStats bs;
         bs.m = st.m;
         bs.s = rs.exp;
@@ -335,40 +373,44 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
         continue;
       }
     }
-    st = merge(st, block_stats<S, C>(x, b, e, coef));
+    st = merge(st, block_stats<S, C>(x, b, e, coef, er));
   }
   return st;
 }
 
-// g_j = a * exp(x_j - m) - d * c_j for j in [0, n). x and g may be the same row (in place).
-// With `stream`, whole aligned vectors are written with non-temporal stores.
+// The gradient from kept exp values: g_j = a * exp(ref_k - m) * e_j - d * c_j, segment by
+// segment (no exp per element). x_j for j in [0, n) are not read again.
 template <class S, Coef C, class T = compute_t<S>>
-void row_grad(const S* x, int64_t n, T m, T a, T d, const CoefRow<T, C>& coef, S* g,
-              bool stream = false) {
+void row_grad_kept(const ExpRow<T>& er, int64_t n, double m, double a, T d,
+                   const CoefRow<T, C>& coef, S* g, bool stream) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
-  const V vm = vset<T>(m), va = vset<T>(a), vd = vset<T>(d);
-  auto value = [&](V xv, V cv) {
-    V e = va * vexp_capped(xv - vm);
-    if constexpr (C != Coef::kNone) e -= vd * cv;
-    return e;
-  };
-  int64_t j = 0;
-  if constexpr (std::is_same_v<S, T>) {  // (16-bit outputs are small enough to cache)
-    if (stream) {
-      // Head: elements up to the first vector-aligned address of g.
-      const int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g) % sizeof(V)) %
-                                   sizeof(V) / sizeof(T));
-      if (reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0 && head < n) {
-        if (head) store_partial(g, head, value(load_partial(x, head, -kInf<T>), coef.load_tail(0, head)));
-        for (j = head; j + W <= n; j += W) vstream(g + j, value(vload(x + j), coef.load(j)));
+  const V vd = vset<T>(d);
+  int64_t begin = 0;
+  for (int64_t k = 0; k < er.n_seg; ++k) {
+    const int64_t end = er.seg_end[k];
+    const V scale = vset<T>(T(a * std::exp(er.seg_ref[k] - m)));
+    auto value = [&](V e, V cv) {
+      V out = scale * e;
+      if constexpr (C != Coef::kNone) out -= vd * cv;
+      return out;
+    };
+    int64_t j = begin;
+    if constexpr (std::is_same_v<S, T>) {
+      if (stream && reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0) {
+        // Up to the first vector-aligned address of g with ordinary stores, then streaming.
+        int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g + j) % sizeof(V)) %
+                               sizeof(V) / sizeof(T));
+        head = head < end - j ? head : end - j;
+        if (head) store_partial(g + j, head, value(load_partial(er.e + j, head, T(0)), coef.load_tail(j, head)));
+        for (j += head; j + W <= end; j += W) vstream(g + j, value(vload(er.e + j), coef.load(j)));
       }
     }
+    for (; j + W <= end; j += W) vstore_as(g + j, value(vload(er.e + j), coef.load(j)));
+    if (j < end) store_partial(g + j, end - j, value(load_partial(er.e + j, end - j, T(0)), coef.load_tail(j, end - j)));
+    begin = end;
   }
-  for (; j + W <= n; j += W) vstore_as(g + j, value(vload_as(x + j), coef.load(j)));
-  if (j < n)
-    store_partial(g + j, n - j,
-                  value(load_partial(x + j, n - j, -kInf<T>), coef.load_tail(j, n - j)));
+  (void)n;
 }
 
 // Outputs at least this large bypass the caches (non-temporal stores): a larger output would
@@ -418,7 +460,8 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
     S* out = write_row(a.out, a.lo, r);
-    const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {});
+    ExpRow<T> er = exp_row<T>(V, !log);
+    const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {}, {}, &er);
     const T m = T(st.m);
     if (st.nan || !std::isfinite(st.m)) {
       for (int64_t j = 0; j < V; ++j)
@@ -428,7 +471,7 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
       const T log_sum = T(std::log(st.s));
       for (int64_t j = 0; j < V; ++j) out[j] = from_compute<S>((to_compute(x[j]) - m) - log_sum);
     } else {
-      row_grad<S, Coef::kNone>(x, V, m, T(1.0 / st.s), T(0), {}, out, stream);
+      row_grad_kept<S, Coef::kNone>(er, V, st.m, 1.0 / st.s, T(0), {}, out, stream);
     }
     scatter_row(a.out, a.lo, r, out);
   });
@@ -448,7 +491,9 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
 template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, double W) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes;
+  // In place (grad over the logits) the lines are already cached: ordinary stores then.
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes &&
+                      static_cast<const void*>(a.grad) != static_cast<const void*>(a.x);
   const double eps = a.label_smoothing, g = a.grad_scale;
   CoefRow<T, C> coef;
   coef.w = a.weight;
@@ -461,8 +506,11 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
       return;
     }
     const S* x = read_row(a.x, a.lx, r, kSlotX);
-    // Statistics of the row without the target, then the target itself.
-    const RowStats excl = range_stats<S, C>(x, t + 1, V, coef, range_stats<S, C>(x, 0, t, coef));
+    // Statistics of the row without the target, then the target itself. With a gradient to
+    // compute, the exp values are kept (in L2) so the gradient pass needs no exp.
+    ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
+    const RowStats before = range_stats<S, C>(x, 0, t, coef, {}, &er);
+    const RowStats excl = range_stats<S, C>(x, t + 1, V, coef, before, &er);
     const double xt = to_compute(x[t]);
     const double md = excl.m > xt ? excl.m : xt;
     if (excl.nan || std::isnan(xt) || !std::isfinite(md)) {
@@ -470,7 +518,6 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
     }
-    const T m = T(md);
     const RowStats rest = rebase(excl, md);
     const double e_t = std::exp(xt - md);
     const double s_excl = rest.s, sum = s_excl + e_t;
@@ -487,7 +534,8 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     if (!a.grad) return;
     S* gr = write_row(a.grad, a.lg, r);
     const double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W);
-    row_grad<S, C>(x, V, m, T(p_scale / sum), T(g * eps / double(V)), coef, gr, stream);
+    er.e[t] = T(0);  // (its segment skips t; the entry is set in closed form below)
+    row_grad_kept<S, C>(er, V, md, p_scale / sum, T(g * eps / double(V)), coef, gr, stream);
     // The target entry in closed form: g * (-(1-eps) w_t (1 - p_t) + (eps/C)(W p_t - c_t)).
     gr[t] = from_compute<S>(
         T(g * (-(1.0 - eps) * w_t * (s_excl / sum) + (eps / double(V)) * (W * e_t / sum - c_t))));
@@ -505,7 +553,8 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
 template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes;
+  const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes &&
+                      static_cast<const void*>(a.grad) != static_cast<const void*>(a.x);
   const double eps = a.label_smoothing, g = a.grad_scale;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
@@ -514,24 +563,23 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
-    const RowStats st = range_stats<S, C>(x, 0, V, coef);
+    ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
+    const RowStats st = range_stats<S, C>(x, 0, V, coef, {}, &er);
     if (st.nan || !std::isfinite(st.m)) {
       a.loss[r] = kNaN;
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
     }
-    const T m = T(st.m);
     const double log_sum = std::log(st.s);
     a.loss[r] = st.cd + st.c * log_sum;
     if (!a.grad) return;
     S* gr = write_row(a.grad, a.lg, r);
-    row_grad<S, C>(x, V, m, T(g * st.c / st.s), T(g), coef, gr, stream);
+    row_grad_kept<S, C>(er, V, st.m, g * st.c / st.s, T(g), coef, gr, stream);
     scatter_row(a.grad, a.lg, r, gr);
   });
 }
 
 template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
-  using T = compute_t<S>;
   const bool smooth = a.label_smoothing > 0.0;
   if (a.probs) {
     if (a.weight)

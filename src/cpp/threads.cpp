@@ -32,8 +32,8 @@ int threads_for(int64_t work, int64_t max_parallel) {
 
 void* thread_scratch(int slot, size_t bytes) {
   struct Buffers {
-    void* p[4] = {nullptr, nullptr, nullptr, nullptr};
-    size_t n[4] = {0, 0, 0, 0};
+    void* p[kScratchSlots] = {};
+    size_t n[kScratchSlots] = {};
     ~Buffers() {
       for (void* q : p) std::free(q);
     }

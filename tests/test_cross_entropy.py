@@ -1,0 +1,1010 @@
+"""cross_entropy and nll_loss: values and gradients against fastloss.reference (float64),
+central finite differences, hand-computed values and PyTorch; stability; bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import LAYOUTS, central_diff, layout, read_only
+
+import fastloss as fl
+from fastloss import reference as ref
+
+assert_allclose = np.testing.assert_allclose
+REDUCTIONS = ("mean", "sum", "none")
+NINF = -np.inf
+
+# tolerances against the float64 reference evaluated on the same input values
+TOL = {
+    np.float64: dict(loss_rtol=1e-12, grad_rtol=1e-11, grad_atol=1e-14),
+    np.float32: dict(loss_rtol=2e-6, grad_rtol=1e-5, grad_atol=2e-7),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def logits_of(rng, shape, dtype=np.float64, scale=3.0):
+    return rng.normal(0.0, scale, size=shape).astype(dtype)
+
+
+def index_target(rng, shape, axis, ignore_index=None, frac_ignored=0.25):
+    """Random class indices for logits of ``shape`` with class ``axis``; a fraction of them
+    set to ``ignore_index`` (at least one when there are two rows or more)."""
+    axis = axis % len(shape)
+    C = shape[axis]
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    t = rng.integers(0, C, size=row_shape)
+    if ignore_index is not None and t.size > 1:
+        flat = t.reshape(-1)
+        mask = rng.random(flat.size) < frac_ignored
+        mask[0] = True
+        mask[-1] = False  # keep at least one row that counts
+        flat[mask] = ignore_index
+    return t
+
+
+def prob_target(rng, shape, axis, dtype=np.float64):
+    """Random class probabilities (rows of a Dirichlet) with the class axis at ``axis``."""
+    axis = axis % len(shape)
+    moved = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1]) if moved[:-1] else rng.dirichlet(
+        np.ones(shape[axis]))
+    return np.moveaxis(p.reshape(moved), -1, axis).astype(dtype)
+
+
+def assert_matches_reference(x, t, dtype=None, fn="cross_entropy", **kw):
+    """fastloss (loss-only and loss+grad paths) against the float64 reference on the same
+    values; returns the fastloss loss and gradient."""
+    dtype = np.dtype(x.dtype if dtype is None else dtype).type
+    tol = TOL[dtype]
+    f, r = getattr(fl, fn), getattr(ref, fn)
+    loss_only = f(x, t, **kw)
+    loss, grad = f(x, t, return_grad=True, **kw)
+    want_loss, want_grad = r(x, t, return_grad=True, **kw)
+    reduction = kw.get("reduction", "mean")
+    if reduction == "none":
+        assert isinstance(loss, np.ndarray) and loss.shape == np.shape(want_loss)
+    else:
+        assert isinstance(loss, np.floating) and not isinstance(loss, np.ndarray)
+    assert np.asarray(loss).dtype == x.dtype
+    assert grad.shape == x.shape and grad.dtype == x.dtype
+    # the loss of the loss-only pass and of the fused pass agree to the last bit or two
+    assert_allclose(loss_only, loss, rtol=4 * np.finfo(dtype).eps, atol=0)
+    assert_allclose(loss, want_loss, rtol=tol["loss_rtol"], atol=1e-300)
+    scale = max(1.0, float(np.max(np.abs(want_grad)))) if want_grad.size else 1.0
+    assert_allclose(grad, want_grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * scale)
+    return loss, grad
+
+
+# --------------------------------------------------------------------------- vs reference
+
+RANDOM_CASES = [
+    ((8, 50257), -1),
+    ((16, 1), -1),
+    ((16, 2), -1),
+    ((1, 3), -1),
+    ((3,), 0),
+    ((5,), -1),
+    ((4, 5, 6), -1),
+    ((4, 5, 6), 1),
+    ((4, 5, 6), 0),
+    ((2, 7, 3, 4), 1),
+    ((33, 17), 0),
+    ((2, 3, 1000), -1),
+]
+
+
+@pytest.mark.parametrize("shape,axis", RANDOM_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_cross_entropy_random_shapes(rng, shape, axis, dtype, reduction, kind):
+    x = logits_of(rng, shape, dtype)
+    t = index_target(rng, shape, axis) if kind == "index" else prob_target(rng, shape, axis, dtype)
+    assert_matches_reference(x, t, axis=axis, reduction=reduction)
+
+
+@pytest.mark.parametrize("shape,axis", RANDOM_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nll_loss_random_shapes(rng, shape, axis, dtype, reduction):
+    x = ref.log_softmax(logits_of(rng, shape), axis=axis).astype(dtype)
+    t = index_target(rng, shape, axis, ignore_index=-100)
+    loss, grad = assert_matches_reference(x, t, fn="nll_loss", axis=axis, reduction=reduction)
+    # nll_loss(log_softmax(x)) is the cross-entropy; its gradient is -w_t/denom at the target
+    ce = fl.cross_entropy(x, t, axis=axis, reduction=reduction)
+    assert_allclose(loss, ce, rtol=TOL[dtype]["loss_rtol"] * 10)
+
+
+WEIGHTS = ["none", "positive", "with_zero"]
+IGNORES = [None, -100, 3, -1]  # None: no row ignored (default ignore_index)
+SMOOTHING = [0.0, 0.1, 1.0]
+
+
+def _weight(rng, kind, C):
+    if kind == "none":
+        return None
+    w = rng.uniform(0.5, 2.0, size=C)
+    if kind == "with_zero":
+        w[1] = 0.0
+    return w
+
+
+@pytest.mark.parametrize(
+    "wkind,ignore,eps,reduction", list(itertools.product(WEIGHTS, IGNORES, SMOOTHING, REDUCTIONS))
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_option_product_index_targets(rng, wkind, ignore, eps, reduction, dtype):
+    shape, C = (9, 5), 5
+    x = logits_of(rng, shape, dtype)
+    t = index_target(rng, shape, -1, ignore_index=ignore)
+    kw = dict(weight=_weight(rng, wkind, C), label_smoothing=eps, reduction=reduction)
+    if ignore is not None:
+        kw["ignore_index"] = ignore
+    loss, grad = assert_matches_reference(x, t, **kw)
+    if ignore is not None:  # ignored rows: no loss, no gradient
+        ignored = t == ignore
+        assert np.all(grad[ignored] == 0)
+        if reduction == "none":
+            assert np.all(loss[ignored] == 0)
+
+
+@pytest.mark.parametrize("wkind,eps,reduction", list(itertools.product(WEIGHTS, SMOOTHING, REDUCTIONS)))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_option_product_prob_targets(rng, wkind, eps, reduction, dtype):
+    shape = (9, 5)
+    x = logits_of(rng, shape, dtype)
+    y = prob_target(rng, shape, -1, dtype)
+    y[0] = [0, 0, 1, 0, 0]  # a one-hot row and a row with a zero entry
+    y[1, 3] = 0.0
+    assert_matches_reference(x, y, weight=_weight(rng, wkind, 5), label_smoothing=eps,
+                             reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("wkind", WEIGHTS)
+@pytest.mark.parametrize("ignore", [None, -100, 2])
+def test_nll_loss_options(rng, reduction, wkind, ignore):
+    x = ref.log_softmax(logits_of(rng, (9, 5)), axis=-1)
+    t = index_target(rng, (9, 5), -1, ignore_index=ignore)
+    kw = dict(weight=_weight(rng, wkind, 5), reduction=reduction)
+    if ignore is not None:
+        kw["ignore_index"] = ignore
+    loss, grad = assert_matches_reference(x, t, fn="nll_loss", **kw)
+    assert_allclose(loss, fl.cross_entropy(x, t, **kw), rtol=1e-12)
+
+
+def test_probability_targets_equal_one_hot_index_targets(rng):
+    x = logits_of(rng, (6, 7))
+    t = rng.integers(0, 7, size=6)
+    w = rng.uniform(0.5, 2, size=7)
+    onehot = np.eye(7)[t]
+    for reduction in ("sum", "none"):  # ("mean" differs by design: weighted vs per row)
+        a, ga = fl.cross_entropy(x, t, weight=w, reduction=reduction, return_grad=True)
+        b, gb = fl.cross_entropy(x, onehot, weight=w, reduction=reduction, return_grad=True)
+        assert_allclose(a, b, rtol=1e-14)
+        assert_allclose(ga, gb, rtol=1e-13, atol=1e-16)
+
+
+def test_integer_logits_and_array_likes():
+    x = [[1, 2, 3], [3, 0, 0]]
+    got = fl.cross_entropy(np.array(x, dtype=np.int32), [2, 0], reduction="none")
+    assert got.dtype == np.float64
+    assert_allclose(got, ref.cross_entropy(np.array(x, float), [2, 0], reduction="none"),
+                    rtol=1e-14)
+    assert_allclose(got, [math.log(1 + math.exp(-1) + math.exp(-2)), math.log1p(2 * math.exp(-3))],
+                    rtol=1e-15)
+    assert_allclose(fl.cross_entropy(x, [2, 0]), ref.cross_entropy(np.array(x, float), [2, 0]),
+                    rtol=1e-14)
+    # float list targets are probabilities
+    assert_allclose(fl.cross_entropy([[1.0, 2.0]], [[0.25, 0.75]]),
+                    ref.cross_entropy(np.array([[1.0, 2.0]]), np.array([[0.25, 0.75]])),
+                    rtol=1e-15)
+
+
+@pytest.mark.parametrize("tdtype", [np.int8, np.uint8, np.int16, np.int32, np.uint32, np.uint64])
+def test_any_integer_target_dtype(rng, tdtype):
+    x = logits_of(rng, (6, 5))
+    t = rng.integers(0, 5, size=6)
+    want = ref.cross_entropy(x, t, reduction="none")
+    assert_allclose(fl.cross_entropy(x, t.astype(tdtype), reduction="none"), want, rtol=1e-13)
+    assert_allclose(fl.nll_loss(x, t.astype(tdtype), reduction="none"),
+                    ref.nll_loss(x, t, reduction="none"), rtol=1e-15)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+LAYOUT_CASES = [((6, 7), -1), ((6, 7), 0), ((3, 4, 5), 1), ((3, 4, 5), -1), ((3, 4, 5), 0)]
+
+
+@pytest.mark.parametrize("name", LAYOUTS[1:])
+@pytest.mark.parametrize("shape,axis", LAYOUT_CASES)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_non_c_order_inputs(rng, name, shape, axis, kind, dtype):
+    x = logits_of(rng, shape, dtype)
+    if kind == "index":
+        t = index_target(rng, shape, axis, ignore_index=-100)
+        tv = layout(t, name) if t.ndim else t  # the targets non-contiguous too
+    else:
+        t = prob_target(rng, shape, axis, dtype)
+        tv = layout(t, name)
+    xv = layout(x, name)
+    w = rng.uniform(0.5, 2, size=shape[axis])
+    kw = dict(axis=axis, weight=w, label_smoothing=0.05)
+    for reduction in REDUCTIONS:
+        loss, grad = assert_matches_reference(xv, tv, reduction=reduction, **kw)
+        c_loss, c_grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True, **kw)
+        rtol = 1e-14 if dtype == np.float64 else 1e-6
+        assert_allclose(loss, c_loss, rtol=rtol)
+        assert_allclose(grad, c_grad, rtol=rtol, atol=1e-9 if dtype == np.float32 else 1e-17)
+    np.testing.assert_array_equal(xv, x)  # inputs untouched
+    if kind == "index":
+        nl, ng = fl.nll_loss(xv, tv, axis=axis, weight=w, return_grad=True)
+        wl, wg = ref.nll_loss(x, t, axis=axis, weight=w, return_grad=True)
+        assert_allclose(nl, wl, rtol=TOL[dtype]["loss_rtol"])
+        assert_allclose(ng, wg, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_read_only_inputs(rng, kind):
+    x = read_only(logits_of(rng, (5, 6)))
+    t = read_only(index_target(rng, (5, 6), -1, ignore_index=-100) if kind == "index"
+                  else prob_target(rng, (5, 6), -1))
+    w = read_only(rng.uniform(0.5, 2, size=6))
+    assert_matches_reference(x, t, weight=w, label_smoothing=0.1)
+    if kind == "index":
+        assert_matches_reference(x, t, fn="nll_loss", weight=w)
+
+
+def test_byte_swapped_and_unaligned_inputs(rng):
+    x = logits_of(rng, (5, 6))
+    t = rng.integers(0, 6, size=5)
+    want = ref.cross_entropy(x, t, return_grad=True)
+    xs = x.astype(">f8")
+    buf = np.zeros(x.size * 8 + 1, dtype=np.uint8)
+    xu = buf[1:].view(np.float64).reshape(x.shape)  # misaligned by one byte
+    xu[...] = x
+    assert not xu.flags.aligned
+    for xi in (xs, xu):
+        loss, grad = fl.cross_entropy(xi, t.astype(">i4"), return_grad=True)
+        assert_allclose(loss, want[0], rtol=1e-14)
+        assert_allclose(grad, want[1], rtol=1e-13, atol=1e-17)
+
+
+# --------------------------------------------------------------------------- grad_out
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grad_out_fresh_buffer(rng, reduction, kind, dtype):
+    x = logits_of(rng, (7, 11), dtype)
+    t = index_target(rng, x.shape, -1, -100) if kind == "index" else prob_target(rng, x.shape, -1)
+    buf = np.full(x.shape, 123.0, dtype=dtype)
+    loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True, grad_out=buf)
+    assert grad is buf
+    want_loss, want_grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True)
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(buf, want_grad)
+    r_loss, r_grad = ref.cross_entropy(x, t, reduction=reduction, return_grad=True)
+    assert_allclose(buf, r_grad, rtol=TOL[dtype]["grad_rtol"], atol=TOL[dtype]["grad_atol"])
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize(
+    "shape,axis,kind,reduction",
+    [((7, 11), -1, "index", "mean"), ((7, 11), -1, "probs", "sum"), ((7, 11), 0, "index", "none"),
+     ((3, 4, 5), 1, "index", "mean"), ((3, 4, 5), 1, "probs", "none")],
+)
+def test_grad_out_in_place(rng, name, shape, axis, kind, reduction):
+    x = logits_of(rng, shape)
+    t = (index_target(rng, shape, axis, -100) if kind == "index" else prob_target(rng, shape, axis))
+    kw = dict(axis=axis, reduction=reduction, weight=rng.uniform(0.5, 2, size=shape[axis]),
+              label_smoothing=0.1)
+    want_loss, want_grad = ref.cross_entropy(x, t, return_grad=True, **kw)
+    xv = layout(x, name)  # a fresh view: overwriting it leaves x alone
+    loss, grad = fl.cross_entropy(xv, t, return_grad=True, grad_out=xv, **kw)
+    assert grad is xv
+    assert_allclose(loss, want_loss, rtol=1e-12)
+    assert_allclose(xv, want_grad, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_nll_loss_grad_out_in_place(rng, name):
+    x = ref.log_softmax(logits_of(rng, (6, 5)), axis=1)
+    t = index_target(rng, (6, 5), -1, -100)
+    want_loss, want_grad = ref.nll_loss(x, t, return_grad=True)
+    xv = layout(x, name)
+    loss, grad = fl.nll_loss(xv, t, return_grad=True, grad_out=xv)
+    assert grad is xv
+    assert_allclose(loss, want_loss, rtol=1e-13)
+    assert_allclose(xv, want_grad, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("name", LAYOUTS[1:])
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grad_out_non_contiguous(rng, name, axis, dtype):
+    x = logits_of(rng, (6, 9), dtype)
+    t = index_target(rng, x.shape, axis, -100)
+    want_loss, want_grad = fl.cross_entropy(x, t, axis=axis, return_grad=True)
+    if name == "strided":  # a view into a larger buffer: the gaps must stay untouched
+        big = np.full((13, 19), 7.0, dtype=dtype)
+        g = big[1::2, 1::2]
+    else:
+        g = layout(np.full(x.shape, 7.0, dtype=dtype), name)
+    assert not g.flags.c_contiguous
+    loss, grad = fl.cross_entropy(x, t, axis=axis, return_grad=True, grad_out=g)
+    assert grad is g
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(g, want_grad)
+    if name == "strided":
+        mask = np.ones(big.shape, bool)
+        mask[1::2, 1::2] = False
+        assert np.all(big[mask] == 7.0)
+    ng = layout(np.full(x.shape, 7.0, dtype=dtype), "fortran")
+    _, g2 = fl.nll_loss(x, t, axis=axis, return_grad=True, grad_out=ng)
+    assert g2 is ng
+    np.testing.assert_array_equal(ng, fl.nll_loss(x, t, axis=axis, return_grad=True)[1])
+
+
+def test_grad_out_partly_overlapping_logits(rng):
+    # grad_out shares memory with the logits, shifted by one row: the gradient must still be
+    # that of the original logits.
+    buf = logits_of(rng, (8, 6))
+    x, g = buf[1:], buf[:-1]
+    t = rng.integers(0, 6, size=7)
+    want_loss, want_grad = ref.cross_entropy(x.copy(), t, return_grad=True)
+    loss, grad = fl.cross_entropy(x, t, return_grad=True, grad_out=g)
+    assert grad is g
+    assert_allclose(loss, want_loss, rtol=1e-13)
+    assert_allclose(g, want_grad, rtol=1e-12, atol=1e-16)
+
+
+def test_grad_out_is_prob_target(rng):
+    # grad_out may alias the probability target (read in the same pass)
+    x = logits_of(rng, (6, 5))
+    y = prob_target(rng, (6, 5), -1)
+    want_loss, want_grad = ref.cross_entropy(x, y.copy(), return_grad=True, label_smoothing=0.1)
+    loss, grad = fl.cross_entropy(x, y, return_grad=True, grad_out=y, label_smoothing=0.1)
+    assert grad is y
+    assert_allclose(loss, want_loss, rtol=1e-13)
+    assert_allclose(y, want_grad, rtol=1e-12, atol=1e-16)
+
+
+LOW = [pytest.param(np.float16, 2**-10, id="float16"),
+       pytest.param(ml_dtypes.bfloat16, 2**-7, id="bfloat16")]
+
+
+@pytest.mark.parametrize("dtype,grad_rtol", LOW)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("use_grad_out", [False, True, "in_place"])
+def test_16_bit_inputs(rng, dtype, grad_rtol, reduction, kind, use_grad_out):
+    shape = (6, 300)
+    x = logits_of(rng, shape).astype(dtype)
+    t = (index_target(rng, shape, -1, -100) if kind == "index"
+         else prob_target(rng, shape, -1).astype(dtype))
+    kw = dict(reduction=reduction, weight=rng.uniform(0.5, 2, size=shape[1]), label_smoothing=0.1)
+    x64 = x.astype(np.float64)
+    t64 = t if kind == "index" else t.astype(np.float64)
+    want_loss, want_grad = ref.cross_entropy(x64, t64, return_grad=True, **kw)
+    go = None
+    if use_grad_out is True:
+        go = np.zeros(shape, dtype=dtype)
+    elif use_grad_out == "in_place":
+        x = x.copy()
+        go = x
+    loss, grad = fl.cross_entropy(x, t, return_grad=True, grad_out=go, **kw)
+    if go is not None:
+        assert grad is go
+    assert np.asarray(loss).dtype == np.float32  # losses of 16-bit inputs are float32
+    assert grad.dtype == np.dtype(dtype) and grad.shape == shape
+    # the loss is accumulated in float32 or wider: float32 accuracy, not 16-bit
+    assert_allclose(loss, want_loss, rtol=3e-6)
+    scale = float(np.max(np.abs(want_grad)))
+    assert_allclose(grad.astype(np.float64), want_grad, rtol=grad_rtol, atol=scale * 2**-14)
+    if use_grad_out is False:
+        assert_allclose(fl.cross_entropy(x, t, **kw), want_loss, rtol=3e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_16_bit_nll_loss(rng, dtype):
+    x = ref.log_softmax(logits_of(rng, (6, 10)), axis=1).astype(dtype)
+    t = rng.integers(0, 10, size=6)
+    loss, grad = fl.nll_loss(x, t, return_grad=True)
+    assert np.asarray(loss).dtype == np.float32 and grad.dtype == np.dtype(dtype)
+    want_loss, want_grad = ref.nll_loss(x.astype(np.float64), t, return_grad=True)
+    assert_allclose(loss, want_loss, rtol=1e-6)
+    # -1/6 at the targets, 0 elsewhere, rounded to the 16-bit dtype
+    assert_allclose(grad.astype(np.float64), want_grad, rtol=2**-7, atol=0)
+    assert np.count_nonzero(grad.astype(np.float64)) == 6
+
+
+# --------------------------------------------------------------------------- finite differences
+
+FD_CASES = [
+    ("plain", (3, 4), -1, "index", {}),
+    ("weight+ignore+smooth", (4, 4), -1, "index",
+     dict(weight=[0.5, 2.0, 1.0, 1.5], ignore_index=1, label_smoothing=0.2)),
+    ("smooth=1", (3, 4), -1, "index", dict(label_smoothing=1.0)),
+    ("custom_ignore_neg", (4, 3), -1, "index", dict(ignore_index=-1, weight=[1.0, 3.0, 0.5])),
+    ("probs+weight+smooth", (3, 4), -1, "probs",
+     dict(weight=[0.5, 2.0, 1.0, 1.5], label_smoothing=0.3)),
+    ("axis1_3d", (2, 3, 2), 1, "index", dict(weight=[1.0, 2.0, 0.5], label_smoothing=0.1)),
+    ("axis0_probs", (3, 4), 0, "probs", {}),
+    ("V=1", (3, 1), -1, "index", {}),
+]
+
+
+@pytest.mark.parametrize("name,shape,axis,kind,kw", FD_CASES, ids=[c[0] for c in FD_CASES])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_gradient_finite_differences(rng, name, shape, axis, kind, kw, reduction):
+    x = logits_of(rng, shape, scale=1.5)
+    if kind == "index":
+        t = index_target(rng, shape, axis)
+        ign = kw.get("ignore_index")
+        if ign is not None:
+            t.reshape(-1)[0] = ign
+    else:
+        t = prob_target(rng, shape, axis)
+
+    def total(z):
+        return np.sum(fl.cross_entropy(z, t, axis=axis, reduction=reduction, **kw))
+
+    _, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
+    fd = central_diff(total, x)
+    assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    if kind == "index" and "ignore_index" in kw:  # row 0 is ignored: no gradient there
+        assert np.all(grad[0] == 0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kw", [{}, dict(weight=[0.5, 2.0, 1.0], ignore_index=2)])
+def test_nll_loss_gradient_finite_differences(rng, reduction, kw):
+    x = rng.normal(size=(4, 3))
+    t = np.array([0, 2, 1, 0])
+    _, grad = fl.nll_loss(x, t, reduction=reduction, return_grad=True, **kw)
+    fd = central_diff(lambda z: np.sum(fl.nll_loss(z, t, reduction=reduction, **kw)), x)
+    assert_allclose(grad, fd, rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-15), (np.float32, 1e-6)])
+def test_hand_value_probability_0_7(dtype, rtol):
+    x = np.log(np.array([[0.7, 0.2, 0.1]])).astype(dtype)
+    loss, grad = fl.cross_entropy(x, [0], return_grad=True)
+    assert_allclose(loss, -math.log(0.7), rtol=rtol)  # 0.35667494393873245
+    assert_allclose(grad, [[0.7 - 1.0, 0.2, 0.1]], rtol=max(rtol, 1e-14) * 10, atol=1e-7)
+    assert_allclose(fl.cross_entropy(x, [2]), -math.log(0.1), rtol=rtol)
+    # as a probability (one-hot) target, and via nll_loss on the log-probabilities
+    assert_allclose(fl.cross_entropy(x, np.array([[1.0, 0.0, 0.0]], dtype)), -math.log(0.7),
+                    rtol=rtol)
+    assert_allclose(fl.nll_loss(x, [0]), -math.log(0.7), rtol=rtol)
+
+
+def test_hand_value_two_rows():
+    x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    t = [0, 1]
+    s0 = math.exp(2.0) + math.exp(1.0) + math.exp(0.1)
+    s1 = math.exp(0.5) + math.exp(2.5) + math.exp(0.3)
+    l0, l1 = math.log(s0) - 2.0, math.log(s1) - 2.5  # 0.41703..., 0.22004...
+    loss, grad = fl.cross_entropy(x, t, return_grad=True)
+    assert_allclose(loss, (l0 + l1) / 2, rtol=1e-15)  # 0.3185397696...
+    want_grad = np.array([
+        [math.exp(2.0) / s0 - 1, math.exp(1.0) / s0, math.exp(0.1) / s0],
+        [math.exp(0.5) / s1, math.exp(2.5) / s1 - 1, math.exp(0.3) / s1],
+    ]) / 2
+    assert_allclose(grad, want_grad, rtol=1e-14)
+    assert_allclose(fl.cross_entropy(x, t, reduction="sum"), l0 + l1, rtol=1e-15)
+    assert_allclose(fl.cross_entropy(x, t, reduction="none"), [l0, l1], rtol=1e-15)
+    # weighted mean: (w0 l0 + w1 l1) / (w0 + w1) with w = weight[target]
+    w = [3.0, 0.5, 7.0]
+    assert_allclose(fl.cross_entropy(x, t, weight=w), (3.0 * l0 + 0.5 * l1) / 3.5, rtol=1e-15)
+    # second row ignored: the mean is the first row's loss
+    assert_allclose(fl.cross_entropy(x, [0, -100]), l0, rtol=1e-15)
+
+
+def test_hand_value_label_smoothing():
+    x = np.array([[2.0, 1.0, 0.1]])
+    s = sum(math.exp(v) for v in (2.0, 1.0, 0.1))
+    nll = [math.log(s) - v for v in (2.0, 1.0, 0.1)]
+    eps = 0.1
+    want = (1 - eps) * nll[1] + eps / 3 * sum(nll)
+    assert_allclose(fl.cross_entropy(x, [1], label_smoothing=eps), want, rtol=1e-15)
+    # the same as the probability target (eps/3, 1-eps+eps/3, eps/3)
+    y = np.array([[eps / 3, 1 - eps + eps / 3, eps / 3]])
+    assert_allclose(fl.cross_entropy(x, y), want, rtol=1e-15)
+    # gradient: p - smoothed target
+    p = np.array([math.exp(v) / s for v in (2.0, 1.0, 0.1)])
+    _, g = fl.cross_entropy(x, [1], label_smoothing=eps, return_grad=True)
+    assert_allclose(g[0], p - y[0], rtol=1e-14)
+
+
+def test_hand_value_tiny_classes():
+    # V = 1: the only class has probability 1, loss 0, gradient 0
+    loss, grad = fl.cross_entropy(np.array([[5.0], [-3.0]]), [0, 0], return_grad=True)
+    assert loss == 0.0 and np.all(grad == 0)
+    # V = 2: the logistic loss log(1 + exp(-(x_t - x_o)))
+    x = np.array([[1.5, -0.5], [0.0, 2.0]])
+    got = fl.cross_entropy(x, [0, 0], reduction="none")
+    assert_allclose(got, [math.log1p(math.exp(-2.0)), math.log1p(math.exp(2.0))], rtol=1e-15)
+
+
+# --------------------------------------------------------------------------- stability
+
+
+@pytest.mark.parametrize("big", [1e4, 1e30, 1e300])
+def test_huge_logits_float64(big):
+    x = np.array([[big, -big, 0.0]] * 3 + [[big, big - 1, big - 2]])
+    t = [0, 1, 2, 1]
+    loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+    assert loss[0] == 0.0  # p_t = 1 exactly
+    assert_allclose(loss[1], 2 * big, rtol=1e-15)
+    assert_allclose(loss[2], big, rtol=1e-15)
+    np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(grad[1], [1.0, -1.0, 0.0])
+    np.testing.assert_array_equal(grad[2], [1.0, 0.0, -1.0])
+    if big == 1e4:  # shift invariance: as [0, -1, -2]
+        s = 1 + math.exp(-1) + math.exp(-2)
+        assert_allclose(loss[3], math.log(s) + 1, rtol=1e-12)
+        assert_allclose(grad[3], [1 / s, math.exp(-1) / s - 1, math.exp(-2) / s], rtol=1e-11)
+    want_loss, want_grad = ref.cross_entropy(x, t, reduction="none", return_grad=True)
+    assert_allclose(loss, want_loss, rtol=1e-12)
+    assert_allclose(grad, want_grad, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("big", [1e4, 1e30])
+def test_huge_logits_float32(big):
+    x = np.array([[big, -big, 0.0], [big, -big, 0.0]], dtype=np.float32)
+    loss, grad = fl.cross_entropy(x, [0, 1], reduction="none", return_grad=True)
+    assert loss[0] == 0.0 and np.all(np.isfinite(loss))
+    assert_allclose(loss[1], 2 * big, rtol=1e-7)
+    np.testing.assert_array_equal(grad, [[0, 0, 0], [1, -1, 0]])
+
+
+def test_rows_offset_1e4_float32(rng):
+    # (max - x_t) + log(sum exp(x - max)) keeps the digits that logsumexp - x_t would lose
+    x = (1e4 + rng.normal(0, 3, size=(16, 1000))).astype(np.float32)
+    t = rng.integers(0, 1000, size=16)
+    t[0] = int(np.argmax(x[0]))  # one row whose target is the maximum
+    loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+    want, want_grad = ref.cross_entropy(x, t, reduction="none", return_grad=True)
+    rel = np.abs(loss.astype(np.float64) - want) / want
+    assert np.max(rel) < 3e-7, rel
+    assert np.max(np.abs(grad - want_grad)) < 3e-7
+
+
+def test_single_dominant_logit():
+    C = 1000
+    x = np.zeros((2, C))
+    x[:, 7] = 50.0
+    loss, grad = fl.cross_entropy(x, [7, 3], reduction="none", return_grad=True)
+    tail = (C - 1) * math.exp(-50.0)
+    assert_allclose(loss[0], math.log1p(tail), rtol=1e-13)  # ~1.9e-19, not 0
+    assert loss[0] > 0
+    assert_allclose(loss[1], 50.0 + math.log1p(tail), rtol=1e-15)
+    assert_allclose(grad[0, 7], -tail / (1 + tail), rtol=1e-12)
+    assert_allclose(grad[1, 3], math.exp(-50) / (1 + tail) - 1, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_confident_row_keeps_relative_accuracy(dtype):
+    x = np.array([[0.0, -20.0, -20.0, -20.0]], dtype=dtype)
+    want = math.log1p(3 * math.exp(-20.0))  # 6.1835e-9
+    for loss in (fl.cross_entropy(x, [0]), fl.cross_entropy(x, [0], return_grad=True)[0],
+                 fl.cross_entropy(x, [0], reduction="none")[0]):
+        assert loss != 0
+        assert abs(float(loss) - want) / want < 1e-6
+    _, grad = fl.cross_entropy(x, [0], return_grad=True)
+    p = math.exp(-20.0) / (1 + 3 * math.exp(-20.0))
+    assert_allclose(grad, [[-3 * p, p, p, p]], rtol=1e-6)
+
+
+def test_confident_row_bfloat16_not_zero():
+    # bf16 logits [1000, 996, 992], target 0: true loss log1p(e^-4 + e^-8) = 0.0184794...
+    # (logsumexp rounded to bf16 is 1000 and would give 0.0)
+    x = np.array([[1000.0, 996.0, 992.0]], dtype=ml_dtypes.bfloat16)
+    loss = fl.cross_entropy(x, [0])
+    assert_allclose(loss, math.log1p(math.exp(-4) + math.exp(-8)), rtol=1e-6)
+    assert_allclose(fl.cross_entropy(x, [2]), 8 + math.log1p(math.exp(-4) + math.exp(-8)),
+                    rtol=1e-6)
+
+
+def test_neg_inf_masked_classes():
+    x = np.array([[NINF, 1.0, 2.0, NINF], [0.0, NINF, 0.0, 0.0]])
+    t = [2, 0]
+    for reduction in REDUCTIONS:
+        loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True)
+        want_loss, want_grad = ref.cross_entropy(x, t, reduction=reduction, return_grad=True)
+        assert_allclose(loss, want_loss, rtol=1e-15)
+        assert_allclose(grad, want_grad, rtol=1e-14, atol=1e-16)
+        assert np.all(np.isfinite(grad)) and np.all(np.isfinite(loss))
+        assert grad[0, 0] == 0.0 and grad[0, 3] == 0.0 and grad[1, 1] == 0.0
+    s = math.e + math.e**2
+    per = fl.cross_entropy(x, t, reduction="none")
+    assert_allclose(per, [math.log(s) - 2.0, math.log(3.0)], rtol=1e-15)
+    # probability targets with zero mass on the masked classes: finite (0 * log 0 = 0)
+    y = np.array([[0.0, 0.25, 0.75, 0.0], [0.5, 0.0, 0.5, 0.0]])
+    loss, grad = fl.cross_entropy(x, y, reduction="none", return_grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, y, reduction="none", return_grad=True)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+    assert_allclose(loss, want_loss, rtol=1e-15)
+    assert_allclose(grad, want_grad, rtol=1e-14, atol=1e-16)
+    # label smoothing puts mass on the masked classes: an infinite loss (as the reference)
+    sm = fl.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
+    assert np.all(sm == np.inf)
+    assert np.all(ref.cross_entropy(x, t, reduction="none", label_smoothing=0.1) == np.inf)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_target_at_neg_inf_gives_inf(dtype):
+    x = np.array([[NINF, 1.0, 2.0], [0.0, 1.0, 2.0]], dtype=dtype)
+    loss, grad = fl.cross_entropy(x, [0, 1], reduction="none", return_grad=True)
+    assert loss[0] == np.inf
+    assert_allclose(loss[1], math.log(1 + math.e + math.e**2) - 1.0, rtol=1e-6)
+    # gradient p - onehot stays finite (as PyTorch)
+    want_grad = ref.cross_entropy(x, [0, 1], reduction="sum", return_grad=True)[1]
+    assert np.all(np.isfinite(grad[0]))
+    assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
+    assert fl.cross_entropy(x, [0, 1]) == np.inf
+    assert fl.cross_entropy(x, [0, 1], reduction="sum") == np.inf
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_nan_or_inf_affects_only_its_row(rng, bad, dtype, kind):
+    x = logits_of(rng, (5, 8), dtype)
+    x[2, 3] = bad
+    t = (rng.integers(0, 8, size=5) if kind == "index" else prob_target(rng, (5, 8), -1, dtype))
+    loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+    assert np.isnan(loss[2])
+    assert np.all(np.isnan(grad[2]))
+    keep = [0, 1, 3, 4]
+    want_loss, want_grad = ref.cross_entropy(x[keep], t[keep], reduction="none", return_grad=True)
+    tol = TOL[dtype]
+    assert_allclose(loss[keep], want_loss, rtol=tol["loss_rtol"])
+    assert_allclose(grad[keep], want_grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"])
+    assert np.isnan(fl.cross_entropy(x, t))
+    assert np.isnan(fl.cross_entropy(x, t, reduction="sum"))
+    # the mean's gradient on the other rows is still finite (the scale is 1/N)
+    _, g_mean = fl.cross_entropy(x, t, return_grad=True)
+    assert np.all(np.isfinite(g_mean[keep]))
+    assert_allclose(g_mean[keep], want_grad / 5, rtol=tol["grad_rtol"], atol=tol["grad_atol"])
+
+
+def test_accuracy_float32_50257(rng):
+    """The issue's accuracy requirement: float32 logits (8, 50257) of N(0, 3^2); per-row loss
+    within 3e-7 relative of the exact answer on the same float32 values, gradient times B
+    within 3e-7 absolute."""
+    B, V = 8, 50257
+    x = (3.0 * rng.standard_normal((B, V))).astype(np.float32)
+    t = rng.integers(0, V, size=B)
+    per_row = fl.cross_entropy(x, t, reduction="none")
+    loss, grad = fl.cross_entropy(x, t, return_grad=True)
+    want_rows, want_grad = ref.cross_entropy(x, t, reduction="none", return_grad=True)
+    rel = np.abs(per_row.astype(np.float64) - want_rows) / want_rows
+    assert rel.max() < 3e-7, rel.max()
+    assert abs(float(loss) - want_rows.mean()) / want_rows.mean() < 3e-7
+    err = np.abs(grad.astype(np.float64) * B - want_grad)
+    assert err.max() < 3e-7, err.max()
+    _, grad_none = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+    assert np.abs(grad_none.astype(np.float64) - want_grad).max() < 3e-7
+
+
+def test_all_ignored_and_empty_batches():
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    t = [-100, -100]
+    with np.errstate(invalid="ignore"):
+        loss, grad = fl.cross_entropy(x, t, return_grad=True)
+        assert np.isnan(loss)  # 0 / 0, as PyTorch
+        assert np.all(grad == 0)
+        assert np.isnan(fl.nll_loss(x, t))
+        assert np.isnan(fl.cross_entropy(x, t, weight=[1.0, 2.0, 3.0], label_smoothing=0.2))
+    assert fl.cross_entropy(x, t, reduction="sum") == 0.0
+    np.testing.assert_array_equal(fl.cross_entropy(x, t, reduction="none"), [0.0, 0.0])
+    # rows with zero class weight also count 0 in the weighted mean's denominator
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(fl.cross_entropy(x, [0, 0], weight=[0.0, 1.0, 1.0]))
+
+    for dtype in (np.float64, np.float32):
+        e = np.zeros((0, 5), dtype=dtype)
+        for target in (np.zeros(0, dtype=np.int64), np.zeros((0, 5), dtype=dtype)):
+            with np.errstate(invalid="ignore"):
+                lm, gm = fl.cross_entropy(e, target, return_grad=True)
+            assert np.isnan(lm) and gm.shape == (0, 5) and gm.dtype == dtype
+            assert fl.cross_entropy(e, target, reduction="sum") == 0.0
+            none = fl.cross_entropy(e, target, reduction="none")
+            assert none.shape == (0,) and none.dtype == dtype
+        with np.errstate(invalid="ignore"):
+            assert np.isnan(fl.nll_loss(e, np.zeros(0, dtype=int)))
+        assert fl.nll_loss(e, np.zeros(0, dtype=int), reduction="sum") == 0.0
+    # a 3-d batch with an empty spatial axis, class axis 1
+    e3 = np.zeros((2, 4, 0))
+    assert fl.cross_entropy(e3, np.zeros((2, 0), int), axis=1, reduction="none").shape == (2, 0)
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def _torch_ce(x, t, axis, fn="cross_entropy", **kw):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    X = torch.tensor(np.ascontiguousarray(np.moveaxis(x, axis, 1 if x.ndim > 1 else 0)),
+                     dtype=torch.float64, requires_grad=True)
+    if np.asarray(t).dtype.kind == "f":
+        T = torch.tensor(np.ascontiguousarray(np.moveaxis(t, axis, 1 if x.ndim > 1 else 0)))
+    else:
+        T = torch.tensor(np.asarray(t, dtype=np.int64))
+    if kw.get("weight") is not None:
+        kw["weight"] = torch.tensor(np.asarray(kw["weight"], dtype=np.float64))
+    loss = getattr(F, fn)(X, T, **kw)
+    loss.backward(torch.ones_like(loss))
+    g = np.moveaxis(X.grad.numpy(), 1 if x.ndim > 1 else 0, axis)
+    return loss.detach().numpy(), g
+
+
+TORCH_CASES = [
+    ("plain", (6, 5), -1, "index", {}),
+    ("weight+ignore+smooth", (8, 5), -1, "index",
+     dict(weight="w", ignore_index=-100, label_smoothing=0.1)),
+    ("custom_ignore", (8, 5), -1, "index", dict(ignore_index=2, weight="w")),
+    ("smooth=1+weight", (6, 5), -1, "index", dict(label_smoothing=1.0, weight="w")),
+    ("probs", (6, 5), -1, "probs", {}),
+    ("probs+weight+smooth", (6, 5), -1, "probs", dict(weight="w", label_smoothing=0.2)),
+    ("NCd1d2", (3, 5, 2, 4), 1, "index", dict(weight="w", ignore_index=-100, label_smoothing=0.1)),
+    ("NCd1d2_probs", (3, 5, 2, 4), 1, "probs", dict(weight="w", label_smoothing=0.1)),
+    ("N,C axis=1", (6, 5), 1, "index", dict(label_smoothing=0.05)),
+    ("1d", (5,), 0, "index", dict(weight="w")),
+    ("V=50257", (3, 50257), -1, "index", dict(label_smoothing=0.1)),
+]
+
+
+@pytest.mark.parametrize("name,shape,axis,kind,kw", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_matches_torch(rng, name, shape, axis, kind, kw, reduction):
+    pytest.importorskip("torch")
+    x = logits_of(rng, shape)
+    if kind == "index":
+        t = index_target(rng, shape, axis, ignore_index=kw.get("ignore_index"))
+    else:
+        t = prob_target(rng, shape, axis)
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2.0, size=shape[axis])
+    loss, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
+    t_loss, t_grad = _torch_ce(x, t, axis, reduction=reduction, **kw)
+    assert_allclose(loss, t_loss, rtol=1e-12)
+    assert_allclose(grad, t_grad, rtol=1e-11, atol=1e-15)
+
+
+def test_cross_entropy_masked_and_infinite_target_match_torch():
+    pytest.importorskip("torch")
+    x = np.array([[NINF, 1.0, 2.0, NINF], [0.0, NINF, 0.0, 0.5], [NINF, 0.0, 1.0, 2.0]])
+    t = np.array([2, 0, 0])  # the last row's target is masked: +inf loss
+    for reduction in REDUCTIONS:
+        loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True)
+        t_loss, t_grad = _torch_ce(x, t, -1, reduction=reduction)
+        assert_allclose(loss, t_loss, rtol=1e-14)
+        assert_allclose(grad, t_grad, rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "shape,axis,kw",
+    [((6, 5), -1, {}), ((8, 5), -1, dict(weight="w", ignore_index=3)),
+     ((3, 5, 2, 4), 1, dict(weight="w", ignore_index=-100))],
+)
+def test_nll_loss_matches_torch(rng, reduction, shape, axis, kw):
+    pytest.importorskip("torch")
+    x = ref.log_softmax(logits_of(rng, shape), axis=axis)
+    t = index_target(rng, shape, axis, ignore_index=kw.get("ignore_index"))
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2.0, size=shape[axis])
+    loss, grad = fl.nll_loss(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
+    t_loss, t_grad = _torch_ce(x, t, axis, fn="nll_loss", reduction=reduction, **kw)
+    assert_allclose(loss, t_loss, rtol=1e-13)
+    assert_allclose(grad, t_grad, rtol=1e-13, atol=0)
+
+
+def test_empty_and_all_ignored_match_torch():
+    pytest.importorskip("torch")
+    with np.errstate(invalid="ignore"):
+        for reduction in REDUCTIONS:
+            x = np.zeros((0, 4))
+            t = np.zeros(0, dtype=np.int64)
+            loss = fl.cross_entropy(x, t, reduction=reduction)
+            t_loss, _ = _torch_ce(x, t, -1, reduction=reduction)
+            assert_allclose(loss, t_loss, equal_nan=True)
+            x = np.array([[1.0, 2.0, 3.0, 4.0]] * 2)
+            t = np.array([-100, -100])
+            loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True)
+            t_loss, t_grad = _torch_ce(x, t, -1, reduction=reduction)
+            assert_allclose(loss, t_loss, equal_nan=True)
+            assert_allclose(grad, t_grad, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def ce_inputs(rng):
+    return logits_of(rng, (3, 4)), np.array([0, 3, 1])
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_target_out_of_range_names_position(fn):
+    f = getattr(fl, fn)
+    x = np.zeros((3, 4))
+    with pytest.raises(IndexError, match=r"target\[1\]"):
+        f(x, [0, 4, 1])
+    with pytest.raises(IndexError, match=r"target\[0\]"):
+        f(x, [99, 4, 1])  # the first offending position
+    x3 = np.zeros((2, 3, 4))
+    with pytest.raises(IndexError, match=r"target\[1, 2\]"):
+        f(x3, np.array([[0, 1, 2], [3, 0, 7]]))
+    with pytest.raises(IndexError, match=r"target\[0, 1\]"):  # class axis 1: target (2, 4)
+        f(x3, np.array([[0, 3, 2, 1], [0, 0, 0, 0]]), axis=1)
+    with pytest.raises(IndexError, match="target"):
+        f(x, np.array([0, 2**64 - 1, 1], dtype=np.uint64))
+    with pytest.raises(IndexError, match=r"target\[\]"):
+        f(np.zeros(4), np.array(4))  # 1-d logits: 0-d target
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_negative_target_other_than_ignore_index(fn):
+    f = getattr(fl, fn)
+    x = np.zeros((3, 4))
+    with pytest.raises(IndexError, match=r"target\[1\]"):
+        f(x, [0, -1, 1])
+    with pytest.raises(IndexError, match=r"target\[2\]"):
+        f(x, [0, -100, -2])  # -100 is ignored, -2 is not
+    with pytest.raises(IndexError, match=r"target\[0\]"):
+        f(x, [-100, 0, 1], ignore_index=-1)  # -100 is a bad index once ignore_index is -1
+    # -1 is fine when it is the ignore_index (uniform log-probabilities: both losses log 4)
+    x = np.full((3, 4), -math.log(4.0))
+    assert_allclose(f(x, [0, -1, 1], ignore_index=-1), math.log(4.0), rtol=1e-15)
+
+
+def test_target_shape_mismatch(ce_inputs):
+    x, _ = ce_inputs
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(x, np.full((3, 3), 0.25))  # float: probabilities of the wrong shape
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(x, np.full((4, 3), 0.25))
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(x, np.full((3,), 0.25))  # float class "indices"
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(x, [0, 1])  # integer targets, mismatched batch
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(x, np.zeros((3, 1), int))
+    with pytest.raises(ValueError, match="target"):
+        fl.nll_loss(x, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="target"):
+        fl.cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 3), int), axis=1)
+
+
+def test_target_dtype_errors(ce_inputs):
+    x, _ = ce_inputs
+    with pytest.raises(TypeError, match="target"):
+        fl.cross_entropy(x, np.array([True, False, True]))
+    with pytest.raises(TypeError, match="target"):
+        fl.nll_loss(x, np.array([True, False, True]))
+    with pytest.raises(TypeError, match="target"):
+        fl.nll_loss(x, np.array([0.0, 1.0, 2.0]))  # nll_loss takes class indices only
+    with pytest.raises(TypeError, match="target"):
+        fl.cross_entropy(x, np.array(["a", "b", "c"]))
+    with pytest.raises(TypeError, match="target"):
+        fl.cross_entropy(x, np.full((3, 4), 0.25 + 0j))
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_weight_wrong_length(ce_inputs, fn):
+    x, t = ce_inputs
+    f = getattr(fl, fn)
+    for w in ([1.0, 2.0, 3.0], np.ones(5), np.ones((4, 1)), 1.0):
+        with pytest.raises(ValueError, match="weight"):
+            f(x, t, weight=w)
+    with pytest.raises(TypeError, match="weight"):
+        f(x, t, weight=np.ones(4, dtype=complex))
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.1, float("nan"), float("inf"), -1e-12])
+def test_label_smoothing_out_of_range(ce_inputs, eps):
+    x, t = ce_inputs
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fl.cross_entropy(x, t, label_smoothing=eps)
+    with pytest.raises(TypeError, match="label_smoothing"):
+        fl.cross_entropy(x, t, label_smoothing="0.1")
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("reduction", ["avg", "MEAN", "", None, "batchmean"])
+def test_unknown_reduction(ce_inputs, fn, reduction):
+    x, t = ce_inputs
+    with pytest.raises(ValueError, match="reduction"):
+        getattr(fl, fn)(x, t, reduction=reduction)
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_bad_logits(fn):
+    f = getattr(fl, fn)
+    name = "logits" if fn == "cross_entropy" else "log_probs"
+    with pytest.raises(TypeError, match=name):
+        f(np.ones((2, 3), dtype=complex), [0, 1])
+    with pytest.raises(TypeError, match=name):
+        f(np.array([["a", "b"]]), [0])
+    with pytest.raises(ValueError, match=name):
+        f(np.zeros((3, 0)), np.zeros(3, int))  # no classes
+    with pytest.raises(ValueError, match=name):
+        f(np.zeros((2, 0, 3)), np.zeros((2, 3), int), axis=1)
+    with pytest.raises(ValueError, match=name):
+        f(np.float64(1.0), np.array(0))  # 0-d: no class axis
+    for axis in (2, -3):
+        with pytest.raises(np.exceptions.AxisError, match="axis"):
+            f(np.zeros((2, 3)), [0, 1], axis=axis)
+    with pytest.raises(TypeError, match="axis"):
+        f(np.zeros((2, 3)), [0, 1], axis=1.0)
+    with pytest.raises(TypeError, match="ignore_index"):
+        f(np.zeros((2, 3)), [0, 1], ignore_index=1.5)
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_grad_out_errors(ce_inputs, fn):
+    x, t = ce_inputs
+    f = getattr(fl, fn)
+    with pytest.raises(ValueError, match="grad_out"):
+        f(x, t, return_grad=True, grad_out=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="grad_out"):
+        f(x, t, return_grad=True, grad_out=np.zeros(12))
+    with pytest.raises(TypeError, match="grad_out"):
+        f(x, t, return_grad=True, grad_out=np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="grad_out"):
+        f(x.astype(np.float16), t, return_grad=True, grad_out=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="grad_out"):
+        f(x, t, return_grad=True, grad_out=read_only(np.zeros((3, 4))))
+    with pytest.raises(TypeError, match="grad_out"):
+        f(x, t, return_grad=True, grad_out=np.zeros((3, 4)).tolist())
+    with pytest.raises(ValueError, match="grad_out"):
+        f(x, t, grad_out=np.zeros((3, 4)))  # without return_grad
+
+
+BAD_CALLS = [
+    ("target out of range", IndexError, dict(target=[0, 4, 1])),
+    ("negative target", IndexError, dict(target=[0, 1, -5])),
+    ("weight", ValueError, dict(weight=[1.0, 2.0])),
+    ("label_smoothing", ValueError, dict(label_smoothing=2.0)),
+    ("reduction", ValueError, dict(reduction="avg")),
+    ("target shape", ValueError, dict(target=[0, 1])),
+    ("probs shape", ValueError, dict(target=np.full((3, 5), 0.2))),
+    ("bool target", TypeError, dict(target=[True, False, True])),
+]
+
+
+@pytest.mark.parametrize("name,exc,kw", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_nothing_written_to_grad_out_on_error(rng, name, exc, kw, in_place):
+    x = logits_of(rng, (3, 4))
+    kw = dict(kw)
+    target = kw.pop("target", [0, 3, 1])
+    go = x if in_place else np.full((3, 4), 7.0)
+    before = go.copy()
+    with pytest.raises(exc):
+        fl.cross_entropy(x, target, return_grad=True, grad_out=go, **kw)
+    np.testing.assert_array_equal(go, before)
+    if name not in ("label_smoothing", "probs shape"):
+        with pytest.raises(exc):
+            fl.nll_loss(x, target, return_grad=True, grad_out=go, **kw)
+        np.testing.assert_array_equal(go, before)

@@ -65,9 +65,12 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
     arr = np.atleast_1d(x.array)
     axes = normalize_axes(axis, arr.ndim)
     out_dt = _result_dtype(x.orig_dtype, arr.dtype)
-    if b is not None:  # NumPy path, in the compute dtype
+    if b is not None:  # NumPy path, in the compute dtype; the result dtype promotes with b's
+        bi = float_input(b, "b")
+        out_dt = np.result_type(out_dt, _result_dtype(bi.orig_dtype, bi.array.dtype))
         res, sgn = _logsumexp_weighted(arr.astype(x.compute_dtype, copy=False),
-                                       float_input(b, "b").array, axes, return_sign)
+                                       bi.array.astype(bi.compute_dtype, copy=False), axes,
+                                       return_sign)
     else:
         kept = tuple(n for i, n in enumerate(arr.shape) if i not in axes)
         if math.prod(arr.shape[i] for i in axes) == 0:
@@ -100,7 +103,8 @@ def _logsumexp_weighted(a: np.ndarray, b: np.ndarray, axes, return_sign: bool):
         masked = np.where(b != 0, a, -np.inf)
         m = np.max(masked, axis=axes, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)
-        s = np.sum(b * np.exp(a - m), axis=axes, keepdims=True)
+        # b == 0 removes a term even where exp(a - m) is inf (0 * inf would be NaN)
+        s = np.sum(np.where(b != 0, b * np.exp(a - m), 0), axis=axes, keepdims=True)
         sgn = np.sign(s)
         if return_sign:
             s = np.abs(s)
@@ -127,7 +131,7 @@ def _softmax(x: Any, axis: Any, log: bool, name: str):
                           log)
             out = tmp.transpose(np.argsort(perm))
     out = out.astype(out_dt, copy=False)
-    return out[()] if scalar else out
+    return out.reshape(())[()] if scalar else out
 
 
 def softmax(x: Any, axis: Any = None) -> np.ndarray:

@@ -10,6 +10,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import LAYOUTS, central_diff, layout, read_only
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import fastloss as fl
 from fastloss import reference as ref
@@ -52,8 +55,7 @@ def prob_target(rng, shape, axis, dtype=np.float64):
     """Random class probabilities (rows of a Dirichlet) with the class axis at ``axis``."""
     axis = axis % len(shape)
     moved = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
-    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1]) if moved[:-1] else rng.dirichlet(
-        np.ones(shape[axis]))
+    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1] or None)
     return np.moveaxis(p.reshape(moved), -1, axis).astype(dtype)
 
 
@@ -154,7 +156,9 @@ def test_cross_entropy_option_product_index_targets(rng, wkind, ignore, eps, red
             assert np.all(loss[ignored] == 0)
 
 
-@pytest.mark.parametrize("wkind,eps,reduction", list(itertools.product(WEIGHTS, SMOOTHING, REDUCTIONS)))
+@pytest.mark.parametrize(
+    "wkind,eps,reduction", list(itertools.product(WEIGHTS, SMOOTHING, REDUCTIONS))
+)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cross_entropy_option_product_prob_targets(rng, wkind, eps, reduction, dtype):
     shape = (9, 5)
@@ -647,6 +651,97 @@ def test_neg_inf_masked_classes():
     assert np.all(ref.cross_entropy(x, t, reduction="none", label_smoothing=0.1) == np.inf)
 
 
+@pytest.mark.parametrize(
+    "dtype,m",
+    [(np.float64, 0.0), (np.float64, -100.0), (np.float64, -710.0), (np.float64, -1e300),
+     (np.float32, 0.0), (np.float32, -90.0), (np.float32, -1e30), (np.float16, -1000.0)],
+)
+@pytest.mark.parametrize("C", [2, 5])
+def test_single_finite_logit_row(dtype, m, C):
+    # Every class but one masked: that class has probability 1 whatever its logit, so the
+    # loss is 0 and the gradient 0 everywhere (masked classes included), as the reference
+    # and PyTorch; the masked target has loss +inf and gradient p - onehot.
+    x = np.full((2, C), NINF, dtype=dtype)
+    x[:, 0] = m
+    loss, grad = fl.cross_entropy(x, [0, 1], reduction="none", return_grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, [0, 1], reduction="none", return_grad=True)
+    assert loss[0] == 0.0 and loss[1] == np.inf
+    np.testing.assert_array_equal(grad[0], np.zeros(C))
+    np.testing.assert_array_equal(grad[1], [1.0, -1.0] + [0.0] * (C - 2))
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(loss, want_loss)
+
+
+@pytest.mark.parametrize(
+    "dtype,m", [(np.float64, 0.0), (np.float64, -710.0), (np.float32, 0.0), (np.float32, -90.0)]
+)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_long_masked_stretches_with_very_negative_maximum(dtype, m, kind, eps):
+    # A 4096-class row masked (-inf) except two classes: the gradient is 0 on the masked
+    # classes (not NaN), also when exp(-max) overflows; with smoothing the loss is +inf.
+    V = 4096
+    x = np.full((2, V), NINF, dtype=dtype)
+    x[:, 3000], x[:, 3001] = m, m - 1
+    t = np.array([3000, 3001])
+    if kind == "probs":
+        t = np.eye(V, dtype=dtype)[t]
+    loss, grad = fl.cross_entropy(x, t, reduction="none", label_smoothing=eps, return_grad=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want_loss, want_grad = ref.cross_entropy(x, t, reduction="none", label_smoothing=eps,
+                                                 return_grad=True)
+    assert not np.any(np.isnan(grad))
+    assert_allclose(loss, want_loss, rtol=1e-6)
+    assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
+    if eps == 0:
+        assert np.all(grad[np.isneginf(x)] == 0)
+        s = 1 + math.exp(-1)
+        assert_allclose(loss, [math.log(s), 1 + math.log(s)], rtol=1e-6)
+    else:
+        assert np.all(loss == np.inf)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("masked", ["first_block", "last_block"])
+def test_label_smoothing_with_masked_block_is_inf(kind, masked):
+    # 2048 leading (or trailing) classes masked, the rest finite: smoothing mass eps/C on
+    # every masked class makes the loss +inf, as in the reference and PyTorch
+    V = 4096
+    x = np.zeros((1, V))
+    x[:, :2048] = NINF
+    t = 3000
+    if masked == "last_block":
+        x = x[:, ::-1].copy()
+        t = V - 1 - t
+    target = [t] if kind == "index" else np.eye(V)[[t]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert ref.cross_entropy(x, target, label_smoothing=0.1) == np.inf
+    assert fl.cross_entropy(x, target, label_smoothing=0.1) == np.inf
+    loss, grad = fl.cross_entropy(x, target, label_smoothing=0.1, return_grad=True)
+    assert loss == np.inf and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize(
+    "row,target",
+    [([0.0, NINF], 0), ([0.0, NINF, NINF], 0), ([0.0, NINF, -1.0], 0), ([-1.0, NINF, 0.0], 2),
+     ([-1.0, NINF, 0.0], 0), ([5.0, NINF], 0)],
+)
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_label_smoothing_with_masked_class_is_inf(row, target, kind):
+    # label smoothing gives every class eps/C of the target mass; a masked class has
+    # -log p = inf, so the loss is +inf (reference, PyTorch) whichever class is the target
+    x = np.array([row])
+    t = [target] if kind == "index" else np.eye(len(row))[[target]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want_loss, want_grad = ref.cross_entropy(x, t, reduction="none", label_smoothing=0.3,
+                                                 return_grad=True)
+    assert want_loss[0] == np.inf
+    loss, grad = fl.cross_entropy(x, t, reduction="none", label_smoothing=0.3, return_grad=True)
+    assert loss[0] == np.inf
+    assert fl.cross_entropy(x, t, reduction="none", label_smoothing=0.3)[0] == np.inf
+    assert_allclose(grad, want_grad, rtol=1e-14, atol=1e-16)  # the gradient stays finite
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_target_at_neg_inf_gives_inf(dtype):
     x = np.array([[NINF, 1.0, 2.0], [0.0, 1.0, 2.0]], dtype=dtype)
@@ -733,6 +828,34 @@ def test_all_ignored_and_empty_batches():
     # a 3-d batch with an empty spatial axis, class axis 1
     e3 = np.zeros((2, 4, 0))
     assert fl.cross_entropy(e3, np.zeros((2, 0), int), axis=1, reduction="none").shape == (2, 0)
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+@settings(max_examples=80, deadline=None, database=None, derandomize=True)
+@given(
+    x=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=7),
+        elements=st.one_of(st.floats(-50, 50), st.floats(-1e300, 1e300), st.just(-np.inf)),
+    ),
+    data=st.data(),
+    eps=st.sampled_from([0.0, 0.3]),
+)
+def test_hypothesis_float64_rows_match_reference(x, data, eps):
+    """Arbitrary finite (and -inf) float64 logits: per-row loss and gradient as the reference,
+    or both infinite; never NaN for finite rows."""
+    n, C = x.shape
+    x = x.copy()
+    x[:, 0] = np.where(np.isinf(x[:, 0]), 0.0, x[:, 0])  # every row has a finite logit
+    t = np.array(data.draw(st.lists(st.integers(0, C - 1), min_size=n, max_size=n)))
+    loss, grad = fl.cross_entropy(x, t, reduction="none", label_smoothing=eps, return_grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, t, reduction="none", label_smoothing=eps,
+                                             return_grad=True)
+    assert not np.any(np.isnan(loss)) and not np.any(np.isnan(grad))
+    assert np.all(loss >= 0)
+    assert_allclose(loss, want_loss, rtol=1e-12, atol=1e-15)
+    assert_allclose(grad, want_grad, rtol=1e-11, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- PyTorch

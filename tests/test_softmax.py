@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import scipy.special as sp
 from conftest import LAYOUTS, layout, non_c_layouts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
+NINF = -np.inf
 
 # (shape, axis): 1-d, 2-d, 3-d; None, int, negative int, tuple (also unsorted); long rows.
 SHAPE_AXES = [
@@ -87,7 +91,9 @@ def test_logsumexp_return_sign_without_b(rng, shape, axis):
     [(np.float32, 1e-6), (np.float16, 1e-3), (ml_dtypes.bfloat16, 8e-3)],
     ids=["float32", "float16", "bfloat16"],
 )
-@pytest.mark.parametrize("shape,axis", [((40,), None), ((6, 50), 1), ((6, 50), 0), ((3, 4, 5), (0, 2))])
+@pytest.mark.parametrize(
+    "shape,axis", [((40,), None), ((6, 50), 1), ((6, 50), 0), ((3, 4, 5), (0, 2))]
+)
 def test_logsumexp_low_precision_keeps_dtype(rng, dtype, rtol, shape, axis):
     a = _data(rng, shape).astype(dtype)
     got = fl.logsumexp(a, axis=axis)
@@ -226,7 +232,9 @@ def test_softmax_sums_to_one_and_log_consistent(rng, shape, axis):
     [(np.float32, 2e-6, 1e-7), (np.float16, 1e-3, 1e-6), (ml_dtypes.bfloat16, 8e-3, 1e-20)],
     ids=["float32", "float16", "bfloat16"],
 )
-@pytest.mark.parametrize("shape,axis", [((30,), None), ((6, 50), -1), ((6, 50), 0), ((3, 4, 5), (1, 2))])
+@pytest.mark.parametrize(
+    "shape,axis", [((30,), None), ((6, 50), -1), ((6, 50), 0), ((3, 4, 5), (1, 2))]
+)
 def test_softmax_low_precision_keeps_dtype(rng, fl_f, sp_f, ref_f, dtype, rtol, atol, shape, axis):
     x = _data(rng, shape).astype(dtype)
     got = fl_f(x, axis=axis)
@@ -416,6 +424,35 @@ def test_neg_inf_masks_and_all_neg_inf_row():
     assert_allclose(fl.logsumexp(x, axis=1), sp.logsumexp(x, axis=1), rtol=1e-15)
 
 
+@pytest.mark.parametrize(
+    "dtype,m", [(np.float64, 0.0), (np.float64, -710.0), (np.float32, 0.0), (np.float32, -90.0)]
+)
+@pytest.mark.parametrize("masked", ["leading_block", "all_but_two", "all_but_one_short"])
+@pytest.mark.parametrize("axis", [1, 0])
+def test_masked_entries_with_very_negative_maximum(dtype, m, masked, axis):
+    # -inf entries have probability exactly 0 whatever the row maximum, also when the
+    # maximum is so negative that exp(-max) overflows (m < -709 in float64, < -88 in float32)
+    # and when whole blocks of the row are masked.
+    V = 3 if masked == "all_but_one_short" else 4096
+    x = np.full((2, V), NINF, dtype=dtype)
+    if masked == "leading_block":
+        x[:, 2048:] = m - np.arange(V - 2048) % 5
+    elif masked == "all_but_two":
+        x[:, 3000], x[:, 3001] = m, m - 1
+    else:
+        x[:, 0] = m
+    xa = x if axis == 1 else x.T
+    p = fl.softmax(xa, axis=axis)
+    lp = fl.log_softmax(xa, axis=axis)
+    lse = fl.logsumexp(xa, axis=axis)
+    want_p = ref.softmax(xa, axis=axis)
+    assert not np.any(np.isnan(p))
+    assert np.all(p[np.isneginf(xa)] == 0)
+    assert_allclose(p, want_p, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
+    assert_allclose(lp, ref.log_softmax(xa, axis=axis), rtol=1e-6, atol=0)
+    assert_allclose(lse, ref.logsumexp(xa, axis=axis), rtol=1e-7 if dtype == np.float32 else 1e-15)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_nan_and_inf_affect_only_their_row(rng, bad, dtype):
@@ -442,33 +479,25 @@ def test_nan_and_inf_affect_only_their_row(rng, bad, dtype):
 
 # --------------------------------------------------------------------------- hypothesis
 
-try:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from hypothesis.extra import numpy as hnp
-except ImportError:  # pragma: no cover - hypothesis is a test dependency
-    given = None
 
-if given is not None:
-
-    @settings(max_examples=60, deadline=None, database=None, derandomize=True)
-    @given(
-        hnp.arrays(
-            np.float64,
-            hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6),
-            elements=st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False),
-        ),
-        st.integers(-1, 2),
-    )
-    def test_hypothesis_finite_inputs_match_scipy(x, axis_seed):
-        axis = None if axis_seed < 0 else axis_seed % x.ndim
-        got = fl.logsumexp(x, axis=axis)
-        assert np.all(np.isfinite(got))
-        assert_allclose(got, sp.logsumexp(x, axis=axis), rtol=1e-13, atol=1e-300)
-        p = fl.softmax(x, axis=axis)
-        assert np.all(np.isfinite(p))
-        assert_allclose(p, sp.softmax(x, axis=axis), rtol=1e-12, atol=1e-300)
-        assert_allclose(np.sum(p, axis=axis), 1.0, rtol=1e-12)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6),
+        elements=st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False),
+    ),
+    st.integers(-1, 2),
+)
+def test_hypothesis_finite_inputs_match_scipy(x, axis_seed):
+    axis = None if axis_seed < 0 else axis_seed % x.ndim
+    got = fl.logsumexp(x, axis=axis)
+    assert np.all(np.isfinite(got))
+    assert_allclose(got, sp.logsumexp(x, axis=axis), rtol=1e-13, atol=1e-300)
+    p = fl.softmax(x, axis=axis)
+    assert np.all(np.isfinite(p))
+    assert_allclose(p, sp.softmax(x, axis=axis), rtol=1e-12, atol=1e-300)
+    assert_allclose(np.sum(p, axis=axis), 1.0, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -110,7 +110,7 @@ def cross_entropy(
     >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
     >>> loss, grad = fl.cross_entropy(logits, [0, 1], return_grad=True)
     >>> round(float(loss), 6)
-    0.312664
+    0.31854
     """
     x, ax = _class_input(logits, "logits", axis)
     reduction = check_reduction(reduction)

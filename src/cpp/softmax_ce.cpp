@@ -284,6 +284,7 @@ inline RowStats merge(const RowStats& a, const RowStats& b) {
   o.m = a.m > b.m ? a.m : b.m;
   if (o.nan || !std::isfinite(o.m)) {  // the callers turn these into NaN / +-inf results
     o.c = a.c + b.c;
+    o.cd = a.cd + b.cd;  // (all -inf so far: cd is inf exactly when some c_j != 0)
     return o;
   }
   const RowStats ra = rebase(a, o.m), rb = rebase(b, o.m);
@@ -325,7 +326,7 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
   if (!std::isfinite(m)) {  // rare: +inf, all -inf, or all NaN
     if (er && er->e) {  // all -inf: exp is 0 whatever the reference
       for (int64_t j = begin; j < end; ++j) er->e[j] = T(0);
-      er->add(end, 0.0);
+      er->add(end, -std::numeric_limits<double>::infinity());  // scale exp(-inf - m) = 0
     }
     st.nan = any_nan(x + begin, end - begin);
     if (st.nan || m == kInf<T>) return st;

@@ -97,3 +97,27 @@ def read_only(a: np.ndarray) -> np.ndarray:
     a = np.array(a)
     a.flags.writeable = False
     return a
+
+
+# --- every instruction set ------------------------------------------------------------------
+# The correctness suites (test_softmax.py, test_cross_entropy.py) run once per instruction set
+# the machine supports (AVX-512, AVX2, baseline on a recent x86-64), switching the dispatched
+# kernels at run time, so every compiled path is checked against the reference.
+from fastloss import _core  # noqa: E402
+
+SUPPORTED_ISAS = [i for i in _core.compiled_isas() if _core.isa_supported(i)]
+_EVERY_ISA_MODULES = {"test_softmax", "test_cross_entropy"}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in _EVERY_ISA_MODULES:
+        metafunc.fixturenames.append("every_isa")
+        metafunc.parametrize("every_isa", SUPPORTED_ISAS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def every_isa(request):
+    before = _core.active_isa()
+    assert _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)

@@ -80,36 +80,24 @@ template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>
   for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
 }
 
-// Sum of vectors. Float vectors go into float lane partials of at most kFlush terms each, which
-// are then added into float64 lanes: all terms of a softmax sum are >= 0, so each partial has a
-// relative error <= (kFlush - 1) ulp and so has the total; widening every vector to float64
-// would halve the throughput of the exp pass. Double vectors are added in two float64 chains.
+// Float64 lane accumulators of partial sums. A softmax sum is accumulated as float partials of
+// at most 4 terms (all terms >= 0, so each partial's relative error is <= 3 ulp, and so is the
+// total's), which are widened and added here once per chunk of 8 vectors: widening every vector
+// to float64 would halve the throughput of the exp pass.
 template <class T> struct Acc;
 template <> struct Acc<float> {
-  static constexpr int kFlush = 8;
-  f32v part{};
   f64v lo{}, hi{};
-  int n = 0;
-  void add(f32v v) {
-    part += v;
-    if (++n == kFlush) flush();
-  }
-  void flush() {
+  void add_partial(f32v part) {
     f64v l, h;
     widen(part, l, h);
     lo += l;
     hi += h;
-    part = f32v{};
-    n = 0;
   }
-  double total() {
-    flush();
-    return hsum(lo + hi);
-  }
+  double total() const { return hsum(lo + hi); }
 };
 template <> struct Acc<double> {
   f64v a{};
-  void add(f64v v) { a += v; }
+  void add_partial(f64v v) { a += v; }
   double total() const { return hsum(a); }
 };
 
@@ -207,14 +195,16 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
                  T& block_max, T* e_row = nullptr) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
+  constexpr int kChunk = 8;  // vectors per chunk: two partials of 4 terms, then one flush
   Acc<T> se, scd, sc;
-  const V vm = vset<T>(m);
-  V mx = vset<T>(-kInf<T>);
-  auto step = [&](V xv, V cv, int64_t j, int64_t n) {
+  const V vm = vset<T>(m), zero = vset<T>(0);
+  V mx0 = vset<T>(-kInf<T>), mx1 = mx0;
+  // One vector at j (n valid lanes): exp(x_j - m) into pe; c_j (m - x_j) and c_j into pcd, pc.
+  auto step = [&](V xv, V cv, int64_t j, int64_t n, V& mx, V& pe, V& pcd, V& pc) {
     mx = vmax<T>(mx, xv);
-    V d = vm - xv;
+    const V d = vm - xv;
     const V e = vexp_capped(-d);
-    se.add(e);
+    pe += e;
     if (e_row) {
       if (n == W)
         vstore(e_row + j, e);
@@ -224,21 +214,42 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     if constexpr (C != Coef::kNone) {
       // c_j = 0 terms (zero target mass, and the padding of a row's tail) count 0 even when
       // x_j = -inf, where c_j * d would be 0 * inf = NaN.
-      V cd = cv * d;
-      cd = vselect(cv == vset<T>(0), vset<T>(0), cd);
-      scd.add(cd);
-      sc.add(cv);
+      pcd += vselect(cv == zero, zero, cv * d);
+      pc += cv;
     }
   };
   int64_t j = begin;
-  for (; j + W <= end; j += W) {
+  for (; j + kChunk * W <= end; j += kChunk * W) {
     // Pull the next block in while this one is summed: memory traffic overlaps the exp
     // arithmetic. Prefetches past the end of the array cannot fault.
-    __builtin_prefetch(x + j + kPrefetchAhead<T>, 0, 3);
-    step(vload_as(x + j), coef.load(j), j, W);
+    for (int k = 0; k < kChunk * W * int(sizeof(S)); k += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(x + j + kPrefetchAhead<T>) + k, 0, 3);
+    V pe0 = zero, pe1 = zero, pcd0 = zero, pcd1 = zero, pc0 = zero, pc1 = zero;
+    for (int k = 0; k < kChunk; k += 2) {
+      const int64_t j0 = j + k * W, j1 = j0 + W;
+      step(vload_as(x + j0), coef.load(j0), j0, W, mx0, pe0, pcd0, pc0);
+      step(vload_as(x + j1), coef.load(j1), j1, W, mx1, pe1, pcd1, pc1);
+    }
+    se.add_partial(pe0 + pe1);
+    if constexpr (C != Coef::kNone) {
+      scd.add_partial(pcd0 + pcd1);
+      sc.add_partial(pc0 + pc1);
+    }
   }
-  if (j < end) step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j), j, end - j);
-  block_max = hmax<T>(mx);
+  for (; j < end; j += W) {  // the last < kChunk vectors, one at a time
+    V pe = zero, pcd = zero, pc = zero;
+    if (j + W <= end)
+      step(vload_as(x + j), coef.load(j), j, W, mx0, pe, pcd, pc);
+    else
+      step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j), j, end - j, mx0,
+           pe, pcd, pc);
+    se.add_partial(pe);
+    if constexpr (C != Coef::kNone) {
+      scd.add_partial(pcd);
+      sc.add_partial(pc);
+    }
+  }
+  block_max = hmax<T>(vmax<T>(mx0, mx1));
   RowSums s;
   s.exp = se.total();
   if constexpr (C != Coef::kNone) {

@@ -56,7 +56,7 @@ def format_table(results, info) -> str:
     cols = ["case", "implementation", "median ms", "min..max ms", "GB/s", "x floor", "vs numpy",
             "peak extra MB", "note"]
     rows = [[r.case, r.impl, f"{r.median_ms:.1f}", f"{r.min_ms:.1f}..{r.max_ms:.1f}",
-             f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", _fmt(r.speedup_vs_numpy, ".1f") + "x",
+             f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", _fmt(r.speedup_vs_numpy, ".1f") + ("x" if r.speedup_vs_numpy else ""),
              _fmt(None if r.peak_extra_bytes is None else r.peak_extra_bytes / 1e6, ".0f"),
              r.note] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]

@@ -369,14 +369,20 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
                      RowStats st = {}, ExpRow<T>* er = nullptr) {
   for (int64_t b = begin; b < end; b += kBlock<T>) {
     const int64_t e = b + kBlock<T> < end ? b + kBlock<T> : end;
-    const T m = T(st.m);
+    // Before any finite logit (the first block of a row), float rows take the block's first
+    // element as the reference (a block more than kMaxShift above it is redone below), so short
+    // rows too are read in one pass. (The later rebase to the true maximum is a float64 multiply:
+    // invisible in a float32 result; double rows keep the exact max-first block.)
+    T m = T(st.m);
+    if constexpr (std::is_same_v<T, float>)
+      if (st.m == -std::numeric_limits<double>::infinity()) m = to_compute(x[b]);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
       const RowSums rs = row_sums<S, C>(x, b, e, m, coef, block_max, er ? er->e : nullptr);
       if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
-        if (er && er->e) er->add(e, st.m);
+        if (er && er->e) er->add(e, double(m));
         RowStats bs;
-        bs.m = st.m;
+        bs.m = double(m);
         bs.s = rs.exp;
         bs.cd = rs.cd;
         bs.c = rs.c;

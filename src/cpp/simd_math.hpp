@@ -209,7 +209,8 @@ inline f32v vexp_capped(f32v x) {
 #if defined(__AVX512F__)
   // AVX-512: round with vrndscaleps and apply 2^n with vscalefps (which gives exactly 0 for
   // n <= -150), replacing the shifter, the integer ops and a multiply.
-  const f32v xc = vselect(x < vset<float>(-104.0f), vset<float>(-104.0f), x);
+  // max(-104, x) in one vmaxps; with the constant first, a NaN x is what comes out.
+  const f32v xc = f32v(_mm512_max_ps(__m512(vset<float>(-104.0f)), __m512(x)));
   const f32v n = f32v(_mm512_roundscale_ps(__m512(xc * vset<float>(1.44269504088896341f)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   f32v r = xc - n * vset<float>(0.693359375f);

@@ -189,10 +189,10 @@ struct RowSums {
 
 // Sums over x[begin:end) relative to a reference m (finite; exp(x_j - m) must not overflow, so
 // x_j <= m + kMaxShift), and the maximum of the stretch (block_max).
-// With e_row, also stores e_j = exp(x_j - m) at e_row[j] (the gradient pass reuses them).
-template <class S, Coef C, class T = compute_t<S>>
+// With kKeep, also stores e_j = exp(x_j - m) at e_row[j] (the gradient pass reuses them).
+template <class S, Coef C, bool kKeep, class T = compute_t<S>>
 RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
-                 T& block_max, T* e_row = nullptr) {
+                 T& block_max, T* e_row) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   constexpr int kChunk = 8;  // vectors per chunk: two partials of 4 terms, then one flush
@@ -202,10 +202,9 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
   // One vector at j (n valid lanes): exp(x_j - m) into pe; c_j (m - x_j) and c_j into pcd, pc.
   auto step = [&](V xv, V cv, int64_t j, int64_t n, V& mx, V& pe, V& pcd, V& pc) {
     mx = vmax<T>(mx, xv);
-    const V d = vm - xv;
-    const V e = vexp_capped(-d);
+    const V e = vexp_capped(xv - vm);
     pe += e;
-    if (e_row) {
+    if constexpr (kKeep) {
       if (n == W)
         vstore(e_row + j, e);
       else
@@ -214,7 +213,7 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     if constexpr (C != Coef::kNone) {
       // c_j = 0 terms (zero target mass, and the padding of a row's tail) count 0 even when
       // x_j = -inf, where c_j * d would be 0 * inf = NaN.
-      pcd += vselect(cv == zero, zero, cv * d);
+      pcd += vselect(cv == zero, zero, cv * (vm - xv));
       pc += cv;
     }
   };
@@ -351,7 +350,8 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
     return st;
   }
   T unused;
-  const RowSums rs = row_sums<S, C>(x, begin, end, m, coef, unused, er ? er->e : nullptr);
+  const RowSums rs = er && er->e ? row_sums<S, C, true>(x, begin, end, m, coef, unused, er->e)
+                                 : row_sums<S, C, false>(x, begin, end, m, coef, unused, static_cast<T*>(nullptr));
   if (er && er->e) er->add(end, double(m));
   st.s = rs.exp;
   st.cd = rs.cd;
@@ -378,7 +378,9 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
       if (st.m == -std::numeric_limits<double>::infinity()) m = to_compute(x[b]);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
-      const RowSums rs = row_sums<S, C>(x, b, e, m, coef, block_max, er ? er->e : nullptr);
+      const RowSums rs = er && er->e
+                             ? row_sums<S, C, true>(x, b, e, m, coef, block_max, er->e)
+                             : row_sums<S, C, false>(x, b, e, m, coef, block_max, static_cast<T*>(nullptr));
       if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
         if (er && er->e) er->add(e, double(m));
         RowStats bs;

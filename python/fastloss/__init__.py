@@ -15,7 +15,14 @@ import warnings
 from . import _core
 from ._config import config as _config_dict
 from ._config import show_config
+from .binary import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    hinge_loss,
+    sigmoid_focal_loss,
+)
 from .classification import cross_entropy, nll_loss
+from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .softmax import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -29,12 +36,20 @@ if os.environ.get("FASTLOSS_ISA") and os.environ["FASTLOSS_ISA"] not in _core.co
     )
 
 __all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
     "cross_entropy",
     "get_num_threads",
+    "hinge_loss",
+    "huber_loss",
+    "l1_loss",
     "log_softmax",
     "logsumexp",
+    "mse_loss",
     "nll_loss",
     "set_num_threads",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
     "show_config",
     "softmax",
 ]

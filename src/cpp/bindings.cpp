@@ -148,6 +148,39 @@ void nll_loss_py(const py::array& x, const py::array& target, const OptArray& we
   });
 }
 
+double pointwise_py(int kind, const py::array& x, const py::array& y, const OptArray& w,
+                    const OptArray& pos_weight, double p0, double p1, double grad_scale,
+                    OptArray loss, OptArray grad) {
+  return by_dtype(x, [&](auto tag) {
+    using S = decltype(tag);
+    using T = compute_t<S>;
+    PointwiseArgs<S> a;
+    a.kind = static_cast<PointwiseKind>(kind);
+    check_dtype<S>(x, "x");
+    if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_core: x must be contiguous");
+    a.n = x.size();
+    a.x = const_ptr<S>(x);
+    a.y = vector_ptr<T>(y, a.n, "y");
+    a.w = vector_ptr<T>(w, a.n, "w");
+    a.pos_weight = vector_ptr<T>(pos_weight, a.n, "pos_weight");
+    a.p0 = p0;
+    a.p1 = p1;
+    a.grad_scale = grad_scale;
+    if (loss) {
+      vector_ptr<T>(loss, a.n, "loss");
+      a.loss = mutable_ptr<T>(*loss);
+    }
+    if (grad) {
+      check_dtype<S>(*grad, "grad");
+      if (!(grad->flags() & py::array::c_style) || grad->size() != a.n)
+        throw std::invalid_argument("_core: grad must be contiguous with x's size");
+      a.grad = mutable_ptr<S>(*grad);
+    }
+    py::gil_scoped_release nogil;
+    return fastloss::pointwise(a);
+  });
+}
+
 double stream_read_py(const py::array& x) {
   check_dtype<float>(x, "x");
   if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_core: x must be contiguous");
@@ -183,6 +216,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  // Pointwise losses: every operand contiguous and of one size (broadcast in Python);
+  // kind: 0 mse, 1 l1, 2 huber, 3 smooth_l1, 4 bce_with_logits, 5 bce, 6 sigmoid_focal, 7 hinge.
+  m.def("pointwise", &pointwise_py, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("w"),
+        py::arg("pos_weight"), py::arg("p0"), py::arg("p1"), py::arg("grad_scale"),
+        py::arg("loss"), py::arg("grad"));
   // Bandwidth floor (benchmarks).
   m.def("stream_read", &stream_read_py, py::arg("x"));
   m.def("stream_copy", &stream_copy_py, py::arg("x"), py::arg("y"), py::arg("nt"));

@@ -13,13 +13,16 @@ namespace fastloss {
 
 namespace baseline {
 extern const KernelTable table;
+extern const PointwiseTable pointwise_table;
 }
 #if defined(FASTLOSS_X86)
 namespace avx2 {
 extern const KernelTable table;
+extern const PointwiseTable pointwise_table;
 }
 namespace avx512 {
 extern const KernelTable table;
+extern const PointwiseTable pointwise_table;
 }
 #endif
 
@@ -28,24 +31,25 @@ namespace {
 struct Isa {
   const char* name;
   const KernelTable* table;
+  const PointwiseTable* pointwise;
   bool (*cpu_has)();
 };
 
 const Isa kIsas[] = {  // best first
 #if defined(FASTLOSS_X86)
-    {"avx512", &avx512::table,
+    {"avx512", &avx512::table, &avx512::pointwise_table,
      [] {
        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
      }},
-    {"avx2", &avx2::table,
+    {"avx2", &avx2::table, &avx2::pointwise_table,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
               __builtin_cpu_supports("f16c");
      }},
 #endif
-    {"baseline", &baseline::table, [] { return true; }},
+    {"baseline", &baseline::table, &baseline::pointwise_table, [] { return true; }},
 };
 constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 
@@ -74,6 +78,9 @@ int initial_choice() {
 std::atomic<int> g_choice{initial_choice()};
 
 const KernelTable& table() { return *kIsas[g_choice.load(std::memory_order_relaxed)].table; }
+const PointwiseTable& pw_table() {
+  return *kIsas[g_choice.load(std::memory_order_relaxed)].pointwise;
+}
 
 }  // namespace
 
@@ -93,7 +100,8 @@ bool set_isa(const char* name) {
   void logsumexp(const SoftmaxArgs<S>& a) { table().logsumexp_##sfx(a); }                   \
   void softmax(const SoftmaxArgs<S>& a, bool log) { table().softmax_##sfx(a, log); }        \
   void cross_entropy(const CrossEntropyArgs<S>& a) { table().cross_entropy_##sfx(a); }      \
-  void nll_loss(const NllArgs<S>& a) { table().nll_loss_##sfx(a); }
+  void nll_loss(const NllArgs<S>& a) { table().nll_loss_##sfx(a); }                         \
+  double pointwise(const PointwiseArgs<S>& a) { return pw_table().pointwise_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD)
 #undef FASTLOSS_FORWARD
 

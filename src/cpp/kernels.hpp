@@ -67,6 +67,22 @@ template <class S> struct NllArgs {
 
 // One table of kernels per instruction set (softmax_ce.cpp is compiled once for each, into
 // namespace fastloss::<isa>); dispatch.cpp picks one at import by CPUID.
+// Pointwise losses (pointwise.cpp): all operands contiguous, n elements, already broadcast.
+enum class PointwiseKind { kMse, kL1, kHuber, kSmoothL1, kBceLogits, kBce, kSigmoidFocal, kHinge };
+template <class S> struct PointwiseArgs {
+  using T = compute_t<S>;
+  PointwiseKind kind = PointwiseKind::kMse;
+  int64_t n = 0;
+  const S* x = nullptr;           // predictions (logits or probabilities)
+  const T* y = nullptr;           // targets
+  const T* w = nullptr;           // elementwise weights, or nullptr
+  const T* pos_weight = nullptr;  // BCE with logits: positive-class weights, or nullptr
+  double p0 = 0, p1 = 0;          // delta / beta / (alpha, gamma) / (margin, squared)
+  double grad_scale = 1.0;
+  T* loss = nullptr;  // per-element weighted losses (reduction "none"), or nullptr
+  S* grad = nullptr;  // gradient, or nullptr
+};
+
 // The storage types every kernel is instantiated for: X(suffix, type).
 #define FASTLOSS_FOR_EACH_DTYPE(X) X(f32, float) X(f64, double) X(f16, float16) X(bf16, bfloat16)
 
@@ -79,6 +95,12 @@ struct KernelTable {
   void (*nll_loss_##sfx)(const NllArgs<S>&);
   FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_TABLE_ENTRIES)
 #undef FASTLOSS_TABLE_ENTRIES
+};
+
+struct PointwiseTable {
+#define FASTLOSS_PW_ENTRY(sfx, S) double (*pointwise_##sfx)(const PointwiseArgs<S>&);
+  FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PW_ENTRY)
+#undef FASTLOSS_PW_ENTRY
 };
 
 // Instruction sets: the ones this build has, best first; the one in use; choosing one (for
@@ -98,7 +120,8 @@ void* thread_scratch(int slot, size_t bytes);
   void logsumexp(const SoftmaxArgs<S>& a);         \
   void softmax(const SoftmaxArgs<S>& a, bool log); \
   void cross_entropy(const CrossEntropyArgs<S>& a); \
-  void nll_loss(const NllArgs<S>& a);
+  void nll_loss(const NllArgs<S>& a);               \
+  double pointwise(const PointwiseArgs<S>& a);  /* returns the sum of the losses */
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE)
 #undef FASTLOSS_DECLARE
 

@@ -260,6 +260,79 @@ inline f64v vexp_capped(f64v x) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// log, float32 and float64: x = 2^e * m with m in [sqrt(1/2), sqrt(2)), log(m) = log(1 + f) by
+// the Cephes logf polynomial (float, ~1 ulp) or fdlibm's log kernel (double, < 1 ulp), plus
+// e * ln 2 in two parts. Subnormal x is scaled up first. log(0) = -inf, log(x < 0) = NaN,
+// log(inf) = inf, NaN propagates.
+// ---------------------------------------------------------------------------------------------
+inline f32v vlog(f32v x) {
+  const f32v tiny = vset<float>(1.17549435e-38f);
+  const f32v xs = vselect(x < tiny, x * vset<float>(8388608.0f), x);  // * 2^23 for subnormals
+  const i32v bits = i32v(xs);
+  f32v e = __builtin_convertvector(((bits >> 23) & 0xFF) - 127, f32v);
+  e = vselect(x < tiny, e - vset<float>(23.0f), e);
+  f32v m = f32v((bits & 0x007FFFFF) | 0x3F800000);  // [1, 2)
+  const auto big = m > vset<float>(1.41421356237f);
+  m = vselect(big, m * vset<float>(0.5f), m);
+  e = vselect(big, e + vset<float>(1.0f), e);
+  const f32v f = m - vset<float>(1.0f), z = f * f;
+  f32v y = vset<float>(7.0376836292E-2f);
+  y = y * f - vset<float>(1.1514610310E-1f);
+  y = y * f + vset<float>(1.1676998740E-1f);
+  y = y * f - vset<float>(1.2420140846E-1f);
+  y = y * f + vset<float>(1.4249322787E-1f);
+  y = y * f - vset<float>(1.6668057665E-1f);
+  y = y * f + vset<float>(2.0000714765E-1f);
+  y = y * f - vset<float>(2.4999993993E-1f);
+  y = y * f + vset<float>(3.3333331174E-1f);
+  y = y * f * z;
+  y = y + e * vset<float>(-2.12194440e-4f) - vset<float>(0.5f) * z;
+  f32v r = f + y + e * vset<float>(0.693359375f);
+  const float inf = std::numeric_limits<float>::infinity();
+  r = vselect(x == vset<float>(0.0f), vset<float>(-inf), r);
+  r = vselect(x == vset<float>(inf), x, r);
+  r = vselect(x < vset<float>(0.0f), vset<float>(std::numeric_limits<float>::quiet_NaN()), r);
+  return vselect(x != x, x, r);
+}
+
+inline f64v vlog(f64v x) {
+  const f64v tiny = vset<double>(2.2250738585072014e-308);
+  const f64v xs = vselect(x < tiny, x * vset<double>(18014398509481984.0), x);  // * 2^54
+  const i64v bits = i64v(xs);
+  f64v e = __builtin_convertvector(((bits >> 52) & 0x7FF) - 1023, f64v);
+  e = vselect(x < tiny, e - vset<double>(54.0), e);
+  f64v m = f64v((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
+  const auto big = m > vset<double>(1.4142135623730951);
+  m = vselect(big, m * vset<double>(0.5), m);
+  e = vselect(big, e + vset<double>(1.0), e);
+  const f64v f = m - vset<double>(1.0);
+  const f64v s = f / (vset<double>(2.0) + f), z = s * s, w = z * z;
+  const f64v t1 = w * (vset<double>(3.999999999940941908e-01) +
+                       w * (vset<double>(2.222219843214978396e-01) +
+                            w * vset<double>(1.531383769920937332e-01)));
+  const f64v t2 = z * (vset<double>(6.666666666666735130e-01) +
+                       w * (vset<double>(2.857142874366239149e-01) +
+                            w * (vset<double>(1.818357216161805012e-01) +
+                                 w * vset<double>(1.479819860511658591e-01))));
+  const f64v R = t2 + t1, hfsq = vset<double>(0.5) * f * f;
+  f64v r = e * vset<double>(6.93147180369123816490e-01) -
+           ((hfsq - (s * (hfsq + R) + e * vset<double>(1.90821492927058770002e-10))) - f);
+  const double inf = std::numeric_limits<double>::infinity();
+  r = vselect(x == vset<double>(0.0), vset<double>(-inf), r);
+  r = vselect(x == vset<double>(inf), x, r);
+  r = vselect(x < vset<double>(0.0), vset<double>(std::numeric_limits<double>::quiet_NaN()), r);
+  return vselect(x != x, x, r);
+}
+
+// log1p(z) for z >= 0 (accurate for tiny z): log(u) - ((u - 1) - z) / u with u = 1 + z.
+template <class V> inline V vlog1p_nonneg(V z) {
+  const V one = V{} + 1, u = one + z;
+  const V r = vlog(u) - ((u - one) - z) / u;
+  return vselect(u == one, z, r);
+}
+
+
+// ---------------------------------------------------------------------------------------------
 // Storage <-> compute conversions: 16-bit inputs are widened to float32 as they are loaded and
 // rounded (to nearest even) as they are stored, so they cost half the memory traffic.
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +459,21 @@ template <class S> inline S from_compute(compute_t<S> v) {
   } else {
     return S(v);
   }
+}
+
+// Load n < width elements (converted to the compute type), padding the vector with `pad`.
+template <class S> inline vec_t<compute_t<S>> load_partial(const S* p, int64_t n,
+                                                          compute_t<S> pad) {
+  using T = compute_t<S>;
+  T buf[vec_width<T>];
+  for (int i = 0; i < vec_width<T>; ++i) buf[i] = i < n ? to_compute(p[i]) : pad;
+  return vload(buf);
+}
+template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>> v) {
+  using T = compute_t<S>;
+  T buf[vec_width<T>];
+  vstore(buf, v);
+  for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
 }
 
 }  // namespace

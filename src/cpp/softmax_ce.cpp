@@ -65,21 +65,6 @@ template <class T> void fill_row(T* base, const Layout3& L, int64_t r, T value) 
   for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = value;
 }
 
-// Load n < width elements (converted to the compute type), padding the vector with `pad`.
-template <class S> inline vec_t<compute_t<S>> load_partial(const S* p, int64_t n,
-                                                          compute_t<S> pad) {
-  using T = compute_t<S>;
-  T buf[vec_width<T>];
-  for (int i = 0; i < vec_width<T>; ++i) buf[i] = i < n ? to_compute(p[i]) : pad;
-  return vload(buf);
-}
-template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>> v) {
-  using T = compute_t<S>;
-  T buf[vec_width<T>];
-  vstore(buf, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
-}
-
 // Float64 lane accumulators of partial sums. A softmax sum is accumulated as float partials of
 // at most 4 terms (all terms >= 0, so each partial's relative error is <= 3 ulp, and so is the
 // total's), which are widened and added here once per chunk of 8 vectors: widening every vector

@@ -1,0 +1,111 @@
+"""The shared driver of the pointwise losses (regression and binary families): broadcasting,
+dtypes, reductions and gradients around one call into ``_core.pointwise``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+from ._validation import check_reduction, float_input, grad_buffer
+
+KINDS = {"mse": 0, "l1": 1, "huber": 2, "smooth_l1": 3, "bce_with_logits": 4, "bce": 5,
+         "sigmoid_focal": 6, "hinge": 7}
+
+
+def real_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
+    """A target / weight operand as an array of the compute dtype (ints and bools welcome)."""
+    try:
+        a = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name}: cannot be converted to a numeric array ({exc})") from None
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name}: complex values ({a.dtype}) are not supported")
+    if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":
+        raise TypeError(f"{name}: unsupported dtype {a.dtype}")
+    return a.astype(dtype, copy=False)
+
+
+def _flat(a: np.ndarray, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``a`` broadcast to ``shape`` as a contiguous 1-d array (a copy only when needed)."""
+    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(-1)
+
+
+def _sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a gradient over the axes along which an operand of ``shape`` was broadcast."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes, dtype=np.float64 if g.dtype == np.float64 else np.float32
+                 ).reshape(shape) if axes else g.reshape(shape)
+
+
+def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
+              weight: Any = None, pos_weight: Any = None, p0: float = 0.0, p1: float = 0.0,
+              reduction: str = "mean", return_grad: bool = False, grad_out: Any = None,
+              target_array: Optional[np.ndarray] = None, input_check=None):
+    """Run one pointwise loss. ``target_array`` (already validated, compute dtype) replaces
+    ``target`` when given; ``input_check(array)`` may validate the prepared input."""
+    x = float_input(input, input_name)
+    reduction = check_reduction(reduction)
+    if grad_out is not None and not return_grad:
+        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
+    ct = x.compute_dtype
+    y = target_array if target_array is not None else real_array(target, "target", ct)
+    w = None if weight is None else real_array(weight, "weight", ct)
+    pw = None if pos_weight is None else real_array(pos_weight, "pos_weight", ct)
+    if input_check is not None:
+        input_check(x.array)
+    shapes = [("input" if input_name == "input" else input_name, x.array.shape),
+              ("target", y.shape)]
+    shapes += [(n, a.shape) for n, a in (("weight", w), ("pos_weight", pw)) if a is not None]
+    try:
+        full = np.broadcast_shapes(*(s for _, s in shapes))
+    except ValueError:
+        desc = ", ".join(f"{n} {s}" for n, s in shapes)
+        raise ValueError(f"shapes do not broadcast together: {desc}") from None
+
+    n = math.prod(full)
+    xf = _flat(x.array, full, x.array.dtype)
+    yf = _flat(y, full, ct)
+    wf = None if w is None else _flat(w, full, ct)
+    pwf = None if pw is None else _flat(pw, full, ct)
+    loss_buf = np.empty(n, dtype=ct) if reduction == "none" else None
+
+    grad_core = user = None
+    if return_grad:
+        if grad_out is not None:
+            user = grad_buffer(grad_out, x.array.shape, x.orig_dtype)
+        direct = (user is not None and full == x.array.shape and user.flags.c_contiguous
+                  and not any(a is not None and np.may_share_memory(user, a)
+                              for a in (yf, wf, pwf))
+                  and (not np.may_share_memory(user, xf)
+                       or user.__array_interface__["data"][0]
+                       == xf.__array_interface__["data"][0]))
+        grad_core = user.reshape(-1) if direct else np.empty(n, dtype=x.array.dtype)
+
+    scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
+    total = _core.pointwise(KINDS[kind], xf, yf, wf, pwf, float(p0), float(p1), scale, loss_buf,
+                            grad_core)
+
+    if reduction == "none":
+        loss = loss_buf.reshape(full).astype(x.loss_dtype, copy=False)
+    elif reduction == "sum":
+        loss = x.loss_dtype.type(total)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = x.loss_dtype.type(np.float64(total) / np.float64(n))  # empty: NaN, as torch
+    if not return_grad:
+        return loss
+    if user is not None and grad_core.base is not None and np.may_share_memory(grad_core, user):
+        return loss, user
+    g = grad_core.reshape(full)
+    if full != x.array.shape:
+        g = _sum_to(g, x.array.shape)
+    g = g.astype(x.orig_dtype, copy=False)
+    if user is not None:
+        np.copyto(user, g)
+        return loss, user
+    return loss, g

@@ -1,0 +1,270 @@
+// Pointwise losses: regression (MSE, L1, Huber, smooth L1) and binary (BCE with logits, BCE,
+// sigmoid focal, hinge). One driver reads prediction, target and the optional weights once,
+// writes the per-element loss (reduction "none") and the gradient in the same pass, and sums
+// the losses in float64 lanes; each loss is a small functor with its formulas.
+#ifndef FASTLOSS_ISA_NS
+#error "compile this file once per instruction set with -DFASTLOSS_ISA_NS=<name>"
+#endif
+
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "kernels.hpp"
+#include "simd_math.hpp"
+
+namespace fastloss {
+namespace FASTLOSS_ISA_NS {
+namespace {
+
+template <class T> using V = vec_t<T>;
+template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
+template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
+// sign(d) with sign(0) = 0 and sign(NaN) = NaN (as torch.sign).
+template <class T> inline V<T> vsign(V<T> d) {
+  V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
+  return vselect(d != d, d, s);
+}
+// max(v, 0) that keeps NaN (a plain compare-select would turn NaN into 0).
+template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
+
+// Each functor: loss(x, y, pw, l, g) sets the per-element loss l and d l / d x in g.
+// ---------------------------------------------------------------------------------------------
+// mse:        l = (x - y)^2                    g = 2 (x - y)
+// l1:         l = |x - y|                      g = sign(x - y)   (0 at x = y, as torch)
+// ---------------------------------------------------------------------------------------------
+struct Mse {
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> d = x - y;
+    l = d * d;
+    g = d + d;
+  }
+};
+struct L1 {
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> d = x - y;
+    l = vabs<T>(d);
+    g = vsign<T>(d);
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// huber(delta):    |d| <= delta: l = d^2 / 2,             g = d
+//                  else          l = delta (|d| - delta/2), g = delta sign(d)
+// smooth_l1(beta): |d| <  beta:  l = d^2 / (2 beta),      g = d / beta
+//                  else          l = |d| - beta/2,         g = sign(d)      (beta = 0: L1)
+// ---------------------------------------------------------------------------------------------
+struct Huber {
+  double delta;
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> d = x - y, a = vabs<T>(d), dl = splat<T>(delta);
+    const auto quad = a <= dl;
+    l = vselect(quad, splat<T>(0.5) * d * d, dl * (a - splat<T>(0.5 * delta)));
+    g = vselect(quad, d, dl * vsign<T>(d));
+  }
+};
+struct SmoothL1 {
+  double beta;
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> d = x - y, a = vabs<T>(d);
+    if (beta == 0) {
+      l = a;
+      g = vsign<T>(d);
+      return;
+    }
+    const auto quad = a < splat<T>(beta);
+    l = vselect(quad, splat<T>(0.5 / beta) * d * d, a - splat<T>(0.5 * beta));
+    g = vselect(quad, d * splat<T>(1.0 / beta), vsign<T>(d));
+  }
+};
+
+// softplus(-x) = log(1 + exp(-x)) = log1p(exp(-|x|)) + max(-x, 0), and sigmoid(x), sigmoid(-x)
+// from the same e = exp(-|x|) (no overflow for any x, no cancellation in the small one).
+template <class T> struct LogisticParts {
+  V<T> sp_neg, sig, sig_neg;
+  explicit LogisticParts(V<T> x) {
+    const V<T> ax = vabs<T>(x), e = vexp(-ax), one = splat<T>(1);
+    sp_neg = vlog1p_nonneg(e) + relu<T>(-x);
+    const V<T> big = one / (one + e), small = e / (one + e);  // sigmoid(|x|), sigmoid(-|x|)
+    const auto pos = x >= V<T>{};
+    sig = vselect(pos, big, small);
+    sig_neg = vselect(pos, small, big);
+    sig = vselect(x != x, x, sig);  // NaN stays NaN
+    sig_neg = vselect(x != x, x, sig_neg);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// binary_cross_entropy_with_logits (torch), p = pos_weight (1 without it):
+//   l = (1 - y) x + (1 + (p - 1) y) softplus(-x)
+//   g = (1 + (p - 1) y) sigmoid(x) - p y            (p = 1: sigmoid(x) - y)
+// ---------------------------------------------------------------------------------------------
+struct BceLogits {
+  template <class T> void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
+    const LogisticParts<T> lp(x);
+    const V<T> one = splat<T>(1), c = one + (p - one) * y;
+    l = (one - y) * x + c * lp.sp_neg;
+    g = c * lp.sig - p * y;
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// binary_cross_entropy on probabilities q (torch): logs clamped at -100,
+//   l = -(y max(log q, -100) + (1 - y) max(log(1 - q), -100))
+//   g = (q - y) / max(q (1 - q), 1e-12)             (torch's backward)
+// ---------------------------------------------------------------------------------------------
+struct Bce {
+  template <class T> void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> one = splat<T>(1), lo = splat<T>(-100);
+    V<T> lq = vlog(q), l1q = vlog(one - q);
+    lq = vselect(lq < lo, lo, lq);
+    l1q = vselect(l1q < lo, lo, l1q);
+    l = -(y * lq + (one - y) * l1q);
+    V<T> den = q * (one - q);
+    den = vselect(den < splat<T>(1e-12), splat<T>(1e-12), den);
+    g = (q - y) / den;
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// sigmoid_focal_loss (torchvision), s = sigmoid(x), ce = BCE with logits:
+//   q = 1 - p_t = s (1 - y) + (1 - s) y;   l = a_t ce q^gamma,  a_t = alpha y + (1 - alpha)(1 - y)
+//   (alpha < 0: a_t = 1)
+//   g = a_t (  (s - y) q^gamma  +  ce gamma q^(gamma-1) s (1 - s) (1 - 2y)  )
+// q^gamma = exp(gamma log q) from q computed as sigmoids (never 1 - rounded p), so the loss stays
+// finite and accurate where the probability underflows; q = 0 gives 0 (gamma > 0) or 1.
+// ---------------------------------------------------------------------------------------------
+struct SigmoidFocal {
+  double alpha, gamma;
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const LogisticParts<T> lp(x);
+    const V<T> one = splat<T>(1), zero{};
+    const V<T> ce = (one - y) * x + lp.sp_neg;
+    const V<T> q = lp.sig * (one - y) + lp.sig_neg * y;
+    V<T> mod = one, dmod = zero;  // q^gamma, gamma q^(gamma - 1)
+    if (gamma != 0) {
+      const auto qpos = q > zero;
+      const V<T> lq = vlog(vselect(qpos, q, one));
+      mod = vselect(qpos, vexp(splat<T>(gamma) * lq), zero);
+      dmod = vselect(qpos, splat<T>(gamma) * vexp(splat<T>(gamma - 1) * lq), zero);
+      mod = vselect(q != q, q, mod);
+    }
+    const V<T> at = alpha < 0 ? one : splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y);
+    l = at * ce * mod;
+    g = at * ((lp.sig - y) * mod + ce * dmod * lp.sig * lp.sig_neg * (one - y - y));
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// hinge (binary SVM, y in {-1, +1}): z = margin - y x
+//   l = max(0, z)       g = -y [z > 0]       (subgradient 0 at the kink)
+//   squared: l = max(0, z)^2,  g = -2 y max(0, z)
+// ---------------------------------------------------------------------------------------------
+struct Hinge {
+  double margin;
+  bool squared;
+  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    const V<T> z = splat<T>(margin) - y * x, h = relu<T>(z);
+    if (squared) {
+      l = h * h;
+      g = splat<T>(-2) * y * h;
+    } else {
+      l = h;
+      g = vselect(z > V<T>{}, -y, V<T>{});
+      g = vselect(z != z, z, g);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The driver: n elements in chunks over the threads; per element l_i = w_i loss_i,
+// grad_i = grad_scale * w_i * dloss_i / dx_i; returns sum_i l_i.
+// ---------------------------------------------------------------------------------------------
+template <class S, class Op> double run(const PointwiseArgs<S>& a, const Op& op) {
+  using T = compute_t<S>;
+  constexpr int W = vec_width<T>;
+  constexpr int64_t kChunk = 8192;
+  const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
+  const int nt = threads_for(n, chunks);
+  double total = 0.0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
+  {
+    f64v acc_lo{}, acc_hi{};
+    auto add = [&](V<T> l) {
+      if constexpr (std::is_same_v<T, float>) {
+        f64v lo, hi;
+        widen(l, lo, hi);
+        acc_lo += lo;
+        acc_hi += hi;
+      } else {
+        acc_lo += l;
+      }
+    };
+    const V<T> gs = splat<T>(a.grad_scale), one = splat<T>(1);
+    T ones[W];
+    for (T& o : ones) o = T(1);
+    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
+      const bool full = cnt == W;
+      const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
+      const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(0));
+      // weights; padded tail lanes get weight 0, so they add nothing to the sum
+      const V<T> w = a.w ? (full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0)))
+                         : (full ? one : load_partial(ones, cnt, T(0)));
+      const V<T> p = !a.pos_weight ? one
+                     : full        ? vload(a.pos_weight + j)
+                                   : load_partial(a.pos_weight + j, cnt, T(1));
+      V<T> l, g;
+      op.template operator()<T>(x, y, p, l, g);
+      l = l * w;
+      add(l);
+      if (a.loss) {
+        if (full)
+          vstore(a.loss + j, l);
+        else
+          store_partial(a.loss + j, cnt, l);
+      }
+      if (a.grad) {
+        const V<T> gg = g * w * gs;
+        if (full)
+          vstore_as(a.grad + j, gg);
+        else
+          store_partial(a.grad + j, cnt, gg);
+      }
+    };
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
+      int64_t j = lo;
+      for (; j + W <= hi; j += W) at(j, W);
+      if (j < hi) at(j, hi - j);
+    }
+    total += hsum(acc_lo + acc_hi);
+  }
+  return total;
+}
+
+template <class S> double pointwise_impl(const PointwiseArgs<S>& a) {
+  switch (a.kind) {
+    case PointwiseKind::kMse: return run(a, Mse{});
+    case PointwiseKind::kL1: return run(a, L1{});
+    case PointwiseKind::kHuber: return run(a, Huber{a.p0});
+    case PointwiseKind::kSmoothL1: return run(a, SmoothL1{a.p0});
+    case PointwiseKind::kBceLogits: return run(a, BceLogits{});
+    case PointwiseKind::kBce: return run(a, Bce{});
+    case PointwiseKind::kSigmoidFocal: return run(a, SigmoidFocal{a.p0, a.p1});
+    case PointwiseKind::kHinge: return run(a, Hinge{a.p0, a.p1 != 0});
+  }
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+}  // namespace
+
+#define FASTLOSS_STR2(x) #x
+#define FASTLOSS_STR(x) FASTLOSS_STR2(x)
+extern const PointwiseTable pointwise_table;
+const PointwiseTable pointwise_table = {
+#define FASTLOSS_PW_ROW(sfx, S) &pointwise_impl<S>,
+    FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PW_ROW)
+#undef FASTLOSS_PW_ROW
+};
+
+}  // namespace FASTLOSS_ISA_NS
+}  // namespace fastloss

@@ -87,8 +87,11 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
         grad_core = user.reshape(-1) if direct else np.empty(n, dtype=x.array.dtype)
 
     scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
-    total = _core.pointwise(KINDS[kind], xf, yf, wf, pwf, float(p0), float(p1), scale, loss_buf,
-                            grad_core)
+    total, n_neg, n_zero, n_bad = _core.pointwise(KINDS[kind], xf, yf, wf, pwf, float(p0),
+                                                  float(p1), scale, loss_buf, grad_core)
+    if kind == "hinge" and (n_bad or (n_neg and n_zero)):
+        raise ValueError("target labels must all be in {-1, +1} or all in {0, 1}; got "
+                         + ("labels outside {-1, 0, +1}" if n_bad else "both -1 and 0"))
 
     if reduction == "none":
         loss = loss_buf.reshape(full).astype(x.loss_dtype, copy=False)

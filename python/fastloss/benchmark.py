@@ -375,3 +375,59 @@ def plot_sweep(sweep: dict, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+POINTWISE = {  # name: (fastloss function name, keyword arguments, target kind)
+    "mse_loss": ("mse_loss", {}, "real"),
+    "l1_loss": ("l1_loss", {}, "real"),
+    "huber_loss": ("huber_loss", {"delta": 1.0}, "real"),
+    "smooth_l1_loss": ("smooth_l1_loss", {"beta": 1.0}, "real"),
+    "bce_with_logits": ("binary_cross_entropy_with_logits", {}, "binary"),
+    "binary_cross_entropy": ("binary_cross_entropy", {}, "binary"),
+    "sigmoid_focal_loss": ("sigmoid_focal_loss", {}, "binary"),
+    "hinge_loss": ("hinge_loss", {}, "binary"),
+}
+
+
+def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: int = 5,
+                  numpy_repeat: int = 1, names=tuple(POINTWISE),
+                  progress: Callable[[str], None] = lambda s: None) -> tuple:
+    """Time every pointwise loss on n float32 predictions and targets, loss and loss+grad,
+    against the float64 NumPy reference. Bytes moved: loss reads both arrays; loss+grad also
+    writes the gradient."""
+    import fastloss as fl
+
+    if threads:
+        fl.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    progress(f"allocating {n} float32 elements")
+    x = rng.standard_normal(n, dtype=np.float32)
+    probs = (1 / (1 + np.exp(-x))).astype(np.float32)
+    real = rng.standard_normal(n, dtype=np.float32)
+    binary = (rng.random(n, dtype=np.float32) > 0.5).astype(np.float32)
+    grad = np.empty_like(x)
+    grad.fill(0)
+    progress("measuring the bandwidth floor")
+    floor = bandwidth_floor(2 * x.nbytes)
+    read, write = 2 * x.nbytes, x.nbytes
+    floor_ms = {"loss": read / floor["read_gbps"] / 1e6,
+                "loss+grad": (read + write) / floor["read_write_gbps"] / 1e6}
+    results = []
+    for name in names:
+        fname, kw, kind = POINTWISE[name]
+        f, ref = getattr(fl, fname), getattr(reference, fname)
+        pred = probs if name == "binary_cross_entropy" else x
+        tgt = real if kind == "real" else binary
+        progress(name)
+        cases = {"loss": (lambda: f(pred, tgt, **kw), lambda: ref(pred, tgt, **kw)),
+                 "loss+grad": (lambda: f(pred, tgt, return_grad=True, grad_out=grad, **kw),
+                               lambda: ref(pred, tgt, return_grad=True, **kw))}
+        for case, (fast, slow) in cases.items():
+            moved = read + (write if case == "loss+grad" else 0)
+            np_ms = statistics.median(time_call(slow, numpy_repeat, warmup=0))
+            t = time_call(fast, repeat)
+            results.append(Result(f"{name} {case}", "fastloss", statistics.median(t), min(t),
+                                  max(t), moved, floor_ms[case], numpy_ms=np_ms, times_ms=t))
+    info = {"n": n, "threads": fl.get_num_threads(), "processor": _cpu_name(),
+            "isa": _core.active_isa(), **floor}
+    return results, info

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._pointwise import pointwise, real_array
-from ._validation import check_real, float_input
+from ._pointwise import pointwise
+from ._validation import check_real
 
 __all__ = ["binary_cross_entropy_with_logits", "binary_cross_entropy", "sigmoid_focal_loss",
            "hinge_loss"]
@@ -112,7 +112,9 @@ def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = 
     """Binary SVM hinge loss ``max(0, margin - y f)`` (``squared=True``: its square) for scores
     ``f = input`` and labels ``y`` in {-1, +1} or in {0, 1} (0 is read as -1); any other label
     is a ValueError. Gradient ``-y`` where the margin is violated, 0 elsewhere (0 at the kink,
-    a subgradient); squared: ``-2 y max(0, margin - y f)``.
+    a subgradient); squared: ``-2 y max(0, margin - y f)``. The labels are checked in the same
+    pass as the loss (no extra read of the data), so on a label error a ``grad_out`` array may
+    have been partly written; nothing else is.
     {common}
     Examples
     --------
@@ -121,17 +123,8 @@ def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = 
     0.16666666666666666
     """
     m = check_real(margin, "margin")
-    dtype = float_input(input, "input").compute_dtype
-    y = real_array(target, "target", np.dtype(np.float64))
-    values = np.unique(y)
-    if np.isnan(values).any() or not (set(values.tolist()) <= {-1.0, 1.0}
-                                      or set(values.tolist()) <= {0.0, 1.0}):
-        raise ValueError("target labels must all be in {-1, +1} or all in {0, 1}; got "
-                         f"{values[:5].tolist()}")
-    y = np.where(y == 0, -1.0, y).astype(dtype)
-    return pointwise("hinge", input, None, p0=m, p1=1.0 if squared else 0.0,
-                     reduction=reduction, return_grad=return_grad, grad_out=grad_out,
-                     target_array=y)
+    return pointwise("hinge", input, target, p0=m, p1=1.0 if squared else 0.0,
+                     reduction=reduction, return_grad=return_grad, grad_out=grad_out)
 
 
 for _f in (binary_cross_entropy_with_logits, binary_cross_entropy, sigmoid_focal_loss,

@@ -65,6 +65,21 @@ def format_table(results, info) -> str:
     return head + "\n".join([line(cols), sep] + [line(r) for r in rows])
 
 
+def format_pointwise(results, info) -> str:
+    head = (f"pointwise losses: {info['n']:,} float32 predictions and targets, {info['threads']} "
+            f"threads, {info['isa']} kernels, {info['processor']}; floor: read "
+            f"{info['read_gbps']:.1f} GB/s, read+write {info['read_write_gbps']:.1f} GB/s; "
+            "'vs numpy' against the float64 NumPy reference\n")
+    cols = ["case", "median ms", "min..max ms", "GB/s", "x floor", "numpy ms", "vs numpy"]
+    rows = [[r.case, f"{r.median_ms:.1f}", f"{r.min_ms:.1f}..{r.max_ms:.1f}", f"{r.gbps:.1f}",
+             f"{r.floor_ratio:.2f}", f"{r.numpy_ms:.0f}", f"{r.speedup_vs_numpy:.0f}x"]
+            for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return head + "\n".join([line(cols), sep] + [line(r) for r in rows])
+
+
 def cmd_bench(args) -> int:
     from .benchmark import plot_sweep, run_case, vocab_sweep
 
@@ -77,6 +92,14 @@ def cmd_bench(args) -> int:
             sweep = vocab_sweep(dtype=args.dtype, others=not args.no_others,
                                 numpy=not args.no_numpy, progress=progress)
     print(format_table(results, info))
+    pointwise = None
+    if args.pointwise:
+        from .benchmark import run_pointwise
+
+        with _Progress(args.quiet) as progress:
+            pointwise = run_pointwise(threads=args.threads, repeat=args.repeat, progress=progress)
+        print()
+        print(format_pointwise(*pointwise))
     if args.plot:
         plot_sweep(sweep, args.plot, f"cross-entropy loss, {args.dtype}, {info['threads']} "
                                      f"threads, {info['processor']}")
@@ -84,7 +107,10 @@ def cmd_bench(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "results": [r.as_dict() for r in results],
-                       "vocab_sweep": sweep}, f, indent=2)
+                       "vocab_sweep": sweep,
+                       "pointwise": None if pointwise is None else {
+                           "info": pointwise[1],
+                           "results": [r.as_dict() for r in pointwise[0]]}}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 
@@ -102,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--no-others", action="store_true", help="skip PyTorch and JAX")
     b.add_argument("--no-numpy", action="store_true", help="skip plain NumPy")
+    b.add_argument("--pointwise", action="store_true",
+                   help="also time the regression and binary losses on 50M float32 elements")
     b.add_argument("--plot", metavar="FILE.png",
                    help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -148,9 +148,9 @@ void nll_loss_py(const py::array& x, const py::array& target, const OptArray& we
   });
 }
 
-double pointwise_py(int kind, const py::array& x, const py::array& y, const OptArray& w,
-                    const OptArray& pos_weight, double p0, double p1, double grad_scale,
-                    OptArray loss, OptArray grad) {
+py::tuple pointwise_py(int kind, const py::array& x, const py::array& y, const OptArray& w,
+                       const OptArray& pos_weight, double p0, double p1, double grad_scale,
+                       OptArray loss, OptArray grad) {
   return by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     using T = compute_t<S>;
@@ -176,8 +176,12 @@ double pointwise_py(int kind, const py::array& x, const py::array& y, const OptA
         throw std::invalid_argument("_core: grad must be contiguous with x's size");
       a.grad = mutable_ptr<S>(*grad);
     }
-    py::gil_scoped_release nogil;
-    return fastloss::pointwise(a);
+    double total;
+    {
+      py::gil_scoped_release nogil;
+      total = fastloss::pointwise(a);
+    }
+    return py::make_tuple(total, a.label_counts[0], a.label_counts[1], a.label_counts[2]);
   });
 }
 
@@ -218,6 +222,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);
   // kind: 0 mse, 1 l1, 2 huber, 3 smooth_l1, 4 bce_with_logits, 5 bce, 6 sigmoid_focal, 7 hinge.
+  // Returns (sum of losses, hinge label counts: == -1, == 0, invalid).
   m.def("pointwise", &pointwise_py, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("w"),
         py::arg("pos_weight"), py::arg("p0"), py::arg("p1"), py::arg("grad_scale"),
         py::arg("loss"), py::arg("grad"));

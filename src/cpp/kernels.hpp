@@ -81,6 +81,9 @@ template <class S> struct PointwiseArgs {
   double grad_scale = 1.0;
   T* loss = nullptr;  // per-element weighted losses (reduction "none"), or nullptr
   S* grad = nullptr;  // gradient, or nullptr
+  // hinge: counts of labels equal to -1, equal to 0, and not in {-1, 0, +1} (label 0 is read
+  // as -1; the caller rejects mixed or invalid labels after the call)
+  int64_t label_counts[3] = {0, 0, 0};
 };
 
 // The storage types every kernel is instantiated for: X(suffix, type).
@@ -98,7 +101,7 @@ struct KernelTable {
 };
 
 struct PointwiseTable {
-#define FASTLOSS_PW_ENTRY(sfx, S) double (*pointwise_##sfx)(const PointwiseArgs<S>&);
+#define FASTLOSS_PW_ENTRY(sfx, S) double (*pointwise_##sfx)(PointwiseArgs<S>&);
   FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PW_ENTRY)
 #undef FASTLOSS_PW_ENTRY
 };
@@ -121,7 +124,7 @@ void* thread_scratch(int slot, size_t bytes);
   void softmax(const SoftmaxArgs<S>& a, bool log); \
   void cross_entropy(const CrossEntropyArgs<S>& a); \
   void nll_loss(const NllArgs<S>& a);               \
-  double pointwise(const PointwiseArgs<S>& a);  /* returns the sum of the losses */
+  double pointwise(PointwiseArgs<S>& a);  /* returns the sum of the losses */
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE)
 #undef FASTLOSS_DECLARE
 

@@ -86,7 +86,7 @@ template <class T> struct LogisticParts {
   explicit LogisticParts(V<T> x) {
     const V<T> ax = vabs<T>(x), e = vexp(-ax), one = splat<T>(1);
     sp_neg = vlog1p_nonneg(e) + relu<T>(-x);
-    const V<T> big = one / (one + e), small = e / (one + e);  // sigmoid(|x|), sigmoid(-|x|)
+    const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
     sig_neg = vselect(pos, small, big);
@@ -162,6 +162,7 @@ struct Hinge {
   double margin;
   bool squared;
   template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    y = vselect(y == V<T>{}, splat<T>(-1), y);  // labels {0, 1} -> {-1, +1}
     const V<T> z = splat<T>(margin) - y * x, h = relu<T>(z);
     if (squared) {
       l = h * h;
@@ -178,15 +179,19 @@ struct Hinge {
 // The driver: n elements in chunks over the threads; per element l_i = w_i loss_i,
 // grad_i = grad_scale * w_i * dloss_i / dx_i; returns sum_i l_i.
 // ---------------------------------------------------------------------------------------------
-template <class S, class Op> double run(const PointwiseArgs<S>& a, const Op& op) {
+template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
   const int nt = threads_for(n, chunks);
   double total = 0.0;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
+  int64_t n_neg = 0, n_zero = 0, n_bad = 0;
+  constexpr bool kLabels = std::is_same_v<Op, Hinge>;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total, n_neg, n_zero, n_bad)
   {
+    using I = typename Vec<T>::itype;
+    I c_neg{}, c_zero{}, c_bad{};  // per-lane label counts (compare masks are -1 where true)
     f64v acc_lo{}, acc_hi{};
     auto add = [&](V<T> l) {
       if constexpr (std::is_same_v<T, float>) {
@@ -211,6 +216,13 @@ template <class S, class Op> double run(const PointwiseArgs<S>& a, const Op& op)
       const V<T> p = !a.pos_weight ? one
                      : full        ? vload(a.pos_weight + j)
                                    : load_partial(a.pos_weight + j, cnt, T(1));
+      if constexpr (kLabels) {  // padded lanes have weight 0: count only real ones
+        const I real = w != V<T>{};
+        const I neg = y == splat<T>(-1), zero = y == V<T>{}, pos = y == splat<T>(1);
+        c_neg -= neg & real;
+        c_zero -= zero & real;
+        c_bad -= ~(neg | zero | pos) & real;
+      }
       V<T> l, g;
       op.template operator()<T>(x, y, p, l, g);
       l = l * w;
@@ -237,11 +249,15 @@ template <class S, class Op> double run(const PointwiseArgs<S>& a, const Op& op)
       if (j < hi) at(j, hi - j);
     }
     total += hsum(acc_lo + acc_hi);
+    for (int i = 0; i < W; ++i) n_neg += c_neg[i], n_zero += c_zero[i], n_bad += c_bad[i];
   }
+  a.label_counts[0] = n_neg;
+  a.label_counts[1] = n_zero;
+  a.label_counts[2] = n_bad;
   return total;
 }
 
-template <class S> double pointwise_impl(const PointwiseArgs<S>& a) {
+template <class S> double pointwise_impl(PointwiseArgs<S>& a) {
   switch (a.kind) {
     case PointwiseKind::kMse: return run(a, Mse{});
     case PointwiseKind::kL1: return run(a, L1{});

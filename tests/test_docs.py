@@ -6,7 +6,10 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["fastloss.softmax", "fastloss.classification"])
+@pytest.mark.parametrize(
+    "name",
+    ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary"],
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)  # (fastloss.softmax the attribute is the function)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -84,8 +84,8 @@ struct SmoothL1 {
 template <class T> struct LogisticParts {
   V<T> sp_neg, sig, sig_neg;
   explicit LogisticParts(V<T> x) {
-    const V<T> ax = vabs<T>(x), e = vexp(-ax), one = splat<T>(1);
-    sp_neg = vlog1p_nonneg(e) + relu<T>(-x);
+    const V<T> ax = vabs<T>(x), e = vexp_capped(-ax), one = splat<T>(1);
+    sp_neg = vlog1p_unit(e) + relu<T>(-x);
     const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
@@ -140,12 +140,27 @@ struct SigmoidFocal {
     const V<T> one = splat<T>(1), zero{};
     const V<T> ce = (one - y) * x + lp.sp_neg;
     const V<T> q = lp.sig * (one - y) + lp.sig_neg * y;
-    V<T> mod = one, dmod = zero;  // q^gamma, gamma q^(gamma - 1)
-    if (gamma != 0) {
+    V<T> mod, dmod;  // q^gamma, gamma q^(gamma - 1)
+    if (gamma == 2) {  // torchvision's default: no pow needed
+      mod = q * q;
+      dmod = q + q;
+    } else if (gamma == 1) {
+      mod = q;
+      dmod = one;
+    } else if (gamma == 0) {
+      mod = one;
+      dmod = zero;
+    } else {
+      // log q: for hard labels from the softplus already at hand (log sigmoid(x) = -sp_neg,
+      // log sigmoid(-x) = -(sp_neg + x)), else by vlog
+      const auto y1 = y == one, y0 = y == zero;
+      V<T> lq = vselect(y1, -(lp.sp_neg + x), -lp.sp_neg);
+      bool soft = false;
+      for (int i = 0; i < vec_width<T>; ++i) soft |= !(y1[i] || y0[i]);
+      if (soft) lq = vselect(y1 | y0, lq, vlog(q));
       const auto qpos = q > zero;
-      const V<T> lq = vlog(vselect(qpos, q, one));
       mod = vselect(qpos, vexp(splat<T>(gamma) * lq), zero);
-      dmod = vselect(qpos, splat<T>(gamma) * vexp(splat<T>(gamma - 1) * lq), zero);
+      dmod = vselect(qpos, splat<T>(gamma) * mod / vselect(qpos, q, one), zero);
       mod = vselect(q != q, q, mod);
     }
     const V<T> at = alpha < 0 ? one : splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y);

@@ -324,6 +324,44 @@ inline f64v vlog(f64v x) {
   return vselect(x != x, x, r);
 }
 
+// log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: the polynomial cores of vlog.
+inline f32v log1p_core(f32v f) {
+  const f32v z = f * f;
+  f32v y = vset<float>(7.0376836292E-2f);
+  y = y * f - vset<float>(1.1514610310E-1f);
+  y = y * f + vset<float>(1.1676998740E-1f);
+  y = y * f - vset<float>(1.2420140846E-1f);
+  y = y * f + vset<float>(1.4249322787E-1f);
+  y = y * f - vset<float>(1.6668057665E-1f);
+  y = y * f + vset<float>(2.0000714765E-1f);
+  y = y * f - vset<float>(2.4999993993E-1f);
+  y = y * f + vset<float>(3.3333331174E-1f);
+  return f + (y * f * z - vset<float>(0.5f) * z);
+}
+inline f64v log1p_core(f64v f) {
+  const f64v s = f / (vset<double>(2.0) + f), z = s * s, w = z * z;
+  const f64v t1 = w * (vset<double>(3.999999999940941908e-01) +
+                       w * (vset<double>(2.222219843214978396e-01) +
+                            w * vset<double>(1.531383769920937332e-01)));
+  const f64v t2 = z * (vset<double>(6.666666666666735130e-01) +
+                       w * (vset<double>(2.857142874366239149e-01) +
+                            w * (vset<double>(1.818357216161805012e-01) +
+                                 w * vset<double>(1.479819860511658591e-01))));
+  const f64v hfsq = vset<double>(0.5) * f * f;
+  return f - (hfsq - s * (hfsq + t2 + t1));
+}
+
+// log1p(e) for e in [0, 1] (softplus: e = exp(-|x|)), without the exponent extraction of vlog:
+// 1 + e is in [1, 2], so log1p(e) = log1p(e) (e <= sqrt(2) - 1) or ln 2 + log1p((e - 1) / 2),
+// both arguments exact. NaN propagates.
+template <class V> inline V vlog1p_unit(V e) {
+  using T = std::remove_reference_t<decltype(e[0])>;
+  const auto hi = e > V{} + T(0.41421356237309504880);
+  const V f = vselect(hi, (e - T(1)) * T(0.5), e);
+  const V r = log1p_core(f);
+  return vselect(hi, r + T(0.69314718055994530942), r);
+}
+
 // log1p(z) for z >= 0 (accurate for tiny z): log(u) - ((u - 1) - z) / u with u = 1 + z.
 template <class V> inline V vlog1p_nonneg(V z) {
   const V one = V{} + 1, u = one + z;

@@ -194,7 +194,10 @@ struct Hinge {
 // The driver: n elements in chunks over the threads; per element l_i = w_i loss_i,
 // grad_i = grad_scale * w_i * dloss_i / dx_i; returns sum_i l_i.
 // ---------------------------------------------------------------------------------------------
-template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
+// kGrad / kLossOut / kWeighted: whether a gradient, per-element losses and weights are wanted,
+// as template flags so that a loss-only call does not compute the gradient.
+template <class S, class Op, bool kGrad, bool kLossOut, bool kWeighted>
+double run_with(PointwiseArgs<S>& a, const Op& op) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
@@ -226,8 +229,11 @@ template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
       const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
       const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(0));
       // weights; padded tail lanes get weight 0, so they add nothing to the sum
-      const V<T> w = a.w ? (full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0)))
-                         : (full ? one : load_partial(ones, cnt, T(0)));
+      V<T> w;
+      if constexpr (kWeighted)
+        w = full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0));
+      else
+        w = full ? one : load_partial(ones, cnt, T(0));
       const V<T> p = !a.pos_weight ? one
                      : full        ? vload(a.pos_weight + j)
                                    : load_partial(a.pos_weight + j, cnt, T(1));
@@ -242,13 +248,13 @@ template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
       op.template operator()<T>(x, y, p, l, g);
       l = l * w;
       add(l);
-      if (a.loss) {
+      if constexpr (kLossOut) {
         if (full)
           vstore(a.loss + j, l);
         else
           store_partial(a.loss + j, cnt, l);
       }
-      if (a.grad) {
+      if constexpr (kGrad) {
         const V<T> gg = g * w * gs;
         if (full)
           vstore_as(a.grad + j, gg);
@@ -270,6 +276,16 @@ template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
   a.label_counts[1] = n_zero;
   a.label_counts[2] = n_bad;
   return total;
+}
+
+template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
+  const bool w = a.w != nullptr;
+  if (a.grad) {
+    if (a.loss) return w ? run_with<S, Op, true, true, true>(a, op) : run_with<S, Op, true, true, false>(a, op);
+    return w ? run_with<S, Op, true, false, true>(a, op) : run_with<S, Op, true, false, false>(a, op);
+  }
+  if (a.loss) return w ? run_with<S, Op, false, true, true>(a, op) : run_with<S, Op, false, true, false>(a, op);
+  return w ? run_with<S, Op, false, false, true>(a, op) : run_with<S, Op, false, false, false>(a, op);
 }
 
 template <class S> double pointwise_impl(PointwiseArgs<S>& a) {

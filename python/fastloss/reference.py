@@ -212,6 +212,11 @@ def _softplus_neg(x):
     return np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)
 
 
+def _softplus(x):
+    """log(1 + exp(x)), stably."""
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
 def _sigmoid(x):
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
@@ -219,11 +224,13 @@ def _sigmoid(x):
 
 def binary_cross_entropy_with_logits(logits, target, weight=None, pos_weight=None,
                                      reduction="mean", return_grad=False):
-    """l = (1 - y) x + (1 + (p - 1) y) log(1 + exp(-x)); dl/dx = (1 + (p-1) y) sigmoid(x) - p y."""
+    """l = (1 - y) x + (1 + (p - 1) y) log(1 + exp(-x)) = p y softplus(-x) + (1 - y) softplus(x)
+    (the second form adds non-negative terms, nothing cancels);
+    dl/dx = (1 + (p-1) y) sigmoid(x) - p y."""
     x, _, xb, yb = _xy(logits, target)
     p = 1.0 if pos_weight is None else _f64(pos_weight)
     c = 1 + (p - 1) * yb
-    l = (1 - yb) * xb + c * _softplus_neg(xb)
+    l = p * yb * _softplus_neg(xb) + (1 - yb) * _softplus(xb)
     g = c * _sigmoid(xb) - p * yb
     return _pointwise(l, g, x.shape, weight, reduction, return_grad)
 
@@ -233,7 +240,7 @@ def binary_cross_entropy(probs, target, weight=None, reduction="mean", return_gr
     dl/dq = (q - y) / max(q (1 - q), 1e-12) (PyTorch's backward)."""
     q, _, qb, yb = _xy(probs, target)
     with np.errstate(divide="ignore"):
-        l = -(yb * np.maximum(np.log(qb), -100) + (1 - yb) * np.maximum(np.log(1 - qb), -100))
+        l = -(yb * np.maximum(np.log(qb), -100) + (1 - yb) * np.maximum(np.log1p(-qb), -100))
     g = (qb - yb) / np.maximum(qb * (1 - qb), 1e-12)
     return _pointwise(l, g, q.shape, weight, reduction, return_grad)
 
@@ -245,7 +252,7 @@ def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="mean",
     dl/dx = a_t ((p - y)(1 - p_t)^gamma + ce gamma (1 - p_t)^(gamma - 1) p (1 - p)(1 - 2y))."""
     x, _, xb, yb = _xy(logits, target)
     p, pn = _sigmoid(xb), _sigmoid(-xb)
-    ce = (1 - yb) * xb + _softplus_neg(xb)
+    ce = yb * _softplus_neg(xb) + (1 - yb) * _softplus(xb)
     q = p * (1 - yb) + pn * yb
     at = 1.0 if alpha < 0 else alpha * yb + (1 - alpha) * (1 - yb)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -116,7 +116,7 @@ bool set_isa(const char* name);
 
 // Per-thread scratch memory (threads.cpp, baseline code): slot 0..kScratchSlots-1, at least
 // `bytes`, valid until the same thread asks for the same slot again. 64-byte aligned.
-constexpr int kScratchSlots = 6;
+constexpr int kScratchSlots = 7;
 void* thread_scratch(int slot, size_t bytes);
 
 #define FASTLOSS_DECLARE(sfx, S)                   \

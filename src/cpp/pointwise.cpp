@@ -19,6 +19,8 @@ namespace fastloss {
 namespace FASTLOSS_ISA_NS {
 namespace {
 
+constexpr int kSlotChunkSums = kScratchSlots - 1;  // (per calling thread; see thread_scratch)
+
 template <class T> using V = vec_t<T>;
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
 template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
@@ -79,13 +81,13 @@ struct SmoothL1 {
   }
 };
 
-// softplus(-x) = log(1 + exp(-x)) = log1p(exp(-|x|)) + max(-x, 0), and sigmoid(x), sigmoid(-x)
-// from the same e = exp(-|x|) (no overflow for any x, no cancellation in the small one).
+// log1p(exp(-|x|)), and sigmoid(x), sigmoid(-x) from the same e = exp(-|x|) (no overflow for
+// any x, no cancellation in the small one).
 template <class T> struct LogisticParts {
-  V<T> sp_neg, sig, sig_neg;
+  V<T> l1pe, sig, sig_neg;
   explicit LogisticParts(V<T> x) {
     const V<T> ax = vabs<T>(x), e = vexp_capped(-ax), one = splat<T>(1);
-    sp_neg = vlog1p_unit(e) + relu<T>(-x);
+    l1pe = vlog1p_unit(e);
     const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
@@ -96,15 +98,22 @@ template <class T> struct LogisticParts {
 };
 
 // ---------------------------------------------------------------------------------------------
-// binary_cross_entropy_with_logits (torch), p = pos_weight (1 without it):
-//   l = (1 - y) x + (1 + (p - 1) y) softplus(-x)
-//   g = (1 + (p - 1) y) sigmoid(x) - p y            (p = 1: sigmoid(x) - y)
+// binary_cross_entropy_with_logits (torch), p = pos_weight (1 without it), c = 1 + (p - 1) y:
+//   l = (1 - y) x + c softplus(-x),   softplus(-x) = max(-x, 0) + log1p(exp(-|x|))
+//     = [x >= 0 ? (1 - y) x : -p y x] + c log1p(exp(-|x|))
+//   (the second form adds two non-negative terms: x + softplus(-x) for y = 0, x < 0 would cancel)
+//   g = c sigmoid(x) - p y            (p = 1: sigmoid(x) - y)
 // ---------------------------------------------------------------------------------------------
+template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V<T> l1pe) {
+  const V<T> lin = vselect(x >= V<T>{}, (splat<T>(1) - y) * x, -(p * y) * x);
+  return vselect(x != x, x, lin + c * l1pe);
+}
+
 struct BceLogits {
   template <class T> void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
     const LogisticParts<T> lp(x);
     const V<T> one = splat<T>(1), c = one + (p - one) * y;
-    l = (one - y) * x + c * lp.sp_neg;
+    l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
     g = c * lp.sig - p * y;
   }
 };
@@ -116,7 +125,7 @@ struct BceLogits {
 struct Bce {
   template <class T> void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> one = splat<T>(1), lo = splat<T>(-100);
-    V<T> lq = vlog(q), l1q = vlog(one - q);
+    V<T> lq = vlog(q), l1q = vlog1p(-q);  // log(1 - q) without rounding 1 - q
     lq = vselect(lq < lo, lo, lq);
     l1q = vselect(l1q < lo, lo, l1q);
     l = -(y * lq + (one - y) * l1q);
@@ -138,7 +147,7 @@ struct SigmoidFocal {
   template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const LogisticParts<T> lp(x);
     const V<T> one = splat<T>(1), zero{};
-    const V<T> ce = (one - y) * x + lp.sp_neg;
+    const V<T> ce = bce_logits_loss<T>(x, y, one, one, lp.l1pe);
     const V<T> q = lp.sig * (one - y) + lp.sig_neg * y;
     V<T> mod, dmod;  // q^gamma, gamma q^(gamma - 1)
     if (gamma == 2) {  // torchvision's default: no pow needed
@@ -154,7 +163,9 @@ struct SigmoidFocal {
       // log q: for hard labels from the softplus already at hand (log sigmoid(x) = -sp_neg,
       // log sigmoid(-x) = -(sp_neg + x)), else by vlog
       const auto y1 = y == one, y0 = y == zero;
-      V<T> lq = vselect(y1, -(lp.sp_neg + x), -lp.sp_neg);
+      // softplus(-x) = max(-x, 0) + log1p(exp(-|x|)); softplus(x) = softplus(-x) + x
+      const V<T> sp_neg = relu<T>(-x) + lp.l1pe, sp_pos = relu<T>(x) + lp.l1pe;
+      V<T> lq = vselect(y1, -sp_pos, -sp_neg);
       bool soft = false;
       for (int i = 0; i < vec_width<T>; ++i) soft |= !(y1[i] || y0[i]);
       if (soft) lq = vselect(y1 | y0, lq, vlog(q));
@@ -203,10 +214,12 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
   constexpr int64_t kChunk = 8192;
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
   const int nt = threads_for(n, chunks);
-  double total = 0.0;
+  // One float64 sum per fixed-size chunk, added in chunk order at the end: the total does not
+  // depend on the number of threads.
+  double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   int64_t n_neg = 0, n_zero = 0, n_bad = 0;
   constexpr bool kLabels = std::is_same_v<Op, Hinge>;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total, n_neg, n_zero, n_bad)
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : n_neg, n_zero, n_bad)
   {
     using I = typename Vec<T>::itype;
     I c_neg{}, c_zero{}, c_bad{};  // per-lane label counts (compare masks are -1 where true)
@@ -265,13 +278,16 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
 #pragma omp for schedule(static) nowait
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
+      acc_lo = acc_hi = f64v{};
       int64_t j = lo;
       for (; j + W <= hi; j += W) at(j, W);
       if (j < hi) at(j, hi - j);
+      chunk_sum[c] = hsum(acc_lo + acc_hi);
     }
-    total += hsum(acc_lo + acc_hi);
     for (int i = 0; i < W; ++i) n_neg += c_neg[i], n_zero += c_zero[i], n_bad += c_bad[i];
   }
+  double total = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) total += chunk_sum[c];
   a.label_counts[0] = n_neg;
   a.label_counts[1] = n_zero;
   a.label_counts[2] = n_bad;

@@ -362,10 +362,11 @@ template <class V> inline V vlog1p_unit(V e) {
   return vselect(hi, r + T(0.69314718055994530942), r);
 }
 
-// log1p(z) for z >= 0 (accurate for tiny z): log(u) - ((u - 1) - z) / u with u = 1 + z.
-template <class V> inline V vlog1p_nonneg(V z) {
-  const V one = V{} + 1, u = one + z;
-  const V r = vlog(u) - ((u - one) - z) / u;
+// log1p(z) for z > -1 (accurate for tiny |z|): log(u) - ((u - 1) - z) / u with u = 1 + z
+// (the correction recovers what rounding 1 + z lost).
+template <class V> inline V vlog1p(V z) {
+  const V one = V{} + 1, u = one + z, lu = vlog(u);
+  const V r = vselect(u == V{}, lu, lu - ((u - one) - z) / u);  // z = -1: log 0 = -inf
   return vselect(u == one, z, r);
 }
 

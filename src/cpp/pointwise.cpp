@@ -260,7 +260,6 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
       V<T> l, g;
       op.template operator()<T>(x, y, p, l, g);
       l = l * w;
-      add(l);
       if constexpr (kLossOut) {
         if (full)
           vstore(a.loss + j, l);
@@ -274,14 +273,22 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
         else
           store_partial(a.grad + j, cnt, gg);
       }
+      return l;
     };
 #pragma omp for schedule(static) nowait
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
       acc_lo = acc_hi = f64v{};
       int64_t j = lo;
-      for (; j + W <= hi; j += W) at(j, W);
-      if (j < hi) at(j, hi - j);
+      // Losses summed in partials of 8 vectors before being widened into the float64 sum
+      // (each partial's relative error <= 7 ulp of the sum of its terms' magnitudes).
+      for (; j + 8 * W <= hi; j += 8 * W) {
+        V<T> part = at(j, W);
+        for (int k = 1; k < 8; ++k) part += at(j + k * W, W);
+        add(part);
+      }
+      for (; j + W <= hi; j += W) add(at(j, W));
+      if (j < hi) add(at(j, hi - j));
       chunk_sum[c] = hsum(acc_lo + acc_hi);
     }
     for (int i = 0; i < W; ++i) n_neg += c_neg[i], n_zero += c_zero[i], n_bad += c_bad[i];

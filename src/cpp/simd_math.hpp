@@ -116,13 +116,22 @@ template <class V> inline double hsum(V v) {
   return s[0];
 }
 
-// Widen a float vector into two double vectors (low and high halves).
+// Widen a float vector into two double vectors (low and high halves). With intrinsics on
+// AVX-512 and AVX: a generic version goes through memory and stalls on store forwarding.
 inline void widen(f32v v, f64v& lo, f64v& hi) {
+#if defined(__AVX512F__)
+  lo = f64v(_mm512_cvtps_pd(_mm512_castps512_ps256(__m512(v))));
+  hi = f64v(_mm512_cvtps_pd(_mm512_extractf32x8_ps(__m512(v), 1)));
+#elif defined(__AVX__)
+  lo = f64v(_mm256_cvtps_pd(_mm256_castps256_ps128(__m256(v))));
+  hi = f64v(_mm256_cvtps_pd(_mm256_extractf128_ps(__m256(v), 1)));
+#else
   f32h l, h;
   std::memcpy(&l, &v, sizeof(l));
   std::memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof(l), sizeof(h));
   lo = __builtin_convertvector(l, f64v);
   hi = __builtin_convertvector(h, f64v);
+#endif
 }
 
 // exp(r) for |r| <= ln2/2: float32 by the Cephes minimax polynomial (max error ~1 ulp), float64 by

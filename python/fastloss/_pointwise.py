@@ -42,6 +42,19 @@ def _sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
                  ).reshape(shape) if axes else g.reshape(shape)
 
 
+_CHECKED = ("bce", "hinge")  # losses whose inputs the kernel validates (counts it returns)
+
+
+def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: int) -> None:
+    if kind == "bce" and n_bad:
+        with np.errstate(invalid="ignore"):
+            i = int(np.flatnonzero((x < 0) | (x > 1))[0])
+        raise ValueError(f"probs must be in [0, 1]; probs.flat[{i}] = {x[i]!r}")
+    if kind == "hinge" and (n_bad or (n_neg and n_zero)):
+        raise ValueError("target labels must all be in {-1, +1} or all in {0, 1}; got "
+                         + ("labels outside {-1, 0, +1}" if n_bad else "both -1 and 0"))
+
+
 def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
               weight: Any = None, pos_weight: Any = None, p0: float = 0.0, p1: float = 0.0,
               reduction: str = "mean", return_grad: bool = False, grad_out: Any = None,
@@ -87,11 +100,14 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
         grad_core = user.reshape(-1) if direct else np.empty(n, dtype=x.array.dtype)
 
     scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
-    total, n_neg, n_zero, n_bad = _core.pointwise(KINDS[kind], xf, yf, wf, pwf, float(p0),
-                                                  float(p1), scale, loss_buf, grad_core)
-    if kind == "hinge" and (n_bad or (n_neg and n_zero)):
-        raise ValueError("target labels must all be in {-1, +1} or all in {0, 1}; got "
-                         + ("labels outside {-1, 0, +1}" if n_bad else "both -1 and 0"))
+    args = (KINDS[kind], xf, yf, wf, pwf, float(p0), float(p1), scale)
+    if kind in _CHECKED and user is not None:
+        # The kernel validates these inputs in its own pass; before writing into the caller's
+        # buffer, a loss-only pass (which writes nothing) checks them first.
+        _raise_if_invalid(kind, xf, *_core.pointwise(*args, None, None)[1:])
+    total, *counts = _core.pointwise(*args, loss_buf, grad_core)
+    if kind in _CHECKED:
+        _raise_if_invalid(kind, xf, *counts)
 
     if reduction == "none":
         loss = loss_buf.reshape(full).astype(x.loss_dtype, copy=False)

@@ -49,22 +49,14 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, *, weight: Any = 
                      grad_out=grad_out)
 
 
-def _probabilities_in_range(q: np.ndarray) -> None:
-    with np.errstate(invalid="ignore"):
-        bad = (q < 0) | (q > 1)  # (NaN passes: it propagates)
-    if bad.any():
-        i = int(np.flatnonzero(bad.reshape(-1))[0])
-        raise ValueError(f"probs must be in [0, 1]; probs.flat[{i}] = "
-                         f"{q.reshape(-1)[i]!r}")
-
-
 def binary_cross_entropy(probs: Any, target: Any, *, weight: Any = None,
                          reduction: str = "mean", return_grad: bool = False,
                          grad_out: Any = None):
     """Binary cross-entropy of probabilities, as :func:`torch.nn.functional.binary_cross_entropy`:
     ``-(y log q + (1 - y) log(1 - q))`` with each log clamped at -100 (so ``q = 0`` or 1 gives
     a finite loss); gradient ``(q - y) / max(q (1 - q), 1e-12)`` (PyTorch's). Probabilities
-    outside [0, 1] are a ValueError. Prefer :func:`binary_cross_entropy_with_logits` when logits
+    outside [0, 1] are a ValueError (checked in the kernel's pass; with ``grad_out``, in a
+    first pass that writes nothing, so the caller's buffer is untouched on that error). Prefer :func:`binary_cross_entropy_with_logits` when logits
     are at hand: it does not lose the digits that rounding to a probability does.
     {common}
     Examples
@@ -74,8 +66,7 @@ def binary_cross_entropy(probs: Any, target: Any, *, weight: Any = None,
     4.60517
     """
     return pointwise("bce", probs, target, input_name="probs", weight=weight,
-                     reduction=reduction, return_grad=return_grad, grad_out=grad_out,
-                     input_check=_probabilities_in_range)
+                     reduction=reduction, return_grad=return_grad, grad_out=grad_out)
 
 
 def sigmoid_focal_loss(logits: Any, target: Any, *, alpha: float = 0.25, gamma: float = 2.0,
@@ -112,9 +103,9 @@ def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = 
     """Binary SVM hinge loss ``max(0, margin - y f)`` (``squared=True``: its square) for scores
     ``f = input`` and labels ``y`` in {-1, +1} or in {0, 1} (0 is read as -1); any other label
     is a ValueError. Gradient ``-y`` where the margin is violated, 0 elsewhere (0 at the kink,
-    a subgradient); squared: ``-2 y max(0, margin - y f)``. The labels are checked in the same
-    pass as the loss (no extra read of the data), so on a label error a ``grad_out`` array may
-    have been partly written; nothing else is.
+    a subgradient); squared: ``-2 y max(0, margin - y f)``. The labels are checked in the
+    kernel's pass (with ``grad_out``, in a first pass that writes nothing, so the caller's
+    buffer is untouched on a label error).
     {common}
     Examples
     --------

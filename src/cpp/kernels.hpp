@@ -82,7 +82,7 @@ template <class S> struct PointwiseArgs {
   T* loss = nullptr;  // per-element weighted losses (reduction "none"), or nullptr
   S* grad = nullptr;  // gradient, or nullptr
   // hinge: counts of labels equal to -1, equal to 0, and not in {-1, 0, +1} (label 0 is read
-  // as -1; the caller rejects mixed or invalid labels after the call)
+  // as -1); bce: [2] counts probabilities outside [0, 1]. The caller rejects them after the call.
   int64_t label_counts[3] = {0, 0, 0};
 };
 

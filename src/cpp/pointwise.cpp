@@ -21,6 +21,8 @@ namespace {
 
 constexpr int kSlotChunkSums = kScratchSlots - 1;  // (per calling thread; see thread_scratch)
 
+#define FL_INLINE inline __attribute__((always_inline))
+
 template <class T> using V = vec_t<T>;
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
 template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
@@ -38,14 +40,14 @@ template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{},
 // l1:         l = |x - y|                      g = sign(x - y)   (0 at x = y, as torch)
 // ---------------------------------------------------------------------------------------------
 struct Mse {
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> d = x - y;
     l = d * d;
     g = d + d;
   }
 };
 struct L1 {
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> d = x - y;
     l = vabs<T>(d);
     g = vsign<T>(d);
@@ -59,7 +61,7 @@ struct L1 {
 // ---------------------------------------------------------------------------------------------
 struct Huber {
   double delta;
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> d = x - y, a = vabs<T>(d), dl = splat<T>(delta);
     const auto quad = a <= dl;
     l = vselect(quad, splat<T>(0.5) * d * d, dl * (a - splat<T>(0.5 * delta)));
@@ -68,7 +70,7 @@ struct Huber {
 };
 struct SmoothL1 {
   double beta;
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> d = x - y, a = vabs<T>(d);
     if (beta == 0) {
       l = a;
@@ -85,7 +87,7 @@ struct SmoothL1 {
 // any x, no cancellation in the small one).
 template <class T> struct LogisticParts {
   V<T> l1pe, sig, sig_neg;
-  explicit LogisticParts(V<T> x) {
+  FL_INLINE explicit LogisticParts(V<T> x) {
     const V<T> ax = vabs<T>(x), e = vexp_capped(-ax), one = splat<T>(1);
     l1pe = vlog1p_unit(e);
     const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
@@ -110,7 +112,7 @@ template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V
 }
 
 struct BceLogits {
-  template <class T> void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
     const LogisticParts<T> lp(x);
     const V<T> one = splat<T>(1), c = one + (p - one) * y;
     l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
@@ -123,7 +125,7 @@ struct BceLogits {
 //   g = (q - y) / max(q (1 - q), 1e-12)             (torch's backward)
 // ---------------------------------------------------------------------------------------------
 struct Bce {
-  template <class T> void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> one = splat<T>(1), lo = splat<T>(-100);
     V<T> lq = vlog(q), l1q = vlog1p(-q);  // log(1 - q) without rounding 1 - q
     lq = vselect(lq < lo, lo, lq);
@@ -142,21 +144,22 @@ struct Bce {
 // q^gamma = exp(gamma log q) from q computed as sigmoids (never 1 - rounded p), so the loss stays
 // finite and accurate where the probability underflows; q = 0 gives 0 (gamma > 0) or 1.
 // ---------------------------------------------------------------------------------------------
-struct SigmoidFocal {
+// kGamma: 0, 1, 2 for those values of gamma (closed forms), -1 for any other.
+template <int kGamma> struct SigmoidFocal {
   double alpha, gamma;
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const LogisticParts<T> lp(x);
     const V<T> one = splat<T>(1), zero{};
     const V<T> ce = bce_logits_loss<T>(x, y, one, one, lp.l1pe);
     const V<T> q = lp.sig * (one - y) + lp.sig_neg * y;
     V<T> mod, dmod;  // q^gamma, gamma q^(gamma - 1)
-    if (gamma == 2) {  // torchvision's default: no pow needed
+    if constexpr (kGamma == 2) {  // torchvision's default: no pow needed
       mod = q * q;
       dmod = q + q;
-    } else if (gamma == 1) {
+    } else if constexpr (kGamma == 1) {
       mod = q;
       dmod = one;
-    } else if (gamma == 0) {
+    } else if constexpr (kGamma == 0) {
       mod = one;
       dmod = zero;
     } else {
@@ -187,7 +190,7 @@ struct SigmoidFocal {
 struct Hinge {
   double margin;
   bool squared;
-  template <class T> void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     y = vselect(y == V<T>{}, splat<T>(-1), y);  // labels {0, 1} -> {-1, +1}
     const V<T> z = splat<T>(margin) - y * x, h = relu<T>(z);
     if (squared) {
@@ -219,6 +222,9 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   int64_t n_neg = 0, n_zero = 0, n_bad = 0;
   constexpr bool kLabels = std::is_same_v<Op, Hinge>;
+  constexpr bool kProbs = std::is_same_v<Op, Bce>;
+  // all lanes (full vector) or none: a padded tail lane is real only where its weight is not 0
+  auto full_mask = [](bool full) { return full ? ~typename Vec<T>::itype{} : typename Vec<T>::itype{}; };
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : n_neg, n_zero, n_bad)
   {
     using I = typename Vec<T>::itype;
@@ -250,6 +256,9 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
       const V<T> p = !a.pos_weight ? one
                      : full        ? vload(a.pos_weight + j)
                                    : load_partial(a.pos_weight + j, cnt, T(1));
+      if constexpr (kProbs) {  // BCE: probabilities outside [0, 1] (NaN passes)
+        c_bad -= ((x < V<T>{}) | (x > splat<T>(1))) & I(w != V<T>{} | full_mask(full));
+      }
       if constexpr (kLabels) {  // padded lanes have weight 0: count only real ones
         const I real = w != V<T>{};
         const I neg = y == splat<T>(-1), zero = y == V<T>{}, pos = y == splat<T>(1);
@@ -319,7 +328,11 @@ template <class S> double pointwise_impl(PointwiseArgs<S>& a) {
     case PointwiseKind::kSmoothL1: return run(a, SmoothL1{a.p0});
     case PointwiseKind::kBceLogits: return run(a, BceLogits{});
     case PointwiseKind::kBce: return run(a, Bce{});
-    case PointwiseKind::kSigmoidFocal: return run(a, SigmoidFocal{a.p0, a.p1});
+    case PointwiseKind::kSigmoidFocal:
+      if (a.p1 == 2) return run(a, SigmoidFocal<2>{a.p0, a.p1});
+      if (a.p1 == 1) return run(a, SigmoidFocal<1>{a.p0, a.p1});
+      if (a.p1 == 0) return run(a, SigmoidFocal<0>{a.p0, a.p1});
+      return run(a, SigmoidFocal<-1>{a.p0, a.p1});
     case PointwiseKind::kHinge: return run(a, Hinge{a.p0, a.p1 != 0});
   }
   return std::numeric_limits<double>::quiet_NaN();

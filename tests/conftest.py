@@ -121,3 +121,23 @@ def every_isa(request):
     assert _core.set_isa(request.param)
     yield request.param
     _core.set_isa(before)
+
+
+@pytest.fixture(params=SUPPORTED_ISAS)
+def isa(request):
+    """Run a test once with every instruction set the machine supports."""
+    before = _core.active_isa()
+    assert _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
+
+
+@pytest.fixture
+def restore_threads():
+    """Put the thread count back as it was, whatever the test did."""
+    import fastloss as fl
+
+    before = fl.get_num_threads()
+    yield before
+    fl.set_num_threads(before)
+    assert fl.get_num_threads() == before

@@ -12,15 +12,7 @@ import pytest
 import fastloss as fl
 from fastloss import _core, reference
 
-SUPPORTED = [i for i in _core.compiled_isas() if _core.isa_supported(i)]
-
-
-@pytest.fixture(params=SUPPORTED)
-def isa(request):
-    before = _core.active_isa()
-    assert _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
+from conftest import SUPPORTED_ISAS as SUPPORTED  # noqa: E402  (the isa fixture: conftest.py)
 
 
 def _dtypes():

@@ -7,13 +7,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import LAYOUTS, SUPPORTED_ISAS, central_diff, layout, read_only
+from conftest import LAYOUTS, central_diff, layout, read_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastloss as fl
-from fastloss import _core
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
@@ -88,22 +87,6 @@ def check_vs_reference(fn, x, y, *, reduction="mean", rtol, grad_rtol, f64=None,
     # atol: a sum over broadcast axes may cancel; its error is relative to its largest terms
     assert_allclose(grad.astype(np.float64), want_grad, rtol=grad_rtol, atol=grad_rtol * gscale)
     return loss, grad
-
-
-@pytest.fixture
-def restore_threads():
-    before = fl.get_num_threads()
-    yield before
-    fl.set_num_threads(before)
-
-
-@pytest.fixture(params=SUPPORTED_ISAS)
-def isa(request):
-    """Run a test once with every instruction set the machine supports."""
-    before = _core.active_isa()
-    assert _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
 
 
 # --------------------------------------------------------------------------- vs reference

@@ -13,15 +13,6 @@ import fastloss as fl
 from fastloss import reference as ref
 
 
-@pytest.fixture
-def restore_threads():
-    """Put the thread count back as it was, whatever the test did."""
-    before = fl.get_num_threads()
-    yield before
-    fl.set_num_threads(before)
-    assert fl.get_num_threads() == before
-
-
 def test_default_is_positive():
     n = fl.get_num_threads()
     assert isinstance(n, int) and n >= 1

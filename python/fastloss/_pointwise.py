@@ -4,7 +4,7 @@ dtypes, reductions and gradients around one call into ``_core.pointwise``."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -57,20 +57,16 @@ def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: 
 
 def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
               weight: Any = None, pos_weight: Any = None, p0: float = 0.0, p1: float = 0.0,
-              reduction: str = "mean", return_grad: bool = False, grad_out: Any = None,
-              target_array: Optional[np.ndarray] = None, input_check=None):
-    """Run one pointwise loss. ``target_array`` (already validated, compute dtype) replaces
-    ``target`` when given; ``input_check(array)`` may validate the prepared input."""
+              reduction: str = "mean", return_grad: bool = False, grad_out: Any = None):
+    """Run one pointwise loss (``kind`` is a key of KINDS) with the public arguments."""
     x = float_input(input, input_name)
     reduction = check_reduction(reduction)
     if grad_out is not None and not return_grad:
         raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
     ct = x.compute_dtype
-    y = target_array if target_array is not None else real_array(target, "target", ct)
+    y = real_array(target, "target", ct)
     w = None if weight is None else real_array(weight, "weight", ct)
     pw = None if pos_weight is None else real_array(pos_weight, "pos_weight", ct)
-    if input_check is not None:
-        input_check(x.array)
     shapes = [("input" if input_name == "input" else input_name, x.array.shape),
               ("target", y.shape)]
     shapes += [(n, a.shape) for n, a in (("weight", w), ("pos_weight", pw)) if a is not None]
@@ -88,6 +84,7 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
     loss_buf = np.empty(n, dtype=ct) if reduction == "none" else None
 
     grad_core = user = None
+    direct = False  # the kernel writes straight into the caller's grad_out
     if return_grad:
         if grad_out is not None:
             user = grad_buffer(grad_out, x.array.shape, x.orig_dtype)
@@ -118,7 +115,7 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
             loss = x.loss_dtype.type(np.float64(total) / np.float64(n))  # empty: NaN, as torch
     if not return_grad:
         return loss
-    if user is not None and grad_core.base is not None and np.may_share_memory(grad_core, user):
+    if direct:
         return loss, user
     g = grad_core.reshape(full)
     if full != x.array.shape:

@@ -409,7 +409,8 @@ def test_grad_out_errors(rng, fn):
 
 BAD_CALLS = {
     BCEL: [dict(target=np.zeros(5)), dict(pos_weight=np.ones(5)), dict(reduction="avg")],
-    BCE: [dict(target=np.zeros(5)), dict(probs=np.full((3, 4), 1.5)), dict(weight=np.ones(5))],
+    # (probabilities outside [0, 1] likewise: see test_domain_error_in_place_keeps_the_input)
+    BCE: [dict(target=np.zeros(5)), dict(weight=np.ones(5))],
     FOCAL: [dict(target=np.zeros(5)), dict(gamma=-1.0), dict(alpha=2.0)],
     # (hinge labels are checked in the kernel pass: on a label error grad_out may have been
     # written, as documented; see test_hinge_label_error_leaves_inputs_alone)
@@ -431,6 +432,28 @@ def test_nothing_written_to_grad_out_on_error(rng, fn, in_place):
         with pytest.raises((ValueError, TypeError)):
             f(x, target, return_grad=True, grad_out=go, **kw)
         np.testing.assert_array_equal(go, before)
+
+
+@pytest.mark.parametrize("fn", [BCE, HINGE])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_domain_error_in_place_keeps_the_input(rng, fn, dtype):
+    # Out-of-domain values are found in the kernel's pass; in place, a write-free pass runs
+    # first, so the input survives the error. A separate grad_out may be partly written.
+    f = getattr(fl, fn)
+    x, y = data(rng, fn, (64, 33))
+    x, y = x.astype(dtype), y.astype(dtype)
+    if fn == BCE:
+        x[40, 7] = 1.5
+    else:
+        y[40, 7] = 3.0
+    x0 = x.copy()
+    with pytest.raises(ValueError, match="probs" if fn == BCE else "target"):
+        f(x, y, return_grad=True, grad_out=x)
+    np.testing.assert_array_equal(x, x0)
+    go = np.zeros_like(x)
+    with pytest.raises(ValueError, match="probs" if fn == BCE else "target"):
+        f(x, y, return_grad=True, grad_out=go)
+    np.testing.assert_array_equal(x, x0)
 
 
 def test_hinge_label_error_leaves_inputs_alone(rng):
@@ -851,6 +874,24 @@ def test_bce_relative_accuracy_small_probabilities():
     i = np.flatnonzero(bad)[-3:]  # the mildest failures (largest q)
     assert not bad.any(), (f"{bad.sum()} of {q.size} losses off by more than {rtol:.1e}, e.g. "
                            f"q={q[i]}: got {loss[i]}, want {want[i]}")
+
+
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_bce_float32_few_ulp_over_the_whole_range(rng, labels):
+    # Every float32 probability scale from subnormal to 1 - 2^-24, in vectors of hard labels
+    # (one log per element) or soft ones (two logs): within 4 ulp of the float64 reference
+    # evaluated on the same float32 values (NumPy's float64 log and log1p).
+    q = np.concatenate([np.geomspace(1e-44, 0.5, 3000), 1 - np.geomspace(2**-24, 0.5, 3000),
+                        [0.0, 1.0]]).astype(np.float32)
+    y = (rng.integers(0, 2, q.size) if labels == "hard" else rng.random(q.size)).astype(np.float32)
+    q64, y64 = q.astype(np.float64), y.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        want = -(y64 * np.maximum(np.log(q64), -100) + (1 - y64) * np.maximum(np.log1p(-q64), -100))
+    loss = fl.binary_cross_entropy(q, y, reduction="none")
+    tol = 4 * np.finfo(np.float32).eps * np.abs(want) + np.finfo(np.float32).tiny
+    bad = np.abs(loss - want) > tol
+    assert not bad.any(), (f"{bad.sum()} losses off, e.g. q={q[bad][:3]}, y={y[bad][:3]}: "
+                           f"got {loss[bad][:3]}, want {want[bad][:3]}")
 
 
 # --------------------------------------------------------------------------- NaN policy

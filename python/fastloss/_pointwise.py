@@ -98,9 +98,11 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
 
     scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
     args = (KINDS[kind], xf, yf, wf, pwf, float(p0), float(p1), scale)
-    if kind in _CHECKED and user is not None:
-        # The kernel validates these inputs in its own pass; before writing into the caller's
-        # buffer, a loss-only pass (which writes nothing) checks them first.
+    if kind in _CHECKED and user is not None and np.may_share_memory(user, x.array):
+        # The kernel validates these inputs in the same pass that writes the gradient. When
+        # grad_out overlaps the input (in place), a loss-only pass (which writes nothing)
+        # checks them first, so that an invalid call never destroys its input; a separate
+        # grad_out may be partly written before a ValueError (see the docstrings).
         _raise_if_invalid(kind, xf, *_core.pointwise(*args, None, None)[1:])
     total, *counts = _core.pointwise(*args, loss_buf, grad_core)
     if kind in _CHECKED:

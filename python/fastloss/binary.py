@@ -53,9 +53,12 @@ def binary_cross_entropy(probs: Any, target: Any, *, weight: Any = None,
     """Binary cross-entropy of probabilities, as :func:`torch.nn.functional.binary_cross_entropy`:
     ``-(y log q + (1 - y) log(1 - q))`` with each log clamped at -100 (so ``q = 0`` or 1 gives
     a finite loss); gradient ``(q - y) / max(q (1 - q), 1e-12)`` (PyTorch's). Probabilities
-    outside [0, 1] are a ValueError (checked in the kernel's pass; with ``grad_out``, in a
-    first pass that writes nothing, so the caller's buffer is untouched on that error). Prefer :func:`binary_cross_entropy_with_logits` when logits
-    are at hand: it does not lose the digits that rounding to a probability does.
+    outside [0, 1] are a ValueError, found in the same pass that writes the gradient: a
+    separate ``grad_out`` may then hold a partly written gradient; an in-place call
+    (``grad_out`` overlapping ``probs``) is checked in a first pass that writes nothing, so
+    the input is never destroyed. Targets that are all 0 or 1 take one logarithm per element.
+    Prefer :func:`binary_cross_entropy_with_logits` when logits are at hand: it does not lose
+    the digits that rounding to a probability does.
     {common}
     Examples
     --------
@@ -102,8 +105,9 @@ def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = 
     ``f = input`` and labels ``y`` in {-1, +1} or in {0, 1} (0 is read as -1); any other label
     is a ValueError. Gradient ``-y`` where the margin is violated, 0 elsewhere (0 at the kink,
     a subgradient); squared: ``-2 y max(0, margin - y f)``. The labels are checked in the
-    kernel's pass (with ``grad_out``, in a first pass that writes nothing, so the caller's
-    buffer is untouched on a label error).
+    pass that writes the gradient: on a label error a separate ``grad_out`` may hold a partly
+    written gradient; an in-place call (``grad_out`` overlapping ``input``) is checked first
+    in a pass that writes nothing, so the input is never destroyed.
     {common}
     Examples
     --------

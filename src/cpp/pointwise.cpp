@@ -84,7 +84,7 @@ struct SmoothL1 {
 };
 
 // log1p(exp(-|x|)), and sigmoid(x), sigmoid(-x) from the same e = exp(-|x|) (no overflow for
-// any x, no cancellation in the small one).
+// any x, no cancellation in the small one). A NaN x gives NaN in all three (e is NaN).
 template <class T> struct LogisticParts {
   V<T> l1pe, sig, sig_neg;
   FL_INLINE explicit LogisticParts(V<T> x) {
@@ -94,8 +94,6 @@ template <class T> struct LogisticParts {
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
     sig_neg = vselect(pos, small, big);
-    sig = vselect(x != x, x, sig);  // NaN stays NaN
-    sig_neg = vselect(x != x, x, sig_neg);
   }
 };
 
@@ -111,12 +109,21 @@ template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V
   return vselect(x != x, x, lin + c * l1pe);
 }
 
-struct BceLogits {
+// kPos: with pos_weight. Without it, torch's own form max(x, 0) - x y + log1p(exp(-|x|)) with
+// max(x, 0) - x y fused (one rounding: no cancellation either).
+template <bool kPos> struct BceLogits {
   template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
-    const LogisticParts<T> lp(x);
-    const V<T> one = splat<T>(1), c = one + (p - one) * y;
-    l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
-    g = c * lp.sig - p * y;
+    if constexpr (kPos) {
+      const LogisticParts<T> lp(x);
+      const V<T> one = splat<T>(1), c = one + (p - one) * y;
+      l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
+      g = c * lp.sig - p * y;
+    } else {
+      const V<T> e = vexp_capped(-vabs<T>(x)), one = splat<T>(1);
+      l = (relu<T>(x) - x * y) + vlog1p_unit(e);
+      const V<T> big = one / (one + e);
+      g = vselect(x >= V<T>{}, big, e * big) - y;
+    }
   }
 };
 // ---------------------------------------------------------------------------------------------
@@ -124,14 +131,26 @@ struct BceLogits {
 //   l = -(y max(log q, -100) + (1 - y) max(log(1 - q), -100))
 //   g = (q - y) / max(q (1 - q), 1e-12)             (torch's backward)
 // ---------------------------------------------------------------------------------------------
+// Hard labels (a whole vector of 0 and 1) take one log: log(q) or log(1 - q), the latter as
+// log(u + c) with u = 1 - q rounded and c = (1 - u) - q its exact rounding error.
 struct Bce {
   template <class T> FL_INLINE void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
-    const V<T> one = splat<T>(1), lo = splat<T>(-100);
-    V<T> lq = vlog(q), l1q = vlog1p(-q);  // log(1 - q) without rounding 1 - q
-    lq = vselect(lq < lo, lo, lq);
-    l1q = vselect(l1q < lo, lo, l1q);
-    l = -(y * lq + (one - y) * l1q);
-    V<T> den = q * (one - q);
+    const V<T> one = splat<T>(1), zero{}, lo = splat<T>(-100);
+    const V<T> u = one - q, c = (one - u) - q;  // 1 - q = u + c exactly (|q| <= 1)
+    const auto y1 = y == one;
+    bool hard = true;
+    const auto yh = y1 | (y == zero);
+    for (int i = 0; i < vec_width<T>; ++i) hard &= bool(yh[i]);
+    if (hard) {
+      V<T> lg = vlog_sum(vselect(y1, q, u), vselect(y1, zero, c));
+      l = -vselect(lg < lo, lo, lg);
+    } else {
+      V<T> lq = vlog_sum(q, zero), l1q = vlog_sum(u, c);
+      lq = vselect(lq < lo, lo, lq);
+      l1q = vselect(l1q < lo, lo, l1q);
+      l = -(y * lq + (one - y) * l1q);
+    }
+    V<T> den = q * u;
     den = vselect(den < splat<T>(1e-12), splat<T>(1e-12), den);
     g = (q - y) / den;
   }
@@ -326,7 +345,8 @@ template <class S> double pointwise_impl(PointwiseArgs<S>& a) {
     case PointwiseKind::kL1: return run(a, L1{});
     case PointwiseKind::kHuber: return run(a, Huber{a.p0});
     case PointwiseKind::kSmoothL1: return run(a, SmoothL1{a.p0});
-    case PointwiseKind::kBceLogits: return run(a, BceLogits{});
+    case PointwiseKind::kBceLogits:
+      return a.pos_weight ? run(a, BceLogits<true>{}) : run(a, BceLogits<false>{});
     case PointwiseKind::kBce: return run(a, Bce{});
     case PointwiseKind::kSigmoidFocal:
       if (a.p1 == 2) return run(a, SigmoidFocal<2>{a.p0, a.p1});

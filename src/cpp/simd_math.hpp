@@ -380,6 +380,95 @@ template <class V> inline V vlog1p(V z) {
 }
 
 
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------------------------------------
+// AVX-512 float logs by a 32-entry table (one vpermt2ps per table, the whole table in two
+// registers) and a degree-5 polynomial, about half the work of the Cephes form above:
+//   log(w) = log(c) + log1p(w / c - 1),  c = a table point near w,
+// with 1/c rounded to float and log(c) taken as -log of that rounded 1/c, so the identity is
+// exact and |w / c - 1| <= 1/48. The entry near 1 has 1/c = 1 exactly: small arguments keep
+// full relative accuracy.
+// ---------------------------------------------------------------------------------------------
+alignas(64) inline constexpr float kLog1pInvC[32] = {
+    0x1.0000000000000p+0f, 0x1.f000000000000p-1f, 0x1.e0f83e0000000p-1f, 0x1.d2d2d20000000p-1f,
+    0x1.c57c580000000p-1f, 0x1.b8e38e0000000p-1f, 0x1.acf9140000000p-1f, 0x1.a1af280000000p-1f,
+    0x1.96f9700000000p-1f, 0x1.8ccccc0000000p-1f, 0x1.831f380000000p-1f, 0x1.79e79e0000000p-1f,
+    0x1.711dc40000000p-1f, 0x1.68ba2e0000000p-1f, 0x1.60b60c0000000p-1f, 0x1.590b220000000p-1f,
+    0x1.51b3be0000000p-1f, 0x1.4aaaaa0000000p-1f, 0x1.43eb1a0000000p-1f, 0x1.3d70a40000000p-1f,
+    0x1.3737380000000p-1f, 0x1.313b140000000p-1f, 0x1.2b78c20000000p-1f, 0x1.25ed0a0000000p-1f,
+    0x1.2094f20000000p-1f, 0x1.1b6db60000000p-1f, 0x1.1674c60000000p-1f, 0x1.11a7ba0000000p-1f,
+    0x1.0d04560000000p-1f, 0x1.0888880000000p-1f, 0x1.04325c0000000p-1f, 0x1.0000000000000p-1f,
+};
+alignas(64) inline constexpr float kLog1pLogC[32] = {
+    0x0p+0f, 0x1.0415d80000000p-5f, 0x1.00155a0000000p-4f, 0x1.7a5c7a0000000p-4f,
+    0x1.f118120000000p-4f, 0x1.323db20000000p-3f, 0x1.6a5aaa0000000p-3f, 0x1.a0f8800000000p-3f,
+    0x1.d62b1e0000000p-3f, 0x1.05027c0000000p-2f, 0x1.1e4b800000000p-2f, 0x1.36f8880000000p-2f,
+    0x1.4f10e80000000p-2f, 0x1.669b780000000p-2f, 0x1.7d9e960000000p-2f, 0x1.9420380000000p-2f,
+    0x1.aa25f60000000p-2f, 0x1.bfb4fc0000000p-2f, 0x1.d4d2340000000p-2f, 0x1.e982380000000p-2f,
+    0x1.fdc9580000000p-2f, 0x1.08d5d80000000p-1f, 0x1.1296860000000p-1f, 0x1.1c288a0000000p-1f,
+    0x1.258d9a0000000p-1f, 0x1.2ec7540000000p-1f, 0x1.37d73e0000000p-1f, 0x1.40bed00000000p-1f,
+    0x1.497f6c0000000p-1f, 0x1.521a5e0000000p-1f, 0x1.5a90e40000000p-1f, 0x1.62e4300000000p-1f,
+};
+// points 1 + k/32 for k = round(32 (m - 1)) in [-8, 16], m in [0.75, 1.5): k at index k mod 32
+alignas(64) inline constexpr float kLogInvC[32] = {
+    0x1.0000000000000p+0f, 0x1.f07c200000000p-1f, 0x1.e1e1e20000000p-1f, 0x1.d41d420000000p-1f,
+    0x1.c71c720000000p-1f, 0x1.bacf920000000p-1f, 0x1.af286c0000000p-1f, 0x1.a41a420000000p-1f,
+    0x1.99999a0000000p-1f, 0x1.8f9c180000000p-1f, 0x1.8618620000000p-1f, 0x1.7d05f40000000p-1f,
+    0x1.745d180000000p-1f, 0x1.6c16c20000000p-1f, 0x1.642c860000000p-1f, 0x1.5c98820000000p-1f,
+    0x1.5555560000000p-1f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f,
+    0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f,
+    0x1.5555560000000p+0f, 0x1.47ae140000000p+0f, 0x1.3b13b20000000p+0f, 0x1.2f684c0000000p+0f,
+    0x1.24924a0000000p+0f, 0x1.1a7b960000000p+0f, 0x1.1111120000000p+0f, 0x1.0842100000000p+0f,
+};
+alignas(64) inline constexpr float kLogLogC[32] = {
+    0x0p+0f, 0x1.f829900000000p-6f, 0x1.f0a30a0000000p-5f, 0x1.6f0d280000000p-4f,
+    0x1.e270740000000p-4f, 0x1.29552c0000000p-3f, 0x1.5ff3060000000p-3f, 0x1.9525a80000000p-3f,
+    0x1.c8ff7a0000000p-3f, 0x1.fb918c0000000p-3f, 0x1.1675ca0000000p-2f, 0x1.2e8e2c0000000p-2f,
+    0x1.4618ba0000000p-2f, 0x1.5d1bda0000000p-2f, 0x1.739d7e0000000p-2f, 0x1.89a33a0000000p-2f,
+    0x1.9f323c0000000p-2f, 0x0p+0f, 0x0p+0f, 0x0p+0f,
+    0x0p+0f, 0x0p+0f, 0x0p+0f, 0x0p+0f,
+    -0x1.2696240000000p-2f, -0x1.f991c40000000p-3f, -0x1.a93ed80000000p-3f, -0x1.5bf4080000000p-3f,
+    -0x1.1178ee0000000p-3f, -0x1.9335e40000000p-4f, -0x1.08599a0000000p-4f, -0x1.0415c80000000p-5f,
+};
+inline f32v table_lookup(const float* table, __m512i idx) {
+  return f32v(_mm512_permutex2var_ps(_mm512_load_ps(table), idx, _mm512_load_ps(table + 16)));
+}
+// log1p(f) for |f| <= 1/48: Taylor to degree 5 (truncation < 2e-10 relative).
+inline f32v log1p_small(f32v f) {
+  f32v a = f * vset<float>(0.2f) - vset<float>(0.25f);
+  a = a * f + vset<float>(0.333333343f);
+  a = a * f - vset<float>(0.5f);
+  return (f * f) * a + f;
+}
+// log1p(e) for e in [0, 1] (NaN propagates): w = 1 + e is never formed; f = e / c + (1/c - 1).
+inline f32v vlog1p_unit(f32v e) {
+  const __m512i idx = _mm512_cvtps_epi32(__m512(e * vset<float>(31.0f)));  // round(31 e)
+  const f32v inv = table_lookup(kLog1pInvC, idx);
+  const f32v f = e * inv + (inv - vset<float>(1.0f));  // (fused: one rounding)
+  return table_lookup(kLog1pLogC, idx) + log1p_small(f);
+}
+// log(u + c) for u >= 0 and a correction |c| <= ulp(u) (0: plain log u): u = m 2^k with m in
+// [0.75, 1.5) by vgetmantps/vgetexpps (subnormals included), f = (m + c 2^-k) / c_i - 1.
+// log(0) = -inf, log(inf) = inf, log(u < 0) = NaN, NaN propagates.
+inline f32v vlog_sum(f32v u, f32v c) {
+  const __m512 uu = __m512(u);
+  const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
+  const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
+  const __m512i idx = _mm512_cvtps_epi32(__m512(m * vset<float>(32.0f) - vset<float>(32.0f)));
+  const f32v inv = table_lookup(kLogInvC, idx);
+  const f32v cs = f32v(_mm512_scalef_ps(__m512(c), __m512(-k)));
+  const f32v f = cs * inv + (m * inv - vset<float>(1.0f));
+  const f32v r = table_lookup(kLogLogC, idx) + (log1p_small(f) + k * vset<float>(-2.12194440e-4f));
+  const f32v out = k * vset<float>(0.693359375f) + r;
+  return vselect(u == f32v{}, vset<float>(-std::numeric_limits<float>::infinity()), out);
+}
+#endif
+// log(u + c), u >= 0, c a correction of at most an ulp of u (see the AVX-512 form above).
+template <class V> inline V vlog_sum(V u, V c) {
+  const V lu = vlog(u);
+  return vselect(c == V{}, lu, lu + c / u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Storage <-> compute conversions: 16-bit inputs are widened to float32 as they are loaded and
 // rounded (to nearest even) as they are stored, so they cost half the memory traffic.

@@ -21,7 +21,13 @@ from .binary import (
     hinge_loss,
     sigmoid_focal_loss,
 )
-from .classification import cross_entropy, nll_loss
+from .classification import (
+    bits_per_byte,
+    cross_entropy,
+    nll_loss,
+    perplexity,
+    softmax_focal_loss,
+)
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .softmax import log_softmax, logsumexp, softmax
 
@@ -37,6 +43,9 @@ if os.environ.get("FASTLOSS_ISA") and os.environ["FASTLOSS_ISA"] not in _core.co
 
 __all__ = [
     "binary_cross_entropy",
+    "bits_per_byte",
+    "perplexity",
+    "softmax_focal_loss",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "get_num_threads",

@@ -18,6 +18,10 @@ def cross_entropy(
     grad_scale: float,
     loss: np.ndarray,
     grad: Optional[np.ndarray],
+    z_loss: float = ...,
+    softcap: float = ...,
+    focal: bool = ...,
+    focal_gamma: float = ...,
 ) -> None: ...
 def nll_loss(
     log_probs: np.ndarray,

@@ -21,7 +21,7 @@ from ._validation import (
     reduce_rows,
 )
 
-__all__ = ["cross_entropy", "nll_loss"]
+__all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "perplexity", "bits_per_byte"]
 
 
 def _class_input(x: Any, name: str, axis: Any):
@@ -49,6 +49,8 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Any = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ):
@@ -79,6 +81,17 @@ def cross_entropy(
         loss per row.
     label_smoothing : float in [0, 1]
         Mixes the target with the uniform distribution (PyTorch's definition).
+    z_loss : float >= 0
+        PaLM's auxiliary z-loss: adds ``z_loss * lse**2`` to each row's loss, ``lse`` the
+        row's logsumexp (of the capped logits with ``softcap``); gradient
+        ``2 * z_loss * lse * softmax``. With index targets the term is multiplied by the row's
+        weight ``w[t]`` like the cross-entropy, so ``"mean"`` stays the weighted mean of the
+        ``"none"`` values (Liger-Kernel's z-loss is unweighted; without class weights the two
+        agree). Ignored rows get none.
+    softcap : float > 0, optional
+        Gemma 2's logit soft-capping: the logits pass through ``softcap * tanh(x / softcap)``
+        before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
+        chain rule factor ``1 - tanh(x / softcap)**2``.
     return_grad : bool
         Also return d(returned loss)/d(logits), computed in the same pass.
     grad_out : ndarray, optional
@@ -112,9 +125,30 @@ def cross_entropy(
     >>> round(float(loss), 6)
     0.31854
     """
+    return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
+                          label_smoothing, z_loss, softcap, return_grad, grad_out)
+
+
+def _check_z_softcap(z_loss: Any, softcap: Any) -> tuple[float, float]:
+    z = check_real(z_loss, "z_loss", 0.0, math.inf)
+    if not math.isfinite(z):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    if softcap is None:
+        return z, 0.0
+    c = check_real(softcap, "softcap")
+    if not (0.0 < c < math.inf):
+        raise ValueError(f"softcap must be a finite number > 0 (or None), got {softcap!r}")
+    return z, c
+
+
+def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
+                   z_loss, softcap, return_grad, grad_out, focal_gamma=None):
+    """cross_entropy, and softmax_focal_loss (``focal_gamma`` set, ``weight`` = alpha)."""
+    focal = focal_gamma is not None
     x, ax = _class_input(logits, "logits", axis)
     reduction = check_reduction(reduction)
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
+    z, cap = _check_z_softcap(z_loss, softcap)
     ignore_index = check_int(ignore_index, "ignore_index")
     want_grad = _check_return_grad(return_grad, grad_out)
     arr = x.array
@@ -126,10 +160,12 @@ def cross_entropy(
     if t.dtype.kind in "iu":
         ct = class_targets(t, arr.shape, ax, ignore_index)
         target_flat, out_shape = ct.flat, ct.shape
-        if w is None:
+        if w is None or focal:  # (focal: alpha is not a normaliser)
             denom = float(np.count_nonzero(ct.valid))
         else:
             denom = float(np.sum(w[ct.flat[ct.valid]], dtype=np.float64))
+    elif focal:
+        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
     elif t.dtype.kind == "f" or t.dtype.name == "bfloat16":
         if t.shape != arr.shape:
             raise ValueError(
@@ -151,7 +187,8 @@ def cross_entropy(
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0
     per_row = np.empty(x3.shape[0] * x3.shape[2], dtype=np.float64)
     _core.cross_entropy(x3, target_flat, probs3, w, ignore_index, eps, scale, per_row,
-                        grad.core if grad else None)
+                        grad.core if grad else None, z, cap, focal,
+                        float(focal_gamma) if focal else 0.0)
     loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss
 
@@ -201,3 +238,126 @@ def nll_loss(
     _core.nll_loss(x3, ct.flat, w, ignore_index, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, denom, ct.shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss
+
+
+def softmax_focal_loss(
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    alpha: Any = None,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    return_grad: bool = False,
+    grad_out: Any = None,
+):
+    """Multi-class focal loss from logits (Lin et al., RetinaNet's loss over a softmax):
+    ``-alpha_t * (1 - p_t)**gamma * log p_t`` per row, ``p = softmax(logits)`` over ``axis``.
+
+    Parameters
+    ----------
+    logits, target, axis, ignore_index, return_grad, grad_out
+        As :func:`cross_entropy` with class-index targets (probability targets are a
+        TypeError).
+    alpha : None, float or array_like of shape (C,)
+        Class balance factor: None is 1, a float applies to every class, an array gives one
+        factor per class (``alpha_t`` is the target's).
+    gamma : float >= 0
+        Focusing parameter; ``gamma = 0`` with ``alpha=None`` is the cross-entropy.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` divides the sum by the number of non-ignored rows (``alpha`` is a factor,
+        not a normaliser, unlike the class weights of :func:`cross_entropy`).
+
+    Notes
+    -----
+    Computed stably from the logits: ``log p_t`` as ``x_t - logsumexp(x)`` and ``1 - p_t`` as
+    the sum of the other classes' probabilities (never ``1 -`` a rounded ``p_t``). The gradient
+    is ``F * (softmax(x) - onehot(t))`` with
+    ``F = alpha_t ((1 - p_t)**gamma - gamma p_t (1 - p_t)**(gamma - 1) log p_t)``, written in
+    the same pass as the loss (the limit 0 is taken where ``p_t`` is 1 or 0).
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.softmax_focal_loss([[0.0, 0.0]], [0]))  # 0.5**2 * ln 2
+    0.17328679513998632
+    """
+    g = check_real(gamma, "gamma", 0.0, math.inf)
+    if not math.isfinite(g):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    xa = float_input(logits, "logits")
+    if alpha is not None and np.ndim(alpha) == 0:
+        a = check_real(alpha, "alpha")
+        ax = normalize_axis(axis, max(xa.array.ndim, 1)) if xa.array.ndim else 0
+        n = xa.array.shape[ax] if xa.array.ndim else 1
+        alpha = np.full(n, a)
+    elif alpha is not None:
+        a_arr = np.asarray(alpha)
+        if a_arr.ndim != 1:
+            raise ValueError(f"alpha must be None, a number or a 1-d array of per-class factors, "
+                             f"got shape {a_arr.shape}")
+        if xa.array.ndim:
+            n = xa.array.shape[normalize_axis(axis, xa.array.ndim)]
+            if a_arr.shape != (n,):
+                raise ValueError(f"alpha must have shape ({n},) (one factor per class), "
+                                 f"got {a_arr.shape}")
+    return _cross_entropy(logits, target, axis,
+                          alpha, ignore_index, reduction, 0.0, 0.0, None, return_grad, grad_out,
+                          focal_gamma=g)
+
+
+def _ce_kwargs(kw: dict, fn: str) -> dict:
+    allowed = {"axis", "weight", "ignore_index", "label_smoothing", "z_loss", "softcap"}
+    bad = sorted(set(kw) - allowed)
+    if bad:
+        raise TypeError(f"{fn}() got unexpected keyword argument(s) {', '.join(bad)}; it "
+                        f"accepts the cross_entropy options {', '.join(sorted(allowed))}")
+    return kw
+
+
+def perplexity(logits: Any, target: Any, **kwargs: Any):
+    """Perplexity of a language model: ``exp`` of the mean cross-entropy in nats over the
+    non-ignored tokens (weighted mean with ``weight``).
+
+    ``kwargs`` are the :func:`cross_entropy` options ``axis``, ``weight``, ``ignore_index``,
+    ``label_smoothing``, ``z_loss`` and ``softcap`` (``reduction`` and ``return_grad`` are not
+    accepted: a TypeError). Returns a NumPy floating scalar of the loss dtype. A model that
+    spreads its probability uniformly over ``C`` classes has perplexity ``C``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.perplexity(np.zeros((3, 50)), [1, 2, 3]))  # uniform over 50 classes
+    49.99999999999999
+    """
+    loss = cross_entropy(logits, target, reduction="mean", **_ce_kwargs(kwargs, "perplexity"))
+    with np.errstate(over="ignore"):
+        return np.exp(loss)
+
+
+def bits_per_byte(logits: Any, target: Any, n_bytes: Any, **kwargs: Any):
+    """Bits per byte: the total cross-entropy in nats over the non-ignored tokens divided by
+    ``ln 2 * n_bytes``, where ``n_bytes`` is the number of bytes (of UTF-8 text, say) that the
+    tokens cover.
+
+    Per-token losses depend on the tokenizer: a tokenizer with longer tokens has fewer, harder
+    tokens, so neither mean cross-entropy nor perplexity compares models with different
+    vocabularies. The total information content of the text does not depend on how it was cut
+    into tokens, so dividing the total by the number of bytes gives a per-byte figure that
+    compares any two models on the same text (as in The Pile and the GPT-NeoX/Llama
+    evaluations). ``kwargs``: the :func:`cross_entropy` options as in :func:`perplexity`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> float(fl.bits_per_byte(np.zeros((4, 256)), [1, 2, 3, 4], n_bytes=4))  # 8 bits a byte
+    8.0
+    """
+    if isinstance(n_bytes, (bool, np.bool_)) or not isinstance(n_bytes, (int, float, np.number)):
+        raise TypeError(f"n_bytes must be a positive number, got {type(n_bytes).__name__}")
+    nb = float(n_bytes)
+    if not (0 < nb < math.inf):
+        raise ValueError(f"n_bytes must be a positive finite number of bytes, got {n_bytes!r}")
+    total = cross_entropy(logits, target, reduction="sum", **_ce_kwargs(kwargs, "bits_per_byte"))
+    return total.dtype.type(np.float64(total) / (math.log(2) * nb))

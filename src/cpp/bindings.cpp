@@ -95,11 +95,16 @@ void softmax_py(const py::array& x, py::array out, bool log) {
 
 void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray& probs,
                       const OptArray& weight, int64_t ignore_index, double label_smoothing,
-                      double grad_scale, py::array loss, OptArray grad) {
+                      double grad_scale, py::array loss, OptArray grad, double z_loss,
+                      double softcap, bool focal, double focal_gamma) {
   by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     using T = compute_t<S>;
     CrossEntropyArgs<S> a;
+    a.z_loss = z_loss;
+    a.softcap = softcap;
+    a.focal = focal;
+    a.focal_gamma = focal_gamma;
     a.lx = layout3<S>(x, "logits");
     a.x = const_ptr<S>(x);
     const int64_t rows = a.lx.rows();
@@ -217,7 +222,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("softmax", &softmax_py, py::arg("x"), py::arg("out"), py::arg("log"));
   m.def("cross_entropy", &cross_entropy_py, py::arg("logits"), py::arg("target"), py::arg("probs"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("z_loss") = 0.0,
+        py::arg("softcap") = 0.0, py::arg("focal") = false, py::arg("focal_gamma") = 0.0);
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);

@@ -47,6 +47,10 @@ template <class S> struct CrossEntropyArgs {
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   double grad_scale = 1.0;  // d(returned loss) / d(per-row loss), e.g. 1/sum(w) for "mean"
+  double z_loss = 0.0;      // adds z_loss * lse^2 per row (times w_t for index targets)
+  double softcap = 0.0;     // > 0: logits pass through softcap * tanh(x / softcap) first
+  bool focal = false;       // softmax focal loss (index targets; weight = alpha per class)
+  double focal_gamma = 0.0;
   double* loss = nullptr;   // per-row loss (rows) contiguous, always written
   S* grad = nullptr;        // gradient with layout lg; or nullptr for loss only
   Layout3 lg;
@@ -116,7 +120,7 @@ bool set_isa(const char* name);
 
 // Per-thread scratch memory (threads.cpp, baseline code): slot 0..kScratchSlots-1, at least
 // `bytes`, valid until the same thread asks for the same slot again. 64-byte aligned.
-constexpr int kScratchSlots = 7;
+constexpr int kScratchSlots = 9;
 void* thread_scratch(int slot, size_t bytes);
 
 #define FASTLOSS_DECLARE(sfx, S)                   \

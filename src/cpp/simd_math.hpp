@@ -136,17 +136,17 @@ inline void widen(f32v v, f64v& lo, f64v& hi) {
 
 // exp(r) for |r| <= ln2/2: float32 by the Cephes minimax polynomial (max error ~1 ulp), float64 by
 // the Taylor series to degree 13 (truncation error < 2e-17 relative); Horner's scheme.
-inline f32v exp_poly(f32v r) {
+inline f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellation
   f32v p = vset<float>(1.9875691500E-4f);
   p = p * r + vset<float>(1.3981999507E-3f);
   p = p * r + vset<float>(8.3334519073E-3f);
   p = p * r + vset<float>(4.1665795894E-2f);
   p = p * r + vset<float>(1.6666665459E-1f);
   p = p * r + vset<float>(5.0000001201E-1f);
-  p = p * (r * r) + r + vset<float>(1.0f);
-  return p;
+  return p * (r * r) + r;
 }
-inline f64v exp_poly(f64v r) {
+inline f32v exp_poly(f32v r) { return expm1_poly(r) + vset<float>(1.0f); }
+inline f64v expm1_poly(f64v r) {
   f64v p = vset<double>(1.0 / 6227020800.0);
   p = p * r + vset<double>(1.0 / 479001600.0);
   p = p * r + vset<double>(1.0 / 39916800.0);
@@ -159,9 +159,10 @@ inline f64v exp_poly(f64v r) {
   p = p * r + vset<double>(1.0 / 24.0);
   p = p * r + vset<double>(1.0 / 6.0);
   p = p * r + vset<double>(0.5);
-  p = p * (r * r) + r + vset<double>(1.0);
+  p = p * (r * r) + r;
   return p;
 }
+inline f64v exp_poly(f64v r) { return expm1_poly(r) + vset<double>(1.0); }
 
 // ---------------------------------------------------------------------------------------------
 // exp, float32. exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2],
@@ -266,6 +267,23 @@ inline f64v vexp_capped(f64v x) {
   f64v scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// tanh(z) and its derivative 1 - tanh(z)^2 (soft-capping), from E = exp(-2|z|):
+//   tanh |z| = (1 - E) / (1 + E) = -em1 / (2 + em1),   1 - tanh^2 = 4 E / (2 + em1)^2,
+// em1 = expm1(-2|z|) from the exp polynomial near 0 (no cancellation for small z). +-inf gives
+// +-1 and 0; NaN propagates.
+// ---------------------------------------------------------------------------------------------
+template <class V> inline void vtanh_parts(V z, V& th, V& dth) {
+  using T = std::remove_reference_t<decltype(z[0])>;
+  const V a = vselect(z < V{}, -z, z), u = a * T(-2);
+  const V E = vexp_capped(u);
+  const V em1 = vselect(u > V{} + T(-0.34657359027997264), expm1_poly(u), E - T(1));
+  const V den = em1 + T(2);
+  const V t = -em1 / den;
+  th = vselect(z < V{}, -t, t);
+  dth = (E * T(4)) / (den * den);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -35,7 +35,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // ---------------------------------------------------------------------------------------------
 // Scratch rows come from thread_scratch (baseline code), not std::vector: no STL template may be
 // instantiated here, or the linker could keep this file's AVX-512 copy for every caller.
-enum Slot { kSlotX = 0, kSlotY = 1, kSlotG = 2, kSlotE = 3, kSlotSegEnd = 4, kSlotSegRef = 5 };
+enum Slot {
+  kSlotX = 0, kSlotY = 1, kSlotG = 2, kSlotE = 3, kSlotSegEnd = 4, kSlotSegRef = 5,
+  kSlotCap = 6, kSlotCapD = 7
+};
 template <class T> T* scratch_row(Slot slot, int64_t n) {
   return static_cast<T*>(thread_scratch(slot, size_t(n) * sizeof(T)));
 }
@@ -483,6 +486,43 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Soft-capping (Gemma 2): the row becomes cap_j = c tanh(x_j / c) (in the compute type, in a
+// scratch row), and with a gradient dcap_j = 1 - tanh^2(x_j / c) for the chain rule.
+// ---------------------------------------------------------------------------------------------
+template <class S, class T = compute_t<S>>
+T* softcap_row(const S* x, int64_t n, double c, T* dcap) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  T* cap = scratch_row<T>(kSlotCap, n);
+  const V vc = vset<T>(T(c)), inv = vset<T>(T(1.0 / c));
+  int64_t j = 0;
+  for (; j < n; j += W) {
+    const int64_t k = n - j < W ? n - j : W;
+    const V z = (k == W ? vload_as(x + j) : load_partial(x + j, k, T(0))) * inv;
+    V th, dth;
+    vtanh_parts(z, th, dth);
+    if (k == W) {
+      vstore(cap + j, vc * th);
+      if (dcap) vstore(dcap + j, dth);
+    } else {
+      store_partial(cap + j, k, vc * th);
+      if (dcap) store_partial(dcap + j, k, dth);
+    }
+  }
+  return cap;
+}
+
+// Row gradient g (compute type, computed on the capped row) through the cap: out_j = g_j dcap_j.
+template <class S, class T = compute_t<S>>
+void softcap_chain(const T* g, const T* dcap, int64_t n, S* out) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) vstore_as(out + j, vload(g + j) * vload(dcap + j));
+  if (j < n) store_partial(out + j, n - j, load_partial(g + j, n - j, T(0)) * load_partial(dcap + j, n - j, T(0)));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cross-entropy with class-index targets t (PyTorch semantics, eps = label_smoothing, C classes,
 // w = class weights or 1, W = sum_c w_c, m = row max, S = sum_j exp(x_j - m)):
 //   -log p_c = (m - x_c) + log S
@@ -502,20 +542,18 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
   const double eps = a.label_smoothing, g = a.grad_scale;
   CoefRow<T, C> coef;
   coef.w = a.weight;
-  parallel_rows(a.lx.rows(), V, [&](int64_t r) {
+  const bool focal = a.focal;
+  const double z = a.z_loss, gamma = a.focal_gamma;
+  // One row: x is the logits row (or its capped copy, R = T); dcap != nullptr: softcap chain.
+  auto row = [&](auto tag_ptr, int64_t r, T* dcap) {
+    using R = std::remove_cv_t<std::remove_pointer_t<decltype(tag_ptr)>>;
+    const R* x = tag_ptr;
     const int64_t t = a.target[r];
-    const bool ignored = t == a.ignore_index;
-    if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
-      a.loss[r] = ignored ? 0.0 : kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
-      return;
-    }
-    const S* x = read_row(a.x, a.lx, r, kSlotX);
     // Statistics of the row without the target, then the target itself. With a gradient to
     // compute, the exp values are kept (in L2) so the gradient pass needs no exp.
     ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
-    const RowStats before = range_stats<S, C>(x, 0, t, coef, {}, &er);
-    const RowStats excl = range_stats<S, C>(x, t + 1, V, coef, before, &er);
+    const RowStats before = range_stats<R, C>(x, 0, t, coef, {}, &er);
+    const RowStats excl = range_stats<R, C>(x, t + 1, V, coef, before, &er);
     const double xt = to_compute(x[t]);
     const double md = excl.m > xt ? excl.m : xt;
     if (excl.nan || std::isnan(xt) || !std::isfinite(md)) {
@@ -528,23 +566,64 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     const double s_excl = rest.s, sum = s_excl + e_t;
     const double log_sum = xt == md ? std::log1p(s_excl) : std::log(sum);
     const double w_t = a.weight ? double(a.weight[t]) : 1.0;
-    double loss = (1.0 - eps) * w_t * ((md - xt) + log_sum);
+    const double ce = (md - xt) + log_sum;  // -log p_t
+    double loss = (1.0 - eps) * w_t * ce;
     double c_t = 0.0;
     if constexpr (C != Coef::kNone) {
       c_t = coef.at(t);
       const double cd_t = c_t == 0.0 ? 0.0 : c_t * (md - xt);
       loss += (eps / double(V)) * (rest.cd + cd_t + W * log_sum);
     }
+    // p_scale: the coefficient of p_j in the gradient; t_coef: that of -[j == t]
+    double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W), t_coef = g * (1.0 - eps) * w_t;
+    const double omp = s_excl / sum, p_t = e_t / sum;  // 1 - p_t without cancellation, p_t
+    if (focal) {
+      // -alpha_t (1 - p_t)^gamma log p_t; gradient F (p_j - [j == t]) with
+      // F = alpha_t ((1 - p_t)^gamma + gamma p_t (1 - p_t)^(gamma - 1) (-log p_t))
+      const double mod = gamma == 0 ? 1.0 : (omp == 0 ? 0.0 : std::pow(omp, gamma));
+      const double dmod = gamma == 0 || omp == 0 || p_t == 0 ? 0.0
+                                                              : gamma * std::pow(omp, gamma - 1) * p_t * ce;
+      loss = w_t * mod * ce;
+      p_scale = t_coef = g * w_t * (mod + dmod);
+    }
+    if (z != 0) {  // z-loss: w_t z lse^2, gradient w_t 2 z lse p_j
+      const double lse = md + log_sum;
+      loss += w_t * z * lse * lse;
+      p_scale += g * w_t * 2.0 * z * lse;
+    }
     a.loss[r] = loss;
     if (!a.grad) return;
     S* gr = write_row(a.grad, a.lg, r);
-    const double p_scale = g * ((1.0 - eps) * w_t + (eps / double(V)) * W);
     er.e[t] = T(0);  // (its segment skips t; the entry is set in closed form below)
-    row_grad_kept<S, C>(er, V, md, p_scale / sum, T(g * eps / double(V)), coef, gr, stream);
-    // The target entry in closed form: g * (-(1-eps) w_t (1 - p_t) + (eps/C)(W p_t - c_t)).
-    gr[t] = from_compute<S>(
-        T(g * (-(1.0 - eps) * w_t * (s_excl / sum) + (eps / double(V)) * (W * e_t / sum - c_t))));
+    // The target entry in closed form: p_scale p_t - t_coef - (eps/C) g c_t, with
+    // p_scale p_t - t_coef = -t_coef (1 - p_t) + (p_scale - t_coef) p_t (no cancellation).
+    const double gt = -t_coef * omp + (p_scale - t_coef) * p_t - g * (eps / double(V)) * c_t;
+    if (dcap) {
+      T* gc = scratch_row<T>(kSlotCap, V);  // the capped row is no longer needed
+      row_grad_kept<T, C>(er, V, md, p_scale / sum, T(g * eps / double(V)), coef, gc, false);
+      gc[t] = T(gt);
+      softcap_chain<S>(gc, dcap, V, gr);
+    } else {
+      row_grad_kept<S, C>(er, V, md, p_scale / sum, T(g * eps / double(V)), coef, gr, stream);
+      gr[t] = from_compute<S>(T(gt));
+    }
     scatter_row(a.grad, a.lg, r, gr);
+  };
+  parallel_rows(a.lx.rows(), V, [&](int64_t r) {
+    const int64_t t = a.target[r];
+    const bool ignored = t == a.ignore_index;
+    if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
+      a.loss[r] = ignored ? 0.0 : kNaN;
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
+      return;
+    }
+    const S* xs = read_row(a.x, a.lx, r, kSlotX);
+    if (a.softcap > 0) {
+      T* dcap = a.grad ? scratch_row<T>(kSlotCapD, V) : nullptr;
+      row(static_cast<const T*>(softcap_row(xs, V, a.softcap, dcap)), r, dcap);
+    } else {
+      row(xs, r, static_cast<T*>(nullptr));
+    }
   });
 }
 
@@ -561,26 +640,43 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes &&
                       static_cast<const void*>(a.grad) != static_cast<const void*>(a.x);
   const double eps = a.label_smoothing, g = a.grad_scale;
+  const double z = a.z_loss;
   parallel_rows(a.lx.rows(), V, [&](int64_t r) {
-    const S* x = read_row(a.x, a.lx, r, kSlotX);
     CoefRow<T, C> coef;
     coef.w = a.weight;
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
-    ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
-    const RowStats st = range_stats<S, C>(x, 0, V, coef, {}, &er);
-    if (st.nan || !std::isfinite(st.m)) {
-      a.loss[r] = kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
-      return;
+    auto row = [&](auto x, T* dcap) {
+      using R = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+      ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
+      const RowStats st = range_stats<R, C>(x, 0, V, coef, {}, &er);
+      if (st.nan || !std::isfinite(st.m)) {
+        a.loss[r] = kNaN;
+        if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+        return;
+      }
+      const double log_sum = std::log(st.s), lse = st.m + log_sum;
+      a.loss[r] = st.cd + st.c * log_sum + z * lse * lse;
+      if (!a.grad) return;
+      S* gr = write_row(a.grad, a.lg, r);
+      const double p_scale = g * (st.c + 2.0 * z * lse);
+      if (dcap) {
+        T* gc = scratch_row<T>(kSlotCap, V);
+        row_grad_kept<T, C>(er, V, st.m, p_scale / st.s, T(g), coef, gc, false);
+        softcap_chain<S>(gc, dcap, V, gr);
+      } else {
+        row_grad_kept<S, C>(er, V, st.m, p_scale / st.s, T(g), coef, gr, stream);
+      }
+      scatter_row(a.grad, a.lg, r, gr);
+    };
+    const S* xs = read_row(a.x, a.lx, r, kSlotX);
+    if (a.softcap > 0) {
+      T* dcap = a.grad ? scratch_row<T>(kSlotCapD, V) : nullptr;
+      row(static_cast<const T*>(softcap_row(xs, V, a.softcap, dcap)), dcap);
+    } else {
+      row(xs, static_cast<T*>(nullptr));
     }
-    const double log_sum = std::log(st.s);
-    a.loss[r] = st.cd + st.c * log_sum;
-    if (!a.grad) return;
-    S* gr = write_row(a.grad, a.lg, r);
-    row_grad_kept<S, C>(er, V, st.m, g * st.c / st.s, T(g), coef, gr, stream);
-    scatter_row(a.grad, a.lg, r, gr);
   });
 }
 

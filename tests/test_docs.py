@@ -8,7 +8,8 @@ import pytest
 
 @pytest.mark.parametrize(
     "name",
-    ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary"],
+    ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary",
+     "fastloss.kl"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)  # (fastloss.softmax the attribute is the function)

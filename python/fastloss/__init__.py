@@ -28,6 +28,7 @@ from .classification import (
     perplexity,
     softmax_focal_loss,
 )
+from .kl import kl_div
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .softmax import log_softmax, logsumexp, softmax
 
@@ -50,6 +51,7 @@ __all__ = [
     "cross_entropy",
     "get_num_threads",
     "hinge_loss",
+    "kl_div",
     "huber_loss",
     "l1_loss",
     "log_softmax",

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import check_reduction, float_input, grad_buffer
+from ._validation import REDUCTIONS, check_reduction, float_input, grad_buffer
 
 KINDS = {"mse": 0, "l1": 1, "huber": 2, "smooth_l1": 3, "bce_with_logits": 4, "bce": 5,
-         "sigmoid_focal": 6, "hinge": 7}
+         "sigmoid_focal": 6, "hinge": 7, "kl_div": 8}
 
 
 def real_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
@@ -42,10 +42,15 @@ def _sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
                  ).reshape(shape) if axes else g.reshape(shape)
 
 
-_CHECKED = ("bce", "hinge")  # losses whose inputs the kernel validates (counts it returns)
+_CHECKED = ("bce", "hinge", "kl_div")  # losses whose inputs the kernel validates (counts it returns)
 
 
-def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: int) -> None:
+def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: int,
+                      y: np.ndarray = None) -> None:
+    if kind == "kl_div" and n_bad:
+        i = int(np.flatnonzero(y < 0)[0])
+        raise ValueError(f"target holds probabilities, which must be >= 0 (or pass "
+                         f"log_target=True); target.flat[{i}] = {y[i]!r} (broadcast)")
     if kind == "bce" and n_bad:
         with np.errstate(invalid="ignore"):
             i = int(np.flatnonzero((x < 0) | (x > 1))[0])
@@ -60,7 +65,9 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
               reduction: str = "mean", return_grad: bool = False, grad_out: Any = None):
     """Run one pointwise loss (``kind`` is a key of KINDS) with the public arguments."""
     x = float_input(input, input_name)
-    reduction = check_reduction(reduction)
+    batchmean = kind == "kl_div" and reduction == "batchmean"
+    reduction = "mean" if batchmean else check_reduction(
+        reduction, REDUCTIONS + (("batchmean",) if kind == "kl_div" else ()))
     if grad_out is not None and not return_grad:
         raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
     ct = x.compute_dtype
@@ -96,17 +103,18 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
                        == xf.__array_interface__["data"][0]))
         grad_core = user.reshape(-1) if direct else np.empty(n, dtype=x.array.dtype)
 
-    scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
+    denom = (full[0] if full else 1) if batchmean else n  # "batchmean": the batch size
+    scale = (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
     args = (KINDS[kind], xf, yf, wf, pwf, float(p0), float(p1), scale)
     if kind in _CHECKED and user is not None and np.may_share_memory(user, x.array):
         # The kernel validates these inputs in the same pass that writes the gradient. When
         # grad_out overlaps the input (in place), a loss-only pass (which writes nothing)
         # checks them first, so that an invalid call never destroys its input; a separate
         # grad_out may be partly written before a ValueError (see the docstrings).
-        _raise_if_invalid(kind, xf, *_core.pointwise(*args, None, None)[1:])
+        _raise_if_invalid(kind, xf, *_core.pointwise(*args, None, None)[1:], y=yf)
     total, *counts = _core.pointwise(*args, loss_buf, grad_core)
     if kind in _CHECKED:
-        _raise_if_invalid(kind, xf, *counts)
+        _raise_if_invalid(kind, xf, *counts, y=yf)
 
     if reduction == "none":
         loss = loss_buf.reshape(full).astype(x.loss_dtype, copy=False)
@@ -114,7 +122,7 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
         loss = x.loss_dtype.type(total)
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
-            loss = x.loss_dtype.type(np.float64(total) / np.float64(n))  # empty: NaN, as torch
+            loss = x.loss_dtype.type(np.float64(total) / np.float64(denom))  # empty: NaN, as torch
     if not return_grad:
         return loss
     if direct:

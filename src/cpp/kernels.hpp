@@ -72,7 +72,9 @@ template <class S> struct NllArgs {
 // One table of kernels per instruction set (softmax_ce.cpp is compiled once for each, into
 // namespace fastloss::<isa>); dispatch.cpp picks one at import by CPUID.
 // Pointwise losses (pointwise.cpp): all operands contiguous, n elements, already broadcast.
-enum class PointwiseKind { kMse, kL1, kHuber, kSmoothL1, kBceLogits, kBce, kSigmoidFocal, kHinge };
+enum class PointwiseKind {
+  kMse, kL1, kHuber, kSmoothL1, kBceLogits, kBce, kSigmoidFocal, kHinge, kKlDiv
+};
 template <class S> struct PointwiseArgs {
   using T = compute_t<S>;
   PointwiseKind kind = PointwiseKind::kMse;

@@ -222,6 +222,25 @@ struct Hinge {
     }
   }
 };
+// ---------------------------------------------------------------------------------------------
+// kl_div (torch), x = input (log-probabilities), y = target:
+//   kLogTarget false: l = y (log y - x) (0 where y = 0, even for x = -inf)    g = -y
+//   kLogTarget true:  l = exp(y) (y - x)                                      g = -exp(y)
+// (negative probability targets are counted in the kernel pass and rejected)
+// ---------------------------------------------------------------------------------------------
+template <bool kLogTarget> struct KlDiv {
+  template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+    if constexpr (kLogTarget) {
+      const V<T> ey = vexp(y);
+      l = vselect(ey == V<T>{}, V<T>{}, ey * (y - x));  // exp(y) = 0: no mass, 0 (not NaN)
+      g = -ey;
+    } else {
+      const V<T> t = y * (vlog_sum(y, V<T>{}) - x);
+      l = vselect(y == V<T>{}, V<T>{}, t);
+      g = -y;
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // The driver: n elements in chunks over the threads; per element l_i = w_i loss_i,
@@ -242,6 +261,7 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
   int64_t n_neg = 0, n_zero = 0, n_bad = 0;
   constexpr bool kLabels = std::is_same_v<Op, Hinge>;
   constexpr bool kProbs = std::is_same_v<Op, Bce>;
+  constexpr bool kKlProbs = std::is_same_v<Op, KlDiv<false>>;
   // all lanes (full vector) or none: a padded tail lane is real only where its weight is not 0
   auto full_mask = [](bool full) { return full ? ~typename Vec<T>::itype{} : typename Vec<T>::itype{}; };
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : n_neg, n_zero, n_bad)
@@ -277,6 +297,9 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
                                    : load_partial(a.pos_weight + j, cnt, T(1));
       if constexpr (kProbs) {  // BCE: probabilities outside [0, 1] (NaN passes)
         c_bad -= ((x < V<T>{}) | (x > splat<T>(1))) & I(w != V<T>{} | full_mask(full));
+      }
+      if constexpr (kKlProbs) {  // kl_div: negative probability targets (NaN passes)
+        c_bad -= (y < V<T>{}) & I(w != V<T>{} | full_mask(full));
       }
       if constexpr (kLabels) {  // padded lanes have weight 0: count only real ones
         const I real = w != V<T>{};
@@ -354,6 +377,8 @@ template <class S> double pointwise_impl(PointwiseArgs<S>& a) {
       if (a.p1 == 0) return run(a, SigmoidFocal<0>{a.p0, a.p1});
       return run(a, SigmoidFocal<-1>{a.p0, a.p1});
     case PointwiseKind::kHinge: return run(a, Hinge{a.p0, a.p1 != 0});
+    case PointwiseKind::kKlDiv:
+      return a.p0 != 0 ? run(a, KlDiv<true>{}) : run(a, KlDiv<false>{});
   }
   return std::numeric_limits<double>::quiet_NaN();
 }

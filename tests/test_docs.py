@@ -9,7 +9,7 @@ import pytest
 @pytest.mark.parametrize(
     "name",
     ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary",
-     "fastloss.kl"],
+     "fastloss.kl", "fastloss.distributions", "fastloss.margin"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)  # (fastloss.softmax the attribute is the function)

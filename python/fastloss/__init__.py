@@ -28,7 +28,9 @@ from .classification import (
     perplexity,
     softmax_focal_loss,
 )
+from .distributions import gaussian_kl, kl_div_with_logits
 from .kl import kl_div
+from .margin import multi_margin_loss
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .softmax import log_softmax, logsumexp, softmax
 
@@ -49,14 +51,17 @@ __all__ = [
     "softmax_focal_loss",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "gaussian_kl",
     "get_num_threads",
     "hinge_loss",
     "kl_div",
     "huber_loss",
+    "kl_div_with_logits",
     "l1_loss",
     "log_softmax",
     "logsumexp",
     "mse_loss",
+    "multi_margin_loss",
     "nll_loss",
     "set_num_threads",
     "sigmoid_focal_loss",

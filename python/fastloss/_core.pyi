@@ -40,3 +40,30 @@ def compiled_isas() -> list[str]: ...
 def isa_supported(name: str) -> bool: ...
 def active_isa() -> str: ...
 def set_isa(name: str) -> bool: ...
+# Distribution losses: 3-d (n0, classes, n2) views, per-row float64 losses written to `loss`.
+def kl_div_with_logits(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    temperature: float,
+    grad_scale: float,
+    loss: np.ndarray,
+    grad: Optional[np.ndarray],
+) -> None: ...
+def gaussian_kl(
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    grad_scale: float,
+    loss: np.ndarray,
+    grad_mu: Optional[np.ndarray],
+    grad_logvar: Optional[np.ndarray],
+) -> None: ...
+def multi_margin_loss(
+    input: np.ndarray,
+    target: np.ndarray,
+    weight: Optional[np.ndarray],
+    p: int,
+    margin: float,
+    grad_scale: float,
+    loss: np.ndarray,
+    grad: Optional[np.ndarray],
+) -> None: ...

@@ -20,7 +20,8 @@ import numpy as np
 from . import _core, reference
 from .classification import cross_entropy
 
-__all__ = ["Result", "bandwidth_floor", "cross_entropy_case", "run_case", "time_call"]
+__all__ = ["Result", "bandwidth_floor", "cross_entropy_case", "run_case", "run_kl_logits",
+           "time_call"]
 
 
 @dataclass
@@ -437,4 +438,141 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
                                   max(t), moved, floor_ms[case], numpy_ms=np_ms, times_ms=t))
     info = {"n": n, "threads": fl.get_num_threads(), "processor": _cpu_name(),
             "isa": _core.active_isa(), **floor}
+    return results, info
+
+
+def _numpy_kl_impls(s: np.ndarray, t: np.ndarray, temperature: float):
+    """Distillation KL as a NumPy user writes it (stable log-softmax of both, in the input
+    dtype, batchmean)."""
+    T, n = temperature, s.shape[0]
+
+    def log_softmax(x):
+        z = x / T
+        z -= z.max(axis=1, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return z
+
+    def value(logp, logq):
+        q = np.exp(logq)
+        return float(T * T * np.sum(q * (logq - logp), axis=1).mean()), q
+
+    def loss():
+        return value(log_softmax(s), log_softmax(t))[0]
+
+    def loss_grad():
+        logp = log_softmax(s)
+        v, q = value(logp, log_softmax(t))
+        g = np.exp(logp, out=logp)
+        g -= q
+        g *= T / n
+        return v, g
+
+    return {"loss": loss, "loss+grad": loss_grad}, f"numpy {np.__version__}"
+
+
+def _torch_kl_impls(s: np.ndarray, t: np.ndarray, temperature: float, threads: int):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    st, tt, T = torch.from_numpy(s), torch.from_numpy(t), temperature
+
+    def kl(x):
+        return T * T * F.kl_div(F.log_softmax(x / T, dim=-1), F.log_softmax(tt / T, dim=-1),
+                                reduction="batchmean", log_target=True)
+
+    def loss():
+        with torch.no_grad():
+            return kl(st).item()
+
+    def loss_grad():
+        xg = st.detach().requires_grad_(True)
+        out = kl(xg)
+        out.backward()
+        return out.item(), xg.grad.numpy()
+
+    return {"loss": loss, "loss+grad": loss_grad}, f"torch {torch.__version__}"
+
+
+def run_kl_logits(batch: int = 4096, vocab: int = 50257, threads: Optional[int] = None,
+                  repeat: int = 5, *, temperature: float = 1.0, numpy_repeat: int = 3,
+                  others: bool = True, progress: Callable[[str], None] = lambda s: None) -> tuple:
+    """Time kl_div_with_logits (distillation, "batchmean") on (batch, vocab) float32 student
+    and teacher logits of N(0, 3^2): loss and loss+grad for fastloss, plain NumPy and, when
+    importable, PyTorch. Bytes moved: the loss reads both arrays, loss+grad also writes the
+    gradient. Returns (results, machine info), as :func:`run_case`."""
+    from . import get_num_threads, kl_div_with_logits, set_num_threads
+
+    if threads:
+        set_num_threads(threads)
+    threads = get_num_threads()
+    progress(f"allocating 2 x ({batch}, {vocab}) float32 logits")
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((batch, vocab), dtype=np.float32) * 3
+    t = rng.standard_normal((batch, vocab), dtype=np.float32) * 3
+    nbytes = s.nbytes
+    progress("measuring the bandwidth floor")
+    floor = bandwidth_floor(nbytes)
+    moved = {"loss": 2 * nbytes, "loss+grad": 3 * nbytes}
+    floor_ms = {"loss": moved["loss"] / floor["read_gbps"] / 1e6,
+                "loss+grad": moved["loss+grad"] / floor["read_write_gbps"] / 1e6}
+    results = []
+
+    def add(case, impl, fn, repeat_, warmup=1, note=""):
+        times = time_call(fn, repeat_, warmup)
+        results.append(Result(case, impl, statistics.median(times), min(times), max(times),
+                              moved[case], floor_ms[case], note=note, times_ms=times,
+                              peak_extra_bytes=peak_extra_memory(fn)))
+        return times
+
+    kw = {"temperature": temperature}
+    ref_loss = float(kl_div_with_logits(s, t, **kw))
+    grad_buf = np.empty_like(s)
+    kl_div_with_logits(s, t, return_grad=True, grad_out=grad_buf, **kw)  # touch it; check value
+
+    progress("fastloss")
+    add("loss", "fastloss", lambda: kl_div_with_logits(s, t, **kw), repeat)
+    add("loss+grad", "fastloss",
+        lambda: kl_div_with_logits(s, t, return_grad=True, grad_out=grad_buf, **kw), repeat,
+        note="preallocated grad_out")
+    add("loss+grad", "fastloss (fresh)", lambda: kl_div_with_logits(s, t, return_grad=True, **kw),
+        repeat, note="new gradient array per call")
+
+    np_times = {}
+    if numpy_repeat:
+        progress("NumPy")
+        impls, label = _numpy_kl_impls(s, t, temperature)
+        if not np.isclose(impls["loss"](), ref_loss, rtol=1e-4):
+            raise RuntimeError("the NumPy implementation disagrees with fastloss")
+        for case, fn in impls.items():
+            np_times[case] = add(case, label, fn, numpy_repeat)
+
+    if others and importlib.util.find_spec("torch") is not None:
+        progress("torch")
+        impls, label = _torch_kl_impls(s, t, temperature, threads)
+        check = impls["loss"]()
+        _, check_grad = impls["loss+grad"]()
+        if not np.isclose(check, ref_loss, rtol=1e-4) or not np.allclose(
+                check_grad, grad_buf, rtol=1e-3, atol=1e-6 / batch):
+            raise RuntimeError(f"{label} disagrees with fastloss: loss {check} vs {ref_loss}")
+        for case, fn in impls.items():
+            add(case, label, fn, repeat, warmup=2)
+
+    for r in results:
+        ms = np_times.get(r.case)
+        r.numpy_ms = statistics.median(ms) if ms else None
+    info = {
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "threads": threads,
+        "batch": batch,
+        "vocab": vocab,
+        "dtype": "float32",
+        "temperature": temperature,
+        "read_gbps": floor["read_gbps"],
+        "read_write_gbps": floor["read_write_gbps"],
+        "read_write_nt_gbps": floor["read_write_nt_gbps"],
+        "isa": _core.active_isa(),
+        "compiler": _core.compiler,
+    }
     return results, info

@@ -5,11 +5,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <stdexcept>
 #include <string>
 
+#include "distributions.hpp"
 #include "kernels.hpp"
 
 namespace py = pybind11;
@@ -215,6 +217,97 @@ void stream_copy_py(const py::array& x, py::array y, bool nt) {
 
 }  // namespace
 
+// Distribution losses and the multi-class margin loss (distributions.hpp).
+namespace {
+
+void kl_div_with_logits_py(const py::array& student, const py::array& teacher, double temperature,
+                           double grad_scale, py::array loss, OptArray grad) {
+  by_dtype(student, [&](auto tag) {
+    using S = decltype(tag);
+    KlLogitsArgs<S> a;
+    a.ls = layout3<S>(student, "student_logits");
+    a.lt = layout3<S>(teacher, "teacher_logits");
+    if (a.lt.n0 != a.ls.n0 || a.lt.n1 != a.ls.n1 || a.lt.n2 != a.ls.n2)
+      throw std::invalid_argument("_core: student and teacher logits differ in shape");
+    if (!(temperature > 0) || !std::isfinite(temperature))
+      throw std::invalid_argument("_core: temperature must be positive and finite");
+    a.student = const_ptr<S>(student);
+    a.teacher = const_ptr<S>(teacher);
+    a.temperature = temperature;
+    a.grad_scale = grad_scale;
+    vector_ptr<double>(loss, a.ls.rows(), "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (grad) {
+      a.lg = layout3<S>(*grad, "grad");
+      if (a.lg.n0 != a.ls.n0 || a.lg.n1 != a.ls.n1 || a.lg.n2 != a.ls.n2)
+        throw std::invalid_argument("_core: grad must have the logits' shape");
+      a.grad = mutable_ptr<S>(*grad);
+    }
+    py::gil_scoped_release nogil;
+    fastloss::kl_div_with_logits(a);
+  });
+}
+
+void gaussian_kl_py(const py::array& mu, const py::array& logvar, double grad_scale,
+                    py::array loss, OptArray grad_mu, OptArray grad_logvar) {
+  by_dtype(mu, [&](auto tag) {
+    using S = decltype(tag);
+    GaussianKlArgs<S> a;
+    a.lm = layout3<S>(mu, "mu");
+    a.lv = layout3<S>(logvar, "logvar");
+    auto same = [&](const Layout3& L) { return L.n0 == a.lm.n0 && L.n1 == a.lm.n1 && L.n2 == a.lm.n2; };
+    if (!same(a.lv) || a.lm.n2 != 1)
+      throw std::invalid_argument("_core: mu and logvar must be (rows, n, 1) of one shape");
+    a.mu = const_ptr<S>(mu);
+    a.logvar = const_ptr<S>(logvar);
+    a.grad_scale = grad_scale;
+    vector_ptr<double>(loss, a.lm.rows(), "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (bool(grad_mu) != bool(grad_logvar))
+      throw std::invalid_argument("_core: give both gradients or neither");
+    if (grad_mu) {
+      a.lgm = layout3<S>(*grad_mu, "grad_mu");
+      a.lgv = layout3<S>(*grad_logvar, "grad_logvar");
+      if (!same(a.lgm) || !same(a.lgv))
+        throw std::invalid_argument("_core: gradients must have mu's shape");
+      a.grad_mu = mutable_ptr<S>(*grad_mu);
+      a.grad_logvar = mutable_ptr<S>(*grad_logvar);
+    }
+    py::gil_scoped_release nogil;
+    fastloss::gaussian_kl(a);
+  });
+}
+
+void multi_margin_loss_py(const py::array& x, const py::array& target, const OptArray& weight,
+                          int p, double margin, double grad_scale, py::array loss, OptArray grad) {
+  by_dtype(x, [&](auto tag) {
+    using S = decltype(tag);
+    using T = compute_t<S>;
+    MultiMarginArgs<S> a;
+    a.lx = layout3<S>(x, "input");
+    a.x = const_ptr<S>(x);
+    const int64_t rows = a.lx.rows();
+    a.target = vector_ptr<int64_t>(target, rows, "target");
+    a.weight = vector_ptr<T>(weight, a.lx.n1, "weight");
+    if (p != 1 && p != 2) throw std::invalid_argument("_core: p must be 1 or 2");
+    a.p = p;
+    a.margin = margin;
+    a.grad_scale = grad_scale;
+    vector_ptr<double>(loss, rows, "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (grad) {
+      a.lg = layout3<S>(*grad, "grad");
+      if (a.lg.n0 != a.lx.n0 || a.lg.n1 != a.lx.n1 || a.lg.n2 != a.lx.n2)
+        throw std::invalid_argument("_core: grad must have the input's shape");
+      a.grad = mutable_ptr<S>(*grad);
+    }
+    py::gil_scoped_release nogil;
+    fastloss::multi_margin_loss(a);
+  });
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
   // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
@@ -248,4 +341,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("active_isa", [] { return std::string(active_isa()); });
   m.def("set_isa", [](const std::string& n) { return set_isa(n.c_str()); }, py::arg("name"));
   m.attr("compiler") = py::str(__VERSION__);
+  // Distribution losses (x: (n0, classes, n2), reduction over axis 1; per-row float64 losses)
+  // and the multi-class margin loss (input: (rows, classes, 1)).
+  m.def("kl_div_with_logits", &kl_div_with_logits_py, py::arg("student"), py::arg("teacher"),
+        py::arg("temperature"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  m.def("gaussian_kl", &gaussian_kl_py, py::arg("mu"), py::arg("logvar"), py::arg("grad_scale"),
+        py::arg("loss"), py::arg("grad_mu"), py::arg("grad_logvar"));
+  m.def("multi_margin_loss", &multi_margin_loss_py, py::arg("input"), py::arg("target"),
+        py::arg("weight"), py::arg("p"), py::arg("margin"), py::arg("grad_scale"), py::arg("loss"),
+        py::arg("grad"));
 }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "distributions.hpp"
 #include "kernels.hpp"
 
 namespace fastloss {
@@ -14,15 +15,18 @@ namespace fastloss {
 namespace baseline {
 extern const KernelTable table;
 extern const PointwiseTable pointwise_table;
+extern const DistributionTable distribution_table;
 }
 #if defined(FASTLOSS_X86)
 namespace avx2 {
 extern const KernelTable table;
 extern const PointwiseTable pointwise_table;
+extern const DistributionTable distribution_table;
 }
 namespace avx512 {
 extern const KernelTable table;
 extern const PointwiseTable pointwise_table;
+extern const DistributionTable distribution_table;
 }
 #endif
 
@@ -32,24 +36,26 @@ struct Isa {
   const char* name;
   const KernelTable* table;
   const PointwiseTable* pointwise;
+  const DistributionTable* distributions;
   bool (*cpu_has)();
 };
 
 const Isa kIsas[] = {  // best first
 #if defined(FASTLOSS_X86)
-    {"avx512", &avx512::table, &avx512::pointwise_table,
+    {"avx512", &avx512::table, &avx512::pointwise_table, &avx512::distribution_table,
      [] {
        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
      }},
-    {"avx2", &avx2::table, &avx2::pointwise_table,
+    {"avx2", &avx2::table, &avx2::pointwise_table, &avx2::distribution_table,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
               __builtin_cpu_supports("f16c");
      }},
 #endif
-    {"baseline", &baseline::table, &baseline::pointwise_table, [] { return true; }},
+    {"baseline", &baseline::table, &baseline::pointwise_table, &baseline::distribution_table,
+     [] { return true; }},
 };
 constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 
@@ -81,6 +87,9 @@ const KernelTable& table() { return *kIsas[g_choice.load(std::memory_order_relax
 const PointwiseTable& pw_table() {
   return *kIsas[g_choice.load(std::memory_order_relaxed)].pointwise;
 }
+const DistributionTable& dist_table() {
+  return *kIsas[g_choice.load(std::memory_order_relaxed)].distributions;
+}
 
 }  // namespace
 
@@ -104,5 +113,14 @@ bool set_isa(const char* name) {
   double pointwise(PointwiseArgs<S>& a) { return pw_table().pointwise_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD)
 #undef FASTLOSS_FORWARD
+
+#define FASTLOSS_FORWARD_DIST(sfx, S)                                                 \
+  void kl_div_with_logits(const KlLogitsArgs<S>& a) {                                 \
+    dist_table().kl_div_with_logits_##sfx(a);                                         \
+  }                                                                                   \
+  void gaussian_kl(const GaussianKlArgs<S>& a) { dist_table().gaussian_kl_##sfx(a); } \
+  void multi_margin_loss(const MultiMarginArgs<S>& a) { dist_table().multi_margin_loss_##sfx(a); }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_DIST)
+#undef FASTLOSS_FORWARD_DIST
 
 }  // namespace fastloss

@@ -1,0 +1,621 @@
+// Distribution losses and the multi-class margin loss: kl_div_with_logits (distillation),
+// gaussian_kl (the VAE term), multi_margin_loss (torch's multi-class hinge).
+//
+// Row kernels in the manner of softmax_ce.cpp: a row (the class axis of one sample) is read
+// from memory once; rows whose class stride is not 1 are gathered into a per-thread buffer
+// first; sums are accumulated in float64 lanes (float32 terms in partials of at most 4 or 8
+// terms, widened once per chunk); rows are independent, so results do not depend on the
+// number of threads.
+#include "distributions.hpp"
+
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "kernels.hpp"
+#include "simd_math.hpp"
+
+#ifndef FASTLOSS_ISA_NS
+#error "compile this file once per instruction set with -DFASTLOSS_ISA_NS=<name>"
+#endif
+
+namespace fastloss {
+namespace FASTLOSS_ISA_NS {
+namespace {
+
+template <class T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------
+// Row access (as softmax_ce.cpp; scratch rows from thread_scratch, never an STL container: no
+// STL template may be instantiated in a per-ISA file, or the linker could keep this file's
+// AVX-512 copy for every caller).
+// ---------------------------------------------------------------------------------------------
+enum Slot {
+  kSlotA = 0,
+  kSlotB = 1,
+  kSlotG = 2,
+  kSlotG2 = 3,
+  kSlotES = 4,
+  kSlotET = 5,
+  kSlotSeg = 6
+};
+static_assert(kSlotSeg < kScratchSlots, "more scratch slots than threads.cpp provides");
+
+template <class T>
+T* scratch_row(Slot slot, int64_t n) {
+  return static_cast<T*>(thread_scratch(slot, size_t(n) * sizeof(T)));
+}
+
+template <class T>
+const T* read_row(const T* base, const Layout3& L, int64_t r, Slot slot) {
+  const T* p = base + L.offset(r);
+  if (L.s1 == 1) return p;
+  T* buf = scratch_row<T>(slot, L.n1);
+  for (int64_t j = 0; j < L.n1; ++j) buf[j] = p[j * L.s1];
+  return buf;
+}
+
+// Where to write row r: in place when contiguous, else a scratch row (then scatter_row).
+template <class T>
+T* write_row(T* base, const Layout3& L, int64_t r, Slot slot) {
+  if (L.s1 == 1) return base + L.offset(r);
+  return scratch_row<T>(slot, L.n1);
+}
+
+template <class T>
+void scatter_row(T* base, const Layout3& L, int64_t r, const T* row) {
+  if (L.s1 == 1) return;
+  T* p = base + L.offset(r);
+  for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = row[j];
+}
+
+template <class T>
+void fill_row(T* base, const Layout3& L, int64_t r, T value) {
+  T* p = base + L.offset(r);
+  for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = value;
+}
+
+// Float64 lane accumulators of float partial sums (widened once per chunk of vectors).
+template <class T>
+struct Acc;
+template <>
+struct Acc<float> {
+  f64v lo{}, hi{};
+  void add_partial(f32v part) {
+    f64v l, h;
+    widen(part, l, h);
+    lo += l;
+    hi += h;
+  }
+  double total() const { return hsum(lo + hi); }
+};
+template <>
+struct Acc<double> {
+  f64v a{};
+  void add_partial(f64v v) { a += v; }
+  double total() const { return hsum(a); }
+};
+
+// Two float64 vectors back to one float vector (the inverse of widen).
+inline f32v narrow(f64v lo, f64v hi) {
+#if defined(__AVX512F__)
+  return f32v(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(__m512d(lo))),
+                                 _mm512_cvtpd_ps(__m512d(hi)), 1));
+#elif defined(__AVX__)
+  return f32v(_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(__m256d(lo))),
+                                   _mm256_cvtpd_ps(__m256d(hi)), 1));
+#else
+  const f32h l = __builtin_convertvector(lo, f32h), h = __builtin_convertvector(hi, f32h);
+  f32v v;
+  std::memcpy(&v, &l, sizeof(l));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(l), &h, sizeof(h));
+  return v;
+#endif
+}
+
+// Outputs at least this large bypass the caches (non-temporal stores), as in softmax_ce.cpp.
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
+
+template <class Fn>
+void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
+  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < rows; ++r) fn(r);
+    stream_fence();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kl_div_with_logits. Per row, student logits s, teacher logits t, temperature tau, and with
+// a_j = s_j / tau, b_j = t_j / tau, q = softmax(b), p = softmax(a):
+//   loss = tau^2 sum_j q_j (log q_j - log p_j) = tau^2 [ sum_j q_j (b_j - a_j) - lse(b) + lse(a) ]
+//   with lse(a) = M_s + log S_s,  S_s = sum_j exp(a_j - M_s)                (likewise for b)
+//   and  sum_j q_j (b_j - a_j) = D / S_t,  D = sum_j exp(b_j - M_t) (b_j - a_j):
+//   loss = tau^2 [ D / S_t + (M_s - M_t) + log(S_s / S_t) ]
+//   d loss / d s_j = tau (p_j - q_j)
+// One pass over both rows from memory gathers all five statistics, block by block (blocks of
+// 2048 elements, which stay in L1): the maxima of the block first, then its sums against them
+// (re-reading it from L1); blocks are merged by rescaling in float64 (online softmax for two
+// rows at once). Summing each block against its own maximum keeps the largest terms exact,
+// which matters here: for nearly equal rows the loss is a small difference of two log-sums,
+// and an exp rounded differently in the student and the teacher shows up in it. For the same
+// reason b_j - a_j is taken as (b_j - r_t) - (a_j - r_s) + (r_t - r_s) from the exp arguments
+// (relative to the block references r, small where the weight is) with the constant part
+// added in float64: a student equal to the teacher plus a constant gives 0, not the rounding
+// of the constant.
+// A term with q_j = 0 is 0, also where t_j = -inf (there b_j - a_j is -inf or NaN); a student
+// -inf where q_j > 0 makes D, and the loss, +inf. With a gradient, the exp values of both rows
+// are kept (in L2) with the reference of each block, so the gradient pass, p_j - q_j, needs
+// no exp and does not read the logits again.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+constexpr int64_t kBlock = 2048;
+
+struct KlSums {
+  double s = 0, t = 0, d = 0;  // sum e_s, sum e_t, sum e_t (b - a) over a stretch
+};
+
+// Maxima of s[0:n) and t[0:n) in one pass. Comparisons drop NaN (caught later by the sums).
+template <class S, class T = compute_t<S>>
+void row_max2(const S* xs, const S* xt, int64_t n, T& max_s, T& max_t) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  V s0 = vset<T>(-kInf<T>), s1 = s0, t0 = s0, t1 = s0;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    s0 = vmax<T>(s0, vload_as(xs + j));
+    t0 = vmax<T>(t0, vload_as(xt + j));
+    s1 = vmax<T>(s1, vload_as(xs + j + W));
+    t1 = vmax<T>(t1, vload_as(xt + j + W));
+  }
+  for (; j < n; j += W) {
+    const bool full = j + W <= n;
+    s0 = vmax<T>(s0, full ? vload_as(xs + j) : load_partial(xs + j, n - j, -kInf<T>));
+    t0 = vmax<T>(t0, full ? vload_as(xt + j) : load_partial(xt + j, n - j, -kInf<T>));
+  }
+  max_s = hmax<T>(vmax<T>(s0, s1));
+  max_t = hmax<T>(vmax<T>(t0, t1));
+}
+
+// Sums over [begin, end) of e_s = exp(a'_j), e_t = exp(b'_j) and e_t (b'_j - a'_j), with
+// a'_j = s_j inv - rs, b'_j = t_j inv - rt, for references rs >= max_j s_j inv, rt >= max_j t_j inv
+// (up to rounding). An argument is one fused multiply-add (one rounding); the references are
+// recorded as the values used, so the exps are exact relative to them. kKeep: also store e_s,
+// e_t at es[j], et[j].
+template <class S, bool kKeep, class T = compute_t<S>>
+KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt, T inv, T* es,
+               T* et) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  constexpr int kChunk = 8;  // vectors per chunk: two partials of 4 terms, then one flush
+  Acc<T> acc_s, acc_t, acc_d;
+  const V vrs = vset<T>(rs), vrt = vset<T>(rt), vinv = vset<T>(inv), zero = vset<T>(0);
+  auto step = [&](V s, V t, int64_t j, int64_t n, V& ps, V& pt, V& pd) {
+    const V as = s * vinv - vrs, bt = t * vinv - vrt;
+    const V e_s = vexp_capped(as), e_t = vexp_capped(bt);
+    ps += e_s;
+    pt += e_t;
+    // q_j = 0 terms count 0, even where b'_j - a'_j is -inf or NaN (t_j = -inf, tail padding)
+    pd += vselect(e_t == zero, zero, e_t * (bt - as));
+    if constexpr (kKeep) {
+      if (n == W) {
+        vstore(es + j, e_s);
+        vstore(et + j, e_t);
+      } else {
+        store_partial(es + j, n, e_s);
+        store_partial(et + j, n, e_t);
+      }
+    }
+  };
+  int64_t j = begin;
+  for (; j + kChunk * W <= end; j += kChunk * W) {
+    // Pull the next block in while this one is summed: memory traffic overlaps the exp
+    // arithmetic (prefetches past the end of an array cannot fault).
+    for (int k = 0; k < kChunk * W * int(sizeof(S)); k += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(xs + j + kBlock<T>) + k, 0, 3);
+      __builtin_prefetch(reinterpret_cast<const char*>(xt + j + kBlock<T>) + k, 0, 3);
+    }
+    V ps0 = zero, ps1 = zero, pt0 = zero, pt1 = zero, pd0 = zero, pd1 = zero;
+    for (int k = 0; k < kChunk; k += 2) {
+      const int64_t j0 = j + k * W, j1 = j0 + W;
+      step(vload_as(xs + j0), vload_as(xt + j0), j0, W, ps0, pt0, pd0);
+      step(vload_as(xs + j1), vload_as(xt + j1), j1, W, ps1, pt1, pd1);
+    }
+    acc_s.add_partial(ps0 + ps1);
+    acc_t.add_partial(pt0 + pt1);
+    acc_d.add_partial(pd0 + pd1);
+  }
+  for (; j < end; j += W) {  // the last < kChunk vectors, one at a time
+    V ps = zero, pt = zero, pd = zero;
+    if (j + W <= end)
+      step(vload_as(xs + j), vload_as(xt + j), j, W, ps, pt, pd);
+    else  // padding -inf: e = 0 and a 0 term in D
+      step(load_partial(xs + j, end - j, -kInf<T>), load_partial(xt + j, end - j, -kInf<T>), j,
+           end - j, ps, pt, pd);
+    acc_s.add_partial(ps);
+    acc_t.add_partial(pt);
+    acc_d.add_partial(pd);
+  }
+  return {acc_s.total(), acc_t.total(), acc_d.total()};
+}
+
+// Row statistics in scaled units (logit / tau): S_s relative to ms, S_t and D relative to mt
+// (-inf: no finite logit yet, the sums are 0).
+struct KlStats {
+  double ms = -kInf<double>, ss = 0;
+  double mt = -kInf<double>, st = 0, d = 0;
+  bool nan = false;
+};
+
+// exp(from - to), to >= from; 0 for from = -inf (a stretch without finite logits).
+inline double rescale(double from, double to) {
+  return from == -kInf<double> ? 0.0 : std::exp(from - to);
+}
+// v f, with f = 0 giving 0 even for v = +inf: teacher mass that underflows counts as q = 0.
+inline double scaled(double v, double f) { return f == 0 ? 0.0 : v * f; }
+
+// Merge the sums of a stretch (relative to rs, rt; -inf: that row has no finite logit there)
+// into the statistics; the references become the larger ones.
+inline void kl_merge(KlStats& st, double rs, double rt, const KlSums& b) {
+  const double ms = st.ms > rs ? st.ms : rs;
+  if (ms != -kInf<double>) {
+    st.ss = st.ss * rescale(st.ms, ms) + b.s * rescale(rs, ms);
+    st.ms = ms;
+  }
+  const double mt = st.mt > rt ? st.mt : rt;
+  if (mt != -kInf<double>) {
+    const double f_old = rescale(st.mt, mt), f_new = rescale(rt, mt);
+    st.st = st.st * f_old + b.t * f_new;
+    st.d = scaled(st.d, f_old) + scaled(b.d, f_new);
+    st.mt = mt;
+  }
+}
+
+// Kept exp values of both rows, and per block (segment) the references they are relative to.
+struct KlSeg {
+  int64_t end;
+  double rs, rt;  // -inf: the segment's kept values are all 0
+};
+template <class T>
+struct KlKept {
+  T* es = nullptr;  // nullptr: loss only, nothing kept
+  T* et = nullptr;
+  KlSeg* seg = nullptr;
+  int64_t n_seg = 0;
+};
+
+template <class T>
+KlKept<T> kl_kept(int64_t n, bool keep) {
+  KlKept<T> k;
+  if (!keep) return k;
+  k.es = scratch_row<T>(kSlotES, n);
+  k.et = scratch_row<T>(kSlotET, n);
+  k.seg = static_cast<KlSeg*>(thread_scratch(kSlotSeg, size_t(n / kBlock<T> + 2) * sizeof(KlSeg)));
+  return k;
+}
+
+template <class S, class T = compute_t<S>>
+KlStats kl_row_stats(const S* xs, const S* xt, int64_t n, T inv, KlKept<T>& kept) {
+  KlStats st;
+  for (int64_t b = 0; b < n; b += kBlock<T>) {
+    const int64_t e = b + kBlock<T> < n ? b + kBlock<T> : n;
+    T max_s, max_t;
+    row_max2(xs + b, xt + b, e - b, max_s, max_t);
+    if (max_s == kInf<T> || max_t == kInf<T>) {  // +inf: a NaN row
+      st.nan = true;
+      return st;
+    }
+    // References: the block maxima scaled (rounded to T: the value the exps are relative to);
+    // a block without finite logits sums against 0 (its exps are all 0) and is recorded as -inf.
+    const T rs = max_s == -kInf<T> ? T(0) : max_s * inv,
+            rt = max_t == -kInf<T> ? T(0) : max_t * inv;
+    const KlSums sums = kept.es
+                            ? kl_sums<S, true>(xs, xt, b, e, rs, rt, inv, kept.es, kept.et)
+                            : kl_sums<S, false>(xs, xt, b, e, rs, rt, inv, static_cast<T*>(nullptr),
+                                                static_cast<T*>(nullptr));
+    if (std::isnan(sums.s) || std::isnan(sums.t) || std::isnan(sums.d)) {  // a NaN logit
+      st.nan = true;
+      return st;
+    }
+    const double ref_s = max_s == -kInf<T> ? -kInf<double> : double(rs);
+    const double ref_t = max_t == -kInf<T> ? -kInf<double> : double(rt);
+    if (kept.es) kept.seg[kept.n_seg++] = {e, ref_s, ref_t};
+    KlSums block = sums;
+    block.d += (double(rt) - double(rs)) * sums.t;  // b - a = (b' - a') + (rt - rs)
+    kl_merge(st, ref_s, ref_t, block);
+  }
+  return st;
+}
+
+// g_j = gs (p_j - q_j) from the kept values: p_j = e_s,j exp(rs_k - ms) / S_s in segment k,
+// likewise q_j. Ordinary or (stream, float/double output) non-temporal stores.
+template <class S, class T = compute_t<S>>
+void kl_grad_row(const KlKept<T>& kept, const KlStats& st, double gs, S* g, bool stream) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  int64_t begin = 0;
+  for (int64_t k = 0; k < kept.n_seg; ++k) {
+    const int64_t end = kept.seg[k].end;
+    const V cs = vset<T>(T(gs * rescale(kept.seg[k].rs, st.ms) / st.ss));
+    const V ct = vset<T>(T(gs * rescale(kept.seg[k].rt, st.mt) / st.st));
+    auto value = [&](V es, V et) { return cs * es - ct * et; };
+    auto partial = [&](int64_t j, int64_t cnt) {
+      store_partial(
+          g + j, cnt,
+          value(load_partial(kept.es + j, cnt, T(0)), load_partial(kept.et + j, cnt, T(0))));
+    };
+    int64_t j = begin;
+    if constexpr (std::is_same_v<S, T>) {
+      if (stream && reinterpret_cast<uintptr_t>(g) % sizeof(T) == 0) {
+        // Up to the first vector-aligned address of g with ordinary stores, then streaming.
+        int64_t head = int64_t((sizeof(V) - reinterpret_cast<uintptr_t>(g + j) % sizeof(V)) %
+                               sizeof(V) / sizeof(T));
+        head = head < end - j ? head : end - j;
+        if (head) partial(j, head);
+        for (j += head; j + W <= end; j += W)
+          vstream(g + j, value(vload(kept.es + j), vload(kept.et + j)));
+      }
+    }
+    for (; j + W <= end; j += W) vstore_as(g + j, value(vload(kept.es + j), vload(kept.et + j)));
+    if (j < end) partial(j, end - j);
+    begin = end;
+  }
+}
+
+template <class S>
+void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t n = a.ls.n1;
+  const double tau = a.temperature;
+  const T inv = T(1.0 / tau);
+  const void* g = a.grad;
+  // In place (over the student or teacher) the lines are cached already: ordinary stores then.
+  const bool stream =
+      a.ls.rows() * n * int64_t(sizeof(S)) >= kStreamBytes && g != a.student && g != a.teacher;
+  parallel_rows(a.ls.rows(), 2 * n, [&](int64_t r) {
+    const S* xs = read_row(a.student, a.ls, r, kSlotA);
+    const S* xt = read_row(a.teacher, a.lt, r, kSlotB);
+    KlKept<T> kept = kl_kept<T>(n, a.grad != nullptr);
+    const KlStats st = kl_row_stats<S>(xs, xt, n, inv, kept);
+    // NaN or +inf anywhere, or a row without any finite logit: NaN (loss and gradient)
+    if (st.nan || st.ms == -kInf<double> || st.mt == -kInf<double>) {
+      a.loss[r] = kNaN;
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      return;
+    }
+    a.loss[r] = tau * tau * (st.d / st.st + (st.ms - st.mt) + std::log(st.ss / st.st));
+    if (!a.grad) return;
+    S* gr = write_row(a.grad, a.lg, r, kSlotG);
+    kl_grad_row<S>(kept, st, a.grad_scale * tau, gr, stream);
+    scatter_row(a.grad, a.lg, r, gr);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// gaussian_kl. Per row, mu and lv = logvar:
+//   loss = -0.5 sum_j (1 + lv_j - mu_j^2 - exp(lv_j)) = 0.5 sum_j (mu_j^2 + g(lv_j)),
+//   g(x) = exp(x) - 1 - x >= 0 (no cancellation near x = 0, see below);
+//   d loss / d mu_j = mu_j,  d loss / d lv_j = 0.5 expm1(lv_j).
+// Computed in float64 lanes whatever the input (a VAE latent is small; accuracy is free).
+// ---------------------------------------------------------------------------------------------
+// expm1(r) - r for |r| <= ln2/2: r^2 times the Taylor series of (e^r - 1 - r) / r^2 to degree 11
+// (truncation < 2e-17 relative).
+inline f64v expm1_minus_r(f64v r) {
+  f64v p = vset<double>(1.0 / 6227020800.0);
+  p = p * r + vset<double>(1.0 / 479001600.0);
+  p = p * r + vset<double>(1.0 / 39916800.0);
+  p = p * r + vset<double>(1.0 / 3628800.0);
+  p = p * r + vset<double>(1.0 / 362880.0);
+  p = p * r + vset<double>(1.0 / 40320.0);
+  p = p * r + vset<double>(1.0 / 5040.0);
+  p = p * r + vset<double>(1.0 / 720.0);
+  p = p * r + vset<double>(1.0 / 120.0);
+  p = p * r + vset<double>(1.0 / 24.0);
+  p = p * r + vset<double>(1.0 / 6.0);
+  p = p * r + vset<double>(0.5);
+  return p * (r * r);
+}
+
+// em1 = expm1(x) and g = expm1(x) - x, each to a few ulp. x = n ln2 + r, |r| <= ln2/2, h = 2^(n-1):
+//   expm1(x) = 2^n (1 + expm1(r)) - 1 = 2 (h expm1(r) + (h - 1/2))
+//   g        = 2 (h expm1(r) + ((h - 1/2) - x/2))      (n = 0: g = expm1(r) - r directly)
+// (h - 1/2 and (h - 1/2) - x/2 are exact or nearly so; the sum cancels by at most a factor 4.)
+// x > 709.78: em1 = +inf, g = +inf - x (+inf, or NaN for x = +inf, as the float64 formula);
+// x < -40: em1 = -1, g = -1 - x. NaN propagates.
+inline void vexpm1_parts(f64v x, f64v& em1, f64v& g) {
+  const f64v hi = vset<double>(709.782712893383973), lo = vset<double>(-40.0);
+  f64v xc = vselect(x > hi, hi, x);
+  xc = vselect(xc < lo, lo, xc);
+  const f64v shifter = vset<double>(6755399441055744.0);  // 1.5 * 2^52: round to nearest
+  const f64v t = xc * vset<double>(1.4426950408889634074) + shifter;
+  const f64v n = t - shifter;
+  f64v r = xc - n * vset<double>(6.93147180369123816490e-01);
+  r = r - n * vset<double>(1.90821492927058770002e-10);
+  const f64v q = expm1_minus_r(r), er = q + r;
+  const i64v bits = (i64v(t) - i64v(shifter) + 1022) << 52;  // 2^(n-1), n in [-58, 1024]
+  f64v h;
+  std::memcpy(&h, &bits, sizeof(h));
+  const f64v half = vset<double>(0.5), hm = h - half;
+  em1 = (h * er + hm) * vset<double>(2.0);
+  g = vselect(n == f64v{}, q, (h * er + (hm - half * x)) * vset<double>(2.0));
+  const f64v inf = vset<double>(kInf<double>), minus_one = vset<double>(-1.0);
+  em1 = vselect(x > hi, inf, em1);
+  g = vselect(x > hi, inf - x, g);
+  em1 = vselect(x < lo, minus_one, em1);
+  g = vselect(x < lo, minus_one - x, g);
+}
+
+// Loss terms and gradients of one float64 vector; hg = 0.5 grad_scale.
+inline void gaussian_terms(f64v mu, f64v lv, f64v gs, f64v hg, f64v& term, f64v& dmu, f64v& dlv) {
+  f64v em1, g;
+  vexpm1_parts(lv, em1, g);
+  term = vset<double>(0.5) * (mu * mu + g);
+  dmu = gs * mu;
+  dlv = hg * em1;
+}
+
+template <class S>
+void gaussian_kl_impl(const GaussianKlArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const int64_t n = a.lm.n1;
+  const f64v gs = vset<double>(a.grad_scale), hg = vset<double>(0.5 * a.grad_scale);
+  parallel_rows(a.lm.rows(), 2 * n, [&](int64_t r) {
+    const S* mu = read_row(a.mu, a.lm, r, kSlotA);
+    const S* lv = read_row(a.logvar, a.lv, r, kSlotB);
+    S* gm = a.grad_mu ? write_row(a.grad_mu, a.lgm, r, kSlotG) : nullptr;
+    S* gv = a.grad_logvar ? write_row(a.grad_logvar, a.lgv, r, kSlotG2) : nullptr;
+    f64v acc{};  // terms are >= 0: plain float64 lane sums
+    for (int64_t j = 0; j < n; j += W) {
+      const int64_t cnt = n - j < W ? n - j : W;
+      // (tail padding mu = lv = 0 gives a 0 term)
+      const V m = cnt == W ? vload_as(mu + j) : load_partial(mu + j, cnt, T(0));
+      const V l = cnt == W ? vload_as(lv + j) : load_partial(lv + j, cnt, T(0));
+      V dm, dl;
+      if constexpr (std::is_same_v<T, float>) {
+        f64v m0, m1, l0, l1, t0, t1, dm0, dm1, dl0, dl1;
+        widen(m, m0, m1);
+        widen(l, l0, l1);
+        gaussian_terms(m0, l0, gs, hg, t0, dm0, dl0);
+        gaussian_terms(m1, l1, gs, hg, t1, dm1, dl1);
+        acc += t0 + t1;
+        if (gm) {
+          dm = narrow(dm0, dm1);
+          dl = narrow(dl0, dl1);
+        }
+      } else {
+        f64v t;
+        gaussian_terms(m, l, gs, hg, t, dm, dl);
+        acc += t;
+      }
+      if (!gm) continue;
+      if (cnt == W) {
+        vstore_as(gm + j, dm);
+        vstore_as(gv + j, dl);
+      } else {
+        store_partial(gm + j, cnt, dm);
+        store_partial(gv + j, cnt, dl);
+      }
+    }
+    a.loss[r] = hsum(acc);
+    if (gm) {
+      scatter_row(a.grad_mu, a.lgm, r, gm);
+      scatter_row(a.grad_logvar, a.lgv, r, gv);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// multi_margin_loss (torch). Per row x with target t, weight w_t (1 without weights), C classes:
+//   z_j = (margin - x_t) + x_j  (torch's order of operations), h_j = max(0, z_j) for j != t
+//   loss = w_t / C sum_{j != t} h_j^p
+//   d loss / d x_j = w_t / C * (p = 1: [z_j > 0];  p = 2: 2 h_j),   j != t
+//   d loss / d x_t = -sum_{j != t} d loss / d x_j
+// z > 0 strictly (gradient 0 at the kink), and a NaN z counts 0, as in torch.
+// ---------------------------------------------------------------------------------------------
+struct MarginSums {
+  double hp = 0;  // sum h^p
+  double dh = 0;  // sum dh^p/dh / p: p = 1, the count of z > 0; p = 2, sum h
+};
+
+// Sums over [begin, end) of the row, and (kGrad) g_j = k dh_j / dz at g[j]; vc = margin - x_t.
+template <int kP, bool kGrad, class S, class T = compute_t<S>>
+MarginSums margin_range(const S* x, int64_t begin, int64_t end, T c, T k, S* g) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  constexpr int kChunk = 8;  // float partials of at most 8 terms, then widened
+  Acc<T> acc_hp, acc_dh;
+  const V vc = vset<T>(c), zero = vset<T>(0), one = vset<T>(1);
+  const V vk = vset<T>(kP == 1 ? k : T(2) * k);
+  int64_t j = begin;
+  while (j < end) {
+    V php = zero, pdh = zero;
+    for (int u = 0; u < kChunk && j < end; ++u, j += W) {
+      const int64_t cnt = end - j < W ? end - j : W;
+      // (tail padding -inf: z = -inf or NaN, which count 0)
+      const V z = vc + (cnt == W ? vload_as(x + j) : load_partial(x + j, cnt, -kInf<T>));
+      const auto pos = z > zero;
+      const V h = vselect(pos, z, zero);
+      V gv;
+      if constexpr (kP == 1) {
+        php += h;
+        pdh += vselect(pos, one, zero);
+        gv = vselect(pos, vk, zero);
+      } else {
+        php += h * h;
+        pdh += h;
+        gv = vk * h;
+      }
+      if constexpr (kGrad) {
+        if (cnt == W)
+          vstore_as(g + j, gv);
+        else
+          store_partial(g + j, cnt, gv);
+      }
+    }
+    acc_hp.add_partial(php);
+    acc_dh.add_partial(pdh);
+  }
+  return {acc_hp.total(), acc_dh.total()};
+}
+
+template <class S, int kP, bool kGrad>
+void multi_margin_rows(const MultiMarginArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t n = a.lx.n1;
+  parallel_rows(a.lx.rows(), n, [&](int64_t r) {
+    const int64_t t = a.target[r];
+    if (t < 0 || t >= n) {  // rejected before the call; a NaN row if one slips through
+      a.loss[r] = kNaN;
+      if (kGrad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      return;
+    }
+    const S* x = read_row(a.x, a.lx, r, kSlotA);
+    S* g = kGrad ? write_row(a.grad, a.lg, r, kSlotG) : nullptr;
+    const double coef = (a.weight ? double(a.weight[t]) : 1.0) / double(n);
+    const double k = a.grad_scale * coef;
+    const T c = T(a.margin) - to_compute(x[t]);
+    const MarginSums lo = margin_range<kP, kGrad>(x, 0, t, c, T(k), g);
+    const MarginSums hi = margin_range<kP, kGrad>(x, t + 1, n, c, T(k), g);
+    a.loss[r] = coef * (lo.hp + hi.hp);
+    if constexpr (kGrad) {
+      g[t] = from_compute<S>(T(-k * double(kP) * (lo.dh + hi.dh)));
+      scatter_row(a.grad, a.lg, r, g);
+    }
+  });
+}
+
+template <class S>
+void multi_margin_loss_impl(const MultiMarginArgs<S>& a) {
+  if (a.p == 2) {
+    if (a.grad)
+      multi_margin_rows<S, 2, true>(a);
+    else
+      multi_margin_rows<S, 2, false>(a);
+  } else {
+    if (a.grad)
+      multi_margin_rows<S, 1, true>(a);
+    else
+      multi_margin_rows<S, 1, false>(a);
+  }
+}
+
+}  // namespace
+
+extern const DistributionTable distribution_table;
+const DistributionTable distribution_table = {
+#define FASTLOSS_DIST_ROW(sfx, S) \
+  &kl_div_with_logits_impl<S>, &gaussian_kl_impl<S>, &multi_margin_loss_impl<S>,
+    FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DIST_ROW)
+#undef FASTLOSS_DIST_ROW
+};
+
+}  // namespace FASTLOSS_ISA_NS
+}  // namespace fastloss

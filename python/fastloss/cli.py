@@ -43,14 +43,15 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def format_table(results, info) -> str:
+def format_table(results, info, what: str = "cross-entropy",
+                 moves: str = "loss moves the logits once, loss+grad reads them and writes "
+                              "the gradient") -> str:
     """A plain-text table (also what the README shows)."""
-    head = (f"fastloss bench: cross-entropy ({info['batch']}, {info['vocab']}) {info['dtype']}, "
+    head = (f"fastloss bench: {what} ({info['batch']}, {info['vocab']}) {info['dtype']}, "
             f"{info['threads']} threads, {info['isa']} kernels, {info['processor']}\n"
             f"bandwidth floor: read {info['read_gbps']:.1f} GB/s, read+write "
             f"{info['read_write_gbps']:.1f} GB/s ({info['read_write_nt_gbps']:.1f} GB/s with "
-            "non-temporal stores); 'x floor' = time / (bytes moved / floor bandwidth); loss "
-            "moves the logits once, loss+grad reads them and writes the gradient\n"
+            f"non-temporal stores); 'x floor' = time / (bytes moved / floor bandwidth); {moves}\n"
             "timings: outputs preallocated except rows marked 'fresh' (new pages are "
             "first-touched in the timed call)\n")
     cols = ["case", "implementation", "median ms", "min..max ms", "GB/s", "x floor", "vs numpy",
@@ -92,6 +93,16 @@ def cmd_bench(args) -> int:
             sweep = vocab_sweep(dtype=args.dtype, others=not args.no_others,
                                 numpy=not args.no_numpy, progress=progress)
     print(format_table(results, info))
+    from .benchmark import run_kl_logits
+
+    with _Progress(args.quiet) as progress:
+        distill = run_kl_logits(args.batch, args.vocab, args.threads, args.repeat,
+                                numpy_repeat=0 if args.no_numpy else 1,
+                                others=not args.no_others, progress=progress)
+    print()
+    print(format_table(*distill, what="kl_div_with_logits (distillation, T=1, 'batchmean')",
+                       moves="loss reads student and teacher logits, loss+grad also writes "
+                             "the student gradient"))
     pointwise = None
     if args.pointwise:
         from .benchmark import run_pointwise
@@ -108,6 +119,8 @@ def cmd_bench(args) -> int:
         with open(args.json, "w") as f:
             json.dump({"info": info, "results": [r.as_dict() for r in results],
                        "vocab_sweep": sweep,
+                       "kl_div_with_logits": {"info": distill[1],
+                                              "results": [r.as_dict() for r in distill[0]]},
                        "pointwise": None if pointwise is None else {
                            "info": pointwise[1],
                            "results": [r.as_dict() for r in pointwise[0]]}}, f, indent=2)

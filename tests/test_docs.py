@@ -9,7 +9,8 @@ import pytest
 @pytest.mark.parametrize(
     "name",
     ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary",
-     "fastloss.kl", "fastloss.distributions", "fastloss.margin"],
+     "fastloss.kl", "fastloss.distributions", "fastloss.margin",
+     "fastloss.embeddings", "fastloss.sequence"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)  # (fastloss.softmax the attribute is the function)

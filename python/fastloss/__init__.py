@@ -29,9 +29,11 @@ from .classification import (
     softmax_focal_loss,
 )
 from .distributions import gaussian_kl, kl_div_with_logits
+from .embeddings import clip_loss, contrastive_loss, triplet_margin_loss
 from .kl import kl_div
 from .margin import multi_margin_loss
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
+from .sequence import ctc_loss
 from .softmax import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -50,7 +52,10 @@ __all__ = [
     "perplexity",
     "softmax_focal_loss",
     "binary_cross_entropy_with_logits",
+    "clip_loss",
+    "contrastive_loss",
     "cross_entropy",
+    "ctc_loss",
     "gaussian_kl",
     "get_num_threads",
     "hinge_loss",
@@ -66,6 +71,7 @@ __all__ = [
     "set_num_threads",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "triplet_margin_loss",
     "show_config",
     "softmax",
 ]

@@ -67,3 +67,17 @@ def multi_margin_loss(
     loss: np.ndarray,
     grad: Optional[np.ndarray],
 ) -> None: ...
+# CTC loss: log_probs (T, N, C); the labels of sample n are
+# targets[target_offset[n] : target_offset[n] + target_lengths[n]]; per-sample float64 losses.
+def ctc_loss(
+    log_probs: np.ndarray,
+    targets: np.ndarray,
+    target_offset: np.ndarray,
+    input_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    blank: int,
+    zero_infinity: bool,
+    loss: np.ndarray,
+    grad_scale: Optional[np.ndarray],
+    grad: Optional[np.ndarray],
+) -> None: ...

@@ -14,7 +14,8 @@ __all__ = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "nll_loss", "
            "huber_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits",
            "binary_cross_entropy", "sigmoid_focal_loss", "hinge_loss", "softmax_focal_loss",
            "multi_margin_loss", "perplexity", "bits_per_byte", "kl_div", "kl_div_with_logits",
-           "gaussian_kl"]
+           "gaussian_kl", "contrastive_loss", "triplet_margin_loss", "clip_loss",
+           "ctc_loss"]
 
 
 def _f64(x) -> np.ndarray:
@@ -544,3 +545,232 @@ def gaussian_kl(mu, logvar, reduction="mean", return_grad=False):
         return loss
     with np.errstate(over="ignore"):
         return loss, (m * scale, 0.5 * np.expm1(v) * scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings: contrastive pairs, triplets, CLIP's symmetric InfoNCE.
+# ---------------------------------------------------------------------------------------------
+def _embedding_reduce(per_row, reduction, row_shape):
+    """Per-row losses (flat) -> the reduction over rows, and d(returned loss)/d(row loss)."""
+    if reduction == "none":
+        return per_row.reshape(row_shape), 1.0
+    return _row_reduce(per_row, reduction, row_shape)
+
+
+def contrastive_loss(x1, x2, label, margin=1.0, reduction="mean", return_grad=False):
+    """Hadsell et al.'s contrastive loss, float64, rows over the last axis:
+
+        d = ||x1 - x2||_2,  l = y d^2 + (1 - y) max(0, margin - d)^2   (y = 1: similar pair)
+        dl/dx1 = -dl/dx2 = 2 y (x1 - x2) - 2 (1 - y) max(0, margin - d) (x1 - x2) / d
+
+    with the second term 0 at d = 0 (its subgradient there). Reductions over pairs.
+    """
+    a, b = _f64(x1), _f64(x2)
+    y = _f64(label).reshape(-1)
+    diff = (a - b).reshape(-1, a.shape[-1])
+    d = np.sqrt((diff**2).sum(axis=1))
+    h = np.maximum(margin - d, 0.0)
+    per_row = y * d**2 + (1 - y) * h**2
+    loss, scale = _embedding_reduce(per_row, reduction, a.shape[:-1])
+    if not return_grad:
+        return loss
+    safe_d = np.where(d > 0, d, 1.0)
+    coef = 2 * y - 2 * (1 - y) * np.where(d > 0, h / safe_d, 0.0)
+    g = (coef[:, None] * diff * scale).reshape(a.shape)
+    return loss, (g, -g)
+
+
+def _pairwise_distance(u, v, p, eps):
+    """PyTorch's pairwise_distance: ||u - v + eps||_p over the last axis of (rows, D) arrays,
+    and the gradient of that norm with respect to u (PyTorch's norm backward: 0 where the
+    norm is 0; p = inf: split between tied maxima)."""
+    x = u - v + eps
+    ax = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if p == np.inf:
+            d = ax.max(axis=1, initial=0.0)
+            at_max = ax == d[:, None]
+            g = np.sign(x) * at_max / np.maximum(at_max.sum(axis=1), 1)[:, None]
+        else:
+            d = (ax**p).sum(axis=1) ** (1.0 / p)
+            # d||x||_p/dx_k = sign(x_k) |x_k|^(p-1) / ||x||_p^(p-1)
+            g = np.sign(x) * ax ** (p - 1) / d[:, None] ** (p - 1)
+            g = np.where((d[:, None] == 0) | (x == 0), 0.0, g)
+    return d, g
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False,
+                        reduction="mean", return_grad=False):
+    """PyTorch's triplet_margin_loss, float64, rows over the last axis:
+
+        l = max(0, margin + d(a, p) - d_neg),  d(u, v) = ||u - v + eps||_p,
+        d_neg = d(a, n), or min(d(a, n), d(p, n)) with swap
+
+    Gradient as PyTorch's autograd: passed where margin + d(a, p) - d_neg >= 0; with swap, the
+    smaller distance gets it (half each on a tie). Returns (d_anchor, d_positive, d_negative).
+    """
+    a, pp, n = _f64(anchor), _f64(positive), _f64(negative)
+    shape = a.shape
+    a, pp, n = (t.reshape(-1, shape[-1]) for t in (a, pp, n))
+    d_ap, u_ap = _pairwise_distance(a, pp, p, eps)
+    d_an, u_an = _pairwise_distance(a, n, p, eps)
+    d_pn, u_pn = _pairwise_distance(pp, n, p, eps)
+    if swap:
+        d_neg = np.minimum(d_an, d_pn)
+        w_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))
+    else:
+        d_neg, w_an = d_an, np.ones_like(d_an)
+    w_pn = 1.0 - w_an if swap else np.zeros_like(d_an)
+    z = margin + d_ap - d_neg
+    per_row = np.maximum(z, 0.0)
+    loss, scale = _embedding_reduce(per_row, reduction, shape[:-1])
+    if not return_grad:
+        return loss
+    c = (np.where(z >= 0, 1.0, 0.0) * scale)[:, None]
+    w_an, w_pn = w_an[:, None], w_pn[:, None]
+    ga = c * (u_ap - w_an * u_an)
+    gp = c * (-u_ap - w_pn * u_pn)
+    gn = c * (w_an * u_an + w_pn * u_pn)
+    return loss, (ga.reshape(shape), gp.reshape(shape), gn.reshape(shape))
+
+
+def clip_loss(image_emb, text_emb, temperature=0.07, normalize=True, reduction="mean",
+              return_grad=False):
+    """CLIP's symmetric InfoNCE, float64, for (N, D) image and text embeddings:
+
+        x̂ = x / max(||x||, 1e-12) (normalize), L = Î T̂^T / temperature,
+        l_i = (-log_softmax(L, rows)[i, i] - log_softmax(L, columns)[i, i]) / 2
+        dl/dL = ((P_row - I) + (P_col - I)) / 2 (times the reduction's scale)
+        dÎ = dL T̂ / temperature,  dT̂ = dL^T Î / temperature,
+        dx = (I - x̂ x̂^T) dx̂ / ||x||  (dx̂ / 1e-12 where the norm was clamped)
+
+    Reductions over the N pairs; returns (d_image, d_text).
+    """
+    img, txt = _f64(image_emb), _f64(text_emb)
+    n = img.shape[0]
+
+    def normalized(x):
+        norm = np.sqrt((x**2).sum(axis=1))
+        return x / np.maximum(norm, 1e-12)[:, None], norm
+
+    if normalize:
+        (ih, i_norm), (th, t_norm) = normalized(img), normalized(txt)
+    else:
+        ih, th = img, txt
+    logits = ih @ th.T / temperature
+    idx = np.arange(n)
+    log_p_row = log_softmax(logits, axis=1) if n else logits
+    log_p_col = log_softmax(logits, axis=0) if n else logits
+    per_row = -(log_p_row[idx, idx] + log_p_col[idx, idx]) / 2
+    loss, scale = _embedding_reduce(per_row, reduction, (n,))
+    if not return_grad:
+        return loss
+    eye = np.eye(n)
+    d_logits = ((np.exp(log_p_row) - eye) + (np.exp(log_p_col) - eye)) / 2 * scale
+    d_ih = d_logits @ th / temperature
+    d_th = d_logits.T @ ih / temperature
+    if not normalize:
+        return loss, (d_ih, d_th)
+
+    def normalize_backward(g, xh, norm):
+        # the Jacobian of x / ||x|| is (I - x̂ x̂^T) / ||x||, applied row by row
+        projected = g - xh * (xh * g).sum(axis=1, keepdims=True)
+        return np.where((norm < 1e-12)[:, None], g / 1e-12, projected / norm[:, None])
+
+    return loss, (normalize_backward(d_ih, ih, i_norm), normalize_backward(d_th, th, t_norm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: connectionist temporal classification.
+# ---------------------------------------------------------------------------------------------
+def _ctc_labels(targets, target_lengths):
+    """Per-sample label arrays from padded (N, S) or concatenated 1-d targets."""
+    t = np.asarray(targets).astype(np.int64)
+    lengths = [int(v) for v in target_lengths]
+    if t.ndim == 2:
+        return [t[n, :k] for n, k in enumerate(lengths)]
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    return [t[starts[n]:starts[n] + k] for n, k in enumerate(lengths)]
+
+
+def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+             zero_infinity=False, return_grad=False):
+    """CTC loss (Graves et al. 2006), float64, PyTorch's semantics and layouts.
+
+    ``log_probs`` (T, N, C) or unbatched (T, C); targets padded (N, S) or concatenated 1-d
+    (unbatched: (S,)). For each sample, with the extended labels l' (blanks interleaved,
+    length L = 2S + 1), log alpha / log beta both including the emission at their step and
+    lse = log-sum-exp:
+
+        la_t(s) = lse(la_{t-1}(s), la_{t-1}(s-1), la_{t-1}(s-2) if l'_s != l'_{s-2}) + lp_t(l'_s)
+        loss    = -lse(la_{T-1}(L-1), la_{T-1}(L-2))
+        lb_t(s) = lse(lb_{t+1}(s), lb_{t+1}(s+1), lb_{t+1}(s+2) if l'_s != l'_{s+2}) + lp_t(l'_s)
+
+    Gradient as PyTorch's backward returns it (log_probs taken as log_softmax outputs):
+    ``exp(lp_t(c)) - sum_{s: l'_s = c} exp(la_t(s) + lb_t(s) + loss - lp_t(c))`` for t below the
+    input length, 0 after; NaN for a sample with infinite (0 with ``zero_infinity``) or NaN loss.
+    "mean": per-sample losses over max(target length, 1), then the mean over the batch.
+    """
+    lp = _f64(log_probs)
+    unbatched = lp.ndim == 2
+    if unbatched:
+        lp, targets = lp[:, None, :], np.asarray(targets)[None]
+    il = np.atleast_1d(np.asarray(input_lengths)).astype(np.int64)
+    tl = np.atleast_1d(np.asarray(target_lengths)).astype(np.int64)
+    _, N, C = lp.shape
+    labels = _ctc_labels(targets, tl)
+    nll = np.empty(N)
+    grad = np.zeros_like(lp)
+    for n in range(N):
+        Tn, lab = int(il[n]), labels[n]
+        L = 2 * len(lab) + 1
+        ext = np.full(L, blank, dtype=np.int64)
+        ext[1::2] = lab
+        skip = np.zeros(L, dtype=bool)  # the s-2 -> s transition is allowed
+        skip[3::2] = ext[3::2] != ext[1:-2:2]
+        if Tn == 0:
+            nll[n] = 0.0 if L == 1 else np.inf
+            continue
+        x = lp[:Tn, n, :]
+        em = x[:, ext]  # (Tn, L): lp_t(l'_s)
+        la = np.full((Tn, L), -np.inf)
+        la[0, :2] = em[0, :2]
+        for t in range(1, Tn):
+            prev = np.concatenate([[-np.inf, -np.inf], la[t - 1]])
+            terms = np.logaddexp(prev[2:], prev[1:-1])
+            la[t] = np.logaddexp(terms, np.where(skip, prev[:-2], -np.inf)) + em[t]
+        nll[n] = -(la[-1, 0] if L == 1 else np.logaddexp(la[-1, -1], la[-1, -2]))
+        if not return_grad:
+            continue
+        if nll[n] == np.inf or np.isnan(nll[n]):
+            grad[:Tn, n] = 0.0 if zero_infinity and nll[n] == np.inf else np.nan
+            continue
+        lb = np.full((Tn, L), -np.inf)
+        lb[-1, -2:] = em[-1, -2:]
+        skip_next = np.concatenate([skip, [False, False]])[2:]  # s -> s+2 allowed
+        for t in range(Tn - 2, -1, -1):
+            nxt = np.concatenate([lb[t + 1], [-np.inf, -np.inf]])
+            terms = np.logaddexp(nxt[:-2], nxt[1:-1])
+            lb[t] = np.logaddexp(terms, np.where(skip_next, nxt[2:], -np.inf)) + em[t]
+        ab = la + lb
+        with np.errstate(invalid="ignore", over="ignore"):
+            post = np.where(ab == -np.inf, 0.0, np.exp(ab + nll[n] - em))
+        occ = np.zeros((Tn, C))
+        for s in range(L):
+            occ[:, ext[s]] += post[:, s]
+        grad[:Tn, n] = np.exp(x) - occ
+    if zero_infinity:
+        nll = np.where(nll == np.inf, 0.0, nll)
+    if reduction == "mean":
+        per = 1.0 / np.maximum(tl, 1) / N if N else np.zeros(0)
+        with np.errstate(invalid="ignore"):
+            loss = np.sum(nll * per) if N else np.float64(np.nan)
+        scale = per
+    elif reduction == "sum":
+        loss, scale = nll.sum(), np.ones(N)
+    else:
+        loss, scale = (nll.reshape(()) if unbatched else nll), np.ones(N)
+    if not return_grad:
+        return loss
+    grad = grad * scale[None, :, None]
+    return loss, (grad[:, 0, :] if unbatched else grad)

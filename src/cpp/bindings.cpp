@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
 
@@ -308,6 +309,58 @@ void multi_margin_loss_py(const py::array& x, const py::array& target, const Opt
 
 }  // namespace
 
+// CTC loss (ctc.hpp). The checks below keep every index in bounds whoever calls _core; the
+// user-facing messages are raised in Python (fastloss/sequence.py) before this is reached.
+namespace {
+
+void ctc_loss_py(const py::array& log_probs, const py::array& targets,
+                 const py::array& target_offset, const py::array& input_lengths,
+                 const py::array& target_lengths, int64_t blank, bool zero_infinity,
+                 py::array loss, const OptArray& grad_scale, OptArray grad) {
+  by_dtype(log_probs, [&](auto tag) {
+    using S = decltype(tag);
+    CtcArgs<S> a;
+    const Layout3 L = layout3<S>(log_probs, "log_probs");  // (T, N, C)
+    a.log_probs = const_ptr<S>(log_probs);
+    a.T = L.n0, a.N = L.n1, a.C = L.n2;
+    a.st = L.s0, a.sn = L.s1, a.sc = L.s2;
+    check_dtype<int64_t>(targets, "targets");
+    if (targets.ndim() != 1 || !(targets.flags() & py::array::c_style))
+      throw std::invalid_argument("_core: targets must be contiguous 1-d");
+    a.targets = const_ptr<int64_t>(targets);
+    a.target_offset = vector_ptr<int64_t>(target_offset, a.N, "target_offset");
+    a.input_lengths = vector_ptr<int64_t>(input_lengths, a.N, "input_lengths");
+    a.target_lengths = vector_ptr<int64_t>(target_lengths, a.N, "target_lengths");
+    if (blank < 0 || blank >= a.C) throw std::invalid_argument("_core: blank out of range");
+    const int64_t n_labels = targets.shape(0);
+    for (int64_t n = 0; n < a.N; ++n) {
+      const int64_t il = a.input_lengths[n], tl = a.target_lengths[n], off = a.target_offset[n];
+      if (il < 0 || il > a.T || tl < 0 || off < 0 || off > n_labels || tl > n_labels - off)
+        throw std::invalid_argument("_core: a length or target offset is out of range");
+      for (int64_t k = 0; k < tl; ++k)
+        if (a.targets[off + k] < 0 || a.targets[off + k] >= a.C)
+          throw std::invalid_argument("_core: a target label is out of range");
+    }
+    a.blank = blank;
+    a.zero_infinity = zero_infinity;
+    vector_ptr<double>(loss, a.N, "loss");
+    a.loss = mutable_ptr<double>(loss);
+    if (grad) {
+      const Layout3 G = layout3<S>(*grad, "grad");
+      if (G.n0 != a.T || G.n1 != a.N || G.n2 != a.C)
+        throw std::invalid_argument("_core: grad must have log_probs' shape");
+      if (!grad_scale) throw std::invalid_argument("_core: grad needs grad_scale");
+      a.grad_scale = vector_ptr<double>(grad_scale, a.N, "grad_scale");
+      a.grad = mutable_ptr<S>(*grad);
+      a.gt = G.s0, a.gn = G.s1, a.gc = G.s2;
+    }
+    py::gil_scoped_release nogil;
+    fastloss::ctc_loss(a);
+  });
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
   // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
@@ -349,5 +402,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("loss"), py::arg("grad_mu"), py::arg("grad_logvar"));
   m.def("multi_margin_loss", &multi_margin_loss_py, py::arg("input"), py::arg("target"),
         py::arg("weight"), py::arg("p"), py::arg("margin"), py::arg("grad_scale"), py::arg("loss"),
+        py::arg("grad"));
+  // CTC loss: log_probs (T, N, C); labels of sample n at targets[target_offset[n]:][:target_lengths[n]];
+  // per-sample float64 losses written to `loss`.
+  m.def("ctc_loss", &ctc_loss_py, py::arg("log_probs"), py::arg("targets"),
+        py::arg("target_offset"), py::arg("input_lengths"), py::arg("target_lengths"),
+        py::arg("blank"), py::arg("zero_infinity"), py::arg("loss"), py::arg("grad_scale"),
         py::arg("grad"));
 }

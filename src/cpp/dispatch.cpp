@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
 
@@ -122,5 +123,32 @@ FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD)
   void multi_margin_loss(const MultiMarginArgs<S>& a) { dist_table().multi_margin_loss_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_DIST)
 #undef FASTLOSS_FORWARD_DIST
+
+// CTC (ctc.hpp): a table per instruction set, the one named like the ISA in use.
+namespace baseline {
+extern const CtcTable ctc_table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const CtcTable ctc_table;
+}
+namespace avx512 {
+extern const CtcTable ctc_table;
+}
+#endif
+namespace {
+const CtcTable& ctc_dispatch() {
+#if defined(FASTLOSS_X86)
+  const char* isa = active_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::ctc_table;
+  if (std::strcmp(isa, "avx2") == 0) return avx2::ctc_table;
+#endif
+  return baseline::ctc_table;
+}
+}  // namespace
+#define FASTLOSS_FORWARD_CTC(sfx, S) \
+  void ctc_loss(const CtcArgs<S>& a) { ctc_dispatch().ctc_loss_##sfx(a); }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_CTC)
+#undef FASTLOSS_FORWARD_CTC
 
 }  // namespace fastloss

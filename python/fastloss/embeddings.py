@@ -1,0 +1,561 @@
+"""Embedding losses: contrastive pairs (Hadsell et al.), triplets (as PyTorch) and CLIP's
+symmetric InfoNCE over a batch similarity matrix.
+
+Rows are embeddings: the last axis is the embedding dimension. The pair and triplet losses
+are O(rows * dim) and memory-bound: their row distances are computed with vectorised NumPy
+in float64, block of rows by block of rows (a few hundred KB each, so every temporary stays
+in cache and a float32 input is never copied whole). CLIP's loss is dominated by the
+``(N, D) @ (D, N)`` similarity matrix, which goes to BLAS; both cross-entropies over it run
+on fastloss's fused kernels, row-wise and column-wise over the same array.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._validation import FloatInput, check_real, check_reduction, float_input, reduce_rows
+from .classification import cross_entropy
+
+__all__ = ["contrastive_loss", "triplet_margin_loss", "clip_loss"]
+
+_F64 = np.dtype(np.float64)
+_BLOCK_ELEMENTS = 1 << 16  # float64 elements per block of rows: 512 KB temporaries
+
+
+def _row_blocks(rows: int, dim: int):
+    """(start, stop) of consecutive blocks of rows of about _BLOCK_ELEMENTS elements."""
+    step = max(1, _BLOCK_ELEMENTS // max(dim, 1))
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
+def _embeddings(inputs: list[tuple[Any, str]]) -> tuple[list[FloatInput], tuple[int, ...]]:
+    """Prepare same-shaped embedding arrays (at least 1-d; the last axis is the embedding)."""
+    prepared = [float_input(x, name) for x, name in inputs]
+    first, name0 = prepared[0].array, inputs[0][1]
+    if first.ndim == 0:
+        raise ValueError(f"{name0} must have at least one dimension (the last axis holds the "
+                         "embedding)")
+    for p, (_, name) in zip(prepared[1:], inputs[1:]):
+        if p.array.shape != first.shape:
+            raise ValueError(f"{name} has shape {p.array.shape} but must have {name0}'s shape "
+                             f"{first.shape} (no broadcasting)")
+    return prepared, first.shape
+
+
+def _rows(x: FloatInput) -> np.ndarray:
+    """(rows, dim) view (a copy only when the strides cannot express it)."""
+    a = x.array
+    return a.reshape(-1, a.shape[-1]) if a.shape[-1] else a.reshape(math.prod(a.shape[:-1]), 0)
+
+
+def _loss_dtype(prepared: list[FloatInput]) -> np.dtype:
+    dt = prepared[0].loss_dtype
+    for p in prepared[1:]:
+        dt = np.promote_types(dt, p.loss_dtype)
+    return dt
+
+
+def _mean_scale(reduction: str, rows: int) -> float:
+    return (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
+
+
+def _check_margin(margin: Any, *, positive: bool) -> float:
+    m = check_real(margin, "margin")
+    if not math.isfinite(m) or (m <= 0 if positive else m < 0):
+        need = "> 0 (as PyTorch)" if positive else ">= 0"
+        raise ValueError(f"margin must be a finite number {need}, got {margin!r}")
+    return m
+
+
+def _binary_labels(label: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels in {0, 1} (bool, integer or float) of the per-pair ``shape``, as flat float64."""
+    try:
+        y = np.asarray(label)
+    except Exception as exc:
+        raise TypeError(f"label: cannot be converted to a numeric array ({exc})") from None
+    if y.dtype.kind not in "biuf" and y.dtype.name != "bfloat16":
+        raise TypeError(f"label must hold 0/1 (or bool) values, got dtype {y.dtype}")
+    if y.shape != shape:
+        raise ValueError(f"label has shape {y.shape} but must have the embeddings' shape "
+                         f"without the last axis: {shape}")
+    y = y.astype(np.float64).reshape(-1)
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"label must be 0 (dissimilar) or 1 (similar); label.flat[{i}] = "
+                         f"{y[i]!r}")
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Contrastive loss (Hadsell, Chopra & LeCun 2006)
+# ---------------------------------------------------------------------------------------------
+def contrastive_loss(
+    x1: Any,
+    x2: Any,
+    label: Any,
+    *,
+    margin: float = 1.0,
+    reduction: str = "mean",
+    return_grad: bool = False,
+):
+    """Contrastive loss of embedding pairs (Hadsell, Chopra & LeCun, 2006).
+
+    Per pair of rows (the last axis is the embedding), with ``d = ||x1 - x2||_2``::
+
+        loss = y * d**2 + (1 - y) * max(0, margin - d)**2
+
+    ``y = 1`` marks a similar pair (pulled together), ``y = 0`` a dissimilar one (pushed at
+    least ``margin`` apart). No factor 1/2 (as the formula is usually written in PyTorch code;
+    Hadsell et al. have one: divide the loss and gradients by 2 for theirs).
+
+    Parameters
+    ----------
+    x1, x2 : array_like
+        Embeddings of the same shape ``(..., D)``, at least 1-d. float32/float64 keep their
+        dtype; float16/bfloat16 give float32 losses; integers give float64.
+    label : array_like
+        Shape ``x1.shape[:-1]``; every value 0 or 1 (bool, integer or float). Soft labels are
+        rejected (a ValueError): the two terms are a hinge pair, not a mixture.
+    margin : float >= 0
+        How far apart dissimilar pairs are pushed.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` over pairs; ``"none"``: one loss per pair, shape ``x1.shape[:-1]``.
+    return_grad : bool
+        Also return ``(d_x1, d_x2)``, each in its input's shape and dtype.
+
+    Returns
+    -------
+    loss : NumPy scalar (``"mean"``, ``"sum"``) or ndarray (``"none"``)
+    grad : tuple (d_x1, d_x2), only with ``return_grad``
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, a label not in {0, 1}, ``margin`` negative or not finite, an unknown
+        ``reduction``.
+
+    Notes
+    -----
+    ``d`` is the exact Euclidean distance (no ``eps``), accumulated in float64 whatever the
+    input dtype. Gradient: ``d_x1 = -d_x2 = 2 * (y - (1 - y) * max(0, margin - d) / d) * (x1 -
+    x2)``. At ``d = 0`` (identical embeddings) the similar term has loss and gradient 0 and
+    the dissimilar term has loss ``margin**2`` and the subgradient 0 (every direction away
+    from the other point is as good; PyTorch's norm backward also gives 0 there): finite, no
+    NaN. An empty batch gives NaN for ``"mean"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> x1 = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    >>> x2 = np.array([[3.0, 4.0], [1.3, 1.4], [0.0, 0.0]])
+    >>> fl.contrastive_loss(x1, x2, [1, 0, 0], margin=1.0, reduction="none")  # d = 5, 0.5, 0
+    array([25.  ,  0.25,  1.  ])
+    >>> loss, (d_x1, d_x2) = fl.contrastive_loss(x1, x2, [1, 0, 0], return_grad=True)
+    >>> d_x1  # (2 d (x1 - x2) / d, -2 (1 - d) (x1 - x2) / d, 0) / 3
+    array([[-2.        , -2.66666667],
+           [ 0.2       ,  0.26666667],
+           [ 0.        ,  0.        ]])
+    """
+    (a, b), shape = _embeddings([(x1, "x1"), (x2, "x2")])
+    y = _binary_labels(label, shape[:-1])
+    m = _check_margin(margin, positive=False)
+    reduction = check_reduction(reduction)
+    want_grad = bool(return_grad)
+    a2, b2 = _rows(a), _rows(b)
+    rows = a2.shape[0]
+    scale = _mean_scale(reduction, rows)
+    per_row = np.empty(rows, dtype=np.float64)
+    if want_grad:
+        g1 = np.empty(a2.shape, dtype=a.orig_dtype)
+        g2 = np.empty(b2.shape, dtype=b.orig_dtype)
+    for s, e in _row_blocks(rows, a2.shape[1]):
+        diff = a2[s:e].astype(np.float64)
+        diff -= b2[s:e]
+        d2 = np.einsum("ij,ij->i", diff, diff)
+        d = np.sqrt(d2)
+        ys = y[s:e]
+        hinge = np.maximum(m - d, 0.0)
+        per_row[s:e] = ys * d2 + (1.0 - ys) * hinge * hinge
+        if want_grad:
+            # dl/dd * dd/dx1 with dd/dx1 = (x1 - x2) / d: 2 y (x1 - x2) for a similar pair,
+            # -2 max(0, margin - d) / d (x1 - x2) for a dissimilar one (0 at d = 0).
+            over_d = np.divide(hinge, d, out=np.zeros_like(d), where=d > 0)
+            diff *= (2.0 * scale * (ys - (1.0 - ys) * over_d))[:, None]
+            g1[s:e] = diff
+            diff *= -1.0
+            g2[s:e] = diff
+    loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, b]))
+    if not want_grad:
+        return loss
+    return loss, (g1.reshape(shape), g2.reshape(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet margin loss (PyTorch's triplet_margin_loss)
+# ---------------------------------------------------------------------------------------------
+def _check_p(p: Any) -> float:
+    v = check_real(p, "p", -math.inf, math.inf)
+    if not v > 0:
+        raise ValueError(f"p must be > 0 (the norm degree; math.inf for the max norm), got {p!r}")
+    return v
+
+
+def _p_norm(x: np.ndarray, p: float) -> np.ndarray:
+    """||x||_p over the last axis of a float64 (rows, D) array; D = 0 gives 0. Other p than
+    1, 2, inf are computed on |x| / max|x| (no overflow or underflow of |x|**p)."""
+    if p == 2:
+        return np.sqrt(np.einsum("ij,ij->i", x, x))
+    ax = np.abs(x)
+    if p == 1:
+        return ax.sum(axis=1)
+    big = ax.max(axis=1, initial=0.0)
+    if p == math.inf:
+        return big
+    safe = np.where(big > 0, big, 1.0)[:, None]
+    with np.errstate(invalid="ignore"):
+        return big * np.sum((ax / safe) ** p, axis=1) ** (1.0 / p)
+
+
+def _p_norm_grad(x: np.ndarray, d: np.ndarray, p: float) -> np.ndarray:
+    """d||x||_p / dx for float64 rows ``x`` with norms ``d``, as PyTorch's norm backward:
+    0 where d = 0; p = 1: sign(x); p = inf: sign(x) shared equally by the entries where |x| is
+    the maximum; else sign(x) (|x| / d)**(p - 1), 0 where x = 0 (also for p < 1)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if p == 2:
+            return x * np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)[:, None]
+        if p == 1:
+            return np.sign(x)
+        ax = np.abs(x)
+        if p == math.inf:
+            at_max = ax == d[:, None]
+            count = np.maximum(at_max.sum(axis=1), 1)
+            return np.sign(x) * at_max / count[:, None]
+        safe = np.where(d > 0, d, 1.0)[:, None]
+        g = np.sign(x) * (ax / safe) ** (p - 1)
+        g[(x == 0) | (d[:, None] == 0)] = 0.0
+        return g
+
+
+def triplet_margin_loss(
+    anchor: Any,
+    positive: Any,
+    negative: Any,
+    *,
+    margin: float = 1.0,
+    p: float = 2.0,
+    eps: float = 1e-6,
+    swap: bool = False,
+    reduction: str = "mean",
+    return_grad: bool = False,
+):
+    """Triplet margin loss, as :func:`torch.nn.functional.triplet_margin_loss`.
+
+    Per triplet of rows (the last axis is the embedding)::
+
+        loss = max(0, margin + d(a, p) - d(a, n)),   d(u, v) = ||u - v + eps||_p
+
+    (PyTorch's ``pairwise_distance``: ``eps`` is added to every entry of the difference).
+    With ``swap=True`` (Balntas et al.'s distance swap), ``d(a, n)`` is replaced by
+    ``min(d(a, n), d(p, n))``.
+
+    Parameters
+    ----------
+    anchor, positive, negative : array_like
+        Embeddings of one shape ``(..., D)``, at least 1-d (no broadcasting). float32/float64
+        keep their dtype; float16/bfloat16 give float32 losses; integers give float64.
+    margin : float > 0
+        As PyTorch (which rejects ``margin <= 0``).
+    p : float > 0
+        The norm degree; ``math.inf`` is the max norm. (PyTorch also accepts ``p <= 0``,
+        which is no norm; that is a ValueError here.)
+    eps : float
+        Added to each entry of ``u - v`` before the norm (keeps the distance of identical
+        rows away from the norm's kink at 0). Any finite number; 0 disables it.
+    swap : bool
+        Use ``min(d(a, n), d(p, n))`` as the negative distance.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` over triplets; ``"none"``: one loss per triplet, shape ``anchor.shape[:-1]``.
+    return_grad : bool
+        Also return ``(d_anchor, d_positive, d_negative)``, each in its input's shape and dtype.
+
+    Returns
+    -------
+    loss : NumPy scalar (``"mean"``, ``"sum"``) or ndarray (``"none"``)
+    grad : tuple (d_anchor, d_positive, d_negative), only with ``return_grad``
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, ``margin <= 0``, ``p <= 0``, ``eps`` not finite, an unknown
+        ``reduction``.
+
+    Notes
+    -----
+    Distances are computed in float64 whatever the input dtype (PyTorch computes them in the
+    input dtype; float32 results agree to float32 rounding). The gradients follow PyTorch's
+    autograd exactly at its conventions' points: the hinge passes the gradient where
+    ``margin + d(a, p) - d(a, n) >= 0`` (``clamp_min``'s ``>=``), a norm of 0 has gradient 0,
+    ``p = inf`` shares the gradient equally between tied maxima, and with ``swap`` a tie
+    ``d(a, n) = d(p, n)`` sends half to each (``minimum``'s rule). With
+    ``u = d||x||_p / dx`` of each difference::
+
+        d_anchor   =  u(a - p) - w_an u(a - n)
+        d_positive = -u(a - p) - w_pn u(p - n)
+        d_negative =  w_an u(a - n) + w_pn u(p - n)
+
+    times the reduction's scale on active triplets, with ``(w_an, w_pn) = (1, 0)`` without
+    ``swap``. An empty batch gives NaN for ``"mean"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> a = np.zeros((3, 2))
+    >>> p = np.array([[0.6, 0.8], [0.3, 0.4], [0.3, 0.4]])
+    >>> n = np.array([[0.9, 1.2], [0.6, 0.8], [3.0, 4.0]])
+    >>> fl.triplet_margin_loss(a, p, n, eps=0.0, reduction="none")  # 1 + d(a, p) - d(a, n)
+    array([0.5, 0.5, 0. ])
+    >>> loss, (d_a, d_p, d_n) = fl.triplet_margin_loss(a, p, n, eps=0.0, return_grad=True)
+    >>> d_n[:2]  # -(a - n) / d(a, n) / 3: pushes n away from a
+    array([[-0.2       , -0.26666667],
+           [-0.2       , -0.26666667]])
+    """
+    (a, pp, n), shape = _embeddings([(anchor, "anchor"), (positive, "positive"),
+                                      (negative, "negative")])
+    m = _check_margin(margin, positive=True)
+    p = _check_p(p)
+    eps = check_real(eps, "eps")
+    if not math.isfinite(eps):
+        raise ValueError(f"eps must be a finite number, got {eps!r}")
+    reduction = check_reduction(reduction)
+    swap, want_grad = bool(swap), bool(return_grad)
+    a2, p2, n2 = _rows(a), _rows(pp), _rows(n)
+    rows = a2.shape[0]
+    scale = _mean_scale(reduction, rows)
+    per_row = np.empty(rows, dtype=np.float64)
+    if want_grad:
+        grads = [np.empty(x.shape, dtype=f.orig_dtype) for x, f in ((a2, a), (p2, pp), (n2, n))]
+
+    def difference(u, v):  # u - v + eps in float64
+        x = u.astype(np.float64)
+        x -= v
+        x += eps
+        return x
+
+    for s, e in _row_blocks(rows, a2.shape[1]):
+        x_ap, x_an = difference(a2[s:e], p2[s:e]), difference(a2[s:e], n2[s:e])
+        d_ap, d_an = _p_norm(x_ap, p), _p_norm(x_an, p)
+        d_neg = d_an
+        if swap:
+            x_pn = difference(p2[s:e], n2[s:e])
+            d_pn = _p_norm(x_pn, p)
+            d_neg = np.minimum(d_an, d_pn)
+        z = m + d_ap - d_neg
+        per_row[s:e] = np.maximum(z, 0.0)
+        if not want_grad:
+            continue
+        c = np.where(z >= 0, scale, 0.0)[:, None]  # the hinge's gradient, as clamp_min's
+        u_ap = _p_norm_grad(x_ap, d_ap, p) * c
+        u_an = _p_norm_grad(x_an, d_an, p) * c
+        if swap:  # minimum(d_an, d_pn): the smaller one gets the gradient, a tie half each
+            w_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))[:, None]
+            u_an *= w_an
+            u_pn = _p_norm_grad(x_pn, d_pn, p) * c * (1.0 - w_an)
+            grads[0][s:e] = u_ap - u_an
+            grads[1][s:e] = -u_ap - u_pn
+            grads[2][s:e] = u_an + u_pn
+        else:
+            grads[0][s:e] = u_ap - u_an
+            grads[1][s:e] = -u_ap
+            grads[2][s:e] = u_an
+    loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, pp, n]))
+    if not want_grad:
+        return loss
+    return loss, tuple(g.reshape(shape) for g in grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP loss (Radford et al. 2021): symmetric InfoNCE over the batch similarity matrix
+# ---------------------------------------------------------------------------------------------
+_NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
+
+
+def _check_temperature(value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"temperature must be a real number, got {type(value).__name__}")
+    if isinstance(value, np.complexfloating):
+        raise TypeError(f"temperature must be a real number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    return v
+
+
+def _scaled_rows(x: np.ndarray, dtype: np.dtype, normalize: bool, factor: float):
+    """``factor * x / max(||x||, eps)`` (or ``factor * x``) as a new array of ``dtype``, and
+    the per-row ``1 / max(||x||, eps)`` (float64; None without normalisation). Norms are
+    accumulated in float64."""
+    if not normalize:
+        return np.multiply(x, factor, dtype=dtype), None
+    xc = x if x.dtype.itemsize > 2 else x.astype(dtype)
+    sq = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+    inv = 1.0 / np.maximum(np.sqrt(sq), _NORMALIZE_EPS)
+    return np.multiply(xc, (factor * inv)[:, None].astype(dtype), dtype=dtype), inv
+
+
+def _normalize_backward(g: np.ndarray, xhat: np.ndarray, xhat_scale: float, inv: np.ndarray):
+    """In place: d x = (g - x̂ (x̂ · g)) / ||x|| for the rows of ``g`` = d x̂, where the stored
+    ``xhat`` is ``x̂ / xhat_scale``. Rows whose norm was clamped to eps (x̂ = x / eps, a linear
+    map) get g / eps, as torch.nn.functional.normalize."""
+    dot = np.einsum("ij,ij->i", xhat, g, dtype=np.float64) * (xhat_scale * xhat_scale)
+    dot[inv >= 1.0 / _NORMALIZE_EPS] = 0.0
+    g -= xhat * dot[:, None].astype(g.dtype)
+    g *= inv[:, None].astype(g.dtype)
+
+
+def clip_loss(
+    image_emb: Any,
+    text_emb: Any,
+    *,
+    temperature: float = 0.07,
+    normalize: bool = True,
+    reduction: str = "mean",
+    return_grad: bool = False,
+):
+    """CLIP's contrastive loss (Radford et al., 2021): symmetric InfoNCE over the batch.
+
+    Image ``i`` and text ``i`` form the positive pair; every other pairing in the batch is a
+    negative. With ``x̂ = x / max(||x||_2, 1e-12)`` per row (``normalize=True``)::
+
+        logits = Î @ T̂.T / temperature                       # (N, N)
+        loss_i = (CE(logits[i, :], i) + CE(logits[:, i], i)) / 2
+
+    the mean of the image-to-text (rows) and text-to-image (columns) cross-entropies, as
+    ``(F.cross_entropy(logits, arange(N)) + F.cross_entropy(logits.T, arange(N))) / 2``.
+
+    Parameters
+    ----------
+    image_emb, text_emb : array_like
+        Embeddings of shape ``(N, D)`` each (the same shape). float32/float64 keep their
+        dtype; float16/bfloat16 are computed in float32 (float32 loss, gradients in the input
+        dtype); integers give float64. Mixed dtypes are computed in the wider one.
+    temperature : float > 0
+        Divides the cosine similarities (CLIP learns ``1 / temperature``; 0.07 is its
+        initial value). Pass ``1 / logit_scale`` for a learned scale.
+    normalize : bool
+        L2-normalise the rows first (as ``torch.nn.functional.normalize``, eps 1e-12). False:
+        the embeddings are used as given (already normalised, or a dot-product variant).
+    reduction : {"mean", "sum", "none"}
+        ``"mean"``: the mean over the batch of ``loss_i`` (CLIP's loss); ``"sum"``; ``"none"``:
+        the ``N`` values ``loss_i``, pair index by pair index.
+    return_grad : bool
+        Also return ``(d_image, d_text)``, each in its input's shape and dtype, through the
+        similarity matrix and the normalisation.
+
+    Returns
+    -------
+    loss : NumPy scalar (``"mean"``, ``"sum"``) or ndarray of shape (N,) (``"none"``)
+    grad : tuple (d_image, d_text), only with ``return_grad``
+
+    Raises
+    ------
+    ValueError
+        Inputs not 2-d or of different shapes, ``temperature`` not positive and finite, an
+        unknown ``reduction``.
+
+    Notes
+    -----
+    The work is three ``(N, D) x (D, N)`` matrix products (one for the loss, two more for the
+    gradients), all in BLAS, in float32 for float32 and 16-bit inputs (float64 for float64),
+    and two passes of fastloss's cross-entropy kernel over the one ``(N, N)`` logits array:
+    over its rows, and over its columns (``axis=0``, no transposed copy); each softmax sum is
+    accumulated in float64. With ``return_grad`` the column pass writes its gradient over the
+    logits (in place), so the peak memory is two ``(N, N)`` arrays of the compute dtype
+    (one without ``return_grad``), the inputs and O(N D) more. The temperature is applied to
+    the ``(N, D)`` image rows before the product, not to the ``(N, N)`` logits.
+
+    Gradients, with ``P_r``, ``P_c`` the row and column softmaxes of the logits and ``s``
+    the reduction's scale (``1 / N`` for ``"mean"``)::
+
+        G       = s / 2 * (P_r - I) + s / 2 * (P_c - I)       # d loss / d logits
+        d Î     = G @ T̂ / temperature,    d T̂ = G.T @ Î / temperature
+        d x     = (d x̂ - x̂ (x̂ · d x̂)) / ||x||                # through the normalisation
+
+    (a row whose norm is below 1e-12 gets ``d x̂ / 1e-12``, as PyTorch's ``normalize``).
+    An empty batch gives NaN for ``"mean"`` and 0 for ``"sum"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastloss as fl
+    >>> img = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> txt = np.array([[2.0, 0.2], [0.1, 1.0], [1.0, 0.8]])
+    >>> round(float(fl.clip_loss(img, txt, temperature=0.1)), 6)
+    0.113083
+    >>> np.round(fl.clip_loss(img, txt, temperature=1.0, reduction="none"), 6)
+    array([0.794268, 0.76721 , 0.936779])
+    >>> round(float(fl.clip_loss(5 * img, txt, temperature=0.1)), 6)  # rows are normalised
+    0.113083
+    >>> loss, (d_img, d_txt) = fl.clip_loss(img, txt, return_grad=True)
+    >>> d_img.shape, d_txt.shape
+    ((3, 2), (3, 2))
+    """
+    im = float_input(image_emb, "image_emb")
+    tx = float_input(text_emb, "text_emb")
+    if im.array.ndim != 2:
+        raise ValueError(f"image_emb must be 2-d (N, D), got shape {im.array.shape}")
+    if tx.array.shape != im.array.shape:
+        raise ValueError(f"text_emb has shape {tx.array.shape} but must have image_emb's shape "
+                         f"{im.array.shape} (N pairs of D-dimensional embeddings)")
+    tau = _check_temperature(temperature)
+    reduction = check_reduction(reduction)
+    normalize, want_grad = bool(normalize), bool(return_grad)
+    cdt = np.promote_types(im.compute_dtype, tx.compute_dtype)  # float32 or float64
+    shape = im.array.shape
+    n = shape[0]
+    if n == 0:
+        loss = reduce_rows(np.empty(0), reduction, 0, (0,), cdt)
+        if not want_grad:
+            return loss
+        return loss, (np.zeros(shape, im.orig_dtype), np.zeros(shape, tx.orig_dtype))
+
+    # A = Î / temperature, B = T̂ (copies of the compute dtype; B is T itself when it can be)
+    a, inv_a = _scaled_rows(im.array, cdt, normalize, 1.0 / tau)
+    if normalize:
+        b, inv_b = _scaled_rows(tx.array, cdt, True, 1.0)
+    else:
+        b, inv_b = tx.array.astype(cdt, copy=False), None
+    logits = a @ b.T
+    target = np.arange(n)
+    if not want_grad:
+        rows = cross_entropy(logits, target, reduction=reduction)
+        cols = cross_entropy(logits, target, axis=0, reduction=reduction)
+    else:
+        g = np.empty_like(logits)
+        rows, _ = cross_entropy(logits, target, reduction=reduction, return_grad=True,
+                                grad_out=g)
+        # the column pass overwrites the logits with its gradient: they are not needed again
+        cols, _ = cross_entropy(logits, target, axis=0, reduction=reduction, return_grad=True,
+                                grad_out=logits)
+        g += logits  # 2 d loss / d logits
+        del logits
+    if reduction == "none":
+        loss = ((rows.astype(np.float64) + cols) * 0.5).astype(cdt)
+    else:
+        loss = cdt.type((np.float64(rows) + np.float64(cols)) * 0.5)
+    if not want_grad:
+        return loss
+
+    # d logits = g / 2; logits = A B^T with A = Î / tau: d Î = (g / 2) B / tau, d B = (g / 2)^T A
+    d_a = g @ b
+    d_a *= cdt.type(0.5 / tau)
+    d_b = g.T @ a
+    d_b *= cdt.type(0.5)
+    del g
+    if normalize:
+        _normalize_backward(d_a, a, tau, inv_a)
+        _normalize_backward(d_b, b, 1.0, inv_b)
+    return loss, (d_a.astype(im.orig_dtype, copy=False), d_b.astype(tx.orig_dtype, copy=False))

@@ -5,10 +5,9 @@ triplet losses on (16384, 512) rows. Run: pytest bench/bench_embeddings.py.
 clip_loss is compute-bound: one (N, D) x (D, N) product for the loss, three with the
 gradients (2 N^2 D flops each), so extra_info records GFLOP/s of those products."""
 
+import fastloss as fl
 import numpy as np
 import pytest
-
-import fastloss as fl
 from fastloss import reference
 
 N, D = 4096, 512

@@ -4,10 +4,10 @@ of up to 64 rows that must stop at thread, block (n2) and array boundaries, keep
 filled directly (ignored, NaN) intact, and stay correct in place. Checked against the same
 computation on a C-contiguous transposed copy, whose rows are contiguous (no tiles)."""
 
+import fastloss as fl
 import numpy as np
 import pytest
 
-import fastloss as fl
 
 def same(actual, expected):
     """Equal up to the last bits (the row arithmetic is the same; only the row's address

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ._pointwise import real_array
 from ._validation import FloatInput, check_real, check_reduction, float_input, reduce_rows
 from .classification import cross_entropy
 
-__all__ = ["contrastive_loss", "triplet_margin_loss", "clip_loss"]
+__all__ = ["clip_loss", "contrastive_loss", "triplet_margin_loss"]
 
 _F64 = np.dtype(np.float64)
 _BLOCK_ELEMENTS = 1 << 16  # float64 elements per block of rows: 512 KB temporaries
@@ -73,16 +74,11 @@ def _check_margin(margin: Any, *, positive: bool) -> float:
 
 def _binary_labels(label: Any, shape: tuple[int, ...]) -> np.ndarray:
     """Labels in {0, 1} (bool, integer or float) of the per-pair ``shape``, as flat float64."""
-    try:
-        y = np.asarray(label)
-    except Exception as exc:
-        raise TypeError(f"label: cannot be converted to a numeric array ({exc})") from None
-    if y.dtype.kind not in "biuf" and y.dtype.name != "bfloat16":
-        raise TypeError(f"label must hold 0/1 (or bool) values, got dtype {y.dtype}")
+    y = real_array(label, "label", _F64)  # (TypeError for strings, complex, objects)
     if y.shape != shape:
         raise ValueError(f"label has shape {y.shape} but must have the embeddings' shape "
                          f"without the last axis: {shape}")
-    y = y.astype(np.float64).reshape(-1)
+    y = y.reshape(-1)
     bad = (y != 0) & (y != 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -10,7 +10,7 @@ import pytest
     "name",
     ["fastloss.softmax", "fastloss.classification", "fastloss.regression", "fastloss.binary",
      "fastloss.kl", "fastloss.distributions", "fastloss.margin",
-     "fastloss.embeddings", "fastloss.sequence"],
+     "fastloss.embeddings", "fastloss.sequence", "fastloss.scale"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)  # (fastloss.softmax the attribute is the function)

@@ -30,10 +30,18 @@ from .classification import (
 )
 from .distributions import gaussian_kl, kl_div_with_logits
 from .embeddings import clip_loss, contrastive_loss, triplet_margin_loss
+from .evaluate import eval_file
 from .kl import kl_div
 from .margin import multi_margin_loss
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .sequence import ctc_loss
+from .scale import (
+    cross_entropy_grad_from_stats,
+    cross_entropy_stats,
+    linear_cross_entropy,
+    merge_cross_entropy_stats,
+    reduce_cross_entropy_stats,
+)
 from .softmax import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -55,11 +63,17 @@ __all__ = [
     "clip_loss",
     "contrastive_loss",
     "cross_entropy",
+    "eval_file",
     "ctc_loss",
     "gaussian_kl",
     "get_num_threads",
     "hinge_loss",
     "kl_div",
+    "cross_entropy_stats",
+    "reduce_cross_entropy_stats",
+    "merge_cross_entropy_stats",
+    "cross_entropy_grad_from_stats",
+    "linear_cross_entropy",
     "huber_loss",
     "kl_div_with_logits",
     "l1_loss",

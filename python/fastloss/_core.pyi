@@ -81,3 +81,30 @@ def ctc_loss(
     grad_scale: Optional[np.ndarray],
     grad: Optional[np.ndarray],
 ) -> None: ...
+# Sharded cross-entropy (fastloss.scale): logits (n0, shard classes, n2), int64 global targets;
+# per-row float64 statistics and uint8 has_target written in place; the gradient kernel takes
+# per-row float64 ref / p_coef / t_value (see src/cpp/scale.hpp) and may write grad = logits.
+def ce_shard_stats(
+    logits: np.ndarray,
+    target: np.ndarray,
+    class_offset: int,
+    ignore_index: int,
+    softcap: float,
+    max: np.ndarray,
+    sumexp: np.ndarray,
+    target_logit: np.ndarray,
+    sum_logits: np.ndarray,
+    has_target: np.ndarray,
+) -> None: ...
+def ce_shard_grad(
+    logits: np.ndarray,
+    target: np.ndarray,
+    class_offset: int,
+    ignore_index: int,
+    softcap: float,
+    ref: np.ndarray,
+    p_coef: np.ndarray,
+    t_value: np.ndarray,
+    u: float,
+    grad: np.ndarray,
+) -> None: ...

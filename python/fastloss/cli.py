@@ -1,9 +1,11 @@
-"""The ``fastloss`` command line: ``fastloss bench``."""
+"""The ``fastloss`` command line: ``fastloss bench`` and ``fastloss eval``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -128,6 +130,126 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _EvalProgress:
+    """Progress of ``fastloss eval`` on stderr: a rich bar (bytes, GB/s, time left) when rich is
+    installed, else a plain line every 10%; called as ``progress(bytes_done, bytes_total)``."""
+
+    def __init__(self, quiet: bool, label: str):
+        self.quiet, self.label, self.bar, self.task, self.next_pct = quiet, label, None, None, 10
+        if not quiet:
+            try:
+                from rich.console import Console
+                from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                           TimeRemainingColumn, TransferSpeedColumn)
+
+                self.bar = Progress(TextColumn("[bold]fastloss eval[/] {task.description}"),
+                                    BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                    TimeRemainingColumn(), console=Console(stderr=True),
+                                    transient=True)
+            except ImportError:
+                pass
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar:
+            if self.task is None:
+                self.task = self.bar.add_task(self.label, total=max(total, 1))
+            self.bar.update(self.task, completed=done)
+            return
+        pct = 100 if total == 0 else 100 * done // total
+        if done == 0:
+            print(f"  ... fastloss eval {self.label}: {total / 1e9:.2f} GB of logits",
+                  file=sys.stderr, flush=True)
+        elif pct >= self.next_pct:
+            print(f"  ... {pct}% ({done / 1e9:.2f} / {total / 1e9:.2f} GB)", file=sys.stderr,
+                  flush=True)
+            self.next_pct = pct // 10 * 10 + 10
+
+
+def format_eval(r: dict) -> str:
+    """The human-readable result of ``fastloss eval``."""
+    opts = [f"ignore_index={r['ignore_index']}"]
+    if r["label_smoothing"]:
+        opts.append(f"label_smoothing={r['label_smoothing']:g}")
+    if r["softcap"] is not None:
+        opts.append(f"softcap={r['softcap']:g}")
+    shape = str(tuple(r["shape"]))
+    lines = [
+        f"fastloss eval: {r['logits']} {shape} {r['dtype']}, {r['bytes'] / 1e9:.2f} GB; "
+        f"targets {r['targets']} {r['targets_dtype']}; {', '.join(opts)}",
+        f"  tokens         {r['evaluated_tokens']:,} evaluated, {r['ignored_tokens']:,} ignored "
+        f"(of {r['tokens']:,})",
+        f"  cross-entropy  {r['mean_loss']:.6f} nats/token (mean), {r['total_loss']:.6g} nats "
+        "in all",
+        f"  perplexity     {r['perplexity']:.6g}",
+    ]
+    if r["bits_per_byte"] is not None:
+        lines.append(f"  bits per byte  {r['bits_per_byte']:.6f} ({r['n_bytes']:,} bytes)")
+    lines.append(
+        f"  throughput     {r['gb_per_s']:.2f} GB/s, {r['tokens_per_s']:,.0f} tokens/s "
+        f"({r['seconds']:.2f} s; {r['threads']} threads, {r['chunks']} chunk"
+        f"{'' if r['chunks'] == 1 else 's'} of "
+        f"{r['chunk_rows']:,} rows = {r['chunk_bytes'] / 1e6:.0f} MB, {r['io']})")
+    if r["per_token"]:
+        lines.append(f"  per-token      wrote {r['per_token']} ({r['per_token_dtype']}, shape "
+                     f"{tuple(r['shape'][:-1])})")
+    return "\n".join(lines)
+
+
+def _json_safe(r: dict) -> dict:
+    """NaN and infinities as null (strict JSON)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in r.items()}
+
+
+def cmd_eval(args) -> int:
+    from . import eval_file, set_num_threads
+
+    prog = "fastloss eval"
+    try:
+        if args.threads is not None:
+            set_num_threads(args.threads)
+        with _EvalProgress(args.quiet, os.path.basename(args.logits)) as progress:
+            result = eval_file(args.logits, args.targets, chunk_rows=args.chunk_rows,
+                               ignore_index=args.ignore_index,
+                               label_smoothing=args.label_smoothing, softcap=args.softcap,
+                               n_bytes=args.bytes, per_token=args.per_token, progress=progress)
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    if args.json != "-":
+        print(format_eval(result))
+    if args.json:
+        text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
+        if args.json == "-":
+            print(text)
+        else:
+            try:
+                with open(args.json, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                print(f"{prog}: error: {args.json}: {e.strerror or e}", file=sys.stderr)
+                return 2
+            print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastloss", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +269,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser(
+        "eval", help="cross-entropy, perplexity and bits-per-byte of .npy logits of any size",
+        description="Streams over memory-mapped .npy logits (shape (..., V); float32, float16, "
+                    "float64 or bfloat16) and integer targets (the logits' shape without the "
+                    "last axis) in row chunks, with resident memory bounded by the chunk size. "
+                    "Exit status 2 on bad input (one line on stderr).")
+    e.add_argument("logits", help="logits .npy file, shape (..., V)")
+    e.add_argument("targets", help="targets .npy file, integer class indices, shape (...)")
+    e.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per chunk (default: about 64 MB of logits per chunk)")
+    e.add_argument("--ignore-index", type=int, default=-100,
+                   help="targets equal to this are left out (default -100)")
+    e.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1] (default 0)")
+    e.add_argument("--softcap", type=float, default=None,
+                   help="cap the logits at softcap * tanh(x / softcap) first (Gemma 2)")
+    e.add_argument("--bytes", type=int, default=None, metavar="N",
+                   help="bytes of text the tokens cover: also report bits per byte")
+    e.add_argument("--per-token", metavar="OUT.npy",
+                   help="also write the per-token losses (0 where ignored) to this .npy file")
+    e.add_argument("--json", metavar="FILE",
+                   help="also write the result as JSON to FILE; '-' prints only the JSON on "
+                        "stdout (NaN and infinities as null)")
+    e.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
     return p
 
 
@@ -155,6 +303,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("batch", "vocab", "repeat"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             build_parser().error(f"--{name} must be >= 1")
+    for name in ("chunk_rows", "threads", "bytes") if args.command == "eval" else ():
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            build_parser().error(f"--{name.replace('_', '-')} must be >= 1")
     return args.func(args)
 
 

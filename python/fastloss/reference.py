@@ -15,7 +15,8 @@ __all__ = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "nll_loss", "
            "binary_cross_entropy", "sigmoid_focal_loss", "hinge_loss", "softmax_focal_loss",
            "multi_margin_loss", "perplexity", "bits_per_byte", "kl_div", "kl_div_with_logits",
            "gaussian_kl", "contrastive_loss", "triplet_margin_loss", "clip_loss",
-           "ctc_loss"]
+           "ctc_loss", "cross_entropy_stats", "merge_cross_entropy_stats",
+           "linear_cross_entropy"]
 
 
 def _f64(x) -> np.ndarray:
@@ -774,3 +775,73 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
         return loss
     grad = grad * scale[None, :, None]
     return loss, (grad[:, 0, :] if unbatched else grad)
+
+
+# --- Scale: vocabulary-sharded statistics and the linear cross-entropy (fastloss.scale) -------
+def cross_entropy_stats(logits, target, axis=-1, class_offset=0, ignore_index=-100, softcap=None):
+    """Statistics of one shard (classes class_offset .. + V - 1), as a dict of float64 arrays
+    of the rows' shape, with x the (capped) shard logits, m = max_j x_j, t the global target:
+        max = m;  sumexp = sum_{j != t} exp(x_j - m);  target_logit = x_t (0 if t not here)
+        has_target = t in the shard;  sum_logits = sum_j x_j;  n_classes = V;  target = t."""
+    logits = _f64(logits)
+    axis = axis % logits.ndim
+    x, row_shape = _rows(logits, axis)
+    if softcap is not None:
+        x, _ = _softcap(x, float(softcap))
+    n, V = x.shape
+    t = np.asarray(target).reshape(-1).astype(np.int64)
+    local = t - class_offset
+    has = (t != ignore_index) & (local >= 0) & (local < V)
+    li = np.where(has, local, 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = x.max(axis=1) if V else np.full(n, -np.inf)
+        e = np.exp(x - m[:, None])
+        e[has, li[has]] = 0.0
+        sumexp = np.where(m == -np.inf, 0.0, e.sum(axis=1))
+    tl = np.where(has, x[np.arange(n), li] if V else 0.0, 0.0)
+    r = lambda a: a.reshape(row_shape)  # noqa: E731
+    return dict(max=r(m), sumexp=r(sumexp), target_logit=r(tl), has_target=r(has),
+                sum_logits=r(x.sum(axis=1)), n_classes=V, target=r(t))
+
+
+def merge_cross_entropy_stats(stats, label_smoothing=0.0, z_loss=0.0, reduction="none",
+                              ignore_index=-100):
+    """(loss, lse) of the full rows from a list of shard statistics (dicts as above), the
+    textbook way: M = max_k m_k, S = sum_k s_k exp(m_k - M) + exp(x_t - M), lse = M + log S,
+        l = (1 - eps) (lse - x_t) + eps (lse - sum_logits / C) + z lse^2
+    (C = sum of the shard widths), 0 for ignored rows; "mean" over the non-ignored rows."""
+    eps = label_smoothing
+    M = np.max([s["max"] for s in stats], axis=0)
+    C = sum(s["n_classes"] for s in stats)
+    t = stats[0]["target"]
+    has = np.any([s["has_target"] for s in stats], axis=0)
+    xt = np.sum([np.where(s["has_target"], s["target_logit"], 0.0) for s in stats], axis=0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        S = np.sum([s["sumexp"] * np.exp(s["max"] - M) for s in stats], axis=0) + np.where(
+            has, np.exp(xt - M), 0.0)
+        lse = M + np.log(S)
+        total = np.sum([s["sum_logits"] for s in stats], axis=0)
+        per_row = (1 - eps) * (lse - xt) + (eps * (lse - total / C) if eps else 0.0) + (
+            z_loss * lse**2)
+    valid = t != ignore_index
+    per_row = np.where(valid, per_row, 0.0)
+    loss, _ = _reduce(per_row.reshape(-1), np.count_nonzero(valid), reduction, t.shape)
+    return loss, lse
+
+
+def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
+                         label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
+                         return_grad=False):
+    """cross_entropy(hidden @ weight.T + bias, target, ...) in float64, the logits
+    materialised; gradients by the chain rule with G = dloss/dlogits:
+        d_hidden = G @ weight,  d_weight = G.T @ hidden,  d_bias = sum_i G_i."""
+    h, w = _f64(hidden), _f64(weight)
+    logits = h @ w.T + (0.0 if bias is None else _f64(bias))
+    out = cross_entropy(logits, target, axis=-1, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, return_grad=return_grad,
+                        z_loss=z_loss, softcap=softcap)
+    if not return_grad:
+        return out
+    loss, G = out
+    grads = (G @ w, G.T @ h) + (() if bias is None else (G.sum(axis=0),))
+    return loss, grads

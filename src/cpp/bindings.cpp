@@ -14,6 +14,7 @@
 #include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
+#include "scale.hpp"
 
 namespace py = pybind11;
 using namespace fastloss;
@@ -361,6 +362,67 @@ void ctc_loss_py(const py::array& log_probs, const py::array& targets,
 
 }  // namespace
 
+// Sharded cross-entropy (scale.hpp). The Python layer (fastloss/scale.py) validates targets
+// and options; the per-row arrays are checked here for length.
+namespace {
+
+void ce_shard_stats_py(const py::array& x, const py::array& target, int64_t class_offset,
+                       int64_t ignore_index, double softcap, py::array max, py::array sumexp,
+                       py::array target_logit, py::array sum_logits, py::array has_target) {
+  by_dtype(x, [&](auto tag) {
+    using S = decltype(tag);
+    CeShardStatsArgs<S> a;
+    a.lx = layout3<S>(x, "logits");
+    a.x = const_ptr<S>(x);
+    const int64_t rows = a.lx.rows();
+    a.target = vector_ptr<int64_t>(target, rows, "target");
+    if (class_offset < 0) throw std::invalid_argument("_core: class_offset must be >= 0");
+    a.class_offset = class_offset;
+    a.ignore_index = ignore_index;
+    a.softcap = softcap;
+    for (py::array* o : {&max, &sumexp, &target_logit, &sum_logits})
+      vector_ptr<double>(*o, rows, "stats");
+    vector_ptr<uint8_t>(has_target, rows, "has_target");
+    a.max = mutable_ptr<double>(max);
+    a.sumexp = mutable_ptr<double>(sumexp);
+    a.target_logit = mutable_ptr<double>(target_logit);
+    a.sum_logits = mutable_ptr<double>(sum_logits);
+    a.has_target = mutable_ptr<uint8_t>(has_target);
+    py::gil_scoped_release nogil;
+    fastloss::ce_shard_stats(a);
+  });
+}
+
+void ce_shard_grad_py(const py::array& x, const py::array& target, int64_t class_offset,
+                      int64_t ignore_index, double softcap, const py::array& ref,
+                      const py::array& p_coef, const py::array& t_value, double u,
+                      py::array grad) {
+  by_dtype(x, [&](auto tag) {
+    using S = decltype(tag);
+    CeShardGradArgs<S> a;
+    a.lx = layout3<S>(x, "logits");
+    a.x = const_ptr<S>(x);
+    const int64_t rows = a.lx.rows();
+    a.target = vector_ptr<int64_t>(target, rows, "target");
+    if (class_offset < 0) throw std::invalid_argument("_core: class_offset must be >= 0");
+    a.class_offset = class_offset;
+    a.ignore_index = ignore_index;
+    a.softcap = softcap;
+    a.ref = vector_ptr<double>(ref, rows, "ref");
+    a.p_coef = vector_ptr<double>(p_coef, rows, "p_coef");
+    a.t_value = vector_ptr<double>(t_value, rows, "t_value");
+    a.u = u;
+    a.lg = layout3<S>(grad, "grad");
+    if (a.lg.n0 != a.lx.n0 || a.lg.n1 != a.lx.n1 || a.lg.n2 != a.lx.n2)
+      throw std::invalid_argument("_core: grad must have the logits' shape");
+    a.grad = mutable_ptr<S>(grad);
+    py::gil_scoped_release nogil;
+    fastloss::ce_shard_grad(a);
+  });
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
   // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
@@ -409,4 +471,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("target_offset"), py::arg("input_lengths"), py::arg("target_lengths"),
         py::arg("blank"), py::arg("zero_infinity"), py::arg("loss"), py::arg("grad_scale"),
         py::arg("grad"));
+  // Sharded cross-entropy: logits (n0, shard classes, n2); per-row float64 statistics written
+  // to max/sumexp/target_logit/sum_logits and uint8 has_target (scale.hpp).
+  m.def("ce_shard_stats", &ce_shard_stats_py, py::arg("logits"), py::arg("target"),
+        py::arg("class_offset"), py::arg("ignore_index"), py::arg("softcap"), py::arg("max"),
+        py::arg("sumexp"), py::arg("target_logit"), py::arg("sum_logits"),
+        py::arg("has_target"));
+  m.def("ce_shard_grad", &ce_shard_grad_py, py::arg("logits"), py::arg("target"),
+        py::arg("class_offset"), py::arg("ignore_index"), py::arg("softcap"), py::arg("ref"),
+        py::arg("p_coef"), py::arg("t_value"), py::arg("u"), py::arg("grad"));
 }

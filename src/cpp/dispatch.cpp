@@ -10,6 +10,7 @@
 #include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
+#include "scale.hpp"
 
 namespace fastloss {
 
@@ -150,5 +151,33 @@ const CtcTable& ctc_dispatch() {
   void ctc_loss(const CtcArgs<S>& a) { ctc_dispatch().ctc_loss_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_CTC)
 #undef FASTLOSS_FORWARD_CTC
+
+// Sharded cross-entropy (scale.hpp): as CTC, the table of the ISA in use.
+namespace baseline {
+extern const ScaleTable scale_table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const ScaleTable scale_table;
+}
+namespace avx512 {
+extern const ScaleTable scale_table;
+}
+#endif
+namespace {
+const ScaleTable& scale_dispatch() {
+#if defined(FASTLOSS_X86)
+  const char* isa = active_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::scale_table;
+  if (std::strcmp(isa, "avx2") == 0) return avx2::scale_table;
+#endif
+  return baseline::scale_table;
+}
+}  // namespace
+#define FASTLOSS_FORWARD_SCALE(sfx, S)                                                         \
+  void ce_shard_stats(const CeShardStatsArgs<S>& a) { scale_dispatch().ce_shard_stats_##sfx(a); } \
+  void ce_shard_grad(const CeShardGradArgs<S>& a) { scale_dispatch().ce_shard_grad_##sfx(a); }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_SCALE)
+#undef FASTLOSS_FORWARD_SCALE
 
 }  // namespace fastloss

@@ -4,7 +4,8 @@
 // Every kernel works row by row (a row = the class axis of one sample). A row is read from
 // main memory once; the passes after the first (max) re-read it from cache: a 50,257-class
 // float32 row is 200 KB and stays in L2. Rows whose class stride is not 1 are first gathered
-// into a per-thread buffer, so the arithmetic below always sees a contiguous row.
+// into a per-thread buffer (a tile of neighbouring rows at a time, see read_row), so the
+// arithmetic below always sees a contiguous row.
 //
 // Accumulation: sums of exp(x - max) and of coefficient-weighted terms are accumulated in
 // float64 lanes (float32 exp values are widened before adding), so a float32 loss is rounded
@@ -17,6 +18,7 @@
 #include <type_traits>
 
 #include "kernels.hpp"
+#include "scale.hpp"
 #include "simd_math.hpp"
 
 #ifndef FASTLOSS_ISA_NS
@@ -56,7 +58,7 @@ template <class T> T* scratch_row(Slot slot, int64_t n) {
 // row outside it is written, or when the thread's rows end (parallel_rows). A row is gathered
 // before it is processed and scattered after, so in-place use (grad == x) stays correct.
 constexpr int64_t kTileRows = 64;
-constexpr int64_t kTileBytes = int64_t(4) << 20;
+constexpr int64_t kTileBytes = int64_t(1) << 20;  // per tile and thread (a read and a write tile)
 struct Tile {
   const void* base = nullptr;  // the array the tile belongs to; nullptr: empty
   void* buf = nullptr;         // n rows of n1 elements, row b at b * pitch
@@ -106,6 +108,7 @@ template <class T> Tile& new_tile(const void* base, const Layout3& L, int64_t r,
   t.pitch = padded + (page + line - padded % page) % page;
   int64_t n = kTileBytes / (t.pitch * int64_t(sizeof(T)));
   n = n < kTileRows ? n : kTileRows;
+  if (n > line) n -= n % line;  // whole cache lines of the array per class
   const int64_t block_end = L.n2 > 1 ? r - r % L.n2 + L.n2 : L.n0;
   const int64_t end = block_end < t_rows_end ? block_end : t_rows_end;
   n = n < end - r ? n : end - r;
@@ -842,6 +845,117 @@ const KernelTable table = {
   &logsumexp_impl<S>, &softmax_impl<S>, &cross_entropy_impl<S>, &nll_loss_impl<S>,
     FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_TABLE_ROW)
 #undef FASTLOSS_TABLE_ROW
+};
+
+}  // namespace FASTLOSS_ISA_NS
+}  // namespace fastloss
+
+// =============================================================================================
+// Sharded cross-entropy (scale.hpp, fastloss/scale.py): per-row statistics of one shard of the
+// class axis, and the shard's slice of the gradient once the statistics of every shard are
+// merged. Same blockwise row statistics as above; a shard row is read once per kernel.
+// =============================================================================================
+namespace fastloss {
+namespace FASTLOSS_ISA_NS {
+namespace {
+
+// Shard statistics. As in ce_index_rows, the target's term is left out of the sum of exps
+// (the merge adds it back: log1p when the target is the maximum). The sum of the logits comes
+// from the label-smoothing sums with c_j = 1, cd = sum_j (m - x_j), as sum_j x_j = V m - cd.
+template <class S> void ce_shard_stats_impl(const CeShardStatsArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t V = a.lx.n1;
+  const CoefRow<T, Coef::kOne> coef{};
+  auto row = [&](auto x, int64_t r) {  // x: the shard row, or its capped copy
+    using R = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+    const int64_t t = a.target[r];
+    const bool in = t != a.ignore_index && t >= a.class_offset && t - a.class_offset < V;
+    RowStats st;
+    double xt = 0.0;
+    if (in) {
+      const int64_t k = t - a.class_offset;
+      const RowStats before = range_stats<R, Coef::kOne>(x, 0, k, coef);
+      st = range_stats<R, Coef::kOne>(x, k + 1, V, coef, before);
+      xt = to_compute(x[k]);
+    } else {
+      st = range_stats<R, Coef::kOne>(x, 0, V, coef);
+    }
+    const bool nan = st.nan || std::isnan(xt);
+    const double m = in && xt > st.m ? xt : st.m;
+    a.target_logit[r] = xt;
+    a.has_target[r] = in ? 1 : 0;
+    if (nan || !std::isfinite(m)) {  // rare: the plain sum, and no sum of exps
+      double sum = 0.0;
+      for (int64_t j = 0; j < V; ++j) sum += double(to_compute(x[j]));
+      a.max[r] = nan ? kNaN : m;
+      a.sumexp[r] = !nan && m == -kInf<double> ? 0.0 : kNaN;
+      a.sum_logits[r] = sum;
+      return;
+    }
+    const RowStats rest = rebase(st, m);
+    a.max[r] = m;
+    a.sumexp[r] = rest.s;
+    // (a -inf logit makes cd, and so the sum, infinite: the sum of the logits is -inf)
+    a.sum_logits[r] = double(V) * m - (rest.cd + (in ? m - xt : 0.0));
+  };
+  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+    const S* xs = read_row(a.x, a.lx, r, kSlotX);
+    if (a.softcap > 0)
+      row(static_cast<const T*>(softcap_row(xs, V, a.softcap, static_cast<T*>(nullptr))), r);
+    else
+      row(xs, r);
+  });
+}
+
+// The shard's gradient slice, one pass: g_j = p_coef exp(x_j - ref) - u, the target's entry in
+// closed form (t_value, computed by the caller without cancellation), then the soft-cap chain.
+template <class S> void ce_shard_grad_impl(const CeShardGradArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const int64_t n = a.lx.n1;
+  parallel_rows<S>(a.lx.rows(), n, [&](int64_t r) {
+    const int64_t t = a.target[r];
+    if (t == a.ignore_index) {
+      fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));
+      return;
+    }
+    const double ref = a.ref[r];
+    if (!std::isfinite(ref)) {  // NaN, +inf or all -inf somewhere in the full row
+      fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      return;
+    }
+    const bool in = t >= a.class_offset && t - a.class_offset < n;
+    const int64_t k = in ? t - a.class_offset : 0;
+    const S* xs = read_row(a.x, a.lx, r, kSlotX);
+    S* gr = write_row(a.grad, a.lg, r);
+    const V vref = vset<T>(T(ref)), vc = vset<T>(T(a.p_coef[r])), vu = vset<T>(T(a.u));
+    auto value = [&](V xv) { return vc * vexp(xv - vref) - vu; };
+    if (a.softcap > 0) {
+      T* dcap = scratch_row<T>(kSlotCapD, n);
+      T* g = softcap_row(xs, n, a.softcap, dcap);  // the capped row, overwritten by dl/dx'
+      int64_t j = 0;
+      for (; j + W <= n; j += W) vstore(g + j, value(vload(g + j)));
+      if (j < n) store_partial(g + j, n - j, value(load_partial(g + j, n - j, T(0))));
+      if (in) g[k] = T(a.t_value[r]);
+      softcap_chain<S>(g, dcap, n, gr);
+    } else {
+      int64_t j = 0;
+      for (; j + W <= n; j += W) vstore_as(gr + j, value(vload_as(xs + j)));
+      if (j < n) store_partial(gr + j, n - j, value(load_partial(xs + j, n - j, T(0))));
+      if (in) gr[k] = from_compute<S>(T(a.t_value[r]));
+    }
+    scatter_row(a.grad, a.lg, r, gr);
+  });
+}
+
+}  // namespace
+
+extern const ScaleTable scale_table;
+const ScaleTable scale_table = {
+#define FASTLOSS_SCALE_ROW(sfx, S) &ce_shard_stats_impl<S>, &ce_shard_grad_impl<S>,
+    FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_SCALE_ROW)
+#undef FASTLOSS_SCALE_ROW
 };
 
 }  // namespace FASTLOSS_ISA_NS

@@ -1131,3 +1131,22 @@ def test_nothing_written_to_grad_out_on_error(rng, name, exc, kw, in_place):
         with pytest.raises(exc):
             fl.nll_loss(x, target, return_grad=True, grad_out=go, **kw)
         np.testing.assert_array_equal(go, before)
+
+
+def _unaligned(a):
+    """A copy of ``a`` at an odd address (as arrays deserialised by dask.distributed can be)."""
+    raw = bytearray(a.nbytes + 1)
+    u = np.frombuffer(memoryview(raw)[1:], dtype=a.dtype).reshape(a.shape)
+    u[...] = a
+    assert not u.flags.aligned
+    return u
+
+
+def test_unaligned_targets_weights_and_logits(rng):
+    x = rng.normal(size=(6, 9))
+    t = rng.integers(0, 9, 6)
+    w = rng.random(9) + 0.5
+    want = fl.cross_entropy(x, t, weight=w)
+    assert fl.cross_entropy(_unaligned(x), _unaligned(t), weight=_unaligned(w)) == want
+    assert fl.nll_loss(_unaligned(x), _unaligned(t)) == fl.nll_loss(x, t)
+    assert fl.multi_margin_loss(_unaligned(x), _unaligned(t)) == fl.multi_margin_loss(x, t)

@@ -153,7 +153,7 @@ def class_weight(weight: Any, n_classes: int, dtype: np.dtype) -> Optional[np.nd
         raise ValueError(
             f"weight must have shape ({n_classes},) (one weight per class), got {w.shape}"
         )
-    return np.ascontiguousarray(w, dtype=dtype)
+    return np.require(w, dtype, ["C", "A"])  # (a copy also when unaligned)
 
 
 class ClassTargets(NamedTuple):
@@ -178,7 +178,7 @@ def class_targets(
         raise IndexError(
             f"{name}{np.unravel_index(big, expected)} is out of range for {n_classes} classes"
         )
-    flat = np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
+    flat = np.require(target, np.int64, ["C", "A"]).reshape(-1)  # (unaligned: a copy)
     valid = flat != ignore_index
     bad = valid & ((flat < 0) | (flat >= n_classes))
     if bad.any():

@@ -47,7 +47,7 @@ def _sample_targets(target: Any, input_shape: tuple, n_classes: int):
         raise IndexError(
             f"target.flat[{bad}] = {t.ravel()[bad]} is out of range for {n_classes} classes"
         )
-    flat = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+    flat = np.require(t, np.int64, ["C", "A"]).reshape(-1)  # (unaligned: a copy)
     bad = (flat < 0) | (flat >= n_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

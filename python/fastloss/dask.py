@@ -1,0 +1,412 @@
+"""fastloss losses on Dask arrays: lazy, chunked evaluation at scale, on any Dask scheduler.
+
+``import fastloss.dask as fld`` (needs ``pip install 'fastloss[dask]'``; ``import fastloss``
+itself never imports Dask). Every function takes :class:`dask.array.Array` operands (NumPy
+operands are wrapped with :func:`dask.array.asarray`) and returns a **lazy** result: a Dask
+array for ``reduction="none"``, a 0-d Dask array for ``"mean"`` and ``"sum"``. Nothing is
+computed until ``.compute()`` (or ``dask.compute``), which works on every scheduler: the
+synchronous and threaded ones, processes, and ``dask.distributed`` clusters. The results equal
+the eager :mod:`fastloss` functions on the computed arrays, to float rounding.
+
+Losses only: this module is for **evaluation** at scale (the loss of a model over a large
+dataset, the perplexity of saved logits); it computes **no gradients** (no ``return_grad``).
+
+Cross-entropy (:func:`cross_entropy`, :func:`perplexity`), logits ``(..., V)`` with the class
+axis last and integer targets of the rows' shape ``(...)``:
+
+- **classes in one chunk** (rows chunked any way): one task per row block runs
+  :func:`fastloss.cross_entropy` with ``reduction="none"``; ``"mean"`` is the sum of the
+  per-row losses divided by the number of non-ignored rows.
+- **classes chunked** (several chunks along the last axis, e.g. a 50,257-token vocabulary cut
+  into pieces): one task per block computes the vocabulary-shard statistics
+  :func:`fastloss.cross_entropy_stats` (with the block's ``class_offset``); the statistics of
+  the class blocks of each row block are combined by a pairwise tree of
+  :func:`fastloss.reduce_cross_entropy_stats` tasks, then
+  :func:`fastloss.merge_cross_entropy_stats` gives the exact per-row losses. Only the per-row
+  statistics (a few float64 numbers per row and the targets) move between workers, never a
+  logits block: the data moved is O(rows), independent of the vocabulary size.
+
+Pointwise losses (:func:`mse_loss`, :func:`l1_loss`, :func:`huber_loss`,
+:func:`smooth_l1_loss`, :func:`binary_cross_entropy_with_logits`,
+:func:`binary_cross_entropy`, :func:`sigmoid_focal_loss`, :func:`hinge_loss`): the operands are
+broadcast to a common shape and chunked like the first full-shape operand; one task per block
+runs the fastloss function (``"none"``: the block's losses; ``"mean"``/``"sum"``: the block's
+sum, then a sum over blocks in float64; ``"mean"`` divides by the number of broadcast
+elements, as fastloss).
+
+Options are checked when the graph is built (an invalid ``reduction`` or ``label_smoothing``
+raises at the call, as eager fastloss); errors that depend on the data (a class index out of
+range, a probability outside [0, 1]) are raised by ``compute()``.
+
+>>> import numpy as np, dask, dask.array as da, fastloss as fl, fastloss.dask as fld
+>>> rng = np.random.default_rng(0)
+>>> x, t = rng.normal(size=(6, 10)), rng.integers(0, 10, size=6)
+>>> lazy = fld.cross_entropy(da.from_array(x, chunks=(3, 4)), da.from_array(t, chunks=3))
+>>> with dask.config.set(scheduler="synchronous"):
+...     bool(np.isclose(lazy.compute(), fl.cross_entropy(x, t), rtol=1e-14))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - exercised only without dask
+    raise ImportError(
+        "fastloss.dask needs Dask: pip install 'fastloss[dask]' (or 'dask[distributed]')"
+    ) from exc
+
+from . import binary as _binary
+from . import classification as _classification
+from . import regression as _regression
+from . import scale as _scale
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "hinge_loss",
+    "huber_loss",
+    "l1_loss",
+    "mse_loss",
+    "perplexity",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (module-level functions: they are pickled into the tasks)
+# ---------------------------------------------------------------------------------------------
+def _check_reduction(reduction: Any) -> str:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, "
+                         f"got {reduction!r}")
+    return reduction
+
+
+def _as_dask(a: Any) -> da.Array:
+    return a if isinstance(a, da.Array) else da.asarray(a)
+
+
+def _finish(total: da.Array, denom: Any, reduction: str, dtype: np.dtype) -> da.Array:
+    """A 0-d Dask array: ``total`` (float64, 0-d) or ``total / denom`` cast to ``dtype``."""
+    if reduction == "sum":
+        return da.map_blocks(_cast, total, dtype=dtype, meta=np.empty((), dtype), dt=dtype)
+    denom = denom if isinstance(denom, da.Array) else da.asarray(np.float64(denom))
+    return da.map_blocks(_divide, total, denom, dtype=dtype, meta=np.empty((), dtype), dt=dtype)
+
+
+def _cast(total: np.ndarray, dt: np.dtype) -> np.ndarray:
+    return np.asarray(total, dtype=np.float64).astype(dt)
+
+
+def _divide(total: np.ndarray, denom: np.ndarray, dt: np.dtype) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):  # nothing to average: NaN, as eager
+        return (np.float64(total) / np.float64(denom)).astype(dt).reshape(())
+
+
+def _aligned(a: Any) -> Any:
+    """``a``, or an aligned copy: arrays deserialised by dask.distributed can sit at unaligned
+    addresses, which the C++ core rejects."""
+    if isinstance(a, np.ndarray) and not a.flags.aligned:
+        return a.copy()
+    return a
+
+
+def _exp(loss: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return np.exp(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy
+# ---------------------------------------------------------------------------------------------
+def _ce_block(x: np.ndarray, t: np.ndarray, **kw: Any) -> np.ndarray:
+    return np.asarray(_classification.cross_entropy(_aligned(x), _aligned(t), reduction="none",
+                                                    **kw))
+
+
+def _stats_block(x: np.ndarray, t: np.ndarray, class_offset: int, ignore_index: int,
+                 softcap: Any):
+    return _scale.cross_entropy_stats(_aligned(x), _aligned(t), class_offset=class_offset,
+                                      ignore_index=ignore_index, softcap=softcap)
+
+
+def _merge_rows(st, label_smoothing: float, z_loss: float, ignore_index: int,
+                dt: np.dtype) -> np.ndarray:
+    loss = _scale.merge_cross_entropy_stats(st, label_smoothing=label_smoothing, z_loss=z_loss,
+                                            reduction="none", ignore_index=ignore_index).loss
+    return np.asarray(loss).astype(dt, copy=False)
+
+
+def _tree_reduce(items: list) -> Any:
+    """Pairwise tree of ``reduce_cross_entropy_stats`` tasks (depth log2 of the class blocks)."""
+    reduce = dask.delayed(_scale.reduce_cross_entropy_stats, pure=True)
+    while len(items) > 1:
+        nxt = [reduce(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)]
+        if len(items) % 2:
+            nxt.append(items[-1])
+        items = nxt
+    return items[0]
+
+
+def _ce_inputs(logits: Any, target: Any):
+    x = _as_dask(logits)
+    if x.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis, last)")
+    t = _as_dask(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype} "
+                        "(probability targets are not supported on Dask arrays)")
+    if t.shape != x.shape[:-1]:
+        raise ValueError(f"target has shape {t.shape} but class indices must have the logits' "
+                         f"shape without the class axis (the last): {x.shape[:-1]}")
+    if any(math.isnan(n) for n in x.shape) or any(math.isnan(n) for n in t.shape):
+        raise ValueError("logits and target must have known chunk sizes (call "
+                         "compute_chunk_sizes() first)")
+    return x, t.rechunk(x.chunks[:-1])
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    reduction: str = "mean",
+) -> da.Array:
+    """Softmax cross-entropy of a Dask array of logits, lazily: :func:`fastloss.cross_entropy`
+    by blocks.
+
+    Parameters
+    ----------
+    logits : dask.array.Array (or array_like), shape (..., V)
+        Unnormalised scores, the class axis **last**, chunked any way along every axis.
+        float32/float64 keep their dtype (16-bit computed in float32, integers in float64).
+    target : dask.array.Array or array_like of int, shape (...)
+        Class indices with the logits' shape without the class axis; rechunked to the logits'
+        row chunks. Probability targets and class weights are not supported here.
+    ignore_index, label_smoothing, z_loss, softcap
+        As :func:`fastloss.cross_entropy` (z-loss ``z * lse**2`` per row; Gemma 2's
+        soft-capping ``softcap * tanh(x / softcap)`` applied to the logits first).
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` divides by the number of non-ignored rows (NaN if there are none).
+
+    Returns
+    -------
+    dask.array.Array
+        The per-row losses (shape ``(...)``, ``"none"``; 0 for ignored rows) or a 0-d array
+        (``"mean"``, ``"sum"``), of the loss dtype. No gradient: evaluation only.
+
+    Notes
+    -----
+    When the class axis is in one chunk, every row block is one
+    :func:`fastloss.cross_entropy` task. When it is split into several chunks, every block
+    becomes :func:`fastloss.cross_entropy_stats` of its classes (``class_offset`` = the
+    block's first global class), the statistics of a row's blocks are reduced pairwise in a
+    tree of :func:`fastloss.reduce_cross_entropy_stats` tasks and
+    :func:`fastloss.merge_cross_entropy_stats` gives the per-row losses: only the per-row
+    statistics move between workers (O(rows) float64 numbers per class block), never a logits
+    block, and the result equals the one of the full rows to float64 rounding. A target past
+    the vocabulary raises IndexError at ``compute()``.
+    """
+    reduction = _check_reduction(reduction)
+    x, t = _ce_inputs(logits, target)
+    opts = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+                softcap=softcap)
+    # Check the options now and find the loss dtype (a tiny eager call).
+    probe = _classification.cross_entropy(np.zeros((1, 2), dtype=x.dtype),
+                                          np.zeros(1, dtype=np.int64), reduction="none", **opts)
+    dt = np.asarray(probe).dtype
+    ignore_index = int(ignore_index)
+    nd = x.ndim
+    row_ind = tuple(range(nd - 1))
+
+    if len(x.chunks[-1]) <= 1:  # classes in one chunk: one cross_entropy task per row block
+        per_row = da.blockwise(_ce_block, row_ind, x, row_ind + (nd - 1,), t, row_ind,
+                               dtype=dt, concatenate=True, meta=np.empty((0,) * (nd - 1), dt),
+                               **opts)
+    else:  # classes chunked: shard statistics, a tree reduction, a merge per row block
+        offsets = np.concatenate([[0], np.cumsum(x.chunks[-1])[:-1]]).astype(int).tolist()
+        xb, tb = x.to_delayed(), t.to_delayed()
+        stats = dask.delayed(_stats_block, pure=True)
+        merge = dask.delayed(_merge_rows, pure=True)
+        blocks = np.empty(x.numblocks[:-1], dtype=object)
+        for idx in np.ndindex(*x.numblocks[:-1]):
+            tblock = tb[idx]
+            parts = [stats(xb[idx + (j,)], tblock, off, ignore_index, softcap)
+                     for j, off in enumerate(offsets)]
+            rows = _merge_rows_shape(x.chunks, idx)
+            blocks[idx] = da.from_delayed(
+                merge(_tree_reduce(parts), float(label_smoothing), float(z_loss), ignore_index,
+                      dt), shape=rows, dtype=dt, meta=np.empty((0,) * len(rows), dt))
+        per_row = blocks[()] if blocks.ndim == 0 else da.block(blocks.tolist())
+
+    if reduction == "none":
+        return per_row
+    total = per_row.sum(dtype=np.float64)
+    count = (t != ignore_index).sum() if reduction == "mean" else None
+    return _finish(total, count, reduction, dt)
+
+
+def _merge_rows_shape(chunks: tuple, idx: tuple) -> tuple:
+    return tuple(chunks[a][i] for a, i in enumerate(idx))
+
+
+def perplexity(logits: Any, target: Any, **kwargs: Any) -> da.Array:
+    """Perplexity, lazily: ``exp`` of the mean cross-entropy (nats) over the non-ignored rows.
+
+    ``kwargs`` are the :func:`cross_entropy` options ``ignore_index``, ``label_smoothing``,
+    ``z_loss`` and ``softcap`` (``reduction`` is not accepted: a TypeError). Returns a 0-d Dask
+    array of the loss dtype, equal to :func:`fastloss.perplexity` of the computed arrays.
+    """
+    allowed = {"ignore_index", "label_smoothing", "z_loss", "softcap"}
+    bad = sorted(set(kwargs) - allowed)
+    if bad:
+        raise TypeError(f"perplexity() got unexpected keyword argument(s) {', '.join(bad)}; it "
+                        f"accepts {', '.join(sorted(allowed))}")
+    loss = cross_entropy(logits, target, reduction="mean", **kwargs)
+    return da.map_blocks(_exp, loss, dtype=loss.dtype, meta=np.empty((), loss.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pointwise losses
+# ---------------------------------------------------------------------------------------------
+def _pw_none(fn, x, y, w, pw, kw):
+    x, y, w, pw = map(_aligned, (x, y, w, pw))
+    extra = {k: v for k, v in (("weight", w), ("pos_weight", pw)) if v is not None}
+    return np.asarray(fn(x, y, reduction="none", **extra, **kw))
+
+
+def _pw_sum(fn, x, y, w, pw, kw):
+    x, y, w, pw = map(_aligned, (x, y, w, pw))
+    extra = {k: v for k, v in (("weight", w), ("pos_weight", pw)) if v is not None}
+    s = np.float64(fn(x, y, reduction="sum", **extra, **kw))
+    return np.full((1,) * np.ndim(x), s)
+
+
+def _pointwise(fn, input: Any, target: Any, reduction: str, weight: Any = None,
+               pos_weight: Any = None, **kw: Any) -> da.Array:
+    reduction = _check_reduction(reduction)
+    ops = [_as_dask(input), _as_dask(target)]
+    ops += [None if a is None else _as_dask(a) for a in (weight, pos_weight)]
+    present = [a for a in ops if a is not None]
+    if any(math.isnan(n) for a in present for n in a.shape):
+        raise ValueError("operands must have known chunk sizes (call compute_chunk_sizes())")
+    try:
+        full = np.broadcast_shapes(*(a.shape for a in present))
+    except ValueError:
+        raise ValueError("shapes do not broadcast together: "
+                         + ", ".join(str(a.shape) for a in present)) from None
+    # Check the options now and find the loss dtype (a tiny eager call).
+    probe_extra = {k: np.zeros(1, a.dtype) for k, a in (("weight", ops[2]),
+                                                        ("pos_weight", ops[3])) if a is not None}
+    dt = np.asarray(fn(np.zeros(1, ops[0].dtype), np.zeros(1, ops[1].dtype), reduction="none",
+                       **probe_extra, **kw)).dtype
+    ref = next((a for a in ops[:2] if a.shape == full), None)
+    chunks = ref.chunks if ref is not None else da.broadcast_to(ops[0], full).chunks
+    ops = [None if a is None else
+           (a if a.shape == full else da.broadcast_to(a, full)).rechunk(chunks)
+           for a in ops]
+    ind = tuple(range(len(full)))
+    args = []
+    for a in ops:
+        args += [a, ind] if a is not None else [None, None]
+    if reduction == "none":
+        return da.blockwise(_pw_none, ind, fn, None, *args, kw, None, dtype=dt,
+                            meta=np.empty((0,) * len(full), dt))
+    partial = da.blockwise(_pw_sum, ind, fn, None, *args, kw, None, dtype=np.float64,
+                           adjust_chunks={i: 1 for i in ind},
+                           meta=np.empty((0,) * len(full), np.float64))
+    total = partial.sum(dtype=np.float64)
+    return _finish(total, float(math.prod(full)), reduction, dt)
+
+
+_POINTWISE_DOC = """
+    Lazily, on Dask arrays: :func:`fastloss.{name}` by blocks, with the same keyword options
+    (``reduction`` ``"mean"``, ``"sum"`` or ``"none"``). The operands (Dask arrays or
+    array_likes) broadcast by NumPy rules and are chunked like the first of ``{first}`` and
+    ``target`` that has the broadcast shape. Returns a Dask array of the losses (``"none"``) or
+    a 0-d Dask array (``"mean"``: the sum over all elements divided by their number; ``"sum"``),
+    of the loss dtype; each block's sum is formed by fastloss, the block sums are added in
+    float64. No gradient (evaluation only). Invalid values in the data raise at ``compute()``.{extra}
+"""
+
+
+def mse_loss(input: Any, target: Any, *, weight: Any = None,
+             reduction: str = "mean") -> da.Array:
+    """Mean squared error ``(input - target)**2``."""
+    return _pointwise(_regression.mse_loss, input, target, reduction, weight)
+
+
+def l1_loss(input: Any, target: Any, *, weight: Any = None,
+            reduction: str = "mean") -> da.Array:
+    """Mean absolute error ``|input - target|``."""
+    return _pointwise(_regression.l1_loss, input, target, reduction, weight)
+
+
+def huber_loss(input: Any, target: Any, *, delta: float = 1.0, weight: Any = None,
+               reduction: str = "mean") -> da.Array:
+    """Huber loss with threshold ``delta > 0``."""
+    return _pointwise(_regression.huber_loss, input, target, reduction, weight, delta=delta)
+
+
+def smooth_l1_loss(input: Any, target: Any, *, beta: float = 1.0, weight: Any = None,
+                   reduction: str = "mean") -> da.Array:
+    """Smooth L1 loss with threshold ``beta >= 0``."""
+    return _pointwise(_regression.smooth_l1_loss, input, target, reduction, weight, beta=beta)
+
+
+def binary_cross_entropy_with_logits(logits: Any, target: Any, *, weight: Any = None,
+                                     pos_weight: Any = None,
+                                     reduction: str = "mean") -> da.Array:
+    """Binary cross-entropy of ``sigmoid(logits)`` (stable for logits of any size)."""
+    return _pointwise(_binary.binary_cross_entropy_with_logits, logits, target, reduction,
+                      weight, pos_weight)
+
+
+def binary_cross_entropy(probs: Any, target: Any, *, weight: Any = None,
+                         reduction: str = "mean") -> da.Array:
+    """Binary cross-entropy of probabilities in [0, 1] (logs clamped at -100)."""
+    return _pointwise(_binary.binary_cross_entropy, probs, target, reduction, weight)
+
+
+def sigmoid_focal_loss(logits: Any, target: Any, *, alpha: float = 0.25, gamma: float = 2.0,
+                       reduction: str = "mean") -> da.Array:
+    """Sigmoid focal loss (RetinaNet / DETR)."""
+    return _pointwise(_binary.sigmoid_focal_loss, logits, target, reduction, alpha=alpha,
+                      gamma=gamma)
+
+
+def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = False,
+               reduction: str = "mean") -> da.Array:
+    """Binary SVM hinge loss ``max(0, margin - y f)`` (``squared``: its square)."""
+    return _pointwise(_binary.hinge_loss, input, target, reduction, margin=margin,
+                      squared=squared)
+
+
+for _f, _first, _extra in (
+    (mse_loss, "input", ""), (l1_loss, "input", ""), (huber_loss, "input", ""),
+    (smooth_l1_loss, "input", ""),
+    (binary_cross_entropy_with_logits, "logits", ""),
+    (binary_cross_entropy, "probs", ""),
+    (sigmoid_focal_loss, "logits", ""),
+    (hinge_loss, "input",
+     "\n\n    Labels are checked block by block: each block's labels must be all in "
+     "{-1, +1} or all\n    in {0, 1} (eager fastloss also rejects a mix of -1 and 0 "
+     "across the whole array)."),
+):
+    _f.__doc__ = _f.__doc__ + "\n" + _POINTWISE_DOC.format(
+        name=_f.__name__, first=_first, extra=_extra)
+del _f, _first, _extra

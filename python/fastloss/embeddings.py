@@ -214,7 +214,8 @@ def _p_norm(x: np.ndarray, p: float) -> np.ndarray:
         return big
     safe = np.where(big > 0, big, 1.0)[:, None]
     with np.errstate(invalid="ignore"):
-        return big * np.sum((ax / safe) ** p, axis=1) ** (1.0 / p)
+        out = big * np.sum((ax / safe) ** p, axis=1) ** (1.0 / p)
+    return np.where(np.isposinf(big), np.inf, out)  # (an inf entry: inf / inf above is NaN)
 
 
 def _p_norm_grad(x: np.ndarray, d: np.ndarray, p: float) -> np.ndarray:

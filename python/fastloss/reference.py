@@ -312,7 +312,7 @@ def hinge_loss(input, target, margin=1.0, squared=False, reduction="mean", retur
     if squared:
         l, g = h * h, -2 * yb * h
     else:
-        l, g = h, np.where(z > 0, -yb, 0.0)
+        l, g = h, np.where(z > 0, -yb, np.where(np.isnan(z), np.nan, 0.0))  # NaN stays NaN
     return _pointwise(l, g, x.shape, None, reduction, return_grad)
 
 
@@ -386,6 +386,10 @@ def softmax_focal_loss(logits, target, axis=-1, alpha=None, gamma=2.0, ignore_in
             second = gamma * pt * omp ** (gamma - 1) * lpt
             second = np.where((omp == 0) | (pt == 0), 0.0, second)
     F = a_t * (mod - second)
+    # a row holding +inf (or NaN) is NaN, as cross_entropy's
+    bad_row = np.isposinf(x).any(axis=1) | np.isnan(x).any(axis=1)
+    per_row = np.where(bad_row, np.nan, per_row)
+    F = np.where(bad_row, np.nan, F)
     per_row = np.where(valid, per_row, 0.0)
     loss, scale = _row_reduce(per_row, reduction, row_shape, denom=float(valid.sum()))
     if not return_grad:

@@ -379,6 +379,39 @@ def test_kl_div_with_logits_teacher_neg_inf():
     assert inf == np.inf
 
 
+@pytest.mark.parametrize("n", [5, 3000, 10000])  # one block, and several (blocks of 2048)
+@pytest.mark.parametrize("shift_t, shift_s", [(2.0**49, 0.0), (0.0, -(2.0**49)),
+                                              (2.0**49, 2.0**48), (-(2.0**49), 2.0**49)])
+def test_kl_div_with_logits_huge_offsets(rng, n, shift_t, shift_s):
+    # Softmax ignores a constant per row, so KL(s + c1, t + c2) = KL(s, t). The logits are
+    # multiples of 1/8 and the shifts 2^48..2^49, so the shifted logits are exact in float64.
+    # Found by the fuzzer: the loss was a difference of the two row maxima plus a small rest,
+    # so a teacher row of equal huge logits gave -log(C) T^2 instead of KL(uniform || p).
+    s = np.round(8 * rng.normal(0.0, 3.0, size=(3, n))) / 8
+    t = np.round(8 * rng.normal(0.0, 3.0, size=(3, n))) / 8
+    t[2] = 0.0  # a uniform teacher row
+    for reduction in ("none", "sum"):
+        loss, grad = fl.kl_div_with_logits(s + shift_s, t + shift_t, reduction=reduction,
+                                           return_grad=True)
+        want, want_grad = ref.kl_div_with_logits(s, t, reduction=reduction, return_grad=True)
+        assert_allclose(loss, want, rtol=1e-12)
+        assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-17)
+        assert_allclose(fl.kl_div_with_logits(s + shift_s, t + shift_t, reduction=reduction),
+                        want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("big", [1e17, -1e17, 1e30, -1e30, -9.2e18 * 1000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kl_div_with_logits_equal_huge_teacher_row(big, dtype):
+    # every teacher logit the same huge value: q is uniform, the loss is KL(uniform || p)
+    s = np.array([[0.0, 5.0, -1.0, 2.0]], dtype=dtype)
+    t = np.full((1, 4), big, dtype=dtype)
+    for T in (1.0, 0.001, 3.0):
+        want = ref.kl_div_with_logits(s, np.zeros((1, 4)), temperature=T, reduction="sum")
+        got = fl.kl_div_with_logits(s, t, temperature=T, reduction="sum")
+        assert_allclose(got, want, rtol=1e-12 if dtype == np.float64 else 1e-5)
+
+
 def test_kl_div_with_logits_float32_50257(rng):
     V = 50257
     s = rng.normal(0.0, 3.0, size=(2, V)).astype(np.float32)

@@ -66,7 +66,10 @@ class _NpyRows:
                 shape, fortran, dtype = read(f)
                 self.offset = f.tell()
                 size = os.fstat(f.fileno()).st_size
-        except (ValueError, EOFError) as e:
+        except Exception as e:  # a corrupt header: numpy raises ValueError, EOFError, and also
+            # tokenize.TokenError or SyntaxError (found by the fuzzer, tests/fuzz)
+            if isinstance(e, OSError):
+                raise
             if str(e).startswith(f"{what} file"):
                 raise
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

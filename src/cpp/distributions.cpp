@@ -137,7 +137,8 @@ void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
 //   loss = tau^2 sum_j q_j (log q_j - log p_j) = tau^2 [ sum_j q_j (b_j - a_j) - lse(b) + lse(a) ]
 //   with lse(a) = M_s + log S_s,  S_s = sum_j exp(a_j - M_s)                (likewise for b)
 //   and  sum_j q_j (b_j - a_j) = D / S_t,  D = sum_j exp(b_j - M_t) (b_j - a_j):
-//   loss = tau^2 [ D / S_t + (M_s - M_t) + log(S_s / S_t) ]
+//   loss = tau^2 [ D / S_t + (M_s - M_t) + log(S_s / S_t) ] = tau^2 [ D* / S_t + log(S_s / S_t) ]
+//   with D* = sum_j exp(b_j - M_t) ((b_j - M_t) - (a_j - M_s)) (see kl_merge)
 //   d loss / d s_j = tau (p_j - q_j)
 // One pass over both rows from memory gathers all five statistics, block by block (blocks of
 // 2048 elements, which stay in L1): the maxima of the block first, then its sums against them
@@ -147,8 +148,9 @@ void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
 // and an exp rounded differently in the student and the teacher shows up in it. For the same
 // reason b_j - a_j is taken as (b_j - r_t) - (a_j - r_s) + (r_t - r_s) from the exp arguments
 // (relative to the block references r, small where the weight is) with the constant part
-// added in float64: a student equal to the teacher plus a constant gives 0, not the rounding
-// of the constant.
+// folded in float64 into the differences of the references (kl_merge): a student equal to the
+// teacher plus a constant gives 0, not the rounding of the constant, and logits of any size
+// (1e30) only ever enter as differences.
 // A term with q_j = 0 is 0, also where t_j = -inf (there b_j - a_j is -inf or NaN); a student
 // -inf where q_j > 0 makes D, and the loss, +inf. With a gradient, the exp values of both rows
 // are kept (in L2) with the reference of each block, so the gradient pass, p_j - q_j, needs
@@ -184,9 +186,10 @@ void row_max2(const S* xs, const S* xt, int64_t n, T& max_s, T& max_t) {
 }
 
 // Sums over [begin, end) of e_s = exp(a'_j), e_t = exp(b'_j) and e_t (b'_j - a'_j), with
-// a'_j = s_j inv - rs, b'_j = t_j inv - rt, for references rs >= max_j s_j inv, rt >= max_j t_j inv
-// (up to rounding). An argument is one fused multiply-add (one rounding); the references are
-// recorded as the values used, so the exps are exact relative to them. kKeep: also store e_s,
+// a'_j = (s_j - rs) inv, b'_j = (t_j - rt) inv, for references rs >= max_j s_j, rt >= max_j t_j
+// (unscaled logits). The difference comes first: a logit equal to its reference gives exactly
+// 0 however large it is (s_j inv - rs inv would leave the rounding error of the product, ~1e13
+// for logits ~1e30: found by the fuzzer, tests/fuzz). kKeep: also store e_s,
 // e_t at es[j], et[j].
 template <class S, bool kKeep, class T = compute_t<S>>
 KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt, T inv, T* es,
@@ -197,7 +200,7 @@ KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt,
   Acc<T> acc_s, acc_t, acc_d;
   const V vrs = vset<T>(rs), vrt = vset<T>(rt), vinv = vset<T>(inv), zero = vset<T>(0);
   auto step = [&](V s, V t, int64_t j, int64_t n, V& ps, V& pt, V& pd) {
-    const V as = s * vinv - vrs, bt = t * vinv - vrt;
+    const V as = (s - vrs) * vinv, bt = (t - vrt) * vinv;
     const V e_s = vexp_capped(as), e_t = vexp_capped(bt);
     ps += e_s;
     pt += e_t;
@@ -245,34 +248,49 @@ KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt,
   return {acc_s.total(), acc_t.total(), acc_d.total()};
 }
 
-// Row statistics in scaled units (logit / tau): S_s relative to ms, S_t and D relative to mt
-// (-inf: no finite logit yet, the sums are 0).
+// Row statistics: S_s relative to ms, S_t and D relative to mt (the maxima so far of the
+// unscaled logits; -inf: no finite logit yet, the sums are 0).
 struct KlStats {
   double ms = -kInf<double>, ss = 0;
   double mt = -kInf<double>, st = 0, d = 0;
   bool nan = false;
 };
 
-// exp(from - to), to >= from; 0 for from = -inf (a stretch without finite logits).
-inline double rescale(double from, double to) {
-  return from == -kInf<double> ? 0.0 : std::exp(from - to);
+// exp((from - to) inv), to >= from (unscaled logits); 0 for from = -inf (a stretch without
+// finite logits).
+inline double rescale(double from, double to, double inv) {
+  return from == -kInf<double> ? 0.0 : std::exp((from - to) * inv);
 }
 // v f, with f = 0 giving 0 even for v = +inf: teacher mass that underflows counts as q = 0.
 inline double scaled(double v, double f) { return f == 0 ? 0.0 : v * f; }
 
-// Merge the sums of a stretch (relative to rs, rt; -inf: that row has no finite logit there)
-// into the statistics; the references become the larger ones.
-inline void kl_merge(KlStats& st, double rs, double rt, const KlSums& b) {
-  const double ms = st.ms > rs ? st.ms : rs;
+// d + shift w, where w = 0 adds nothing and an infinite d (teacher mass where the student is
+// -inf: the loss is +inf) stays as it is (the shift may be infinite there).
+inline double shifted(double d, double shift, double w) {
+  return (w == 0 || std::isinf(d)) ? d : d + shift * w;
+}
+
+// Merge the sums of a stretch into the statistics; the references become the larger ones.
+// rs, rt: the (unscaled) references the stretch's exps were taken against (ref_s, ref_t: the
+// same, or -inf where that row has no finite logit in the stretch). D is kept relative to the
+// running references: D = sum_j e_t,j ((b_j - mt inv) - (a_j - ms inv)), so the loss needs no
+// (M_s - M_t) term and huge logits (|t| ~ 1e17 and more) lose nothing to cancellation: only
+// differences of logits are ever scaled (found by the fuzzer, tests/fuzz).
+inline void kl_merge(KlStats& st, double rs, double rt, double ref_s, double ref_t, double inv,
+                     const KlSums& b) {
+  const double ms_old = st.ms, mt_old = st.mt;
+  const double ms = ms_old > ref_s ? ms_old : ref_s;
+  const double mt = mt_old > ref_t ? mt_old : ref_t;
   if (ms != -kInf<double>) {
-    st.ss = st.ss * rescale(st.ms, ms) + b.s * rescale(rs, ms);
+    st.ss = st.ss * rescale(ms_old, ms, inv) + b.s * rescale(ref_s, ms, inv);
     st.ms = ms;
   }
-  const double mt = st.mt > rt ? st.mt : rt;
   if (mt != -kInf<double>) {
-    const double f_old = rescale(st.mt, mt), f_new = rescale(rt, mt);
+    const double f_old = rescale(mt_old, mt, inv), f_new = rescale(ref_t, mt, inv);
+    const double d_old = shifted(st.d, (mt_old - mt) * inv - (ms_old - ms) * inv, st.st);
+    const double d_new = shifted(b.d, (rt - mt) * inv - (rs - ms) * inv, b.t);
     st.st = st.st * f_old + b.t * f_new;
-    st.d = scaled(st.d, f_old) + scaled(b.d, f_new);
+    st.d = scaled(d_old, f_old) + scaled(d_new, f_new);
     st.mt = mt;
   }
 }
@@ -280,7 +298,7 @@ inline void kl_merge(KlStats& st, double rs, double rt, const KlSums& b) {
 // Kept exp values of both rows, and per block (segment) the references they are relative to.
 struct KlSeg {
   int64_t end;
-  double rs, rt;  // -inf: the segment's kept values are all 0
+  double rs, rt;  // unscaled; -inf: the segment's kept values are all 0
 };
 template <class T>
 struct KlKept {
@@ -311,10 +329,9 @@ KlStats kl_row_stats(const S* xs, const S* xt, int64_t n, T inv, KlKept<T>& kept
       st.nan = true;
       return st;
     }
-    // References: the block maxima scaled (rounded to T: the value the exps are relative to);
-    // a block without finite logits sums against 0 (its exps are all 0) and is recorded as -inf.
-    const T rs = max_s == -kInf<T> ? T(0) : max_s * inv,
-            rt = max_t == -kInf<T> ? T(0) : max_t * inv;
+    // References: the block maxima; a block without finite logits sums against 0 (its exps
+    // are all 0) and is recorded as -inf.
+    const T rs = max_s == -kInf<T> ? T(0) : max_s, rt = max_t == -kInf<T> ? T(0) : max_t;
     const KlSums sums = kept.es
                             ? kl_sums<S, true>(xs, xt, b, e, rs, rt, inv, kept.es, kept.et)
                             : kl_sums<S, false>(xs, xt, b, e, rs, rt, inv, static_cast<T*>(nullptr),
@@ -326,9 +343,7 @@ KlStats kl_row_stats(const S* xs, const S* xt, int64_t n, T inv, KlKept<T>& kept
     const double ref_s = max_s == -kInf<T> ? -kInf<double> : double(rs);
     const double ref_t = max_t == -kInf<T> ? -kInf<double> : double(rt);
     if (kept.es) kept.seg[kept.n_seg++] = {e, ref_s, ref_t};
-    KlSums block = sums;
-    block.d += (double(rt) - double(rs)) * sums.t;  // b - a = (b' - a') + (rt - rs)
-    kl_merge(st, ref_s, ref_t, block);
+    kl_merge(st, double(rs), double(rt), ref_s, ref_t, double(inv), sums);
   }
   return st;
 }
@@ -336,14 +351,15 @@ KlStats kl_row_stats(const S* xs, const S* xt, int64_t n, T inv, KlKept<T>& kept
 // g_j = gs (p_j - q_j) from the kept values: p_j = e_s,j exp(rs_k - ms) / S_s in segment k,
 // likewise q_j. Ordinary or (stream, float/double output) non-temporal stores.
 template <class S, class T = compute_t<S>>
-void kl_grad_row(const KlKept<T>& kept, const KlStats& st, double gs, S* g, bool stream) {
+void kl_grad_row(const KlKept<T>& kept, const KlStats& st, double inv, double gs, S* g,
+                 bool stream) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   int64_t begin = 0;
   for (int64_t k = 0; k < kept.n_seg; ++k) {
     const int64_t end = kept.seg[k].end;
-    const V cs = vset<T>(T(gs * rescale(kept.seg[k].rs, st.ms) / st.ss));
-    const V ct = vset<T>(T(gs * rescale(kept.seg[k].rt, st.mt) / st.st));
+    const V cs = vset<T>(T(gs * rescale(kept.seg[k].rs, st.ms, inv) / st.ss));
+    const V ct = vset<T>(T(gs * rescale(kept.seg[k].rt, st.mt, inv) / st.st));
     auto value = [&](V es, V et) { return cs * es - ct * et; };
     auto partial = [&](int64_t j, int64_t cnt) {
       store_partial(
@@ -389,10 +405,10 @@ void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
     }
-    a.loss[r] = tau * tau * (st.d / st.st + (st.ms - st.mt) + std::log(st.ss / st.st));
+    a.loss[r] = tau * tau * (st.d / st.st + std::log(st.ss / st.st));
     if (!a.grad) return;
     S* gr = write_row(a.grad, a.lg, r, kSlotG);
-    kl_grad_row<S>(kept, st, a.grad_scale * tau, gr, stream);
+    kl_grad_row<S>(kept, st, double(inv), a.grad_scale * tau, gr, stream);
     scatter_row(a.grad, a.lg, r, gr);
   });
 }

@@ -99,6 +99,82 @@ def read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# --- class-axis data (cross_entropy and its relatives) ----------------------------------------
+
+
+def logits_of(rng, shape, dtype=np.float64, scale=3.0):
+    return rng.normal(0.0, scale, size=shape).astype(dtype)
+
+
+def index_target(rng, shape, axis, ignore_index=None, frac_ignored=0.25):
+    """Random class indices for logits of ``shape`` with class ``axis``; a fraction of them
+    set to ``ignore_index`` (the first row always, the last row never, when there are two
+    rows or more: at least one row is ignored and one counts)."""
+    axis = axis % len(shape)
+    C = shape[axis]
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    t = rng.integers(0, C, size=row_shape)
+    if ignore_index is not None and t.size > 1:
+        flat = t.reshape(-1)
+        mask = rng.random(flat.size) < frac_ignored
+        mask[0] = True
+        mask[-1] = False  # keep at least one row that counts
+        flat[mask] = ignore_index
+    return t
+
+
+def prob_target(rng, shape, axis, dtype=np.float64):
+    """Random class probabilities (rows of a Dirichlet) with the class axis at ``axis``."""
+    axis = axis % len(shape)
+    moved = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1] or None)
+    return np.moveaxis(p.reshape(moved), -1, axis).astype(dtype)
+
+
+def torch_case_inputs(rng, shape, axis, kind, kw):
+    """Logits, target and options of a cross-entropy comparison case: class indices (with
+    ``kw``'s ``ignore_index``) for ``kind == "index"``, else probabilities; a ``"w"`` weight
+    becomes random class weights."""
+    x = logits_of(rng, shape)
+    if kind == "index":
+        t = index_target(rng, shape, axis, ignore_index=kw.get("ignore_index"))
+    else:
+        t = prob_target(rng, shape, axis)
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2.0, size=shape[axis])
+    return x, t, kw
+
+
+def fd_case_inputs(rng, shape, axis, kind, kw):
+    """Logits (scale 1.5) and target of a finite-difference case: class indices (the first
+    row set to ``kw``'s ``ignore_index`` when it has one) for ``kind == "index"``, else
+    probabilities."""
+    x = logits_of(rng, shape, scale=1.5)
+    if kind == "index":
+        t = index_target(rng, shape, axis)
+        if kw.get("ignore_index") is not None:
+            t.reshape(-1)[0] = kw["ignore_index"]
+    else:
+        t = prob_target(rng, shape, axis)
+    return x, t
+
+
+def assert_grad_matches_central_diff(f, x, t, **kw):
+    """The gradient of ``f(x, t, return_grad=True, **kw)`` against central differences of
+    ``sum(f(x, t, **kw))``; returns the gradient."""
+
+    def total(v):
+        return np.sum(f(v, t, **kw))
+
+    _, grad = f(x, t, return_grad=True, **kw)
+    np.testing.assert_allclose(grad, central_diff(total, x), rtol=1e-6, atol=1e-8)
+    return grad
+
+
 # --- every instruction set ------------------------------------------------------------------
 # The correctness suites (test_softmax.py, test_cross_entropy.py) run once per instruction set
 # the machine supports (AVX-512, AVX2, baseline on a recent x86-64), switching the dispatched

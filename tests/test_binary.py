@@ -7,11 +7,13 @@ threads."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import _contracts as contract
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import LAYOUTS, central_diff, layout, read_only
+from conftest import LAYOUTS, REDUCTIONS, read_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,7 +23,6 @@ import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
-REDUCTIONS = ("mean", "sum", "none")
 BCEL, BCE, FOCAL, HINGE = ("binary_cross_entropy_with_logits", "binary_cross_entropy",
                            "sigmoid_focal_loss", "hinge_loss")
 FUNCS = (BCEL, BCE, FOCAL, HINGE)
@@ -92,20 +93,9 @@ def grid_data(rng, fn, xshape, yshape=None):
 def check_vs_reference(fn, x, y, *, reduction="mean", rtol, grad_rtol, atol, f64=None, **kw):
     """fastloss (loss-only and fused paths) against the float64 reference on ``f64`` (the
     values fastloss computes on; default: the arguments themselves as float64)."""
-    f, r = getattr(fl, fn), getattr(ref, fn)
+    loss, grad, want_loss, want_grad, (rx, ry, rkw) = contract.reference_call(
+        fn, x, y, reduction=reduction, f64=f64, kw=kw)
     xa = np.asarray(x)
-    loss_only = f(x, y, reduction=reduction, **kw)
-    loss, grad = f(x, y, reduction=reduction, return_grad=True, **kw)
-    rx, ry, rkw = f64 if f64 is not None else (x, y, kw)
-    want_loss, want_grad = r(rx, ry, reduction=reduction, return_grad=True, **rkw)
-    dt = np.dtype(np.float32) if xa.dtype.itemsize == 2 else xa.dtype
-    if reduction == "none":
-        assert isinstance(loss, np.ndarray) and loss.shape == want_loss.shape
-    else:
-        assert isinstance(loss, np.floating) and not isinstance(loss, np.ndarray)
-    assert np.asarray(loss).dtype == dt and np.asarray(loss_only).dtype == dt
-    assert grad.shape == xa.shape and grad.dtype == xa.dtype
-    assert_allclose(loss_only, loss, rtol=4 * np.finfo(dt).eps, atol=0)
     xscale = max(1.0, float(np.max(np.abs(np.asarray(rx, np.float64))))) if xa.size else 1.0
     assert_allclose(loss, want_loss, rtol=rtol, atol=atol * xscale)
     gscale = float(np.max(np.abs(want_grad))) if want_grad.size else 1.0
@@ -151,20 +141,7 @@ def test_every_isa_and_tail_length(isa, rng, n, dtype):
 @pytest.mark.parametrize("wshape", [(4, 6), (6,), (4, 1), ()], ids=str)
 def test_weight(rng, fn, dtype, reduction, wshape):
     x, y = data(rng, fn, (4, 6), dtype=dtype)
-    w = rng.uniform(0.0, 3.0, size=wshape).astype(dtype)
-    if w.ndim:
-        w.reshape(-1)[0] = 0.0
-    loss, grad = check_vs_reference(fn, x, y, weight=w, reduction=reduction, **TOL[dtype])
-    # independent of the reference: the unweighted per-element losses times w, and the mean
-    # divides by the number of elements (PyTorch's convention for elementwise weights)
-    plain, g = getattr(fl, fn)(x, y, reduction="none", return_grad=True)
-    want = plain.astype(np.float64) * w
-    if reduction == "none":
-        assert_allclose(loss, want, rtol=TOL[dtype]["rtol"])
-        assert_allclose(grad, g * np.broadcast_to(w, x.shape), rtol=TOL[dtype]["grad_rtol"])
-    else:
-        total = want.sum() / (want.size if reduction == "mean" else 1)
-        assert_allclose(loss, total, rtol=TOL[dtype]["rtol"] * 10)
+    contract.check_weight(check_vs_reference, rng, fn, x, y, wshape, reduction, TOL[dtype])
 
 
 PW_SHAPES = [(6,), (1,), (), (4, 6), (4, 1)]
@@ -200,38 +177,30 @@ def test_pos_weight_formula(rng):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("pos_weight", [None, 2.0])
+def test_infinite_logits(dtype, pos_weight):
+    # the limits: x = +inf costs (1 - y) * inf, x = -inf costs y * inf (0 * inf = NaN, as the
+    # reference). Without pos_weight the loss was inf - inf = NaN for every label (found when
+    # the property tests ran against the sanitizer build).
+    x = np.array([np.inf, np.inf, np.inf, -np.inf, -np.inf, -np.inf], dtype=dtype)
+    y = np.array([0.0, 1.0, 0.6, 0.0, 1.0, 0.6], dtype=dtype)
+    kw = {} if pos_weight is None else {"pos_weight": np.full(6, pos_weight)}
+    loss = fl.binary_cross_entropy_with_logits(x, y, reduction="none", **kw)
+    np.testing.assert_array_equal(loss, [np.inf, np.nan, np.inf, np.nan, np.inf, np.inf])
+    np.testing.assert_array_equal(
+        loss, ref.binary_cross_entropy_with_logits(x, y, reduction="none", **kw).astype(dtype))
+
+
 # --------------------------------------------------------------------------- broadcasting
 
-BROADCASTS = [
-    ((4, 5), (5,)),  # target smaller than input
-    ((4, 5), (4, 1)),
-    ((4, 5), ()),
-    ((5,), (4, 5)),  # input smaller than target: the gradient is summed over axis 0
-    ((4, 1), (4, 5)),
-    ((1, 5), (3, 1)),
-    ((2, 1, 5), (3, 1)),
-]
-
-
-@pytest.mark.parametrize("xshape,yshape", BROADCASTS, ids=str)
+@pytest.mark.parametrize("xshape,yshape", contract.BROADCASTS, ids=str)
 @pytest.mark.parametrize("fn,kw", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_broadcasting(rng, xshape, yshape, fn, kw, dtype, reduction):
     x, y = data(rng, fn, xshape, yshape, dtype=dtype)
-    loss, grad = check_vs_reference(fn, x, y, reduction=reduction, **TOL[dtype], **kw)
-    full = np.broadcast_shapes(xshape, yshape)
-    assert grad.shape == xshape
-    # independent of the reference's summation: the same loss on the explicitly broadcast
-    # input, whose gradient summed over the broadcast axes is the gradient of x
-    xb = np.ascontiguousarray(np.broadcast_to(x, full))
-    lb, gb = getattr(fl, fn)(xb, y, reduction=reduction, return_grad=True, **kw)
-    assert_allclose(loss, lb, rtol=TOL[dtype]["rtol"])
-    lead = len(full) - len(xshape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, k in enumerate(xshape)
-                                      if k == 1 and full[lead + i] != 1)
-    want = gb.astype(np.float64).sum(axis=axes).reshape(xshape)
-    assert_allclose(grad, want, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(want).max())))
+    contract.check_broadcasting(check_vs_reference, fn, x, y, reduction, TOL[dtype], 1e-5, **kw)
 
 
 @settings(max_examples=40, deadline=None)
@@ -264,17 +233,7 @@ def test_non_contiguous_inputs(rng, name, fn, dtype):
         kw["weight"] = rng.uniform(0.5, 2.0, size=(6, 5)).astype(dtype)
     if fn == BCEL:
         kw["pos_weight"] = rng.uniform(0.5, 2.0, size=(6, 5)).astype(dtype)
-    f = getattr(fl, fn)
-    want = [f(x, y, reduction=r, return_grad=True, **kw) for r in REDUCTIONS]
-    xv, yv = layout(x, name), layout(y, name)
-    kwv = {k: layout(v, name) for k, v in kw.items()}
-    for r, (wl, wg) in zip(REDUCTIONS, want):
-        loss, grad = f(xv, yv, reduction=r, return_grad=True, **kwv)
-        # the same values in another layout: the same results, bit for bit
-        np.testing.assert_array_equal(loss, wl)
-        np.testing.assert_array_equal(grad, wg)
-    if dtype != np.float16:
-        check_vs_reference(fn, xv, yv, reduction="none", **TOL[dtype], **kwv)
+    contract.check_layout(check_vs_reference, fn, x, y, name, TOL.get(dtype), **kw)
 
 
 @pytest.mark.parametrize("fn", FUNCS)
@@ -282,15 +241,10 @@ def test_read_only_inputs(rng, fn):
     x, y = data(rng, fn, (4, 5))
     kw = {}
     if fn in WEIGHTED:
-        kw["weight"] = read_only(rng.uniform(0.5, 2.0, size=5))
+        kw["weight"] = rng.uniform(0.5, 2.0, size=5)
     if fn == BCEL:
-        kw["pos_weight"] = read_only(rng.uniform(0.5, 2.0, size=5))
-    loss, grad = getattr(fl, fn)(read_only(x), read_only(y), reduction="sum", return_grad=True,
-                                 **kw)
-    want_loss, want_grad = getattr(ref, fn)(x, y, reduction="sum", return_grad=True, **kw)
-    assert_allclose(loss, want_loss, rtol=1e-12)
-    assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
-    assert grad.flags.writeable
+        kw["pos_weight"] = rng.uniform(0.5, 2.0, size=5)
+    contract.check_read_only(fn, x, y, **kw)
 
 
 def test_array_likes_and_integer_inputs():
@@ -313,62 +267,12 @@ def test_array_likes_and_integer_inputs():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_grad_out_fresh_and_in_place(rng, fn, kw, dtype, reduction):
     x, y = data(rng, fn, (5, 7), dtype=dtype)
-    y = y.astype(np.float32) if np.dtype(dtype).itemsize == 2 else y
-    f = getattr(fl, fn)
-    want_loss, want_grad = f(x, y, reduction=reduction, return_grad=True, **kw)
-    go = np.full(x.shape, 7.0, dtype=dtype)
-    loss, grad = f(x, y, reduction=reduction, return_grad=True, grad_out=go, **kw)
-    assert grad is go
-    np.testing.assert_array_equal(loss, want_loss)
-    np.testing.assert_array_equal(go, want_grad)
-    xc = x.copy()
-    loss, grad = f(xc, y, reduction=reduction, return_grad=True, grad_out=xc, **kw)
-    assert grad is xc
-    np.testing.assert_array_equal(loss, want_loss)
-    np.testing.assert_array_equal(xc, want_grad)
+    contract.check_grad_out_fresh_and_in_place(fn, x, y, reduction, **kw)
 
 
 @pytest.mark.parametrize("fn", FUNCS)
 def test_grad_out_special_buffers(rng, fn):
-    f, r = getattr(fl, fn), getattr(ref, fn)
-    # input smaller than target: grad_out has the input's shape
-    x, y = data(rng, fn, (4, 1), (4, 6))
-    go = np.empty((4, 1))
-    loss, grad = f(x, y, reduction="sum", return_grad=True, grad_out=go)
-    want_loss, want_grad = r(x, y, reduction="sum", return_grad=True)
-    assert grad is go
-    assert_allclose(go, want_grad, rtol=1e-12)
-    assert_allclose(loss, want_loss, rtol=1e-12)
-    # Fortran-order, strided and reversed grad_out
-    x, y = data(rng, fn, (4, 6))
-    want_loss, want_grad = r(x, y, reduction="mean", return_grad=True)
-    for go in (np.zeros((4, 6), order="F"), np.zeros((8, 12))[::2, ::2],
-               np.zeros((4, 6))[::-1]):
-        loss, grad = f(x, y, return_grad=True, grad_out=go)
-        assert grad is go
-        assert_allclose(go, want_grad, rtol=1e-12, atol=1e-16)
-    # in place on a Fortran-order input
-    xf = np.asfortranarray(x)
-    loss, grad = f(xf, y, return_grad=True, grad_out=xf)
-    assert grad is xf
-    assert_allclose(xf, want_grad, rtol=1e-12, atol=1e-16)
-    assert_allclose(loss, want_loss, rtol=1e-12)
-    # grad_out is the target (float64, same shape): the target is read before being written
-    x, y = data(rng, fn, (4, 6))
-    want_loss, want_grad = r(x, y, reduction="sum", return_grad=True)
-    loss, grad = f(x, y, reduction="sum", return_grad=True, grad_out=y)
-    assert grad is y
-    assert_allclose(loss, want_loss, rtol=1e-12)
-    assert_allclose(y, want_grad, rtol=1e-12, atol=1e-16)
-    # grad_out partly overlaps the input (shifted by one element)
-    buf = data(rng, fn, (25,))[0]
-    x, go = buf[1:], buf[:-1]
-    y = data(rng, fn, (24,))[1]
-    want_loss, want_grad = r(x.copy(), y, reduction="none", return_grad=True)
-    loss, grad = f(x, y, reduction="none", return_grad=True, grad_out=go)
-    assert grad is go
-    assert_allclose(loss, want_loss, rtol=1e-12)
-    assert_allclose(go, want_grad, rtol=1e-12, atol=1e-16)
+    contract.check_grad_out_special_buffers(fn, lambda xs, ys=None: data(rng, fn, xs, ys))
 
 
 def test_grad_out_is_pos_weight_or_weight(rng):
@@ -387,24 +291,7 @@ def test_grad_out_is_pos_weight_or_weight(rng):
 
 @pytest.mark.parametrize("fn", FUNCS)
 def test_grad_out_errors(rng, fn):
-    f = getattr(fl, fn)
-    x, y = data(rng, fn, (3, 4))
-    with pytest.raises(ValueError, match="grad_out"):
-        f(x, y, return_grad=True, grad_out=np.zeros((4, 3)))
-    with pytest.raises(ValueError, match="grad_out"):
-        f(x, y, return_grad=True, grad_out=np.zeros(12))
-    with pytest.raises(TypeError, match="grad_out"):
-        f(x, y, return_grad=True, grad_out=np.zeros((3, 4), dtype=np.float32))
-    with pytest.raises(TypeError, match="grad_out"):
-        f(x.astype(np.float16), y, return_grad=True, grad_out=np.zeros((3, 4), np.float32))
-    with pytest.raises(ValueError, match="grad_out"):
-        f(x, y, return_grad=True, grad_out=read_only(np.zeros((3, 4))))
-    with pytest.raises(TypeError, match="grad_out"):
-        f(x, y, return_grad=True, grad_out=np.zeros((3, 4)).tolist())
-    with pytest.raises(ValueError, match="grad_out"):
-        f(x, y, grad_out=np.zeros((3, 4)))  # without return_grad
-    with pytest.raises(ValueError, match="grad_out"):  # the input's shape, not the broadcast one
-        f(x[:1], y, return_grad=True, grad_out=np.zeros((3, 4)))
+    contract.check_grad_out_errors(fn, *data(rng, fn, (3, 4)))
 
 
 BAD_CALLS = {
@@ -421,17 +308,9 @@ BAD_CALLS = {
 @pytest.mark.parametrize("fn", FUNCS)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_nothing_written_to_grad_out_on_error(rng, fn, in_place):
-    f = getattr(fl, fn)
-    for kw in BAD_CALLS[fn]:
+    for bad in BAD_CALLS[fn]:
         x, y = data(rng, fn, (3, 4))
-        kw = dict(kw)
-        target = kw.pop("target", y)
-        x = kw.pop("probs", x)
-        go = x if in_place else np.full((3, 4), 7.0)
-        before = go.copy()
-        with pytest.raises((ValueError, TypeError)):
-            f(x, target, return_grad=True, grad_out=go, **kw)
-        np.testing.assert_array_equal(go, before)
+        contract.check_nothing_written_on_error(fn, x, y, bad, in_place)
 
 
 @pytest.mark.parametrize("fn", [BCE, HINGE])
@@ -469,11 +348,7 @@ def test_hinge_label_error_leaves_inputs_alone(rng):
 
 # --------------------------------------------------------------------------- 16-bit
 
-LOW = [pytest.param(np.float16, 2**-10, id="float16"),
-       pytest.param(ml_dtypes.bfloat16, 2**-7, id="bfloat16")]
-
-
-@pytest.mark.parametrize("dtype,grad_rtol", LOW)
+@pytest.mark.parametrize("dtype,grad_rtol", contract.LOW)
 @pytest.mark.parametrize("fn,kw", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_16_bit_inputs(rng, dtype, grad_rtol, fn, kw, reduction):
@@ -484,13 +359,8 @@ def test_16_bit_inputs(rng, dtype, grad_rtol, fn, kw, reduction):
         kw["weight"] = rng.uniform(0.5, 2.0, size=10).astype(np.float32)
     if fn == BCEL:
         kw["pos_weight"] = rng.uniform(0.5, 2.0, size=10).astype(np.float32)
-    # the reference on the rounded values: 16-bit input, float32 target and weights
-    rkw = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-    f64 = (x.astype(np.float64), y.astype(np.float64), rkw)
-    loss, grad = check_vs_reference(fn, x, y, reduction=reduction, rtol=2e-6, atol=5e-7,
-                                    grad_rtol=grad_rtol, f64=f64, **kw)
-    assert np.asarray(loss).dtype == np.float32  # 16-bit inputs give float32 losses
-    assert grad.dtype == np.dtype(dtype)
+    contract.check_16_bit(check_vs_reference, fn, x, y, reduction,
+                          dict(rtol=2e-6, atol=5e-7, grad_rtol=grad_rtol), **kw)
 
 
 # --------------------------------------------------------------------------- finite differences
@@ -501,7 +371,6 @@ def test_16_bit_inputs(rng, dtype, grad_rtol, fn, kw, reduction):
 @pytest.mark.parametrize("xshape,yshape", [((3, 4), (3, 4)), ((3, 1), (3, 4)), ((4,), (2, 4))],
                          ids=str)
 def test_gradient_finite_differences(rng, fn, kw, reduction, xshape, yshape):
-    f = getattr(fl, fn)
     x, y = grid_data(rng, fn, xshape, yshape)
     kw = dict(kw)
     full = np.broadcast_shapes(xshape, yshape)
@@ -509,36 +378,15 @@ def test_gradient_finite_differences(rng, fn, kw, reduction, xshape, yshape):
         kw["weight"] = rng.uniform(0.5, 2.0, size=full)
     if fn == BCEL:
         kw["pos_weight"] = rng.uniform(0.5, 3.0, size=full[-1:])
-
-    def total(v):
-        return np.sum(f(v, y, reduction=reduction, **kw))
-
-    _, grad = f(x, y, reduction=reduction, return_grad=True, **kw)
-    assert_allclose(grad, central_diff(total, x), rtol=1e-7, atol=1e-8)
+    contract.check_finite_differences(fn, x, y, reduction, **kw)
 
 
 # --------------------------------------------------------------------------- PyTorch
 
 
-def _torch():
-    return pytest.importorskip("torch")
-
-
-def torch_run(loss_fn, x, y, reduction):
-    """Loss and d loss / d x from a torch function of (X, Y) in float64, upstream gradient all
-    ones; operands broadcast explicitly (autograd sums the gradient back)."""
-    torch = _torch()
-    X = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
-    Y = torch.tensor(np.asarray(y, dtype=np.float64))
-    Xb, Yb = torch.broadcast_tensors(X, Y)
-    loss = loss_fn(Xb, Yb, reduction)
-    loss.backward(torch.ones_like(loss))
-    return loss.detach().numpy(), X.grad.numpy()
-
-
 def torchvision_focal(alpha, gamma):
     """torchvision.ops.sigmoid_focal_loss, written with torch ops."""
-    torch = _torch()
+    torch = contract.torch_or_skip()
     F = torch.nn.functional
 
     def loss_fn(x, y, reduction):
@@ -559,12 +407,12 @@ def torchvision_focal(alpha, gamma):
 @pytest.mark.parametrize("wshape,pwshape", [(None, None), ((7,), None), (None, (7,)),
                                             ((6, 1), (7,)), ((6, 7), (1,))], ids=str)
 def test_bce_with_logits_matches_torch(rng, reduction, xshape, yshape, wshape, pwshape):
-    torch = _torch()
+    torch = contract.torch_or_skip()
     x, y = data(rng, BCEL, xshape, yshape)
     w = None if wshape is None else rng.uniform(0.0, 2.0, size=wshape)
     pw = None if pwshape is None else rng.uniform(0.2, 5.0, size=pwshape)
     T = (lambda a: None if a is None else torch.tensor(a))
-    t_loss, t_grad = torch_run(
+    t_loss, t_grad = contract.torch_run(
         lambda X, Y, r: torch.nn.functional.binary_cross_entropy_with_logits(
             X, Y, weight=T(w), pos_weight=T(pw), reduction=r), x, y, reduction)
     loss, grad = fl.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw,
@@ -579,12 +427,12 @@ def test_bce_with_logits_matches_torch(rng, reduction, xshape, yshape, wshape, p
                          ids=str)
 @pytest.mark.parametrize("wshape", [None, (7,), (6, 1), (6, 7)], ids=str)
 def test_bce_matches_torch(rng, reduction, xshape, yshape, wshape):
-    torch = _torch()
+    torch = contract.torch_or_skip()
     x, y = data(rng, BCE, xshape, yshape)
     x.reshape(-1)[:2] = [0.0, 1.0]  # exact 0 and 1: the clamped logs and the 1e-12 floor
     w = None if wshape is None else rng.uniform(0.0, 2.0, size=wshape)
     T = (lambda a: None if a is None else torch.tensor(a))
-    t_loss, t_grad = torch_run(
+    t_loss, t_grad = contract.torch_run(
         lambda X, Y, r: torch.nn.functional.binary_cross_entropy(X, Y, weight=T(w), reduction=r),
         x, y, reduction)
     loss, grad = fl.binary_cross_entropy(x, y, weight=w, reduction=reduction, return_grad=True)
@@ -607,9 +455,9 @@ def test_bce_matches_torch(rng, reduction, xshape, yshape, wshape):
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("xshape,yshape", [((6, 7), (6, 7)), ((6, 1), (6, 7))], ids=str)
 def test_focal_matches_torchvision_formula(rng, alpha, gamma, reduction, soft, xshape, yshape):
-    _torch()
+    contract.torch_or_skip()
     x, y = data(rng, FOCAL, xshape, yshape, soft=soft)
-    t_loss, t_grad = torch_run(torchvision_focal(alpha, gamma), x, y, reduction)
+    t_loss, t_grad = contract.torch_run(torchvision_focal(alpha, gamma), x, y, reduction)
     loss, grad = fl.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction=reduction,
                                        return_grad=True)
     assert np.shape(loss) == np.shape(t_loss)
@@ -619,16 +467,14 @@ def test_focal_matches_torchvision_formula(rng, alpha, gamma, reduction, soft, x
 
 
 def test_empty_matches_torch():
-    torch = _torch()
+    torch = contract.torch_or_skip()
     F = torch.nn.functional
     x = np.zeros((0, 3))
     for reduction in REDUCTIONS:
         for fn, tf in ((BCEL, F.binary_cross_entropy_with_logits),
                        (BCE, F.binary_cross_entropy)):
-            t_loss, t_grad = torch_run(lambda X, Y, r: tf(X, Y, reduction=r), x, x, reduction)
-            loss, grad = getattr(fl, fn)(x, x, reduction=reduction, return_grad=True)
-            np.testing.assert_array_equal(loss, t_loss)  # NaN for mean, 0 for sum
-            assert np.shape(loss) == np.shape(t_loss) and grad.shape == t_grad.shape
+            t = contract.torch_run(lambda X, Y, r: tf(X, Y, reduction=r), x, x, reduction)
+            contract.check_empty_matches_torch(fn, x, reduction, t)
 
 
 # --------------------------------------------------------------------------- hand values
@@ -900,17 +746,8 @@ def test_bce_float32_few_ulp_over_the_whole_range(rng, labels):
 @pytest.mark.parametrize("fn,kw", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_nan_affects_only_its_element(rng, fn, kw, dtype):
-    f = getattr(fl, fn)
     x, y = data(rng, fn, (4, 5), dtype=dtype)
-    clean_loss, clean_grad = f(x, y, reduction="none", return_grad=True, **kw)
-    x[2, 3] = np.nan
-    loss, grad = f(x, y, reduction="none", return_grad=True, **kw)
-    mask = np.zeros((4, 5), bool)
-    mask[2, 3] = True
-    assert np.isnan(loss[2, 3]) and np.isnan(np.float64(grad[2, 3]))
-    np.testing.assert_array_equal(loss[~mask], clean_loss[~mask])
-    np.testing.assert_array_equal(grad[~mask], clean_grad[~mask])
-    assert np.isnan(f(x, y, reduction="sum", **kw)) and np.isnan(f(x, y, **kw))
+    contract.check_nan_affects_only_its_element(fn, x, y, **kw)
 
 
 @pytest.mark.parametrize("fn", [BCEL, BCE, FOCAL])
@@ -965,12 +802,9 @@ def test_bad_alpha(alpha):
 
 
 def test_non_numeric_options():
-    with pytest.raises(TypeError, match="alpha"):
-        fl.sigmoid_focal_loss([0.0], [1.0], alpha="0.25")
-    with pytest.raises(TypeError, match="gamma"):
-        fl.sigmoid_focal_loss([0.0], [1.0], gamma=None)
-    with pytest.raises(TypeError, match="margin"):
-        fl.hinge_loss([0.0], [1.0], margin="1")
+    contract.check_non_numeric_options([0.0], [1.0], [(FOCAL, "alpha", "0.25"),
+                                                      (FOCAL, "gamma", None),
+                                                      (HINGE, "margin", "1")])
 
 
 @pytest.mark.parametrize("probs", [[1.5], [-0.1], [0.5, 1.0 + 1e-15], [np.inf], [-np.inf],
@@ -1012,7 +846,7 @@ def test_hinge_labels_checked_in_a_large_threaded_pass(restore_threads, bad, whe
 
 
 @pytest.mark.parametrize("fn", FUNCS)
-@pytest.mark.parametrize("reduction", ["avg", "Mean", None, "batchmean", 1])
+@pytest.mark.parametrize("reduction", contract.BAD_REDUCTIONS)
 def test_unknown_reduction(rng, fn, reduction):
     x, y = data(rng, fn, (2,))
     with pytest.raises(ValueError, match="reduction"):
@@ -1045,19 +879,10 @@ def test_bad_dtypes(rng, fn):
 
 
 @pytest.mark.parametrize("fn,kw", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0)], ids=str)
+@pytest.mark.parametrize("shape", contract.EMPTY_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_empty(fn, kw, shape, dtype):
-    f = getattr(fl, fn)
-    x = np.zeros(shape, dtype)
-    loss, grad = f(x, x, return_grad=True, **kw)
-    assert np.isnan(loss)  # mean of nothing: NaN, as torch
-    assert grad.shape == shape and grad.dtype == x.dtype
-    loss, grad = f(x, x, reduction="sum", return_grad=True, **kw)
-    assert loss == 0 and not isinstance(loss, np.ndarray)
-    loss, grad = f(x, x, reduction="none", return_grad=True, **kw)
-    assert isinstance(loss, np.ndarray) and loss.shape == shape
-    assert grad.shape == shape
+    contract.check_empty(fn, shape, dtype, **kw)
 
 
 # --------------------------------------------------------------------------- threads
@@ -1096,28 +921,11 @@ def test_one_and_two_threads_agree(restore_threads, big_data, dtype):
             out += [f(x, y, reduction="none", **kw), f(x, y, return_grad=True, **kw)[1]]
         return out
 
-    fl.set_num_threads(1)
-    one = run_all()
-    fl.set_num_threads(2)
-    two = run_all()
-    for a, b in zip(one, two):  # elementwise results: bit for bit
-        np.testing.assert_array_equal(a, b)
+    contract.check_one_and_two_threads_agree(run_all)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_reductions_independent_of_thread_count(restore_threads, big_data, dtype):
-    res, labels = {}, []
-    for n in (1, 2):
-        fl.set_num_threads(n)
-        res[n] = []
-        for fn, kw, x, y in _big_calls(big_data, dtype):
-            for r in ("mean", "sum"):
-                res[n].append(getattr(fl, fn)(x, y, reduction=r, **kw))
-                if n == 1:
-                    labels.append((fn, sorted(kw), r))
-    # the same numbers summed in another order: the accumulated rounding differs slightly
-    assert_allclose(res[1], res[2], rtol=1e-13 if dtype == np.float64 else 1e-7)
-    # the reduced loss must not depend on how many threads computed it (as for cross_entropy,
-    # test_threads.py): bit for bit
-    differ = [(lab, float(a), float(b)) for lab, a, b in zip(labels, res[1], res[2]) if a != b]
-    assert not differ, differ
+    calls = [((fn, sorted(kw), r), partial(getattr(fl, fn), x, y, reduction=r, **kw))
+             for fn, kw, x, y in _big_calls(big_data, dtype) for r in ("mean", "sum")]
+    contract.check_reductions_independent_of_thread_count(calls, dtype)

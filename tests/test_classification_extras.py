@@ -11,13 +11,14 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import LAYOUTS, central_diff, layout, read_only
+from conftest import LAYOUTS, REDUCTIONS, central_diff, layout, read_only
+from conftest import assert_grad_matches_central_diff, fd_case_inputs, index_target, logits_of
+from conftest import prob_target, torch_case_inputs
 
 import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
-REDUCTIONS = ("mean", "sum", "none")
 NINF = -np.inf
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
@@ -37,35 +38,6 @@ LOW_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 def _torch():
     return pytest.importorskip("torch")
-
-
-def logits_of(rng, shape, dtype=np.float64, scale=3.0):
-    return rng.normal(0.0, scale, size=shape).astype(dtype)
-
-
-def index_target(rng, shape, axis, ignore_index=None, frac_ignored=0.25):
-    """Random class indices for logits of ``shape`` with class ``axis``; a fraction of them
-    set to ``ignore_index`` (the first row always, the last row never, when there are two
-    rows or more)."""
-    axis = axis % len(shape)
-    C = shape[axis]
-    row_shape = shape[:axis] + shape[axis + 1 :]
-    t = rng.integers(0, C, size=row_shape)
-    if ignore_index is not None and t.size > 1:
-        flat = t.reshape(-1)
-        mask = rng.random(flat.size) < frac_ignored
-        mask[0] = True
-        mask[-1] = False
-        flat[mask] = ignore_index
-    return t
-
-
-def prob_target(rng, shape, axis, dtype=np.float64):
-    """Random class probabilities (rows of a Dirichlet) with the class axis at ``axis``."""
-    axis = axis % len(shape)
-    moved = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
-    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1] or None)
-    return np.moveaxis(p.reshape(moved), -1, axis).astype(dtype)
 
 
 def loss_dtype(x):
@@ -291,26 +263,11 @@ FD_CE_CASES = [
 @pytest.mark.parametrize("name,shape,axis,kind,kw", FD_CE_CASES, ids=[c[0] for c in FD_CE_CASES])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_ce_zloss_softcap_finite_differences(rng, name, shape, axis, kind, kw, reduction):
-    x = logits_of(rng, shape, scale=1.5)
-    if kind == "index":
-        t = index_target(rng, shape, axis)
-        if "ignore_index" in kw:
-            t.reshape(-1)[0] = kw["ignore_index"]
-    else:
-        t = prob_target(rng, shape, axis)
-
-    def total(v):
-        return np.sum(fl.cross_entropy(v, t, axis=axis, reduction=reduction, **kw))
-
-    _, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
-    assert_allclose(grad, central_diff(total, x), rtol=1e-6, atol=1e-8)
+    x, t = fd_case_inputs(rng, shape, axis, kind, kw)
+    assert_grad_matches_central_diff(fl.cross_entropy, x, t, axis=axis, reduction=reduction, **kw)
     # the reference's gradient passes the same check
-    _, rgrad = ref.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
-
-    def rtotal(v):
-        return np.sum(ref.cross_entropy(v, t, axis=axis, reduction=reduction, **kw))
-
-    assert_allclose(rgrad, central_diff(rtotal, x), rtol=1e-6, atol=1e-8)
+    assert_grad_matches_central_diff(ref.cross_entropy, x, t, axis=axis, reduction=reduction,
+                                     **kw)
 
 
 def _torch_ce(x, t, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
@@ -367,14 +324,7 @@ TORCH_CE_CASES = [
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_ce_zloss_softcap_matches_torch(rng, name, shape, axis, kind, kw, reduction):
     _torch()
-    x = logits_of(rng, shape)
-    if kind == "index":
-        t = index_target(rng, shape, axis, ignore_index=kw.get("ignore_index"))
-    else:
-        t = prob_target(rng, shape, axis)
-    kw = dict(kw)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.5, 2.0, size=shape[axis])
+    x, t, kw = torch_case_inputs(rng, shape, axis, kind, kw)
     loss, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
     t_loss, t_grad = _torch_ce(x, t, axis=axis, reduction=reduction, **kw)
     assert np.shape(loss) == np.shape(t_loss)

@@ -9,7 +9,9 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import LAYOUTS, central_diff, layout, read_only
+from conftest import LAYOUTS, REDUCTIONS, central_diff, layout, read_only
+from conftest import assert_grad_matches_central_diff, fd_case_inputs, index_target, logits_of
+from conftest import prob_target, torch_case_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,7 +20,6 @@ import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
-REDUCTIONS = ("mean", "sum", "none")
 NINF = -np.inf
 
 # tolerances against the float64 reference evaluated on the same input values
@@ -29,34 +30,6 @@ TOL = {
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def logits_of(rng, shape, dtype=np.float64, scale=3.0):
-    return rng.normal(0.0, scale, size=shape).astype(dtype)
-
-
-def index_target(rng, shape, axis, ignore_index=None, frac_ignored=0.25):
-    """Random class indices for logits of ``shape`` with class ``axis``; a fraction of them
-    set to ``ignore_index`` (at least one when there are two rows or more)."""
-    axis = axis % len(shape)
-    C = shape[axis]
-    row_shape = shape[:axis] + shape[axis + 1 :]
-    t = rng.integers(0, C, size=row_shape)
-    if ignore_index is not None and t.size > 1:
-        flat = t.reshape(-1)
-        mask = rng.random(flat.size) < frac_ignored
-        mask[0] = True
-        mask[-1] = False  # keep at least one row that counts
-        flat[mask] = ignore_index
-    return t
-
-
-def prob_target(rng, shape, axis, dtype=np.float64):
-    """Random class probabilities (rows of a Dirichlet) with the class axis at ``axis``."""
-    axis = axis % len(shape)
-    moved = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
-    p = rng.dirichlet(np.ones(shape[axis]), size=moved[:-1] or None)
-    return np.moveaxis(p.reshape(moved), -1, axis).astype(dtype)
 
 
 def assert_matches_reference(x, t, dtype=None, fn="cross_entropy", **kw):
@@ -451,21 +424,9 @@ FD_CASES = [
 @pytest.mark.parametrize("name,shape,axis,kind,kw", FD_CASES, ids=[c[0] for c in FD_CASES])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_gradient_finite_differences(rng, name, shape, axis, kind, kw, reduction):
-    x = logits_of(rng, shape, scale=1.5)
-    if kind == "index":
-        t = index_target(rng, shape, axis)
-        ign = kw.get("ignore_index")
-        if ign is not None:
-            t.reshape(-1)[0] = ign
-    else:
-        t = prob_target(rng, shape, axis)
-
-    def total(z):
-        return np.sum(fl.cross_entropy(z, t, axis=axis, reduction=reduction, **kw))
-
-    _, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
-    fd = central_diff(total, x)
-    assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    x, t = fd_case_inputs(rng, shape, axis, kind, kw)
+    grad = assert_grad_matches_central_diff(fl.cross_entropy, x, t, axis=axis,
+                                            reduction=reduction, **kw)
     if kind == "index" and "ignore_index" in kw:  # row 0 is ignored: no gradient there
         assert np.all(grad[0] == 0)
 
@@ -898,14 +859,7 @@ TORCH_CASES = [
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_matches_torch(rng, name, shape, axis, kind, kw, reduction):
     pytest.importorskip("torch")
-    x = logits_of(rng, shape)
-    if kind == "index":
-        t = index_target(rng, shape, axis, ignore_index=kw.get("ignore_index"))
-    else:
-        t = prob_target(rng, shape, axis)
-    kw = dict(kw)
-    if kw.get("weight") == "w":
-        kw["weight"] = rng.uniform(0.5, 2.0, size=shape[axis])
+    x, t, kw = torch_case_inputs(rng, shape, axis, kind, kw)
     loss, grad = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True, **kw)
     t_loss, t_grad = _torch_ce(x, t, axis, reduction=reduction, **kw)
     assert_allclose(loss, t_loss, rtol=1e-12)

@@ -135,6 +135,24 @@ def check_real(value: Any, name: str, lo: float = -math.inf, hi: float = math.in
     return v
 
 
+def check_temperature(value: Any) -> float:
+    """A softmax temperature: a positive finite real number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"temperature must be a real number, got {_type_name(value)}")
+    if isinstance(value, np.complexfloating):
+        raise TypeError(f"temperature must be a real number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    return v
+
+
+def mean_scale(reduction: str, count: int, mean_like: tuple[str, ...] = ("mean",)) -> float:
+    """The factor a reduction puts on every term's gradient: ``1 / count`` for a mean-like
+    one (0 when there is nothing to average), 1 for the others."""
+    return (1.0 / count if count else 0.0) if reduction in mean_like else 1.0
+
+
 def check_int(value: Any, name: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {value!r}")

@@ -69,6 +69,48 @@ def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:
     return times
 
 
+def _recorder(results: list, moved: dict, floor_ms: dict) -> Callable[..., list]:
+    """``add(case, impl, fn, repeat, warmup=1, note="")``: times ``fn`` (:func:`time_call`),
+    appends its :class:`Result` for ``case`` (bytes moved and bandwidth floor from ``moved``
+    and ``floor_ms``, peak extra memory from one more call) to ``results`` and returns the
+    times (ms)."""
+
+    def add(case, impl, fn, repeat_, warmup=1, note=""):
+        times = time_call(fn, repeat_, warmup)
+        results.append(Result(case, impl, statistics.median(times), min(times), max(times),
+                              moved[case], floor_ms[case], note=note, times_ms=times,
+                              peak_extra_bytes=peak_extra_memory(fn)))
+        return times
+
+    return add
+
+
+def _numpy_times(add: Callable[..., list], make_impls: Callable[[], tuple], ref_loss: float,
+                 repeat: int, progress: Callable[[str], None]) -> dict:
+    """The plain-NumPy implementations of ``make_impls()``, checked against fastloss's loss
+    ``ref_loss``, then timed with ``add``: {case: times (ms)}."""
+    progress("NumPy")
+    impls, label = make_impls()
+    if not np.isclose(impls["loss"](), ref_loss, rtol=1e-4):
+        raise RuntimeError("the NumPy implementation disagrees with fastloss")
+    return {case: add(case, label, fn, repeat) for case, fn in impls.items()}
+
+
+def _machine_info(threads: int, floor: dict, **case) -> dict:
+    """The machine, the case's parameters and the measured bandwidths, for a report."""
+    return {
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "threads": threads,
+        **case,
+        "read_gbps": floor["read_gbps"],
+        "read_write_gbps": floor["read_write_gbps"],
+        "read_write_nt_gbps": floor["read_write_nt_gbps"],
+        "isa": _core.active_isa(),
+        "compiler": _core.compiler,
+    }
+
+
 def peak_extra_memory(fn: Callable[[], object]) -> Optional[int]:
     """Bytes of resident memory ``fn()`` added at its peak, over what was resident before
     (Linux: resets the high-water mark through /proc/self/clear_refs; None elsewhere). It counts
@@ -236,13 +278,7 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
                 "loss+grad": 2 * nbytes / floor["read_write_gbps"] / 1e6}
     moved = {"loss": nbytes, "loss+grad": 2 * nbytes}
     results = []
-
-    def add(case, impl, fn, repeat_, warmup=1, note=""):
-        times = time_call(fn, repeat_, warmup)
-        results.append(Result(case, impl, statistics.median(times), min(times), max(times),
-                              moved[case], floor_ms[case], note=note, times_ms=times,
-                              peak_extra_bytes=peak_extra_memory(fn)))
-        return times
+    add = _recorder(results, moved, floor_ms)
 
     ref_loss = float(cross_entropy(x, t))
     grad_buf = np.empty_like(x)
@@ -272,12 +308,8 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
 
     np_times = {}
     if numpy_repeat and x.dtype.itemsize > 2:
-        progress("NumPy")
-        impls, label = _numpy_impls(x, t)
-        if not np.isclose(impls["loss"](), ref_loss, rtol=1e-4):
-            raise RuntimeError("the NumPy implementation disagrees with fastloss")
-        for case, fn in impls.items():
-            np_times[case] = add(case, label, fn, numpy_repeat)
+        np_times = _numpy_times(add, lambda: _numpy_impls(x, t), ref_loss, numpy_repeat,
+                                progress)
 
     if others:
         for mod, make in (("torch", _torch_impls), ("jax", _jax_impls)):
@@ -300,20 +332,7 @@ def run_case(batch: int, vocab: int, dtype: str = "float32", threads: Optional[i
     for r in results:
         ms = np_times.get(r.case) if "z-loss" not in r.impl else None
         r.numpy_ms = statistics.median(ms) if ms else None
-    info = {
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "threads": threads,
-        "batch": batch,
-        "vocab": vocab,
-        "dtype": dtype,
-        "read_gbps": floor["read_gbps"],
-        "read_write_gbps": floor["read_write_gbps"],
-        "read_write_nt_gbps": floor["read_write_nt_gbps"],
-        "isa": _core.active_isa(),
-        "compiler": _core.compiler,
-    }
-    return results, info
+    return results, _machine_info(threads, floor, batch=batch, vocab=vocab, dtype=dtype)
 
 
 def _cpu_name() -> str:
@@ -520,13 +539,7 @@ def run_kl_logits(batch: int = 4096, vocab: int = 50257, threads: Optional[int] 
     floor_ms = {"loss": moved["loss"] / floor["read_gbps"] / 1e6,
                 "loss+grad": moved["loss+grad"] / floor["read_write_gbps"] / 1e6}
     results = []
-
-    def add(case, impl, fn, repeat_, warmup=1, note=""):
-        times = time_call(fn, repeat_, warmup)
-        results.append(Result(case, impl, statistics.median(times), min(times), max(times),
-                              moved[case], floor_ms[case], note=note, times_ms=times,
-                              peak_extra_bytes=peak_extra_memory(fn)))
-        return times
+    add = _recorder(results, moved, floor_ms)
 
     kw = {"temperature": temperature}
     ref_loss = float(kl_div_with_logits(s, t, **kw))
@@ -543,12 +556,8 @@ def run_kl_logits(batch: int = 4096, vocab: int = 50257, threads: Optional[int] 
 
     np_times = {}
     if numpy_repeat:
-        progress("NumPy")
-        impls, label = _numpy_kl_impls(s, t, temperature)
-        if not np.isclose(impls["loss"](), ref_loss, rtol=1e-4):
-            raise RuntimeError("the NumPy implementation disagrees with fastloss")
-        for case, fn in impls.items():
-            np_times[case] = add(case, label, fn, numpy_repeat)
+        np_times = _numpy_times(add, lambda: _numpy_kl_impls(s, t, temperature), ref_loss,
+                                numpy_repeat, progress)
 
     if others and importlib.util.find_spec("torch") is not None:
         progress("torch")
@@ -564,18 +573,5 @@ def run_kl_logits(batch: int = 4096, vocab: int = 50257, threads: Optional[int] 
     for r in results:
         ms = np_times.get(r.case)
         r.numpy_ms = statistics.median(ms) if ms else None
-    info = {
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "threads": threads,
-        "batch": batch,
-        "vocab": vocab,
-        "dtype": "float32",
-        "temperature": temperature,
-        "read_gbps": floor["read_gbps"],
-        "read_write_gbps": floor["read_write_gbps"],
-        "read_write_nt_gbps": floor["read_write_nt_gbps"],
-        "isa": _core.active_isa(),
-        "compiler": _core.compiler,
-    }
-    return results, info
+    return results, _machine_info(threads, floor, batch=batch, vocab=vocab, dtype="float32",
+                                  temperature=temperature)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import numpy as np
@@ -13,8 +12,10 @@ from ._validation import (
     GradTarget,
     as3d,
     check_reduction,
+    check_temperature,
     float_input,
     grad_buffer,
+    mean_scale,
     normalize_axis,
     reduce_rows,
 )
@@ -40,17 +41,6 @@ def _kernel_dtype(a: FloatInput, b: FloatInput) -> np.dtype:
 
 def _loss_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype)
-
-
-def _check_temperature(value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"temperature must be a real number, got {type(value).__name__}")
-    if isinstance(value, np.complexfloating):
-        raise TypeError(f"temperature must be a real number, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
-    return v
 
 
 def kl_div_with_logits(
@@ -162,7 +152,7 @@ def kl_div_with_logits(
         raise ValueError(
             f"student_logits has a class axis (axis={ax}) of size 0: there are no classes"
         )
-    tau = _check_temperature(temperature)
+    tau = check_temperature(temperature)
     reduction = check_reduction(reduction, _KL_REDUCTIONS)
     want_grad = _check_return_grad(return_grad, grad_out)
 
@@ -173,7 +163,7 @@ def kl_div_with_logits(
     rows, n_classes = s3.shape[0] * s3.shape[2], s3.shape[1]
     denom = {"batchmean": rows, "mean": rows * n_classes}.get(reduction, 1)
     mean_like = reduction in ("batchmean", "mean")
-    scale = (1.0 / denom if denom else 0.0) if mean_like else 1.0
+    scale = mean_scale(reduction, denom, ("batchmean", "mean"))
 
     grad: Optional[GradTarget] = None
     temp = None
@@ -276,7 +266,7 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     last = len(shape) - 1
     m3, v3 = as3d(ma, last), as3d(va, last)
     rows = m3.shape[0]
-    scale = (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
+    scale = mean_scale(reduction, rows)
     g_mu = g_lv = None
     if want_grad:
         g_mu, g_lv = np.empty(shape, dtype=kdt), np.empty(shape, dtype=kdt)

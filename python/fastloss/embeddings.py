@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from ._pointwise import real_array
-from ._validation import FloatInput, check_real, check_reduction, float_input, reduce_rows
+from ._validation import (
+    FloatInput,
+    check_real,
+    check_reduction,
+    check_temperature,
+    float_input,
+    mean_scale,
+    reduce_rows,
+)
 from .classification import cross_entropy
 
 __all__ = ["clip_loss", "contrastive_loss", "triplet_margin_loss"]
@@ -58,10 +66,6 @@ def _loss_dtype(prepared: list[FloatInput]) -> np.dtype:
     for p in prepared[1:]:
         dt = np.promote_types(dt, p.loss_dtype)
     return dt
-
-
-def _mean_scale(reduction: str, rows: int) -> float:
-    return (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
 
 
 def _check_margin(margin: Any, *, positive: bool) -> float:
@@ -164,7 +168,7 @@ def contrastive_loss(
     want_grad = bool(return_grad)
     a2, b2 = _rows(a), _rows(b)
     rows = a2.shape[0]
-    scale = _mean_scale(reduction, rows)
+    scale = mean_scale(reduction, rows)
     per_row = np.empty(rows, dtype=np.float64)
     if want_grad:
         g1 = np.empty(a2.shape, dtype=a.orig_dtype)
@@ -332,7 +336,7 @@ def triplet_margin_loss(
     swap, want_grad = bool(swap), bool(return_grad)
     a2, p2, n2 = _rows(a), _rows(pp), _rows(n)
     rows = a2.shape[0]
-    scale = _mean_scale(reduction, rows)
+    scale = mean_scale(reduction, rows)
     per_row = np.empty(rows, dtype=np.float64)
     if want_grad:
         grads = [np.empty(x.shape, dtype=f.orig_dtype) for x, f in ((a2, a), (p2, pp), (n2, n))]
@@ -379,17 +383,6 @@ def triplet_margin_loss(
 # CLIP loss (Radford et al. 2021): symmetric InfoNCE over the batch similarity matrix
 # ---------------------------------------------------------------------------------------------
 _NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
-
-
-def _check_temperature(value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"temperature must be a real number, got {type(value).__name__}")
-    if isinstance(value, np.complexfloating):
-        raise TypeError(f"temperature must be a real number, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
-    return v
 
 
 def _scaled_rows(x: np.ndarray, dtype: np.dtype, normalize: bool, factor: float):
@@ -507,7 +500,7 @@ def clip_loss(
     if tx.array.shape != im.array.shape:
         raise ValueError(f"text_emb has shape {tx.array.shape} but must have image_emb's shape "
                          f"{im.array.shape} (N pairs of D-dimensional embeddings)")
-    tau = _check_temperature(temperature)
+    tau = check_temperature(temperature)
     reduction = check_reduction(reduction)
     normalize, want_grad = bool(normalize), bool(return_grad)
     cdt = np.promote_types(im.compute_dtype, tx.compute_dtype)  # float32 or float64

@@ -110,7 +110,7 @@ template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V
 }
 
 // kPos: with pos_weight. Without it, torch's own form max(x, 0) - x y + log1p(exp(-|x|)) with
-// max(x, 0) - x y fused (one rounding: no cancellation either).
+// max(x, 0) - x y taken as x (1 - y) or -x y (no cancellation; right at x = +-inf).
 template <bool kPos> struct BceLogits {
   template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
     if constexpr (kPos) {
@@ -120,7 +120,11 @@ template <bool kPos> struct BceLogits {
       g = c * lp.sig - p * y;
     } else {
       const V<T> e = vexp_capped(-vabs<T>(x)), one = splat<T>(1);
-      l = (relu<T>(x) - x * y) + vlog1p_unit(e);
+      // max(x, 0) - x y as x (1 - y) or x (-y): the same at +-inf as the reference's
+      // y softplus(-x) + (1 - y) softplus(x) (+inf, or NaN for 0 * inf), not inf - inf = NaN
+      // (found by the property tests under the sanitizer build)
+      // (the same expression as bce_logits_loss with p = 1: bit-identical to pos_weight = 1)
+      l = vselect(x >= V<T>{}, (one - y) * x, -y * x) + vlog1p_unit(e);
       const V<T> big = one / (one + e);
       g = vselect(x >= V<T>{}, big, e * big) - y;
     }

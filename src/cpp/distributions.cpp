@@ -2,8 +2,7 @@
 // gaussian_kl (the VAE term), multi_margin_loss (torch's multi-class hinge).
 //
 // Row kernels in the manner of softmax_ce.cpp: a row (the class axis of one sample) is read
-// from memory once; rows whose class stride is not 1 are gathered into a per-thread buffer
-// first; sums are accumulated in float64 lanes (float32 terms in partials of at most 4 or 8
+// from memory once; rows whose class stride is not 1 move through per-thread tiles (rows.hpp); sums are accumulated in float64 lanes (float32 terms in partials of at most 4 or 8
 // terms, widened once per chunk); rows are independent, so results do not depend on the
 // number of threads.
 #include "distributions.hpp"
@@ -15,6 +14,7 @@
 #include <type_traits>
 
 #include "kernels.hpp"
+#include "rows.hpp"
 #include "simd_math.hpp"
 
 #ifndef FASTLOSS_ISA_NS
@@ -29,76 +29,18 @@ template <class T>
 constexpr T kInf = std::numeric_limits<T>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// ---------------------------------------------------------------------------------------------
-// Row access (as softmax_ce.cpp; scratch rows from thread_scratch, never an STL container: no
-// STL template may be instantiated in a per-ISA file, or the linker could keep this file's
-// AVX-512 copy for every caller).
-// ---------------------------------------------------------------------------------------------
+// Scratch slots (rows.hpp): read tiles of the two inputs, write tiles of the two gradients,
+// kept exps and segments of kl_div_with_logits.
 enum Slot {
   kSlotA = 0,
   kSlotB = 1,
-  kSlotG = 2,
+  kSlotG = kWriteSlot,
   kSlotG2 = 3,
   kSlotES = 4,
   kSlotET = 5,
   kSlotSeg = 6
 };
 static_assert(kSlotSeg < kScratchSlots, "more scratch slots than threads.cpp provides");
-
-template <class T>
-T* scratch_row(Slot slot, int64_t n) {
-  return static_cast<T*>(thread_scratch(slot, size_t(n) * sizeof(T)));
-}
-
-template <class T>
-const T* read_row(const T* base, const Layout3& L, int64_t r, Slot slot) {
-  const T* p = base + L.offset(r);
-  if (L.s1 == 1) return p;
-  T* buf = scratch_row<T>(slot, L.n1);
-  for (int64_t j = 0; j < L.n1; ++j) buf[j] = p[j * L.s1];
-  return buf;
-}
-
-// Where to write row r: in place when contiguous, else a scratch row (then scatter_row).
-template <class T>
-T* write_row(T* base, const Layout3& L, int64_t r, Slot slot) {
-  if (L.s1 == 1) return base + L.offset(r);
-  return scratch_row<T>(slot, L.n1);
-}
-
-template <class T>
-void scatter_row(T* base, const Layout3& L, int64_t r, const T* row) {
-  if (L.s1 == 1) return;
-  T* p = base + L.offset(r);
-  for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = row[j];
-}
-
-template <class T>
-void fill_row(T* base, const Layout3& L, int64_t r, T value) {
-  T* p = base + L.offset(r);
-  for (int64_t j = 0; j < L.n1; ++j) p[j * L.s1] = value;
-}
-
-// Float64 lane accumulators of float partial sums (widened once per chunk of vectors).
-template <class T>
-struct Acc;
-template <>
-struct Acc<float> {
-  f64v lo{}, hi{};
-  void add_partial(f32v part) {
-    f64v l, h;
-    widen(part, l, h);
-    lo += l;
-    hi += h;
-  }
-  double total() const { return hsum(lo + hi); }
-};
-template <>
-struct Acc<double> {
-  f64v a{};
-  void add_partial(f64v v) { a += v; }
-  double total() const { return hsum(a); }
-};
 
 // Two float64 vectors back to one float vector (the inverse of widen).
 inline f32v narrow(f64v lo, f64v hi) {
@@ -115,20 +57,6 @@ inline f32v narrow(f64v lo, f64v hi) {
   std::memcpy(reinterpret_cast<char*>(&v) + sizeof(l), &h, sizeof(h));
   return v;
 #endif
-}
-
-// Outputs at least this large bypass the caches (non-temporal stores), as in softmax_ce.cpp.
-constexpr int64_t kStreamBytes = int64_t(32) << 20;
-
-template <class Fn>
-void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
-  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < rows; ++r) fn(r);
-    stream_fence();
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,7 +322,7 @@ void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
   // In place (over the student or teacher) the lines are cached already: ordinary stores then.
   const bool stream =
       a.ls.rows() * n * int64_t(sizeof(S)) >= kStreamBytes && g != a.student && g != a.teacher;
-  parallel_rows(a.ls.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.ls.rows(), 2 * n, [&](int64_t r) {
     const S* xs = read_row(a.student, a.ls, r, kSlotA);
     const S* xt = read_row(a.teacher, a.lt, r, kSlotB);
     KlKept<T> kept = kl_kept<T>(n, a.grad != nullptr);
@@ -420,23 +348,7 @@ void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
 //   d loss / d mu_j = mu_j,  d loss / d lv_j = 0.5 expm1(lv_j).
 // Computed in float64 lanes whatever the input (a VAE latent is small; accuracy is free).
 // ---------------------------------------------------------------------------------------------
-// expm1(r) - r for |r| <= ln2/2: r^2 times the Taylor series of (e^r - 1 - r) / r^2 to degree 11
-// (truncation < 2e-17 relative).
-inline f64v expm1_minus_r(f64v r) {
-  f64v p = vset<double>(1.0 / 6227020800.0);
-  p = p * r + vset<double>(1.0 / 479001600.0);
-  p = p * r + vset<double>(1.0 / 39916800.0);
-  p = p * r + vset<double>(1.0 / 3628800.0);
-  p = p * r + vset<double>(1.0 / 362880.0);
-  p = p * r + vset<double>(1.0 / 40320.0);
-  p = p * r + vset<double>(1.0 / 5040.0);
-  p = p * r + vset<double>(1.0 / 720.0);
-  p = p * r + vset<double>(1.0 / 120.0);
-  p = p * r + vset<double>(1.0 / 24.0);
-  p = p * r + vset<double>(1.0 / 6.0);
-  p = p * r + vset<double>(0.5);
-  return p * (r * r);
-}
+// (expm1_minus_r: simd_math.hpp)
 
 // em1 = expm1(x) and g = expm1(x) - x, each to a few ulp. x = n ln2 + r, |r| <= ln2/2, h = 2^(n-1):
 //   expm1(x) = 2^n (1 + expm1(r)) - 1 = 2 (h expm1(r) + (h - 1/2))
@@ -483,7 +395,7 @@ void gaussian_kl_impl(const GaussianKlArgs<S>& a) {
   constexpr int W = vec_width<T>;
   const int64_t n = a.lm.n1;
   const f64v gs = vset<double>(a.grad_scale), hg = vset<double>(0.5 * a.grad_scale);
-  parallel_rows(a.lm.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.lm.rows(), 2 * n, [&](int64_t r) {
     const S* mu = read_row(a.mu, a.lm, r, kSlotA);
     const S* lv = read_row(a.logvar, a.lv, r, kSlotB);
     S* gm = a.grad_mu ? write_row(a.grad_mu, a.lgm, r, kSlotG) : nullptr;
@@ -523,7 +435,7 @@ void gaussian_kl_impl(const GaussianKlArgs<S>& a) {
     a.loss[r] = hsum(acc);
     if (gm) {
       scatter_row(a.grad_mu, a.lgm, r, gm);
-      scatter_row(a.grad_logvar, a.lgv, r, gv);
+      scatter_row(a.grad_logvar, a.lgv, r, gv, kSlotG2);
     }
   });
 }
@@ -586,7 +498,7 @@ template <class S, int kP, bool kGrad>
 void multi_margin_rows(const MultiMarginArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t n = a.lx.n1;
-  parallel_rows(a.lx.rows(), n, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), n, [&](int64_t r) {
     const int64_t t = a.target[r];
     if (t < 0 || t >= n) {  // rejected before the call; a NaN row if one slips through
       a.loss[r] = kNaN;

@@ -146,7 +146,9 @@ inline f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellatio
   return p * (r * r) + r;
 }
 inline f32v exp_poly(f32v r) { return expm1_poly(r) + vset<float>(1.0f); }
-inline f64v expm1_poly(f64v r) {
+// expm1(r) - r for |r| <= ln2/2: r^2 times the Taylor series of (e^r - 1 - r) / r^2 to degree 11
+// (truncation < 2e-17 relative); also used alone (gaussian_kl's exp(x) - 1 - x).
+inline f64v expm1_minus_r(f64v r) {
   f64v p = vset<double>(1.0 / 6227020800.0);
   p = p * r + vset<double>(1.0 / 479001600.0);
   p = p * r + vset<double>(1.0 / 39916800.0);
@@ -159,9 +161,9 @@ inline f64v expm1_poly(f64v r) {
   p = p * r + vset<double>(1.0 / 24.0);
   p = p * r + vset<double>(1.0 / 6.0);
   p = p * r + vset<double>(0.5);
-  p = p * (r * r) + r;
-  return p;
+  return p * (r * r);
 }
+inline f64v expm1_poly(f64v r) { return expm1_minus_r(r) + r; }
 inline f64v exp_poly(f64v r) { return expm1_poly(r) + vset<double>(1.0); }
 
 // ---------------------------------------------------------------------------------------------

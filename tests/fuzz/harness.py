@@ -747,6 +747,9 @@ def check_sharded(r: Reader) -> str:
             raise Finding(f"stats: {type(e).__name__} without a message") from e
         return "rejected"
     loss = merged.loss if hasattr(merged, "loss") else merged
+    xf = np.abs(x[np.isfinite(x)].astype(np.float64))
+    if xf.size and xf.max() > 1e300:  # sums of logits near the float64 maximum overflow: the
+        return "ok"  # shards' partial sums (+inf and -inf: NaN) and the full row's differ
     tol = 1e-12 if dt == "float64" else 2e-6
     # (the merge gives float64; cross_entropy the logits' dtype, where a huge loss is inf)
     _close(_numbers(cast(loss, np.asarray(want[0]).dtype)), _numbers(want[0]), tol * 8,

@@ -128,12 +128,15 @@ KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt,
   Acc<T> acc_s, acc_t, acc_d;
   const V vrs = vset<T>(rs), vrt = vset<T>(rt), vinv = vset<T>(inv), zero = vset<T>(0);
   auto step = [&](V s, V t, int64_t j, int64_t n, V& ps, V& pt, V& pd) {
-    const V as = (s - vrs) * vinv, bt = (t - vrt) * vinv;
+    const V ds = s - vrs, dt = t - vrt, as = ds * vinv, bt = dt * vinv;
     const V e_s = vexp_capped(as), e_t = vexp_capped(bt);
     ps += e_s;
     pt += e_t;
     // q_j = 0 terms count 0, even where b'_j - a'_j is -inf or NaN (t_j = -inf, tail padding)
-    pd += vselect(e_t == zero, zero, e_t * (bt - as));
+    // (b'_j - a'_j as (dt - ds) inv, with inv applied once to the block's sum: 0 for equal
+    // rows whatever the compiler fuses; bt - as could become fma(dt, inv, -as), which keeps
+    // the rounding error of as)
+    pd += vselect(e_t == zero, zero, e_t * (dt - ds));
     if constexpr (kKeep) {
       if (n == W) {
         vstore(es + j, e_s);
@@ -173,7 +176,7 @@ KlSums kl_sums(const S* xs, const S* xt, int64_t begin, int64_t end, T rs, T rt,
     acc_t.add_partial(pt);
     acc_d.add_partial(pd);
   }
-  return {acc_s.total(), acc_t.total(), acc_d.total()};
+  return {acc_s.total(), acc_t.total(), acc_d.total() * double(inv)};
 }
 
 // Row statistics: S_s relative to ms, S_t and D relative to mt (the maxima so far of the
@@ -210,14 +213,18 @@ inline void kl_merge(KlStats& st, double rs, double rt, double ref_s, double ref
   const double ms = ms_old > ref_s ? ms_old : ref_s;
   const double mt = mt_old > ref_t ? mt_old : ref_t;
   if (ms != -kInf<double>) {
-    st.ss = st.ss * rescale(ms_old, ms, inv) + b.s * rescale(ref_s, ms, inv);
+    // (explicit fma, as for S_t below: a contracted a * b + c * d may fuse either product, and
+    // differently in the two statements, so equal rows would give S_s != S_t)
+    st.ss = std::fma(st.ss, rescale(ms_old, ms, inv), b.s * rescale(ref_s, ms, inv));
     st.ms = ms;
   }
   if (mt != -kInf<double>) {
     const double f_old = rescale(mt_old, mt, inv), f_new = rescale(ref_t, mt, inv);
-    const double d_old = shifted(st.d, (mt_old - mt) * inv - (ms_old - ms) * inv, st.st);
-    const double d_new = shifted(b.d, (rt - mt) * inv - (rs - ms) * inv, b.t);
-    st.st = st.st * f_old + b.t * f_new;
+    // (differences first, scaled once: equal rows give exactly 0, and a * inv - b * inv could be
+    // fused into fma(a, inv, -(b * inv)), which keeps the rounding error of b * inv)
+    const double d_old = shifted(st.d, ((mt_old - mt) - (ms_old - ms)) * inv, st.st);
+    const double d_new = shifted(b.d, ((rt - mt) - (rs - ms)) * inv, b.t);
+    st.st = std::fma(st.st, f_old, b.t * f_new);
     st.d = scaled(d_old, f_old) + scaled(d_new, f_new);
     st.mt = mt;
   }

@@ -76,10 +76,20 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
         if math.prod(arr.shape[i] for i in axes) == 0:
             res = np.full(kept, -np.inf, dtype=arr.dtype)
         else:
+            # A reduced axis with stride 0 (a broadcast view) repeats one value n times:
+            # log(n e^x) = x + log n. It is read once instead of being copied whole.
+            bcast = tuple(i for i in axes if arr.strides[i] == 0 and arr.shape[i] > 1)
+            shift = sum(math.log(arr.shape[i]) for i in bcast)
+            if bcast:
+                arr = arr[tuple(slice(0, 1) if i in bcast else slice(None)
+                                for i in range(arr.ndim))]
             x3 = rows_last(arr, axes)
             res = np.empty(x3.shape[0] * x3.shape[2], dtype=arr.dtype)
             _core.logsumexp(x3, res)
             res = res.reshape(kept)
+            if bcast:
+                with np.errstate(over="ignore"):
+                    res = (res.astype(np.float64) + shift).astype(arr.dtype)
         with np.errstate(invalid="ignore"):
             sgn = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0))
         sgn = sgn.astype(arr.dtype)

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of fastloss with atheris (libFuzzer's engine for Python).
 
     pip install atheris

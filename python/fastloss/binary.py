@@ -34,7 +34,8 @@ def binary_cross_entropy_with_logits(logits: Any, target: Any, *, weight: Any = 
     logits of any size (±1e4 in float32, ±1e300 in float64) give finite losses; the gradient is
     ``(1 + (p - 1) y) sigmoid(x) - p y`` (``sigmoid(x) - y`` without ``pos_weight``).
     ``pos_weight`` broadcasts like the other operands (typically one weight per class, along the
-    last axis).
+    last axis). Targets outside [0, 1] are not rejected (as in PyTorch); the loss is then a
+    difference of large terms and only as accurate as that allows.
     {common}
     Examples
     --------
@@ -82,6 +83,8 @@ def sigmoid_focal_loss(logits: Any, target: Any, *, alpha: float = 0.25, gamma: 
     (never as 1 minus a rounded probability) and the BCE term stably, so the loss stays finite
     and accurate where the probability underflows. The gradient is analytic:
     ``alpha_t ((p - y)(1 - p_t)**gamma + BCE gamma (1 - p_t)**(gamma-1) p (1 - p)(1 - 2y))``.
+    Targets belong in [0, 1]; others are not rejected (as in torchvision), and the loss is then
+    a difference of large terms, only as accurate as that allows.
     {common}
     Examples
     --------

@@ -366,20 +366,28 @@ void ctc_loss_py(const py::array& log_probs, const py::array& targets,
 // and options; the per-row arrays are checked here for length.
 namespace {
 
+// The arguments every shard kernel takes; returns the number of rows.
+template <class S, class Args>
+int64_t shard_common(Args& a, const py::array& x, const py::array& target, int64_t class_offset,
+                     int64_t ignore_index, double softcap) {
+  a.lx = layout3<S>(x, "logits");
+  a.x = const_ptr<S>(x);
+  const int64_t rows = a.lx.rows();
+  a.target = vector_ptr<int64_t>(target, rows, "target");
+  if (class_offset < 0) throw std::invalid_argument("_core: class_offset must be >= 0");
+  a.class_offset = class_offset;
+  a.ignore_index = ignore_index;
+  a.softcap = softcap;
+  return rows;
+}
+
 void ce_shard_stats_py(const py::array& x, const py::array& target, int64_t class_offset,
                        int64_t ignore_index, double softcap, py::array max, py::array sumexp,
                        py::array target_logit, py::array sum_logits, py::array has_target) {
   by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     CeShardStatsArgs<S> a;
-    a.lx = layout3<S>(x, "logits");
-    a.x = const_ptr<S>(x);
-    const int64_t rows = a.lx.rows();
-    a.target = vector_ptr<int64_t>(target, rows, "target");
-    if (class_offset < 0) throw std::invalid_argument("_core: class_offset must be >= 0");
-    a.class_offset = class_offset;
-    a.ignore_index = ignore_index;
-    a.softcap = softcap;
+    const int64_t rows = shard_common<S>(a, x, target, class_offset, ignore_index, softcap);
     for (py::array* o : {&max, &sumexp, &target_logit, &sum_logits})
       vector_ptr<double>(*o, rows, "stats");
     vector_ptr<uint8_t>(has_target, rows, "has_target");
@@ -400,14 +408,7 @@ void ce_shard_grad_py(const py::array& x, const py::array& target, int64_t class
   by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     CeShardGradArgs<S> a;
-    a.lx = layout3<S>(x, "logits");
-    a.x = const_ptr<S>(x);
-    const int64_t rows = a.lx.rows();
-    a.target = vector_ptr<int64_t>(target, rows, "target");
-    if (class_offset < 0) throw std::invalid_argument("_core: class_offset must be >= 0");
-    a.class_offset = class_offset;
-    a.ignore_index = ignore_index;
-    a.softcap = softcap;
+    const int64_t rows = shard_common<S>(a, x, target, class_offset, ignore_index, softcap);
     a.ref = vector_ptr<double>(ref, rows, "ref");
     a.p_coef = vector_ptr<double>(p_coef, rows, "p_coef");
     a.t_value = vector_ptr<double>(t_value, rows, "t_value");

@@ -1005,3 +1005,28 @@ def test_list_inputs(fn):
     assert got.dtype == np.float64
     assert_allclose(got, getattr(ref, fn)(np.array(x, dtype=np.int32).astype(float), [2, 0],
                                           reduction="none"), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_softcap_beyond_the_compute_type(dtype):
+    # c tanh(x / c) is formed in the compute type (float32 for 16- and 32-bit logits): a cap
+    # past its maximum was inf there and every loss NaN (found by the fuzzer). Now a
+    # ValueError naming the limit; float64 logits take any finite cap (nearly the identity).
+    x = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]], dtype=dtype)
+    t = np.array([2, 0])
+    h, w = np.ones((2, 3), dtype), np.eye(3, dtype=dtype)
+    calls = [lambda c: fl.cross_entropy(x, t, softcap=c),
+             lambda c: fl.cross_entropy_stats(x, t, softcap=c).sumexp,
+             lambda c: fl.cross_entropy_grad_from_stats(
+                 x, t, fl.merge_cross_entropy_stats(fl.cross_entropy_stats(x, t)), softcap=c),
+             lambda c: fl.linear_cross_entropy(h, w, t, softcap=c)]
+    for call in calls:
+        if dtype == np.float64:
+            assert np.all(np.isfinite(call(1e300)))
+        else:
+            with pytest.raises(ValueError, match="softcap .* exceeds the largest float32"):
+                call(1e300)
+            assert np.all(np.isfinite(call(3e38)))
+    want = fl.cross_entropy(x.astype(np.float64), t)
+    np.testing.assert_allclose(fl.cross_entropy(x.astype(np.float64), t, softcap=1e300), want,
+                               rtol=1e-15)

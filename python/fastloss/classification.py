@@ -91,7 +91,8 @@ def cross_entropy(
     softcap : float > 0, optional
         Gemma 2's logit soft-capping: the logits pass through ``softcap * tanh(x / softcap)``
         before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
-        chain rule factor ``1 - tanh(x / softcap)**2``.
+        chain rule factor ``1 - tanh(x / softcap)**2``. At most the largest value of the type
+        the logits are computed in (float32 for 16- and 32-bit logits: 3.4e38).
     return_grad : bool
         Also return d(returned loss)/d(logits), computed in the same pass.
     grad_out : ndarray, optional
@@ -129,7 +130,10 @@ def cross_entropy(
                           label_smoothing, z_loss, softcap, return_grad, grad_out)
 
 
-def _check_z_softcap(z_loss: Any, softcap: Any) -> tuple[float, float]:
+def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:
+    """z_loss >= 0 and softcap > 0 (0.0: none). With ``dtype`` (what the core computes in),
+    softcap must also be finite in it: c tanh(x / c) is formed in that dtype, and a cap past
+    float32's maximum (3.4e38) would be inf there (found by the fuzzer, tests/fuzz)."""
     z = check_real(z_loss, "z_loss", 0.0, math.inf)
     if not math.isfinite(z):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
@@ -138,6 +142,10 @@ def _check_z_softcap(z_loss: Any, softcap: Any) -> tuple[float, float]:
     c = check_real(softcap, "softcap")
     if not (0.0 < c < math.inf):
         raise ValueError(f"softcap must be a finite number > 0 (or None), got {softcap!r}")
+    if dtype is not None and c > float(np.finfo(dtype).max):
+        raise ValueError(f"softcap {softcap!r} exceeds the largest {np.dtype(dtype).name} "
+                         f"({float(np.finfo(dtype).max):.4g}), the type the logits are "
+                         "computed in")
     return z, c
 
 
@@ -148,7 +156,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     x, ax = _class_input(logits, "logits", axis)
     reduction = check_reduction(reduction)
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z, cap = _check_z_softcap(z_loss, softcap)
+    z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     ignore_index = check_int(ignore_index, "ignore_index")
     want_grad = _check_return_grad(return_grad, grad_out)
     arr = x.array

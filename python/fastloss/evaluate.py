@@ -160,6 +160,11 @@ def _logits_dtype(f: _NpyRows) -> np.dtype:
                     "or bfloat16")
 
 
+def _loss_dtype_of(ldtype: np.dtype) -> np.dtype:
+    """What the losses of logits of this dtype are computed in."""
+    return np.dtype(np.float64 if ldtype.kind == "f" and ldtype.itemsize == 8 else np.float32)
+
+
 def _check_options(ignore_index, label_smoothing, softcap, n_bytes, chunk_rows):
     from ._validation import check_int, check_real
     from .classification import _check_z_softcap
@@ -273,6 +278,9 @@ def eval_file(
     tf = _NpyRows(targets_path, "targets")
     ldtype = _logits_dtype(lf)
     lf.dtype = ldtype
+    if cap is not None:  # (finite in the compute type: float32 for 16- and 32-bit logits)
+        from .classification import _check_z_softcap
+        _check_z_softcap(0.0, cap, _loss_dtype_of(ldtype))
     if len(lf.shape) == 0:
         raise ValueError(f"logits file {lf.path!r} holds a scalar; expected shape (..., V)")
     vocab = lf.shape[-1]
@@ -284,7 +292,7 @@ def eval_file(
     if tf.shape != lf.shape[:-1]:
         raise ValueError(f"targets file {tf.path!r} has shape {tf.shape}, but the logits "
                          f"{lf.shape} need targets of shape {lf.shape[:-1]}")
-    loss_dtype = np.dtype(np.float64 if ldtype.kind == "f" and ldtype.itemsize == 8 else np.float32)
+    loss_dtype = _loss_dtype_of(ldtype)
     if per_token is not None:
         per_token = os.fspath(per_token)
         for f in (lf, tf):

@@ -161,8 +161,8 @@ def _shard_input(logits: Any, axis: Any):
     return x, ax, x.array.shape[:ax] + x.array.shape[ax + 1 :]
 
 
-def _softcap(softcap: Any) -> float:
-    return _check_z_softcap(0.0, softcap)[1]
+def _softcap(softcap: Any, dtype: Any = None) -> float:
+    return _check_z_softcap(0.0, softcap, dtype)[1]
 
 
 def _as_stats(s: Any, name: str) -> CrossEntropyStats:
@@ -346,7 +346,7 @@ def cross_entropy_stats(
     ignore_index = check_int(ignore_index, "ignore_index")
     width = x.array.shape[ax]
     off = _class_offset(class_offset, width)
-    cap = _softcap(softcap)
+    cap = _softcap(softcap, x.compute_dtype)
     flat = _global_targets(target, row_shape, ignore_index)
     m, s, tl, has, sl = _shard_stats(as3d(x.array, ax), flat, off, ignore_index, cap)
     r = lambda a: a.reshape(row_shape)
@@ -534,7 +534,7 @@ def cross_entropy_grad_from_stats(
     width = x.array.shape[ax]
     off = _class_offset(class_offset, width)
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z, cap = _check_z_softcap(z_loss, softcap)
+    z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     reduction = check_reduction(reduction)
     if grad_out is not None and not isinstance(grad_out, np.ndarray):
         raise TypeError(f"grad_out must be a numpy.ndarray, got {type(grad_out).__name__}")
@@ -694,7 +694,8 @@ def linear_cross_entropy(
         rchunk = min(rchunk, N)
     ignore_index = check_int(ignore_index, "ignore_index")
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z, cap = _check_z_softcap(z_loss, softcap)
+    z, cap = _check_z_softcap(z_loss, softcap,
+                              np.promote_types(h.compute_dtype, w.compute_dtype))
     reduction = check_reduction(reduction)
     want_grad = bool(return_grad)
     t = np.asarray(target)

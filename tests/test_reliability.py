@@ -262,20 +262,22 @@ def test_sigint_during_cpp_call_then_state_is_intact():
 # --------------------------------------------------------------------------- memory
 
 
-def _hwm_kb():
+def _status_kb(field):
+    """A memory figure of this process from /proc/self/status, in kB (VmRSS: resident now;
+    VmHWM: the peak)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
 
 
 def _rss_kb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return _status_kb("VmRSS")
+
+
+def _hwm_kb():
+    return _status_kb("VmHWM")
 
 
 def _memory_calls():

@@ -512,3 +512,18 @@ def test_clip_known_value():
 def test_clip_bad_arguments(img_shape, txt_shape, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fl.clip_loss(np.ones(img_shape), np.ones(txt_shape), **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e100, 1e160, 1e200, 1e300, 1e308])
+def test_clip_loss_huge_temperature(temperature):
+    # the normalisation backward scaled by temperature**2 (inf past 1e154: NaN gradients) and
+    # formed x̂ . g from rows divided by the temperature (underflow past 1e150: 5% off);
+    # found by the fuzzer
+    img = np.array([[0.3, -1.2], [1.0, 2.0], [0.1, 0.2]])
+    txt = np.array([[0.5, 2.0], [-1.0, 0.3], [2.0, -0.5]])
+    loss, (gi, gt) = fl.clip_loss(img, txt, temperature=temperature, return_grad=True)
+    want, (wi, wt) = reference.clip_loss(img, txt, temperature=temperature, return_grad=True)
+    np.testing.assert_allclose(loss, want, rtol=1e-14)
+    for g, w in ((gi, wi), (gt, wt)):
+        assert np.all(np.isfinite(g))
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300 if temperature > 1e300 else 0)

@@ -401,7 +401,12 @@ def _normalize_backward(g: np.ndarray, xhat: np.ndarray, xhat_scale: float, inv:
     """In place: d x = (g - x̂ (x̂ · g)) / ||x|| for the rows of ``g`` = d x̂, where the stored
     ``xhat`` is ``x̂ / xhat_scale``. Rows whose norm was clamped to eps (x̂ = x / eps, a linear
     map) get g / eps, as torch.nn.functional.normalize."""
-    dot = np.einsum("ij,ij->i", xhat, g, dtype=np.float64) * (xhat_scale * xhat_scale)
+    # x̂ · g from x̂ itself (the stored rows times xhat_scale): xhat_scale**2 overflowed for a
+    # temperature past 1e154 (inf * 0 = NaN), and xhat . g underflowed for one past 1e150
+    # (found by the fuzzer)
+    xs = xhat if xhat_scale == 1.0 else xhat * xhat.dtype.type(xhat_scale)
+    dot = np.einsum("ij,ij->i", xs, g, dtype=np.float64) * xhat_scale
+    del xs
     dot[inv >= 1.0 / _NORMALIZE_EPS] = 0.0
     g -= xhat * dot[:, None].astype(g.dtype)
     g *= inv[:, None].astype(g.dtype)

@@ -1030,3 +1030,16 @@ def test_softcap_beyond_the_compute_type(dtype):
     want = fl.cross_entropy(x.astype(np.float64), t)
     np.testing.assert_allclose(fl.cross_entropy(x.astype(np.float64), t, softcap=1e300), want,
                                rtol=1e-15)
+
+
+def test_z_loss_beyond_the_compute_type():
+    # z = 1e308 was inf in float32: a gradient of inf * 0 = NaN where lse = 0 (the fuzzer)
+    x = np.array([[0.0], [1.0]], dtype=np.float32)
+    t = np.array([0, 0])
+    with pytest.raises(ValueError, match="z_loss .* exceeds half the largest float32"):
+        fl.cross_entropy(x, t, z_loss=1e308)
+    with pytest.raises(ValueError, match="z_loss .* exceeds half the largest float64"):
+        fl.cross_entropy(x.astype(np.float64), t, z_loss=1e308)
+    loss, grad = fl.cross_entropy(x.astype(np.float64), t, z_loss=5e307, return_grad=True,
+                                  reduction="none")
+    assert loss[0] == 0 and grad[0, 0] == 0  # lse = 0: no z-loss term

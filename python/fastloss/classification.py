@@ -132,11 +132,16 @@ def cross_entropy(
 
 def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:
     """z_loss >= 0 and softcap > 0 (0.0: none). With ``dtype`` (what the core computes in),
-    softcap must also be finite in it: c tanh(x / c) is formed in that dtype, and a cap past
-    float32's maximum (3.4e38) would be inf there (found by the fuzzer, tests/fuzz)."""
+    both must also be finite in it: c tanh(x / c) and the z-loss coefficient are formed in that
+    dtype, and a value past float32's maximum (3.4e38) would be inf there, making losses or
+    gradients NaN (found by the fuzzer, tests/fuzz)."""
     z = check_real(z_loss, "z_loss", 0.0, math.inf)
     if not math.isfinite(z):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    if dtype is not None and z > float(np.finfo(dtype).max) / 2:  # (the gradient has 2 z)
+        raise ValueError(f"z_loss {z_loss!r} exceeds half the largest {np.dtype(dtype).name} "
+                         f"({float(np.finfo(dtype).max) / 2:.4g}), the type the logits are "
+                         "computed in")
     if softcap is None:
         return z, 0.0
     c = check_real(softcap, "softcap")

@@ -202,10 +202,6 @@ def index_array(r: Reader, shape: tuple, n_classes: int, ignore_index: int = -10
     return in_layout(r, a)
 
 
-def maybe(r: Reader, k: int, make: Callable[[], Any], default=None):
-    return make() if r.chance(k) else default
-
-
 def option(r: Reader, valid, invalid=()):
     """A valid option value mostly, sometimes an invalid one (a wrong value or type)."""
     if invalid and r.chance(16):
@@ -645,20 +641,22 @@ def _reference_applies(args, kwargs, name="") -> bool:
         t = args[1].astype(np.float64)
         if t.size and not (np.all(t >= 0) and np.all(t <= 1)):
             return False
-    arrs = list(_arrays((args, kwargs)))
-    for a in arrs:  # (the textbook formulas lose accuracy for huge values, e.g. x / T; and
-        # tiny ones make ill-conditioned gradients, e.g. through 1 / ||x|| in clip_loss, where
-        # both sides are rounding noise times 1e40)
-        if a.dtype.kind in "fcV" and a.dtype != np.float64:
-            return False
-        if a.dtype.kind in "fiu" and a.size:
+    if any(a.dtype.kind in "fcV" and a.dtype != np.float64 for a in _arrays((args, kwargs))):
+        return False
+    return _moderate(args, kwargs)
+
+
+def _moderate(args, kwargs=None) -> bool:
+    """Every number finite and within [1e-30, 1e6] in magnitude (or 0), and no lists (their
+    dtype is unknown). The textbook formulas lose accuracy for huge values (e.g. x / T), tiny
+    ones make ill-conditioned gradients (through 1 / ||x|| in clip_loss both sides are
+    rounding noise times 1e40), and BLAS sums huge or cancelling products in layout order."""
+    for a in _arrays((args, kwargs or {})):
+        if a.dtype.kind in "fiuV" and a.size:
             m = np.abs(a.astype(np.float64))
             if not np.all(np.isfinite(m)) or m.max() > 1e6 or np.any((m > 0) & (m < 1e-30)):
                 return False
-    for a in args:  # lists: unknown dtype (treated as float64 by both)
-        if isinstance(a, list):
-            return False
-    return True
+    return not any(isinstance(a, list) for a in args)
 
 
 def call(name, args, kwargs):
@@ -670,16 +668,6 @@ def call(name, args, kwargs):
 
 #: Functions that multiply matrices with BLAS.
 BLAS_FUNCS = ("linear_cross_entropy", "clip_loss")
-
-
-def _moderate(args) -> bool:
-    """Every float value finite and within [1e-30, 1e6] in magnitude (or 0)."""
-    for a in _arrays(args):
-        if a.dtype.kind in "fV" and a.size:
-            m = np.abs(a.astype(np.float64))
-            if not np.all(np.isfinite(m)) or m.max() > 1e6 or np.any((m > 0) & (m < 1e-30)):
-                return False
-    return not any(isinstance(a, list) for a in args)
 
 
 #: What the last check_call did (the tests of the harness use it to pick inputs).

@@ -374,23 +374,40 @@ void row_grad_kept(const ExpRow<T>& er, int64_t n, double m, double a, T d,
 }
 
 
+#include "softmax_narrow.hpp"
+
 // ---------------------------------------------------------------------------------------------
 // logsumexp: lse = m + log(sum_j exp(x_j - m)), m = max_j x_j. As scipy: a +inf entry gives
 // +inf, an all -inf row gives -inf, NaN gives NaN.
+// The sum holds the maximum's own term, exactly 1, so log(sum) cannot resolve a rest below
+// 1.1e-16: when the result is near 0 (|lse| < 1, where that absolute error would be a large
+// relative one) the row is summed again without its first maximum, lse = m + log1p(S')
+// (logsumexp([0, -40]) = 4.25e-18, not 0).
 // ---------------------------------------------------------------------------------------------
 template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
+  if (V <= kNarrowMaxSoftmax) return logsumexp_narrow(a);
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
     const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {});
     double out;
-    if (st.nan)
+    if (st.nan) {
       out = kNaN;
-    else if (!std::isfinite(st.m))
+    } else if (!std::isfinite(st.m)) {
       out = st.m;
-    else
+    } else {
       out = st.m + std::log(st.s);
+      if (std::fabs(out) < 1.0) {
+        int64_t k = 0;  // the first maximum (st.m is the row maximum, rounded from T exactly)
+        while (k < V && double(to_compute(x[k])) != st.m) ++k;
+        if (k < V) {
+          const RowStats before = range_stats<S, Coef::kNone>(x, 0, k, {});
+          const RowStats rest = rebase(range_stats<S, Coef::kNone>(x, k + 1, V, {}, before), st.m);
+          out = st.m + std::log1p(rest.s);
+        }
+      }
+    }
     a.out[r] = from_compute<S>(T(out));
   });
 }
@@ -403,6 +420,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
 template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
+  if (V <= kNarrowMaxSoftmax) return softmax_narrow(a, log);
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes && a.lo.s1 == 1;
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
@@ -632,6 +650,15 @@ template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
   if (a.weight) {
     W = 0.0;
     for (int64_t j = 0; j < a.lx.n1; ++j) W += double(a.weight[j]);
+  }
+  if (a.lx.n1 <= kNarrowMaxClasses && a.softcap == 0) {  // rows in SIMD lanes
+    if (!smooth)
+      ce_index_narrow<S, Coef::kNone>(a, W);
+    else if (a.weight)
+      ce_index_narrow<S, Coef::kWeight>(a, W);
+    else
+      ce_index_narrow<S, Coef::kOne>(a, W);
+    return;
   }
   if (!smooth)
     ce_index_rows<S, Coef::kNone>(a, W);

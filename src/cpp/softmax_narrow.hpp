@@ -1,0 +1,366 @@
+// Narrow rows: logsumexp, softmax, log_softmax and index-target cross-entropy for rows of at
+// most kNarrowMaxClasses (kNarrowMaxSoftmax) classes, with the rows in the SIMD lanes.
+//
+// When a row is only a few vectors long, the per-row work of the row kernels (max, sum, the
+// log, the target pick, the scalar epilogue, the block bookkeeping) costs more than the
+// arithmetic on the logits. Here a block of W = vec_width<T> rows is transposed into a small
+// local buffer (element j of lane b at buf[j * W + b]), so every step, the epilogue's exp and
+// log included, is one vector instruction for W rows. Rows whose class axis is strided (the
+// class axis 1 of an (N, C, H, W) batch) come in with neighbouring rows next to each other in
+// memory, which is this layout already.
+//
+// Results per row do not depend on which rows share a block (no operation crosses lanes), so
+// they are bit-identical for every thread count. Sums are accumulated in float64 lanes, as in
+// the row kernels.
+//
+// Included by softmax_ce.cpp (inside its namespace fastloss::<isa>::<anonymous>), after its
+// Coef / CoefRow definitions.
+#pragma once
+
+// Class counts up to these go through the lane kernels (chosen from the shape alone, so a
+// contiguous array and a strided view of it take the same path and give the same numbers).
+// Measured on AVX-512, one thread, float32: the lane cross-entropy costs 0.63-0.67 ns per logit
+// from 64 to 256 classes where the row kernel costs 0.73-1.67 (loss) and 1.0-1.2 against
+// 1.3-3.4 with the gradient; the row logsumexp overtakes the lane one between 100 and 128.
+constexpr int64_t kNarrowMaxClasses = 256;  // cross-entropy
+constexpr int64_t kNarrowMaxSoftmax = 100;  // logsumexp, softmax, log_softmax
+
+template <class T> using ivec_t = typename Vec<T>::itype;
+
+// The rows of a block: element offsets of rows r0 .. r0 + nb - 1 (no division per row).
+inline void row_offsets(const Layout3& L, int64_t r0, int nb, int64_t* off) {
+  if (L.n2 == 1) {
+    for (int b = 0; b < nb; ++b) off[b] = (r0 + b) * L.s0;
+    return;
+  }
+  int64_t o = r0 / L.n2, i = r0 % L.n2;
+  for (int b = 0; b < nb; ++b) {
+    off[b] = o * L.s0 + i * L.s2;
+    if (++i == L.n2) i = 0, ++o;
+  }
+}
+
+// Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
+// lane 0, so they compute finite numbers wherever lane 0 does (their results are dropped).
+template <class S, class T = compute_t<S>>
+void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* buf) {
+  constexpr int W = vec_width<T>;
+  const int64_t n = L.n1, s1 = L.s1;
+  if (s1 == 1) {
+    for (int b = 0; b < nb; ++b) {
+      const S* p = x + off[b];
+      for (int64_t j = 0; j < n; ++j) buf[j * W + b] = to_compute(p[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      for (int b = 0; b < nb; ++b) buf[j * W + b] = to_compute(x[off[b] + j * s1]);
+  }
+  for (int b = nb; b < W; ++b)
+    for (int64_t j = 0; j < n; ++j) buf[j * W + b] = buf[j * W];
+}
+
+// Writes lanes b < nb of buf back as rows; lanes with fill[b] set get that value instead
+// (NaN rows, ignored rows).
+template <class S, class T = compute_t<S>>
+void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* buf,
+                   const bool* use_fill = nullptr, const T* fill = nullptr) {
+  constexpr int W = vec_width<T>;
+  const int64_t n = L.n1, s1 = L.s1;
+  for (int b = 0; b < nb; ++b) {
+    S* p = g + off[b];
+    if (use_fill && use_fill[b]) {
+      const S v = from_compute<S>(fill[b]);
+      for (int64_t j = 0; j < n; ++j) p[j * s1] = v;
+    } else if (s1 == 1) {
+      for (int64_t j = 0; j < n; ++j) p[j] = from_compute<S>(buf[j * W + b]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) p[j * s1] = from_compute<S>(buf[j * W + b]);
+    }
+  }
+}
+
+// fn(r0, nb) for blocks of B rows (the last of a thread's range may be shorter); each thread
+// takes one contiguous range of whole blocks.
+template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_len, int B, Fn&& fn) {
+  const int64_t blocks = (rows + B - 1) / B;
+  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), blocks);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t lo = blocks * t / n * B;
+    int64_t hi = blocks * (t + 1) / n * B;
+    hi = hi < rows ? hi : rows;
+    for (int64_t r = lo; r < hi; r += B) fn(r, int(hi - r < B ? hi - r : B));
+  }
+}
+
+// Per-lane float64 sums of compute-type vectors (a float vector is widened to two halves).
+template <class T> struct LaneSum {
+  static constexpr int K = vec_width<T> / vec_width<double>;
+  f64v v[K] = {};
+  void add(vec_t<T> x) {
+    if constexpr (std::is_same_v<T, float>) {
+      f64v lo, hi;
+      widen(x, lo, hi);
+      v[0] += lo;
+      v[1] += hi;
+    } else {
+      v[0] += x;
+    }
+  }
+  void store(double* out) const {
+    for (int k = 0; k < K; ++k) vstore(out + k * vec_width<double>, v[k]);
+  }
+};
+
+// Row statistics of a transposed block: per lane the maximum m, whether the row has a NaN,
+// and (with `first`) the class of the first maximum.
+template <class T> struct LaneMax {
+  vec_t<T> m, nan_seen, first;
+};
+template <class T> LaneMax<T> lane_max(const T* buf, int64_t n, bool with_first) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  LaneMax<T> r;
+  r.m = vset<T>(-std::numeric_limits<T>::infinity());
+  r.nan_seen = vset<T>(0);
+  r.first = vset<T>(0);
+  for (int64_t j = 0; j < n; ++j) {
+    const V x = vload(buf + j * W);
+    r.nan_seen = vselect(x != x, x, r.nan_seen);
+    if (with_first) r.first = vselect(x > r.m, vset<T>(T(j)), r.first);
+    r.m = vselect(x > r.m, x, r.m);  // (NaN never wins: the row is NaN anyway)
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// logsumexp: lse = m + log1p(S'), S' = sum over the row without its first maximum of
+// exp(x_j - m). Leaving the maximum's term (exactly 1) out of the sum keeps a result near 0
+// accurate: logsumexp([0, -40]) = 4.25e-18, where log(1 + 4.25e-18) rounds to 0.
+// ---------------------------------------------------------------------------------------------
+template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  const int64_t n = a.lx.n1;
+  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kNarrowMaxSoftmax * W];
+    int64_t off[W] = {};
+    row_offsets(a.lx, r0, nb, off);
+    gather_lanes(a.x, a.lx, off, nb, xb);
+    const LaneMax<T> mx = lane_max(xb, n, true);
+    LaneSum<T> s;
+    for (int64_t j = 0; j < n; ++j) {
+      const V e = vexp_capped(vload(xb + j * W) - mx.m);
+      s.add(vselect(mx.first == vset<T>(T(j)), vset<T>(0), e));
+    }
+    alignas(64) double sp[W], m64[W], out[W];
+    s.store(sp);
+    for (int b = 0; b < W; ++b) m64[b] = double(mx.m[b]);
+    for (int k = 0; k < W; k += WD) {
+      const f64v m = vload(m64 + k);
+      vstore(out + k, m + vlog1p(vload(sp + k)));
+    }
+    for (int b = 0; b < nb; ++b) {
+      double v = out[b];
+      if (mx.nan_seen[b] != mx.nan_seen[b])
+        v = kNaN;
+      else if (!std::isfinite(m64[b]))  // +inf, or a row of -inf
+        v = m64[b];
+      a.out[r0 + b] = from_compute<S>(T(v));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax:     p_j = exp(x_j - m) / S
+// log_softmax: log p_j = (x_j - m) - log1p(S'), S' as in logsumexp_narrow
+// A row with NaN or a non-finite maximum gives NaN (softmax) or x_j - m (log_softmax).
+// ---------------------------------------------------------------------------------------------
+template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  const int64_t n = a.lx.n1;
+  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kNarrowMaxSoftmax * W];
+    int64_t off[W] = {};
+    row_offsets(a.lx, r0, nb, off);
+    gather_lanes(a.x, a.lx, off, nb, xb);
+    const LaneMax<T> mx = lane_max(xb, n, log);
+    LaneSum<T> s;
+    for (int64_t j = 0; j < n; ++j) {
+      const V e = vexp_capped(vload(xb + j * W) - mx.m);
+      if (log) {
+        s.add(vselect(mx.first == vset<T>(T(j)), vset<T>(0), e));
+      } else {
+        s.add(e);
+        vstore(xb + j * W, e);  // (x_j is not needed again)
+      }
+    }
+    alignas(64) double sum[W];
+    s.store(sum);
+    alignas(64) T factor[W];
+    bool bad[W];
+    T fill[W];
+    for (int b = 0; b < W; ++b) {
+      bad[b] = mx.nan_seen[b] != mx.nan_seen[b] || !std::isfinite(mx.m[b]);
+      fill[b] = T(kNaN);
+    }
+    if (log) {
+      alignas(64) double ls[W];
+      for (int k = 0; k < W; k += WD) vstore(ls + k, vlog1p(vload(sum + k)));
+      for (int b = 0; b < W; ++b) factor[b] = T(ls[b]);
+      const V vls = vload(factor);
+      for (int64_t j = 0; j < n; ++j) {
+        const V d = vload(xb + j * W) - mx.m;
+        vstore(xb + j * W, d - vls);
+      }
+      // x_j - m for rows with a non-finite maximum (scipy's log_softmax); NaN rows stay NaN.
+      for (int b = 0; b < nb; ++b)
+        if (bad[b] && mx.nan_seen[b] == mx.nan_seen[b]) {
+          bad[b] = false;
+          for (int64_t j = 0; j < n; ++j)
+            xb[j * W + b] = to_compute(a.x[off[b] + j * a.lx.s1]) - mx.m[b];
+        }
+    } else {
+      for (int b = 0; b < W; ++b) factor[b] = T(1.0 / sum[b]);
+      const V f = vload(factor);
+      for (int64_t j = 0; j < n; ++j) vstore(xb + j * W, vload(xb + j * W) * f);
+    }
+    int64_t out_off[W] = {};
+    row_offsets(a.lo, r0, nb, out_off);
+    scatter_lanes(a.out, a.lo, out_off, nb, xb, bad, fill);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy with class-index targets, the formulas of ce_index_rows per lane:
+//   -log p_t = (m - x_t) + log S,  S = S' + exp(x_t - m), S' = sum_{j != t} exp(x_j - m)
+//   log S = log1p(S')                when x_t = m (a confident row keeps its small loss)
+//         = log1p((S' - 1) + e_t)    otherwise (S' holds the maximum's term, 1)
+//   loss  = (1 - eps) w_t (-log p_t) + (eps / C) (sum_c c_c (m - x_c) + W log S)
+//   grad  = (p_scale / S) e_j - (eps / C) g c_j,  target entry in closed form (see there)
+// Focal loss (rare) takes a scalar epilogue per lane; soft-capping and probability targets
+// use the row kernels.
+// ---------------------------------------------------------------------------------------------
+template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, double Wsum) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  const int64_t n = a.lx.n1;
+  const double eps = a.label_smoothing, g = a.grad_scale, z = a.z_loss, gamma = a.focal_gamma;
+  const double eps_c = eps / double(n);
+  const bool grad = a.grad != nullptr;
+  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kNarrowMaxClasses * W];
+    int64_t off[W] = {};
+    row_offsets(a.lx, r0, nb, off);
+    gather_lanes(a.x, a.lx, off, nb, xb);
+    // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding.
+    alignas(64) T tgt[W];
+    bool ignored[W];
+    for (int b = 0; b < W; ++b) {
+      const int64_t t = b < nb ? a.target[r0 + b] : -1;
+      // (out-of-range targets are rejected before the call; they would give NaN rows)
+      ignored[b] = t == a.ignore_index || t < 0 || t >= n;
+      tgt[b] = ignored[b] ? T(-1) : T(t);
+    }
+    const V tv = vload(tgt);
+    const LaneMax<T> mx = lane_max(xb, n, false);
+    const V m = mx.m;
+    LaneSum<T> se, scd;
+    V xt = vset<T>(0);
+    for (int64_t j = 0; j < n; ++j) {
+      const V x = vload(xb + j * W);
+      const auto is_t = tv == vset<T>(T(j));
+      const V e = vexp_capped(x - m);
+      xt = vselect(is_t, x, xt);
+      se.add(vselect(is_t, vset<T>(0), e));
+      if constexpr (C != Coef::kNone) {
+        const T c = C == Coef::kOne ? T(1) : a.weight[j];
+        if (c != 0) scd.add(vset<T>(c) * (m - x));  // (c_j = 0 terms count 0, even at -inf)
+      }
+      if (grad) vstore(xb + j * W, e);
+    }
+    // Epilogue in float64 lanes.
+    alignas(64) double sp[W], cd[W], m64[W], xt64[W], wt[W], ct[W];
+    se.store(sp);
+    if constexpr (C != Coef::kNone) scd.store(cd);
+    for (int b = 0; b < W; ++b) {
+      m64[b] = double(m[b]);
+      xt64[b] = double(xt[b]);
+      const int64_t t = ignored[b] ? 0 : int64_t(tgt[b]);
+      wt[b] = a.weight ? double(a.weight[t]) : 1.0;
+      ct[b] = C == Coef::kNone ? 0.0 : (C == Coef::kOne ? 1.0 : double(a.weight[t]));
+    }
+    alignas(64) double loss[W], ce[W], omp[W], pt[W], ls[W], sum_inv[W], ps[W], tc[W];
+    for (int k = 0; k < W; k += WD) {
+      const f64v md = vload(m64 + k), x_t = vload(xt64 + k), s_ex = vload(sp + k);
+      const f64v e_t = vexp(x_t - md), s = s_ex + e_t;
+      const auto t_max = x_t == md;
+      const f64v log_sum = vlog1p(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
+      const f64v w_t = vload(wt + k);
+      const f64v c = (md - x_t) + log_sum;  // -log p_t
+      f64v l = (1.0 - eps) * w_t * c;
+      if constexpr (C != Coef::kNone) l += eps_c * (vload(cd + k) + Wsum * log_sum);
+      const f64v inv = 1.0 / s;
+      vstore(loss + k, l);
+      vstore(ce + k, c);
+      vstore(ls + k, log_sum);
+      vstore(sum_inv + k, inv);
+      vstore(omp + k, s_ex * inv);  // 1 - p_t without cancellation
+      vstore(pt + k, e_t * inv);
+      vstore(ps + k, g * ((1.0 - eps) * w_t + eps_c * Wsum));  // coefficient of p_j
+      vstore(tc + k, g * (1.0 - eps) * w_t);                    // coefficient of -[j == t]
+    }
+    if (a.focal) {  // -alpha_t (1 - p_t)^gamma log p_t, gradient F (p_j - [j == t])
+      for (int b = 0; b < W; ++b) {
+        const double mod = gamma == 0 ? 1.0 : (omp[b] == 0 ? 0.0 : std::pow(omp[b], gamma));
+        const double dmod = gamma == 0 || omp[b] == 0 || pt[b] == 0
+                                ? 0.0
+                                : gamma * std::pow(omp[b], gamma - 1) * pt[b] * ce[b];
+        loss[b] = wt[b] * mod * ce[b];
+        ps[b] = tc[b] = g * wt[b] * (mod + dmod);
+      }
+    }
+    if (z != 0) {  // z-loss: w_t z lse^2, gradient w_t 2 z lse p_j
+      for (int k = 0; k < W; k += WD) {
+        const f64v lse = vload(m64 + k) + vload(ls + k), w_t = vload(wt + k);
+        vstore(loss + k, vload(loss + k) + w_t * z * lse * lse);
+        vstore(ps + k, vload(ps + k) + g * w_t * 2.0 * z * lse);
+      }
+    }
+    bool fill_row[W];
+    T fill[W];
+    for (int b = 0; b < nb; ++b) {
+      const bool bad = mx.nan_seen[b] != mx.nan_seen[b] || !std::isfinite(m64[b]);
+      const int64_t t = a.target[r0 + b];
+      const bool ign = t == a.ignore_index;
+      a.loss[r0 + b] = ign ? 0.0 : (bad || ignored[b] ? kNaN : loss[b]);
+      fill_row[b] = ign || bad || ignored[b];
+      fill[b] = ign ? T(0) : T(kNaN);
+    }
+    if (!grad) return;
+    // Gradient: (p_scale / S) e_j - (eps / C) g c_j; the target entry in closed form
+    // -t_coef (1 - p_t) + (p_scale - t_coef) p_t - (eps / C) g c_t (no cancellation).
+    alignas(64) T gs[W], gt[W];
+    for (int b = 0; b < W; ++b) {
+      gs[b] = T(ps[b] * sum_inv[b]);
+      gt[b] = T(-tc[b] * omp[b] + (ps[b] - tc[b]) * pt[b] - g * eps_c * ct[b]);
+    }
+    const V vgs = vload(gs), vgt = vload(gt), vd = vset<T>(T(g * eps_c));
+    for (int64_t j = 0; j < n; ++j) {
+      V out = vgs * vload(xb + j * W);
+      if constexpr (C != Coef::kNone) {
+        const T c = C == Coef::kOne ? T(1) : a.weight[j];
+        out -= vd * c;
+      }
+      vstore(xb + j * W, vselect(tv == vset<T>(T(j)), vgt, out));
+    }
+    int64_t goff[W] = {};
+    row_offsets(a.lg, r0, nb, goff);
+    scatter_lanes(a.grad, a.lg, goff, nb, xb, fill_row, fill);
+  });
+}

@@ -1,0 +1,213 @@
+"""The rows-in-lanes kernels (src/cpp/softmax_narrow.hpp): cross-entropy with class indices for
+up to 256 classes, logsumexp / softmax / log_softmax for up to 100, checked against the float64
+reference on every instruction set, with one and two threads, for every class count from 1 to
+70 and around each path's boundary, with ignored rows, NaN rows, -inf masks, in-place gradients
+and strided class axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import reference
+
+CE_EDGE, SOFTMAX_EDGE = 256, 100  # the largest class counts of the lane kernels
+CLASS_COUNTS = list(range(1, 71)) + [99, 100, 101, 127, 128, 129, 255, 256, 257]
+TOL = {np.float64: (1e-12, 1e-13), np.float32: (2e-6, 1e-6)}
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request, restore_threads):
+    fl.set_num_threads(request.param)
+    return request.param
+
+
+def _batch(rng, rows, C, dtype, special=True):
+    """Logits and targets of ``rows`` rows: a few ignored rows, a NaN row, a masked (-inf)
+    class, a row whose target logit is -inf, and a confident row."""
+    x = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
+    t = rng.integers(0, C, rows)
+    if special and rows >= 8:
+        t[[1, 5]] = -100
+        x[2, rng.integers(0, C)] = np.nan
+        if C > 1:
+            x[3, (t[3] + 1) % C] = -np.inf  # a masked class: probability 0
+            x[4, t[4]] = -np.inf  # the target masked: loss +inf
+            x[6, t[6]] = 40.0  # confident: loss about exp(-40 + ...) in float64
+    return x, t
+
+
+def _check_ce(x, t, **kw):
+    dtype = x.dtype.type
+    rtol, atol = TOL[dtype]
+    loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+    ref_loss, ref_grad = reference.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(grad, ref_grad, rtol=rtol, atol=atol)
+    return loss, grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_every_class_count(rng, isa, threads, dtype):
+    for C in CLASS_COUNTS:
+        x, t = _batch(rng, 37, C, dtype)  # 37 rows: two full blocks of 16 and a partial one
+        _check_ce(x, t)
+
+
+@pytest.mark.parametrize("C", [2, 10, 64, 255, 256])
+@pytest.mark.parametrize("kw", [
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "weight": "w"},
+    {"weight": "w", "ignore_index": 3},
+    {"z_loss": 1e-3},
+    {"z_loss": 1e-2, "label_smoothing": 0.05, "weight": "w"},
+], ids=["smooth", "smooth-weight", "weight-ignore3", "zloss", "all"])
+def test_cross_entropy_options(rng, isa, C, kw):
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2.0, C)
+    x, t = _batch(rng, 21, C, np.float64, special=False)
+    if "ignore_index" in kw and C > 3:
+        t[::4] = 3  # class 3 is the ignored one: a valid class index
+    _check_ce(x, t, **kw)
+    for reduction in ("mean", "sum"):
+        got = fl.cross_entropy(x, t, reduction=reduction, **kw)
+        want = reference.cross_entropy(x, t, reduction=reduction, **kw)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("C", [2, 10, 64, 256])
+def test_softmax_focal_loss_lanes(rng, isa, C):
+    x, t = _batch(rng, 19, C, np.float64, special=False)
+    alpha = rng.uniform(0.2, 1.0, C)
+    for gamma in (0.0, 0.5, 2.0):
+        loss, grad = fl.softmax_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="none",
+                                           return_grad=True)
+        ref_loss, ref_grad = reference.softmax_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                          reduction="none", return_grad=True)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-11, atol=1e-14)
+
+
+def test_cross_entropy_hand_values():
+    # -log softmax([0, 0])[0] = log 2; -log softmax([1, 2, 3])[2] = log(e^-2 + e^-1 + 1)
+    loss = fl.cross_entropy(np.array([[0.0, 0.0], [1.0, 2.0, 3.0][:2]]), [0, 1], reduction="none")
+    np.testing.assert_allclose(loss, [np.log(2.0), np.log1p(np.exp(-1.0))], rtol=1e-15)
+    loss = fl.cross_entropy(np.array([[1.0, 2.0, 3.0]]), [2], reduction="none")
+    np.testing.assert_allclose(loss, [np.log(np.exp(-2.0) + np.exp(-1.0) + 1.0)], rtol=1e-15)
+    # A confident row keeps its tiny loss: log1p(e^-40) = 4.248354255291589e-18, not 0.
+    loss = fl.cross_entropy(np.array([[0.0, -40.0]]), [0], reduction="none")
+    assert loss[0] == 4.248354255291589e-18
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cross_entropy_16bit_lanes(rng, isa, dtype):
+    ml_dtypes = pytest.importorskip("ml_dtypes") if dtype == "bfloat16" else None
+    dt = np.dtype(ml_dtypes.bfloat16) if ml_dtypes else np.dtype(dtype)
+    for C in (3, 17, 100):
+        x = rng.normal(0.0, 2.0, (29, C)).astype(dt)
+        t = rng.integers(0, C, 29)
+        loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+        ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), t, reduction="none",
+                                                     return_grad=True)
+        assert loss.dtype == np.float32 and grad.dtype == dt
+        np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(grad.astype(np.float64), ref_grad, rtol=1e-2, atol=4e-3)
+
+
+@pytest.mark.parametrize("C", [2, 7, 16, 100, 256, 257])
+def test_in_place_gradient(rng, isa, C):
+    x, t = _batch(rng, 40, C, np.float32)
+    loss, grad = fl.cross_entropy(x, t, return_grad=True)
+    x2 = x.copy()
+    loss2, grad2 = fl.cross_entropy(x2, t, return_grad=True, grad_out=x2)
+    assert grad2 is x2
+    np.testing.assert_array_equal(loss2, loss)
+    np.testing.assert_array_equal(grad2, grad)
+
+
+@pytest.mark.parametrize("C", [2, 5, 19, 64, 150])
+def test_strided_class_axis(rng, isa, threads, C):
+    """PyTorch's (N, C, H, W) layout with axis=1: neighbouring rows are next to each other."""
+    x = rng.normal(0.0, 3.0, (3, C, 5, 7)).astype(np.float32)
+    t = rng.integers(0, C, (3, 5, 7))
+    t[0, 0, :3] = -100
+    loss, grad = fl.cross_entropy(x, t, axis=1, reduction="none", return_grad=True)
+    ref_loss, ref_grad = reference.cross_entropy(x, t, axis=1, reduction="none",
+                                                 return_grad=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-6, atol=1e-6)
+    # the same numbers as the rows made contiguous (the path depends on the class count only)
+    xc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    loss_c, grad_c = fl.cross_entropy(xc, t, reduction="none", return_grad=True)
+    np.testing.assert_array_equal(loss, loss_c)
+    np.testing.assert_array_equal(grad, np.moveaxis(grad_c, -1, 1))
+    # and a reversed, every-other-class view
+    xv = x[:, ::-2]
+    tv = np.minimum(t, xv.shape[1] - 1)
+    loss_v, grad_v = fl.cross_entropy(xv, tv, axis=1, reduction="none", return_grad=True)
+    ref_loss, ref_grad = reference.cross_entropy(xv, tv, axis=1, reduction="none",
+                                                 return_grad=True)
+    np.testing.assert_allclose(loss_v, ref_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(grad_v, ref_grad, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("C", [3, 37, 256])
+def test_bit_identical_across_threads(rng, isa, restore_threads, C):
+    """Enough work for two threads (the pool splits rows into whole blocks of lanes)."""
+    x = rng.normal(0.0, 3.0, (300_001 // C + 17, C)).astype(np.float32)
+    t = rng.integers(0, C, x.shape[0])
+    out = []
+    for n in (1, 2):
+        fl.set_num_threads(n)
+        out.append(fl.cross_entropy(x, t, reduction="none", return_grad=True)
+                   + (fl.logsumexp(x, axis=1), fl.softmax(x, axis=1)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_family_every_class_count(rng, isa, threads, dtype):
+    rtol, atol = TOL[dtype]
+    for C in CLASS_COUNTS:
+        x = rng.normal(0.0, 3.0, (37, C)).astype(dtype)
+        x[2, 0] = np.nan
+        if C > 1:
+            x[3, 1] = -np.inf
+        x[4] = -np.inf  # a row of -inf: logsumexp -inf, softmax NaN, log_softmax x - m
+        x[5, 0] = np.inf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.testing.assert_allclose(fl.logsumexp(x, axis=1), reference.logsumexp(x, axis=1),
+                                       rtol=rtol, atol=atol)
+            for row in (2, 4, 5):  # as scipy: NaN / -inf / +inf
+                assert np.isnan(fl.logsumexp(x[row])) == (row == 2)
+            assert fl.logsumexp(x[4]) == -np.inf and fl.logsumexp(x[5]) == np.inf
+            ok = np.isfinite(x).all(axis=1) | (np.isneginf(x).any(axis=1)
+                                               & ~np.isneginf(x).all(axis=1)
+                                               & ~np.isnan(x).any(axis=1))
+            np.testing.assert_allclose(fl.softmax(x, axis=1)[ok],
+                                       reference.softmax(x, axis=1)[ok], rtol=rtol, atol=atol)
+            np.testing.assert_allclose(fl.log_softmax(x, axis=1)[ok],
+                                       reference.log_softmax(x, axis=1)[ok], rtol=rtol,
+                                       atol=atol)
+            assert np.isnan(fl.softmax(x, axis=1)[[2, 4, 5]]).all()
+            assert np.isnan(fl.log_softmax(x, axis=1)[2]).all()
+
+
+@pytest.mark.parametrize("C", [2, 3, 50, 100, 101, 1000])
+def test_logsumexp_keeps_the_small_terms(C):
+    """The maximum's term is kept apart: logsumexp([0, -40, ...]) = log1p((C-1) e^-40), which
+    log(1 + ...) rounds to 0 (scipy gh-18295). Lane kernel up to 100 classes, row kernel above."""
+    x = np.full(C, -40.0)
+    x[C // 2] = 0.0
+    want = np.log1p((C - 1) * np.exp(-40.0))
+    np.testing.assert_allclose(fl.logsumexp(x), want, rtol=1e-14)
+    np.testing.assert_allclose(fl.logsumexp(np.stack([x, x - 1e-17]), axis=1),
+                               [want, want - 1e-17], rtol=1e-12)
+    assert fl.logsumexp(np.array([-1e-17, -40.0])) == pytest.approx(-5.751645744708412e-18,
+                                                                   rel=1e-14)
+    # log_softmax of the largest entry: -log1p(...) in the lane kernel
+    if C <= SOFTMAX_EDGE:
+        np.testing.assert_allclose(fl.log_softmax(x)[C // 2], -want, rtol=1e-14)

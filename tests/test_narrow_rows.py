@@ -211,3 +211,21 @@ def test_logsumexp_keeps_the_small_terms(C):
     # log_softmax of the largest entry: -log1p(...) in the lane kernel
     if C <= SOFTMAX_EDGE:
         np.testing.assert_allclose(fl.log_softmax(x)[C // 2], -want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("C", [3, 300])
+def test_probability_row_of_minus_inf_without_mass(C):
+    """0 log 0 = 0 for every class: loss 0 and gradient 0, in the kernel and the reference
+    (row kernel: probability targets do not take the lane path)."""
+    x = np.zeros((3, C))
+    x[1] = -np.inf
+    y = np.full((3, C), 1.0 / C)
+    y[1] = 0.0
+    for impl in (fl.cross_entropy, reference.cross_entropy):
+        loss, grad = impl(x, y, reduction="none", return_grad=True)
+        np.testing.assert_allclose(loss, [np.log(C), 0.0, np.log(C)], rtol=1e-14)
+        assert np.all(grad[1] == 0)
+    # with z_loss the row's lse is -inf: NaN (the kernel) / inf (the reference), not 0
+    assert not np.isfinite(fl.cross_entropy(x, y, reduction="none", z_loss=0.1)[1])
+    # label smoothing puts mass on every class: log 0 = -inf makes the loss non-finite
+    assert not np.isfinite(fl.cross_entropy(x, y, reduction="none", label_smoothing=0.1)[1])

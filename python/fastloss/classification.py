@@ -115,7 +115,9 @@ def cross_entropy(
     A row with NaN or ``+inf`` gives NaN in that row only. All rows ignored with
     ``"mean"`` gives NaN (as PyTorch); an empty batch gives NaN for ``"mean"`` and 0 for
     ``"sum"``. Probability targets: a class with zero (smoothed, weighted) target mass
-    contributes 0 even when its logit is ``-inf`` (``0 * log 0 = 0``; PyTorch gives NaN).
+    contributes 0 even when its logit is ``-inf`` (``0 * log 0 = 0``; PyTorch gives NaN), so a
+    row whose logits are all ``-inf`` and whose target mass is all zero has loss 0 and
+    gradient 0 (NaN with ``z_loss > 0``, whose ``lse`` is ``-inf`` there).
     Probability targets are not checked to be non-negative or to sum to one (as PyTorch).
 
     Examples

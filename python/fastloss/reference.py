@@ -146,6 +146,12 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100, reduc
             per_row = per_row + z_loss * lse**2
             coef_p = coef_p + 2 * z_loss * lse
         grad = coef_p[:, None] * p - c
+        # A row without target mass whose logits are all -inf: every term is 0 log 0 = 0, so
+        # the loss is 0 for any logits and its gradient 0 (p itself is 0/0 there).
+        empty = (c == 0).all(axis=1) & np.isneginf(x).all(axis=1)
+        if not z_loss:
+            per_row = np.where(empty, 0.0, per_row)
+            grad = np.where(empty[:, None], 0.0, grad)
     if dcap is not None:
         grad = grad * dcap
     loss, scale = _reduce(per_row, denom, reduction, row_shape)

@@ -608,6 +608,13 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
       using R = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
       ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
       const RowStats st = range_stats<R, C>(x, 0, V, coef, {}, &er);
+      if (!st.nan && st.m == -kInf<double> && st.c == 0 && st.cd == 0 && z == 0) {
+        // Logits all -inf and no target mass: every term is 0 log 0 = 0, so the loss is 0
+        // for any logits, and so is its gradient (p is 0/0 here).
+        a.loss[r] = 0.0;
+        if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));
+        return;
+      }
       if (st.nan || !std::isfinite(st.m)) {
         a.loss[r] = kNaN;
         if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));

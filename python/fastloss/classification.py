@@ -128,8 +128,22 @@ def cross_entropy(
     >>> round(float(loss), 6)
     0.31854
     """
+    if (type(logits) is np.ndarray and type(target) is np.ndarray and weight is None
+            and softcap is None and return_grad is False and grad_out is None
+            and type(reduction) is str and reduction in _SMALL_REDUCTIONS
+            and type(ignore_index) is int and type(axis) is int and axis in (-1, 1)
+            and type(label_smoothing) is float and label_smoothing == 0.0
+            and type(z_loss) is float and z_loss == 0.0):
+        # The common small call, checked and reduced in one call into the core (None: the
+        # general path below, which also raises every user-facing error).
+        r = _core.cross_entropy_small(logits, target, ignore_index, reduction == "mean")
+        if r is not None:
+            return logits.dtype.type(r)
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, return_grad, grad_out)
+
+
+_SMALL_REDUCTIONS = ("mean", "sum")
 
 
 def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "ctc.hpp"
 #include "distributions.hpp"
@@ -422,6 +423,115 @@ void ce_shard_grad_py(const py::array& x, const py::array& target, int64_t class
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Small-call fast paths of fastloss.cross_entropy, mse_loss and l1_loss with default options: a
+// loss in a loop is often a few hundred numbers, where NumPy-level checks cost ten times the
+// arithmetic. The checks the common case needs are done here in one call; anything else
+// (another dtype or layout, an invalid target, an empty batch) returns None and the Python
+// layer takes its general path, which raises the user-facing errors. Nothing is written.
+// ---------------------------------------------------------------------------------------------
+// NumPy's summation order (its pairwise_sum for contiguous float64: 8 accumulators per block
+// of up to 128, halves above), so a reduced loss equals np.sum of the per-row losses, as on
+// the general path, bit for bit.
+double numpy_pairwise_sum(const double* a, int64_t n) {
+  if (n < 8) {
+    double r = 0.0;
+    for (int64_t i = 0; i < n; ++i) r += a[i];
+    return r;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    int64_t i = 8;
+    for (; i < n - n % 8; i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return numpy_pairwise_sum(a, n2) + numpy_pairwise_sum(a + n2, n - n2);
+}
+
+// An aligned array of native byte order whose dtype has this kind and item size.
+bool plain_dtype(const py::array& a, char kind, ssize_t itemsize) {
+  const py::dtype dt = a.dtype();
+  const char order = dt.byteorder();
+  return dt.kind() == kind && dt.itemsize() == itemsize && (order == '=' || order == '|') &&
+         (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+}
+bool plain_float(const py::array& a) { return plain_dtype(a, 'f', 4) || plain_dtype(a, 'f', 8); }
+
+// Work below this many elements runs with the GIL held (releasing it costs more than it gives).
+constexpr int64_t kSmallWork = int64_t(1) << 15;
+
+// cross_entropy(logits (N, C), target (N,) int64, ignore_index, reduction mean/sum).
+py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t ignore_index,
+                               bool mean) {
+  if (x.ndim() != 2 || t.ndim() != 1 || !plain_float(x) || !plain_dtype(t, 'i', 8) ||
+      t.strides(0) != 8)
+    return py::none();
+  const int64_t n = x.shape(0), C = x.shape(1);
+  if (t.shape(0) != n || n == 0 || C == 0) return py::none();
+  const int64_t* tp = static_cast<const int64_t*>(t.data());
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = tp[i];
+    if (v == ignore_index) continue;
+    if (v < 0 || v >= C) return py::none();  // the general path names the bad index
+    ++count;
+  }
+  std::vector<double> per_row(size_t(n), 0.0);
+  auto run = [&](auto tag) {
+    using S = decltype(tag);
+    CrossEntropyArgs<S> a;
+    a.x = static_cast<const S*>(x.data());
+    a.lx.n0 = n, a.lx.n1 = C, a.lx.n2 = 1;
+    a.lx.s0 = x.strides(0) / ssize_t(sizeof(S)), a.lx.s1 = x.strides(1) / ssize_t(sizeof(S));
+    a.lx.s2 = 1;
+    a.target = tp;
+    a.ignore_index = ignore_index;
+    a.loss = per_row.data();
+    if (n * C >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      fastloss::cross_entropy(a);
+    } else {
+      fastloss::cross_entropy(a);
+    }
+  };
+  if (x.dtype().itemsize() == 4) run(float{}); else run(double{});
+  const double total = numpy_pairwise_sum(per_row.data(), n);
+  return py::float_(mean ? total / double(count) : total);  // (all ignored: 0 / 0 = NaN)
+}
+
+// mse_loss / l1_loss (kind 0 / 1) of two arrays of one shape, dtype and C order.
+py::object pointwise_small(int kind, const py::array& x, const py::array& y, bool mean) {
+  if ((kind != 0 && kind != 1) || !plain_float(x) || !plain_float(y) ||
+      x.dtype().itemsize() != y.dtype().itemsize() || x.ndim() != y.ndim() || x.size() == 0 ||
+      !(x.flags() & py::array::c_style) || !(y.flags() & py::array::c_style))
+    return py::none();
+  for (ssize_t k = 0; k < x.ndim(); ++k)
+    if (x.shape(k) != y.shape(k)) return py::none();
+  double total = 0.0;
+  auto run = [&](auto tag) {
+    using S = decltype(tag);
+    PointwiseArgs<S> a;
+    a.kind = static_cast<PointwiseKind>(kind);
+    a.n = x.size();
+    a.x = static_cast<const S*>(x.data());
+    a.y = static_cast<const S*>(y.data());
+    if (a.n >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      total = fastloss::pointwise(a);
+    } else {
+      total = fastloss::pointwise(a);
+    }
+  };
+  if (x.dtype().itemsize() == 4) run(float{}); else run(double{});
+  return py::float_(mean ? total / double(x.size()) : total);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -435,6 +545,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("softcap") = 0.0, py::arg("focal") = false, py::arg("focal_gamma") = 0.0);
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  // Small-call fast paths (see there): the reduced loss as a float, or None.
+  m.def("cross_entropy_small", &cross_entropy_small);
+  m.def("pointwise_small", &pointwise_small);
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);
   // kind: 0 mse, 1 l1, 2 huber, 3 smooth_l1, 4 bce_with_logits, 5 bce, 6 sigmoid_focal, 7 hinge.
   // Returns (sum of losses, hinge label counts: == -1, == 0, invalid).

@@ -1,0 +1,88 @@
+"""The small-call fast paths of cross_entropy, mse_loss and l1_loss (checked and reduced in one
+call into the core): the same numbers, bit for bit, and the same errors as the general path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import reference
+from fastloss._pointwise import pointwise
+
+
+def _general_ce(x, t, **kw):
+    # label_smoothing given as the int 0 is the same loss but skips the fast path
+    return fl.cross_entropy(x, t, label_smoothing=0, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 3), (32, 10), (129, 7), (300, 257),
+                                   (1000, 2), (2, 300)])
+def test_cross_entropy_same_as_general_path(rng, dtype, reduction, shape):
+    x = rng.normal(0, 3, shape).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::5] = -100
+    fast = fl.cross_entropy(x, t, reduction=reduction)
+    general = _general_ce(x, t, reduction=reduction)
+    assert type(fast) is type(general) is dtype
+    assert fast == general or (np.isnan(fast) and np.isnan(general))
+    want = reference.cross_entropy(x, t, reduction=reduction)
+    if np.isfinite(want):
+        np.testing.assert_allclose(fast, want, rtol=2e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_cross_entropy_layouts_and_options(rng):
+    x = rng.normal(0, 3, (40, 12))
+    t = rng.integers(0, 6, 40)
+    for view in (x[:, ::2], x[::-1, :6], x.T.copy().T[:, :6], np.broadcast_to(x[:1, :6], (40, 6))):
+        np.testing.assert_equal(fl.cross_entropy(view, t), _general_ce(view, t))
+    t32 = t.astype(np.int32)  # another target dtype: the general path, same number
+    assert fl.cross_entropy(x[:, :6], t32) == fl.cross_entropy(x[:, :6], t)
+    assert fl.cross_entropy(x[:, :6], t, ignore_index=3) == _general_ce(x[:, :6], t,
+                                                                        ignore_index=3)
+    big = x[:, :6].byteswap().view(x.dtype.newbyteorder())  # byte-swapped: general path
+    assert fl.cross_entropy(big, t) == fl.cross_entropy(x[:, :6], t)
+    # every row ignored: mean NaN (as torch), sum 0
+    t_all = np.full(40, -100)
+    assert np.isnan(fl.cross_entropy(x, t_all)) and fl.cross_entropy(x, t_all, reduction="sum") == 0
+
+
+def test_cross_entropy_errors_as_general_path(rng):
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    for bad in (np.array([0, 1, 3, 0]), np.array([0, -1, 1, 2])):
+        with pytest.raises(IndexError, match=r"target\[\d\] = -?\d is out of range"):
+            fl.cross_entropy(x, bad)
+    with pytest.raises(ValueError, match="target has shape"):
+        fl.cross_entropy(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fl.cross_entropy(x, np.array([0, 1, 2, 0]), reduction="avg")
+    with pytest.raises(ValueError, match="class axis .* of size 0"):
+        fl.cross_entropy(np.zeros((4, 0), np.float32), np.zeros(4, np.int64))
+
+
+@pytest.mark.parametrize("name, kind", [("mse_loss", "mse"), ("l1_loss", "l1")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (128,), (3, 5), (1000, 3)])
+def test_pointwise_same_as_general_path(rng, name, kind, dtype, shape):
+    a = rng.normal(size=shape).astype(dtype)
+    b = rng.normal(size=shape).astype(dtype)
+    for reduction in ("mean", "sum"):
+        fast = getattr(fl, name)(a, b, reduction=reduction)
+        general = pointwise(kind, a, b, reduction=reduction)
+        assert type(fast) is type(general) is dtype and fast == general
+        d = a.astype(np.float64) - b
+        want = (d * d if kind == "mse" else np.abs(d)).sum()
+        if reduction == "mean":
+            want /= d.size
+        np.testing.assert_allclose(fast, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_pointwise_other_cases_take_the_general_path(rng):
+    a = rng.normal(size=(6, 4))
+    # broadcasting, mixed dtypes, strided views: the general path's numbers
+    assert fl.mse_loss(a, a[:1]) == pointwise("mse", a, a[:1])
+    assert fl.mse_loss(a.astype(np.float32), a) == pointwise("mse", a.astype(np.float32), a)
+    assert fl.l1_loss(a[:, ::2], a[:, 1::2]) == pointwise("l1", a[:, ::2], a[:, 1::2])
+    assert np.isnan(fl.mse_loss(np.zeros(0), np.zeros(0)))  # empty mean: NaN, as torch

@@ -121,6 +121,9 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
+# (no left sidebar on pages without subpages: the tables get the width)
+html_sidebars = {page: [] for page in ("index", "getting-started", "numerics", "benchmarks",
+                                       "changelog", "development", "compatibility")}
 html_static_path: list = []
 html_show_sourcelink = False
 

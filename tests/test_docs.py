@@ -144,6 +144,21 @@ def test_bench_json_records_machine_and_versions(bench_tables):
     assert f"| loss | fastloss | {bench_tables._ms(fastloss_loss['median_ms'])} |" in page
 
 
+def test_bench_json_output_records_its_environment(tmp_path, capsys, bench_tables):
+    """fastloss bench --json (a tiny case) writes what the tables need, environment included."""
+    from fastloss.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--batch", "16", "--vocab", "256", "--repeat", "1", "--no-others",
+                 "--no-numpy", "--quiet", "--json", str(out)]) == 0
+    data = bench_tables.load(out)
+    env = data["environment"]
+    assert env["fastloss"] == fl.__version__ and env["numpy"] == np.__version__
+    assert env["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    assert env["cpus"] >= 1 and env["threads"] == fl.get_num_threads()
+    assert "| loss | fastloss |" in bench_tables.page(data)
+
+
 def test_bench_tables_without_environment_is_an_error(bench_tables, tmp_path):
     bad = tmp_path / "bench.json"
     bad.write_text('{"info": {}, "results": []}')

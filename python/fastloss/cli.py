@@ -83,32 +83,6 @@ def format_pointwise(results, info) -> str:
     return head + "\n".join([line(cols), sep] + [line(r) for r in rows])
 
 
-def bench_environment() -> dict:
-    """What a benchmark ran on, for ``fastloss bench --json``: :func:`fastloss.show_config`'s
-    values (fastloss, ISA, threads, compiler, Python, NumPy), the CPU model, the memory and the
-    versions of the other libraries timed (None when not installed)."""
-    import importlib.metadata
-    import platform
-
-    from . import __config__
-    from .benchmark import _cpu_name
-
-    env = dict(__config__)
-    env["processor"] = _cpu_name()
-    env["system"] = f"{platform.system()} {platform.release()}"
-    try:
-        env["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                                  / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        env["memory_gib"] = None
-    for dist in ("torch", "jax", "jaxlib", "ml_dtypes"):
-        try:
-            env[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            env[dist] = None
-    return env
-
-
 def cmd_bench(args) -> int:
     from .benchmark import plot_sweep, run_case, vocab_sweep
 
@@ -144,8 +118,10 @@ def cmd_bench(args) -> int:
                                      f"threads, {info['processor']}")
         print(f"wrote {args.plot}")
     if args.json:
+        from ._config import environment
+
         with open(args.json, "w") as f:
-            json.dump({"environment": bench_environment(),
+            json.dump({"environment": environment(),
                        "info": info, "results": [r.as_dict() for r in results],
                        "vocab_sweep": sweep,
                        "kl_div_with_logits": {"info": distill[1],

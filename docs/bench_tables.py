@@ -129,29 +129,36 @@ def page(data: dict) -> str:
     return "\n".join(out)
 
 
-def _median(section: dict, case: str, prefix: str) -> Optional[float]:
+def _median(section: dict, case: str, impl: str) -> Optional[float]:
+    """The median time of ``case`` for the implementation ``impl``, or ``impl`` and a version
+    (``numpy`` finds ``numpy 2.4.6``, ``jax`` finds ``jax 0.10.2 (jit)``)."""
     for r in section["results"]:
-        if r["case"] == case and r["impl"].startswith(prefix):
+        name, rest = r["impl"], r["impl"][len(impl) + 1:]
+        if r["case"] == case and (name == impl or name.startswith(impl + " ")
+                                  and rest[:1].isdigit()):
             return r["median_ms"]
     return None
 
 
 def readme_table(data: dict) -> str:
-    """The README's compact table: cross-entropy, median ms of fastloss and the others."""
+    """The README's compact table: cross-entropy, median ms of fastloss and the others. For
+    loss and gradient, fastloss's row is the one with a new gradient array per call, as the
+    others allocate theirs."""
     info, env = data["info"], data["environment"]
-    impls = [("fastloss", "fastloss")]
-    impls += [(f"NumPy {env['numpy']}", "numpy")]
-    impls += [(f"PyTorch {env['torch']}", "torch")] if env.get("torch") else []
-    impls += [(f"JAX {env['jax']}", "jax")] if env.get("jax") else []
-    impls = [(label, p) for label, p in impls if _median(data, "loss", p) is not None]
-    rows = []
-    for case, label in (("loss", "loss"), ("loss+grad", "loss and gradient")):
-        rows.append([label] + [_ms(_median(data, case, p)) for _, p in impls])
+    columns = [("fastloss", "fastloss", "fastloss (fresh)"),
+               (f"NumPy {env['numpy']}", "numpy", "numpy")]
+    if env.get("torch"):
+        columns.append((f"PyTorch {env['torch']}", "torch", "torch"))
+    if env.get("jax"):
+        columns.append((f"JAX {env['jax']}", "jax", "jax"))
+    columns = [c for c in columns if _median(data, "loss", c[1]) is not None]
+    rows = [["loss"] + [_ms(_median(data, "loss", c[1])) for c in columns],
+            ["loss and gradient"] + [_ms(_median(data, "loss+grad", c[2])) for c in columns]]
     head = (f"Cross-entropy of ({info['batch']:,}, {info['vocab']:,}) {info['dtype']} logits, "
             f"median ms, {info['threads']} threads of an {env['processor']} "
             f"({env['isa']}):")
-    return head + "\n\n" + _table([""] + [label for label, _ in impls], rows,
-                                   "l" + "r" * len(impls))
+    return head + "\n\n" + _table([""] + [c[0] for c in columns], rows,
+                                   "l" + "r" * len(columns))
 
 
 def write(json_path, out_path) -> str:

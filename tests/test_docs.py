@@ -142,6 +142,11 @@ def test_bench_json_records_machine_and_versions(bench_tables):
     fastloss_loss = next(r for r in data["results"]
                          if r["case"] == "loss" and r["impl"] == "fastloss")
     assert f"| loss | fastloss | {bench_tables._ms(fastloss_loss['median_ms'])} |" in page
+    # the README's loss-and-gradient column of fastloss is its row with a fresh gradient array
+    fresh = next(r for r in data["results"] if r["impl"] == "fastloss (fresh)")
+    readme = bench_tables.readme_table(data)
+    assert f"| loss and gradient | {bench_tables._ms(fresh['median_ms'])} |" in readme
+    assert f"| loss | {bench_tables._ms(fastloss_loss['median_ms'])} |" in readme
 
 
 def test_bench_json_output_records_its_environment(tmp_path, capsys, bench_tables):

@@ -45,3 +45,27 @@ def show_config() -> None:
         if isinstance(value, list):
             value = ", ".join(value)
         print(f"{key:>16}: {value}")
+
+
+def environment() -> Dict[str, Any]:
+    """What a benchmark ran on (``fastloss bench --json`` records it): :func:`config`'s values,
+    the CPU model, the operating system, the memory and the versions of the libraries the
+    benchmark compares with (None where not installed)."""
+    import importlib.metadata
+
+    from .benchmark import _cpu_name
+
+    env = config()
+    env["processor"] = _cpu_name()
+    env["system"] = f"{platform.system()} {platform.release()}"
+    try:
+        env["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                  / 2**30, 1)
+    except (ValueError, OSError, AttributeError):  # (no sysconf names: not Linux)
+        env["memory_gib"] = None
+    for dist in ("torch", "jax", "jaxlib", "ml_dtypes"):
+        try:
+            env[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            env[dist] = None
+    return env

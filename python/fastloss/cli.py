@@ -118,8 +118,11 @@ def cmd_bench(args) -> int:
                                      f"threads, {info['processor']}")
         print(f"wrote {args.plot}")
     if args.json:
+        from ._config import environment
+
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": [r.as_dict() for r in results],
+            json.dump({"environment": environment(),
+                       "info": info, "results": [r.as_dict() for r in results],
                        "vocab_sweep": sweep,
                        "kl_div_with_logits": {"info": distill[1],
                                               "results": [r.as_dict() for r in distill[0]]},

@@ -265,6 +265,19 @@ def eval_file(
     C-order ``.npy`` array or shapes that do not match, ``TypeError`` for unsupported dtypes,
     ``IndexError`` for a target out of range (naming its position); all before any loss is
     computed or any output written.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastloss as fl
+    >>> folder = tempfile.mkdtemp()
+    >>> logits = np.log([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]])  # (1, 2, 3)
+    >>> np.save(os.path.join(folder, "logits.npy"), logits)
+    >>> np.save(os.path.join(folder, "targets.npy"), np.array([[0, 1]]))
+    >>> r = fl.eval_file(os.path.join(folder, "logits.npy"),
+    ...                  os.path.join(folder, "targets.npy"))
+    >>> r["evaluated_tokens"], round(r["perplexity"], 6)  # exp(-(log 0.5 + log 0.8) / 2)
+    (2, 1.581139)
+    >>> import shutil; shutil.rmtree(folder)
     """
     from . import get_num_threads
     from .classification import cross_entropy

@@ -833,19 +833,34 @@ def merge_cross_entropy_stats(stats, label_smoothing=0.0, z_loss=0.0, reduction=
     return loss, lse
 
 
-def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
+def linear_cross_entropy(hidden, weight, target, bias=None, class_weight=None, ignore_index=-100,
                          label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
                          return_grad=False):
-    """cross_entropy(hidden @ weight.T + bias, target, ...) in float64, the logits
-    materialised; gradients by the chain rule with G = dloss/dlogits:
-        d_hidden = G @ weight,  d_weight = G.T @ hidden,  d_bias = sum_i G_i."""
+    """cross_entropy(logits, target, axis=1, weight=class_weight, ...) in float64 with the
+    logits materialised: logits[n, c, k...] = hidden[n] . weight[c, k..., :] + bias[c, k...]
+    for hidden (N, D) and weight (C, d1..dK, D) (a 1-d hidden is one sample, axis 0);
+    gradients by the chain rule with G = dloss/dlogits:
+        d_hidden = sum_{c,k} G[n, c, k] weight[c, k],  d_weight = sum_n G[n] hidden[n],
+        d_bias = sum_n G[n]."""
     h, w = _f64(hidden), _f64(weight)
-    logits = h @ w.T + (0.0 if bias is None else _f64(bias))
-    out = cross_entropy(logits, target, axis=-1, ignore_index=ignore_index, reduction=reduction,
+    one = h.ndim == 1
+    h2 = h[None] if one else h
+    C, D, pos = w.shape[0], w.shape[-1], w.shape[1:-1]
+    wf = w.reshape(-1, D)  # (C * P, D): class c, position k at row c * P + k
+    logits = (h2 @ wf.T).reshape((h2.shape[0], C) + pos)
+    if bias is not None:
+        logits = logits + _f64(bias)
+    if one:
+        logits = logits[0]
+    out = cross_entropy(logits, target, axis=0 if one else 1, weight=class_weight,
+                        ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing, return_grad=return_grad,
                         z_loss=z_loss, softcap=softcap)
     if not return_grad:
         return out
     loss, G = out
-    grads = (G @ w, G.T @ h) + (() if bias is None else (G.sum(axis=0),))
+    Gf = (G[None] if one else G).reshape(h2.shape[0], -1)  # (N, C * P)
+    d_h = Gf @ wf
+    grads = (d_h[0] if one else d_h, (Gf.T @ h2).reshape(w.shape))
+    grads += () if bias is None else (Gf.sum(axis=0).reshape(np.shape(bias)),)
     return loss, grads

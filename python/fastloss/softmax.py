@@ -95,15 +95,19 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
 
     Examples
     --------
-    >>> import fastloss as fl
+    >>> import numpy as np, fastloss as fl
     >>> round(float(fl.logsumexp([1.0, 2.0, 3.0])), 12)
     3.407605964444
     >>> fl.logsumexp([[0.0, 0.0], [1e30, 1e30]], axis=1)
     array([6.93147181e-01, 1.00000000e+30])
     >>> float(fl.logsumexp([0.0, -40.0], b=[1.0, 1.0]))
     4.248354255291589e-18
-    >>> fl.logsumexp([1.0, 2.0], b=[1, -2], return_sign=True)
-    (np.float64(2.4898...), np.float64(-1.0))
+    >>> r, s = fl.logsumexp([1.0, 2.0], b=[1, -2], return_sign=True)   # log|e - 2 e^2|
+    >>> round(float(r), 12), float(s)
+    (2.489880125645, -1.0)
+    >>> z = fl.logsumexp(np.array([0.0, 1j * np.pi / 2]))   # log(1 + i)
+    >>> round(float(z.real), 12), round(float(z.imag), 12)
+    (0.34657359028, 0.785398163397)
     """
     a_arr = _array(a, "a")
     b_arr = None if b is None else _array(b, "b")

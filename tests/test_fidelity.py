@@ -279,7 +279,7 @@ def test_kl_div_negative_target_nan_broadcast_and_grad_out(rng):
                                  negative_target="nan"))
 
 
-# --- shape-mismatch warnings, as PyTorch -----------------------------------------------------------
+# --- shape-mismatch warnings, as PyTorch ----------------------------------------------------
 def _torch_message(target_shape, input_shape):
     return (f"Using a target size ({target_shape}) that is different to the input size "
             f"({input_shape}). This will likely lead to incorrect results due to broadcasting. "

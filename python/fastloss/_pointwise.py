@@ -43,7 +43,7 @@ def _sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
                  ).reshape(shape) if axes else g.reshape(shape)
 
 
-_CHECKED = ("bce", "hinge", "kl_div")
+_CHECKED = ("bce", "hinge", "kl_div")  # losses whose inputs the kernel validates (counts it returns)
 # losses that warn, as PyTorch's regression losses, when target's shape differs from input's
 # (PyTorch's kl_div does not; its binary_cross_entropy(_with_logits) raise, fastloss
 # broadcasts and warns)
@@ -59,7 +59,7 @@ def warn_if_broadcast(input_shape: tuple, target_shape: tuple, stacklevel: int =
             f"Using a target size ({tuple(target_shape)}) that is different to the input size "
             f"({tuple(input_shape)}). This will likely lead to incorrect results due to "
             "broadcasting. Please ensure they have the same size.",
-            UserWarning, stacklevel=stacklevel + 1)  # losses whose inputs the kernel validates (counts it returns)
+            UserWarning, stacklevel=stacklevel + 1)
 
 
 def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: int,

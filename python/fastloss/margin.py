@@ -81,8 +81,9 @@ def multi_margin_loss(
     input : array_like
         Scores of shape ``(N, C)``, ``(C,)`` (one sample) or generally ``(..., C)``; the class
         axis is the last one. A 0-d input is one sample with one class, as in PyTorch (its
-        loss and gradient are 0; the target must be 0). float32/float64 keep their dtype; float16/bfloat16 are computed
-        in float32 (float32 losses, gradient in the input dtype); integers give float64.
+        loss and gradient are 0; the target must be 0). float32/float64 keep their dtype;
+        float16/bfloat16 are computed in float32 (float32 losses, gradient in the input
+        dtype); integers give float64.
     target : array_like of int
         Class indices of shape ``input.shape[:-1]`` (any integer dtype); for a 1-d input a 0-d
         target or, as PyTorch, one of shape ``(1,)``.
@@ -106,7 +107,8 @@ def multi_margin_loss(
     Raises
     ------
     ValueError
-        ``p`` not 1 or 2, a ``target`` or ``weight`` of the wrong shape, no classes, a non-finite ``margin``, an unknown ``reduction``.
+        ``p`` not 1 or 2, a ``target`` or ``weight`` of the wrong shape, no classes, a
+        non-finite ``margin``, an unknown ``reduction``.
     IndexError
         A ``target`` class index outside ``[0, C)``.
 

@@ -895,7 +895,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, class_weight=None, i
     if not return_grad:
         return out
     loss, G = out
-    Gf = (G[None] if one else G).reshape(h2.shape[0], -1)  # (N, C * P)
+    Gf = (G[None] if one else G).reshape(h2.shape[0], wf.shape[0])  # (N, C * P)
     d_h = Gf @ wf
     grads = (d_h[0] if one else d_h, (Gf.T @ h2).reshape(w.shape))
     grads += () if bias is None else (Gf.sum(axis=0).reshape(np.shape(bias)),)

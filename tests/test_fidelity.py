@@ -327,6 +327,9 @@ def test_equal_shapes_and_kl_div_do_not_warn():
         warnings.simplefilter("error")
         for f in WARNING_LOSSES.values():
             f(x, t)
+            # shapes that do not broadcast are a ValueError, without a warning first
+            with pytest.raises(ValueError, match="do not broadcast"):
+                f(x, t[:, :2])
         fl.kl_div(np.log(x), t[:1])  # PyTorch's kl_div does not warn either
 
 

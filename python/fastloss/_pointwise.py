@@ -90,8 +90,6 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
         raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
     ct = x.compute_dtype
     y = real_array(target, "target", ct)
-    if kind in _SHAPE_WARNING:
-        warn_if_broadcast(x.array.shape, y.shape, stacklevel=3)
     w = None if weight is None else real_array(weight, "weight", ct)
     pw = None if pos_weight is None else real_array(pos_weight, "pos_weight", ct)
     shapes = [("input" if input_name == "input" else input_name, x.array.shape),
@@ -102,6 +100,8 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
     except ValueError:
         desc = ", ".join(f"{n} {s}" for n, s in shapes)
         raise ValueError(f"shapes do not broadcast together: {desc}") from None
+    if kind in _SHAPE_WARNING:  # (shapes that do not broadcast are an error, not a warning)
+        warn_if_broadcast(x.array.shape, y.shape, stacklevel=3)
 
     n = math.prod(full)
     xf = _flat(x.array, full, x.array.dtype)

@@ -217,3 +217,39 @@ def restore_threads():
     yield before
     fl.set_num_threads(before)
     assert fl.get_num_threads() == before
+
+
+# --- the peers' own suites (test_scipy_suite.py, test_torch_suite.py) -----------------------
+#: Counts the peer suites report at the end of a run: {suite: {what: count}}; the torch suite
+#: fills it per sample, the scipy suite is counted from the test outcomes.
+SUITE_COUNTS: dict = {}
+
+
+def pytest_configure(config):
+    # marks on scipy's test classes, which test_scipy_suite.py collects
+    for mark in ("skip_xp_backends(backend, reason=None, np_only=False, cpu_only=False): "
+                 "scipy's array-API skip mark",
+                 "xfail_xp_backends(backend, reason=None, np_only=False, cpu_only=False): "
+                 "scipy's array-API xfail mark",
+                 "array_api_backends: scipy's mark of tests over array-API backends"):
+        config.addinivalue_line("markers", mark)
+
+
+def pytest_terminal_summary(terminalreporter):
+    outcomes: dict = {}
+    for kind in ("passed", "failed", "skipped", "xfailed", "xpassed", "error"):
+        for rep in terminalreporter.stats.get(kind, []):
+            nodeid = getattr(rep, "nodeid", "")
+            if "test_scipy_suite.py::Test" in nodeid and (rep.when == "call" or kind != "passed"):
+                outcomes[nodeid] = kind
+    lines = []
+    if outcomes:
+        counts = {k: sum(v == k for v in outcomes.values()) for k in set(outcomes.values())}
+        lines.append(f"scipy's test_logsumexp.py against fastloss: {len(outcomes)} cases compared: "
+                     + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    for suite, counts in SUITE_COUNTS.items():
+        lines.append(f"{suite}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if lines:
+        terminalreporter.write_sep("-", "peer suites")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -22,6 +22,10 @@ from scipy import special
 import fastloss as fl
 from fastloss import reference as ref
 
+# These tests broadcast target against input on purpose; the UserWarning that gives (as
+# PyTorch's) is tested in test_fidelity.py.
+pytestmark = pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")
+
 assert_allclose = np.testing.assert_allclose
 BCEL, BCE, FOCAL, HINGE = ("binary_cross_entropy_with_logits", "binary_cross_entropy",
                            "sigmoid_focal_loss", "hinge_loss")

@@ -758,6 +758,27 @@ def test_multi_margin_bad_input():
             fl.multi_margin_loss(x, t, weight=w)
     with pytest.raises(ValueError, match="target"):
         fl.multi_margin_loss(x, [0, 1])
+    with pytest.raises(IndexError, match="target"):  # a 0-d input has the one class 0
+        fl.multi_margin_loss(np.float64(0.5), np.array(1))
+
+
+@pytest.mark.parametrize("target", [np.array(0), np.array([0])], ids=["0d", "1"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_multi_margin_zero_d_input_is_one_sample_of_one_class(target, reduction):
+    # as PyTorch: a 0-d input is one sample with one class; no other class j != y, so the loss
+    # and the gradient are 0; "none" has the target's shape, the gradient the input's
+    for x in (np.float64(0.5), np.array(-3.0), 7):
+        for w in (None, [2.5]):
+            loss, grad = fl.multi_margin_loss(x, target, weight=w, p=2, reduction=reduction,
+                                              return_grad=True)
+            assert np.shape(loss) == (target.shape if reduction == "none" else ())
+            assert np.shape(grad) == () and grad == 0 and np.all(loss == 0)
+            want, want_g = ref.multi_margin_loss(x, target, weight=w, p=2, reduction=reduction,
+                                                 return_grad=True)
+            assert np.shape(want) == np.shape(loss) and np.all(want == 0) and want_g == 0
+    # the same as the (1,) input it stands for
+    one = fl.multi_margin_loss(np.array([0.5]), target, reduction=reduction)
+    assert_allclose(fl.multi_margin_loss(0.5, target, reduction=reduction), one)
 
 
 # =========================================================================== perplexity, bpb

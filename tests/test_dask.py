@@ -12,6 +12,10 @@ da = pytest.importorskip("dask.array", reason="dask.array not installed (pip ins
 import fastloss as fl
 import fastloss.dask as fld
 
+# These tests broadcast target against input on purpose; the UserWarning that gives (as
+# PyTorch's) is tested in test_fidelity.py.
+pytestmark = pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")
+
 V = 50257  # GPT-2's vocabulary
 UNEVEN = (7000, 13, 20000, 1, 12243, 11000)  # uneven class chunks of V
 

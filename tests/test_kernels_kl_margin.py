@@ -455,8 +455,8 @@ def test_margin_bad_input(rng):
         fl.multi_margin_loss(x, y.astype(float))
     with pytest.raises(ValueError, match="margin"):
         fl.multi_margin_loss(x, y, margin=np.inf)
-    with pytest.raises(ValueError):
-        fl.multi_margin_loss(1.0, 0)
+    with pytest.raises(IndexError, match="target"):  # 0-d: one sample of the one class 0
+        fl.multi_margin_loss(1.0, 1)
     with pytest.raises(ValueError):
         fl.multi_margin_loss(np.zeros((2, 0)), [0, 0])
 

@@ -17,6 +17,10 @@ from hypothesis.extra import numpy as hnp
 
 import fastloss as fl
 
+# These tests broadcast target against input on purpose; the UserWarning that gives (as
+# PyTorch's) is tested in test_fidelity.py.
+pytestmark = pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")
+
 assert_allclose = np.testing.assert_allclose
 
 # (name, keyword options): every loss of the family with the parameters worth checking

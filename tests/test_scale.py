@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import non_c_layouts
+from conftest import central_diff, non_c_layouts
 
 import fastloss as fl
 from fastloss import reference
@@ -418,8 +418,20 @@ def test_linear_cross_entropy_edge_cases_and_errors(rng):
     assert loss16.dtype == np.float32 and dh16.dtype == dw16.dtype == np.float16
     with pytest.raises(ValueError, match="D differ"):
         fl.linear_cross_entropy(h, w[:, :3], t)
-    with pytest.raises(ValueError, match="hidden must be 2-d"):
-        fl.linear_cross_entropy(h[0], w, t[0])
+    with pytest.raises(ValueError, match=r"hidden must be \(D,\) or \(N, D\)"):
+        fl.linear_cross_entropy(h[None], w, t[None])
+    with pytest.raises(ValueError, match="needs a batched hidden"):
+        fl.linear_cross_entropy(h[0], np.zeros((30, 2, 4)), t[0])
+    with pytest.raises(ValueError, match="must not be empty"):
+        fl.linear_cross_entropy(h, np.zeros((30, 0, 4)), np.zeros((5, 0), int))
+    with pytest.raises(ValueError, match=r"bias must have shape \(30, 2\)"):
+        fl.linear_cross_entropy(h, np.zeros((30, 2, 4)), np.zeros((5, 2), int), bias=np.zeros(30))
+    with pytest.raises(ValueError, match=r"class_weight must have shape \(30,\)"):
+        fl.linear_cross_entropy(h, w, t, class_weight=np.ones(29))
+    with pytest.raises(ValueError, match="class probabilities"):
+        fl.linear_cross_entropy(h, w, np.zeros((5, 29)))
+    with pytest.raises(TypeError, match="boolean"):
+        fl.linear_cross_entropy(h, w, t > 0)
     with pytest.raises(ValueError, match="bias must have shape"):
         fl.linear_cross_entropy(h, w, t, bias=np.zeros(29))
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
@@ -432,3 +444,149 @@ def test_linear_cross_entropy_edge_cases_and_errors(rng):
         fl.linear_cross_entropy(h, w, t[:4])
     with pytest.raises(ValueError, match="no classes"):
         fl.linear_cross_entropy(h, w[:0], t)
+
+
+# torch 2.13's F.linear_cross_entropy cases: class weights, probability targets, a 1-d hidden,
+# a multi-dimensional weight (C, d1, ..., dK, D)
+TORCH_CASES = {
+    "class_weight": dict(shape=(), kind="index", cw=True, ignore=True),
+    "class_weight_smoothing": dict(shape=(), kind="index", cw=True, label_smoothing=0.1),
+    "probs": dict(shape=(), kind="probs"),
+    "probs_weight_smoothing_bias": dict(shape=(), kind="probs", cw=True, bias=True,
+                                        label_smoothing=0.2),
+    "kdim": dict(shape=(3, 2), kind="index", bias=True, ignore=True),
+    "kdim_weight_zloss_softcap": dict(shape=(4,), kind="index", cw=True, z_loss=1e-3,
+                                      softcap=4.0),
+    "kdim_probs": dict(shape=(2, 3), kind="probs", cw=True, bias=True),
+}
+
+
+def _torch_case(rng, case, N, D, C, dtype=np.float64):
+    c = dict(TORCH_CASES[case])
+    pos = c.pop("shape")
+    h = rng.normal(size=(N, D)).astype(dtype)
+    w = (rng.normal(size=(C, *pos, D)) * 0.7).astype(dtype)
+    kind = c.pop("kind")
+    if kind == "index":
+        t = rng.integers(0, C, (N, *pos))
+        if c.pop("ignore", False):
+            t.reshape(-1)[[0, 3]] = -100
+    else:
+        t = np.moveaxis(rng.dirichlet(np.ones(C), (N, *pos)), -1, 1).astype(dtype)
+    kw = {k: v for k, v in c.items() if k not in ("cw", "bias")}
+    if c.get("cw"):
+        kw["class_weight"] = rng.uniform(0.5, 2.0, C).astype(dtype)
+    if c.get("bias"):
+        kw["bias"] = rng.normal(size=(C, *pos)).astype(dtype)
+    return h, w, t, kw
+
+
+@pytest.mark.parametrize("case", TORCH_CASES)
+@pytest.mark.parametrize("chunks", [(7, None), (5, 2), (1000, 3)],
+                         ids=["vocab_chunks", "vocab_and_row_chunks", "one_chunk_row_blocks"])
+def test_linear_cross_entropy_torch_cases_vs_reference(rng, case, chunks):
+    h, w, t, kw = _torch_case(rng, case, N=9, D=5, C=11)
+    chunk, rows = chunks
+    for reduction in ("mean", "sum", "none"):
+        loss, grads = fl.linear_cross_entropy(h, w, t, chunk_size=chunk, row_chunk_size=rows,
+                                              reduction=reduction, return_grad=True, **kw)
+        ref_loss, ref_grads = reference.linear_cross_entropy(h, w, t, reduction=reduction,
+                                                             return_grad=True, **kw)
+        assert np.shape(loss) == np.shape(ref_loss) == (() if reduction != "none"
+                                                        else t.shape if t.dtype.kind == "i"
+                                                        else t.shape[:1] + t.shape[2:])
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        inputs = (h, w) + ((kw["bias"],) if "bias" in kw else ())
+        assert len(grads) == len(inputs)
+        for g, r, inp in zip(grads, ref_grads, inputs):
+            assert g.shape == inp.shape and g.dtype == inp.dtype
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("case", TORCH_CASES)
+def test_linear_cross_entropy_torch_cases_finite_differences(rng, case):
+    h, w, t, kw = _torch_case(rng, case, N=4, D=3, C=5)
+    _, grads = fl.linear_cross_entropy(h, w, t, chunk_size=2, return_grad=True, **kw)
+    wrt = [("h", h), ("w", w)] + ([("bias", kw["bias"])] if "bias" in kw else [])
+    for (name, x), g in zip(wrt, grads):
+        def f(v, name=name):
+            args = {"h": h, "w": w, **({"bias": kw["bias"]} if "bias" in kw else {})}
+            args[name] = v
+            rest = {k: v for k, v in kw.items() if k != "bias"}
+            return fl.linear_cross_entropy(args["h"], args["w"], t, bias=args.get("bias"),
+                                           chunk_size=2, **rest)
+        np.testing.assert_allclose(g, central_diff(f, x), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_linear_cross_entropy_one_sample(rng, kind):
+    # a 1-d hidden (D,) is one sample: a 0-d target (or (C,) probabilities), a 0-d loss with
+    # "none", a (D,) gradient; equal to the batch of one
+    h, w = rng.normal(size=6), rng.normal(size=(9, 6))
+    t = np.array(4) if kind == "index" else rng.dirichlet(np.ones(9))
+    cw = rng.uniform(0.5, 2.0, 9)
+    for reduction in ("mean", "sum", "none"):
+        loss, (dh, dw) = fl.linear_cross_entropy(h, w, t, class_weight=cw, chunk_size=4,
+                                                 reduction=reduction, return_grad=True)
+        batch, (bh, bw) = fl.linear_cross_entropy(h[None], w, t[None], class_weight=cw,
+                                                  chunk_size=4, reduction=reduction,
+                                                  return_grad=True)
+        assert np.shape(loss) == () and dh.shape == (6,)
+        np.testing.assert_allclose(loss, np.reshape(batch, ()), rtol=1e-14)
+        np.testing.assert_allclose(dh, bh[0], rtol=1e-14)
+        np.testing.assert_allclose(dw, bw, rtol=1e-14)
+        ref = reference.linear_cross_entropy(h, w, t, class_weight=cw, reduction=reduction)
+        np.testing.assert_allclose(loss, ref, rtol=1e-12)
+
+
+def test_linear_cross_entropy_kdim_is_cross_entropy_on_axis_1(rng):
+    # logits[n, c, k] = hidden[n] . weight[c, k] + bias[c, k]: fastloss.cross_entropy on axis 1
+    h, w, b = rng.normal(size=(5, 4)), rng.normal(size=(6, 3, 4)), rng.normal(size=(6, 3))
+    t = rng.integers(0, 6, (5, 3))
+    logits = np.einsum("nd,ckd->nck", h, w) + b
+    for reduction in ("mean", "none"):
+        np.testing.assert_allclose(
+            fl.linear_cross_entropy(h, w, t, bias=b, reduction=reduction),
+            fl.cross_entropy(logits, t, axis=1, reduction=reduction), rtol=1e-13)
+
+
+def test_linear_cross_entropy_weighted_mean_and_probs_denominators(rng):
+    # "mean": sum_i w[t_i] l_i / sum_i w[t_i] with class weights (ignored rows out of both),
+    # and the number of rows for probability targets
+    h, w = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    t, cw = np.array([1, -100, 4, 1]), np.array([0.5, 2.0, 1.0, 1.0, 3.0])
+    per = fl.linear_cross_entropy(h, w, t, class_weight=cw, reduction="none", chunk_size=2)
+    logits = h @ w.T
+    lse = np.log(np.exp(logits).sum(axis=1))
+    want = np.array([cw[1] * (lse[0] - logits[0, 1]), 0.0, cw[4] * (lse[2] - logits[2, 4]),
+                     cw[1] * (lse[3] - logits[3, 1])])
+    np.testing.assert_allclose(per, want, rtol=1e-13)
+    np.testing.assert_allclose(fl.linear_cross_entropy(h, w, t, class_weight=cw),
+                               want.sum() / (cw[1] + cw[4] + cw[1]), rtol=1e-13)
+    p = rng.dirichlet(np.ones(5), 4)
+    np.testing.assert_allclose(fl.linear_cross_entropy(h, w, p),
+                               np.sum(-(p * (logits - lse[:, None]))) / 4, rtol=1e-13)
+
+
+@pytest.mark.parametrize("case", TORCH_CASES)
+def test_linear_cross_entropy_torch_cases_vs_torch(rng, case):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip(f"torch {torch.__version__} has no F.linear_cross_entropy")
+    h, w, t, kw = _torch_case(rng, case, N=6, D=4, C=7)
+    if "z_loss" in kw or "softcap" in kw:
+        kw = {k: v for k, v in kw.items() if k not in ("z_loss", "softcap")}  # not in torch
+    th, tw = torch.tensor(h, requires_grad=True), torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(kw["bias"], requires_grad=True) if "bias" in kw else None
+    cw = torch.tensor(kw["class_weight"]) if "class_weight" in kw else None
+    for reduction in ("mean", "none"):
+        out = F.linear_cross_entropy(th, tw, torch.tensor(t), linear_bias=tb, weight=cw,
+                                     reduction=reduction,
+                                     label_smoothing=kw.get("label_smoothing", 0.0))
+        grads_t = torch.autograd.grad(out.sum(), [th, tw] + ([tb] if tb is not None else []))
+        loss, grads = fl.linear_cross_entropy(h, w, t, chunk_size=3, reduction=reduction,
+                                              return_grad=True, **kw)
+        np.testing.assert_allclose(loss, out.detach().numpy(), rtol=1e-12)
+        for g, gt in zip(grads, grads_t):
+            np.testing.assert_allclose(g, gt.numpy(), rtol=1e-10, atol=1e-13)

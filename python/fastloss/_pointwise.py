@@ -4,6 +4,7 @@ dtypes, reductions and gradients around one call into ``_core.pointwise``."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,22 @@ def _sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 _CHECKED = ("bce", "hinge", "kl_div")  # losses whose inputs the kernel validates (counts it returns)
+# losses that warn, as PyTorch's regression losses, when target's shape differs from input's
+# (PyTorch's kl_div does not; its binary_cross_entropy(_with_logits) raise, fastloss
+# broadcasts and warns)
+_SHAPE_WARNING = ("mse", "l1", "huber", "smooth_l1", "bce_with_logits", "bce", "sigmoid_focal",
+                  "hinge")
+
+
+def warn_if_broadcast(input_shape: tuple, target_shape: tuple, stacklevel: int = 3) -> None:
+    """PyTorch's UserWarning (its wording, NumPy shapes) when target and input differ in shape,
+    so that broadcasting is used: (4,) against (4, 1) silently gives (4, 4) losses."""
+    if tuple(target_shape) != tuple(input_shape):
+        warnings.warn(
+            f"Using a target size ({tuple(target_shape)}) that is different to the input size "
+            f"({tuple(input_shape)}). This will likely lead to incorrect results due to "
+            "broadcasting. Please ensure they have the same size.",
+            UserWarning, stacklevel=stacklevel + 1)
 
 
 def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: int,
@@ -50,7 +67,8 @@ def _raise_if_invalid(kind: str, x: np.ndarray, n_neg: int, n_zero: int, n_bad: 
     if kind == "kl_div" and n_bad:
         i = int(np.flatnonzero(y < 0)[0])
         raise ValueError(f"target holds probabilities, which must be >= 0 (or pass "
-                         f"log_target=True); target.flat[{i}] = {y[i]!r} (broadcast)")
+                         f"log_target=True, or negative_target='nan' for PyTorch's NaN "
+                         f"losses); target.flat[{i}] = {y[i]!r} (broadcast)")
     if kind == "bce" and n_bad:
         with np.errstate(invalid="ignore"):
             i = int(np.flatnonzero((x < 0) | (x > 1))[0])
@@ -82,6 +100,8 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
     except ValueError:
         desc = ", ".join(f"{n} {s}" for n, s in shapes)
         raise ValueError(f"shapes do not broadcast together: {desc}") from None
+    if kind in _SHAPE_WARNING:  # (shapes that do not broadcast are an error, not a warning)
+        warn_if_broadcast(x.array.shape, y.shape, stacklevel=3)
 
     n = math.prod(full)
     xf = _flat(x.array, full, x.array.dtype)

@@ -66,6 +66,7 @@ from . import binary as _binary
 from . import classification as _classification
 from . import regression as _regression
 from . import scale as _scale
+from ._pointwise import warn_if_broadcast
 
 __all__ = [
     "binary_cross_entropy",
@@ -309,6 +310,7 @@ def _pointwise(fn, input: Any, target: Any, reduction: str, weight: Any = None,
     except ValueError:
         raise ValueError("shapes do not broadcast together: "
                          + ", ".join(str(a.shape) for a in present)) from None
+    warn_if_broadcast(ops[0].shape, ops[1].shape, stacklevel=3)  # as the eager losses
     # Check the options now and find the loss dtype (a tiny eager call).
     probe_extra = {k: np.zeros(1, a.dtype) for k, a in (("weight", ops[2]),
                                                         ("pos_weight", ops[3])) if a is not None}

@@ -80,8 +80,10 @@ def multi_margin_loss(
     ----------
     input : array_like
         Scores of shape ``(N, C)``, ``(C,)`` (one sample) or generally ``(..., C)``; the class
-        axis is the last one. float32/float64 keep their dtype; float16/bfloat16 are computed
-        in float32 (float32 losses, gradient in the input dtype); integers give float64.
+        axis is the last one. A 0-d input is one sample with one class, as in PyTorch (its
+        loss and gradient are 0; the target must be 0). float32/float64 keep their dtype;
+        float16/bfloat16 are computed in float32 (float32 losses, gradient in the input
+        dtype); integers give float64.
     target : array_like of int
         Class indices of shape ``input.shape[:-1]`` (any integer dtype); for a 1-d input a 0-d
         target or, as PyTorch, one of shape ``(1,)``.
@@ -105,8 +107,8 @@ def multi_margin_loss(
     Raises
     ------
     ValueError
-        ``p`` not 1 or 2, a ``target`` or ``weight`` of the wrong shape, a 0-d input or no
-        classes, a non-finite ``margin``, an unknown ``reduction``.
+        ``p`` not 1 or 2, a ``target`` or ``weight`` of the wrong shape, no classes, a
+        non-finite ``margin``, an unknown ``reduction``.
     IndexError
         A ``target`` class index outside ``[0, C)``.
 
@@ -131,9 +133,10 @@ def multi_margin_loss(
     array([[ 0.15,  0.2 ,  0.3 , -0.65]])
     """
     x = float_input(input, "input")
+    scalar = x.array.ndim == 0
+    if scalar:  # one sample with one class, as PyTorch: loss 0, gradient 0
+        x = x._replace(array=x.array.reshape(1))
     arr = x.array
-    if arr.ndim == 0:
-        raise ValueError("input must have at least one dimension (the class axis, the last)")
     n_classes = arr.shape[-1]
     if n_classes == 0:
         raise ValueError("input has a class axis (the last) of size 0: there are no classes")
@@ -152,4 +155,7 @@ def multi_margin_loss(
     per_row = np.empty(rows, dtype=np.float64)
     _core.multi_margin_loss(x3, flat, w, p, margin, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, float(rows), out_shape, x.loss_dtype)
-    return (loss, grad.result()) if return_grad else loss
+    if not return_grad:
+        return loss
+    g = grad.result()
+    return loss, (g.reshape(()) if scalar else g)

@@ -23,30 +23,60 @@ def _f64(x) -> np.ndarray:
     return np.asarray(x).astype(np.float64)
 
 
-def logsumexp(a, axis=None, keepdims=False):
-    """log(sum(exp(a))) = m + log(sum(exp(a - m))), m = max(a) (0 when m is not finite)."""
-    a = np.atleast_1d(_f64(a))
-    if a.size == 0:
-        return np.log(np.sum(np.exp(a), axis=axis, keepdims=keepdims))
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return out if keepdims else np.squeeze(out, axis=axis)
+def _f64c(x) -> np.ndarray:
+    """float64, or complex128 for complex input."""
+    a = np.asarray(x)
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+
+
+def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
+    """log(sum(b exp(a))) = m + log(sum(b exp(a - m))), m = max of the real parts of the terms
+    with b != 0 (0 when not finite); terms with b == 0 are left out (even where a is inf or
+    NaN). Real: res = log|s| + m, sign = sign(s) (a negative sum gives NaN without
+    return_sign). Complex (complex128): res = log(s) + m, imaginary part in (-pi, pi]; with
+    return_sign, res = log|s| + m (real) and sign = s / |s| (0 for s = 0)."""
+    a = np.atleast_1d(_f64c(a))
+    if b is not None:
+        b = _f64c(b)
+        a, b = np.broadcast_arrays(a, b)
+    cplx = a.dtype.kind == "c" or (b is not None and b.dtype.kind == "c")
+    if b is None:
+        b = np.ones(a.shape)
+    live = b != 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        re = np.where(live, a.real, -np.inf)
+        m = np.max(re, axis=axis, keepdims=True) if a.size else np.zeros(())
+        m = np.where(np.isfinite(m), m, 0.0)
+        s = np.sum(np.where(live, b * np.exp(a - m), 0), axis=axis, keepdims=True)
+        if cplx:
+            mag = np.abs(s)
+            sgn = np.where(mag == 0, 0, s / np.where(mag == 0, 1, mag))
+            res = np.log(mag) + m if return_sign else np.log(s) + m
+        else:
+            sgn = np.sign(s)
+            res = np.log(np.abs(s)) + m
+            if not return_sign:
+                res = np.where(s < 0, np.nan, res)
+    if not keepdims:
+        res, sgn = np.squeeze(res, axis=axis), np.squeeze(sgn, axis=axis)
+    return (res, sgn) if return_sign else res
 
 
 def softmax(x, axis=None):
-    """p = exp(x - m) / sum(exp(x - m))."""
-    x = _f64(x)
+    """p = exp(x - m) / sum(exp(x - m)) (complex input: complex128, m the largest element)."""
+    x = _f64c(x)
     m = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(x, axis=None):
-    """log p = (x - m) - log(sum(exp(x - m)))."""
-    x = _f64(x)
+    """log p = (x - m) - log(sum(exp(x - m))) (complex input: complex128, m the largest
+    element, 0 where it is not finite)."""
+    x = _f64c(x)
     m = np.max(x, axis=axis, keepdims=True)
+    if x.dtype.kind == "c":
+        m = np.where(np.isfinite(m), m, 0)
     return (x - m) - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
 
 
@@ -415,10 +445,13 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
         dl/dx_j = w_y p z_j^(p-1) / C where z_j > 0 (strictly: 0 at the kink, as PyTorch),
         dl/dx_y = -sum_{j != y} dl/dx_j
     w_y = weight[y] (1 without weights). "mean" is the plain mean over samples (not a weighted
-    mean; no samples: nan), "sum", "none" (per sample, shape ``target.shape``).
+    mean; no samples: nan), "sum", "none" (per sample, shape ``target.shape``). A 0-d input
+    is one sample with one class (no j != y: loss 0, gradient 0).
     """
     x = _f64(input)
-    row_shape = x.shape[:-1]
+    in_shape = x.shape
+    x = np.atleast_1d(x)
+    row_shape = x.shape[:-1] if x.ndim > 1 else np.shape(target)
     C = x.shape[-1]
     x2 = x.reshape(-1, C)
     n = x2.shape[0]
@@ -437,7 +470,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
         return loss
     g = w_y[:, None] * (np.where(pos, 1.0, 0.0) if p == 1 else 2.0 * h) / C
     g[np.arange(n), y] = -g.sum(axis=1)
-    return loss, (g * scale).reshape(x.shape)
+    return loss, (g * scale).reshape(in_shape)
 
 
 _NO_CE_KWARGS = ("reduction", "return_grad", "grad_out")
@@ -468,7 +501,8 @@ def bits_per_byte(logits, target, n_bytes, **kw):
 # ---------------------------------------------------------------------------------------------
 # Distributions: KL divergences and the Gaussian (VAE) KL term.
 # ---------------------------------------------------------------------------------------------
-def kl_div(input, target, reduction="mean", log_target=False, return_grad=False):
+def kl_div(input, target, reduction="mean", log_target=False, negative_target="raise",
+           return_grad=False):
     """PyTorch's kl_div, float64: ``input`` holds log-probabilities, broadcast with ``target``
     by NumPy rules.
 
@@ -477,8 +511,10 @@ def kl_div(input, target, reduction="mean", log_target=False, return_grad=False)
     log_target True:   l = exp(y) (y - x); dl/dx = -exp(y). (Reference choice, mirroring the
                        rule above: where y == -inf, i.e. probability 0, the term is 0, where
                        PyTorch gives NaN.)
-    Reductions: "none", "sum", "mean" (divide by the number of elements of the broadcast
-    shape, as PyTorch), "batchmean" (divide by the first dimension of the broadcast shape;
+    A negative y gives l = NaN (log of a negative) and dl/dx = -y, PyTorch's result, what
+    fastloss gives with negative_target="nan" (it raises by default; the reference does not
+    validate). Reductions: "none", "sum", "mean" (divide by the number of elements of the
+    broadcast shape, as PyTorch), "batchmean" (divide by the first dimension of the broadcast shape;
     0-d: the sum). The gradient is summed over the axes along which ``input`` was broadcast.
     """
     x, _, xb, yb = _xy(input, target)
@@ -839,19 +875,34 @@ def merge_cross_entropy_stats(stats, label_smoothing=0.0, z_loss=0.0, reduction=
     return loss, lse
 
 
-def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
+def linear_cross_entropy(hidden, weight, target, bias=None, class_weight=None, ignore_index=-100,
                          label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
                          return_grad=False):
-    """cross_entropy(hidden @ weight.T + bias, target, ...) in float64, the logits
-    materialised; gradients by the chain rule with G = dloss/dlogits:
-        d_hidden = G @ weight,  d_weight = G.T @ hidden,  d_bias = sum_i G_i."""
+    """cross_entropy(logits, target, axis=1, weight=class_weight, ...) in float64 with the
+    logits materialised: logits[n, c, k...] = hidden[n] . weight[c, k..., :] + bias[c, k...]
+    for hidden (N, D) and weight (C, d1..dK, D) (a 1-d hidden is one sample, axis 0);
+    gradients by the chain rule with G = dloss/dlogits:
+        d_hidden = sum_{c,k} G[n, c, k] weight[c, k],  d_weight = sum_n G[n] hidden[n],
+        d_bias = sum_n G[n]."""
     h, w = _f64(hidden), _f64(weight)
-    logits = h @ w.T + (0.0 if bias is None else _f64(bias))
-    out = cross_entropy(logits, target, axis=-1, ignore_index=ignore_index, reduction=reduction,
+    one = h.ndim == 1
+    h2 = h[None] if one else h
+    C, D, pos = w.shape[0], w.shape[-1], w.shape[1:-1]
+    wf = w.reshape(-1, D)  # (C * P, D): class c, position k at row c * P + k
+    logits = (h2 @ wf.T).reshape((h2.shape[0], C) + pos)
+    if bias is not None:
+        logits = logits + _f64(bias)
+    if one:
+        logits = logits[0]
+    out = cross_entropy(logits, target, axis=0 if one else 1, weight=class_weight,
+                        ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing, return_grad=return_grad,
                         z_loss=z_loss, softcap=softcap)
     if not return_grad:
         return out
     loss, G = out
-    grads = (G @ w, G.T @ h) + (() if bias is None else (G.sum(axis=0),))
+    Gf = (G[None] if one else G).reshape(h2.shape[0], wf.shape[0])  # (N, C * P)
+    d_h = Gf @ wf
+    grads = (d_h[0] if one else d_h, (Gf.T @ h2).reshape(w.shape))
+    grads += () if bias is None else (Gf.sum(axis=0).reshape(np.shape(bias)),)
     return loss, grads

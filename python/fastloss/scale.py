@@ -40,6 +40,7 @@ with these statistics, so the (N, V) logits never exist at once.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -577,12 +578,96 @@ _BUFFER_ELEMENTS = 1 << 25
 _DW_BLOCK = 8192
 
 
+class _LinearProblem(NamedTuple):
+    """linear_cross_entropy's arguments, checked and flattened to the 2-d case."""
+
+    H: np.ndarray  # (N, D), compute dtype
+    W: np.ndarray  # (V, D) = weight (C, d1..dK, D) with its class and position axes flattened
+    B: Optional[np.ndarray]  # (V,) or None
+    n_classes: int  # C
+    positions: int  # P = d1 * ... * dK (1 without out_features)
+    row_shape: tuple  # the loss's shape with "none": (N, d1..dK), () for a 1-d hidden
+    flat: Optional[np.ndarray]  # int64 class indices, (N * P,) in C order of row_shape
+    valid: Optional[np.ndarray]  # bool, (N * P,): not ignore_index
+    probs: Optional[np.ndarray]  # (N, C, P) class probabilities, compute dtype
+    class_weight: Optional[np.ndarray]  # (C,), compute dtype
+    denom: float  # the mean's denominator
+
+
+def _linear_problem(hidden, weight, target, bias, class_weight, ignore_index) -> tuple:
+    h = float_input(hidden, "hidden")
+    w = float_input(weight, "weight")
+    if h.array.ndim not in (1, 2):
+        raise ValueError(f"hidden must be (D,) or (N, D), got shape {h.array.shape}")
+    if w.array.ndim < 2:
+        raise ValueError(f"weight must be (C, D) or (C, d1, ..., dK, D), got shape "
+                         f"{w.array.shape}")
+    D, C, out_features = h.array.shape[-1], w.array.shape[0], w.array.shape[1:-1]
+    if w.array.shape[-1] != D:
+        raise ValueError(f"hidden is (N, D) = {h.array.shape} and weight (C, ..., D) = "
+                         f"{w.array.shape}: their D differ")
+    if C == 0:
+        raise ValueError("weight has 0 rows: there are no classes")
+    if 0 in out_features:
+        raise ValueError(f"weight has shape {w.array.shape}: its position axes "
+                         f"d1, ..., dK = {out_features} must not be empty")
+    if out_features and h.array.ndim == 1:
+        raise ValueError(f"a weight with position axes ({w.array.shape}, K-dimensional loss) "
+                         f"needs a batched hidden (N, D), got shape {h.array.shape}")
+    P = math.prod(out_features)
+    b = None
+    if bias is not None:
+        b = float_input(bias, "bias")
+        if b.array.shape != (C, *out_features):
+            raise ValueError(f"bias must have shape {(C, *out_features)} (one per class and "
+                             f"position), got {b.array.shape}")
+    inputs = [h, w] + ([b] if b is not None else [])
+    cdt = np.dtype(np.float64 if any(i.compute_dtype == np.float64 for i in inputs)
+                   else np.float32)
+    cw = None
+    if class_weight is not None:
+        cw = float_input(class_weight, "class_weight").array
+        if cw.shape != (C,):
+            raise ValueError(f"class_weight must have shape ({C},) (one weight per class), got "
+                             f"{cw.shape}")
+        cw = np.require(cw, cdt, ["C", "A"])
+    H = h.array.reshape(-1, D).astype(cdt, copy=False)
+    N = H.shape[0]
+    logits_shape = (N, C, *out_features) if h.array.ndim == 2 else (C,)
+    row_shape = (N, *out_features) if h.array.ndim == 2 else ()
+    t = np.asarray(target)
+    flat = valid = probs = None
+    if t.dtype.kind in "iu":
+        ct = class_targets(t, logits_shape, 1 if h.array.ndim == 2 else 0, ignore_index)
+        flat, valid = ct.flat, ct.valid
+        denom = float(np.count_nonzero(valid) if cw is None
+                      else np.sum(cw[flat[valid]], dtype=np.float64))
+    elif t.dtype.kind == "f" or t.dtype.name == "bfloat16":
+        if t.shape != logits_shape:
+            raise ValueError(f"target has a floating dtype ({t.dtype}), so it is read as class "
+                             f"probabilities and must have the logits' shape {logits_shape}, "
+                             f"got {t.shape}; class indices must have an integer dtype")
+        probs = np.asarray(t, dtype=cdt).reshape(N, C, P)
+        denom = float(N * P)
+    elif t.dtype.kind == "b":
+        raise TypeError("target is boolean; class indices must be integers (or float "
+                        "probabilities)")
+    else:
+        raise TypeError(f"target has unsupported dtype {t.dtype}; use integer class indices or "
+                        "float class probabilities")
+    W = w.array.reshape(C * P, D).astype(cdt, copy=False)
+    B = b.array.reshape(C * P).astype(cdt, copy=False) if b is not None else None
+    prob = _LinearProblem(H, W, B, C, P, row_shape, flat, valid, probs, cw, denom)
+    return prob, (h, w, b)
+
+
 def linear_cross_entropy(
     hidden: Any,
     weight: Any,
     target: Any,
     *,
     bias: Any = None,
+    class_weight: Any = None,
     chunk_size: int = 8192,
     row_chunk_size: Optional[int] = None,
     ignore_index: int = -100,
@@ -596,7 +681,14 @@ def linear_cross_entropy(
 
     Equal, to float rounding, to ``fastloss.cross_entropy(hidden @ weight.T + bias, target,
     ...)``, for a language model's output layer: ``hidden`` (N, D), ``weight`` (V, D), the
-    (N, V) logits never exist at once. Rows are taken in blocks of ``R`` rows; for each block:
+    (N, V) logits never exist at once. Also the cases of PyTorch 2.13's
+    ``F.linear_cross_entropy`` (with ``class_weight`` for its ``weight``): a 1-d ``hidden``
+    (D,) (one sample: a 0-d target, a 0-d loss, a (D,) gradient), a multi-dimensional
+    ``weight`` (C, d1, ..., dK, D) for a K-dimensional loss (logits (N, C, d1, ..., dK),
+    ``logits[n, c, k] = hidden[n] . weight[c, k] + bias[c, k]``, the class axis 1, targets
+    (N, d1, ..., dK)), class weights and probability targets.
+
+    Rows are taken in blocks of ``R`` rows; for each block:
 
     1. for each chunk of ``chunk_size`` classes: the chunk's logits ``hidden_b @ W_c.T + b_c``
        by one BLAS matrix product (NumPy ``matmul``) into a reused buffer, then their
@@ -609,21 +701,26 @@ def linear_cross_entropy(
 
     When one chunk covers the vocabulary (``chunk_size >= V``), each block's logits are
     computed once and :func:`fastloss.cross_entropy` gives loss and gradient in one fused pass
-    (Liger-Kernel's row-chunked strategy; no recomputation). Compute cost: loss only, one
-    (N, D) x (D, V) product; with the gradient, four (three when ``chunk_size >= V``).
+    (Liger-Kernel's row-chunked strategy; no recomputation). With class weights, probability
+    targets or a multi-dimensional ``weight``, the blocks always hold whole rows (all
+    ``C * d1 * ... * dK`` logits of a sample) and go through that fused pass, with the rows
+    per block cut so that the buffer keeps the size it would have had with ``chunk_size``
+    (at least one row). Compute cost: loss only, one (N, D) x (D, V) product; with the
+    gradient, four (three when whole rows are computed).
 
     Memory. Beyond the inputs and the returned arrays, at most:
 
     - the logits buffer: ``R * min(chunk_size, V)`` elements of the compute dtype, where
       ``R = row_chunk_size`` or, by default, ``min(N, max(1, 2**25 // min(chunk_size, V)))``
-      (at most 128 MB of float32);
+      (at most 128 MB of float32; one whole row, ``V`` elements, when that is more);
     - per-row statistics: a few dozen float64 arrays of ``R`` at the peak (the merge and the
       gradient coefficients are NumPy expressions over rows), and the ``N`` per-row losses;
     - with ``return_grad``: an ``(R, D)`` temporary for ``d_hidden``, and a
       ``(min(chunk_size, V, 8192), D)`` one for ``d_weight`` when there is more than one row
       block;
     - copies of ``hidden``/``weight``/``bias`` only where their dtype is not the compute dtype
-      (16-bit or integer inputs, or float32 mixed with float64).
+      (16-bit or integer inputs, or float32 mixed with float64), and of probability targets
+      in the compute dtype.
 
     So O(R * chunk + (R + min(chunk, 8192)) * D) scratch, plus the ``(N, D)``, ``(V, D)`` and
     ``(V,)`` gradients with ``return_grad``: O(N * chunk + V * D) in all, against ``N * V``
@@ -631,17 +728,25 @@ def linear_cross_entropy(
 
     Parameters
     ----------
-    hidden : array_like, (N, D)
-    weight : array_like, (V, D)
-    target : array_like of int, (N,)
-        Class indices in ``[0, V)`` or ``ignore_index``.
-    bias : array_like, (V,), optional
+    hidden : array_like, (N, D) or (D,)
+    weight : array_like, (C, D) or (C, d1, ..., dK, D)
+        ``V = C * d1 * ... * dK`` logits per sample.
+    target : array_like
+        Integer class indices in ``[0, C)`` or ``ignore_index``, shape (N,), (N, d1, ..., dK),
+        or () for a 1-d ``hidden``; or floating class probabilities of the logits' shape
+        (N, C, d1, ..., dK), or (C,) for a 1-d ``hidden`` (not checked to be non-negative or
+        to sum to one, as PyTorch).
+    bias : array_like, (C,) or (C, d1, ..., dK), optional
+    class_weight : array_like, (C,), optional
+        Per-class weights (PyTorch's ``weight``): ``"mean"`` is then the weighted mean
+        ``sum_i l_i / sum_i w[t_i]`` for class indices, as :func:`fastloss.cross_entropy`.
     chunk_size : int >= 1
         Classes per chunk.
     row_chunk_size : int >= 1, optional
         Rows per block (default: as above).
     ignore_index, label_smoothing, z_loss, softcap, reduction
-        As :func:`fastloss.cross_entropy` (no class weights).
+        As :func:`fastloss.cross_entropy` (``ignore_index`` is not used with probability
+        targets).
     return_grad : bool
         Also return the gradients of the returned loss.
 
@@ -649,9 +754,10 @@ def linear_cross_entropy(
     -------
     loss
         float32 when every input is float32 or 16-bit, float64 when any is float64 (the
-        compute dtype; integer inputs are float64): a NumPy scalar, or (N,) with ``"none"``.
+        compute dtype; integer inputs are float64): a NumPy scalar, or with ``"none"`` an
+        array of the targets' row shape ((N,), (N, d1, ..., dK), or 0-d for a 1-d ``hidden``).
     (d_hidden, d_weight) or (d_hidden, d_weight, d_bias)
-        with ``return_grad``: ``(loss, grads)``, each gradient in its input's dtype.
+        with ``return_grad``: ``(loss, grads)``, each gradient in its input's shape and dtype.
 
     Examples
     --------
@@ -663,24 +769,16 @@ def linear_cross_entropy(
     >>> ref, g = fl.cross_entropy(h @ w.T, t, return_grad=True)
     >>> bool(np.isclose(loss, ref, rtol=1e-13)), bool(np.allclose(dh, g @ w, rtol=1e-12))
     (True, True)
+    >>> cw = rng.uniform(0.5, 2.0, size=50)
+    >>> bool(np.isclose(fl.linear_cross_entropy(h, w, t, class_weight=cw),
+    ...                 fl.cross_entropy(h @ w.T, t, weight=cw), rtol=1e-13))
+    True
     """
-    h = float_input(hidden, "hidden")
-    w = float_input(weight, "weight")
-    if h.array.ndim != 2:
-        raise ValueError(f"hidden must be 2-d (N, D), got shape {h.array.shape}")
-    if w.array.ndim != 2:
-        raise ValueError(f"weight must be 2-d (V, D), got shape {w.array.shape}")
-    (N, D), (V, Dw) = h.array.shape, w.array.shape
-    if Dw != D:
-        raise ValueError(f"hidden is (N, D) = {h.array.shape} and weight (V, D) = "
-                         f"{w.array.shape}: their D differ")
-    if V == 0:
-        raise ValueError("weight has 0 rows: there are no classes")
-    b = None
-    if bias is not None:
-        b = float_input(bias, "bias")
-        if b.array.shape != (V,):
-            raise ValueError(f"bias must have shape ({V},) (one per class), got {b.array.shape}")
+    ignore_index = check_int(ignore_index, "ignore_index")
+    prob, (h, w, b) = _linear_problem(hidden, weight, target, bias, class_weight, ignore_index)
+    H, W, B = prob.H, prob.W, prob.B
+    cdt = H.dtype
+    (N, D), V = H.shape, W.shape[0]
     chunk = check_int(chunk_size, "chunk_size")
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
@@ -692,29 +790,19 @@ def linear_cross_entropy(
         if rchunk < 1:
             raise ValueError(f"row_chunk_size must be >= 1, got {rchunk}")
         rchunk = min(rchunk, N)
-    ignore_index = check_int(ignore_index, "ignore_index")
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z, cap = _check_z_softcap(z_loss, softcap,
-                              np.promote_types(h.compute_dtype, w.compute_dtype))
+    z, cap = _check_z_softcap(z_loss, softcap, cdt)
     reduction = check_reduction(reduction)
     want_grad = bool(return_grad)
-    t = np.asarray(target)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
-    ct = class_targets(t, (N, V), 1, ignore_index)
-    flat, valid = ct.flat, ct.valid
-    denom = float(np.count_nonzero(valid))
-    g_scale = (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
+    whole_rows = (vchunk == V or prob.probs is not None or prob.class_weight is not None
+                  or prob.positions > 1 or len(w.array.shape) > 2)
+    if whole_rows and vchunk < V:  # the same buffer, in blocks of whole rows
+        rchunk = min(N, max(1, rchunk * vchunk // V))
+    g_scale = (1.0 / prob.denom if prob.denom else 0.0) if reduction == "mean" else 1.0
+    P = prob.positions
 
-    inputs = [h, w] + ([b] if b is not None else [])
-    cdt = np.dtype(np.float64 if any(i.compute_dtype == np.float64 for i in inputs)
-                   else np.float32)
-    H = h.array.astype(cdt, copy=False)
-    W = w.array.astype(cdt, copy=False)
-    B = b.array.astype(cdt, copy=False) if b is not None else None
-
-    per_row = np.empty(N, dtype=np.float64)
-    buf = np.empty(max(rchunk, 1) * vchunk, dtype=cdt)
+    per_row = np.empty(N * P, dtype=np.float64)
+    buf = np.empty(max(rchunk, 1) * (V if whole_rows else vchunk), dtype=cdt)
     d_h = d_w = d_b = tmp_h = tmp_w = None
     if want_grad:
         d_h = np.empty((N, D), dtype=cdt)
@@ -755,14 +843,18 @@ def linear_cross_entropy(
 
     for r0 in range(0, N, max(rchunk, 1)):
         r1 = min(N, r0 + rchunk)
-        tb, vb = flat[r0:r1], valid[r0:r1]
-        if vchunk == V:  # whole rows in the buffer: one fused loss (+ gradient) pass
-            L3 = as3d(logits(r0, r1, 0, V), 1)
-            _core.cross_entropy(L3, tb, None, None, ignore_index, eps, g_scale, per_row[r0:r1],
-                                L3 if want_grad else None, z, cap, False, 0.0)
+        if whole_rows:  # whole rows in the buffer: one fused loss (+ gradient) pass
+            # (R, C * P) logits seen as (R, C, P): the class axis is axis 1, rows (n, k)
+            L3 = logits(r0, r1, 0, V).reshape(r1 - r0, prob.n_classes, P)
+            tb = None if prob.flat is None else prob.flat[r0 * P : r1 * P]
+            pb = None if prob.probs is None else prob.probs[r0:r1]
+            _core.cross_entropy(L3, tb, pb, prob.class_weight, ignore_index, eps, g_scale,
+                                per_row[r0 * P : r1 * P], L3 if want_grad else None, z, cap,
+                                False, 0.0)
             if want_grad:
-                accumulate(L3[:, :, 0], r0, r1, 0, V)
+                accumulate(L3.reshape(r1 - r0, V), r0, r1, 0, V)
             continue
+        tb, vb = prob.flat[r0:r1], prob.valid[r0:r1]
         # sweep 1: the statistics of every chunk, reduced; the block's losses
         st = None
         for v0 in range(0, V, vchunk):
@@ -782,10 +874,11 @@ def linear_cross_entropy(
             _core.ce_shard_grad(L3, tb, v0, ignore_index, cap, ref, p_coef, t_value, u, L3)
             accumulate(L3[:, :, 0], r0, r1, v0, v1)
 
-    loss = reduce_rows(per_row, reduction, denom, (N,), cdt)
+    loss = reduce_rows(per_row, reduction, prob.denom, prob.row_shape, cdt)
     if not want_grad:
         return loss
-    grads = (d_h.astype(h.orig_dtype, copy=False), d_w.astype(w.orig_dtype, copy=False))
+    grads = (d_h.reshape(h.array.shape).astype(h.orig_dtype, copy=False),
+             d_w.reshape(w.array.shape).astype(w.orig_dtype, copy=False))
     if d_b is not None:
-        grads += (d_b.astype(b.orig_dtype, copy=False),)
+        grads += (d_b.reshape(b.array.shape).astype(b.orig_dtype, copy=False),)
     return loss, grads

@@ -554,9 +554,13 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _numbers(out) -> list[np.ndarray]:
-    """The numeric results of a call, flattened to a list of float64 arrays."""
+    """The numeric results of a call, flattened to a list of float64 arrays (a complex array
+    gives its real and imaginary parts)."""
     if isinstance(out, (np.ndarray, np.generic, float, int)):
-        return [np.asarray(out, dtype=np.float64)]
+        a = np.asarray(out)
+        if a.dtype.kind == "c":  # (the softmax family on complex input): both parts
+            return [a.real.astype(np.float64), a.imag.astype(np.float64)]
+        return [a.astype(np.float64)]
     if isinstance(out, (tuple, list)):
         return [x for o in out for x in _numbers(o)]
     if out is None:

@@ -221,7 +221,10 @@ def format_class_sweep(results, info) -> str:
              f"{r.floor_ratio:.2f}"] + [_times(r.speedups.get(lib)) for lib in peers]
             for r in sorted(results, key=lambda r: (r.classes, CASES.index(r.case)))]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return head + "\n".join([line(cols), sep] + [line(r) for r in rows])
 

@@ -63,7 +63,8 @@ def test_sweep_table_json_and_losses(tmp_path, capsys):
             assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-5), (c, case)
 
     assert table.startswith("fastloss bench --sweep: cross-entropy")
-    assert "bandwidth floor: read" in table
+    assert (f"read {info['read_gbps']:.1f} GB/s, read+write {info['read_write_gbps']:.1f} GB/s"
+            in table)
     header = next(line for line in table.splitlines() if line.startswith("| classes"))
     assert [h.strip() for h in header.strip("|").split("|")][-len(libraries) + 1:] == [
         f"vs {lib}" for lib in libraries[1:]]

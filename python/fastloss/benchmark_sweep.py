@@ -245,6 +245,7 @@ def plot_class_sweep(sweep: dict, path: str, title: str, metric: str = "median_m
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     results = sweep["results"]
     cases = [c for c in CASES if any(r["case"] == c for r in results)]
@@ -263,6 +264,10 @@ def plot_class_sweep(sweep: dict, path: str, title: str, metric: str = "median_m
                        label="bandwidth floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # ticks at the swept counts, not powers of ten; slanted, as 32,000 and 50,257 sit close
+        ticks = sorted({r["classes"] for r in rs})
+        ax.set_xticks(ticks, [f"{c:,}" for c in ticks], rotation=45)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("classes per row (same number of logits at every point)")
         ax.set_ylabel({"median_ms": "median time (ms)", "floor_ratio": "time / floor time",
                        "gbps": "bytes moved per second (GB/s)"}[metric])

@@ -25,7 +25,7 @@ from .classification import cross_entropy
 __all__ = ["CLASSES", "ELEMENTS", "PEERS", "SweepResult", "format_class_sweep",
            "plot_class_sweep", "run_class_sweep", "sweep_impls", "sweep_inputs"]
 
-CLASSES = (2, 10, 100, 1000, 32000, 50257, 128256)  # ... GPT-2, Llama 3 vocabularies
+CLASSES = (2, 10, 100, 1000, 32000, 50257, 128256)  # the last three: Llama 2, GPT-2, Llama 3
 ELEMENTS = 200_000_000  # logits per point: 800 MB of float32, far beyond any cache
 PEERS = ("numpy", "torch", "jax")
 CASES = ("loss", "loss+grad")

@@ -57,8 +57,11 @@ class Result:
         return d
 
 
-def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:
-    """Wall-clock times (ms) of ``repeat`` calls after ``warmup`` untimed ones."""
+def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1,
+              budget_s: Optional[float] = None) -> list:
+    """Wall-clock times (ms) of ``repeat`` calls after ``warmup`` untimed ones; with
+    ``budget_s``, fewer (at least one) once the timed calls have taken that many seconds, so
+    a slow implementation on a large input costs seconds, not minutes."""
     for _ in range(warmup):
         fn()
     times = []
@@ -66,6 +69,8 @@ def time_call(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
+        if budget_s is not None and sum(times) >= budget_s * 1e3:
+            break
     return times
 
 
@@ -349,62 +354,23 @@ def _cpu_name() -> str:
 def vocab_sweep(vocabs=(1024, 4096, 16384, 50257, 131072, 262144), elements: int = 1 << 26,
                 dtype: str = "float32", repeat: int = 3, others: bool = True, numpy: bool = True,
                 progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Loss-only throughput (GB/s) against vocabulary size, about ``elements`` logits per case,
-    for fastloss, plain NumPy and PyTorch/JAX when importable; plus the read floor.
+    """Loss-only throughput against vocabulary size, about ``elements`` logits per case, for
+    fastloss, plain NumPy and PyTorch/JAX when importable: the loss case of
+    :func:`fastloss.benchmark_sweep.run_class_sweep`, as ``{"info": ..., "results": [...]}``."""
+    from .benchmark_sweep import run_class_sweep
 
-    Each implementation runs over every vocabulary size before the next one starts: the worker
-    threads of PyTorch and XLA keep spinning for a while after a call, and on a small machine
-    they would take cycles from whatever runs next."""
-    from . import get_num_threads
-
-    cases = []
-    for v in vocabs:
-        progress(f"inputs for vocabulary {v}")
-        cases.append(cross_entropy_case(max(elements // v, 1), v, dtype))
-    out: dict = {"vocab": list(vocabs), "floor_gbps": [], "impls": {}}
-    for x, _ in cases:
-        out["floor_gbps"].append(bandwidth_floor(x.nbytes, 3)["read_gbps"])
-
-    def run(name: str, make):
-        for v, (x, t) in zip(vocabs, cases):
-            progress(f"{name}, vocabulary {v}")
-            fn, label = make(x, t)
-            ms = statistics.median(time_call(fn, repeat))
-            out["impls"].setdefault(label, []).append(x.nbytes / (ms * 1e-3) / 1e9)
-
-    run("fastloss", lambda x, t: (lambda: cross_entropy(x, t), "fastloss"))
-    if numpy and np.dtype(cases[0][0].dtype).itemsize > 2:
-        run("numpy", lambda x, t: (lambda f, label: (f["loss"], label))(*_numpy_impls(x, t)))
-    if others:
-        for mod, make in (("torch", _torch_impls), ("jax", _jax_impls)):
-            if importlib.util.find_spec(mod) is None or dtype not in ("float32", "float64"):
-                continue
-            run(mod, lambda x, t, make=make: (lambda f, label: (f["loss"], label))(
-                *make(x, t, get_num_threads())))
-    return out
+    peers = (("numpy",) if numpy else ()) + (("torch", "jax") if others else ())
+    results, info = run_class_sweep(vocabs, elements, dtype, repeat=repeat, peer_repeat=repeat,
+                                    peers=peers, cases=("loss",), progress=progress)
+    return {"info": info, "results": [r.as_dict() for r in results]}
 
 
 def plot_sweep(sweep: dict, path: str, title: str) -> None:
-    """Throughput against vocabulary size, one line per implementation, the floor dashed."""
-    import matplotlib
+    """Throughput of :func:`vocab_sweep` against vocabulary size, one line per implementation,
+    the floor dashed."""
+    from .benchmark_sweep import plot_class_sweep
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, gbps in sweep["impls"].items():
-        ax.plot(sweep["vocab"], gbps, marker="o", label=name)
-    ax.plot(sweep["vocab"], sweep["floor_gbps"], "k--", label="read bandwidth floor")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("vocabulary size (classes per row)")
-    ax.set_ylabel("logits read per second (GB/s)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_class_sweep(sweep, path, title, metric="gbps")
 
 
 POINTWISE = {  # name: (fastloss function name, keyword arguments, target kind)

@@ -84,6 +84,8 @@ def format_pointwise(results, info) -> str:
 
 
 def cmd_bench(args) -> int:
+    if args.sweep:
+        return cmd_bench_sweep(args)
     from .benchmark import plot_sweep, run_case, vocab_sweep
 
     with _Progress(args.quiet) as progress:
@@ -131,6 +133,42 @@ def cmd_bench(args) -> int:
                            "results": [r.as_dict() for r in pointwise[0]]}}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def cmd_bench_sweep(args) -> int:
+    """``fastloss bench --sweep``: cross-entropy over class counts 2..128,256 at a fixed number
+    of logits, for fastloss and its peers (fastloss.benchmark_sweep)."""
+    from .benchmark_sweep import (CLASSES, ELEMENTS, format_class_sweep, plot_class_sweep,
+                                  run_class_sweep)
+
+    peers = (() if args.no_numpy else ("numpy",)) + (() if args.no_others else ("torch", "jax"))
+    with _Progress(args.quiet) as progress:
+        results, info = run_class_sweep(args.classes or CLASSES, args.elements or ELEMENTS,
+                                        args.dtype, args.threads, args.repeat, args.peer_repeat,
+                                        peers=peers, progress=progress)
+    print(format_class_sweep(results, info))
+    sweep = {"info": info, "results": [r.as_dict() for r in results]}
+    if args.plot:
+        plot_class_sweep(sweep, args.plot, f"cross-entropy, {args.dtype}, about "
+                                           f"{info['elements']:,} logits per point, "
+                                           f"{info['threads']} threads, {info['processor']}")
+        print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(sweep, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {n}")
+    return n
+
+
+def _class_counts(text: str) -> tuple:
+    return tuple(_positive_int(c) for c in text.split(","))
 
 
 class _EvalProgress:
@@ -271,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png",
                    help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    s = b.add_argument_group(
+        "class-count sweep",
+        "--sweep times loss and loss+grad over class counts 2 to 128,256 with the same number "
+        "of logits at every point (rows = elements // classes), for fastloss, NumPy, PyTorch "
+        "and JAX, instead of the benchmark above; --plot then plots its times, --json writes "
+        "its results; --repeat, --dtype, --threads, --no-numpy and --no-others apply")
+    s.add_argument("--sweep", action="store_true", help="run the class-count sweep")
+    s.add_argument("--elements", type=_positive_int, default=None, metavar="N",
+                   help="logits per point (default 200,000,000)")
+    s.add_argument("--classes", type=_class_counts, default=None, metavar="C1,C2,...",
+                   help="class counts (default 2,10,100,1000,32000,50257,128256)")
+    s.add_argument("--peer-repeat", type=_positive_int, default=3, metavar="N",
+                   help="timed runs per point for NumPy, PyTorch and JAX (default 3; --repeat "
+                        "sets fastloss's); runs stop early once a case has taken 3 s")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser(

@@ -13,11 +13,12 @@ from ._validation import check_real
 __all__ = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"]
 
 
-def _small_call(input: Any, target: Any, weight: Any, reduction: Any, return_grad: Any) -> bool:
+def _small_call(input: Any, target: Any, weight: Any, reduction: Any, return_grad: Any,
+                grad_out: Any) -> bool:
     """The common small call (two ndarrays, no weight, "mean" or "sum", loss only): the core
     checks the rest (one shape, dtype and C order) and reduces in one call, or returns None."""
     return (type(input) is np.ndarray and type(target) is np.ndarray and weight is None
-            and return_grad is False and type(reduction) is str
+            and return_grad is False and grad_out is None and type(reduction) is str
             and (reduction == "mean" or reduction == "sum"))
 
 _COMMON = """
@@ -43,7 +44,7 @@ def mse_loss(input: Any, target: Any, *, weight: Any = None, reduction: str = "m
     >>> float(fl.mse_loss([4.0, 2.0, 3.0], [3.0, 5.0, 2.0]))  # (1 + 9 + 1) / 3
     3.6666666666666665
     """
-    if _small_call(input, target, weight, reduction, return_grad):
+    if _small_call(input, target, weight, reduction, return_grad, grad_out):
         r = _core.pointwise_small(0, input, target, reduction == "mean")
         if r is not None:
             return input.dtype.type(r)
@@ -62,7 +63,7 @@ def l1_loss(input: Any, target: Any, *, weight: Any = None, reduction: str = "me
     >>> float(fl.l1_loss([4.0, 2.0, 3.0], [3.0, 5.0, 2.0]))  # (1 + 3 + 1) / 3
     1.6666666666666667
     """
-    if _small_call(input, target, weight, reduction, return_grad):
+    if _small_call(input, target, weight, reduction, return_grad, grad_out):
         r = _core.pointwise_small(1, input, target, reduction == "mean")
         if r is not None:
             return input.dtype.type(r)

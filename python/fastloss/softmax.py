@@ -135,15 +135,14 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
         if bcast:
             with np.errstate(over="ignore"):
                 res = (res.astype(np.float64) + shift).astype(arr.dtype)
-    with np.errstate(invalid="ignore"):
-        sgn = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0))
-    sgn = sgn.astype(arr.dtype)
     if keepdims:
         res = np.expand_dims(res, axes)
-        sgn = np.expand_dims(sgn, axes)
     res = res.astype(out_dt, copy=False)[()]
-    sgn = sgn.astype(out_dt, copy=False)[()]
-    return (res, sgn) if return_sign else res
+    if not return_sign:
+        return res
+    with np.errstate(invalid="ignore"):  # (only when asked: three passes over the result)
+        sgn = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0))
+    return res, sgn.astype(out_dt, copy=False)[()]
 
 
 def _logsumexp_numpy(a: np.ndarray, b: Optional[np.ndarray], axis: Any, keepdims: bool,

@@ -113,6 +113,18 @@ template <class T> struct LaneSum {
   }
 };
 
+// The W lanes of a compute-type vector as float64 values.
+template <class V> void to_f64_lanes(V v, double* out) {
+  if constexpr (sizeof(v[0]) == 4) {
+    f64v lo, hi;
+    widen(v, lo, hi);
+    vstore(out, lo);
+    vstore(out + vec_width<double>, hi);
+  } else {
+    vstore(out, v);
+  }
+}
+
 // Row statistics of a transposed block: per lane the maximum m, whether the row has a NaN,
 // and (with `first`) the class of the first maximum.
 template <class T> struct LaneMax {
@@ -260,11 +272,14 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     gather_lanes(a.x, a.lx, off, nb, xb);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding.
     alignas(64) T tgt[W];
+    alignas(64) double ign64[W], inv64[W];  // 1.0: an ignore_index row / an invalid target
     bool ignored[W];
     for (int b = 0; b < W; ++b) {
       const int64_t t = b < nb ? a.target[r0 + b] : -1;
       // (out-of-range targets are rejected before the call; they would give NaN rows)
       ignored[b] = t == a.ignore_index || t < 0 || t >= n;
+      ign64[b] = b < nb && t == a.ignore_index ? 1.0 : 0.0;
+      inv64[b] = ignored[b] && ign64[b] == 0.0 ? 1.0 : 0.0;
       tgt[b] = ignored[b] ? T(-1) : T(t);
     }
     const V tv = vload(tgt);
@@ -285,15 +300,19 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       if (grad) vstore(xb + j * W, e);
     }
     // Epilogue in float64 lanes.
-    alignas(64) double sp[W], cd[W], m64[W], xt64[W], wt[W], ct[W];
+    alignas(64) double sp[W], cd[W], m64[W], xt64[W], nan64[W], wt[W], ct[W];
     se.store(sp);
     if constexpr (C != Coef::kNone) scd.store(cd);
-    for (int b = 0; b < W; ++b) {
-      m64[b] = double(m[b]);
-      xt64[b] = double(xt[b]);
-      const int64_t t = ignored[b] ? 0 : int64_t(tgt[b]);
-      wt[b] = a.weight ? double(a.weight[t]) : 1.0;
-      ct[b] = C == Coef::kNone ? 0.0 : (C == Coef::kOne ? 1.0 : double(a.weight[t]));
+    to_f64_lanes(m, m64);
+    to_f64_lanes(xt, xt64);
+    to_f64_lanes(mx.nan_seen, nan64);
+    if (a.weight) {
+      for (int b = 0; b < W; ++b) {
+        wt[b] = ignored[b] ? 0.0 : double(a.weight[int64_t(tgt[b])]);
+        ct[b] = C == Coef::kWeight ? wt[b] : (C == Coef::kOne ? 1.0 : 0.0);
+      }
+    } else {
+      for (int b = 0; b < W; ++b) wt[b] = 1.0, ct[b] = C == Coef::kNone ? 0.0 : 1.0;
     }
     alignas(64) double loss[W], ce[W], omp[W], pt[W], ls[W], sum_inv[W], ps[W], tc[W];
     for (int k = 0; k < W; k += WD) {
@@ -332,15 +351,21 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
         vstore(ps + k, vload(ps + k) + g * w_t * 2.0 * z * lse);
       }
     }
+    // Per-row results: 0 for ignore_index rows, NaN for rows with NaN or a non-finite maximum
+    // (and for out-of-range targets, which the caller has rejected before).
+    alignas(64) double out[W];
+    for (int k = 0; k < W; k += WD) {
+      const f64v mk = vload(m64 + k), nk = vload(nan64 + k), ign = vload(ign64 + k);
+      const auto bad = (nk != nk) | (mk - mk != mk - mk) | (vload(inv64 + k) != 0.0);
+      vstore(out + k, vselect(ign != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, vload(loss + k))));
+    }
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = out[b];
+    if (!grad) return;
     bool fill_row[W];
     T fill[W];
     for (int b = 0; b < nb; ++b) {
-      const bool bad = mx.nan_seen[b] != mx.nan_seen[b] || !std::isfinite(m64[b]);
-      const int64_t t = a.target[r0 + b];
-      const bool ign = t == a.ignore_index;
-      a.loss[r0 + b] = ign ? 0.0 : (bad || ignored[b] ? kNaN : loss[b]);
-      fill_row[b] = ign || bad || ignored[b];
-      fill[b] = ign ? T(0) : T(kNaN);
+      fill_row[b] = ignored[b] || out[b] != out[b];
+      fill[b] = ign64[b] != 0.0 ? T(0) : T(kNaN);
     }
     if (!grad) return;
     // Gradient: (p_scale / S) e_j - (eps / C) g c_j; the target entry in closed form

@@ -229,3 +229,46 @@ def test_probability_row_of_minus_inf_without_mass(C):
     assert not np.isfinite(fl.cross_entropy(x, y, reduction="none", z_loss=0.1)[1])
     # label smoothing puts mass on every class: log 0 = -inf makes the loss non-finite
     assert not np.isfinite(fl.cross_entropy(x, y, reduction="none", label_smoothing=0.1)[1])
+
+
+KL_EDGE = 100  # the largest class count of the lane kl_div_with_logits
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kl_div_with_logits_every_class_count(rng, isa, threads, dtype):
+    rtol, atol = (2e-5, 1e-6) if dtype == np.float32 else (1e-11, 1e-13)
+    for C in list(range(1, 71)) + [KL_EDGE - 1, KL_EDGE, KL_EDGE + 1]:
+        s = rng.normal(0.0, 2.0, (37, C)).astype(dtype)
+        t = rng.normal(0.0, 2.0, (37, C)).astype(dtype)
+        t[3, 0] = -np.inf  # a teacher class of probability 0: its term is 0
+        s[4, 0] = -np.inf  # a student -inf where the teacher has mass: loss +inf (C > 1;
+        # a row without any finite logit is NaN)
+        s[5] = t[5]  # equal rows: exactly 0
+        s[6, 1 % C] = np.nan  # NaN: that row NaN
+        for tau in (1.0, 2.5):
+            loss, grad = fl.kl_div_with_logits(s, t, temperature=tau, reduction="none",
+                                               return_grad=True)
+            ref_loss, ref_grad = reference.kl_div_with_logits(s, t, temperature=tau,
+                                                              reduction="none", return_grad=True)
+            with np.errstate(invalid="ignore"):
+                np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=atol)
+                ok = np.isfinite(ref_loss)
+                np.testing.assert_allclose(grad[ok], ref_grad[ok], rtol=rtol, atol=atol)
+            assert loss[5] == 0 and np.isnan(loss[6])
+            assert loss[4] == np.inf if C > 1 else np.isnan(loss[4])
+            assert np.isnan(grad[6]).all()
+
+
+@pytest.mark.parametrize("C", [3, 40, 100])
+def test_kl_div_with_logits_strided_and_in_place(rng, isa, C):
+    s = rng.normal(0.0, 2.0, (4, C, 9)).astype(np.float32)
+    t = rng.normal(0.0, 2.0, (4, C, 9)).astype(np.float32)
+    loss, grad = fl.kl_div_with_logits(s, t, axis=1, reduction="none", return_grad=True)
+    ref_loss, ref_grad = reference.kl_div_with_logits(s, t, axis=1, reduction="none",
+                                                      return_grad=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-6)
+    s2 = s.copy()
+    _, g2 = fl.kl_div_with_logits(s2, t, axis=1, reduction="none", return_grad=True,
+                                  grad_out=s2)
+    np.testing.assert_array_equal(g2, grad)

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "kernels.hpp"
+#include "lanes.hpp"
 #include "rows.hpp"
 #include "simd_math.hpp"
 
@@ -319,8 +320,82 @@ void kl_grad_row(const KlKept<T>& kept, const KlStats& st, double inv, double gs
   }
 }
 
+// kl_div_with_logits for rows of at most kKlNarrowMax classes, with the rows in SIMD lanes
+// (lanes.hpp): the formulas above per lane, against the rows' own maxima (one block), so
+// a'_j = (s_j - M_s) / tau and b'_j = (t_j - M_t) / tau, and the gradient
+// tau (e_s / S_s - e_t / S_t) from the kept exps.
+constexpr int64_t kKlNarrowMax = 100;  // (the row kernel is faster from about 128)
+
+template <class S>
+void kl_div_with_logits_narrow(const KlLogitsArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  const int64_t n = a.ls.n1;
+  const double tau = a.temperature;
+  const V inv = vset<T>(T(1.0 / tau));
+  const bool grad = a.grad != nullptr;
+  parallel_row_blocks(a.ls.rows(), 2 * n, W, [&](int64_t r0, int nb) {
+    alignas(64) T sb[kKlNarrowMax * W], tb[kKlNarrowMax * W];
+    int64_t off[W] = {};
+    row_offsets(a.ls, r0, nb, off);
+    gather_lanes(a.student, a.ls, off, nb, sb);
+    row_offsets(a.lt, r0, nb, off);
+    gather_lanes(a.teacher, a.lt, off, nb, tb);
+    const LaneMax<T> ms = lane_max(sb, n, false), mt = lane_max(tb, n, false);
+    LaneSum<T> sum_s, sum_t, sum_d;
+    for (int64_t j = 0; j < n; ++j) {
+      // the differences first: a logit equal to its row maximum gives exactly 0
+      const V as = (vload(sb + j * W) - ms.m) * inv, bt = (vload(tb + j * W) - mt.m) * inv;
+      const V es = vexp_capped(as), et = vexp_capped(bt);
+      sum_s.add(es);
+      sum_t.add(et);
+      sum_d.add(vselect(et == V{}, V{}, et * (bt - as)));  // q_j = 0: 0, even at -inf
+      if (grad) {
+        vstore(sb + j * W, es);
+        vstore(tb + j * W, et);
+      }
+    }
+    alignas(64) double ss[W], st[W], sd[W], m_s[W], m_t[W], nan_s[W], nan_t[W], out[W];
+    sum_s.store(ss);
+    sum_t.store(st);
+    sum_d.store(sd);
+    to_f64_lanes(ms.m, m_s);
+    to_f64_lanes(mt.m, m_t);
+    to_f64_lanes(ms.nan_seen, nan_s);
+    to_f64_lanes(mt.nan_seen, nan_t);
+    for (int k = 0; k < W; k += WD) {
+      const f64v s_s = vload(ss + k), s_t = vload(st + k), a_s = vload(m_s + k),
+                 a_t = vload(m_t + k), n_s = vload(nan_s + k), n_t = vload(nan_t + k);
+      // NaN or +inf anywhere, or a row without any finite logit: NaN
+      const auto bad = (n_s != n_s) | (n_t != n_t) | (a_s - a_s != a_s - a_s) |
+                       (a_t - a_t != a_t - a_t);
+      const f64v loss = (tau * tau) * (vload(sd + k) / s_t + vlog(s_s / s_t));
+      vstore(out + k, vselect(bad, f64v{} + kNaN, loss));
+    }
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = out[b];
+    if (!grad) return;
+    alignas(64) T fs[W], ft[W];
+    bool fill_row[W];
+    T fill[W];
+    const double gt = a.grad_scale * tau;
+    for (int b = 0; b < W; ++b) {
+      fs[b] = T(gt / ss[b]);
+      ft[b] = T(gt / st[b]);
+      fill_row[b] = out[b] != out[b] && b < nb;
+      fill[b] = T(kNaN);
+    }
+    const V vs = vload(fs), vt = vload(ft);
+    for (int64_t j = 0; j < n; ++j)
+      vstore(sb + j * W, vs * vload(sb + j * W) - vt * vload(tb + j * W));
+    row_offsets(a.lg, r0, nb, off);
+    scatter_lanes(a.grad, a.lg, off, nb, sb, fill_row, fill);
+  });
+}
+
 template <class S>
 void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
+  if (a.ls.n1 <= kKlNarrowMax) return kl_div_with_logits_narrow(a);
   using T = compute_t<S>;
   const int64_t n = a.ls.n1;
   const double tau = a.temperature;

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "kernels.hpp"
+#include "lanes.hpp"
 #include "rows.hpp"
 #include "scale.hpp"
 #include "simd_math.hpp"

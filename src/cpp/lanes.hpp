@@ -1,0 +1,156 @@
+// Rows in SIMD lanes, for rows of a few classes: when a row is only a few vectors long, the
+// per-row work of the row kernels (max, sum, the log, the target pick, the scalar epilogue, the
+// block bookkeeping) costs more than the arithmetic on the elements. A block of
+// W = vec_width<T> rows is transposed into a small local buffer (element j of lane b at
+// buf[j * W + b]), so every step, the epilogue's exp and log included, is one vector
+// instruction for W rows. Rows whose class axis is strided (the class axis 1 of an
+// (N, C, H, W) batch) come in with neighbouring rows next to each other in memory, which is
+// this layout already.
+//
+// Results per row do not depend on which rows share a block (no operation crosses lanes), so
+// they are bit-identical for every thread count. Sums are accumulated in float64 lanes, as in
+// the row kernels. Used by softmax_narrow.hpp and distributions.cpp; included by files compiled
+// once per instruction set (the code lands in their namespace fastloss::<isa>::<anonymous>).
+#pragma once
+
+#include <omp.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "kernels.hpp"
+#include "simd_math.hpp"
+
+#ifndef FASTLOSS_ISA_NS
+#error "include lanes.hpp only from a file compiled with -DFASTLOSS_ISA_NS=<name>"
+#endif
+
+namespace fastloss {
+namespace FASTLOSS_ISA_NS {
+namespace {
+
+template <class T> using ivec_t = typename Vec<T>::itype;
+
+// The rows of a block: element offsets of rows r0 .. r0 + nb - 1 (no division per row).
+inline void row_offsets(const Layout3& L, int64_t r0, int nb, int64_t* off) {
+  if (L.n2 == 1) {
+    for (int b = 0; b < nb; ++b) off[b] = (r0 + b) * L.s0;
+    return;
+  }
+  int64_t o = r0 / L.n2, i = r0 % L.n2;
+  for (int b = 0; b < nb; ++b) {
+    off[b] = o * L.s0 + i * L.s2;
+    if (++i == L.n2) i = 0, ++o;
+  }
+}
+
+// Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
+// lane 0, so they compute finite numbers wherever lane 0 does (their results are dropped).
+template <class S, class T = compute_t<S>>
+void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* buf) {
+  constexpr int W = vec_width<T>;
+  const int64_t n = L.n1, s1 = L.s1;
+  if (s1 == 1) {
+    for (int b = 0; b < nb; ++b) {
+      const S* p = x + off[b];
+      for (int64_t j = 0; j < n; ++j) buf[j * W + b] = to_compute(p[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      for (int b = 0; b < nb; ++b) buf[j * W + b] = to_compute(x[off[b] + j * s1]);
+  }
+  for (int b = nb; b < W; ++b)
+    for (int64_t j = 0; j < n; ++j) buf[j * W + b] = buf[j * W];
+}
+
+// Writes lanes b < nb of buf back as rows; lanes with fill[b] set get that value instead
+// (NaN rows, ignored rows).
+template <class S, class T = compute_t<S>>
+void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* buf,
+                   const bool* use_fill = nullptr, const T* fill = nullptr) {
+  constexpr int W = vec_width<T>;
+  const int64_t n = L.n1, s1 = L.s1;
+  for (int b = 0; b < nb; ++b) {
+    S* p = g + off[b];
+    if (use_fill && use_fill[b]) {
+      const S v = from_compute<S>(fill[b]);
+      for (int64_t j = 0; j < n; ++j) p[j * s1] = v;
+    } else if (s1 == 1) {
+      for (int64_t j = 0; j < n; ++j) p[j] = from_compute<S>(buf[j * W + b]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) p[j * s1] = from_compute<S>(buf[j * W + b]);
+    }
+  }
+}
+
+// fn(r0, nb) for blocks of B rows (the last of a thread's range may be shorter); each thread
+// takes one contiguous range of whole blocks.
+template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_len, int B, Fn&& fn) {
+  const int64_t blocks = (rows + B - 1) / B;
+  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), blocks);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t lo = blocks * t / n * B;
+    int64_t hi = blocks * (t + 1) / n * B;
+    hi = hi < rows ? hi : rows;
+    for (int64_t r = lo; r < hi; r += B) fn(r, int(hi - r < B ? hi - r : B));
+  }
+}
+
+// Per-lane float64 sums of compute-type vectors (a float vector is widened to two halves).
+template <class T> struct LaneSum {
+  static constexpr int K = vec_width<T> / vec_width<double>;
+  f64v v[K] = {};
+  void add(vec_t<T> x) {
+    if constexpr (std::is_same_v<T, float>) {
+      f64v lo, hi;
+      widen(x, lo, hi);
+      v[0] += lo;
+      v[1] += hi;
+    } else {
+      v[0] += x;
+    }
+  }
+  void store(double* out) const {
+    for (int k = 0; k < K; ++k) vstore(out + k * vec_width<double>, v[k]);
+  }
+};
+
+// The W lanes of a compute-type vector as float64 values.
+template <class V> void to_f64_lanes(V v, double* out) {
+  if constexpr (sizeof(v[0]) == 4) {
+    f64v lo, hi;
+    widen(v, lo, hi);
+    vstore(out, lo);
+    vstore(out + vec_width<double>, hi);
+  } else {
+    vstore(out, v);
+  }
+}
+
+// Row statistics of a transposed block: per lane the maximum m, whether the row has a NaN,
+// and (with `first`) the class of the first maximum.
+template <class T> struct LaneMax {
+  vec_t<T> m, nan_seen, first;
+};
+template <class T> LaneMax<T> lane_max(const T* buf, int64_t n, bool with_first) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  LaneMax<T> r;
+  r.m = vset<T>(-std::numeric_limits<T>::infinity());
+  r.nan_seen = vset<T>(0);
+  r.first = vset<T>(0);
+  for (int64_t j = 0; j < n; ++j) {
+    const V x = vload(buf + j * W);
+    r.nan_seen = vselect(x != x, x, r.nan_seen);
+    if (with_first) r.first = vselect(x > r.m, vset<T>(T(j)), r.first);
+    r.m = vselect(x > r.m, x, r.m);  // (NaN never wins: the row is NaN anyway)
+  }
+  return r;
+}
+
+}  // namespace
+}  // namespace FASTLOSS_ISA_NS
+}  // namespace fastloss

@@ -272,3 +272,34 @@ def test_kl_div_with_logits_strided_and_in_place(rng, isa, C):
     _, g2 = fl.kl_div_with_logits(s2, t, axis=1, reduction="none", return_grad=True,
                                   grad_out=s2)
     np.testing.assert_array_equal(g2, grad)
+
+
+MARGIN_EDGE = 64  # the largest class count of the lane multi_margin_loss
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_multi_margin_loss_every_class_count(rng, isa, threads, p):
+    for C in list(range(1, 71)) + [MARGIN_EDGE - 1, MARGIN_EDGE, MARGIN_EDGE + 1]:
+        x = rng.normal(0.0, 1.0, (37, C))
+        t = rng.integers(0, C, 37)
+        x[2, 0] = np.nan  # a NaN z counts 0 (as torch), unless it is the target's logit
+        w = rng.uniform(0.5, 2.0, C)
+        for kw in ({}, {"weight": w, "margin": 0.7}):
+            loss, grad = fl.multi_margin_loss(x, t, p=p, reduction="none", return_grad=True,
+                                              **kw)
+            ref_loss, ref_grad = reference.multi_margin_loss(x, t, p=p, reduction="none",
+                                                             return_grad=True, **kw)
+            np.testing.assert_allclose(loss, ref_loss, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-13, atol=1e-15)
+    # torch's example: (0.3 + 0.4 + 0.6) / 4 = 0.325 (x[3] = 0.8 is the target)
+    assert fl.multi_margin_loss(np.array([[0.1, 0.2, 0.4, 0.8]]), [3]) == pytest.approx(0.325)
+
+
+@pytest.mark.parametrize("C", [4, 33, 64])
+def test_multi_margin_loss_strided(rng, isa, C):
+    x = rng.normal(0.0, 1.0, (C, 50)).astype(np.float32).T  # classes a stride apart
+    t = rng.integers(0, C, 50)
+    loss, grad = fl.multi_margin_loss(x, t, reduction="none", return_grad=True)
+    ref_loss, ref_grad = reference.multi_margin_loss(x, t, reduction="none", return_grad=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-6, atol=1e-7)

@@ -576,6 +576,72 @@ MarginSums margin_range(const S* x, int64_t begin, int64_t end, T c, T k, S* g) 
   return {acc_hp.total(), acc_dh.total()};
 }
 
+// The same for rows of at most kMarginNarrowMax classes, with the rows in SIMD lanes
+// (lanes.hpp): the target's logit is picked per lane, z_j = (margin - x_t) + x_j over the
+// block's transposed classes, and the target's own gradient entry set once the sums are known.
+constexpr int64_t kMarginNarrowMax = 64;  // (the row kernel's gradient is faster from about 100)
+
+template <class S, int kP, bool kGrad>
+void multi_margin_narrow(const MultiMarginArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const int64_t n = a.lx.n1;
+  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kMarginNarrowMax * W];
+    int64_t off[W] = {};
+    row_offsets(a.lx, r0, nb, off);
+    gather_lanes(a.x, a.lx, off, nb, xb);
+    alignas(64) T tgt[W], kv[W];
+    alignas(64) double coef[W];
+    bool bad[W];
+    for (int b = 0; b < W; ++b) {
+      const int64_t t = b < nb ? a.target[r0 + b] : 0;
+      bad[b] = t < 0 || t >= n;  // rejected before the call; a NaN row if one slips through
+      tgt[b] = bad[b] ? T(-1) : T(t);
+      coef[b] = bad[b] ? 0.0 : (a.weight ? double(a.weight[t]) : 1.0) / double(n);
+      kv[b] = T(a.grad_scale * coef[b] * (kP == 1 ? 1.0 : 2.0));
+    }
+    const V tv = vload(tgt), k = vload(kv), zero{}, one = vset<T>(1);
+    V xt = zero;
+    for (int64_t j = 0; j < n; ++j) xt = vselect(tv == vset<T>(T(j)), vload(xb + j * W), xt);
+    const V c = vset<T>(T(a.margin)) - xt;
+    LaneSum<T> sum_hp, sum_dh;
+    for (int64_t j = 0; j < n; ++j) {
+      const V z = c + vload(xb + j * W);
+      const auto pos = (z > zero) & (tv != vset<T>(T(j)));  // (a NaN z counts 0)
+      const V h = vselect(pos, z, zero);
+      if constexpr (kP == 1) {
+        sum_hp.add(h);
+        sum_dh.add(vselect(pos, one, zero));
+        if (kGrad) vstore(xb + j * W, vselect(pos, k, zero));
+      } else {
+        sum_hp.add(h * h);
+        sum_dh.add(h);
+        if (kGrad) vstore(xb + j * W, k * h);
+      }
+    }
+    alignas(64) double hp[W], dh[W];
+    sum_hp.store(hp);
+    sum_dh.store(dh);
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = bad[b] ? kNaN : coef[b] * hp[b];
+    if constexpr (kGrad) {
+      alignas(64) T gt[W];
+      T fill[W];
+      for (int b = 0; b < W; ++b) {
+        // d loss / d x_t = -sum_{j != t} d loss / d x_j
+        gt[b] = T(-a.grad_scale * coef[b] * double(kP) * dh[b]);
+        fill[b] = T(kNaN);
+      }
+      const V vgt = vload(gt);
+      for (int64_t j = 0; j < n; ++j)
+        vstore(xb + j * W, vselect(tv == vset<T>(T(j)), vgt, vload(xb + j * W)));
+      row_offsets(a.lg, r0, nb, off);
+      scatter_lanes(a.grad, a.lg, off, nb, xb, bad, fill);
+    }
+  });
+}
+
 template <class S, int kP, bool kGrad>
 void multi_margin_rows(const MultiMarginArgs<S>& a) {
   using T = compute_t<S>;
@@ -604,6 +670,13 @@ void multi_margin_rows(const MultiMarginArgs<S>& a) {
 
 template <class S>
 void multi_margin_loss_impl(const MultiMarginArgs<S>& a) {
+  if (a.lx.n1 <= kMarginNarrowMax) {  // rows in SIMD lanes
+    if (a.p == 2)
+      a.grad ? multi_margin_narrow<S, 2, true>(a) : multi_margin_narrow<S, 2, false>(a);
+    else
+      a.grad ? multi_margin_narrow<S, 1, true>(a) : multi_margin_narrow<S, 1, false>(a);
+    return;
+  }
   if (a.p == 2) {
     if (a.grad)
       multi_margin_rows<S, 2, true>(a);

@@ -465,6 +465,8 @@ bool plain_float(const py::array& a) { return plain_dtype(a, 'f', 4) || plain_dt
 
 // Work below this many elements runs with the GIL held (releasing it costs more than it gives).
 constexpr int64_t kSmallWork = int64_t(1) << 15;
+// The cross-entropy fast path takes up to this many rows (its target check and sum are serial).
+constexpr int64_t kSmallRows = int64_t(1) << 14;
 
 // cross_entropy(logits (N, C), target (N,) int64, ignore_index, reduction mean/sum).
 py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t ignore_index,
@@ -473,7 +475,8 @@ py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t i
       t.strides(0) != 8)
     return py::none();
   const int64_t n = x.shape(0), C = x.shape(1);
-  if (t.shape(0) != n || n == 0 || C == 0) return py::none();
+  // (large calls: the general path, whose checks and reduction run over all cores)
+  if (t.shape(0) != n || n == 0 || C == 0 || n > kSmallRows) return py::none();
   const int64_t* tp = static_cast<const int64_t*>(t.data());
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {

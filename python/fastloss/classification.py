@@ -51,6 +51,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: Any = None,
+    normalizer: Any = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ):
@@ -88,6 +89,12 @@ def cross_entropy(
         weight ``w[t]`` like the cross-entropy, so ``"mean"`` stays the weighted mean of the
         ``"none"`` values (Liger-Kernel's z-loss is unweighted; without class weights the two
         agree). Ignored rows get none.
+    normalizer : float > 0, optional
+        Divide the summed loss and the gradient by this number instead of the mean's
+        denominator, for example the token count of all the micro-batches of one
+        gradient-accumulation step (so that their gradients add up to the gradient of the
+        whole batch's mean). Only with ``reduction="mean"`` or ``"sum"`` (both then give
+        ``sum / normalizer``; the sum is weighted with ``weight``).
     softcap : float > 0, optional
         Gemma 2's logit soft-capping: the logits pass through ``softcap * tanh(x / softcap)``
         before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
@@ -127,7 +134,8 @@ def cross_entropy(
     0.31854
     """
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
-                          label_smoothing, z_loss, softcap, return_grad, grad_out)
+                          label_smoothing, z_loss, softcap, return_grad, grad_out,
+                          normalizer=normalizer)
 
 
 def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:
@@ -154,12 +162,27 @@ def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[floa
     return z, c
 
 
+def _check_normalizer(normalizer: Any, reduction: str) -> Any:
+    """None, or a positive finite number (with reduction "mean" or "sum" only)."""
+    if normalizer is None:
+        return None
+    n = check_real(normalizer, "normalizer")
+    if not (0.0 < n < math.inf):
+        raise ValueError(f"normalizer must be a positive finite number (or None), got "
+                         f"{normalizer!r}")
+    if reduction == "none":
+        raise ValueError('normalizer is given with reduction="none"; it divides a summed '
+                         'loss, so use reduction="mean" or "sum"')
+    return n
+
+
 def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
-                   z_loss, softcap, return_grad, grad_out, focal_gamma=None):
+                   z_loss, softcap, return_grad, grad_out, focal_gamma=None, normalizer=None):
     """cross_entropy, and softmax_focal_loss (``focal_gamma`` set, ``weight`` = alpha)."""
     focal = focal_gamma is not None
     x, ax = _class_input(logits, "logits", axis)
     reduction = check_reduction(reduction)
+    normalizer = _check_normalizer(normalizer, reduction)
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
     z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     ignore_index = check_int(ignore_index, "ignore_index")
@@ -195,6 +218,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         raise TypeError(f"target has unsupported dtype {t.dtype}; use integer class indices "
                         "or float class probabilities")
 
+    if normalizer is not None:  # sum / normalizer, whichever of "mean" and "sum"
+        reduction, denom = "mean", normalizer
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,) if probs3 is None else (x3, probs3)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0

@@ -142,7 +142,7 @@ def test_bfloat16_logits():
     _close(g, ref_g, rtol=1e-2, atol=1e-4)
 
 
-# --- pointwise ---------------------------------------------------------------------------------
+# --- pointwise --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, ref", [
     ("mse_loss", optax.squared_error),
@@ -164,7 +164,7 @@ def test_mse_loss_without_targets_is_squared_error_to_zero():
     _close(jax.grad(lambda p: flj.mse_loss(p, reduction="sum"))(p), 2 * np.asarray(p))
 
 
-# --- distillation and the output layer ----------------------------------------------------------
+# --- distillation and the output layer --------------------------------------------------
 
 @pytest.mark.parametrize("reduction", ["none", "batchmean", "sum"])
 def test_kl_div_with_logits_matches_optax(reduction):
@@ -205,7 +205,7 @@ def test_linear_cross_entropy_without_bias():
     _close(g, r)
 
 
-# --- what is computed, and errors ---------------------------------------------------------------
+# --- what is computed, and errors -------------------------------------------------------
 
 def test_gradient_is_only_computed_when_differentiating(monkeypatch):
     from fastloss import classification

@@ -1,11 +1,9 @@
 """cross_entropy(normalizer=): the summed loss and its gradient divided by a given count."""
 
+import fastloss as fl
 import numpy as np
 import pytest
-
 from conftest import central_diff
-
-import fastloss as fl
 from fastloss import reference as ref
 
 

@@ -18,7 +18,8 @@ comes from the fastloss functions.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ def _class_axis(input: Tensor) -> int:
     return 1 if input.dim() >= 2 else 0
 
 
-# --- classification ----------------------------------------------------------------------
+# --- classification ---------------------------------------------------------------------
 
 @torch.library.custom_op(f"{_LIB}::cross_entropy", mutates_args=())
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
@@ -392,7 +393,7 @@ kl_div.register_fake(lambda input, target, reduction, log_target, need_grad:
 _register_autograd(kl_div, (0,), _no_dims)
 
 
-# --- distillation, embeddings, sequences, the output layer --------------------------------
+# --- distillation, embeddings, sequences, the output layer ------------------------------
 
 @torch.library.custom_op(f"{_LIB}::kl_div_with_logits", mutates_args=())
 def kl_div_with_logits(student: Tensor, teacher: Tensor, temperature: float, reduction: str,

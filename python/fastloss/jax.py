@@ -175,7 +175,7 @@ def _reduced(reduction: str, shape: tuple) -> tuple:
     return tuple(shape) if reduction == "none" else ()
 
 
-# --- classification ------------------------------------------------------------------------
+# --- classification ---------------------------------------------------------------------
 
 def cross_entropy(logits: Any, labels: Any, *, axis: int = -1, ignore_index: int = -100,
                   label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -224,7 +224,7 @@ def _normalize_axis(axis: Any, ndim: int, fn: str) -> int:
     return ax % ndim
 
 
-# --- pointwise -----------------------------------------------------------------------------------
+# --- pointwise --------------------------------------------------------------------------
 
 def _pointwise(fn: str, numpy_fn: Callable, predictions: Any, targets: Any, reduction: str,
                pred_name: str, target_name: str, **options: Any) -> jax.Array:
@@ -271,7 +271,7 @@ def binary_cross_entropy_with_logits(logits: Any, labels: Any, *,
                       "logits", "labels")
 
 
-# --- distillation and the output layer ---------------------------------------------------------
+# --- distillation and the output layer --------------------------------------------------
 
 def kl_div_with_logits(student_logits: Any, teacher_logits: Any, *, axis: int = -1,
                        temperature: float = 1.0, reduction: str = "none") -> jax.Array:

@@ -63,7 +63,8 @@ applies :func:`cross_entropy`, materialising them as torch's reference path does
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 try:
     import torch
@@ -73,10 +74,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     ) from exc
 
 from torch import Tensor
-from torch.nn import functional as F
 from torch.nn import _reduction as _torch_reduction
+from torch.nn import functional as F
 
-from . import _torch_ops
+from . import _torch_ops  # noqa: F401 (registers the torch.ops.fastloss operators)
 from ._validation import REDUCTIONS, check_reduction
 
 __all__ = [
@@ -115,7 +116,7 @@ __all__ = [
 _ops = torch.ops.fastloss
 
 
-# --- argument checks -----------------------------------------------------------------------
+# --- argument checks --------------------------------------------------------------------
 
 def _check_tensors(fn: str, **tensors: Optional[Tensor]) -> None:
     """Every argument a CPU tensor (or None)."""
@@ -173,7 +174,7 @@ def _float_or_none(value: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
-# --- classification --------------------------------------------------------------------------
+# --- classification ---------------------------------------------------------------------
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   size_average: Optional[bool] = None, ignore_index: int = -100,
@@ -303,7 +304,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
                                   _need_grad(input))[0]
 
 
-# --- regression and binary ------------------------------------------------------------------
+# --- regression and binary --------------------------------------------------------------
 
 def _pointwise_args(fn: str, input: Tensor, target: Tensor, reduction: str,
                     **extra: Optional[Tensor]) -> tuple:
@@ -409,7 +410,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     return _ops.kl_div(x, target, reduction, bool(log_target), need)[0]
 
 
-# --- distillation, embeddings, sequences --------------------------------------------------------
+# --- distillation, embeddings, sequences ------------------------------------------------
 
 def kl_div_with_logits(student: Tensor, teacher: Tensor, *, temperature: float = 1.0,
                        reduction: str = "batchmean") -> Tensor:
@@ -461,7 +462,7 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Union[Tensor, Se
                          reduction, bool(zero_infinity), _need_grad(log_probs))[0]
 
 
-# --- the output layer -------------------------------------------------------------------------
+# --- the output layer -------------------------------------------------------------------
 
 def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
                          linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,

@@ -84,6 +84,10 @@ def format_pointwise(results, info) -> str:
 
 
 def cmd_bench(args) -> int:
+    if args.frameworks:  # (a separate benchmark: python/fastloss/_bench_frameworks.py)
+        from ._bench_frameworks import cmd_bench_frameworks
+
+        return cmd_bench_frameworks(args)
     from .benchmark import plot_sweep, run_case, vocab_sweep
 
     with _Progress(args.quiet) as progress:
@@ -268,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png",
                    help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.add_argument("--frameworks", action="store_true",
+                   help="instead: a training step of GPT-2's output layer with PyTorch, JAX "
+                        "and fastloss.torch / fastloss.jax (time and peak memory)")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser(

@@ -205,6 +205,13 @@ def test_linear_cross_entropy_without_bias():
     _close(g, r)
 
 
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(flj, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 # --- what is computed, and errors -------------------------------------------------------
 
 def test_gradient_is_only_computed_when_differentiating(monkeypatch):

@@ -19,6 +19,10 @@ F = torch.nn.functional
 flt = pytest.importorskip("fastloss.torch")
 _torch_ops = pytest.importorskip("fastloss._torch_ops")
 
+# (torch's own warnings from the reference computations)
+pytestmark = [pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss"),
+              pytest.mark.filterwarnings("ignore:.*torch.jit.script_method. is deprecated")]
+
 GEN_SEED = 1234
 
 
@@ -351,6 +355,13 @@ def test_no_gradient_is_computed_without_grad_mode(monkeypatch):
     torch.testing.assert_close(loss, F.cross_entropy(x.detach(), t))
 
 
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(flt, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_import_fastloss_imports_no_framework():
     code = ("import sys, fastloss, fastloss.cli; "
             "print(sorted(m for m in ('torch', 'jax', 'optax') if m in sys.modules))")
@@ -509,8 +520,8 @@ def test_cross_entropy_module_options():
 # --- torch.compile, torch.export, opcheck -----------------------------------------------
 
 class _TwoHeads(torch.nn.Module):
-    """A classifier trained with three fastloss losses at once: cross-entropy of an MLP's
-    logits (with z-loss), the fused output layer, and a regression head."""
+    """A model trained with four fastloss losses at once: cross-entropy of a classifier's
+    logits, the fused output layer, a regression head, and the in-place cross-entropy."""
 
     def __init__(self):
         super().__init__()
@@ -520,9 +531,9 @@ class _TwoHeads(torch.nn.Module):
 
     def forward(self, x, y, r, losses):
         h = self.body(x)
-        ce, lce, mse = losses
+        ce, lce, mse, ce_inplace = losses
         return (ce(self.head(h), y) + lce(h, self.head.weight, y, linear_bias=self.head.bias)
-                + mse(self.reg(h).squeeze(1), r))
+                + mse(self.reg(h).squeeze(1), r) + ce_inplace(self.head(2 * h), y))
 
 
 def _two_head_step(model, losses, compiled=False):
@@ -539,9 +550,9 @@ def test_torch_compile_fullgraph_matches_eager_and_torch():
     model = _TwoHeads()
     ref_model = copy.deepcopy(model)
     ours = (lambda x, t: flt.cross_entropy(x, t, label_smoothing=0.1),
-            flt.linear_cross_entropy, flt.mse_loss)
+            flt.linear_cross_entropy, flt.mse_loss, flt.cross_entropy_inplace)
     theirs = (lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
-              F.linear_cross_entropy, F.mse_loss)
+              F.linear_cross_entropy, F.mse_loss, F.cross_entropy)
     torch._dynamo.reset()
     loss, grads = _two_head_step(model, ours, compiled=True)
     ref, ref_grads = _two_head_step(ref_model, theirs)
@@ -575,6 +586,10 @@ def test_torch_export_records_the_fastloss_ops():
                                      1.0, 2.0, 1e-6, False, "mean", True)),
     ("linear_cross_entropy", lambda: (_randn(4, 3), _randn(6, 3, seed=2), _classes((4,), 6),
                                       _randn(6, seed=3), -100, "sum", 0.0, True)),
+    ("linear_cross_entropy", lambda: (_randn(4, 3), _randn(6, 3, seed=2), _classes((4,), 6),
+                                      None, -100, "mean", 0.1, True)),
+    ("kl_div_with_logits", lambda: (_randn(3, 5), _randn(3, 5, seed=2).detach(), 2.0, "none",
+                                    True)),
 ])
 def test_opcheck(op, args):
     """torch.library.opcheck: schema, fake implementation and autograd registration agree

@@ -11,10 +11,11 @@ backward to the gradients of ``hidden`` and ``weight``. Implementations:
 - JAX (jitted ``value_and_grad``): optax's ``softmax_cross_entropy_with_integer_labels`` of the
   logits; ``fastloss.jax.cross_entropy`` of the logits; ``fastloss.jax.linear_cross_entropy``.
 
-Time: wall clock of the whole step, after a warm-up step (jit compilation, first-touch page
-faults). Memory: the resident memory the step adds at its peak over what was resident before
-it (the inputs), the returned gradients included (``(N + V) * 768 * 4`` bytes, 170 MB for
-GPT-2); Linux only. Every implementation's loss is checked against the first one's.
+Each implementation runs in a fresh Python process. Memory: the resident memory the first
+step adds at its peak over what was resident before it (the inputs; JAX's functions are
+compiled before), the returned gradients included (``(N + V) * 768 * 4`` bytes, 170 MB for
+GPT-2); Linux only. Time: wall clock of the following steps (the first one was the warm-up).
+Every implementation's loss is checked against the first one's.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def _jax_steps(hidden, weight, target) -> tuple[dict, str]:
     h, w, t = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(target)
 
     def step(loss_fn: Callable) -> Callable[[], float]:
-        f = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+        # compiled ahead of time, so that the first step (where the peak memory is measured)
+        # does not include the compilation
+        f = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(h, w, t).compile()
 
         def run():
             loss, grads = f(h, w, t)
@@ -154,8 +157,9 @@ def _case_names(framework: str) -> list:
 
 def _measure(framework: str, impl: str, batch: int, vocab: int, threads: int,
              repeat: int) -> dict:
-    """One implementation, in this process: times of ``repeat`` steps after a warm-up, then
-    the peak memory of one more."""
+    """One implementation, in this process: the peak memory of the first step (nothing is
+    retained from an earlier step, which a framework's memory pool would reuse without
+    growing), which is also the warm-up, then the times of ``repeat`` steps."""
     from . import set_num_threads
 
     set_num_threads(threads)
@@ -165,10 +169,10 @@ def _measure(framework: str, impl: str, batch: int, vocab: int, threads: int,
     else:
         steps, version = _jax_steps(hidden, weight, target)
     run = steps[impl]
+    peak = peak_extra_memory(run)
     losses = []
-    times = time_call(lambda: losses.append(run()[0]), repeat)
-    return {"framework": version, "times_ms": times, "peak": peak_extra_memory(run),
-            "loss": losses[-1]}
+    times = time_call(lambda: losses.append(run()[0]), repeat, warmup=0)
+    return {"framework": version, "times_ms": times, "peak": peak, "loss": losses[-1]}
 
 
 def run_frameworks(batch: int = 4096, vocab: int = 50257, threads: Optional[int] = None,
@@ -213,9 +217,9 @@ def format_frameworks(results, info) -> str:
     head = (f"GPT-2 output layer training step on the CPU: hidden ({info['batch']}, "
             f"{info['hidden']}) @ weight ({info['vocab']}, {info['hidden']}).T, float32, "
             "cross-entropy, backward to d_hidden and d_weight; "
-            f"{info['threads']} threads, {info['processor']}; median of {info['repeat']} "
-            "step(s) after one warm-up; 'peak extra MB': resident memory added at the peak "
-            "(the gradients included)\n")
+            f"{info['threads']} threads, {info['processor']}; each in its own process; median "
+            f"of {info['repeat']} step(s) after a warm-up step; 'peak extra MB': resident "
+            "memory added at the warm-up step's peak (the gradients included)\n")
     cols = ["framework", "implementation", "median s", "min..max s", "peak extra MB", "loss"]
     rows = [[r.framework, r.impl, f"{r.median_s:.2f}", f"{r.min_s:.2f}..{r.max_s:.2f}",
              "-" if r.peak_extra_bytes is None else f"{r.peak_extra_bytes / 1e6:.0f}",

@@ -104,6 +104,19 @@ def _loss_dtype(*dtypes: Any) -> np.dtype:
                     else np.float32)
 
 
+def _runner(fn: Callable, **options: Any) -> Callable:
+    """``functools.partial(fn, **options)``, the same object for the same options: specs
+    that compare equal let JAX reuse what it compiled for an earlier call (eager calls
+    included), instead of compiling a new callback for every call."""
+    return _cached_partial(fn, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_partial(fn: Callable, options: tuple) -> Callable:
+    return functools.partial(fn, **dict(options))
+
+
+@functools.lru_cache(maxsize=256)
 def _host(spec: _Spec, want_grad: bool, grad_dtypes: tuple) -> Callable:
     def call(*arrays: np.ndarray):
         out = spec.run(*arrays, want_grad)
@@ -204,7 +217,7 @@ def cross_entropy(logits: Any, labels: Any, *, axis: int = -1, ignore_index: int
     norm = _classification._check_normalizer(normalizer, reduction)
     rows = x.shape[:ax] + x.shape[ax + 1:]
     neg = ax - x.ndim  # (a negative axis stays right when vmap adds leading axes)
-    run = functools.partial(_run_cross_entropy, axis=neg, ignore_index=ignore_index,
+    run = _runner(_run_cross_entropy, axis=neg, ignore_index=ignore_index,
                             label_smoothing=eps, z_loss=z, softcap=cap or None,
                             normalizer=norm, reduction=reduction)
     spec = _Spec(fn, run, ("logits", "labels"), (0,), _reduced(reduction, rows),
@@ -234,7 +247,7 @@ def _pointwise(fn: str, numpy_fn: Callable, predictions: Any, targets: Any, redu
     shape = jnp.broadcast_shapes(x.shape, y.shape)
     if reduction == "none" and shape != x.shape:  # each element's gradient gets its own
         x = jnp.broadcast_to(x, shape)  # cotangent; autodiff sums over the broadcast axes
-    run = functools.partial(_run_pointwise, numpy_fn=numpy_fn, reduction=reduction, **options)
+    run = _runner(_run_pointwise, numpy_fn=numpy_fn, reduction=reduction, **options)
     spec = _Spec(fn, run, (pred_name, target_name), (0,), _reduced(reduction, shape),
                  _loss_dtype(x.dtype), (), reduction == "none")
     return _apply(spec, x, y)
@@ -287,7 +300,7 @@ def kl_div_with_logits(student_logits: Any, teacher_logits: Any, *, axis: int = 
     T = check_temperature(temperature)
     ax = _normalize_axis(axis, s.ndim, fn)
     neg = ax - s.ndim
-    run = functools.partial(_run_kl_logits, axis=neg, temperature=T, reduction=reduction)
+    run = _runner(_run_kl_logits, axis=neg, temperature=T, reduction=reduction)
     spec = _Spec(fn, run, ("student_logits", "teacher_logits"), (0,),
                  _reduced(reduction, s.shape[:ax] + s.shape[ax + 1:]),
                  _loss_dtype(s.dtype, t.dtype), (neg,) if reduction == "none" else (),
@@ -329,7 +342,7 @@ def linear_cross_entropy(hidden: Any, weight: Any, labels: Any, *, bias: Any = N
     ignore_index = check_int(ignore_index, "ignore_index")
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
     z, cap = _classification._check_z_softcap(z_loss, softcap)
-    run = functools.partial(_run_linear_cross_entropy, ignore_index=ignore_index,
+    run = _runner(_run_linear_cross_entropy, ignore_index=ignore_index,
                             label_smoothing=eps, z_loss=z, softcap=cap or None,
                             reduction=reduction)
     arrays = (h, w, y) + (() if b is None else (b,))

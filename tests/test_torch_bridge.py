@@ -370,6 +370,21 @@ def test_import_fastloss_imports_no_framework():
     assert out.stdout.strip() == "[]"
 
 
+def test_unit_grad_output_and_backward_twice():
+    """loss.backward() hands the stored gradient on without scaling it; it stays intact for a
+    second backward (retain_graph) and accumulates as torch's does."""
+    x, t = _randn(5, 7, dtype=torch.float32), _classes((5,), 7)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss, ref_loss = flt.cross_entropy(ours, t), F.cross_entropy(ref, t)
+    for _ in range(2):
+        loss.backward(retain_graph=True)
+        ref_loss.backward(retain_graph=True)
+        torch.testing.assert_close(ours.grad, ref.grad)
+    (2.5 * loss).backward()  # a grad_output that is not 1
+    (2.5 * ref_loss).backward()
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
 # --- the in-place option ----------------------------------------------------------------
 
 def _head(seed=0, V=13, D=6, N=9):

@@ -110,6 +110,21 @@ def _reduced_shape(reduction: str, none_shape: Sequence[int]) -> tuple:
 
 # --- autograd: the gradient from the forward, times grad_output --------------------------
 
+def unit_grad_output(grad_output: Tensor) -> bool:
+    """True for the scalar 1 of ``loss.backward()`` (in eager mode; under ``torch.compile``
+    the backward is traced and always multiplies)."""
+    return (grad_output.numel() == 1 and not torch.compiler.is_compiling()
+            and grad_output.item() == 1.0)
+
+
+def scaled(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """``grad * grad_output`` in ``grad``'s dtype; for a unit ``grad_output``, the stored
+    gradient itself: no pass over it and no second buffer. That is safe because autograd never
+    writes into a gradient it is handed (a leaf's ``.grad`` takes it over only once this graph
+    has let it go, so ``retain_graph=True`` and a second backward still see it unchanged)."""
+    return grad if unit_grad_output(grad_output) else (grad * grad_output).to(grad.dtype)
+
+
 def _register_autograd(op, grad_inputs: tuple, row_dims: Callable[[tuple], tuple]) -> None:
     """Backward of an operator returning ``(loss, *grads)``, ``grads[k]`` the gradient with
     respect to input ``grad_inputs[k]``; ``row_dims(inputs)`` gives, for
@@ -138,7 +153,7 @@ def _register_autograd(op, grad_inputs: tuple, row_dims: Callable[[tuple], tuple
             go = go.unsqueeze(d)
         for i, g in zip(grad_inputs, ctx.saved_tensors):
             if ctx.needs_input_grad[i]:
-                out[i] = (g * go).to(g.dtype)
+                out[i] = scaled(g, go)
         return tuple(out)
 
     op.register_autograd(backward, setup_context=setup_context)

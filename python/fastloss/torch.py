@@ -227,7 +227,9 @@ class _CrossEntropyInplace(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         for d in ctx.row_dims:
             grad_loss = grad_loss.unsqueeze(d)
-        return (grad.mul_(grad_loss),) + (None,) * 8
+        if not _torch_ops.unit_grad_output(grad_loss):
+            grad.mul_(grad_loss)
+        return (grad,) + (None,) * 8
 
 
 def cross_entropy_inplace(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,

@@ -11,11 +11,12 @@ backward to the gradients of ``hidden`` and ``weight``. Implementations:
 - JAX (jitted ``value_and_grad``): optax's ``softmax_cross_entropy_with_integer_labels`` of the
   logits; ``fastloss.jax.cross_entropy`` of the logits; ``fastloss.jax.linear_cross_entropy``.
 
-Each implementation runs in a fresh Python process. Memory: the resident memory the first
-step adds at its peak over what was resident before it (the inputs; JAX's functions are
-compiled before), the returned gradients included (``(N + V) * 768 * 4`` bytes, 170 MB for
-GPT-2); Linux only. Time: wall clock of the following steps (the first one was the warm-up).
-Every implementation's loss is checked against the first one's.
+Memory, each implementation in a fresh Python process: the resident memory its first step
+adds at its peak over what was resident before it (the inputs; JAX's functions are compiled
+before), the returned gradients included (``(N + V) * 768 * 4`` bytes, 170 MB for GPT-2);
+Linux only. Time, one process per framework: a warm-up step of each implementation, then
+rounds in which each runs one step in turn; the median per implementation. Every
+implementation's loss is checked against the first one's.
 """
 
 from __future__ import annotations
@@ -155,30 +156,50 @@ def _case_names(framework: str) -> list:
         return []
 
 
-def _measure(framework: str, impl: str, batch: int, vocab: int, threads: int,
-             repeat: int) -> dict:
-    """One implementation, in this process: the peak memory of the first step (nothing is
-    retained from an earlier step, which a framework's memory pool would reuse without
-    growing), which is also the warm-up, then the times of ``repeat`` steps."""
+def _steps(framework: str, batch: int, vocab: int, threads: int) -> tuple:
     from . import set_num_threads
 
     set_num_threads(threads)
     hidden, weight, target = _inputs(batch, vocab)
     if framework == "torch":
-        steps, version = _torch_steps(hidden, weight, target, threads)
-    else:
-        steps, version = _jax_steps(hidden, weight, target)
-    run = steps[impl]
-    peak = peak_extra_memory(run)
-    losses = []
-    times = time_call(lambda: losses.append(run()[0]), repeat, warmup=0)
-    return {"framework": version, "times_ms": times, "peak": peak, "loss": losses[-1]}
+        return _torch_steps(hidden, weight, target, threads)
+    return _jax_steps(hidden, weight, target)
+
+
+def _measure_memory(framework: str, impl: str, batch: int, vocab: int, threads: int) -> dict:
+    """In a fresh process: the peak memory of one implementation's first step (nothing is
+    retained from an earlier step, which a framework's memory pool would reuse without
+    growing) and its loss."""
+    steps, version = _steps(framework, batch, vocab, threads)
+    out = []
+    peak = peak_extra_memory(lambda: out.append(steps[impl]()) or out[-1])
+    return {"framework": version, "peak": peak, "loss": out[-1][0]}
+
+
+def _measure_times(framework: str, names: list, batch: int, vocab: int, threads: int,
+                   repeat: int) -> dict:
+    """In one process: a warm-up step of every implementation, then ``repeat`` rounds that
+    run each once in turn (a load that comes and goes on a shared machine then spreads over
+    all of them instead of landing on one): {implementation: times (ms)}."""
+    steps, _ = _steps(framework, batch, vocab, threads)
+    for name in names:
+        steps[name]()
+    times = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            times[name] += time_call(steps[name], 1, warmup=0)
+    return times
+
+
+def _child(what: str, *args) -> dict:
+    return _measure_memory(*args) if what == "memory" else _measure_times(*args)
 
 
 def run_frameworks(batch: int = 4096, vocab: int = 50257, threads: Optional[int] = None,
                    repeat: int = 2, progress: Callable[[str], None] = lambda msg: None):
-    """Time every available implementation, each in a fresh Python process (so that one's
-    freed memory, thread pools or caches do not flatter the next): ``(results, info)``."""
+    """Measure every available implementation: the peak memory of each in a fresh Python
+    process (so that one's freed memory or pools do not flatter the next), then the times of
+    each framework's implementations in one process, in rounds. ``(results, info)``."""
     import json
     import os
     import subprocess
@@ -188,26 +209,34 @@ def run_frameworks(batch: int = 4096, vocab: int = 50257, threads: Optional[int]
 
     threads = threads or get_num_threads()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+    def child(*args):
+        out = subprocess.run([sys.executable, "-m", "fastloss._bench_frameworks",
+                              json.dumps(args)], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"{args[:3]} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     results, ref_loss = [], None
     for framework in ("torch", "jax"):
         names = _case_names(framework)
         if not names:
             progress(f"{framework} is not installed: skipped")
+            continue
+        memory = {}
         for impl in names:
-            progress(f"{framework}: {impl}")
-            args = json.dumps([framework, impl, batch, vocab, threads, repeat])
-            out = subprocess.run([sys.executable, "-m", "fastloss._bench_frameworks", args],
-                                 capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                raise RuntimeError(f"{framework} {impl} failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            ref_loss = r["loss"] if ref_loss is None else ref_loss
-            if not math.isclose(r["loss"], ref_loss, rel_tol=1e-4):
-                raise RuntimeError(f"{framework} {impl}: loss {r['loss']} differs from "
+            progress(f"{framework}: {impl}: memory")
+            memory[impl] = m = child("memory", framework, impl, batch, vocab, threads)
+            ref_loss = m["loss"] if ref_loss is None else ref_loss
+            if not math.isclose(m["loss"], ref_loss, rel_tol=1e-4):
+                raise RuntimeError(f"{framework} {impl}: loss {m['loss']} differs from "
                                    f"{ref_loss}")
-            t = r["times_ms"]
-            results.append(FrameworkResult(r["framework"], impl, statistics.median(t) / 1e3,
-                                           min(t) / 1e3, max(t) / 1e3, r["peak"], r["loss"]))
+        progress(f"{framework}: times, {repeat} round(s)")
+        times = child("times", framework, names, batch, vocab, threads, repeat)
+        for impl in names:
+            t, m = times[impl], memory[impl]
+            results.append(FrameworkResult(m["framework"], impl, statistics.median(t) / 1e3,
+                                           min(t) / 1e3, max(t) / 1e3, m["peak"], m["loss"]))
     info = {"batch": batch, "vocab": vocab, "hidden": HIDDEN, "threads": threads,
             "processor": _cpu_name(), "repeat": repeat}
     return results, info
@@ -217,9 +246,9 @@ def format_frameworks(results, info) -> str:
     head = (f"GPT-2 output layer training step on the CPU: hidden ({info['batch']}, "
             f"{info['hidden']}) @ weight ({info['vocab']}, {info['hidden']}).T, float32, "
             "cross-entropy, backward to d_hidden and d_weight; "
-            f"{info['threads']} threads, {info['processor']}; each in its own process; median "
-            f"of {info['repeat']} step(s) after a warm-up step; 'peak extra MB': resident "
-            "memory added at the warm-up step's peak (the gradients included)\n")
+            f"{info['threads']} threads, {info['processor']}; time: median of {info['repeat']} "
+            "round(s) of one step each, after a warm-up step; 'peak extra MB': resident memory "
+            "added at the peak of a first step in a fresh process (the gradients included)\n")
     cols = ["framework", "implementation", "median s", "min..max s", "peak extra MB", "loss"]
     rows = [[r.framework, r.impl, f"{r.median_s:.2f}", f"{r.min_s:.2f}..{r.max_s:.2f}",
              "-" if r.peak_extra_bytes is None else f"{r.peak_extra_bytes / 1e6:.0f}",
@@ -260,4 +289,4 @@ if __name__ == "__main__":  # one measurement, for run_frameworks: JSON argument
     import json
     import sys
 
-    print(json.dumps(_measure(*json.loads(sys.argv[1]))))
+    print(json.dumps(_child(*json.loads(sys.argv[1]))))

@@ -21,8 +21,9 @@ How it works. Every loss is one operator ``torch.ops.fastloss.<name>`` registere
 under autograd, ``torch.compile(fullgraph=True)`` and ``torch.export`` without graph breaks.
 The forward views the tensors as NumPy arrays (no copy, any strides; float16 and bfloat16
 included) and runs the fastloss kernel, which gives the loss and, when an input requires
-grad, its gradient in the same pass; backward multiplies that gradient by ``grad_output``.
-No loss arithmetic happens in this module.
+grad, its gradient in the same pass; backward multiplies that gradient by ``grad_output``
+(a unit ``grad_output``, ``loss.backward()``, hands it on as it is). No loss arithmetic
+happens in this module.
 
 Differences from :mod:`torch.nn.functional`:
 

@@ -89,17 +89,17 @@ def cross_entropy(
         weight ``w[t]`` like the cross-entropy, so ``"mean"`` stays the weighted mean of the
         ``"none"`` values (Liger-Kernel's z-loss is unweighted; without class weights the two
         agree). Ignored rows get none.
+    softcap : float > 0, optional
+        Gemma 2's logit soft-capping: the logits pass through ``softcap * tanh(x / softcap)``
+        before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
+        chain rule factor ``1 - tanh(x / softcap)**2``. At most the largest value of the type
+        the logits are computed in (float32 for 16- and 32-bit logits: 3.4e38).
     normalizer : float > 0, optional
         Divide the summed loss and the gradient by this number instead of the mean's
         denominator, for example the token count of all the micro-batches of one
         gradient-accumulation step (so that their gradients add up to the gradient of the
         whole batch's mean). Only with ``reduction="mean"`` or ``"sum"`` (both then give
         ``sum / normalizer``; the sum is weighted with ``weight``).
-    softcap : float > 0, optional
-        Gemma 2's logit soft-capping: the logits pass through ``softcap * tanh(x / softcap)``
-        before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
-        chain rule factor ``1 - tanh(x / softcap)**2``. At most the largest value of the type
-        the logits are computed in (float32 for 16- and 32-bit logits: 3.4e38).
     return_grad : bool
         Also return d(returned loss)/d(logits), computed in the same pass.
     grad_out : ndarray, optional

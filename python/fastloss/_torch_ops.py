@@ -4,7 +4,8 @@ Each operator takes CPU tensors, views them as NumPy arrays (no copy, any stride
 through an int16 view), runs the fastloss function with ``return_grad=need_grad`` and returns
 ``(loss, *grads)``: the gradients of the returned loss with respect to the differentiable
 inputs, computed in the same pass as the loss (for ``reduction="none"``: of the sum of the
-per-element losses). ``need_grad`` is decided by the caller (grad mode on and an input that
+per-element losses), written into a tensor from torch's allocator where the fastloss function
+takes ``grad_out``. ``need_grad`` is decided by the caller (grad mode on and an input that
 requires grad); without it the gradient outputs are empty placeholders and no gradient is
 computed. Autograd keeps the gradients from the forward and multiplies them by
 ``grad_output`` in backward; no operator is differentiated twice (no double backward).
@@ -90,6 +91,22 @@ def _results(out: Any, need_grad: bool, like: Sequence[Optional[Tensor]]) -> tup
         _placeholder(t) if g is None else from_numpy(g) for g, t in zip(grads, like))
 
 
+def _new_grad(like: Tensor, need_grad: bool) -> Optional[Tensor]:
+    """The gradient buffer, from torch's allocator, for fastloss's ``grad_out``: the operator
+    returns it as it is. (A fastloss-allocated NumPy array would do as well, but NumPy asks
+    the kernel for transparent huge pages for large arrays, and on a busy machine with
+    ``defrag=madvise`` the first touch of 800 MB of them stalled for seconds in page
+    compaction, against half a second for torch's memory.)"""
+    return torch.empty(like.shape, dtype=like.dtype) if need_grad else None
+
+
+def _loss_and_grad(out: Any, grad: Optional[Tensor], like: Tensor) -> tuple:
+    """(loss, grad) tensors of a fastloss call that wrote its gradient into ``grad``."""
+    if grad is None:
+        return from_numpy(out), _placeholder(like)
+    return from_numpy(out[0]), grad
+
+
 def _placeholder(like: Optional[Tensor]) -> Tensor:
     """The empty tensor an operator returns where it computed no gradient."""
     return torch.empty(0) if like is None else like.new_empty(0)
@@ -171,11 +188,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
                   reduction: str, label_smoothing: float, z_loss: float,
                   softcap: Optional[float], normalizer: Optional[float],
                   need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _classification.cross_entropy(
         to_numpy(input), to_numpy(target), axis=_class_axis(input), weight=_opt_numpy(weight),
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, normalizer=normalizer, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+        z_loss=z_loss, softcap=softcap, normalizer=normalizer, return_grad=need_grad,
+        grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 def _class_loss_shape(input: Tensor, target: Tensor, reduction: str) -> tuple:
@@ -230,10 +249,12 @@ def softmax_focal_loss(input: Tensor, target: Tensor, alpha_per_class: Optional[
                        alpha: Optional[float], gamma: float, ignore_index: int, reduction: str,
                        need_grad: bool) -> tuple[Tensor, Tensor]:
     a = to_numpy(alpha_per_class) if alpha_per_class is not None else alpha
+    g = _new_grad(input, need_grad)
     out = _classification.softmax_focal_loss(
         to_numpy(input), to_numpy(target), axis=_class_axis(input), alpha=a, gamma=gamma,
-        ignore_index=ignore_index, reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+        ignore_index=ignore_index, reduction=reduction, return_grad=need_grad,
+        grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 @softmax_focal_loss.register_fake
@@ -248,10 +269,12 @@ _register_autograd(softmax_focal_loss, (0,), _class_dims(6))
 @torch.library.custom_op(f"{_LIB}::nll_loss", mutates_args=())
 def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
              reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _classification.nll_loss(
         to_numpy(input), to_numpy(target), axis=_class_axis(input), weight=_opt_numpy(weight),
-        ignore_index=ignore_index, reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+        ignore_index=ignore_index, reduction=reduction, return_grad=need_grad,
+        grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 @nll_loss.register_fake
@@ -308,17 +331,19 @@ def _no_dims(inputs: tuple) -> tuple:
 @torch.library.custom_op(f"{_LIB}::mse_loss", mutates_args=())
 def mse_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
              need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _regression.mse_loss(to_numpy(input), to_numpy(target), weight=_opt_numpy(weight),
-                               reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                               reduction=reduction, return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 @torch.library.custom_op(f"{_LIB}::l1_loss", mutates_args=())
 def l1_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
             need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _regression.l1_loss(to_numpy(input), to_numpy(target), weight=_opt_numpy(weight),
-                              reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                              reduction=reduction, return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 for _op in (mse_loss, l1_loss):
@@ -330,19 +355,21 @@ for _op in (mse_loss, l1_loss):
 @torch.library.custom_op(f"{_LIB}::huber_loss", mutates_args=())
 def huber_loss(input: Tensor, target: Tensor, delta: float, weight: Optional[Tensor],
                reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _regression.huber_loss(to_numpy(input), to_numpy(target), delta=delta,
                                  weight=_opt_numpy(weight), reduction=reduction,
-                                 return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                                 return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 @torch.library.custom_op(f"{_LIB}::smooth_l1_loss", mutates_args=())
 def smooth_l1_loss(input: Tensor, target: Tensor, beta: float, weight: Optional[Tensor],
                    reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _regression.smooth_l1_loss(to_numpy(input), to_numpy(target), beta=beta,
                                      weight=_opt_numpy(weight), reduction=reduction,
-                                     return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                                     return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 for _op in (huber_loss, smooth_l1_loss):
@@ -354,10 +381,11 @@ for _op in (huber_loss, smooth_l1_loss):
 @torch.library.custom_op(f"{_LIB}::binary_cross_entropy", mutates_args=())
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor],
                          reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _binary.binary_cross_entropy(to_numpy(input), to_numpy(target),
                                        weight=_opt_numpy(weight), reduction=reduction,
-                                       return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                                       return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 binary_cross_entropy.register_fake(lambda input, target, weight, reduction, need_grad:
@@ -370,10 +398,12 @@ _register_autograd(binary_cross_entropy, (0,), _no_dims)
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor],
                                      pos_weight: Optional[Tensor], reduction: str,
                                      need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _binary.binary_cross_entropy_with_logits(
         to_numpy(input), to_numpy(target), weight=_opt_numpy(weight),
-        pos_weight=_opt_numpy(pos_weight), reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+        pos_weight=_opt_numpy(pos_weight), reduction=reduction, return_grad=need_grad,
+        grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 binary_cross_entropy_with_logits.register_fake(
@@ -385,9 +415,11 @@ _register_autograd(binary_cross_entropy_with_logits, (0,), _no_dims)
 @torch.library.custom_op(f"{_LIB}::sigmoid_focal_loss", mutates_args=())
 def sigmoid_focal_loss(input: Tensor, target: Tensor, alpha: float, gamma: float,
                        reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _binary.sigmoid_focal_loss(to_numpy(input), to_numpy(target), alpha=alpha,
-                                     gamma=gamma, reduction=reduction, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                                     gamma=gamma, reduction=reduction, return_grad=need_grad,
+                                     grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 sigmoid_focal_loss.register_fake(lambda input, target, alpha, gamma, reduction, need_grad:
@@ -398,9 +430,10 @@ _register_autograd(sigmoid_focal_loss, (0,), _no_dims)
 @torch.library.custom_op(f"{_LIB}::kl_div", mutates_args=())
 def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool,
            need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(input, need_grad)
     out = _kl.kl_div(to_numpy(input), to_numpy(target), reduction=reduction,
-                     log_target=log_target, return_grad=need_grad)
-    return _results(out, need_grad, (input,))
+                     log_target=log_target, return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, input)
 
 
 kl_div.register_fake(lambda input, target, reduction, log_target, need_grad:
@@ -413,10 +446,11 @@ _register_autograd(kl_div, (0,), _no_dims)
 @torch.library.custom_op(f"{_LIB}::kl_div_with_logits", mutates_args=())
 def kl_div_with_logits(student: Tensor, teacher: Tensor, temperature: float, reduction: str,
                        need_grad: bool) -> tuple[Tensor, Tensor]:
+    g = _new_grad(student, need_grad)
     out = _distributions.kl_div_with_logits(to_numpy(student), to_numpy(teacher), axis=-1,
                                             temperature=temperature, reduction=reduction,
-                                            return_grad=need_grad)
-    return _results(out, need_grad, (student,))
+                                            return_grad=need_grad, grad_out=_opt_numpy(g))
+    return _loss_and_grad(out, g, student)
 
 
 @kl_div_with_logits.register_fake

@@ -51,6 +51,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: Any = None,
+    normalizer: Any = None,
     return_grad: bool = False,
     grad_out: Any = None,
 ):
@@ -93,6 +94,12 @@ def cross_entropy(
         before everything else (so ``-inf`` becomes ``-softcap``); the gradient includes the
         chain rule factor ``1 - tanh(x / softcap)**2``. At most the largest value of the type
         the logits are computed in (float32 for 16- and 32-bit logits: 3.4e38).
+    normalizer : float > 0, optional
+        Divide the summed loss and the gradient by this number instead of the mean's
+        denominator, for example the token count of all the micro-batches of one
+        gradient-accumulation step (so that their gradients add up to the gradient of the
+        whole batch's mean). Only with ``reduction="mean"`` or ``"sum"`` (both then give
+        ``sum / normalizer``; the sum is weighted with ``weight``).
     return_grad : bool
         Also return d(returned loss)/d(logits), computed in the same pass.
     grad_out : ndarray, optional
@@ -129,7 +136,8 @@ def cross_entropy(
     0.31854
     """
     if (type(logits) is np.ndarray and type(target) is np.ndarray and weight is None
-            and softcap is None and return_grad is False and grad_out is None
+            and softcap is None and normalizer is None and return_grad is False
+            and grad_out is None
             and type(reduction) is str and reduction in _SMALL_REDUCTIONS
             and type(ignore_index) is int and type(axis) is int and axis in (-1, 1)
             and type(label_smoothing) is float and label_smoothing == 0.0
@@ -140,7 +148,8 @@ def cross_entropy(
         if r is not None:
             return logits.dtype.type(r)
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
-                          label_smoothing, z_loss, softcap, return_grad, grad_out)
+                          label_smoothing, z_loss, softcap, return_grad, grad_out,
+                          normalizer=normalizer)
 
 
 _SMALL_REDUCTIONS = ("mean", "sum")
@@ -170,12 +179,27 @@ def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[floa
     return z, c
 
 
+def _check_normalizer(normalizer: Any, reduction: str) -> Any:
+    """None, or a positive finite number (with reduction "mean" or "sum" only)."""
+    if normalizer is None:
+        return None
+    n = check_real(normalizer, "normalizer")
+    if not (0.0 < n < math.inf):
+        raise ValueError(f"normalizer must be a positive finite number (or None), got "
+                         f"{normalizer!r}")
+    if reduction == "none":
+        raise ValueError('normalizer is given with reduction="none"; it divides a summed '
+                         'loss, so use reduction="mean" or "sum"')
+    return n
+
+
 def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
-                   z_loss, softcap, return_grad, grad_out, focal_gamma=None):
+                   z_loss, softcap, return_grad, grad_out, focal_gamma=None, normalizer=None):
     """cross_entropy, and softmax_focal_loss (``focal_gamma`` set, ``weight`` = alpha)."""
     focal = focal_gamma is not None
     x, ax = _class_input(logits, "logits", axis)
     reduction = check_reduction(reduction)
+    normalizer = _check_normalizer(normalizer, reduction)
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
     z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     ignore_index = check_int(ignore_index, "ignore_index")
@@ -211,6 +235,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         raise TypeError(f"target has unsupported dtype {t.dtype}; use integer class indices "
                         "or float class probabilities")
 
+    if normalizer is not None:  # sum / normalizer, whichever of "mean" and "sum"
+        reduction, denom = "mean", normalizer
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,) if probs3 is None else (x3, probs3)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0

@@ -86,6 +86,10 @@ def format_pointwise(results, info) -> str:
 def cmd_bench(args) -> int:
     if args.sweep:
         return cmd_bench_sweep(args)
+    if args.frameworks:  # (a separate benchmark: python/fastloss/_bench_frameworks.py)
+        from ._bench_frameworks import cmd_bench_frameworks
+
+        return cmd_bench_frameworks(args)
     from .benchmark import plot_sweep, run_case, vocab_sweep
 
     with _Progress(args.quiet) as progress:
@@ -309,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png",
                    help="also sweep vocabulary sizes 1k..256k and plot GB/s (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.add_argument("--frameworks", action="store_true",
+                   help="instead: a training step of GPT-2's output layer with PyTorch, JAX "
+                        "and fastloss.torch / fastloss.jax (time and peak memory)")
     s = b.add_argument_group(
         "class-count sweep",
         "--sweep times loss and loss+grad over class counts 2 to 128,256 with the same number "

@@ -2,11 +2,12 @@
 
 The docs build (``docs/conf.py``) calls :func:`write` on ``docs/benchmarks/bench.json`` at its
 start, so the tables on the benchmarks page are always those of the checked-in data; the
-README's compact table is :func:`readme_table` of the same file, which tests/test_docs.py
-checks. To record new numbers (from the repository root, with the ``bench`` extra installed)::
+README's compact table is :func:`readme_sweep_table` of ``docs/benchmarks/sweep.json`` (the
+class-count sweep), which tests/test_docs.py checks. To record new numbers (from the repository root, with the ``bench`` extra installed)::
 
     fastloss bench --pointwise --plot docs/throughput.png --json docs/benchmarks/bench.json
-    python docs/bench_tables.py docs/benchmarks/bench.json --readme   # paste into README.md
+    fastloss bench --sweep --elements 50000000 --plot docs/sweep.png --json docs/benchmarks/sweep.json
+    python docs/bench_tables.py docs/benchmarks/sweep.json --readme   # paste into README.md
 
 ``python docs/bench_tables.py FILE.json`` prints the Markdown of the benchmarks page,
 ``--out PATH`` writes it, ``--plot PATH.png`` redraws the throughput figure from the JSON's
@@ -161,6 +162,71 @@ def readme_table(data: dict) -> str:
                                    "l" + "r" * len(columns))
 
 
+def _sweep_median(data: dict, classes: int, case: str, library: str) -> Optional[float]:
+    for r in data["results"]:
+        if r["classes"] == classes and r["case"] == case and r["library"] == library:
+            return r["median_ms"]
+    return None
+
+
+def _sweep_versions(data: dict) -> dict:
+    """library -> the implementation's name with its version ("torch 2.13.0+cpu")."""
+    return {r["library"]: r["impl"] for r in data["results"]}
+
+
+def class_sweep_table(data: dict, case: str = "loss+grad") -> str:
+    """``fastloss bench --sweep --json`` output as one table: median ms of ``case`` per class
+    count for every library, and fastloss's ratio to the bandwidth floor."""
+    info = data["info"]
+    names = _sweep_versions(data)
+    libs = [lib for lib in ("fastloss", "torch", "jax", "numpy") if lib in names]
+    label = {"fastloss": "fastloss", "torch": "PyTorch", "jax": "JAX", "numpy": "NumPy"}
+    header = ["classes"] + [label[lib] + ("" if lib == "fastloss" else " " + names[lib]
+                                          .split(" ", 1)[1].replace(" (jit)", ""))
+                            for lib in libs] + ["fastloss x floor"]
+    rows = []
+    for c in info["classes"]:
+        floor = next((r["floor_ratio"] for r in data["results"] if r["classes"] == c
+                      and r["case"] == case and r["library"] == "fastloss"), None)
+        rows.append([f"{c:,}"] + [_ms(_sweep_median(data, c, case, lib)) for lib in libs]
+                    + ["-" if floor is None else f"{floor:.1f}"])
+    return _table(header, rows, "r" * len(header))
+
+
+def readme_sweep_table(data: dict) -> str:
+    """The README's compact table: cross-entropy loss and gradient over the class counts of
+    ``fastloss bench --sweep``."""
+    info = data["info"]
+    head = (f"Cross-entropy loss and gradient, median ms, {info['elements']:,} {info['dtype']} "
+            f"logits at every class count (rows = logits / classes), {info['threads']} threads "
+            f"of an {info['processor']} ({info['isa']}):")
+    return head + "\n\n" + class_sweep_table(data)
+
+
+def sweep_page(data: dict) -> str:
+    """The Markdown of the class-count sweep on the benchmarks page."""
+    info = data["info"]
+    return "\n".join([
+        f"{info['elements']:,} {info['dtype']} logits at every class count, "
+        f"{info['threads']} threads of an {info['processor']} ({info['isa']}); "
+        f"floor: read {info['read_gbps']:.1f} GB/s, read and write "
+        f"{info['read_write_gbps']:.1f} GB/s (bytes moved: the logits and the int64 targets "
+        "read, and the gradient written).", "",
+        "Loss, median ms:", "", class_sweep_table(data, "loss"), "",
+        "Loss and gradient, median ms:", "", class_sweep_table(data, "loss+grad"), ""])
+
+
+def write_sweep(json_path, out_path) -> str:
+    """Write :func:`sweep_page` of ``json_path`` (``fastloss bench --sweep --json``)."""
+    with open(json_path) as f:
+        text = sweep_page(json.load(f))
+    out = pathlib.Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return text
+
+
 def write(json_path, out_path) -> str:
     """Write :func:`page` of ``json_path`` to ``out_path`` (only when it changed, so that
     Sphinx does not rebuild the page needlessly); returns the text."""
@@ -185,9 +251,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json", help="output of fastloss bench --json")
     p.add_argument("--out", help="write the benchmarks page's tables here (default: print)")
-    p.add_argument("--readme", action="store_true", help="print the README's compact table")
+    p.add_argument("--readme", action="store_true",
+                   help="print the README's compact table (from a fastloss bench --sweep JSON)")
     p.add_argument("--plot", metavar="PNG", help="draw the vocabulary sweep figure")
     args = p.parse_args(argv)
+    if args.readme:
+        with open(args.json) as f:
+            print(readme_sweep_table(json.load(f)))
+        return 0
     data = load(args.json)
     if args.plot:
         plot(data, args.plot)

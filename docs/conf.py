@@ -138,6 +138,7 @@ def _write_generated(app) -> None:
     """The benchmark tables from the checked-in JSON, and the command line's --help texts."""
     generated = HERE / "_generated"
     bench_tables.write(HERE / "benchmarks" / "bench.json", generated / "bench_tables.md")
+    bench_tables.write_sweep(HERE / "benchmarks" / "sweep.json", generated / "sweep_tables.md")
     from fastloss.cli import build_parser
 
     old = os.environ.get("COLUMNS")

@@ -17,6 +17,7 @@ import fastloss as fl
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
+SWEEP_JSON = ROOT / "docs" / "benchmarks" / "sweep.json"
 BENCH_JSON = DOCS / "benchmarks" / "bench.json"
 # Framework modules, each with its API page; fastloss.torch and fastloss.jax need their
 # framework installed and are checked only when they import.
@@ -180,10 +181,26 @@ def test_readme_is_short_and_has_the_commands():
 
 
 def test_readme_benchmark_table_is_the_checked_in_one(bench_tables):
-    table = bench_tables.readme_table(bench_tables.load(BENCH_JSON))
+    import json
+
+    with open(SWEEP_JSON) as f:
+        table = bench_tables.readme_sweep_table(json.load(f))
     assert table in README.read_text(), (
-        "README's benchmark table differs from docs/benchmarks/bench.json; paste the output "
-        "of: python docs/bench_tables.py docs/benchmarks/bench.json --readme\n" + table)
+        "README's benchmark table differs from docs/benchmarks/sweep.json; paste the output "
+        "of: python docs/bench_tables.py docs/benchmarks/sweep.json --readme\n" + table)
+
+
+def test_sweep_tables_cover_every_class_count(bench_tables):
+    import json
+
+    with open(SWEEP_JSON) as f:
+        data = json.load(f)
+    text = bench_tables.sweep_page(data)
+    for c in data["info"]["classes"]:
+        assert f"| {c:,} |" in text
+    fast = [r for r in data["results"] if r["library"] == "fastloss"]
+    assert len(fast) == 2 * len(data["info"]["classes"])
+    assert f"| {bench_tables._ms(fast[0]['median_ms'])} |" in text
 
 
 def test_readme_links_exist():

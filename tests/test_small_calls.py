@@ -86,3 +86,12 @@ def test_pointwise_other_cases_take_the_general_path(rng):
     assert fl.mse_loss(a.astype(np.float32), a) == pointwise("mse", a.astype(np.float32), a)
     assert fl.l1_loss(a[:, ::2], a[:, 1::2]) == pointwise("l1", a[:, ::2], a[:, 1::2])
     assert np.isnan(fl.mse_loss(np.zeros(0), np.zeros(0)))  # empty mean: NaN, as torch
+
+
+def test_cross_entropy_normalizer_is_not_dropped(rng):
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    t = rng.integers(0, 5, 8)
+    total = fl.cross_entropy(x, t, reduction="sum")
+    assert fl.cross_entropy(x, t, normalizer=7.0) == np.float32(np.float64(total) / 7.0) or \
+        np.isclose(fl.cross_entropy(x, t, normalizer=7.0), total / 7.0, rtol=1e-6)
+    assert not np.isclose(fl.cross_entropy(x, t, normalizer=7.0), fl.cross_entropy(x, t))

@@ -24,6 +24,7 @@ def config() -> Dict[str, Any]:
         "isas_supported": [i for i in _core.compiled_isas() if _core.isa_supported(i)],
         "FASTLOSS_ISA": os.environ.get("FASTLOSS_ISA"),
         "threads": _core.get_num_threads(),
+        "threading": _core.threading,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "cpus": os.cpu_count(),
         "compiler": _core.compiler,
@@ -34,7 +35,11 @@ def config() -> Dict[str, Any]:
 
 
 def show_config() -> None:
-    """Print the dispatched instruction set, thread count, compiler and versions.
+    """Print the dispatched instruction set, thread count and threading, compiler and versions.
+
+    ``threading`` is ``openmp`` (an OpenMP team) or ``threadpool`` (a ``std::thread`` pool: a
+    build with ``FASTLOSS_OPENMP=OFF``, or by a compiler without OpenMP); both give the same
+    results.
 
     The kernels are compiled once per instruction set (AVX-512, AVX2, baseline x86-64 or the
     portable baseline elsewhere) and the best one the CPU supports is chosen at import. Set the

@@ -5,6 +5,7 @@ from typing import Optional
 import numpy as np
 
 compiler: str
+threading: str  # "openmp" or "threadpool"
 
 def logsumexp(x: np.ndarray, out: np.ndarray) -> None: ...
 def softmax(x: np.ndarray, out: np.ndarray, log: bool) -> None: ...

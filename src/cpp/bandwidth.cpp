@@ -1,8 +1,6 @@
 // The machine's own memory-bandwidth floor, measured with the same threads and the same
 // arrays as the kernels it is compared with: a streaming read (sum) and a streaming
 // read + write (copy). `fastloss bench` reports every kernel as a ratio to these.
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -13,18 +11,20 @@ namespace fastloss {
 
 double stream_read(const float* x, int64_t n) {
   const int nt = threads_for(n, n);
-  double total = 0.0;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
-  {
+  double partial[256] = {};  // per thread, added in thread order
+  const int nt_used = std::min(nt, 256);
+  parallel_for(nt_used, [&](int64_t t, int64_t n_threads) {
     constexpr int W = vec_width<float>;
+    const int64_t blocks = n / (4 * W);
     f32v a{}, b{}, c{}, d{};
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < n / (4 * W); ++j) {
+    for (int64_t j = blocks * t / n_threads; j < blocks * (t + 1) / n_threads; ++j) {
       const float* p = x + j * 4 * W;
       a += vload(p), b += vload(p + W), c += vload(p + 2 * W), d += vload(p + 3 * W);
     }
-    total += hsum(a + b + c + d);
-  }
+    partial[t] = hsum(a + b + c + d);
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
   for (int64_t j = n / (4 * vec_width<float>) * (4 * vec_width<float>); j < n; ++j) total += x[j];
   return total;
 }
@@ -34,17 +34,15 @@ double stream_read(const float* x, int64_t n) {
 void stream_copy(const float* x, float* y, int64_t n, bool nt) {
   const int nt_threads = threads_for(n, n);
   constexpr int W = vec_width<float>;
-#pragma omp parallel num_threads(nt_threads) if (nt_threads > 1)
-  {
-#pragma omp for schedule(static) nowait
-    for (int64_t j = 0; j < n / W; ++j) {
+  parallel_for(nt_threads, [&](int64_t t, int64_t n_threads) {
+    for (int64_t j = n / W * t / n_threads; j < n / W * (t + 1) / n_threads; ++j) {
       if (nt)
         vstream(y + j * W, vload(x + j * W));
       else
         vstore(y + j * W, vload(x + j * W));
     }
     stream_fence();
-  }
+  });
   for (int64_t j = n / W * W; j < n; ++j) y[j] = x[j];
 }
 

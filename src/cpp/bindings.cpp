@@ -573,6 +573,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("active_isa", [] { return std::string(active_isa()); });
   m.def("set_isa", [](const std::string& n) { return set_isa(n.c_str()); }, py::arg("name"));
   m.attr("compiler") = py::str(__VERSION__);
+  m.attr("threading") = py::str(threading());  // "openmp" or "threadpool" (FASTLOSS_OPENMP)
   // Distribution losses (x: (n0, classes, n2), reduction over axis 1; per-row float64 losses)
   // and the multi-class margin loss (input: (rows, classes, 1)).
   m.def("kl_div_with_logits", &kl_div_with_logits_py, py::arg("student"), py::arg("teacher"),

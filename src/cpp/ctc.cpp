@@ -27,8 +27,7 @@
 // step being written as soon as its beta is known.
 #include "ctc.hpp"
 
-#include <omp.h>
-
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <new>
@@ -221,17 +220,12 @@ void ctc_loss_impl(const CtcArgs<S>& a) {
   for (int64_t n = 0; n < a.N; ++n)
     work += (a.input_lengths[n] + 1) * (2 * a.target_lengths[n] + 1 + (a.grad ? a.C : 0));
   const int nt = threads_for(16 * work, a.N);
-  int failed = 0;  // scratch allocation failed in some thread (exceptions cannot leave OpenMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-  for (int64_t n = 0; n < a.N; ++n) {
-    try {
-      ctc_sample(a, n);
-    } catch (...) {
-#pragma omp atomic write
-      failed = 1;
-    }
-  }
-  if (failed) throw std::bad_alloc();
+  // Samples one at a time to whichever thread is free (their lengths differ); run_parallel
+  // rethrows a failed scratch allocation.
+  std::atomic<int64_t> next{0};
+  parallel_for(nt, [&](int, int) {
+    for (int64_t n; (n = next.fetch_add(1, std::memory_order_relaxed)) < a.N;) ctc_sample(a, n);
+  });
 }
 
 }  // namespace

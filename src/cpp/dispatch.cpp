@@ -12,6 +12,10 @@
 #include "kernels.hpp"
 #include "scale.hpp"
 
+#if defined(FASTLOSS_X86)
+#include <cpuid.h>
+#endif
+
 namespace fastloss {
 
 namespace baseline {
@@ -34,6 +38,46 @@ extern const DistributionTable distribution_table;
 
 namespace {
 
+#if defined(FASTLOSS_X86)
+// CPU features from CPUID itself rather than __builtin_cpu_supports, whose feature names
+// differ between compilers (Clang 14 knows no "f16c"). A feature counts only if the operating
+// system also saves its registers on a context switch (XCR0, read by xgetbv).
+struct X86Features {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
+};
+
+X86Features detect_x86() {
+  X86Features f;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c >> 27 & 1, avx = c >> 28 & 1;
+  if (!osxsave || !avx) return f;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const bool os_avx = (xcr0_lo & 0x6) == 0x6;       // XMM and YMM state
+  const bool os_avx512 = (xcr0_lo & 0xE6) == 0xE6;  // and opmask, ZMM0-15 high, ZMM16-31
+  if (!os_avx) return f;
+  f.fma = c >> 12 & 1;
+  f.f16c = c >> 29 & 1;
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  f.avx2 = b >> 5 & 1;
+  if (os_avx512) {
+    f.avx512f = b >> 16 & 1;
+    f.avx512dq = b >> 17 & 1;
+    f.avx512bw = b >> 30 & 1;
+    f.avx512vl = b >> 31 & 1;
+  }
+  return f;
+}
+
+const X86Features& x86() {
+  static const X86Features f = detect_x86();
+  return f;
+}
+#endif
+
 struct Isa {
   const char* name;
   const KernelTable* table;
@@ -46,14 +90,13 @@ const Isa kIsas[] = {  // best first
 #if defined(FASTLOSS_X86)
     {"avx512", &avx512::table, &avx512::pointwise_table, &avx512::distribution_table,
      [] {
-       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-              __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+       const X86Features& f = x86();
+       return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.fma && f.f16c;
      }},
     {"avx2", &avx2::table, &avx2::pointwise_table, &avx2::distribution_table,
      [] {
-       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c");
+       const X86Features& f = x86();
+       return f.avx2 && f.fma && f.f16c;
      }},
 #endif
     {"baseline", &baseline::table, &baseline::pointwise_table, &baseline::distribution_table,
@@ -74,9 +117,6 @@ int find(const char* name) {
 }
 
 int initial_choice() {
-#if defined(FASTLOSS_X86)
-  __builtin_cpu_init();
-#endif
   const int cap = find(std::getenv("FASTLOSS_ISA"));  // -1 (unset or unknown): no cap
   for (int i = cap < 0 ? 0 : cap; i < kNumIsas; ++i)
     if (kIsas[i].cpu_has()) return i;

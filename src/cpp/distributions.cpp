@@ -7,8 +7,6 @@
 // number of threads.
 #include "distributions.hpp"
 
-#include <omp.h>
-
 #include <cmath>
 #include <limits>
 #include <type_traits>

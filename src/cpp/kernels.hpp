@@ -3,12 +3,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastloss {
 
-// Storage types. float16 is the compiler's IEEE half; bfloat16 is a 16-bit pattern (the top
-// half of a float32), as ml_dtypes stores it. Both are computed in float32.
-using float16 = _Float16;
+// Storage types, both computed in float32: float16 holds the bits of an IEEE half (NumPy's
+// float16), bfloat16 those of the top half of a float32 (as ml_dtypes stores it). Bit patterns
+// with explicit conversions (simd_math.hpp), not the compiler's _Float16: Clang 14 has no
+// _Float16 on x86 and MSVC none at all, and without AVX512-FP16 GCC converts a scalar
+// _Float16 through a libgcc call anyway.
+struct float16 {
+  uint16_t bits;
+};
 struct bfloat16 {
   uint16_t bits;
 };
@@ -145,5 +151,27 @@ void set_num_threads(int n);
 // Threads to use for a job touching `work` elements: 1 below the size where starting a team
 // costs more than it saves, never more than `max_parallel` (e.g. the number of rows).
 int threads_for(int64_t work, int64_t max_parallel);
+// "openmp" or "threadpool" (std::thread): how run_parallel runs a job (FASTLOSS_OPENMP).
+const char* threading();
+
+// The one place the kernels go parallel: body(ctx, t, n) once for every t < n, on n threads
+// (t = 0 on the caller), returning when all have. n may be lower than asked (OpenMP's nesting
+// and thread limits); a caller splits its work by (t, n), never by the number it asked for.
+// The first exception thrown by a body is rethrown here once all have returned. An OpenMP
+// team or a std::thread pool, by the build (threads.cpp); the kernels see only this, so both
+// builds give the same bits.
+using ParallelBody = void (*)(void* ctx, int t, int n);
+void run_parallel(int n_threads, ParallelBody body, void* ctx);
+
+namespace {  // (each instruction set's copy stays in its own translation unit)
+// fn(t, n) for every thread t of n; n_threads <= 1 runs fn(0, 1) here, without a team.
+template <class Fn> void parallel_for(int n_threads, Fn&& fn) {
+  using F = std::remove_reference_t<Fn>;
+  if (n_threads <= 1) return void(fn(0, 1));
+  run_parallel(
+      n_threads, [](void* ctx, int t, int n) { (*static_cast<F*>(ctx))(t, n); },
+      const_cast<void*>(static_cast<const void*>(&fn)));
+}
+}  // namespace
 
 }  // namespace fastloss

@@ -13,8 +13,6 @@
 // once per instruction set (the code lands in their namespace fastloss::<isa>::<anonymous>).
 #pragma once
 
-#include <omp.h>
-
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -89,14 +87,12 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
 template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_len, int B, Fn&& fn) {
   const int64_t blocks = (rows + B - 1) / B;
   const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), blocks);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+  parallel_for(nt, [&](int64_t t, int64_t n) {
     const int64_t lo = blocks * t / n * B;
     int64_t hi = blocks * (t + 1) / n * B;
     hi = hi < rows ? hi : rows;
     for (int64_t r = lo; r < hi; r += B) fn(r, int(hi - r < B ? hi - r : B));
-  }
+  });
 }
 
 // Per-lane float64 sums of compute-type vectors (a float vector is widened to two halves).

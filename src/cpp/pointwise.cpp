@@ -6,8 +6,7 @@
 #error "compile this file once per instruction set with -DFASTLOSS_ISA_NS=<name>"
 #endif
 
-#include <omp.h>
-
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -262,14 +261,13 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
   // One float64 sum per fixed-size chunk, added in chunk order at the end: the total does not
   // depend on the number of threads.
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
-  int64_t n_neg = 0, n_zero = 0, n_bad = 0;
+  std::atomic<int64_t> n_neg{0}, n_zero{0}, n_bad{0};  // (integer sums: any order is exact)
   constexpr bool kLabels = std::is_same_v<Op, Hinge>;
   constexpr bool kProbs = std::is_same_v<Op, Bce>;
   constexpr bool kKlProbs = std::is_same_v<Op, KlDiv<false>>;
   // all lanes (full vector) or none: a padded tail lane is real only where its weight is not 0
   auto full_mask = [](bool full) { return full ? ~typename Vec<T>::itype{} : typename Vec<T>::itype{}; };
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : n_neg, n_zero, n_bad)
-  {
+  parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
     using I = typename Vec<T>::itype;
     I c_neg{}, c_zero{}, c_bad{};  // per-lane label counts (compare masks are -1 where true)
     f64v acc_lo{}, acc_hi{};
@@ -330,8 +328,8 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
       }
       return l;
     };
-#pragma omp for schedule(static) nowait
-    for (int64_t c = 0; c < chunks; ++c) {
+    // each thread one contiguous range of chunks
+    for (int64_t c = chunks * thread / n_threads; c < chunks * (thread + 1) / n_threads; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
       acc_lo = acc_hi = f64v{};
       int64_t j = lo;
@@ -346,8 +344,10 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
       if (j < hi) add(at(j, hi - j));
       chunk_sum[c] = hsum(acc_lo + acc_hi);
     }
-    for (int i = 0; i < W; ++i) n_neg += c_neg[i], n_zero += c_zero[i], n_bad += c_bad[i];
-  }
+    int64_t neg = 0, zero = 0, bad = 0;
+    for (int i = 0; i < W; ++i) neg += c_neg[i], zero += c_zero[i], bad += c_bad[i];
+    n_neg += neg, n_zero += zero, n_bad += bad;
+  });
   double total = 0.0;
   for (int64_t c = 0; c < chunks; ++c) total += chunk_sum[c];
   a.label_counts[0] = n_neg;

@@ -4,8 +4,6 @@
 // instruction set (the code lands in their namespace fastloss::<isa>::<anonymous>).
 #pragma once
 
-#include <omp.h>
-
 #include <cstdint>
 
 #include "kernels.hpp"
@@ -195,9 +193,7 @@ constexpr int64_t kStreamBytes = int64_t(32) << 20;
 // S: the type of the written arrays (their write tiles are flushed at the end, see read_row).
 template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
   const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+  parallel_for(nt, [&](int64_t t, int64_t n) {
     const int64_t lo = rows * t / n, hi = rows * (t + 1) / n;
     for (Tile& tile : t_tiles) tile.base = nullptr;  // (tiles of an earlier call)
     t_rows_end = hi;
@@ -205,7 +201,7 @@ template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_len, F
     for (Tile& tile : t_tiles)
       if (tile.write) flush_tile<S>(tile);
     stream_fence();  // make this thread's non-temporal stores visible before returning
-  }
+  });
 }
 
 }  // namespace

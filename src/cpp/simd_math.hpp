@@ -494,10 +494,8 @@ template <class V> inline V vlog_sum(V u, V c) {
 // rounded (to nearest even) as they are stored, so they cost half the memory traffic.
 // ---------------------------------------------------------------------------------------------
 typedef uint16_t u16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
-typedef float16 f16h __attribute__((vector_size(FASTLOSS_VEC_BYTES / 2)));
 typedef uint32_t u32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
 
-#if !defined(__F16C__)
 // IEEE half -> float without F16C, branch-free on the bits (exact for every half, incl.
 // subnormals, inf and NaN): shift exponent and mantissa into place, re-bias the exponent, then
 // fix subnormals by a float subtraction and inf/NaN by a larger re-bias.
@@ -528,7 +526,23 @@ inline u32v float_to_half_bits(f32v v) {
   o = vselect(f >= 0x47800000u, big, o);
   return o | (sign >> 16);
 }
+
+// One half <-> float, for the scalar code (tails, single elements): F16C's instructions, else
+// lane 0 of the vector forms above (exact, and no libgcc call).
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return half_bits_to_float(u32v{} + uint32_t(h))[0];
 #endif
+}
+inline uint16_t float_to_half(float v) {
+#if defined(__F16C__)
+  return uint16_t(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT));
+#else
+  return uint16_t(float_to_half_bits(f32v{} + v)[0]);
+#endif
+}
 
 template <class S> inline vec_t<compute_t<S>> vload_as(const S* p) {
   if constexpr (std::is_same_v<S, bfloat16>) {  // a bfloat16 is the top half of a float32
@@ -601,6 +615,8 @@ template <class S> inline compute_t<S> to_compute(S v) {
     float f;
     std::memcpy(&f, &u, sizeof(f));
     return f;
+  } else if constexpr (std::is_same_v<S, float16>) {
+    return half_to_float(v.bits);
   } else {
     return compute_t<S>(v);
   }
@@ -613,6 +629,8 @@ template <class S> inline S from_compute(compute_t<S> v) {
     if (v != v) return bfloat16{0x7FC0};
     u = u + 0x7FFFu + ((u >> 16) & 1u);
     return bfloat16{uint16_t(u >> 16)};
+  } else if constexpr (std::is_same_v<S, float16>) {
+    return float16{float_to_half(v)};
   } else {
     return S(v);
   }

@@ -11,8 +11,6 @@
 // float64 lanes (float32 exp values are widened before adding), so a float32 loss is rounded
 // once, at the end, from a float64 result. Per-row scalars (max, log of the sum, the loss)
 // are float64.
-#include <omp.h>
-
 #include <cmath>
 #include <limits>
 #include <type_traits>

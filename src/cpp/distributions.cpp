@@ -336,10 +336,8 @@ void kl_div_with_logits_narrow(const KlLogitsArgs<S>& a) {
   parallel_row_blocks(a.ls.rows(), 2 * n, W, [&](int64_t r0, int nb) {
     alignas(64) T sb[kKlNarrowMax * W], tb[kKlNarrowMax * W];
     int64_t off[W] = {};
-    row_offsets(a.ls, r0, nb, off);
-    gather_lanes(a.student, a.ls, off, nb, sb);
-    row_offsets(a.lt, r0, nb, off);
-    gather_lanes(a.teacher, a.lt, off, nb, tb);
+    load_block(a.student, a.ls, r0, nb, sb, off);
+    load_block(a.teacher, a.lt, r0, nb, tb, off);
     const LaneMax<T> ms = lane_max(sb, n, false), mt = lane_max(tb, n, false);
     LaneSum<T> sum_s, sum_t, sum_d;
     for (int64_t j = 0; j < n; ++j) {
@@ -588,8 +586,7 @@ void multi_margin_narrow(const MultiMarginArgs<S>& a) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kMarginNarrowMax * W];
     int64_t off[W] = {};
-    row_offsets(a.lx, r0, nb, off);
-    gather_lanes(a.x, a.lx, off, nb, xb);
+    load_block(a.x, a.lx, r0, nb, xb, off);
     alignas(64) T tgt[W], kv[W];
     alignas(64) double coef[W];
     bool bad[W];

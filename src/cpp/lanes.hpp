@@ -62,6 +62,13 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
     for (int64_t j = 0; j < n; ++j) buf[j * W + b] = buf[j * W];
 }
 
+// Row offsets and transposed elements of the block of rows r0 .. r0 + nb - 1.
+template <class S, class T = compute_t<S>>
+void load_block(const S* x, const Layout3& L, int64_t r0, int nb, T* buf, int64_t* off) {
+  row_offsets(L, r0, nb, off);
+  gather_lanes(x, L, off, nb, buf);
+}
+
 // Writes lanes b < nb of buf back as rows; lanes with fill[b] set get that value instead
 // (NaN rows, ignored rows).
 template <class S, class T = compute_t<S>>
@@ -145,6 +152,22 @@ template <class T> LaneMax<T> lane_max(const T* buf, int64_t n, bool with_first)
     r.m = vselect(x > r.m, x, r.m);  // (NaN never wins: the row is NaN anyway)
   }
   return r;
+}
+
+// Per-lane float64 sums of e_j = exp(x_j - m) over a transposed block; with skip_first the
+// row's first maximum (class mx.first, exactly 1) is left out (S' of logsumexp); with keep,
+// e_j replaces x_j in the buffer.
+template <class T>
+LaneSum<T> lane_exp_sums(T* buf, int64_t n, const LaneMax<T>& mx, bool skip_first, bool keep) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  LaneSum<T> s;
+  for (int64_t j = 0; j < n; ++j) {
+    const V e = vexp_capped(vload(buf + j * W) - mx.m);
+    s.add(skip_first ? vselect(mx.first == vset<T>(T(j)), vset<T>(0), e) : e);
+    if (keep) vstore(buf + j * W, e);
+  }
+  return s;
 }
 
 }  // namespace

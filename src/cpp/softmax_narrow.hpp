@@ -27,14 +27,9 @@ template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
-    row_offsets(a.lx, r0, nb, off);
-    gather_lanes(a.x, a.lx, off, nb, xb);
+    load_block(a.x, a.lx, r0, nb, xb, off);
     const LaneMax<T> mx = lane_max(xb, n, true);
-    LaneSum<T> s;
-    for (int64_t j = 0; j < n; ++j) {
-      const V e = vexp_capped(vload(xb + j * W) - mx.m);
-      s.add(vselect(mx.first == vset<T>(T(j)), vset<T>(0), e));
-    }
+    const LaneSum<T> s = lane_exp_sums(xb, n, mx, true, false);
     alignas(64) double sp[W], m64[W], out[W];
     s.store(sp);
     for (int b = 0; b < W; ++b) m64[b] = double(mx.m[b]);
@@ -66,19 +61,10 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
-    row_offsets(a.lx, r0, nb, off);
-    gather_lanes(a.x, a.lx, off, nb, xb);
+    load_block(a.x, a.lx, r0, nb, xb, off);
     const LaneMax<T> mx = lane_max(xb, n, log);
-    LaneSum<T> s;
-    for (int64_t j = 0; j < n; ++j) {
-      const V e = vexp_capped(vload(xb + j * W) - mx.m);
-      if (log) {
-        s.add(vselect(mx.first == vset<T>(T(j)), vset<T>(0), e));
-      } else {
-        s.add(e);
-        vstore(xb + j * W, e);  // (x_j is not needed again)
-      }
-    }
+    // log: S' without the first maximum; softmax: S, with e_j kept (x_j is not needed again)
+    const LaneSum<T> s = lane_exp_sums(xb, n, mx, log, !log);
     alignas(64) double sum[W];
     s.store(sum);
     alignas(64) T factor[W];
@@ -136,8 +122,7 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
-    row_offsets(a.lx, r0, nb, off);
-    gather_lanes(a.x, a.lx, off, nb, xb);
+    load_block(a.x, a.lx, r0, nb, xb, off);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding.
     alignas(64) T tgt[W];
     alignas(64) double ign64[W], inv64[W];  // 1.0: an ignore_index row / an invalid target

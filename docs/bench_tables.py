@@ -176,20 +176,18 @@ def _sweep_versions(data: dict) -> dict:
 
 def class_sweep_table(data: dict, case: str = "loss+grad") -> str:
     """``fastloss bench --sweep --json`` output as one table: median ms of ``case`` per class
-    count for every library, and fastloss's ratio to the bandwidth floor."""
+    count for every library. (The ratios to the bandwidth floor stay in the command's own
+    table: a floor measured next to a loaded run can be too low to compare against.)"""
     info = data["info"]
     names = _sweep_versions(data)
     libs = [lib for lib in ("fastloss", "torch", "jax", "numpy") if lib in names]
     label = {"fastloss": "fastloss", "torch": "PyTorch", "jax": "JAX", "numpy": "NumPy"}
     header = ["classes"] + [label[lib] + ("" if lib == "fastloss" else " " + names[lib]
                                           .split(" ", 1)[1].replace(" (jit)", ""))
-                            for lib in libs] + ["fastloss x floor"]
+                            for lib in libs]
     rows = []
     for c in info["classes"]:
-        floor = next((r["floor_ratio"] for r in data["results"] if r["classes"] == c
-                      and r["case"] == case and r["library"] == "fastloss"), None)
-        rows.append([f"{c:,}"] + [_ms(_sweep_median(data, c, case, lib)) for lib in libs]
-                    + ["-" if floor is None else f"{floor:.1f}"])
+        rows.append([f"{c:,}"] + [_ms(_sweep_median(data, c, case, lib)) for lib in libs])
     return _table(header, rows, "r" * len(header))
 
 
@@ -208,10 +206,7 @@ def sweep_page(data: dict) -> str:
     info = data["info"]
     return "\n".join([
         f"{info['elements']:,} {info['dtype']} logits at every class count, "
-        f"{info['threads']} threads of an {info['processor']} ({info['isa']}); "
-        f"floor: read {info['read_gbps']:.1f} GB/s, read and write "
-        f"{info['read_write_gbps']:.1f} GB/s (bytes moved: the logits and the int64 targets "
-        "read, and the gradient written).", "",
+        f"{info['threads']} threads of an {info['processor']} ({info['isa']}).", "",
         "Loss, median ms:", "", class_sweep_table(data, "loss"), "",
         "Loss and gradient, median ms:", "", class_sweep_table(data, "loss+grad"), ""])
 

@@ -21,7 +21,6 @@ constexpr int64_t kNarrowMaxSoftmax = 100;  // logsumexp, softmax, log_softmax
 // ---------------------------------------------------------------------------------------------
 template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
-  using V = vec_t<T>;
   constexpr int W = vec_width<T>, WD = vec_width<double>;
   const int64_t n = a.lx.n1;
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {

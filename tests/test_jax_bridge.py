@@ -142,6 +142,14 @@ def test_bfloat16_logits():
     _close(g, ref_g, rtol=1e-2, atol=1e-4)
 
 
+def test_large_gradient_in_page_memory():
+    """A gradient above 4 MB goes to an mmap-backed buffer (see fastloss.jax._page_buffer)."""
+    x, y = _normal(37, (40, 30000)), _labels(38, (40,), 30000)
+    assert x.size * 4 > 1 << 22
+    g = jax.grad(lambda x: flj.cross_entropy(x, y, reduction="sum"))(x)
+    _close(g, jax.jit(jax.grad(lambda x: _optax_ce(x, y, reduction="sum")))(x))
+
+
 # --- pointwise --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, ref", [

@@ -1091,3 +1091,108 @@ def test_unaligned_targets_weights_and_logits(rng):
     assert fl.cross_entropy(_unaligned(x), _unaligned(t), weight=_unaligned(w)) == want
     assert fl.nll_loss(_unaligned(x), _unaligned(t)) == fl.nll_loss(x, t)
     assert fl.multi_margin_loss(_unaligned(x), _unaligned(t)) == fl.multi_margin_loss(x, t)
+
+
+# --- return_lse and return_token_accuracy (issue 15): statistics from the same pass ---------
+# Both kernels (rows in SIMD lanes up to 256 classes, the row kernel above) on every ISA, against
+# scipy-style logsumexp and np.argmax in float64 (fastloss.reference).
+STAT_CLASSES = [1, 2, 7, 16, 100, 256, 257, 1000, 5000]
+
+
+def _stat_batch(rng, rows, C, dtype):
+    x = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
+    t = rng.integers(0, C, rows)
+    t[::5] = -100
+    if C > 1:
+        x[1] = x[1, 0]  # a tie everywhere: the first class is np.argmax's answer
+        t[1] = 0
+        x[2] = x[2, 0]
+        t[2] = C - 1  # the last of a tie is not
+        x[3, C // 2] = np.nan  # NaN counts as the maximum, its first occurrence
+        t[3] = C // 2
+        x[4, :] = -np.inf  # all masked: argmax 0, lse -inf
+        t[4] = 0
+        x[6, t[6]] = np.inf
+        x[7, 0] = 3e4 if dtype == np.float16 else 1e30  # far above the rest
+    return x, t
+
+
+@pytest.mark.parametrize("C", STAT_CLASSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_lse_and_token_accuracy_match_reference(rng, C, dtype):
+    x, t = _stat_batch(rng, 41, C, dtype)
+    for kw in ({}, {"softcap": 20.0}, {"label_smoothing": 0.1, "z_loss": 1e-3},
+               {"weight": rng.random(C) + 0.5}):
+        with np.errstate(over="ignore"):  # (z-loss of lse = 1e30 overflows float32: inf)
+            r = fl.cross_entropy(x, t, reduction="none", return_lse=True,
+                                 return_token_accuracy=True, **kw)
+        assert isinstance(r, fl.CrossEntropyResult) and r.grad is None
+        want_lse = ref.cross_entropy_lse(x, softcap=kw.get("softcap"))
+        assert r.lse.shape == t.shape and r.lse.dtype == r.loss.dtype
+        rtol = 1e-13 if dtype == np.float64 else 2e-6
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(r.lse, want_lse, rtol=rtol, atol=rtol)
+        np.testing.assert_array_equal(r.token_accuracy, ref.token_accuracy(x, t, reduction="none"))
+        # the loss and gradient do not change when the statistics are asked for
+        loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+        r = fl.cross_entropy(x, t, reduction="none", return_grad=True, return_lse=True, **kw)
+        np.testing.assert_array_equal(r.loss, loss)
+        np.testing.assert_array_equal(r.grad, grad)
+
+
+@pytest.mark.parametrize("C", [3, 300])
+def test_token_accuracy_reductions_and_normalizer(rng, C):
+    x, t = _stat_batch(rng, 50, C, np.float32)
+    hits = ref.token_accuracy(x, t, reduction="none")
+    counted = np.count_nonzero(t != -100)
+    mean = fl.cross_entropy(x, t, return_token_accuracy=True).token_accuracy
+    assert mean == np.float32(hits.sum() / counted) and mean.dtype == np.float32
+    assert fl.cross_entropy(x, t, reduction="sum", return_token_accuracy=True).token_accuracy == hits.sum()
+    # the normalizer divides the loss, not the accuracy; class weights do not weight it either
+    r = fl.cross_entropy(x, t, normalizer=1000.0, weight=np.full(C, 3.0), return_token_accuracy=True)
+    assert r.token_accuracy == mean
+    # every row ignored: no rows to count
+    assert np.isnan(fl.cross_entropy(x, np.full(50, -100), return_token_accuracy=True).token_accuracy)
+
+
+def test_lse_and_accuracy_by_hand():
+    x = np.array([[0.0, 0.0, np.log(2.0)], [3.0, 1.0, 3.0], [1000.0, -1000.0, 0.0]])
+    r = fl.cross_entropy(x, [2, 2, 0], reduction="none", return_lse=True,
+                         return_token_accuracy=True, return_grad=True)
+    np.testing.assert_allclose(r.lse, [np.log(4.0), 3.0 + np.log(2.0 + np.exp(-2.0)), 1000.0],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(r.token_accuracy, [1.0, 0.0, 1.0])  # a tie goes to class 0
+    assert r.grad.shape == x.shape
+    # the rows of an (N, C, H, W) batch with the class axis 1, strided
+    seg = np.moveaxis(np.stack([x, x + 1.0]), 2, 1).reshape(2, 3, 3, 1)
+    r = fl.cross_entropy(seg, np.array([[[2], [2], [0]]] * 2), axis=1, reduction="none",
+                         return_lse=True, return_token_accuracy=True)
+    assert r.lse.shape == (2, 3, 1)
+    np.testing.assert_allclose(r.lse[0, :, 0], [np.log(4.0), 3.0 + np.log(2.0 + np.exp(-2.0)), 1000.0])
+    np.testing.assert_allclose(r.lse[1, :, 0], r.lse[0, :, 0] + 1.0)
+
+
+def test_lse_with_probability_targets_and_errors(rng):
+    x = rng.normal(size=(6, 40))
+    y = rng.dirichlet(np.ones(40), 6)
+    r = fl.cross_entropy(x, y, return_lse=True, softcap=2.0)
+    np.testing.assert_allclose(r.lse, ref.cross_entropy_lse(x, softcap=2.0), rtol=1e-13)
+    assert r.token_accuracy is None and r.grad is None
+    with pytest.raises(ValueError, match="return_token_accuracy needs class-index targets"):
+        fl.cross_entropy(x, y, return_token_accuracy=True)
+    with pytest.raises(TypeError, match="return_lse"):
+        fl.cross_entropy(x, [0] * 6, return_lse="yes")
+    with pytest.raises(TypeError, match="return_token_accuracy"):
+        fl.cross_entropy(x, [0] * 6, return_token_accuracy=1)
+
+
+def test_statistics_identical_across_threads(rng, restore_threads):
+    for C in (10, 3000):
+        x, t = _stat_batch(rng, 300, C, np.float32)
+        out = []
+        for n in (1, 2):
+            fl.set_num_threads(n)
+            out.append(fl.cross_entropy(x, t, reduction="none", return_lse=True,
+                                        return_token_accuracy=True))
+        np.testing.assert_array_equal(out[0].lse, out[1].lse)
+        np.testing.assert_array_equal(out[0].token_accuracy, out[1].token_accuracy)

@@ -22,6 +22,7 @@ from .binary import (
     sigmoid_focal_loss,
 )
 from .classification import (
+    CrossEntropyResult,
     bits_per_byte,
     cross_entropy,
     nll_loss,
@@ -63,6 +64,7 @@ __all__ = [
     "clip_loss",
     "contrastive_loss",
     "cross_entropy",
+    "CrossEntropyResult",
     "eval_file",
     "ctc_loss",
     "gaussian_kl",

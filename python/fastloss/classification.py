@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,7 +21,18 @@ from ._validation import (
     reduce_rows,
 )
 
-__all__ = ["cross_entropy", "nll_loss", "softmax_focal_loss", "perplexity", "bits_per_byte"]
+__all__ = ["cross_entropy", "CrossEntropyResult", "nll_loss", "softmax_focal_loss", "perplexity",
+           "bits_per_byte"]
+
+
+class CrossEntropyResult(NamedTuple):
+    """What :func:`cross_entropy` returns when ``return_lse`` or ``return_token_accuracy`` is
+    set; the fields not asked for are None."""
+
+    loss: Any
+    grad: Any
+    lse: Any
+    token_accuracy: Any
 
 
 def _class_input(x: Any, name: str, axis: Any):
@@ -54,6 +65,8 @@ def cross_entropy(
     normalizer: Any = None,
     return_grad: bool = False,
     grad_out: Any = None,
+    return_lse: bool = False,
+    return_token_accuracy: bool = False,
 ):
     """Softmax cross-entropy between ``logits`` and ``target``, optionally with its gradient.
 
@@ -106,11 +119,27 @@ def cross_entropy(
         Where to write the gradient: the logits' shape and dtype, writable. It may be
         ``logits`` itself (in place, no extra memory). Requires ``return_grad=True``. On an
         argument error nothing is written; it is written only once every check has passed.
+    return_lse : bool
+        Also return each row's log-sum-exp ``lse = log sum_j exp(x_j)`` (of the capped logits
+        with ``softcap``), from the same pass: an array of the target's shape in the loss
+        dtype, whatever the reduction, ignored rows included (so ``log_softmax = x - lse``
+        can be rebuilt, or the z-loss term logged). scipy's conventions for non-finite rows.
+    return_token_accuracy : bool
+        Also return the token accuracy from the same pass: whether ``argmax`` of a row equals
+        its target, NumPy's ``argmax`` (the first maximum; a NaN counts as the largest, as in
+        PyTorch), of the logits as given (before ``softcap``). With ``"mean"`` the fraction
+        of the rows not ignored (NaN when there are none), with ``"sum"`` their number, with
+        ``"none"`` 1 or 0 per row (0 for ignored rows); unweighted by ``weight``, and not
+        divided by ``normalizer``. As Liger-Kernel's ``return_token_accuracy``. Needs class
+        index targets.
 
     Returns
     -------
     loss : NumPy scalar (``"mean"``, ``"sum"``) or ndarray (``"none"``)
     grad : ndarray, only with ``return_grad``
+    result : CrossEntropyResult, instead of the above when ``return_lse`` or
+        ``return_token_accuracy`` is set: the named tuple ``(loss, grad, lse,
+        token_accuracy)``, with None for what was not asked for.
 
     Notes
     -----
@@ -134,6 +163,9 @@ def cross_entropy(
     >>> loss, grad = fl.cross_entropy(logits, [0, 1], return_grad=True)
     >>> round(float(loss), 6)
     0.31854
+    >>> r = fl.cross_entropy(logits, [0, 2], return_lse=True, return_token_accuracy=True)
+    >>> r.lse.round(4), float(r.token_accuracy)
+    (array([2.417 , 2.7082]), 0.5)
     """
     if (type(logits) is np.ndarray and type(target) is np.ndarray and weight is None
             and softcap is None and normalizer is None and return_grad is False
@@ -141,7 +173,8 @@ def cross_entropy(
             and type(reduction) is str and reduction in _SMALL_REDUCTIONS
             and type(ignore_index) is int and type(axis) is int and axis in (-1, 1)
             and type(label_smoothing) is float and label_smoothing == 0.0
-            and type(z_loss) is float and z_loss == 0.0):
+            and type(z_loss) is float and z_loss == 0.0
+            and return_lse is False and return_token_accuracy is False):
         # The common small call, checked and reduced in one call into the core (None: the
         # general path below, which also raises every user-facing error).
         r = _core.cross_entropy_small(logits, target, ignore_index, reduction == "mean")
@@ -149,7 +182,8 @@ def cross_entropy(
             return logits.dtype.type(r)
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, return_grad, grad_out,
-                          normalizer=normalizer)
+                          normalizer=normalizer, return_lse=return_lse,
+                          return_token_accuracy=return_token_accuracy)
 
 
 _SMALL_REDUCTIONS = ("mean", "sum")
@@ -194,7 +228,8 @@ def _check_normalizer(normalizer: Any, reduction: str) -> Any:
 
 
 def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_smoothing,
-                   z_loss, softcap, return_grad, grad_out, focal_gamma=None, normalizer=None):
+                   z_loss, softcap, return_grad, grad_out, focal_gamma=None, normalizer=None,
+                   return_lse=False, return_token_accuracy=False):
     """cross_entropy, and softmax_focal_loss (``focal_gamma`` set, ``weight`` = alpha)."""
     focal = focal_gamma is not None
     x, ax = _class_input(logits, "logits", axis)
@@ -204,6 +239,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     ignore_index = check_int(ignore_index, "ignore_index")
     want_grad = _check_return_grad(return_grad, grad_out)
+    want_lse = _check_flag(return_lse, "return_lse")
+    want_acc = _check_flag(return_token_accuracy, "return_token_accuracy")
     arr = x.array
     n_classes = arr.shape[ax]
     w = class_weight(weight, n_classes, x.compute_dtype)
@@ -226,6 +263,9 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
                 f"and must have the logits' shape {arr.shape}, got {t.shape}; class indices "
                 "must have an integer dtype"
             )
+        if want_acc:
+            raise ValueError("return_token_accuracy needs class-index targets (an integer "
+                             "target); with probability targets compare np.argmax of both")
         probs3 = as3d(np.asarray(t, dtype=x.compute_dtype), ax)
         out_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
         denom = float(math.prod(out_shape))
@@ -235,17 +275,43 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         raise TypeError(f"target has unsupported dtype {t.dtype}; use integer class indices "
                         "or float class probabilities")
 
+    acc_reduction = reduction  # (the token accuracy ignores the normalizer)
     if normalizer is not None:  # sum / normalizer, whichever of "mean" and "sum"
         reduction, denom = "mean", normalizer
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,) if probs3 is None else (x3, probs3)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0
-    per_row = np.empty(x3.shape[0] * x3.shape[2], dtype=np.float64)
+    n_rows = x3.shape[0] * x3.shape[2]
+    per_row = np.empty(n_rows, dtype=np.float64)
+    lse = np.empty(n_rows, dtype=np.float64) if want_lse else None
+    correct = np.empty(n_rows, dtype=np.uint8) if want_acc else None
     _core.cross_entropy(x3, target_flat, probs3, w, ignore_index, eps, scale, per_row,
                         grad.core if grad else None, z, cap, focal,
-                        float(focal_gamma) if focal else 0.0)
+                        float(focal_gamma) if focal else 0.0, lse, correct)
     loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
-    return (loss, grad.result()) if want_grad else loss
+    g = grad.result() if want_grad else None
+    if not (want_lse or want_acc):
+        return (loss, g) if want_grad else loss
+    acc = None
+    if want_acc:
+        dt = x.loss_dtype
+        if acc_reduction == "none":
+            acc = correct.reshape(out_shape).astype(dt)
+        else:
+            hits = int(np.count_nonzero(correct))
+            if acc_reduction == "sum":
+                acc = dt.type(hits)
+            else:
+                counted = int(np.count_nonzero(ct.valid))
+                acc = dt.type(hits / counted if counted else math.nan)
+    lse_out = lse.reshape(out_shape).astype(x.loss_dtype, copy=False) if want_lse else None
+    return CrossEntropyResult(loss, g, lse_out, acc)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def nll_loss(

@@ -190,6 +190,30 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100, reduc
     return loss, _unrows(grad * scale, logits.shape, axis)
 
 
+def cross_entropy_lse(logits, axis=-1, softcap=None):
+    """cross_entropy's return_lse: per-row logsumexp of the (capped) logits, float64."""
+    x = _f64(logits) if softcap is None else _softcap(_f64(logits), softcap)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.max(x, axis=axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        out = np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+    return out
+
+
+def token_accuracy(logits, target, axis=-1, ignore_index=-100, reduction="mean"):
+    """cross_entropy's return_token_accuracy: [argmax_j x_j == t] per row (np.argmax: the
+    first maximum, NaN the largest); 0 for rows with t == ignore_index. "mean": the fraction
+    of rows not ignored (NaN if none); "sum": their number; "none": per row, float64."""
+    t = np.asarray(target)
+    hit = (np.argmax(_f64(logits), axis=axis) == t) & (t != ignore_index)
+    if reduction == "none":
+        return hit.astype(np.float64)
+    if reduction == "sum":
+        return float(hit.sum())
+    n = int(np.count_nonzero(t != ignore_index))
+    return hit.sum() / n if n else float("nan")
+
+
 def nll_loss(log_probs, target, axis=-1, weight=None, ignore_index=-100, reduction="mean",
              return_grad=False):
     """PyTorch's nll_loss, float64: l = -w_t * log_probs[t]; dl/dx = -w_t onehot(t)."""

@@ -101,7 +101,8 @@ void softmax_py(const py::array& x, py::array out, bool log) {
 void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray& probs,
                       const OptArray& weight, int64_t ignore_index, double label_smoothing,
                       double grad_scale, py::array loss, OptArray grad, double z_loss,
-                      double softcap, bool focal, double focal_gamma) {
+                      double softcap, bool focal, double focal_gamma, OptArray lse,
+                      OptArray correct) {
   by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     using T = compute_t<S>;
@@ -128,6 +129,15 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
     if (grad) {
       a.lg = layout3<S>(*grad, "grad");
       a.grad = mutable_ptr<S>(*grad);
+    }
+    if (lse) {
+      vector_ptr<double>(lse, rows, "lse");
+      a.lse = mutable_ptr<double>(*lse);
+    }
+    if (correct) {
+      if (!a.target) throw std::invalid_argument("_core: correct needs index targets");
+      vector_ptr<uint8_t>(correct, rows, "correct");
+      a.correct = mutable_ptr<uint8_t>(*correct);
     }
     py::gil_scoped_release nogil;
     fastloss::cross_entropy(a);
@@ -545,7 +555,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy_py, py::arg("logits"), py::arg("target"), py::arg("probs"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("z_loss") = 0.0,
-        py::arg("softcap") = 0.0, py::arg("focal") = false, py::arg("focal_gamma") = 0.0);
+        py::arg("softcap") = 0.0, py::arg("focal") = false, py::arg("focal_gamma") = 0.0,
+        py::arg("lse") = py::none(), py::arg("correct") = py::none());
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Small-call fast paths (see there): the reduced loss as a float, or None.

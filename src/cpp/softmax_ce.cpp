@@ -373,6 +373,30 @@ void row_grad_kept(const ExpRow<T>& er, int64_t n, double m, double a, T d,
 }
 
 
+// Token accuracy: is t NumPy's argmax of x[0:n), the first maximum (a NaN counting as the
+// largest value, as np.argmax and torch.argmax have it)? has_nan: the row holds a NaN. Two
+// vector max passes over the row, which the loss pass has just brought into cache.
+template <class S> bool argmax_is(const S* x, int64_t n, int64_t t, bool has_nan) {
+  const auto xt = to_compute(x[t]);
+  if (has_nan) {
+    if (xt == xt) return false;
+    for (int64_t j = 0; j < t; ++j)
+      if (std::isnan(to_compute(x[j]))) return false;
+    return true;
+  }
+  if (t > 0 && !(xt > row_max(x, t))) return false;  // strictly above every earlier entry
+  return !(row_max(x + t + 1, n - t - 1) > xt);      // and not below a later one
+}
+
+// logsumexp of a row as the loss kernels see it (return_lse of an ignored row): m + log S, with
+// scipy's non-finite cases (NaN: NaN; +inf: +inf; all -inf: -inf).
+template <class S> double row_lse(const S* x, int64_t n) {
+  const RowStats st = range_stats<S, Coef::kNone>(x, 0, n, {});
+  if (st.nan) return kNaN;
+  if (!std::isfinite(st.m)) return st.m;
+  return st.m + std::log(st.s);
+}
+
 #include "softmax_narrow.hpp"
 
 // ---------------------------------------------------------------------------------------------
@@ -501,7 +525,7 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
   const bool focal = a.focal;
   const double z = a.z_loss, gamma = a.focal_gamma;
   // One row: x is the logits row (or its capped copy, R = T); dcap != nullptr: softcap chain.
-  auto row = [&](auto tag_ptr, int64_t r, T* dcap) {
+  auto row = [&](auto tag_ptr, int64_t r, T* dcap, const S* raw) {
     using R = std::remove_cv_t<std::remove_pointer_t<decltype(tag_ptr)>>;
     const R* x = tag_ptr;
     const int64_t t = a.target[r];
@@ -512,7 +536,11 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     const RowStats excl = range_stats<R, C>(x, t + 1, V, coef, before, &er);
     const double xt = to_compute(x[t]);
     const double md = excl.m > xt ? excl.m : xt;
-    if (excl.nan || std::isnan(xt) || !std::isfinite(md)) {
+    const bool has_nan = excl.nan || std::isnan(xt);
+    // (argmax of the logits as given: soft-capping can tie what it saturates)
+    if (a.correct) a.correct[r] = argmax_is(raw, V, t, has_nan);
+    if (has_nan || !std::isfinite(md)) {
+      if (a.lse) a.lse[r] = has_nan ? kNaN : md;
       a.loss[r] = kNaN;
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return;
@@ -542,8 +570,9 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
       loss = w_t * mod * ce;
       p_scale = t_coef = g * w_t * (mod + dmod);
     }
+    const double lse = md + log_sum;
+    if (a.lse) a.lse[r] = lse;
     if (z != 0) {  // z-loss: w_t z lse^2, gradient w_t 2 z lse p_j
-      const double lse = md + log_sum;
       loss += w_t * z * lse * lse;
       p_scale += g * w_t * 2.0 * z * lse;
     }
@@ -571,14 +600,20 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
       a.loss[r] = ignored ? 0.0 : kNaN;
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
+      if (a.correct) a.correct[r] = 0;
+      if (a.lse) {  // an ignored row still has its log-sum-exp
+        const S* xs = read_row(a.x, a.lx, r, kSlotX);
+        a.lse[r] = a.softcap > 0 ? row_lse(softcap_row(xs, V, a.softcap, static_cast<T*>(nullptr)), V)
+                                 : row_lse(xs, V);
+      }
       return;
     }
     const S* xs = read_row(a.x, a.lx, r, kSlotX);
     if (a.softcap > 0) {
       T* dcap = a.grad ? scratch_row<T>(kSlotCapD, V) : nullptr;
-      row(static_cast<const T*>(softcap_row(xs, V, a.softcap, dcap)), r, dcap);
+      row(static_cast<const T*>(softcap_row(xs, V, a.softcap, dcap)), r, dcap, xs);
     } else {
-      row(xs, r, static_cast<T*>(nullptr));
+      row(xs, r, static_cast<T*>(nullptr), xs);
     }
   });
 }
@@ -607,6 +642,7 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
       using R = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
       ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
       const RowStats st = range_stats<R, C>(x, 0, V, coef, {}, &er);
+      if (a.lse) a.lse[r] = st.nan ? kNaN : std::isfinite(st.m) ? st.m + std::log(st.s) : st.m;
       if (!st.nan && st.m == -kInf<double> && st.c == 0 && st.cd == 0 && z == 0) {
         // Logits all -inf and no target mass: every term is 0 log 0 = 0, so the loss is 0
         // for any logits, and so is its gradient (p is 0/0 here).

@@ -135,8 +135,22 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       tgt[b] = ignored[b] ? T(-1) : T(t);
     }
     const V tv = vload(tgt);
-    const LaneMax<T> mx = lane_max(xb, n, false);
+    const LaneMax<T> mx = lane_max(xb, n, a.correct != nullptr);
     const V m = mx.m;
+    if (a.correct) {  // token accuracy: NumPy's argmax (first maximum; a NaN is the largest)
+      alignas(64) T first[W], nan_seen[W];
+      vstore(first, mx.first);
+      vstore(nan_seen, mx.nan_seen);
+      for (int b = 0; b < nb; ++b) {
+        bool ok = !ignored[b] && first[b] == tgt[b];
+        if (!ignored[b] && nan_seen[b] != nan_seen[b]) {  // the first NaN is the argmax
+          int64_t k = 0;
+          while (xb[k * W + b] == xb[k * W + b]) ++k;
+          ok = k == int64_t(tgt[b]);
+        }
+        a.correct[r0 + b] = ok;
+      }
+    }
     LaneSum<T> se, scd;
     V xt = vset<T>(0);
     for (int64_t j = 0; j < n; ++j) {
@@ -217,6 +231,13 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       vstore(out + k, vselect(ign != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, vload(loss + k))));
     }
     for (int b = 0; b < nb; ++b) a.loss[r0 + b] = out[b];
+    if (a.lse) {  // m + log S (an ignored row's S' holds every class: S = S')
+      for (int b = 0; b < nb; ++b)
+        a.lse[r0 + b] = nan64[b] != nan64[b]     ? kNaN
+                        : !std::isfinite(m64[b]) ? m64[b]
+                        : ignored[b]             ? m64[b] + std::log(sp[b])
+                                                 : m64[b] + ls[b];
+    }
     if (!grad) return;
     bool fill_row[W];
     T fill[W];

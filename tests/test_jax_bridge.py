@@ -281,3 +281,26 @@ def test_optax_training_loop_matches():
     ref = train(lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean())
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     assert ref[-1] < ref[0] - 0.1
+
+
+# --- return_lse / return_token_accuracy (issue 15) --------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_statistics(reduction):
+    x = _normal(0, (12, 10), scale=3.0)
+    y = _labels(1, (12,), 10, ignore_some=True)
+    fn = jax.jit(lambda a: flj.cross_entropy(a, y, reduction=reduction, return_lse=True,
+                                             return_token_accuracy=True))
+    r = fn(x)
+    assert r.grad is None
+    _close(r.lse, jax.nn.logsumexp(x, axis=-1))
+    hit = (jnp.argmax(x, -1) == y) & (y != -100)
+    want = {"none": hit, "sum": hit.sum(), "mean": hit.sum() / (y != -100).sum()}[reduction]
+    _close(r.token_accuracy, want)
+    _close(r.loss, flj.cross_entropy(x, y, reduction=reduction))
+    # only the loss is differentiated; the statistics ride along
+    g = jax.grad(lambda a: flj.cross_entropy(a, y, reduction="sum", return_lse=True).loss)(x)
+    _close(g, jax.grad(lambda a: flj.cross_entropy(a, y, reduction="sum"))(x))
+    acc = jax.vmap(lambda a: flj.cross_entropy(a, y, reduction=reduction,
+                                               return_token_accuracy=True).token_accuracy)
+    _close(acc(jnp.stack([x, -x]))[0], want)

@@ -596,7 +596,9 @@ def test_torch_export_records_the_fastloss_ops():
 
 @pytest.mark.parametrize("op, args", [
     ("cross_entropy", lambda: (_randn(4, 6), _classes((4,), 6), None, -100, "none", 0.1, 0.0,
-                               None, None, True)),
+                               None, None, False, False, True)),
+    ("cross_entropy", lambda: (_randn(4, 6), _classes((4,), 6), None, -100, "mean", 0.0, 0.0,
+                               2.0, None, True, True, True)),
     ("triplet_margin_loss", lambda: (_randn(4, 3), _randn(4, 3, seed=2), _randn(4, 3, seed=3),
                                      1.0, 2.0, 1e-6, False, "mean", True)),
     ("linear_cross_entropy", lambda: (_randn(4, 3), _randn(6, 3, seed=2), _classes((4,), 6),
@@ -684,3 +686,35 @@ def test_tiny_causal_lm_training_matches_torch():
         np.testing.assert_allclose(runs[kind], runs["torch"], rtol=1e-4, err_msg=kind)
     assert runs["torch"][-1] < runs["torch"][0] - 0.1
     assert math.isfinite(runs["torch"][-1])
+
+
+# --- return_lse / return_token_accuracy (issue 15) --------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_statistics(reduction):
+    x = _randn(4, 9, 3, scale=3.0).requires_grad_()  # (N, C, d1): class dim 1
+    t = _classes((4, 3), 9, ignore_some=True)
+    r = flt.cross_entropy(x, t, reduction=reduction, return_lse=True,
+                          return_token_accuracy=True)
+    assert r.grad is None
+    lse = torch.logsumexp(x.detach(), dim=1)
+    torch.testing.assert_close(r.lse, lse, rtol=1e-13, atol=1e-13)
+    hit = ((x.detach().argmax(dim=1) == t) & (t != -100)).double()
+    want = {"none": hit, "sum": hit.sum(), "mean": hit.sum() / (t != -100).sum()}[reduction]
+    torch.testing.assert_close(r.token_accuracy, want)
+    assert not r.lse.requires_grad and not r.token_accuracy.requires_grad
+    ref = F.cross_entropy(x, t, reduction=reduction)
+    torch.testing.assert_close(r.loss, ref)
+    (g,) = torch.autograd.grad(r.loss.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_cross_entropy_statistics_compile():
+    x, t = _randn(6, 5, scale=2.0), _classes((6,), 5)
+    fn = torch.compile(lambda a, b: flt.cross_entropy(a, b, return_lse=True,
+                                                      return_token_accuracy=True),
+                       fullgraph=True, backend="eager")
+    r = fn(x, t)
+    torch.testing.assert_close(r.lse, torch.logsumexp(x, 1))
+    torch.testing.assert_close(r.token_accuracy, (x.argmax(1) == t).double().mean())

@@ -142,16 +142,18 @@ def scaled(grad: Tensor, grad_output: Tensor) -> Tensor:
     return grad if unit_grad_output(grad_output) else (grad * grad_output).to(grad.dtype)
 
 
-def _register_autograd(op, grad_inputs: tuple, row_dims: Callable[[tuple], tuple]) -> None:
+def _register_autograd(op, grad_inputs: tuple, row_dims: Callable[[tuple], tuple],
+                       n_extra: int = 0) -> None:
     """Backward of an operator returning ``(loss, *grads)``, ``grads[k]`` the gradient with
     respect to input ``grad_inputs[k]``; ``row_dims(inputs)`` gives, for
     ``reduction="none"``, the dimensions to insert into ``grad_output`` (the loss's shape) so
     that it broadcasts against the gradients (each element's gradient depends on its own
-    loss only, so scaling it by that loss's ``grad_output`` is exact)."""
+    loss only, so scaling it by that loss's ``grad_output`` is exact). ``n_extra``: outputs
+    after the gradients that are statistics, not differentiable."""
 
     def setup_context(ctx, inputs, output):
-        grads = output[1:]
-        ctx.mark_non_differentiable(*grads)
+        grads = output[1:len(output) - n_extra]
+        ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(*grads)
         ctx.n_inputs = len(inputs)
         ctx.had_grad = inputs[-1]  # every operator's last argument is need_grad
@@ -186,15 +188,22 @@ def _class_axis(input: Tensor) -> int:
 @torch.library.custom_op(f"{_LIB}::cross_entropy", mutates_args=())
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
                   reduction: str, label_smoothing: float, z_loss: float,
-                  softcap: Optional[float], normalizer: Optional[float],
-                  need_grad: bool) -> tuple[Tensor, Tensor]:
+                  softcap: Optional[float], normalizer: Optional[float], return_lse: bool,
+                  return_token_accuracy: bool,
+                  need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad, lse, token_accuracy); what was not asked for is an empty placeholder."""
     g = _new_grad(input, need_grad)
     out = _classification.cross_entropy(
         to_numpy(input), to_numpy(target), axis=_class_axis(input), weight=_opt_numpy(weight),
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
         z_loss=z_loss, softcap=softcap, normalizer=normalizer, return_grad=need_grad,
-        grad_out=_opt_numpy(g))
-    return _loss_and_grad(out, g, input)
+        grad_out=_opt_numpy(g), return_lse=return_lse,
+        return_token_accuracy=return_token_accuracy)
+    if not (return_lse or return_token_accuracy):
+        return _loss_and_grad(out, g, input) + (_placeholder(input), _placeholder(input))
+    stats = tuple(_placeholder(input) if v is None else from_numpy(np.asarray(v))
+                  for v in (out.lse, out.token_accuracy))
+    return (from_numpy(np.asarray(out.loss)), g if need_grad else _placeholder(input)) + stats
 
 
 def _class_loss_shape(input: Tensor, target: Tensor, reduction: str) -> tuple:
@@ -207,9 +216,14 @@ def _class_loss_shape(input: Tensor, target: Tensor, reduction: str) -> tuple:
 
 @cross_entropy.register_fake
 def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-      normalizer, need_grad):
-    return _fake_results(_class_loss_shape(input, target, reduction), loss_dtype(input.dtype),
-                         need_grad, (input,))
+      normalizer, return_lse, return_token_accuracy, need_grad):
+    dtype = loss_dtype(input.dtype)
+    rows = _class_loss_shape(input, target, "none")
+    lse = input.new_empty(rows, dtype=dtype) if return_lse else _placeholder(input)
+    acc = (input.new_empty(_reduced_shape(reduction, rows), dtype=dtype)
+           if return_token_accuracy else _placeholder(input))
+    return _fake_results(_class_loss_shape(input, target, reduction), dtype, need_grad,
+                         (input,)) + (lse, acc)
 
 
 def _class_dims(reduction_index: int) -> Callable[[tuple], tuple]:
@@ -219,7 +233,7 @@ def _class_dims(reduction_index: int) -> Callable[[tuple], tuple]:
     return dims
 
 
-_register_autograd(cross_entropy, (0,), _class_dims(4))
+_register_autograd(cross_entropy, (0,), _class_dims(4), n_extra=2)
 
 
 @torch.library.custom_op(f"{_LIB}::cross_entropy_inplace", mutates_args=("input",))

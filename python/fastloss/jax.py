@@ -71,6 +71,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without jax
 
 from . import binary as _binary
 from . import classification as _classification
+from .classification import CrossEntropyResult
 from . import distributions as _distributions
 from . import regression as _regression
 from . import scale as _scale
@@ -98,6 +99,9 @@ class _Spec(NamedTuple):
     row_axes: tuple  # reduction "none": where the cotangent gets axes to meet the gradient
     per_row: bool  # reduction "none": rows are independent, a vmap batch is more rows
     grad_out: bool = True  # the fastloss function takes grad_out (one gradient)
+    # Statistics returned beside the loss, not differentiable: ((shape, dtype), ...); run then
+    # returns (its usual result, tuple of the statistics).
+    extras: tuple = ()
 
 
 def _loss_dtype(*dtypes: Any) -> np.dtype:
@@ -140,12 +144,17 @@ def _host(spec: _Spec, want_grad: bool, grad_dtypes: tuple) -> Callable:
         if want_grad and spec.grad_out:
             extra["grad_out"] = _page_buffer(arrays[spec.diff[0]].shape, grad_dtypes[0])
         out = spec.run(*arrays, want_grad, **extra)
+        if spec.extras:
+            out, stats = out
+            stats = tuple(np.asarray(v, dt) for v, (_, dt) in zip(stats, spec.extras))
         if not want_grad:
-            return np.asarray(out, spec.loss_dtype)
-        loss, grads = out
-        grads = grads if isinstance(grads, tuple) else (grads,)
-        return (np.asarray(loss, spec.loss_dtype),
-                tuple(np.asarray(g, dt) for g, dt in zip(grads, grad_dtypes)))
+            result = np.asarray(out, spec.loss_dtype)
+        else:
+            loss, grads = out
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            result = (np.asarray(loss, spec.loss_dtype),
+                      tuple(np.asarray(g, dt) for g, dt in zip(grads, grad_dtypes)))
+        return (result, stats) if spec.extras else result
     return call
 
 
@@ -153,9 +162,16 @@ def _callback(spec: _Spec, arrays: tuple, want_grad: bool):
     loss = jax.ShapeDtypeStruct(spec.loss_shape, spec.loss_dtype)
     grads = tuple(jax.ShapeDtypeStruct(arrays[i].shape, arrays[i].dtype) for i in spec.diff)
     result = (loss, grads) if want_grad else loss
-    return jax.pure_callback(_host(spec, want_grad, tuple(g.dtype for g in grads)), result,
-                             *arrays, vmap_method="broadcast_all" if spec.per_row
-                             else "sequential")
+    if spec.extras:
+        result = (result, tuple(jax.ShapeDtypeStruct(sh, dt) for sh, dt in spec.extras))
+    out = jax.pure_callback(_host(spec, want_grad, tuple(g.dtype for g in grads)), result,
+                            *arrays, vmap_method="broadcast_all" if spec.per_row
+                            else "sequential")
+    if not spec.extras:
+        return out
+    # with statistics, the primal output is (loss, statistics) and the residuals the gradients
+    (loss, grads), stats = out if want_grad else ((out[0], None), out[1])
+    return ((loss, stats), grads) if want_grad else (loss, stats)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -176,6 +192,8 @@ def _apply_fwd(spec: _Spec, *primals):
 
 def _apply_bwd(spec: _Spec, grads: tuple, cotangent):
     out = [None] * len(spec.arg_names)
+    if spec.extras:  # (the statistics' cotangents are dropped: they have no gradient)
+        cotangent = cotangent[0]
     if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
         return tuple(out)
     ct = cotangent
@@ -213,7 +231,8 @@ def _reduced(reduction: str, shape: tuple) -> tuple:
 def cross_entropy(logits: Any, labels: Any, *, axis: int = -1, ignore_index: int = -100,
                   label_smoothing: float = 0.0, z_loss: float = 0.0,
                   softcap: Optional[float] = None, normalizer: Optional[float] = None,
-                  reduction: str = "none") -> jax.Array:
+                  reduction: str = "none", return_lse: bool = False,
+                  return_token_accuracy: bool = False) -> Any:
     """Softmax cross-entropy (:func:`fastloss.cross_entropy`) of ``logits`` and ``labels``.
 
     ``labels``: integer class indices (``logits``' shape without ``axis``; as
@@ -225,6 +244,10 @@ def cross_entropy(logits: Any, labels: Any, *, axis: int = -1, ignore_index: int
     softcap)`` first) and ``normalizer`` (the summed loss divided by it, only with ``"mean"``
     or ``"sum"``) as :func:`fastloss.cross_entropy`. Differentiable with respect to
     ``logits``; 16-bit logits give float32 losses and a gradient in their own dtype.
+    ``return_lse`` / ``return_token_accuracy`` (each row's log-sum-exp; the fraction of rows
+    whose argmax is the label, as :func:`fastloss.cross_entropy`) make it return a
+    :class:`fastloss.CrossEntropyResult` ``(loss, None, lse, token_accuracy)``, computed in
+    the same call as the loss; only the loss is differentiable.
     """
     fn = "cross_entropy"
     x = _float(logits, "logits", fn)
@@ -237,17 +260,40 @@ def cross_entropy(logits: Any, labels: Any, *, axis: int = -1, ignore_index: int
     norm = _classification._check_normalizer(normalizer, reduction)
     rows = x.shape[:ax] + x.shape[ax + 1:]
     neg = ax - x.ndim  # (a negative axis stays right when vmap adds leading axes)
-    run = _runner(_run_cross_entropy, axis=neg, ignore_index=ignore_index,
+    stats = bool(return_lse) or bool(return_token_accuracy)
+    run = _runner(_run_cross_entropy_stats if stats else _run_cross_entropy,
+                  **({"want": (bool(return_lse), bool(return_token_accuracy))} if stats else {}),
+                  axis=neg, ignore_index=ignore_index,
                             label_smoothing=eps, z_loss=z, softcap=cap or None,
                             normalizer=norm, reduction=reduction)
-    spec = _Spec(fn, run, ("logits", "labels"), (0,), _reduced(reduction, rows),
-                 _loss_dtype(x.dtype), (neg,) if reduction == "none" else (),
-                 reduction == "none")
-    return _apply(spec, x, y)
+    want = (_classification._check_flag(return_lse, "return_lse"),
+            _classification._check_flag(return_token_accuracy, "return_token_accuracy"))
+    dtype = _loss_dtype(x.dtype)
+    extras = (((rows, dtype),) if want[0] else ()) + (
+        ((_reduced(reduction, rows), dtype),) if want[1] else ())
+    if want[1] and jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError("fastloss.jax.cross_entropy: return_token_accuracy needs integer "
+                         "labels (class indices)")
+    spec = _Spec(fn, run, ("logits", "labels"), (0,), _reduced(reduction, rows), dtype,
+                 (neg,) if reduction == "none" else (), reduction == "none", extras=extras)
+    if not extras:
+        return _apply(spec, x, y)
+    loss, stats = _apply(spec, x, y)
+    stats = list(stats)
+    lse = stats.pop(0) if want[0] else None
+    return CrossEntropyResult(loss, None, lse, stats.pop(0) if want[1] else None)
 
 
 def _run_cross_entropy(logits, labels, return_grad, **options):
     return _classification.cross_entropy(logits, labels, return_grad=return_grad, **options)
+
+
+def _run_cross_entropy_stats(logits, labels, return_grad, want=(False, False), **options):
+    r = _classification.cross_entropy(logits, labels, return_grad=return_grad,
+                                      return_lse=want[0], return_token_accuracy=want[1],
+                                      **options)
+    out = (r.loss, r.grad) if return_grad else r.loss
+    return out, tuple(v for v in (r.lse, r.token_accuracy) if v is not None)
 
 
 def _normalize_axis(axis: Any, ndim: int, fn: str) -> int:

@@ -79,6 +79,7 @@ from torch.nn import _reduction as _torch_reduction
 from torch.nn import functional as F
 
 from . import _torch_ops  # noqa: F401 (registers the torch.ops.fastloss operators)
+from .classification import CrossEntropyResult
 from ._validation import REDUCTIONS, check_reduction
 
 __all__ = [
@@ -182,7 +183,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
                   reduce: Optional[bool] = None, reduction: str = "mean",
                   label_smoothing: float = 0.0, *, z_loss: float = 0.0,
                   softcap: Optional[float] = None,
-                  normalizer: Optional[float] = None) -> Tensor:
+                  normalizer: Optional[float] = None, return_lse: bool = False,
+                  return_token_accuracy: bool = False) -> Any:
     """:func:`torch.nn.functional.cross_entropy`, computed by :func:`fastloss.cross_entropy`.
 
     ``input`` is ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``; ``target`` class indices (an
@@ -192,15 +194,24 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     loss and its gradient divided by it instead of the mean's denominator, for example the
     token count of all the micro-batches of a gradient-accumulation step; only with
     ``reduction="mean"`` or ``"sum"``; a tensor is read with ``.item()``, a graph break under
-    ``torch.compile``).
+    ``torch.compile``). ``return_lse`` and ``return_token_accuracy`` (as
+    :func:`fastloss.cross_entropy`: each row's log-sum-exp, and the fraction of rows whose
+    argmax is the target, from the same pass; Liger-Kernel's ``return_token_accuracy``) make
+    it return a :class:`fastloss.CrossEntropyResult` ``(loss, None, lse, token_accuracy)`` of
+    tensors (the gradient comes through autograd; ``lse`` and ``token_accuracy`` carry none).
     """
     reduction = _reduction(size_average, reduce, reduction)
     _check_tensors("cross_entropy", input=input, target=target, weight=weight)
     _check_float("cross_entropy", "input", input)
     _no_grad_for("cross_entropy", target=target, weight=weight)
-    return _ops.cross_entropy(input, target, weight, int(ignore_index), reduction,
-                              float(label_smoothing), float(z_loss), _float_or_none(softcap),
-                              _float_or_none(normalizer), _need_grad(input))[0]
+    want_lse, want_acc = bool(return_lse), bool(return_token_accuracy)
+    out = _ops.cross_entropy(input, target, weight, int(ignore_index), reduction,
+                             float(label_smoothing), float(z_loss), _float_or_none(softcap),
+                             _float_or_none(normalizer), want_lse, want_acc, _need_grad(input))
+    if not (want_lse or want_acc):
+        return out[0]
+    return CrossEntropyResult(out[0], None, out[2] if want_lse else None,
+                              out[3] if want_acc else None)
 
 
 class _CrossEntropyInplace(torch.autograd.Function):
@@ -251,7 +262,7 @@ def cross_entropy_inplace(input: Tensor, target: Tensor, weight: Optional[Tensor
     args = (int(ignore_index), reduction, float(label_smoothing), float(z_loss),
             _float_or_none(softcap), _float_or_none(normalizer))
     if not _need_grad(input):
-        return _ops.cross_entropy(input, target, weight, *args, False)[0]
+        return _ops.cross_entropy(input, target, weight, *args, False, False, False)[0]
     if input.is_leaf or (input._base is not None and input._base.is_leaf):
         raise RuntimeError(
             "fastloss.torch.cross_entropy_inplace: input is a leaf tensor (a parameter or a "

@@ -165,7 +165,7 @@ def cross_entropy(
     0.31854
     >>> r = fl.cross_entropy(logits, [0, 2], return_lse=True, return_token_accuracy=True)
     >>> r.lse.round(4), float(r.token_accuracy)
-    (array([2.417 , 2.7082]), 0.5)
+    (array([2.417, 2.72 ]), 0.5)
     """
     if (type(logits) is np.ndarray and type(target) is np.ndarray and weight is None
             and softcap is None and normalizer is None and return_grad is False

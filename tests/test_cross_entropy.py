@@ -1196,3 +1196,42 @@ def test_statistics_identical_across_threads(rng, restore_threads):
                                         return_token_accuracy=True))
         np.testing.assert_array_equal(out[0].lse, out[1].lse)
         np.testing.assert_array_equal(out[0].token_accuracy, out[1].token_accuracy)
+
+
+# --- reduced losses over many rows: chunks of rows summed in a reused buffer ------------------
+
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_chunked_reduction_matches_one_call(rng, monkeypatch, axis, kind):
+    """Above _CHUNK_ROWS rows a "mean"/"sum" cross-entropy runs chunk by chunk; with a chunk of
+    a few rows the results must agree with the one-call path: gradients, lse and token accuracy
+    bit for bit, the loss up to the summation order."""
+    from fastloss import classification
+
+    shape = (23, 5, 3) if axis == 1 else (23, 3, 5)
+    x = rng.normal(0, 2, shape)
+    ax = axis % 3
+    if kind == "index":
+        t = rng.integers(0, 5, shape[:ax] + shape[ax + 1:])
+        t.flat[::4] = -100
+        extra = {"return_lse": True, "return_token_accuracy": True}
+    else:
+        t = rng.dirichlet(np.ones(5), shape[:ax] + shape[ax + 1:])
+        t = np.moveaxis(t, -1, ax)
+        extra = {"return_lse": True}
+    for kw in ({}, {"weight": rng.random(5) + 0.5, "label_smoothing": 0.1}, {"normalizer": 7.0}):
+        for reduction in ("mean", "sum"):
+            want = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True,
+                                    **extra, **kw)
+            monkeypatch.setattr(classification, "_CHUNK_ROWS", 4)
+            got = fl.cross_entropy(x, t, axis=axis, reduction=reduction, return_grad=True,
+                                   **extra, **kw)
+            monkeypatch.undo()
+            np.testing.assert_allclose(got.loss, want.loss, rtol=1e-14)
+            np.testing.assert_array_equal(got.grad, want.grad)
+            np.testing.assert_array_equal(got.lse, want.lse)
+            if kind == "index":
+                assert got.token_accuracy == want.token_accuracy
+    monkeypatch.setattr(classification, "_CHUNK_ROWS", 4)
+    np.testing.assert_allclose(fl.cross_entropy(x, t, axis=axis, reduction="sum"),
+                               ref.cross_entropy(x, t, axis=axis, reduction="sum"), rtol=1e-13)

@@ -174,10 +174,22 @@ def class_weight(weight: Any, n_classes: int, dtype: np.dtype) -> Optional[np.nd
     return np.require(w, dtype, ["C", "A"])  # (a copy also when unaligned)
 
 
-class ClassTargets(NamedTuple):
-    flat: np.ndarray  # int64, contiguous, one entry per row (C order of the target shape)
-    shape: tuple[int, ...]  # target shape (logits' shape without the class axis)
-    valid: np.ndarray  # bool, rows that are not ignore_index
+class ClassTargets:
+    """Checked class-index targets: ``flat`` (int64, contiguous, one entry per row in C order
+    of the target shape), ``shape`` (the logits' shape without the class axis), ``n_valid``
+    (rows that are not ``ignore_index``) and ``valid`` (that mask, made when first asked for)."""
+
+    __slots__ = ("flat", "shape", "n_valid", "ignore_index", "_valid")
+
+    def __init__(self, flat: np.ndarray, shape: tuple, n_valid: int, ignore_index: int):
+        self.flat, self.shape, self.n_valid, self.ignore_index = flat, shape, n_valid, ignore_index
+        self._valid = None
+
+    @property
+    def valid(self) -> np.ndarray:
+        if self._valid is None:
+            self._valid = self.flat != self.ignore_index
+        return self._valid
 
 
 def class_targets(
@@ -197,17 +209,25 @@ def class_targets(
             f"{name}{np.unravel_index(big, expected)} is out of range for {n_classes} classes"
         )
     flat = np.require(target, np.int64, ["C", "A"]).reshape(-1)  # (unaligned: a copy)
-    valid = flat != ignore_index
-    bad = valid & ((flat < 0) | (flat >= n_classes))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    if _INT64_MIN <= ignore_index <= _INT64_MAX:
+        from . import _core  # (one pass in the core, no temporaries)
+
+        i, n_valid = _core.check_class_targets(flat, n_classes, ignore_index)
+    else:  # (an ignore_index no int64 target can equal)
+        n_valid = flat.size
+        bad = (flat < 0) | (flat >= n_classes)
+        i = int(np.flatnonzero(bad)[0]) if bad.any() else -1
+    if i >= 0:
         pos = tuple(int(k) for k in np.unravel_index(i, expected)) if expected else ()
         raise IndexError(
             f"{name}[{', '.join(map(str, pos))}] = {flat[i]} is out of range: class indices "
             f"must be in [0, {n_classes - 1}] (axis {axis} of the predictions has {n_classes} "
             f"classes) or equal ignore_index={ignore_index}"
         )
-    return ClassTargets(flat, expected, valid)
+    return ClassTargets(flat, expected, int(n_valid), ignore_index)
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def grad_buffer(
@@ -231,7 +251,11 @@ def reduce_rows(
     """Apply a reduction to float64 per-row losses: a NumPy scalar, or an array of ``shape``."""
     if reduction == "none":
         return per_row.reshape(shape).astype(dtype, copy=False)
-    total = float(np.sum(per_row))
+    return reduce_total(float(np.sum(per_row)), reduction, denom, dtype)
+
+
+def reduce_total(total: float, reduction: str, denom: float, dtype: np.dtype):
+    """The "sum" or "mean" of losses whose float64 sum is ``total``, as a NumPy scalar."""
     if reduction == "sum":
         return dtype.type(total)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -19,6 +19,7 @@ from ._validation import (
     float_input,
     normalize_axis,
     reduce_rows,
+    reduce_total,
 )
 
 __all__ = ["cross_entropy", "CrossEntropyResult", "nll_loss", "softmax_focal_loss", "perplexity",
@@ -187,6 +188,9 @@ def cross_entropy(
 
 
 _SMALL_REDUCTIONS = ("mean", "sum")
+# Rows per chunk of a reduced cross-entropy (2 MB of per-row losses); at least the small-call
+# path's 16,384 rows, so that both sum the same rows in the same order.
+_CHUNK_ROWS = 1 << 18
 
 
 def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:
@@ -251,7 +255,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         ct = class_targets(t, arr.shape, ax, ignore_index)
         target_flat, out_shape = ct.flat, ct.shape
         if w is None or focal:  # (focal: alpha is not a normaliser)
-            denom = float(np.count_nonzero(ct.valid))
+            denom = float(ct.n_valid)
         else:
             denom = float(np.sum(w[ct.flat[ct.valid]], dtype=np.float64))
     elif focal:
@@ -281,14 +285,36 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,) if probs3 is None else (x3, probs3)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0
-    n_rows = x3.shape[0] * x3.shape[2]
-    per_row = np.empty(n_rows, dtype=np.float64)
+    n0, n2 = x3.shape[0], x3.shape[2]
+    n_rows = n0 * n2
     lse = np.empty(n_rows, dtype=np.float64) if want_lse else None
     correct = np.empty(n_rows, dtype=np.uint8) if want_acc else None
-    _core.cross_entropy(x3, target_flat, probs3, w, ignore_index, eps, scale, per_row,
-                        grad.core if grad else None, z, cap, focal,
-                        float(focal_gamma) if focal else 0.0, lse, correct)
-    loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
+    args = (w, ignore_index, eps, scale)
+    opts = (z, cap, focal, float(focal_gamma) if focal else 0.0)
+    gcore = grad.core if grad else None
+    if reduction == "none" or n_rows <= _CHUNK_ROWS:
+        per_row = np.empty(n_rows, dtype=np.float64)
+        _core.cross_entropy(x3, target_flat, probs3, *args, per_row, gcore, *opts, lse, correct)
+        loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
+    else:
+        # A reduced loss over many rows: the rows in chunks along axis 0, each chunk's losses
+        # in one reused buffer that stays in cache and is summed there. A fresh per-row array
+        # (8 bytes a row) would cost as much as the logits of a 2-class problem, and its first
+        # touch (page faults) more. The chunks do not depend on the thread count.
+        step = max(1, _CHUNK_ROWS // n2)
+        per_row = np.empty(step * n2, dtype=np.float64)
+        total = 0.0
+        for o0 in range(0, n0, step):
+            o1 = min(n0, o0 + step)
+            r0, r1 = o0 * n2, o1 * n2
+            part = per_row[: r1 - r0]
+            _core.cross_entropy(
+                x3[o0:o1], None if target_flat is None else target_flat[r0:r1],
+                None if probs3 is None else probs3[o0:o1], *args, part,
+                None if gcore is None else gcore[o0:o1], *opts,
+                None if lse is None else lse[r0:r1], None if correct is None else correct[r0:r1])
+            total += float(np.sum(part))
+        loss = reduce_total(total, reduction, denom, x.loss_dtype)
     g = grad.result() if want_grad else None
     if not (want_lse or want_acc):
         return (loss, g) if want_grad else loss
@@ -302,7 +328,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
             if acc_reduction == "sum":
                 acc = dt.type(hits)
             else:
-                counted = int(np.count_nonzero(ct.valid))
+                counted = ct.n_valid
                 acc = dt.type(hits / counted if counted else math.nan)
     lse_out = lse.reshape(out_shape).astype(x.loss_dtype, copy=False) if want_lse else None
     return CrossEntropyResult(loss, g, lse_out, acc)
@@ -350,7 +376,7 @@ def nll_loss(
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
     ct = class_targets(t, arr.shape, ax, ignore_index)
-    denom = float(np.count_nonzero(ct.valid)) if w is None else float(
+    denom = float(ct.n_valid) if w is None else float(
         np.sum(w[ct.flat[ct.valid]], dtype=np.float64))
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,)) if want_grad else None

@@ -478,6 +478,48 @@ constexpr int64_t kSmallWork = int64_t(1) << 15;
 // The cross-entropy fast path takes up to this many rows (its target check and sum are serial).
 constexpr int64_t kSmallRows = int64_t(1) << 14;
 
+// Class-index targets (contiguous int64): the first entry that is neither ignore_index nor in
+// [0, n_classes) (-1 if none) and the number of entries that are not ignore_index, in one pass
+// over all cores with no temporaries (the NumPy checks it replaces made five passes and three
+// boolean arrays: most of a 2-class cross-entropy's time).
+py::tuple check_class_targets(const py::array& t, int64_t n_classes, int64_t ignore_index) {
+  if (t.ndim() != 1 || !plain_dtype(t, 'i', 8) || (t.shape(0) > 1 && t.strides(0) != 8))
+    throw std::invalid_argument("_core: targets must be contiguous 1-d int64");
+  const int64_t n = t.shape(0);
+  const int64_t* p = static_cast<const int64_t*>(t.data());
+  constexpr int kMaxThreads = 256;
+  int64_t count[kMaxThreads] = {}, bad[kMaxThreads];
+  for (int64_t& b : bad) b = -1;
+  {
+    py::gil_scoped_release nogil;
+    int nt = threads_for(n, n / 4096 + 1);
+    nt = nt < kMaxThreads ? nt : kMaxThreads;
+    parallel_for(nt, [&](int64_t k, int64_t m) {
+      const int64_t lo = n * k / m, hi = n * (k + 1) / m;
+      int64_t c = 0, any_bad = 0;
+      for (int64_t i = lo; i < hi; ++i) {  // (branch-free: vectorised)
+        const int64_t v = p[i];
+        const int64_t kept = v != ignore_index;
+        c += kept;
+        any_bad |= kept & int64_t(uint64_t(v) >= uint64_t(n_classes));
+      }
+      count[k] = c;
+      if (any_bad)
+        for (int64_t i = lo; i < hi; ++i)
+          if (p[i] != ignore_index && uint64_t(p[i]) >= uint64_t(n_classes)) {
+            bad[k] = i;
+            break;
+          }
+    });
+  }
+  int64_t total = 0, first = -1;
+  for (int k = 0; k < kMaxThreads; ++k) {
+    total += count[k];
+    if (first < 0 && bad[k] >= 0) first = bad[k];
+  }
+  return py::make_tuple(first, total);
+}
+
 // cross_entropy(logits (N, C), target (N,) int64, ignore_index, reduction mean/sum).
 py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t ignore_index,
                                bool mean) {
@@ -561,6 +603,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Small-call fast paths (see there): the reduced loss as a float, or None.
   m.def("cross_entropy_small", &cross_entropy_small);
+  m.def("check_class_targets", &check_class_targets, py::arg("target"), py::arg("n_classes"),
+        py::arg("ignore_index"));
   m.def("pointwise_small", &pointwise_small);
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);
   // kind: 0 mse, 1 l1, 2 huber, 3 smooth_l1, 4 bce_with_logits, 5 bce, 6 sigmoid_focal, 7 hinge.

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -43,12 +44,94 @@ inline void row_offsets(const Layout3& L, int64_t r0, int nb, int64_t* off) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Contiguous float rows: a tile of W rows x W classes is transposed in registers (W masked row
+// loads, 4 log2(W) shuffles per row, W stores) instead of W * W scalar moves, the cost that
+// dominated a row of ten classes. r[i] holds row i on entry and class i on return.
+// ---------------------------------------------------------------------------------------------
+#if defined(__AVX512F__)
+inline void transpose_tile(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows, per 128-bit lane: a0 b0 a1 b1 | a2 b2 a3 b3
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // u[i + e], lane L: rows i .. i+3 of class 4L + e
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int e = 0; e < 4; ++e) {  // a 4 x 4 transpose of 128-bit lanes across the row groups
+    const __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44);   // A0 A1 B0 B1
+    const __m512 v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);   // A2 A3 B2 B3
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+    r[e] = _mm512_shuffle_f32x4(v0, v2, 0x88);       // class e:      A0 B0 C0 D0
+    r[4 + e] = _mm512_shuffle_f32x4(v0, v2, 0xDD);   // class 4 + e:  A1 B1 C1 D1
+    r[8 + e] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + e] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+inline __m512 load_row_part(const float* p, int k) {  // p[0:k), zeros after (no fault past k)
+  return _mm512_maskz_loadu_ps(__mmask16((1u << k) - 1u), p);
+}
+inline void store_row_part(float* p, int k, __m512 v) {
+  _mm512_mask_storeu_ps(p, __mmask16((1u << k) - 1u), v);
+}
+using TileReg = __m512;
+#elif defined(__AVX2__)
+inline void transpose_tile(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    const __m256d a = _mm256_castps_pd(t[i]), b = _mm256_castps_pd(t[i + 1]);
+    const __m256d c = _mm256_castps_pd(t[i + 2]), d = _mm256_castps_pd(t[i + 3]);
+    u[i] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+    u[i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+    u[i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+    u[i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+  }
+  for (int e = 0; e < 4; ++e) {
+    const __m256 a = u[e], b = u[4 + e];
+    r[e] = _mm256_permute2f128_ps(a, b, 0x20);
+    r[4 + e] = _mm256_permute2f128_ps(a, b, 0x31);
+  }
+}
+inline __m256i tile_mask(int k) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256 load_row_part(const float* p, int k) { return _mm256_maskload_ps(p, tile_mask(k)); }
+inline void store_row_part(float* p, int k, __m256 v) { _mm256_maskstore_ps(p, tile_mask(k), v); }
+using TileReg = __m256;
+#endif
+
 // Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
 // lane 0, so they compute finite numbers wherever lane 0 does (their results are dropped).
 template <class S, class T = compute_t<S>>
 void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* buf) {
   constexpr int W = vec_width<T>;
   const int64_t n = L.n1, s1 = L.s1;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
+    if (s1 == 1) {
+      for (int64_t j0 = 0; j0 < n; j0 += W) {
+        const int k = int(n - j0 < W ? n - j0 : W);
+        TileReg r[W];
+        for (int b = 0; b < nb; ++b) r[b] = load_row_part(x + off[b] + j0, k);
+        for (int b = nb; b < W; ++b) r[b] = r[0];
+        transpose_tile(r);
+        for (int j = 0; j < k; ++j) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+      }
+      return;
+    }
+  }
+#endif
   if (s1 == 1) {
     for (int b = 0; b < nb; ++b) {
       const S* p = x + off[b];
@@ -76,6 +159,27 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
                    const bool* use_fill = nullptr, const T* fill = nullptr) {
   constexpr int W = vec_width<T>;
   const int64_t n = L.n1, s1 = L.s1;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
+    if (s1 == 1) {
+      for (int64_t j0 = 0; j0 < n; j0 += W) {
+        const int k = int(n - j0 < W ? n - j0 : W);
+        TileReg r[W];
+        for (int j = 0; j < k; ++j) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+        for (int j = k; j < W; ++j) r[j] = r[0];
+        transpose_tile(r);  // (r[b]: row b's classes j0 .. j0 + k - 1)
+        for (int b = 0; b < nb; ++b) {
+          if (use_fill && use_fill[b]) {
+            for (int j = 0; j < k; ++j) g[off[b] + j0 + j] = fill[b];
+          } else {
+            store_row_part(g + off[b] + j0, k, r[b]);
+          }
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int b = 0; b < nb; ++b) {
     S* p = g + off[b];
     if (use_fill && use_fill[b]) {

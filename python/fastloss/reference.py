@@ -915,10 +915,12 @@ __all__ += ["multiclass_hinge_loss", "multiclass_perceptron_loss", "sparsemax",
 
 def multiclass_hinge_loss(scores, target, axis=-1, margin=1.0, reduction="mean",
                           return_grad=False):
-    """Crammer-Singer hinge, float64: per row, with z_j = (s_j - s_y) + margin for j != y and
-    z_y = 0, loss = max_j z_j = max(0, margin + max_{j != y} s_j - s_y). Gradient: the
-    maximum's unit gradient shared among all maximisers K of z (as jax.grad of optax's
-    max(s + margin (1 - onehot)) - s_y): [k in K] / |K| - [k = y]."""
+    """Crammer-Singer hinge, float64: per row, m = max_{j != y} s_j (-inf for one class),
+    z = (m - s_y) + margin, loss = max(0, z). Gradient: the maximum's unit gradient shared
+    among all maximisers K of (s_j + margin [j != y]) - s_y, as jax.grad of optax's
+    max(s + margin (1 - onehot)) - s_y, with the ties decided exactly:
+    K = {j != y : s_j = m} if z > 0, that set and y if z = 0, {y} if z < 0;
+    grad_k = [k in K] / |K| - [k = y]."""
     s = _f64(scores)
     axis = axis % s.ndim
     x, row_shape = _rows(s, axis)
@@ -926,12 +928,16 @@ def multiclass_hinge_loss(scores, target, axis=-1, margin=1.0, reduction="mean",
     n = x.shape[0]
     onehot = np.zeros_like(x)
     onehot[np.arange(n), y] = 1.0
+    sy = x[np.arange(n), y]
+    rivals = np.where(onehot == 1, -np.inf, x)
     with np.errstate(invalid="ignore"):
-        z = np.where(onehot == 1, 0.0, (x - x[np.arange(n), y][:, None]) + margin)
-        per_row = z.max(axis=1)
-        K = (z == per_row[:, None]).astype(np.float64)
+        m = rivals.max(axis=1) if x.shape[1] else np.full(n, -np.inf)
+        z = (m - sy) + margin
+        per_row = np.maximum(z, 0.0)
+        top = (rivals == m[:, None]) & (z >= 0)[:, None]
+        K = top + onehot * (z <= 0)[:, None]
         g = K / K.sum(axis=1, keepdims=True) - onehot
-    bad = np.isnan(x).any(axis=1)
+    bad = np.isnan(x).any(axis=1) | np.isnan(z)
     per_row[bad] = np.nan
     g[bad] = np.nan
     loss, scale = _row_reduce(per_row, reduction, row_shape)
@@ -951,6 +957,8 @@ def _sparsemax_rows(x):
     z sorted descending, k(z) = max{k : 1 + k z_(k) > sum_{i<=k} z_(i)},
     tau = (sum_{i<=k(z)} z_(i) - 1) / k(z), p = max(0, z - tau). Returns (p, tau)."""
     n, C = x.shape
+    with np.errstate(invalid="ignore"):
+        x = x - x.max(axis=1, keepdims=True)  # (shift-invariant; keeps huge logits exact)
     zs = -np.sort(-x, axis=1)
     with np.errstate(invalid="ignore"):
         csum = np.cumsum(zs, axis=1)
@@ -988,11 +996,18 @@ def sparsemax_loss(logits, target, axis=-1, reduction="mean", return_grad=False)
     else:
         q = np.zeros_like(x)
         q[np.arange(x.shape[0]), t.reshape(-1).astype(np.int64)] = 1.0
+    # relative to the row maximum (exact for rows of q summing to 1; the definition for others)
+    with np.errstate(invalid="ignore"):
+        x = x - x.max(axis=1, keepdims=True)
     p, tau = _sparsemax_rows(x)
     with np.errstate(invalid="ignore"):
         qz = np.where(q == 0, 0.0, q * x).sum(axis=1)
         sq = np.where(p > 0, x * x - tau[:, None] ** 2, 0.0).sum(axis=1)
     per_row = -qz + 0.5 * sq + 0.5 * (q * q).sum(axis=1)
+    bad = (np.isnan(x).any(axis=1) | np.isposinf(_rows(z, axis)[0]).any(axis=1)
+           | np.isneginf(_rows(z, axis)[0]).all(axis=1) | np.isnan(q).any(axis=1))
+    per_row[bad] = np.nan
+    p[bad] = np.nan
     loss, scale = _row_reduce(per_row, reduction, row_shape)
     if not return_grad:
         return loss
@@ -1055,15 +1070,19 @@ def ranking_softmax_loss(scores, labels, where=None, reduction="mean", return_gr
     y = np.broadcast_to(_f64(labels), s.shape)
     w = np.ones(s.shape, bool) if where is None else np.broadcast_to(np.asarray(where, bool),
                                                                      s.shape)
-    x, row_shape = _rows(s, -1)
-    yr, _ = _rows(y, -1)
-    wr = w.reshape(-1, s.shape[-1])
+    row_shape = s.shape[:-1]
+    n_rows = int(np.prod(row_shape))
+    x = s.reshape(n_rows, s.shape[-1])
+    yr = y.reshape(n_rows, s.shape[-1])
+    wr = w.reshape(n_rows, s.shape[-1])
     x = np.where(wr, x, -np.inf)
     yr = np.where(wr, yr, 0.0)
     live = wr.any(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ls = log_softmax(np.where(live[:, None], x, 0.0), axis=1)
-        per_row = -np.where(yr == 0, 0.0, yr * ls).sum(axis=1)
+        ls = log_softmax(np.where(live[:, None], x, 0.0), axis=1) if x.size else x
+        # a label 0 counts 0 (even at a -inf score), but a NaN log-softmax (a NaN or +inf
+        # score, or all scores -inf) makes the row NaN, as optax's
+        per_row = -np.where((yr == 0) & ~np.isnan(ls), 0.0, yr * ls).sum(axis=1)
         g = yr.sum(axis=1, keepdims=True) * np.exp(ls) - yr
     per_row = np.where(live, per_row, 0.0)
     g = np.where(wr & live[:, None], g, 0.0)

@@ -510,8 +510,14 @@ void ranking_softmax_impl(const RankingSoftmaxArgs<S>& a) {
     bool nan_y = false;
     for (int64_t j = 0; j < n; ++j) nan_y |= y[j] != y[j];
     if (nan || nan_y || m == kInf<T> || m == -kInf<T>) {
+      // NaN, with gradient NaN over the mask and 0 outside it (as jax.grad of optax's)
       a.loss[r] = kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      if (!a.grad) return;
+      gs = write_row(a.grad, a.lg, r, kSlotG);
+      g = grad_values<S>(gs, n);
+      for (int64_t j = 0; j < n; ++j) g[j] = (!w || w[j] != 0) ? T(kNaN) : T(0);
+      store_row(gs, g, n);
+      scatter_row(a.grad, a.lg, r, gs);
       return;
     }
     T* e = scratch_row<T>(kSlotE1, n);

@@ -207,3 +207,12 @@ def test_jsd_bad_input():
         fl.jensen_shannon_with_logits(s, s, grad_out=np.zeros((2, 3)))
     with pytest.raises(TypeError, match="dtype"):
         fl.jensen_shannon_with_logits(s, s, return_grad=True, grad_out=np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("name", ["fastloss.jsd"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -219,3 +219,12 @@ def test_bad_input():
         fl.ranking_softmax_loss(s, np.zeros((2, 3), complex))
     with pytest.raises(ValueError, match="return_grad"):
         fl.ranking_softmax_loss(s, s, grad_out=np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["fastloss.ranking"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

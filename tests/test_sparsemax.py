@@ -351,3 +351,12 @@ def test_multiclass_bad_input():
         fl.multiclass_hinge_loss(s, [0, 1, 2], margin="1")
     with pytest.raises(ValueError, match="size 0"):
         fl.multiclass_hinge_loss(np.zeros((3, 0)), [0, 0, 0])
+
+
+@pytest.mark.parametrize("name", ["fastloss.sparsemax", "fastloss.multiclass"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

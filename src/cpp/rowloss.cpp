@@ -144,6 +144,37 @@ double sum_exp(const T* x, int64_t n, T ref, T inv, T* keep) {
   return acc.total();
 }
 
+// How many x_j equal m.
+template <class T>
+int64_t count_equal(const T* x, int64_t n, T m) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const V vm = vset<T>(m), one = vset<T>(1), zero = vset<T>(0);
+  V c = zero;  // (exact: counts below 2^24 per lane for float)
+  int64_t j = 0, total = 0;
+  for (; j + W <= n; j += W) {
+    c += vselect(vload(x + j) == vm, one, zero);
+    if (((j / W) & 0xFFFFF) == 0xFFFFF) {  // flush before a float lane could round
+      for (int k = 0; k < W; ++k) total += int64_t(c[k]);
+      c = zero;
+    }
+  }
+  for (int k = 0; k < W; ++k) total += int64_t(c[k]);
+  for (; j < n; ++j) total += x[j] == m;
+  return total;
+}
+
+// g_j = v where x_j == m, else 0.
+template <class T>
+void fill_equal(const T* x, int64_t n, T m, T v, T* g) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const V vm = vset<T>(m), vv = vset<T>(v), zero = vset<T>(0);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) vstore(g + j, vselect(vload(x + j) == vm, vv, zero));
+  for (; j < n; ++j) g[j] = x[j] == m ? v : T(0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Multi-class hinge (Crammer-Singer) and perceptron (margin 0). Per row s, target y, C classes:
 //   m = max_{j != y} s_j (-inf for C = 1),  z = (m - s_y) + margin  (in float64),
@@ -166,21 +197,11 @@ void class_margin_impl(const ClassMarginArgs<S>& a) {
       return;
     }
     const T* x = compute_row<S>(read_row(a.x, a.lx, r, kSlotA), n, kSlotWA);
-    // m = max over j != y, and how many j != y reach it
-    T m = -kInf<T>;
-    int64_t count = 0;
-    bool nan = x[y] != x[y];
-    for (int64_t j = 0; j < n; ++j) {
-      const T v = x[j];
-      nan |= v != v;
-      if (j == y) continue;
-      if (v > m) {
-        m = v;
-        count = 1;
-      } else if (v == m) {
-        ++count;
-      }
-    }
+    // m = max over j != y (two vector passes around y); NaN anywhere makes the row NaN
+    bool nan_lo = false, nan_hi = false;
+    const T m_lo = row_max(x, y, nan_lo), m_hi = row_max(x + y + 1, n - y - 1, nan_hi);
+    const T m = m_lo > m_hi ? m_lo : m_hi;
+    const bool nan = nan_lo || nan_hi || x[y] != x[y];
     const double z = (double(m) - double(x[y])) + a.margin;
     if (nan || z != z) {
       a.loss[r] = kNaN;
@@ -192,10 +213,12 @@ void class_margin_impl(const ClassMarginArgs<S>& a) {
     S* gs = write_row(a.grad, a.lg, r, kSlotG);
     T* g = grad_values<S>(gs, n);
     const bool with_y = z <= 0;  // y is a maximiser (z = 0: tied with the others)
-    const bool with_others = z >= 0 && count > 0;
+    // (the rivals that reach m: only counted when they share the gradient)
+    const int64_t count = z >= 0 ? count_equal(x, n, m) - (x[y] == m ? 1 : 0) : 0;
+    const bool with_others = count > 0;
     const int64_t k = (with_others ? count : 0) + (with_y ? 1 : 0);
-    const T share = T(a.grad_scale / double(k));
-    for (int64_t j = 0; j < n; ++j) g[j] = (with_others && j != y && x[j] == m) ? share : T(0);
+    // g_j = share where x_j = m (j != y), else 0; g_y set after
+    fill_equal(x, n, m, with_others ? T(a.grad_scale / double(k)) : T(0), g);
     g[y] = T(a.grad_scale * ((with_y ? 1.0 / double(k) : 0.0) - 1.0));
     store_row(gs, g, n);
     scatter_row(a.grad, a.lg, r, gs);
@@ -214,6 +237,63 @@ void class_margin_impl(const ClassMarginArgs<S>& a) {
 // costs the size of the current support, not the row. A row with NaN or +inf, or whose
 // entries are all -inf, gives NaN.
 // ---------------------------------------------------------------------------------------------
+// A value of T at least two ulps below v (the rounding of a float64 threshold to T is then
+// on the safe side): x_j <= safely_below(T(t)) implies x_j < t.
+template <class T>
+T safely_below(T v) {
+  return std::nextafter(std::nextafter(v, -kInf<T>), -kInf<T>);
+}
+
+// fn(j) for every j of a block of 4 vectors that has an element above lo; every other
+// element is <= lo (or NaN: the callers have rejected NaN rows).
+template <class T, class Fn>
+void for_blocks_above(const T* x, int64_t n, T lo, Fn&& fn) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, B = 4 * W;
+  int64_t j = 0;
+  for (; j + B <= n; j += B) {
+    const V m = vmax<T>(vmax<T>(vload(x + j), vload(x + j + W)),
+                        vmax<T>(vload(x + j + 2 * W), vload(x + j + 3 * W)));
+    if (hmax<T>(m) > lo)
+      for (int64_t i = j; i < j + B; ++i) fn(i);
+  }
+  for (; j < n; ++j) fn(j);
+}
+
+// p_j = max(0, (x_j - M) - tau), rounded to T, times scale into out[j]; blocks entirely below
+// the threshold M + tau are written as 0 without the float64 arithmetic (out may be x itself).
+// Also sum_j p_j d_j and sum_j p_j^2 (d_j = x_j - M; of the rounded p_j) over the support.
+template <class T>
+void sparsemax_out(const T* x, int64_t n, double max, double tau, T scale, T* out, double& pd,
+                   double& pp) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, B = 4 * W;
+  const T lo = safely_below(T(max + tau));
+  pd = pp = 0;
+  auto one = [&](int64_t j) {
+    const double d = double(x[j]) - max;
+    const double p0 = d - tau;
+    const T p = p0 > 0 ? T(p0) : T(0);
+    if (p > 0) {
+      pd += double(p) * d;
+      pp += double(p) * double(p);
+    }
+    out[j] = scale * p;
+  };
+  int64_t j = 0;
+  for (; j + B <= n; j += B) {
+    const V v0 = vload(x + j), v1 = vload(x + j + W), v2 = vload(x + j + 2 * W),
+            v3 = vload(x + j + 3 * W);
+    if (hmax<T>(vmax<T>(vmax<T>(v0, v1), vmax<T>(v2, v3))) > lo) {
+      for (int64_t i = j; i < j + B; ++i) one(i);
+    } else {
+      const V zero = vset<T>(0);
+      for (int k = 0; k < 4; ++k) vstore(out + j + k * W, zero);
+    }
+  }
+  for (; j < n; ++j) one(j);
+}
+
 struct SparsemaxRow {
   double max = 0, tau = 0;
   bool ok = false;
@@ -228,13 +308,16 @@ SparsemaxRow sparsemax_threshold(const T* x, int64_t n) {
   double* c = scratch_row<double>(kSlotE1, n);
   int64_t k = 0;
   double sum = 0;
-  for (int64_t j = 0; j < n; ++j) {
+  // candidates d_j = x_j - M > -1 (float64); blocks whose maximum is at most a value safely
+  // below M - 1 in the compute type hold none and are skipped without the float64 arithmetic
+  const T lo = safely_below(T(double(m) - 1.0));
+  for_blocks_above(x, n, lo, [&](int64_t j) {
     const double d = double(x[j]) - double(m);
     if (d > -1.0) {
       c[k++] = d;
       sum += d;
     }
-  }
+  });
   double tau = (sum - 1.0) / double(k);  // (k >= 1: the maximum itself, d = 0)
   for (;;) {
     int64_t k2 = 0;
@@ -269,10 +352,8 @@ void sparsemax_impl(const SparsemaxArgs<S>& a) {
     S* os = write_row(a.out, a.lo, r, kSlotG);
     T* o = grad_values<S>(os, n);
     // p_j = max(0, (x_j - M) - tau)
-    for (int64_t j = 0; j < n; ++j) {
-      const double p = (double(x[j]) - s.max) - s.tau;
-      o[j] = p > 0 ? T(p) : T(0);
-    }
+    double pd, pp;
+    sparsemax_out(x, n, s.max, s.tau, T(1), o, pd, pp);
     store_row(os, o, n);
     scatter_row(a.out, a.lo, r, os);
   });
@@ -306,33 +387,29 @@ void sparsemax_loss_impl(const SparsemaxLossArgs<S>& a) {
       return;
     }
     S* gs = a.grad ? write_row(a.grad, a.lg, r, kSlotG) : nullptr;
-    T* g = gs ? grad_values<S>(gs, n) : nullptr;
-    const T gscale = T(a.grad_scale);
-    double pd = 0, pp = 0, qd = 0, qq = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const double d = double(x[j]) - s.max;
-      const double p0 = d - s.tau, p = p0 > 0 ? p0 : 0.0;
-      const T pt = T(p);
-      if (pt > 0) {  // (the rounded p: the gradient's p, and what optax's where(p, ...) sees)
-        pd += double(pt) * d;
-        pp += double(pt) * double(pt);
+    // g = gscale p (then - gscale q); without a gradient, p goes to a scratch row
+    T* g = gs ? grad_values<S>(gs, n) : scratch_row<T>(kSlotOut, n);
+    const T gscale = gs ? T(a.grad_scale) : T(1);
+    // the target's terms first: g may be x itself (in place), overwritten by sparsemax_out
+    double pd, pp, qd = 0, qq = 0;
+    if (q) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (q[j] == T(0)) continue;  // (0 even where x_j = -inf)
+        qd += double(q[j]) * (double(x[j]) - s.max);
+        qq += double(q[j]) * double(q[j]);
       }
-      T qj = T(0);
-      if (q) {
-        qj = q[j];
-        if (qj != 0) {
-          qd += double(qj) * d;
-          qq += double(qj) * double(qj);
-        }
-      } else if (j == y) {
-        qj = T(1);
-        qd = d;
-        qq = 1;
-      }
-      if (g) g[j] = gscale * (pt - qj);
+    } else {
+      qd = double(x[y]) - s.max;
+      qq = 1;
+    }
+    sparsemax_out(x, n, s.max, s.tau, gscale, g, pd, pp);
+    if (q) {
+      for (int64_t j = 0; j < n; ++j) g[j] -= gscale * q[j];
+    } else {
+      g[y] -= gscale;
     }
     a.loss[r] = pd - qd + 0.5 * (qq - pp);
-    if (!g) return;
+    if (!gs) return;
     store_row(gs, g, n);
     scatter_row(a.grad, a.lg, r, gs);
   });

@@ -8,12 +8,11 @@ inputs, bad input; every instruction set (``isa``).
 
 from __future__ import annotations
 
+import fastloss as fl
 import ml_dtypes
 import numpy as np
 import pytest
 from conftest import LAYOUTS, central_diff, layout
-
-import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
@@ -131,8 +130,8 @@ def test_jsd_finite_differences(rng):
     t = rng.normal(0, 1, size=(3, 5))
     for beta in (0.0, 0.4, 1.0):
         _, g = fl.jensen_shannon_with_logits(s, t, beta=beta, temperature=1.3, return_grad=True)
-        fd = central_diff(lambda a: fl.jensen_shannon_with_logits(a, t, beta=beta,
-                                                                  temperature=1.3), s)
+        fd = central_diff(lambda a, b=beta: fl.jensen_shannon_with_logits(a, t, beta=b,
+                                                                     temperature=1.3), s)
         assert_allclose(g, fd, atol=1e-8)
 
 
@@ -149,7 +148,7 @@ def test_jsd_low_precision(rng, dt):
     assert_allclose(g.astype(np.float64), wg, atol=tol)
     # mixed dtypes: computed in the wider one, gradient in the student's
     loss2, g2 = fl.jensen_shannon_with_logits(s, t.astype(np.float64), return_grad=True)
-    assert g2.dtype == dt
+    assert g2.dtype == dt and loss2.dtype == np.float64
 
 
 def test_jsd_grad_out_in_place(rng):

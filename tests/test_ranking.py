@@ -8,12 +8,11 @@ instruction set (``isa``).
 
 from __future__ import annotations
 
+import fastloss as fl
 import ml_dtypes
 import numpy as np
 import pytest
 from conftest import LAYOUTS, central_diff, layout
-
-import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose
@@ -97,9 +96,9 @@ def test_vs_optax(rng, jx, reduction, masked):
     got = fl.ranking_softmax_loss(s, y, where=w, reduction=reduction)
     assert_allclose(got, want, rtol=1e-12, atol=1e-14)
     if reduction == "none":
-        fn_sum = lambda a: jnp.sum(optax.losses.ranking_softmax_loss(a, y, where=w, reduce_fn=None))  # noqa: E731
+        fn_sum = lambda a: jnp.sum(optax.losses.ranking_softmax_loss(a, y, where=w, reduce_fn=None))
     else:
-        fn_sum = lambda a: optax.losses.ranking_softmax_loss(a, y, where=w, reduce_fn=fn)  # noqa: E731
+        fn_sum = lambda a: optax.losses.ranking_softmax_loss(a, y, where=w, reduce_fn=fn)
     gw = np.asarray(jax.grad(fn_sum)(s))
     _, g = fl.ranking_softmax_loss(s, y, where=w, reduction=reduction, return_grad=True)
     assert_allclose(g, gw, rtol=1e-11, atol=1e-14)

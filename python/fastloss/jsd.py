@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def jensen_shannon_with_logits(
     mean_like = reduction in ("batchmean", "mean")
     scale = mean_scale(reduction, denom, ("batchmean", "mean"))
 
-    grad: Optional[GradTarget] = None
+    grad: GradTarget | None = None
     temp = None
     core_grad = None
     if want_grad:

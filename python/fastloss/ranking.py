@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,7 @@ def ranking_softmax_loss(
     if reduction == "mean":
         # optax: the mean over lists with an item; 0 when there is none (unless a NaN)
         total = float(np.sum(per_row))
-        loss = x.loss_dtype.type(total / n_live if n_live else (total if total != total else 0.0))
+        loss = x.loss_dtype.type(total / n_live if n_live else (total if math.isnan(total) else 0.0))
     else:
         loss = reduce_rows(per_row, reduction, 1.0, out_shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss

@@ -94,10 +94,18 @@ def jensen_shannon_with_logits(
     Notes
     -----
     Per row, from ``a_j = (s_j - max s) / T``, ``b_j = (t_j - max t) / T`` and the sums
-    ``S_s = sum_j exp(a_j)``, ``S_t``: ``log Q_j = a_j - log S_s``, ``log P_j = b_j - log S_t``,
-    and ``log M_j = logaddexp(log beta + log P_j, log(1 - beta) + log Q_j)`` (``M`` is never
-    formed, so it cannot underflow to 0 where ``P`` or ``Q`` is positive). A term whose weight
-    (``P_j`` or ``Q_j``) is 0 counts 0. The gradient, through the student's softmax, is::
+    ``S_s = sum_j exp(a_j)``, ``S_t``: ``delta_j = log Q_j - log P_j = (a_j - b_j) +
+    (log S_t - log S_s)``, formed from the logits' differences (equal rows give exactly 0), and
+    with ``A = log P - log M``, ``B = log Q - log M``::
+
+        delta <= 0:  A = -log1p((1 - beta) expm1(delta)),  B = delta + A
+        delta >  0:  B = -log1p(beta expm1(-delta)),        A = B - delta
+
+    (``M`` is never formed, so it cannot underflow where ``P`` or ``Q`` is positive, and nearly
+    equal ``P`` and ``Q`` lose nothing to cancellation). A term whose weight (``P_j`` or
+    ``Q_j``) is 0 counts 0. Float32 accuracy: about 1e-7 relative for unrelated rows; for
+    nearly equal rows (a divergence of 1e-5 over 50,257 classes) about 1e-10 absolute for
+    ``0 < beta < 1`` and 1e-8 for the KL ends. The gradient, through the student's softmax, is::
 
         beta = 0: (Q - P) / T
         beta = 1: Q (log Q - log P - loss) / T

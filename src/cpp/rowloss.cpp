@@ -419,13 +419,13 @@ void sparsemax_loss_impl(const SparsemaxLossArgs<S>& a) {
 // jensen_shannon (Liger-Kernel's generalized JSD of logits). Per row, student s, teacher t,
 // temperature T, with a'_j = (s_j - M_s) / T, b'_j = (t_j - M_t) / T (row maxima M),
 // S_s = sum_j exp(a'_j), S_t likewise:
-//   log Q_j = a'_j - log S_s,  log P_j = b'_j - log S_t,
-//   log M_j = logaddexp(log beta + log P_j, log(1 - beta) + log Q_j)   (never forms M itself)
-//   beta = 0: loss = sum_j P_j (log P_j - log Q_j),  d loss / d s_k = (Q_k - P_k) / T
-//   beta = 1: loss = sum_j Q_j (log Q_j - log P_j),
-//             d loss / d s_k = Q_k ((log Q_k - log P_k) - loss) / T
-//   else:     loss = sum_j beta P_j (log P_j - log M_j) + (1 - beta) Q_j (log Q_j - log M_j),
-//             with w_j = (1 - beta) Q_j (log Q_j - log M_j):
+//   delta_j = log Q_j - log P_j = ((s_j - M_s) - (t_j - M_t)) / T + (log S_t - log S_s)
+//   beta = 0: loss = -sum_j P_j delta_j,  d loss / d s_k = (Q_k - P_k) / T
+//   beta = 1: loss = sum_j Q_j delta_j,   d loss / d s_k = Q_k (delta_k - loss) / T
+//   else, with A_j = log P_j - log M_j, B_j = log Q_j - log M_j = delta_j + A_j
+//   (from delta by expm1 / log1p, see jsd_terms; M itself is never formed):
+//             loss = sum_j beta P_j A_j + (1 - beta) Q_j B_j,
+//             with w_j = (1 - beta) Q_j B_j:
 //             d loss / d s_k = (w_k - Q_k sum_j w_j) / T
 //   (d loss / d Q_j = (1 - beta)(log Q_j - log M_j), through the softmax's Jacobian).
 // A term whose weight P_j (or Q_j) is 0 counts 0, whatever the logs. The rows are read from
@@ -441,33 +441,39 @@ double jsd_terms(const T* s, const T* t, int64_t n, T ms, T mt, T inv, double lo
   constexpr int W = vec_width<T>;
   Acc<T> acc, accw;
   const V vms = vset<T>(ms), vmt = vset<T>(mt), vinv = vset<T>(inv), zero = vset<T>(0);
-  const V lss = vset<T>(T(log_ss)), lst = vset<T>(T(log_st));
   const V rss = vset<T>(T(1.0 / ss)), rst = vset<T>(T(1.0 / st));
+  // delta_j = log Q_j - log P_j = ((s_j - M_s) - (t_j - M_t)) / T + (log S_t - log S_s): the
+  // logits' differences first, the constant once in float64 (equal rows give exactly 0)
+  const V vc = vset<T>(T(log_st - log_ss));
   const V vb = vset<T>(T(beta)), vb1 = vset<T>(T(1.0 - beta));
-  const V lb = vset<T>(T(kMode == 2 ? std::log(beta) : 0.0));
-  const V lb1 = vset<T>(T(kMode == 2 ? std::log1p(-beta) : 0.0));
+  const V small = vset<T>(T(0.34657359027997265)), one = vset<T>(1);
   for (int64_t j = 0; j < n; j += W) {
     const int64_t cnt = n - j < W ? n - j : W;
     const bool full = cnt == W;
-    // (padding: s = t = -inf, so a', b' = -inf and P = Q = 0: a 0 term)
+    // (padding: s = t = -inf, so P = Q = 0: a 0 term)
     const V sv = full ? vload(s + j) : load_partial(s + j, cnt, -kInf<T>);
     const V tv = full ? vload(t + j) : load_partial(t + j, cnt, -kInf<T>);
     const V q = (full ? vload(es + j) : load_partial(es + j, cnt, T(0))) * rss;
     const V p = (full ? vload(et + j) : load_partial(et + j, cnt, T(0))) * rst;
-    const V lq = (sv - vms) * vinv - lss, lp = (tv - vmt) * vinv - lst;
+    const V delta = ((sv - vms) - (tv - vmt)) * vinv + vc;
     V term, wv = zero;
     if constexpr (kMode == 0) {
-      term = vselect(p == zero, zero, p * (lp - lq));
+      term = vselect(p == zero, zero, zero - p * delta);  // P (log P - log Q)
     } else if constexpr (kMode == 1) {
-      term = vselect(q == zero, zero, q * (lq - lp));
+      term = vselect(q == zero, zero, q * delta);  // Q (log Q - log P)
       wv = term;
     } else {
-      const V u = lb + lp, v = lb1 + lq;
-      const V hi = vmax<T>(u, v), lo = vselect(u > v, v, u);
-      // logaddexp(u, v) = hi + log1p(exp(lo - hi)); (both -inf: NaN, never selected below)
-      const V lm = hi + vlog1p_unit(vexp_capped(lo - hi));
-      const V tp = vselect(p == zero, zero, p * (lp - lm));
-      const V tq = vselect(q == zero, zero, q * (lq - lm));
+      // A = log P - log M, B = log Q - log M = delta + A, with M = beta P + (1 - beta) Q:
+      //   delta <= 0: A = -log1p((1 - beta) expm1(delta)),  B = delta + A
+      //   delta >  0: B = -log1p(beta expm1(-delta)),        A = B - delta
+      // (expm1 and log1p keep the accuracy of nearly equal P and Q; arguments > -1)
+      const auto neg = delta <= zero;
+      const V x = vselect(neg, delta, zero - delta);  // -|delta| (NaN stays NaN)
+      const V em1 = vselect(zero - x < small, expm1_poly(x), vexp_capped(x) - one);
+      const V l = zero - vlog1p(vselect(neg, vb1, vb) * em1);
+      const V A = vselect(neg, l, l - delta), B = vselect(neg, delta + l, l);
+      const V tp = vselect(p == zero, zero, p * A);
+      const V tq = vselect(q == zero, zero, q * B);
       wv = vb1 * tq;
       term = vb * tp + wv;
     }

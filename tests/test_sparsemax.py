@@ -265,7 +265,8 @@ def test_multiclass_hinge_hand_values():
 
 @pytest.mark.parametrize("fn", ["hinge", "perceptron"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("shape,axis", [((9, 5), -1), ((3, 6, 4), 1), ((5, 7), 0)])
+@pytest.mark.parametrize("shape,axis", [((9, 5), -1), ((3, 6, 4), 1), ((5, 7), 0), ((4, 300), -1),
+                                        ((70, 3), 0)])
 def test_multiclass_vs_reference(rng, isa, fn, shape, axis, reduction):
     s = rng.normal(0, 1, size=shape)
     ax = axis % len(shape)

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "kernels.hpp"
+#include "lanes.hpp"
 #include "rows.hpp"
 #include "simd_math.hpp"
 
@@ -185,10 +186,78 @@ void fill_equal(const T* x, int64_t n, T m, T v, T* g) {
 //   K = {j != y : s_j = m} when z > 0, that set and y when z = 0, {y} when z < 0 (gradient 0).
 // A NaN in the row gives NaN (loss and gradient).
 // ---------------------------------------------------------------------------------------------
+// The same for rows of at most kClassMarginNarrowMax classes, with the rows in SIMD lanes
+// (lanes.hpp): per lane the target's score, the rivals' maximum m and how many reach it, then
+// z and the gradient's shares once per block.
+constexpr int64_t kClassMarginNarrowMax = 64;
+
+template <class S>
+void class_margin_narrow(const ClassMarginArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  const int64_t n = a.lx.n1;
+  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kClassMarginNarrowMax * W];
+    int64_t off[W] = {};
+    load_block(a.x, a.lx, r0, nb, xb, off);
+    alignas(64) T tgt[W];
+    bool bad[W];
+    for (int b = 0; b < W; ++b) {
+      const int64_t t = b < nb ? a.target[r0 + b] : 0;
+      bad[b] = t < 0 || t >= n;  // rejected before the call; a NaN row if one slips through
+      tgt[b] = bad[b] ? T(-1) : T(t);
+    }
+    const V tv = vload(tgt), zero = vset<T>(0), one = vset<T>(1);
+    V xt = zero, m = vset<T>(-kInf<T>), nan = zero;
+    for (int64_t j = 0; j < n; ++j) {
+      const V v = vload(xb + j * W);
+      const auto is_y = tv == vset<T>(T(j));
+      xt = vselect(is_y, v, xt);
+      nan = vselect(v != v, one, nan);
+      m = vselect((v > m) & (tv != vset<T>(T(j))), v, m);
+    }
+    V cnt = zero;  // rivals j != y with x_j = m
+    if (a.grad)
+      for (int64_t j = 0; j < n; ++j)
+        cnt += vselect((vload(xb + j * W) == m) & (tv != vset<T>(T(j))), one, zero);
+    alignas(64) double md[W], xd[W], nd[W], cd[W];
+    to_f64_lanes(m, md);
+    to_f64_lanes(xt, xd);
+    to_f64_lanes(nan, nd);
+    to_f64_lanes(cnt, cd);
+    alignas(64) T share[W], gy[W];
+    bool fill_row[W];
+    T fill[W];
+    for (int b = 0; b < W; ++b) {
+      // z = (m - s_y) + margin in float64
+      const double z = (md[b] - xd[b]) + a.margin;
+      const bool is_nan = bad[b] || nd[b] != 0 || z != z;
+      if (b < nb) a.loss[r0 + b] = is_nan ? kNaN : (z > 0 ? z : 0.0);
+      const bool with_y = z <= 0, with_others = z >= 0 && cd[b] > 0;
+      const double k = (with_others ? cd[b] : 0.0) + (with_y ? 1.0 : 0.0);
+      share[b] = with_others ? T(a.grad_scale / k) : T(0);
+      gy[b] = T(a.grad_scale * ((with_y ? 1.0 / k : 0.0) - 1.0));
+      fill_row[b] = is_nan && b < nb;
+      fill[b] = T(kNaN);
+    }
+    if (!a.grad) return;
+    const V vs = vload(share), vgy = vload(gy);
+    for (int64_t j = 0; j < n; ++j) {
+      const V v = vload(xb + j * W);
+      const auto is_y = tv == vset<T>(T(j));
+      vstore(xb + j * W, vselect(is_y, vgy, vselect(v == m, vs, zero)));
+    }
+    row_offsets(a.lg, r0, nb, off);
+    scatter_lanes(a.grad, a.lg, off, nb, xb, fill_row, fill);
+  });
+}
+
 template <class S>
 void class_margin_impl(const ClassMarginArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t n = a.lx.n1;
+  if (n <= kClassMarginNarrowMax) return class_margin_narrow(a);
   parallel_rows<S>(a.lx.rows(), n, [&](int64_t r) {
     const int64_t y = a.target[r];
     if (y < 0 || y >= n) {  // rejected before the call; a NaN row if one slips through

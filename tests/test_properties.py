@@ -672,3 +672,71 @@ def test_triplet_margin_loss_inf_general_p():
     want = ref.triplet_margin_loss(a, a, n, p=3.0, eps=0.0, margin=0.5)
     got = fl.triplet_margin_loss(a, a, n, p=3.0, eps=0.0, margin=0.5)
     assert_agrees(got, want, np.float64)
+
+
+# --- Issue 16: sparsemax, multi-class hinge / perceptron, JSD, ranking softmax ---------------
+@SETTINGS(200)
+@given(class_problem(prob_targets=False, ignore=False), st.data())
+def test_sparsemax(prob, data):
+    x, _, axis, C, dtype, level, _ = prob
+    run_case("sparsemax", fl.sparsemax, ref.sparsemax, (x,), dict(axis=axis), dtype=dtype,
+             must_succeed=True)
+
+
+@SETTINGS(200)
+@given(class_problem(ignore=False), st.data())
+def test_sparsemax_loss(prob, data):
+    x, y, axis, C, dtype, level, _ = prob
+    kw = dict(axis=axis, reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    s = input_scale(x) * max(1, C) * (max(1, x.size) if kw["reduction"] == "sum" else 1)
+    run_case("sparsemax_loss", fl.sparsemax_loss, ref.sparsemax_loss, (x, y), kw, dtype=dtype,
+             scale=s, gscale=max(1, x.size), must_succeed=True)
+
+
+@SETTINGS(200)
+@given(class_problem(prob_targets=False, ignore=False), st.data())
+def test_multiclass_hinge_perceptron(prob, data):
+    x, y, axis, C, dtype, level, _ = prob
+    kw = dict(axis=axis, reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    s = input_scale(x) * (max(1, x.size) if kw["reduction"] == "sum" else 1)
+    if data.draw(st.booleans()):
+        kw["margin"] = data.draw(st.sampled_from([0.0, 1.0, 2.5, -1.0]))
+        run_case("multiclass_hinge_loss", fl.multiclass_hinge_loss, ref.multiclass_hinge_loss,
+                 (x, y), kw, dtype=dtype, scale=s, must_succeed=True)
+    else:
+        run_case("multiclass_perceptron_loss", fl.multiclass_perceptron_loss,
+                 ref.multiclass_perceptron_loss, (x, y), kw, dtype=dtype, scale=s,
+                 must_succeed=True)
+
+
+@SETTINGS(200)
+@given(class_problem(prob_targets=False), st.data())
+def test_jensen_shannon_with_logits(prob, data):
+    x, _, axis, C, dtype, level, _ = prob
+    t = relayout(cast(data.draw(values(x.shape, NORMAL if data.draw(st.booleans()) else level)),
+                      dtype), data.draw(st.sampled_from(LAYOUTS)))
+    kw = dict(axis=axis, beta=data.draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+              temperature=data.draw(st.sampled_from([0.5, 1.0, 4.0])),
+              reduction=data.draw(st.sampled_from(["mean", "sum", "none", "batchmean"])),
+              return_grad=data.draw(st.booleans()))
+    s = input_scale(x, t) * 4 / kw["temperature"] * max(1, x.size)
+    run_case("jensen_shannon_with_logits", fl.jensen_shannon_with_logits,
+             ref.jensen_shannon_with_logits, (x, t), kw, dtype=dtype, scale=s, must_succeed=True)
+
+
+@SETTINGS(200)
+@given(st.data())
+def test_ranking_softmax_loss(data):
+    shape = data.draw(shapes)
+    dtype = data.draw(st.sampled_from(FLOATS16))
+    level = data.draw(st.sampled_from([NORMAL, NORMAL, EXTREME, NONFINITE]))
+    x = relayout(cast(data.draw(values(shape, level)), dtype), data.draw(st.sampled_from(LAYOUTS)))
+    g = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    y = relayout(g.integers(0, 4, size=shape) * (g.random(shape) < 0.5) * 1.0,
+                 data.draw(st.sampled_from(LAYOUTS)))
+    kw = dict(reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    if data.draw(st.booleans()):
+        kw["where"] = relayout(g.random(shape) < 0.7, data.draw(st.sampled_from(LAYOUTS)))
+    s = input_scale(x) * 4 * max(1, shape[-1]) * max(1, x.size)
+    run_case("ranking_softmax_loss", fl.ranking_softmax_loss, ref.ranking_softmax_loss, (x, y),
+             kw, dtype=dtype, scale=s, must_succeed=True)

@@ -381,6 +381,26 @@ def _memory_calls():
         ("set_num_threads", lambda: fl.set_num_threads(fl.get_num_threads()), e),
         ("set_num_threads", lambda: fl.set_num_threads(0), V),
     ]
+    # Issue 16: sparsemax, the multi-class hinge / perceptron, JSD, ranking softmax.
+    wm = rng.random((8, 7)) < 0.7
+    calls += [
+        ("sparsemax", lambda: fl.sparsemax(x, axis=0), e),
+        ("sparsemax", lambda: fl.sparsemax(x, axis=2), Exception),
+        ("sparsemax_loss", lambda: fl.sparsemax_loss(x, t, return_grad=True), e),
+        ("sparsemax_loss", lambda: fl.sparsemax_loss(x, p, return_grad=True, grad_out=go), e),
+        ("sparsemax_loss", lambda: fl.sparsemax_loss(x, bad_t), Ie),
+        ("multiclass_hinge_loss", lambda: fl.multiclass_hinge_loss(x, t, return_grad=True), e),
+        ("multiclass_hinge_loss", lambda: fl.multiclass_hinge_loss(x, bad_t), Ie),
+        ("multiclass_perceptron_loss",
+         lambda: fl.multiclass_perceptron_loss(x32, t, return_grad=True), e),
+        ("multiclass_perceptron_loss", lambda: fl.multiclass_perceptron_loss(x, t[:3]), V),
+        ("jensen_shannon_with_logits",
+         lambda: fl.jensen_shannon_with_logits(x, y, return_grad=True), e),
+        ("jensen_shannon_with_logits", lambda: fl.jensen_shannon_with_logits(x, y, beta=2.0), V),
+        ("ranking_softmax_loss",
+         lambda: fl.ranking_softmax_loss(x, p, where=wm, return_grad=True), e),
+        ("ranking_softmax_loss", lambda: fl.ranking_softmax_loss(x, p[:, :3]), V),
+    ]
     return calls
 
 

@@ -45,6 +45,12 @@ from .scale import (
 )
 from .softmax import log_softmax, logsumexp, softmax
 
+# Issue 16: sparsemax, ranking, JSD and the multi-class hinge / perceptron losses.
+from .jsd import jensen_shannon_with_logits
+from .multiclass import multiclass_hinge_loss, multiclass_perceptron_loss
+from .ranking import ranking_softmax_loss
+from .sparsemax import sparsemax, sparsemax_loss
+
 __version__ = "0.1.0"
 
 if os.environ.get("FASTLOSS_ISA") and os.environ["FASTLOSS_ISA"] not in _core.compiled_isas():
@@ -90,6 +96,13 @@ __all__ = [
     "triplet_margin_loss",
     "show_config",
     "softmax",
+    # Issue 16: sparsemax, ranking, JSD and the multi-class hinge / perceptron losses.
+    "jensen_shannon_with_logits",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
+    "ranking_softmax_loss",
+    "sparsemax",
+    "sparsemax_loss",
 ]
 
 

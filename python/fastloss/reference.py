@@ -930,3 +930,192 @@ def linear_cross_entropy(hidden, weight, target, bias=None, class_weight=None, i
     grads = (d_h[0] if one else d_h, (Gf.T @ h2).reshape(w.shape))
     grads += () if bias is None else (Gf.sum(axis=0).reshape(np.shape(bias)),)
     return loss, grads
+
+
+# --- Issue 16: multi-class hinge / perceptron, sparsemax, JSD, ranking softmax -------------
+__all__ += ["multiclass_hinge_loss", "multiclass_perceptron_loss", "sparsemax",
+            "sparsemax_loss", "jensen_shannon_with_logits", "ranking_softmax_loss"]
+
+
+def multiclass_hinge_loss(scores, target, axis=-1, margin=1.0, reduction="mean",
+                          return_grad=False):
+    """Crammer-Singer hinge, float64: per row, m = max_{j != y} s_j (-inf for one class),
+    z = (m - s_y) + margin, loss = max(0, z). Gradient: the maximum's unit gradient shared
+    among all maximisers K of (s_j + margin [j != y]) - s_y, as jax.grad of optax's
+    max(s + margin (1 - onehot)) - s_y, with the ties decided exactly:
+    K = {j != y : s_j = m} if z > 0, that set and y if z = 0, {y} if z < 0;
+    grad_k = [k in K] / |K| - [k = y]."""
+    s = _f64(scores)
+    axis = axis % s.ndim
+    x, row_shape = _rows(s, axis)
+    y = np.asarray(target).reshape(-1).astype(np.int64)
+    n = x.shape[0]
+    onehot = np.zeros_like(x)
+    onehot[np.arange(n), y] = 1.0
+    sy = x[np.arange(n), y]
+    rivals = np.where(onehot == 1, -np.inf, x)
+    with np.errstate(invalid="ignore"):
+        m = rivals.max(axis=1) if x.shape[1] else np.full(n, -np.inf)
+        z = (m - sy) + margin
+        per_row = np.maximum(z, 0.0)
+        top = (rivals == m[:, None]) & (z >= 0)[:, None]
+        K = top + onehot * (z <= 0)[:, None]
+        g = K / K.sum(axis=1, keepdims=True) - onehot
+    bad = np.isnan(x).any(axis=1) | np.isnan(z)
+    per_row[bad] = np.nan
+    g[bad] = np.nan
+    loss, scale = _row_reduce(per_row, reduction, row_shape)
+    if not return_grad:
+        return loss
+    return loss, _unrows(g * scale, s.shape, axis)
+
+
+def multiclass_perceptron_loss(scores, target, axis=-1, reduction="mean", return_grad=False):
+    """max_j s_j - s_y: the Crammer-Singer hinge with margin 0."""
+    return multiclass_hinge_loss(scores, target, axis=axis, margin=0.0, reduction=reduction,
+                                 return_grad=return_grad)
+
+
+def _sparsemax_rows(x):
+    """sparsemax of each row of a 2-d float64 array by sorting (Martins & Astudillo, Alg. 1):
+    z sorted descending, k(z) = max{k : 1 + k z_(k) > sum_{i<=k} z_(i)},
+    tau = (sum_{i<=k(z)} z_(i) - 1) / k(z), p = max(0, z - tau). Returns (p, tau)."""
+    n, C = x.shape
+    with np.errstate(invalid="ignore"):
+        x = x - x.max(axis=1, keepdims=True)  # (shift-invariant; keeps huge logits exact)
+    zs = -np.sort(-x, axis=1)
+    with np.errstate(invalid="ignore"):
+        csum = np.cumsum(zs, axis=1)
+        k = np.arange(1, C + 1)
+        support = 1 + k * zs > csum
+    kz = support.sum(axis=1)
+    tau = (csum[np.arange(n), np.maximum(kz, 1) - 1] - 1) / np.maximum(kz, 1)
+    return np.maximum(0.0, x - tau[:, None]), tau
+
+
+def sparsemax(x, axis=-1):
+    """Euclidean projection of each row onto the probability simplex (float64, by sorting)."""
+    a = _f64(x)
+    axis = axis % a.ndim
+    rows, _ = _rows(a, axis)
+    p, _ = _sparsemax_rows(rows)
+    # NaN or +inf anywhere, or no finite entry: NaN
+    bad = np.isnan(rows).any(axis=1) | np.isposinf(rows).any(axis=1) | np.isneginf(rows).all(axis=1)
+    p[bad] = np.nan
+    return _unrows(p, a.shape, axis)
+
+
+def sparsemax_loss(logits, target, axis=-1, reduction="mean", return_grad=False):
+    """Sparsemax loss (Martins & Astudillo 2016, eq. 20), float64: per row z, p = sparsemax(z)
+    with support S and threshold tau, target q (one-hot for class indices, else q itself):
+
+        loss = -q . z + 0.5 sum_{j in S} (z_j^2 - tau^2) + 0.5 |q|^2,   grad = p - q.
+    """
+    z = _f64(logits)
+    axis = axis % z.ndim
+    x, row_shape = _rows(z, axis)
+    t = np.asarray(target)
+    if t.shape == z.shape:
+        q, _ = _rows(t, axis)
+    else:
+        q = np.zeros_like(x)
+        q[np.arange(x.shape[0]), t.reshape(-1).astype(np.int64)] = 1.0
+    # relative to the row maximum (exact for rows of q summing to 1; the definition for others)
+    with np.errstate(invalid="ignore"):
+        x = x - x.max(axis=1, keepdims=True)
+    p, tau = _sparsemax_rows(x)
+    with np.errstate(invalid="ignore"):
+        qz = np.where(q == 0, 0.0, q * x).sum(axis=1)
+        sq = np.where(p > 0, x * x - tau[:, None] ** 2, 0.0).sum(axis=1)
+    per_row = -qz + 0.5 * sq + 0.5 * (q * q).sum(axis=1)
+    bad = (np.isnan(x).any(axis=1) | np.isposinf(_rows(z, axis)[0]).any(axis=1)
+           | np.isneginf(_rows(z, axis)[0]).all(axis=1) | np.isnan(q).any(axis=1))
+    per_row[bad] = np.nan
+    p[bad] = np.nan
+    loss, scale = _row_reduce(per_row, reduction, row_shape)
+    if not return_grad:
+        return loss
+    return loss, _unrows((p - q) * scale, z.shape, axis)
+
+
+def jensen_shannon_with_logits(student, teacher, axis=-1, beta=0.5, temperature=1.0,
+                               reduction="batchmean", return_grad=False):
+    """Liger-Kernel's generalized JSD of logits, float64: per row, P = softmax(teacher / T),
+    Q = softmax(student / T), M = beta P + (1 - beta) Q:
+
+        beta = 0: KL(P || Q);  beta = 1: KL(Q || P);
+        else:     beta KL(P || M) + (1 - beta) KL(Q || M)
+
+    (terms of zero weight count 0). Gradient w.r.t. the student, through the softmax:
+    (g - Q sum_j g_j) / T with g_j = dloss/dQ_j Q_j. Reductions as kl_div_with_logits."""
+    s = _f64(student)
+    axis = axis % s.ndim
+    xs, row_shape = _rows(s, axis)
+    xt, _ = _rows(teacher, axis)
+    n, C = xs.shape
+    T = float(temperature)
+    lq = log_softmax(xs / T, axis=1)
+    lp = log_softmax(xt / T, axis=1)
+    q, p = np.exp(lq), np.exp(lp)
+
+    def kl(a, la, lb):  # sum a (log a - log b), 0 where a = 0
+        with np.errstate(invalid="ignore"):
+            t = np.where(a == 0, 0.0, a * (la - lb))
+        return t, t.sum(axis=1)
+
+    if beta == 0:
+        _, per_row = kl(p, lp, lq)
+        g = q - p
+    elif beta == 1:
+        t, per_row = kl(q, lq, lp)
+        g = t - q * per_row[:, None]
+    else:
+        with np.errstate(divide="ignore"):
+            lm = np.logaddexp(np.log(beta) + lp, np.log1p(-beta) + lq)
+        _, kp = kl(p, lp, lm)
+        tq, kq = kl(q, lq, lm)
+        per_row = beta * kp + (1 - beta) * kq
+        w = (1 - beta) * tq
+        g = w - q * w.sum(axis=1, keepdims=True)
+    denom = {"batchmean": n, "mean": n * C}.get(reduction, 1)
+    loss, scale = _reduce(per_row, denom, "mean" if reduction == "batchmean" else reduction,
+                          row_shape)
+    if not return_grad:
+        return loss
+    return loss, _unrows(g / T * scale, s.shape, axis)
+
+
+def ranking_softmax_loss(scores, labels, where=None, reduction="mean", return_grad=False):
+    """optax's listwise softmax loss, float64, over the last axis: with items outside ``where``
+    removed (score -inf, label 0), loss_row = -sum_i y_i log softmax(s)_i (terms with y_i = 0
+    count 0); a row without items has loss 0 and gradient 0. "mean" averages over the rows
+    with at least one item (0 when there are none); gradient sum(y) softmax(s) - y."""
+    s = _f64(scores)
+    y = np.broadcast_to(_f64(labels), s.shape)
+    w = np.ones(s.shape, bool) if where is None else np.broadcast_to(np.asarray(where, bool),
+                                                                     s.shape)
+    row_shape = s.shape[:-1]
+    n_rows = int(np.prod(row_shape))
+    x = s.reshape(n_rows, s.shape[-1])
+    yr = y.reshape(n_rows, s.shape[-1])
+    wr = w.reshape(n_rows, s.shape[-1])
+    x = np.where(wr, x, -np.inf)
+    yr = np.where(wr, yr, 0.0)
+    live = wr.any(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ls = log_softmax(np.where(live[:, None], x, 0.0), axis=1) if x.size else x
+        # a label 0 counts 0 (even at a -inf score), but a NaN log-softmax (a NaN or +inf
+        # score, or all scores -inf) makes the row NaN, as optax's
+        per_row = -np.where((yr == 0) & ~np.isnan(ls), 0.0, yr * ls).sum(axis=1)
+        g = yr.sum(axis=1, keepdims=True) * np.exp(ls) - yr
+    per_row = np.where(live, per_row, 0.0)
+    g = np.where(wr & live[:, None], g, 0.0)
+    n_live = int(live.sum())
+    if reduction == "mean":
+        loss = per_row.sum() / n_live if n_live else 0.0
+        scale = 1.0 / n_live if n_live else 0.0
+    else:
+        loss, scale = _reduce(per_row, 1, reduction, row_shape)
+    if not return_grad:
+        return loss
+    return loss, (g * scale).reshape(s.shape)

@@ -653,4 +653,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("ce_shard_grad", &ce_shard_grad_py, py::arg("logits"), py::arg("target"),
         py::arg("class_offset"), py::arg("ignore_index"), py::arg("softcap"), py::arg("ref"),
         py::arg("p_coef"), py::arg("t_value"), py::arg("u"), py::arg("grad"));
+  // Issue 16: the row losses (sparsemax, ranking, JSD, multi-class hinge), bind_rowloss.cpp.
+  void register_rowloss(py::module_ & m);
+  register_rowloss(m);
 }

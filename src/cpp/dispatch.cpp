@@ -221,3 +221,41 @@ FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_SCALE)
 #undef FASTLOSS_FORWARD_SCALE
 
 }  // namespace fastloss
+
+// Issue 16: row losses (rowloss.hpp): as CTC, the table of the ISA in use.
+#include "rowloss.hpp"
+namespace fastloss {
+namespace baseline {
+extern const RowLossTable rowloss_table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const RowLossTable rowloss_table;
+}
+namespace avx512 {
+extern const RowLossTable rowloss_table;
+}
+#endif
+namespace {
+const RowLossTable& rowloss_dispatch() {
+#if defined(FASTLOSS_X86)
+  const char* isa = active_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::rowloss_table;
+  if (std::strcmp(isa, "avx2") == 0) return avx2::rowloss_table;
+#endif
+  return baseline::rowloss_table;
+}
+}  // namespace
+#define FASTLOSS_FORWARD_ROWLOSS(sfx, S)                                                        \
+  void class_margin(const ClassMarginArgs<S>& a) { rowloss_dispatch().class_margin_##sfx(a); }  \
+  void sparsemax(const SparsemaxArgs<S>& a) { rowloss_dispatch().sparsemax_##sfx(a); }          \
+  void sparsemax_loss(const SparsemaxLossArgs<S>& a) {                                          \
+    rowloss_dispatch().sparsemax_loss_##sfx(a);                                                 \
+  }                                                                                             \
+  void jensen_shannon(const JsdArgs<S>& a) { rowloss_dispatch().jensen_shannon_##sfx(a); }      \
+  void ranking_softmax(const RankingSoftmaxArgs<S>& a) {                                        \
+    rowloss_dispatch().ranking_softmax_##sfx(a);                                                \
+  }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_ROWLOSS)
+#undef FASTLOSS_FORWARD_ROWLOSS
+}  // namespace fastloss

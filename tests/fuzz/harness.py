@@ -527,6 +527,85 @@ BUILDERS: list[tuple[str, Callable[[Reader], tuple]]] = [
 ]
 
 
+# Issue 16: sparsemax, sparsemax_loss, the multi-class hinge / perceptron, the generalized JSD
+# and the ranking softmax loss.
+def b_sparsemax(r: Reader):
+    shape = shape_of(r, ndim=r.choice((1, 2, 2, 3)))
+    kw: dict = {}
+    if shape and r.chance(3):
+        kw["axis"] = pick_axis(r, len(shape))
+    return "sparsemax", (float_array(r, shape),), kw
+
+
+def b_class_rows(r: Reader, name):
+    """sparsemax_loss, multiclass_hinge_loss, multiclass_perceptron_loss: scores and class
+    indices (or, for sparsemax_loss, sometimes a distribution of the scores' shape)."""
+    shape = shape_of(r, ndim=r.choice((1, 2, 2, 3)))
+    x = float_array(r, shape)
+    kw: dict = {"reduction": option(r, REDUCTIONS, BAD_REDUCTIONS)}
+    axis = pick_axis(r, len(shape)) if len(shape) >= 2 and r.chance(3) else -1
+    if axis != -1:
+        kw["axis"] = axis
+    c = shape[axis % len(shape)] if shape and isinstance(axis, int) and -len(shape) <= axis < len(shape) else 1
+    if name == "sparsemax_loss" and r.chance(3):
+        g = np.random.default_rng(r.seed())
+        p = g.random(shape) * (g.random(shape) < 0.7)
+        with np.errstate(all="ignore"):
+            p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-300) if p.size else p
+        t = in_layout(r, p)
+    else:
+        t = index_array(r, shrink_shape(shape, axis if isinstance(axis, int) else -1), c)
+    if name == "multiclass_hinge_loss" and r.chance(3):
+        kw["margin"] = option(r, (1.0, 0.0, 2.0, -0.5), BAD_FLOATS)
+    kw["return_grad"] = r.chance(2)
+    _grad_out(r, x, kw)
+    return name, (x, t), kw
+
+
+def b_jsd(r: Reader):
+    shape = shape_of(r, ndim=r.choice((1, 2, 2, 3)))
+    s = float_array(r, shape)
+    t = float_array(r, shape if not r.chance(12) else shape[::-1])
+    kw: dict = {"reduction": option(r, REDUCTIONS + ("batchmean",), BAD_REDUCTIONS)}
+    if r.chance(2):
+        kw["beta"] = option(r, (0.0, 0.5, 1.0, 0.1, 0.9), BAD_FLOATS + (1.5,))
+    if r.chance(3):
+        kw["temperature"] = option(r, (1.0, 2.0, 0.5, 1e-3), BAD_FLOATS + (0.0,))
+    if len(shape) >= 2 and r.chance(4):
+        kw["axis"] = pick_axis(r, len(shape))
+    kw["return_grad"] = r.chance(2)
+    _grad_out(r, s, kw)
+    return "jensen_shannon_with_logits", (s, t), kw
+
+
+def b_ranking(r: Reader):
+    shape = shape_of(r, ndim=r.choice((1, 2, 2, 3)))
+    x = float_array(r, shape)
+    g = np.random.default_rng(r.seed())
+    yshape = shape if not r.chance(8) else shape[-1:]
+    y = in_layout(r, (g.integers(0, 4, size=yshape) * (g.random(yshape) < 0.5)).astype(
+        r.choice(("float64", "float32", "int64"))))
+    kw: dict = {"reduction": option(r, REDUCTIONS, BAD_REDUCTIONS)}
+    if r.chance(2):
+        w = g.random(shape) < 0.7
+        if r.chance(12):
+            w = w.astype(r.choice(("float64", "int8")))
+        kw["where"] = in_layout(r, w)
+    kw["return_grad"] = r.chance(2)
+    _grad_out(r, x, kw)
+    return "ranking_softmax_loss", (x, y), kw
+
+
+BUILDERS += [
+    ("sparsemax", b_sparsemax),
+    ("sparsemax_loss", lambda r: b_class_rows(r, "sparsemax_loss")),
+    ("multiclass_hinge_loss", lambda r: b_class_rows(r, "multiclass_hinge_loss")),
+    ("multiclass_perceptron_loss", lambda r: b_class_rows(r, "multiclass_perceptron_loss")),
+    ("jensen_shannon_with_logits", b_jsd),
+    ("ranking_softmax_loss", b_ranking),
+]
+
+
 # --- the checks -------------------------------------------------------------------------
 def _arrays(obj):
     """Every ndarray inside obj (tuples, lists, dicts, dataclass-like objects)."""

@@ -24,11 +24,34 @@ constexpr int kSlotChunkSums = kScratchSlots - 1;  // (per calling thread; see t
 
 template <class T> using V = vec_t<T>;
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
-template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
+// |v| by clearing the sign bit (one and; |-0| = +0, NaN stays NaN)
+template <class T> inline V<T> vabs(V<T> v) {
+  using I = typename Vec<T>::itype;
+  return V<T>(I(v) & ~I(-V<T>{}));
+}
 // sign(d) with sign(0) = 0 and sign(NaN) = NaN (as torch.sign).
 template <class T> inline V<T> vsign(V<T> d) {
   V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
   return vselect(d != d, d, s);
+}
+// Whether every lane of a compare mask is true (one movemask where the ISA has it).
+template <class M> inline bool all_lanes(M m) {
+  constexpr int n = sizeof(M) / sizeof(m[0]);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(M) == 64 && n == 16) return _mm512_movepi32_mask(__m512i(m)) == 0xFFFF;
+  if constexpr (sizeof(M) == 64 && n == 8) return _mm512_movepi64_mask(__m512i(m)) == 0xFF;
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32 && n == 8) return _mm256_movemask_ps(__m256(m)) == 0xFF;
+  if constexpr (sizeof(M) == 32 && n == 4) return _mm256_movemask_pd(__m256d(m)) == 0xF;
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(M) == 16 && n == 4) return _mm_movemask_ps(__m128(m)) == 0xF;
+  if constexpr (sizeof(M) == 16 && n == 2) return _mm_movemask_pd(__m128d(m)) == 0x3;
+#endif
+  bool all = true;
+  for (int i = 0; i < n; ++i) all &= m[i] != 0;
+  return all;
 }
 // max(v, 0) that keeps NaN (a plain compare-select would turn NaN into 0).
 template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
@@ -87,8 +110,9 @@ struct SmoothL1 {
 template <class T> struct LogisticParts {
   V<T> l1pe, sig, sig_neg;
   FL_INLINE explicit LogisticParts(V<T> x) {
-    const V<T> ax = vabs<T>(x), e = vexp_capped(-ax), one = splat<T>(1);
-    l1pe = vlog1p_unit(e);
+    const V<T> one = splat<T>(1);
+    V<T> e;
+    exp_log1p_neg(vabs<T>(x), e, l1pe);
     const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
@@ -104,7 +128,10 @@ template <class T> struct LogisticParts {
 //   g = c sigmoid(x) - p y            (p = 1: sigmoid(x) - y)
 // ---------------------------------------------------------------------------------------------
 template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V<T> l1pe) {
-  const V<T> lin = vselect(x >= V<T>{}, (splat<T>(1) - y) * x, -(p * y) * x);
+  // (x >= 0: (1 - y) x, else -p y x: x ([x >= 0] - (y or p y)) with the mask as 0 or 1)
+  using I = typename Vec<T>::itype;
+  const auto pos = x >= V<T>{};
+  const V<T> lin = x * (V<T>(I(pos) & I(splat<T>(1))) - vselect(pos, y, p * y));
   return vselect(x != x, x, lin + c * l1pe);
 }
 
@@ -112,18 +139,21 @@ template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V
 // max(x, 0) - x y taken as x (1 - y) or -x y (no cancellation; right at x = +-inf).
 template <bool kPos> struct BceLogits {
   template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
+    using I = typename Vec<T>::itype;
     if constexpr (kPos) {
       const LogisticParts<T> lp(x);
       const V<T> one = splat<T>(1), c = one + (p - one) * y;
       l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
       g = c * lp.sig - p * y;
     } else {
-      const V<T> e = vexp_capped(-vabs<T>(x)), one = splat<T>(1);
+      const V<T> one = splat<T>(1);
+      V<T> e, l1pe;
+      exp_log1p_neg(vabs<T>(x), e, l1pe);
       // max(x, 0) - x y as x (1 - y) or x (-y): the same at +-inf as the reference's
       // y softplus(-x) + (1 - y) softplus(x) (+inf, or NaN for 0 * inf), not inf - inf = NaN
       // (found by the property tests under the sanitizer build)
       // (the same expression as bce_logits_loss with p = 1: bit-identical to pos_weight = 1)
-      l = vselect(x >= V<T>{}, (one - y) * x, -y * x) + vlog1p_unit(e);
+      l = x * (V<T>(I(x >= V<T>{}) & I(one)) - y) + l1pe;
       const V<T> big = one / (one + e);
       g = vselect(x >= V<T>{}, big, e * big) - y;
     }
@@ -141,10 +171,7 @@ struct Bce {
     const V<T> one = splat<T>(1), zero{}, lo = splat<T>(-100);
     const V<T> u = one - q, c = (one - u) - q;  // 1 - q = u + c exactly (|q| <= 1)
     const auto y1 = y == one;
-    bool hard = true;
-    const auto yh = y1 | (y == zero);
-    for (int i = 0; i < vec_width<T>; ++i) hard &= bool(yh[i]);
-    if (hard) {
+    if (all_lanes(y1 | (y == zero))) {  // hard labels
       V<T> lg = vlog_sum(vselect(y1, q, u), vselect(y1, zero, c));
       l = -vselect(lg < lo, lo, lg);
     } else {
@@ -191,15 +218,15 @@ template <int kGamma> struct SigmoidFocal {
       // softplus(-x) = max(-x, 0) + log1p(exp(-|x|)); softplus(x) = softplus(-x) + x
       const V<T> sp_neg = relu<T>(-x) + lp.l1pe, sp_pos = relu<T>(x) + lp.l1pe;
       V<T> lq = vselect(y1, -sp_pos, -sp_neg);
-      bool soft = false;
-      for (int i = 0; i < vec_width<T>; ++i) soft |= !(y1[i] || y0[i]);
-      if (soft) lq = vselect(y1 | y0, lq, vlog(q));
+      if (!all_lanes(y1 | y0)) lq = vselect(y1 | y0, lq, vlog(q));
       const auto qpos = q > zero;
       mod = vselect(qpos, vexp(splat<T>(gamma) * lq), zero);
       dmod = vselect(qpos, splat<T>(gamma) * mod / vselect(qpos, q, one), zero);
       mod = vselect(q != q, q, mod);
     }
-    const V<T> at = alpha < 0 ? one : splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y);
+    // (a lane select, not a branch: the compare of the constants leaves the loop)
+    const V<T> at = vselect(splat<T>(alpha) < zero, one,
+                            splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y));
     l = at * ce * mod;
     g = at * ((lp.sig - y) * mod + ce * dmod * lp.sig * lp.sig_neg * (one - y - y));
   }
@@ -283,7 +310,8 @@ template <class Op> constexpr bool kUsesPosWeight = std::is_same_v<Op, BceLogits
 template <class T, class Op, bool kGrad>
 __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const BlockArgs<T>& b,
                                                   PassState<T>& st) {
-  const Op& op = *static_cast<const Op*>(op_ptr);
+  const Op op = *static_cast<const Op*>(op_ptr);  // (a local copy: its parameters stay in
+                                                   // registers, no aliasing with the outputs)
   using I = typename Vec<T>::itype;
   constexpr int W = vec_width<T>;
   constexpr bool kLabels = std::is_same_v<Op, Hinge>;
@@ -341,13 +369,15 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
 template <class T> using BlockFn = void (*)(const void*, const BlockArgs<T>&, PassState<T>&);
 
 // 16-bit predictions in, 16-bit gradients out, through float32 blocks.
-template <class S> __attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
+template <class S>
+__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
   constexpr int W = vec_width<float>;
   int64_t i = 0;
   for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
   for (; i < n; ++i) d[i] = to_compute(s[i]);
 }
-template <class S> __attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
+template <class S>
+__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
   constexpr int W = vec_width<float>;
   int64_t i = 0;
   for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));

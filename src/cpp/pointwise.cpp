@@ -24,11 +24,34 @@ constexpr int kSlotChunkSums = kScratchSlots - 1;  // (per calling thread; see t
 
 template <class T> using V = vec_t<T>;
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
-template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
+// |v| by clearing the sign bit (one and; |-0| = +0, NaN stays NaN)
+template <class T> inline V<T> vabs(V<T> v) {
+  using I = typename Vec<T>::itype;
+  return V<T>(I(v) & ~I(-V<T>{}));
+}
 // sign(d) with sign(0) = 0 and sign(NaN) = NaN (as torch.sign).
 template <class T> inline V<T> vsign(V<T> d) {
   V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
   return vselect(d != d, d, s);
+}
+// Whether every lane of a compare mask is true (one movemask where the ISA has it).
+template <class M> inline bool all_lanes(M m) {
+  constexpr int n = sizeof(M) / sizeof(m[0]);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(M) == 64 && n == 16) return _mm512_movepi32_mask(__m512i(m)) == 0xFFFF;
+  if constexpr (sizeof(M) == 64 && n == 8) return _mm512_movepi64_mask(__m512i(m)) == 0xFF;
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32 && n == 8) return _mm256_movemask_ps(__m256(m)) == 0xFF;
+  if constexpr (sizeof(M) == 32 && n == 4) return _mm256_movemask_pd(__m256d(m)) == 0xF;
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(M) == 16 && n == 4) return _mm_movemask_ps(__m128(m)) == 0xF;
+  if constexpr (sizeof(M) == 16 && n == 2) return _mm_movemask_pd(__m128d(m)) == 0x3;
+#endif
+  bool all = true;
+  for (int i = 0; i < n; ++i) all &= m[i] != 0;
+  return all;
 }
 // max(v, 0) that keeps NaN (a plain compare-select would turn NaN into 0).
 template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
@@ -87,8 +110,9 @@ struct SmoothL1 {
 template <class T> struct LogisticParts {
   V<T> l1pe, sig, sig_neg;
   FL_INLINE explicit LogisticParts(V<T> x) {
-    const V<T> ax = vabs<T>(x), e = vexp_capped(-ax), one = splat<T>(1);
-    l1pe = vlog1p_unit(e);
+    const V<T> one = splat<T>(1);
+    V<T> e;
+    exp_log1p_neg(vabs<T>(x), e, l1pe);
     const V<T> big = one / (one + e), small = e * big;  // sigmoid(|x|), sigmoid(-|x|)
     const auto pos = x >= V<T>{};
     sig = vselect(pos, big, small);
@@ -104,7 +128,10 @@ template <class T> struct LogisticParts {
 //   g = c sigmoid(x) - p y            (p = 1: sigmoid(x) - y)
 // ---------------------------------------------------------------------------------------------
 template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V<T> l1pe) {
-  const V<T> lin = vselect(x >= V<T>{}, (splat<T>(1) - y) * x, -(p * y) * x);
+  // (x >= 0: (1 - y) x, else -p y x: x ([x >= 0] - (y or p y)) with the mask as 0 or 1)
+  using I = typename Vec<T>::itype;
+  const auto pos = x >= V<T>{};
+  const V<T> lin = x * (V<T>(I(pos) & I(splat<T>(1))) - vselect(pos, y, p * y));
   return vselect(x != x, x, lin + c * l1pe);
 }
 
@@ -112,18 +139,21 @@ template <class T> inline V<T> bce_logits_loss(V<T> x, V<T> y, V<T> p, V<T> c, V
 // max(x, 0) - x y taken as x (1 - y) or -x y (no cancellation; right at x = +-inf).
 template <bool kPos> struct BceLogits {
   template <class T> FL_INLINE void operator()(V<T> x, V<T> y, V<T> p, V<T>& l, V<T>& g) const {
+    using I = typename Vec<T>::itype;
     if constexpr (kPos) {
       const LogisticParts<T> lp(x);
       const V<T> one = splat<T>(1), c = one + (p - one) * y;
       l = bce_logits_loss<T>(x, y, p, c, lp.l1pe);
       g = c * lp.sig - p * y;
     } else {
-      const V<T> e = vexp_capped(-vabs<T>(x)), one = splat<T>(1);
+      const V<T> one = splat<T>(1);
+      V<T> e, l1pe;
+      exp_log1p_neg(vabs<T>(x), e, l1pe);
       // max(x, 0) - x y as x (1 - y) or x (-y): the same at +-inf as the reference's
       // y softplus(-x) + (1 - y) softplus(x) (+inf, or NaN for 0 * inf), not inf - inf = NaN
       // (found by the property tests under the sanitizer build)
       // (the same expression as bce_logits_loss with p = 1: bit-identical to pos_weight = 1)
-      l = vselect(x >= V<T>{}, (one - y) * x, -y * x) + vlog1p_unit(e);
+      l = x * (V<T>(I(x >= V<T>{}) & I(one)) - y) + l1pe;
       const V<T> big = one / (one + e);
       g = vselect(x >= V<T>{}, big, e * big) - y;
     }
@@ -141,10 +171,7 @@ struct Bce {
     const V<T> one = splat<T>(1), zero{}, lo = splat<T>(-100);
     const V<T> u = one - q, c = (one - u) - q;  // 1 - q = u + c exactly (|q| <= 1)
     const auto y1 = y == one;
-    bool hard = true;
-    const auto yh = y1 | (y == zero);
-    for (int i = 0; i < vec_width<T>; ++i) hard &= bool(yh[i]);
-    if (hard) {
+    if (all_lanes(y1 | (y == zero))) {  // hard labels
       V<T> lg = vlog_sum(vselect(y1, q, u), vselect(y1, zero, c));
       l = -vselect(lg < lo, lo, lg);
     } else {
@@ -191,15 +218,15 @@ template <int kGamma> struct SigmoidFocal {
       // softplus(-x) = max(-x, 0) + log1p(exp(-|x|)); softplus(x) = softplus(-x) + x
       const V<T> sp_neg = relu<T>(-x) + lp.l1pe, sp_pos = relu<T>(x) + lp.l1pe;
       V<T> lq = vselect(y1, -sp_pos, -sp_neg);
-      bool soft = false;
-      for (int i = 0; i < vec_width<T>; ++i) soft |= !(y1[i] || y0[i]);
-      if (soft) lq = vselect(y1 | y0, lq, vlog(q));
+      if (!all_lanes(y1 | y0)) lq = vselect(y1 | y0, lq, vlog(q));
       const auto qpos = q > zero;
       mod = vselect(qpos, vexp(splat<T>(gamma) * lq), zero);
       dmod = vselect(qpos, splat<T>(gamma) * mod / vselect(qpos, q, one), zero);
       mod = vselect(q != q, q, mod);
     }
-    const V<T> at = alpha < 0 ? one : splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y);
+    // (a lane select, not a branch: the compare of the constants leaves the loop)
+    const V<T> at = vselect(splat<T>(alpha) < zero, one,
+                            splat<T>(alpha) * y + splat<T>(1 - alpha) * (one - y));
     l = at * ce * mod;
     g = at * ((lp.sig - y) * mod + ce * dmod * lp.sig * lp.sig_neg * (one - y - y));
   }
@@ -249,103 +276,185 @@ template <bool kLogTarget> struct KlDiv {
 // The driver: n elements in chunks over the threads; per element l_i = w_i loss_i,
 // grad_i = grad_scale * w_i * dloss_i / dx_i; returns sum_i l_i.
 // ---------------------------------------------------------------------------------------------
-// kGrad / kLossOut / kWeighted: whether a gradient, per-element losses and weights are wanted,
-// as template flags so that a loss-only call does not compute the gradient.
-template <class S, class Op, bool kGrad, bool kLossOut, bool kWeighted>
-double run_with(PointwiseArgs<S>& a, const Op& op) {
+// One kernel per (compute type, loss, gradient or not): run_block. Weights and per-element
+// losses are runtime choices (a predictable branch per vector, nothing next to the arithmetic
+// of a transcendental loss); 16-bit predictions and gradients are converted at the edge of a
+// block that stays in L1, so float16 and bfloat16 share the float32 kernels. This keeps the
+// number of instantiations (the compile time and the size of the library) small.
+
+// Per-thread state of a pass: float64 sums of the losses and per-lane label counts (compare
+// masks are -1 where true).
+template <class T> struct PassState {
+  using I = typename Vec<T>::itype;
+  I c_neg{}, c_zero{}, c_bad{};
+  f64v acc_lo{}, acc_hi{};
+};
+
+template <class T> struct BlockArgs {
+  const T* x;     // predictions
+  const T* y;     // targets
+  const T* w;     // weights, or nullptr (all 1)
+  const T* p;     // pos_weight, or nullptr (all 1)
+  T* loss;        // per-element losses, or nullptr
+  T* grad;        // gradient, or nullptr (kGrad false)
+  int64_t n;      // a multiple of the vector width
+  double grad_scale;
+};
+
+template <class Op> constexpr bool kUsesPosWeight = std::is_same_v<Op, BceLogits<true>>;
+
+// n elements (whole vectors). Losses are summed in partials of 8 vectors before being widened
+// into the float64 sum (each partial's relative error <= 7 ulp of the sum of its terms'
+// magnitudes); the vectors after the last whole group are added one at a time.
+// (noinline + flatten: one copy of the loss per kernel, with every helper inlined into it)
+template <class T, class Op, bool kGrad>
+__attribute__((noinline, flatten)) void run_block(const void* op_ptr, const BlockArgs<T>& b,
+                                                  PassState<T>& st) {
+  const Op op = *static_cast<const Op*>(op_ptr);  // (a local copy: its parameters stay in
+                                                   // registers, no aliasing with the outputs)
+  using I = typename Vec<T>::itype;
+  constexpr int W = vec_width<T>;
+  constexpr bool kLabels = std::is_same_v<Op, Hinge>;
+  constexpr bool kProbs = std::is_same_v<Op, Bce>;
+  constexpr bool kKlProbs = std::is_same_v<Op, KlDiv<false>>;
+  const V<T> gs = splat<T>(b.grad_scale), one = splat<T>(1);
+  const T *x = b.x, *y = b.y, *w = b.w, *pw = b.p;
+  T *loss = b.loss, *grad = b.grad;
+  I c_neg = st.c_neg, c_zero = st.c_zero, c_bad = st.c_bad;
+  f64v acc_lo = st.acc_lo, acc_hi = st.acc_hi;
+  auto at = [&](int64_t j) {
+    const V<T> xv = vload(x + j), yv = vload(y + j);
+    V<T> p = one;
+    if constexpr (kUsesPosWeight<Op>) p = vload(pw + j);
+    if constexpr (kProbs) c_bad -= I((xv < V<T>{}) | (xv > one));  // outside [0, 1] (NaN passes)
+    if constexpr (kKlProbs) c_bad -= I(yv < V<T>{});  // negative probability targets
+    if constexpr (kLabels) {
+      const I neg = yv == splat<T>(-1), zero = yv == V<T>{}, pos = yv == one;
+      c_neg -= neg;
+      c_zero -= zero;
+      c_bad -= ~(neg | zero | pos);
+    }
+    V<T> l, g;
+    op.template operator()<T>(xv, yv, p, l, g);
+    if (w) {
+      const V<T> wv = vload(w + j);
+      l = l * wv;
+      g = g * wv;
+    }
+    if (loss) vstore(loss + j, l);
+    if constexpr (kGrad) vstore(grad + j, g * gs);
+    return l;
+  };
+  auto add = [&](V<T> l) {
+    if constexpr (std::is_same_v<T, float>) {
+      f64v lo, hi;
+      widen(l, lo, hi);
+      acc_lo += lo;
+      acc_hi += hi;
+    } else {
+      acc_lo += l;
+    }
+  };
+  for (int64_t j = 0; j < b.n;) {
+    const int64_t m = j + 8 * W <= b.n ? 8 : 1;
+    V<T> part = at(j);
+    for (int64_t k = 1; k < m; ++k) part += at(j + k * W);
+    add(part);
+    j += m * W;
+  }
+  st.c_neg = c_neg, st.c_zero = c_zero, st.c_bad = c_bad;
+  st.acc_lo = acc_lo, st.acc_hi = acc_hi;
+}
+
+template <class T> using BlockFn = void (*)(const void*, const BlockArgs<T>&, PassState<T>&);
+
+// 16-bit predictions in, 16-bit gradients out, through float32 blocks.
+template <class S>
+__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
+  for (; i < n; ++i) d[i] = to_compute(s[i]);
+}
+template <class S>
+__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));
+  for (; i < n; ++i) d[i] = from_compute<S>(s[i]);
+}
+
+// Elements [lo, hi) of one chunk: whole vectors through fn, then the tail padded to a vector
+// (x = 0, y = y_pad, weight 0, pos_weight 1: a padded lane adds nothing and counts no label).
+template <class T> void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x,
+                                  T* grad, int64_t lo, int64_t hi, T y_pad,
+                                  PassState<T>& st) {
+  constexpr int W = vec_width<T>;
+  const int64_t whole = (hi - lo) / W * W;
+  if (whole) {
+    BlockArgs<T> c = b;
+    c.x = x, c.grad = grad;  // (already offset by the caller)
+    c.y += lo, c.w = b.w ? b.w + lo : nullptr, c.p = b.p ? b.p + lo : nullptr;
+    c.loss = b.loss ? b.loss + lo : nullptr;
+    c.n = whole;
+    fn(op, c, st);
+  }
+  const int64_t cnt = hi - lo - whole, t = lo + whole;
+  if (cnt == 0) return;
+  T xb[W], yb[W], wb[W], pb[W], lb[W], gb[W];
+  for (int i = 0; i < W; ++i) {
+    const bool real = i < cnt;
+    xb[i] = real ? x[whole + i] : T(0);
+    yb[i] = real ? b.y[t + i] : y_pad;
+    wb[i] = real ? (b.w ? b.w[t + i] : T(1)) : T(0);
+    pb[i] = real && b.p ? b.p[t + i] : T(1);
+  }
+  BlockArgs<T> c = b;
+  c.x = xb, c.y = yb, c.w = wb, c.p = b.p ? pb : nullptr, c.loss = b.loss ? lb : nullptr;
+  c.grad = grad ? gb : nullptr, c.n = W;
+  fn(op, c, st);
+  for (int64_t i = 0; i < cnt; ++i) {
+    if (b.loss) b.loss[t + i] = lb[i];
+    if (grad) grad[whole + i] = gb[i];
+  }
+}
+
+template <class S> double drive(PointwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op,
+                                compute_t<S> y_pad) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
+  constexpr int64_t kBlock16 = 1024;  // 16-bit: float32 blocks of 4 KB (a multiple of 8 W)
+  static_assert(kChunk % kBlock16 == 0 && kBlock16 % (8 * W) == 0, "block sizes");
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
   const int nt = threads_for(n, chunks);
   // One float64 sum per fixed-size chunk, added in chunk order at the end: the total does not
   // depend on the number of threads.
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   std::atomic<int64_t> n_neg{0}, n_zero{0}, n_bad{0};  // (integer sums: any order is exact)
-  constexpr bool kLabels = std::is_same_v<Op, Hinge>;
-  constexpr bool kProbs = std::is_same_v<Op, Bce>;
-  constexpr bool kKlProbs = std::is_same_v<Op, KlDiv<false>>;
-  // all lanes (full vector) or none: a padded tail lane is real only where its weight is not 0
-  auto full_mask = [](bool full) { return full ? ~typename Vec<T>::itype{} : typename Vec<T>::itype{}; };
+  BlockArgs<T> b{};
+  b.y = a.y, b.w = a.w, b.p = a.pos_weight, b.loss = a.loss, b.grad_scale = a.grad_scale;
   parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
-    using I = typename Vec<T>::itype;
-    I c_neg{}, c_zero{}, c_bad{};  // per-lane label counts (compare masks are -1 where true)
-    f64v acc_lo{}, acc_hi{};
-    auto add = [&](V<T> l) {
-      if constexpr (std::is_same_v<T, float>) {
-        f64v lo, hi;
-        widen(l, lo, hi);
-        acc_lo += lo;
-        acc_hi += hi;
-      } else {
-        acc_lo += l;
-      }
-    };
-    const V<T> gs = splat<T>(a.grad_scale), one = splat<T>(1);
-    T ones[W];
-    for (T& o : ones) o = T(1);
-    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
-      const bool full = cnt == W;
-      const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
-      const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(0));
-      // weights; padded tail lanes get weight 0, so they add nothing to the sum
-      V<T> w;
-      if constexpr (kWeighted)
-        w = full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0));
-      else
-        w = full ? one : load_partial(ones, cnt, T(0));
-      const V<T> p = !a.pos_weight ? one
-                     : full        ? vload(a.pos_weight + j)
-                                   : load_partial(a.pos_weight + j, cnt, T(1));
-      if constexpr (kProbs) {  // BCE: probabilities outside [0, 1] (NaN passes)
-        c_bad -= ((x < V<T>{}) | (x > splat<T>(1))) & I(w != V<T>{} | full_mask(full));
-      }
-      if constexpr (kKlProbs) {  // kl_div: negative probability targets (NaN passes)
-        c_bad -= (y < V<T>{}) & I(w != V<T>{} | full_mask(full));
-      }
-      if constexpr (kLabels) {  // padded lanes have weight 0: count only real ones
-        const I real = w != V<T>{};
-        const I neg = y == splat<T>(-1), zero = y == V<T>{}, pos = y == splat<T>(1);
-        c_neg -= neg & real;
-        c_zero -= zero & real;
-        c_bad -= ~(neg | zero | pos) & real;
-      }
-      V<T> l, g;
-      op.template operator()<T>(x, y, p, l, g);
-      l = l * w;
-      if constexpr (kLossOut) {
-        if (full)
-          vstore(a.loss + j, l);
-        else
-          store_partial(a.loss + j, cnt, l);
-      }
-      if constexpr (kGrad) {
-        const V<T> gg = g * w * gs;
-        if (full)
-          vstore_as(a.grad + j, gg);
-        else
-          store_partial(a.grad + j, cnt, gg);
-      }
-      return l;
-    };
+    PassState<T> st;
     // each thread one contiguous range of chunks
     for (int64_t c = chunks * thread / n_threads; c < chunks * (thread + 1) / n_threads; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
-      acc_lo = acc_hi = f64v{};
-      int64_t j = lo;
-      // Losses summed in partials of 8 vectors before being widened into the float64 sum
-      // (each partial's relative error <= 7 ulp of the sum of its terms' magnitudes).
-      for (; j + 8 * W <= hi; j += 8 * W) {
-        V<T> part = at(j, W);
-        for (int k = 1; k < 8; ++k) part += at(j + k * W, W);
-        add(part);
+      st.acc_lo = st.acc_hi = f64v{};
+      if constexpr (std::is_same_v<S, T>) {
+        run_range<T>(fn, op, b, a.x + lo, a.grad ? a.grad + lo : nullptr, lo, hi, y_pad, st);
+      } else {
+        alignas(64) float xs[kBlock16], gs[kBlock16];
+        for (int64_t s = lo; s < hi; s += kBlock16) {
+          const int64_t e = s + kBlock16 < hi ? s + kBlock16 : hi;
+          to_float_block(a.x + s, xs, e - s);
+          run_range<T>(fn, op, b, xs, a.grad ? gs : nullptr, s, e, y_pad, st);
+          if (a.grad) from_float_block(gs, a.grad + s, e - s);
+        }
       }
-      for (; j + W <= hi; j += W) add(at(j, W));
-      if (j < hi) add(at(j, hi - j));
-      chunk_sum[c] = hsum(acc_lo + acc_hi);
+      chunk_sum[c] = hsum(st.acc_lo + st.acc_hi);
     }
     int64_t neg = 0, zero = 0, bad = 0;
-    for (int i = 0; i < W; ++i) neg += c_neg[i], zero += c_zero[i], bad += c_bad[i];
+    for (int i = 0; i < W; ++i) neg += st.c_neg[i], zero += st.c_zero[i], bad += st.c_bad[i];
     n_neg += neg, n_zero += zero, n_bad += bad;
   });
   double total = 0.0;
@@ -357,13 +466,10 @@ double run_with(PointwiseArgs<S>& a, const Op& op) {
 }
 
 template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
-  const bool w = a.w != nullptr;
-  if (a.grad) {
-    if (a.loss) return w ? run_with<S, Op, true, true, true>(a, op) : run_with<S, Op, true, true, false>(a, op);
-    return w ? run_with<S, Op, true, false, true>(a, op) : run_with<S, Op, true, false, false>(a, op);
-  }
-  if (a.loss) return w ? run_with<S, Op, false, true, true>(a, op) : run_with<S, Op, false, true, false>(a, op);
-  return w ? run_with<S, Op, false, false, true>(a, op) : run_with<S, Op, false, false, false>(a, op);
+  using T = compute_t<S>;
+  const BlockFn<T> fn = a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>;
+  // hinge: a padded label 1 counts as none of -1, 0 or "bad"
+  return drive<S>(a, fn, &op, std::is_same_v<Op, Hinge> ? T(1) : T(0));
 }
 
 template <class S> double pointwise_impl(PointwiseArgs<S>& a) {

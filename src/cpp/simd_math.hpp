@@ -483,6 +483,128 @@ inline f32v vlog_sum(f32v u, f32v c) {
   return vselect(u == f32v{}, vset<float>(-std::numeric_limits<float>::infinity()), out);
 }
 #endif
+// ---------------------------------------------------------------------------------------------
+// e = exp(-a) and log1p(e) for a >= 0 (or NaN), together: the softplus of the logistic losses
+// (softplus(-|x|) = log1p(exp(-|x|))). Generic form: vexp_capped and vlog1p_unit.
+// ---------------------------------------------------------------------------------------------
+template <class V> inline void exp_log1p_neg(V a, V& e, V& l1pe) {
+  e = vexp_capped(-a);
+  l1pe = vlog1p_unit(e);
+}
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// AVX2, float: both through 8-entry tables held in registers (one vpermps per table; vpermps
+// reads only the low 3 bits of each index lane, so the index is the rounding shifter's bits).
+//   exp(-a) = 2^(n/8) exp(r), n = round(-8 a / ln 2), r = -a - n ln2/8 (Cody-Waite, |r| <=
+//     ln2/16): 2^(n/8) = 2^(j/8) 2^k (j = n mod 8) built in the integer domain as
+//     bits(2^(j/8)) - (j << 20) + (n << 20); exp(r) = 1 + r + r^2 (c2 + c3 r), a minimax fit
+//     (relative error 8.3e-8). a > 126 ln 2 (a result below 2^-126) gives 0.
+//   log1p(e) = log(c_k) + log1p(f), c_k = 1 + k/7, k = round(7 e), f = (1 + e)/c_k - 1 =
+//     e inv_k + (inv_k - 1), |f| <= 1/14, with inv_k = 1/c_k rounded to float and log(c_k) taken
+//     as -log(inv_k) (so the identity is exact); log1p(f) = f + f^2 (g0 + g1 f + g2 f^2 + g3 f^3),
+//     a minimax fit (relative error 4.6e-8). k = 0: c = 1, f = e exactly (tiny e keep their
+//     relative accuracy).
+// Errors: exp about 1.5 ulp, log1p about 1 ulp (against 1 ulp for the generic forms).
+inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
+  const __m256 ma = __m256(a);
+  // min(126 ln 2, a): the constant first, so that a NaN a is what comes out
+  const __m256 ac = _mm256_min_ps(_mm256_set1_ps(87.3365447f), ma);
+  const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: round to nearest
+  const __m256 t = _mm256_fmadd_ps(ac, _mm256_set1_ps(-11.5415603271117f), shifter);  // -8/ln2
+  const __m256 n = _mm256_sub_ps(t, shifter);
+  // r = -a - n ln2/8, ln2/8 in two parts (the first with 9 bits: n * hi is exact)
+  __m256 r = _mm256_fnmsub_ps(n, _mm256_set1_ps(0.086669921875f), ac);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.65243055e-5f), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 q =
+      _mm256_fmadd_ps(_mm256_set1_ps(0x1.555bbcp-3f), r, _mm256_set1_ps(0x1.000556p-1f));
+  const __m256 sm1 = _mm256_fmadd_ps(r2, q, r);  // exp(r) - 1
+  const __m256i exp_tab = _mm256_setr_epi32(0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7,
+                                            0x3f7504f3, 0x3f75672a, 0x3f7744fd, 0x3f7ac0c7);
+  const __m256i ti = _mm256_castps_si256(t);
+  const __m256i tab = _mm256_castps_si256(
+      _mm256_permutevar8x32_ps(_mm256_castsi256_ps(exp_tab), ti));
+  const __m256 scale = _mm256_castsi256_ps(_mm256_add_epi32(tab, _mm256_slli_epi32(ti, 20)));
+  __m256 ev = _mm256_fmadd_ps(scale, sm1, scale);
+  ev = _mm256_andnot_ps(_mm256_cmp_ps(ma, _mm256_set1_ps(87.3365447f), _CMP_GT_OQ), ev);
+  // log1p(e), e in [0, 1]
+  const __m256 k = _mm256_fmadd_ps(ev, _mm256_set1_ps(7.0f), shifter);  // round(7 e) in the bits
+  const __m256i ki = _mm256_castps_si256(k);
+  const __m256 inv = _mm256_permutevar8x32_ps(
+      _mm256_setr_ps(0x1p+0f, 0x1.cp-1f, 0x1.8e38e4p-1f, 0x1.666666p-1f, 0x1.45d174p-1f,
+                     0x1.2aaaaap-1f, 0x1.13b13cp-1f, 0x1p-1f), ki);
+  const __m256 invm1 = _mm256_permutevar8x32_ps(
+      _mm256_setr_ps(0.0f, -0x1p-3f, -0x1.c71c7p-3f, -0x1.333334p-2f, -0x1.745d18p-2f,
+                     -0x1.aaaaacp-2f, -0x1.d89d88p-2f, -0x1p-1f), ki);
+  const __m256 logc = _mm256_permutevar8x32_ps(
+      _mm256_setr_ps(0.0f, 0x1.1178e8p-3f, 0x1.01589p-2f, 0x1.6d3c34p-2f, 0x1.ced532p-2f,
+                     0x1.13f75ap-1f, 0x1.3cf2b4p-1f, 0x1.62e43p-1f), ki);
+  const __m256 f = _mm256_fmadd_ps(ev, inv, invm1);  // (fused: one rounding)
+  __m256 g = _mm256_fmadd_ps(_mm256_set1_ps(0x1.9b96a8p-3f), f, _mm256_set1_ps(-0x1.00ed6cp-2f));
+  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(0x1.5554fep-2f));
+  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(-0x1.ffffd6p-2f));
+  const __m256 lp = _mm256_fmadd_ps(_mm256_mul_ps(f, f), g, f);
+  e = f32v(ev);
+  l1pe = f32v(_mm256_add_ps(logc, lp));
+}
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// ---------------------------------------------------------------------------------------------
+// AVX2 float log(u + c) for u >= 0 and a correction |c| <= ulp(u) (0: plain log u), by a
+// 16-entry table (two vpermps and a blend per table) instead of the Cephes polynomial:
+//   u = m 2^k, m in [0.75, 1.5) (integer offset trick; subnormal u scaled by 2^23 first),
+//   log(u) = k ln 2 + log(c_j) + log1p(f),  f = m inv_j - 1 (fused: one rounding),
+//   c_j the centre of one of 16 intervals of m (1 exactly for the two intervals next to 1, so
+//   u near 1 keeps its relative accuracy), inv_j = 1/c_j rounded to float, log(c_j) taken as
+//   -log(inv_j); |f| <= 1/16 and log1p(f) = f + f^2 (g0 + g1 f + g2 f^2 + g3 f^3), a minimax
+//   fit (relative error 1.1e-8). The correction adds c / u (a division: where u rounds to 1 the
+//   result is that term alone, e.g. log(1 - q) for tiny q).
+//   log(0) = -inf, log(inf) = inf, log(u < 0) and NaN: NaN.
+inline f32v vlog_sum(f32v uv, f32v cv) {
+  const __m256 u = __m256(uv), c = __m256(cv);
+  const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
+  const __m256 sub = _mm256_cmp_ps(u, tiny, _CMP_LT_OQ);
+  const __m256 us = _mm256_blendv_ps(u, _mm256_mul_ps(u, _mm256_set1_ps(8388608.0f)), sub);
+  const __m256i bits = _mm256_sub_epi32(_mm256_castps_si256(us), _mm256_set1_epi32(0x3F400000));
+  const __m256i ki = _mm256_srai_epi32(bits, 23);
+  const __m256 m = _mm256_castsi256_ps(
+      _mm256_sub_epi32(_mm256_castps_si256(us), _mm256_slli_epi32(ki, 23)));
+  const __m256 k = _mm256_sub_ps(_mm256_cvtepi32_ps(ki),
+                                 _mm256_and_ps(sub, _mm256_set1_ps(23.0f)));
+  const __m256i idx = _mm256_srli_epi32(bits, 19);                // low 3 bits: the entry
+  const __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 9));  // sign: entries 8-15
+  const __m256 inv = _mm256_blendv_ps(
+      _mm256_permutevar8x32_ps(
+          _mm256_setr_ps(0x1.4e5e0ap+0f, 0x1.414142p+0f, 0x1.3521d0p+0f, 0x1.29e412p+0f,
+                         0x1.1f7048p+0f, 0x1.15b1e6p+0f, 0x1.0c9714p+0f, 0x1p+0f), idx),
+      _mm256_permutevar8x32_ps(
+          _mm256_setr_ps(0x1p+0f, 0x1.d41d42p-1f, 0x1.bacf92p-1f, 0x1.a41a42p-1f,
+                         0x1.8f9c18p-1f, 0x1.7d05f4p-1f, 0x1.6c16c2p-1f, 0x1.5c9882p-1f), idx),
+      upper);
+  const __m256 logc = _mm256_blendv_ps(
+      _mm256_permutevar8x32_ps(
+          _mm256_setr_ps(-0x1.1178e6p-2f, -0x1.d10384p-3f, -0x1.823c18p-3f, -0x1.365fc6p-3f,
+                         -0x1.da7278p-4f, -0x1.4d3116p-4f, -0x1.894a84p-5f, 0.0f), idx),
+      _mm256_permutevar8x32_ps(
+          _mm256_setr_ps(0.0f, 0x1.6f0d28p-4f, 0x1.29552cp-3f, 0x1.9525a8p-3f,
+                         0x1.fb918cp-3f, 0x1.2e8e2cp-2f, 0x1.5d1bdap-2f, 0x1.89a33ap-2f), idx),
+      upper);
+  const __m256 f = _mm256_fmsub_ps(m, inv, _mm256_set1_ps(1.0f));
+  __m256 g = _mm256_fmadd_ps(_mm256_set1_ps(0x1.85b8f4p-3f), f, _mm256_set1_ps(-0x1.001506p-2f));
+  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(0x1.555726p-2f));
+  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(-0.5f));
+  const __m256 lp = _mm256_fmadd_ps(_mm256_mul_ps(f, f), g, f);
+  // k ln 2 + log(c) + log1p(f) + c / u, ln 2 in two parts
+  __m256 lo = _mm256_fmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), lp);
+  lo = _mm256_add_ps(_mm256_div_ps(c, u), lo);  // (tiny results are this term alone)
+  __m256 r = _mm256_add_ps(_mm256_fmadd_ps(k, _mm256_set1_ps(0.693359375f), logc), lo);
+  const float inf = std::numeric_limits<float>::infinity();
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(-inf), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  r = _mm256_blendv_ps(r, u, _mm256_cmp_ps(u, _mm256_set1_ps(inf), _CMP_EQ_OQ));
+  // u < 0 or NaN: all-ones bits, a NaN
+  return f32v(_mm256_or_ps(r, _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_NGE_UQ)));
+}
+#endif
 // log(u + c), u >= 0, c a correction of at most an ulp of u (see the AVX-512 form above).
 template <class V> inline V vlog_sum(V u, V c) {
   const V lu = vlog(u);

@@ -495,7 +495,6 @@ T* softcap_row(const S* x, int64_t n, double c, T* dcap) {
 // Row gradient g (compute type, computed on the capped row) through the cap: out_j = g_j dcap_j.
 template <class S, class T = compute_t<S>>
 void softcap_chain(const T* g, const T* dcap, int64_t n, S* out) {
-  using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   int64_t j = 0;
   for (; j + W <= n; j += W) vstore_as(out + j, vload(g + j) * vload(dcap + j));

@@ -962,11 +962,14 @@ def cosine_distance(x1, x2, axis=-1, eps=1e-8, reduction="mean", return_grad=Fal
     return loss, (-scale * g1, -scale * g2)
 
 
-def ntxent_loss(embeddings, labels, temperature=0.07, eps=None):
+def ntxent_loss(embeddings, labels, temperature=0.07, eps=None, return_grad=False):
     """optax's ntxent in float64, loop by loop: u_i = x_i / sqrt(max(|x_i|^2, eps)) (eps: the
     machine epsilon of the input dtype), s_ij = u_i . u_j / T, and for every positive pair
     (i, j), j != i:  l_ij = -s_ij + log(exp(s_ij) + sum_{k: label_k != label_i} exp(s_ik)),
-    loss = mean of l_ij over the positive pairs. (Gradient: tests use jax.grad / differences.)"""
+    loss = mean of l_ij over the positive pairs. (No gradient here: the tests take jax.grad of
+    optax's ntxent and central differences.)"""
+    if return_grad:
+        raise NotImplementedError("reference.ntxent_loss has no gradient")
     x = np.asarray(embeddings)
     if eps is None:
         eps = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else float(
@@ -995,7 +998,7 @@ def _overlap_pt(input, target, axis, from_logits):
     ax = axis % x.ndim
     C = x.shape[ax]
     xm = np.moveaxis(x, ax, 1)
-    x3 = xm.reshape(xm.shape[0], C, -1)
+    x3 = xm.reshape(xm.shape[0], C, int(np.prod(xm.shape[2:])))
     if not from_logits:
         p = x3
     elif C == 1:

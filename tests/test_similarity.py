@@ -234,6 +234,10 @@ def test_ntxent_hand_computed():
     # each pair: -1 + log(e^1 + 2 e^0)
     np.testing.assert_allclose(fl.ntxent_loss(x, [5, 5, 7, 7], temperature=1.0),
                                -1 + np.log(np.e + 2), rtol=1e-15)
+    # one label only: no negatives, every l_ij = -s_ij + log(exp(s_ij)) = 0, whatever the
+    # temperature (s_ij spans +-1e4 here: a shared reference would underflow)
+    y = np.array([[1.0, 0.0], [-1.0, 0.1], [0.3, -2.0], [0.0, 1.0]])
+    assert fl.ntxent_loss(y, [1, 1, 1, 1], temperature=1e-4) == 0.0
     # no positive pair: 0 / 0
     assert np.isnan(fl.ntxent_loss(x, [0, 1, 2, 3]))
 

@@ -264,7 +264,8 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     -----
     Cosines as optax: ``u_i = x_i / sqrt(max(|x_i|^2, e))`` with ``e`` the machine epsilon of
     the embeddings' dtype (a zero row has cosine 0 with every row), ``s = u u^T / tau`` by
-    BLAS in float64, and every ``log`` of a row's sum taken against the row's largest term.
+    BLAS in float64, and each pair's ``log`` of its sum taken against that sum's largest term
+    (finite for any temperature).
     Gradient: with ``G_ij = d loss / d s_ij`` (``(p_ij - 1) / M`` for a positive pair,
     ``sum_{j positive} e^{s_ik} / D_ij / M`` for a negative ``k``, ``D_ij`` the pair's
     denominator, ``M`` the number of pairs), ``d loss / d u = (G + G^T) u / tau``, then through
@@ -304,16 +305,23 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     pos = same & ~np.eye(N, dtype=bool)
     neg = ~same
     n_pairs = int(pos.sum())
-    # Row reference: the largest term any of the row's denominators holds.
-    used = pos | neg
-    ref = np.max(np.where(used, S, -np.inf), axis=1, initial=-np.inf)
-    ref = np.where(np.isfinite(ref), ref, 0.0)
-    Sh = S - ref[:, None]
-    E = np.where(used, np.exp(np.minimum(Sh, 0.0)), 0.0)
-    neg_sum = np.sum(np.where(neg, E, 0.0), axis=1)
-    Dm = neg_sum[:, None] + E  # the denominator of pair (i, j), shifted
+    # Each pair's denominator against its own largest term m_ij = max(s_ij, nmax_i), with
+    # nmax_i the anchor's largest negative (-inf: none) and the negatives summed against it:
+    #   l_ij = (m_ij - s_ij) + log(exp(s_ij - m_ij) + negsum_i exp(nmax_i - m_ij)),
+    #   negsum_i = sum_{k in Neg(i)} exp(s_ik - nmax_i);  the log's argument is in [1, N].
+    nmax = np.max(np.where(neg, S, -np.inf), axis=1, initial=-np.inf)
+    has_neg = np.isfinite(nmax)
+    nref = np.where(has_neg, nmax, 0.0)
+    En = np.where(neg, np.exp(np.minimum(S - nref[:, None], 0.0)), 0.0)
+    negsum = En.sum(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        M = np.where(pos, np.maximum(S, nmax[:, None]), 0.0)
+        scale_neg = np.where(pos & has_neg[:, None], np.exp(np.minimum(nref[:, None] - M, 0.0)),
+                             0.0)  # exp(nmax_i - m_ij)
+        e_pos = np.where(pos, np.exp(np.minimum(S - M, 0.0)), 0.0)
+        Dm = np.where(pos, e_pos + negsum[:, None] * scale_neg, 1.0)
+        terms = np.where(pos, (M - S) + np.log(Dm), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(pos, np.log(np.where(pos, Dm, 1.0)) - Sh, 0.0)
         loss = np.float64(terms.sum()) / np.float64(n_pairs)
     out_dtype = x.loss_dtype
     loss = out_dtype.type(loss)
@@ -321,11 +329,12 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
         return loss
     if n_pairs == 0:
         return loss, np.zeros(X.shape, dtype=x.orig_dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        Pij = np.where(pos, E / np.where(pos, Dm, 1.0), 0.0)  # p of the positive in its pair
-        # negatives: sum over the row's positives j of e_ik / D_ij
-        inv_d = np.where(pos, 1.0 / np.where(pos, Dm, 1.0), 0.0).sum(axis=1)
-    G = np.where(pos, Pij - 1.0, 0.0) + np.where(neg, E * inv_d[:, None], 0.0)
+    # d l_ij / d s_ij = p_ij - 1 (p_ij = e_pos / D); d l_ij / d s_ik = exp(s_ik - m_ij) / D
+    # for a negative k, summed over the anchor's positives j: En_ik w_i,
+    # w_i = sum_j exp(nmax_i - m_ij) / D_ij
+    Pij = np.where(pos, e_pos / Dm, 0.0)
+    w = np.where(pos, scale_neg / Dm, 0.0).sum(axis=1)
+    G = np.where(pos, Pij - 1.0, 0.0) + En * w[:, None]
     G /= n_pairs
     dU = (G + G.T) @ U / tau
     # u = x / n: du = (dx - u (u . dx)) / |x| for |x|^2 > e, dx / sqrt(e) where clipped

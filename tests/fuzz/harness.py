@@ -580,7 +580,7 @@ def b_overlap(r: Reader, name):
     no_class = shrink_shape(shape, axis) if len(shape) >= 2 else shape
     k = r.int(0, 3)
     if k == 0:
-        t: Any = index_array(r, no_class, c, -100)
+        t: Any = index_array(r, no_class, c, 2**70)  # (no ignore_index entries)
     elif k == 1:
         t = float_array(r, shape, 0, 1)
     elif k == 2:

@@ -343,3 +343,13 @@ def test_bad_input():
     assert np.isnan(fl.dice_loss(np.zeros((0, 3, 4)), np.zeros((0, 4), np.int64)))
     assert fl.dice_loss(np.zeros((0, 3, 4)), np.zeros((0, 4), np.int64), reduction="sum") == 0
     assert fl.dice_loss(np.zeros((2, 3, 0)), np.zeros((2, 0), np.int64)) == 0
+
+
+@pytest.mark.parametrize("name", ["fastloss.overlap", "fastloss.similarity"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

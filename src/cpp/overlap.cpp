@@ -26,7 +26,11 @@ namespace fastloss {
 namespace FASTLOSS_ISA_NS {
 namespace {
 
-constexpr int64_t kLanes = 64;  // positions per block (a multiple of every vector width)
+// Positions per block of the overlap kernels: 128 floats of a class row are 8 cache lines
+// (each class row of an (N, C, H, W) batch is its own stream, H * W apart); a multiple of every
+// vector width. The cosine over a strided axis takes blocks of kCosLanes positions.
+constexpr int64_t kLanes = 128;
+constexpr int64_t kCosLanes = 64;
 
 // Scratch slots (thread_scratch): the probabilities of a block, its d loss / d p, the
 // float64 accumulators of a chunk.
@@ -201,15 +205,22 @@ void overlap_stats_impl(const OverlapArgs<S>& a) {
       block_probs(a, n, i0, nb, P, static_cast<T*>(nullptr));
       if (!a.target) block_index(a, n, i0, nb, idx);
       for (int64_t c = 0; c < C; ++c) {
+        // I += p t, P += p, T += t: terms summed in the compute type in partials of at most
+        // 8 per lane, each partial then added to the float64 lanes
         f64v* ac = acc + c * 3 * K;
-        for (int64_t v = 0; v * W < nb; ++v) {
-          const int64_t m = nb - v * W < W ? nb - v * W : W;
-          const vec_t<T> p = vload<T>(P + c * kLanes + v * W);
-          const vec_t<T> t = block_target(a, idx, n, c, i0, v, m);
-          // I += p t, P += p, T += t
-          add_wide<T>(ac, p * t);
-          add_wide<T>(ac + K, p);
-          add_wide<T>(ac + 2 * K, t);
+        for (int64_t v0 = 0; v0 * W < nb; v0 += 8) {
+          vec_t<T> si = vset<T>(0), sp = si, st = si;
+          for (int64_t v = v0; v < v0 + 8 && v * W < nb; ++v) {
+            const int64_t m = nb - v * W < W ? nb - v * W : W;
+            const vec_t<T> p = vload<T>(P + c * kLanes + v * W);
+            const vec_t<T> t = block_target(a, idx, n, c, i0, v, m);
+            si += p * t;
+            sp += p;
+            st += t;
+          }
+          add_wide<T>(ac, si);
+          add_wide<T>(ac + K, sp);
+          add_wide<T>(ac + 2 * K, st);
         }
       }
     }
@@ -275,7 +286,7 @@ void overlap_grad_impl(const OverlapArgs<S>& a) {
 //   d cos / d x1 = (g / c1) (x2 / c2 - [|x1| > eps] (cos / |x1|) x1)   (x2: the same, swapped)
 // so that no factor grows or shrinks with the size of the inputs beyond the result's own.
 // Rows are contiguous (axis 1 has stride 1, or there is one row per block of n2): vectors
-// along the row; otherwise the n2 positions are the lanes (blocks of kLanes positions).
+// along the row; otherwise the n2 positions are the lanes (blocks of kCosLanes positions).
 // Rows of float64 values beyond ~1e150 overflow the sums of squares (below ~1e-150 they
 // underflow): such rows are summed again scaled by their largest magnitudes m_k (the scale
 // cancels), cos = d' / (max(sqrt(s1'), eps / m1) max(sqrt(s2'), eps / m2)).
@@ -399,13 +410,13 @@ template <class S>
 void cosine_lanes(const CosineArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
-  constexpr int W = vec_width<T>, K = kWide<T>, NV = kLanes / W;
+  constexpr int W = vec_width<T>, K = kWide<T>, NV = kCosLanes / W;
   const Layout3 &L1 = a.l1, &L2 = a.l2;
   const int64_t D = L1.n1, n2 = L1.n2;
-  const int64_t blocks = (n2 + kLanes - 1) / kLanes;
+  const int64_t blocks = (n2 + kCosLanes - 1) / kCosLanes;
   parallel_items(L1.n0 * blocks, L1.rows() * D, [&](int64_t item) {
-    const int64_t o = item / blocks, i0 = item % blocks * kLanes;
-    const int64_t nb = n2 - i0 < kLanes ? n2 - i0 : kLanes;
+    const int64_t o = item / blocks, i0 = item % blocks * kCosLanes;
+    const int64_t nb = n2 - i0 < kCosLanes ? n2 - i0 : kCosLanes;
     const S* p1 = a.x1 + o * L1.s0 + i0 * L1.s2;
     const S* p2 = a.x2 + o * L2.s0 + i0 * L2.s2;
     f64v ad[NV * K] = {}, a1[NV * K] = {}, a2[NV * K] = {};
@@ -419,15 +430,15 @@ void cosine_lanes(const CosineArgs<S>& a) {
         add_wide<T>(a2 + v * K, y * y);
       }
     }
-    alignas(64) double sd[kLanes], ss1[kLanes], ss2[kLanes];
+    alignas(64) double sd[kCosLanes], ss1[kCosLanes], ss2[kCosLanes];
     for (int64_t q = 0; q < NV * K; ++q) {
       vstore(sd + q * vec_width<double>, ad[q]);
       vstore(ss1 + q * vec_width<double>, a1[q]);
       vstore(ss2 + q * vec_width<double>, a2[q]);
     }
-    alignas(64) T cu1[kLanes], cv12[kLanes], cw11[kLanes], cu2[kLanes], cv21[kLanes],
-        cw22[kLanes];
-    for (int64_t k = 0; k < kLanes; ++k) {
+    alignas(64) T cu1[kCosLanes], cv12[kCosLanes], cw11[kCosLanes];
+    alignas(64) T cu2[kCosLanes], cv21[kCosLanes], cw22[kCosLanes];
+    for (int64_t k = 0; k < kCosLanes; ++k) {
       CosCoef cf;
       if (k < nb) {
         cf = finite_sums<S>(sd[k], ss1[k], ss2[k])

@@ -291,3 +291,34 @@ def test_ntxent_bad_input():
         fl.ntxent_loss(x, [0.0, 0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="temperature"):
         fl.ntxent_loss(x, [0, 0, 1, 1], temperature=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# fastloss.dask
+# ---------------------------------------------------------------------------------------------
+def test_dask_cosine(rng):
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    import fastloss.dask as fld
+
+    x1 = rng.standard_normal((9, 6, 5))
+    x2 = rng.standard_normal((6, 5))
+    with dask.config.set(scheduler="synchronous"):
+        for axis in (-1, 1, 0):
+            d1 = da.from_array(x1, chunks=(4, 2, 3))
+            got = fld.cosine_similarity(d1, x2, axis=axis).compute()
+            np.testing.assert_allclose(got, fl.cosine_similarity(x1, x2, axis=axis), rtol=1e-14)
+            for red in ("mean", "sum", "none"):
+                lazy = fld.cosine_distance(d1, x2, axis=axis, reduction=red)
+                want = fl.cosine_distance(x1, x2, axis=axis, reduction=red)
+                np.testing.assert_allclose(lazy.compute(), want, rtol=1e-13)
+        f32 = fld.cosine_distance(da.from_array(x1.astype(np.float32), chunks=3), x2)
+        assert f32.dtype == np.float64  # (x2 is float64: as eager)
+        assert fld.cosine_similarity(da.from_array(x1[0, 0], chunks=2), x2[0]).compute().shape \
+            == ()
+    with pytest.raises(ValueError, match="broadcast"):
+        fld.cosine_similarity(da.ones((3, 4)), np.ones(5))
+    with pytest.raises(ValueError, match="reduction"):
+        fld.cosine_distance(da.ones((3, 4)), np.ones(4), reduction="x")
+    with pytest.raises(ValueError, match="eps"):
+        fld.cosine_similarity(da.ones((3, 4)), np.ones(4), eps=-1.0)

@@ -113,16 +113,16 @@ def ce_shard_grad(
 # Issue 16: overlap losses and the cosine similarity (bind_overlap.cpp).
 def overlap_stats(
     input: np.ndarray,
-    target: np.ndarray | None,
-    index: np.ndarray | None,
+    target: Optional[np.ndarray],
+    index: Optional[np.ndarray],
     act: int,
     chunk: int,
     partial: np.ndarray,
 ) -> None: ...
 def overlap_grad(
     input: np.ndarray,
-    target: np.ndarray | None,
-    index: np.ndarray | None,
+    target: Optional[np.ndarray],
+    index: Optional[np.ndarray],
     act: int,
     coef_a: np.ndarray,
     coef_b: np.ndarray,
@@ -134,6 +134,6 @@ def cosine_similarity(
     eps: float,
     grad_scale: float,
     cos: np.ndarray,
-    grad1: np.ndarray | None,
-    grad2: np.ndarray | None,
+    grad1: Optional[np.ndarray],
+    grad2: Optional[np.ndarray],
 ) -> None: ...

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 
+import fastloss as fl
 import numpy as np
 import pytest
 from conftest import central_diff
-
-import fastloss as fl
 from fastloss import reference as ref
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -141,12 +140,12 @@ def test_against_optax_random(rng):
                                jnp.mean(optax.losses.dice_loss(p, t, apply_softmax=False)),
                                rtol=1e-13)
     xb, tb = x[..., :1], (labels[..., None] == 1).astype(np.float64)
-    fb = lambda z: jnp.mean(optax.losses.dice_loss(z, tb))  # noqa: E731
+    fb = lambda z: jnp.mean(optax.losses.dice_loss(z, tb))
     got, g = fl.dice_loss(xb, tb, axis=-1, return_grad=True)
     np.testing.assert_allclose(got, fb(xb), rtol=1e-13)
     np.testing.assert_allclose(g, jax.grad(fb)(xb), rtol=1e-10, atol=1e-16)
     # generalized Dice
-    fg = lambda z: optax.losses.multiclass_generalized_dice_loss(z, t)  # noqa: E731
+    fg = lambda z: optax.losses.multiclass_generalized_dice_loss(z, t)
     got, g = fl.generalized_dice_loss(x, labels, axis=-1, return_grad=True)
     np.testing.assert_allclose(got, fg(x), rtol=1e-12)
     np.testing.assert_allclose(g, jax.grad(fg)(x), rtol=1e-9, atol=1e-16)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 
+import fastloss as fl
 import numpy as np
 import pytest
 from conftest import central_diff
-
-import fastloss as fl
 from fastloss import reference as ref
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -84,8 +83,8 @@ def test_cosine_finite_differences(rng):
     x1, x2 = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     for red in ("mean", "sum"):
         _, (g1, g2) = fl.cosine_distance(x1, x2, reduction=red, return_grad=True)
-        f1 = lambda a: fl.cosine_distance(a, x2, reduction=red)  # noqa: E731
-        f2 = lambda b: fl.cosine_distance(x1, b, reduction=red)  # noqa: E731
+        f1 = lambda a: fl.cosine_distance(a, x2, reduction=red)
+        f2 = lambda b: fl.cosine_distance(x1, b, reduction=red)
         np.testing.assert_allclose(g1, central_diff(f1, x1), atol=1e-8)
         np.testing.assert_allclose(g2, central_diff(f2, x2), atol=1e-8)
     # below eps the clamp is constant: the derivative of the computed value
@@ -129,7 +128,7 @@ def test_cosine_against_optax(rng):
     x1, x2 = rng.standard_normal((4, 5, 6)), rng.standard_normal((4, 5, 6))
     x1[0, :, 0] = 1e-5  # a vector whose norm is clamped (eps = 1e-3)
     for axis in (0, 1, 2):
-        f = lambda a, b: jnp.mean(optax.losses.cosine_distance(  # noqa: E731
+        f = lambda a, b: jnp.mean(optax.losses.cosine_distance(
             a, b, epsilon=1e-6, axis=axis))
         want = f(x1, x2)
         w1, w2 = jax.grad(f, argnums=(0, 1))(x1, x2)
@@ -265,7 +264,7 @@ def test_ntxent_reference_and_optax(rng):
     want = optax.losses.ntxent(jnp.asarray(x32), jnp.asarray(labels))
     np.testing.assert_allclose(l32, want, rtol=1e-5)
     np.testing.assert_allclose(l32, ref.ntxent_loss(x32, labels), rtol=1e-6)
-    f = lambda e: fl.ntxent_loss(e, labels, temperature=0.5)  # noqa: E731
+    f = lambda e: fl.ntxent_loss(e, labels, temperature=0.5)
     _, g = fl.ntxent_loss(x, labels, temperature=0.5, return_grad=True)
     np.testing.assert_allclose(g, central_diff(f, x), atol=1e-8)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 
-import fastloss as fl
 import numpy as np
 import pytest
 from conftest import central_diff
+
+import fastloss as fl
 from fastloss import reference as ref
 
 ml_dtypes = pytest.importorskip("ml_dtypes")

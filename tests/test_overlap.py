@@ -237,6 +237,26 @@ def test_layouts(rng):
     t = _onehot(labels, 4)
     got = fl.tversky_loss(x, np.asfortranarray(t), alpha=0.4, beta=0.6)
     np.testing.assert_allclose(got, want, rtol=1e-13)
+    # the class axis between spatial axes: (N, H, C, W), the gradient through a temporary
+    xm = np.ascontiguousarray(np.moveaxis(x, 1, 2))
+    for out in (None, np.full_like(xm, np.nan), xm.copy()):
+        got, g = fl.tversky_loss(out if out is not None and not np.isnan(out).any() else xm,
+                                 np.moveaxis(t, 1, 2), alpha=0.4, beta=0.6, axis=2,
+                                 return_grad=True, grad_out=out)
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+        np.testing.assert_allclose(np.moveaxis(g, 2, 1), wg, rtol=1e-11, atol=1e-16)
+        assert g.flags.c_contiguous and (out is None or g is out)
+
+
+def test_huge_alpha_beta():
+    p = np.array([[[0.9, 0.2], [0.1, 0.8]]])
+    t = np.array([[0, 1]])
+    for a, b in ((1e308, 0.5), (0.5, 1e308), (1e308, 1e308)):
+        loss, g = fl.tversky_loss(p, t, alpha=a, beta=b, from_logits=False, reduction="none",
+                                  return_grad=True)
+        np.testing.assert_allclose(loss, ref.tversky_loss(p, t, a, b, from_logits=False,
+                                                          reduction="none"), rtol=1e-12)
+        assert np.isfinite(g).all()
 
 
 @pytest.mark.parametrize("dt", [np.float16, "bfloat16", np.float32])

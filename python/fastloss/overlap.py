@@ -125,33 +125,32 @@ class _Prepared:
     def grad(self, A, B, grad_out):
         """The input's gradient for d loss / d p = A t + B ((N, C) each)."""
         x = self.x
-        shape = x.array.shape
+        shape, core_dt = x.array.shape, x.array.dtype
         user = None if grad_out is None else grad_buffer(grad_out, shape, x.orig_dtype)
-        core_dt = x.array.dtype
-        direct = None
-        if user is not None and user.dtype == core_dt:
-            g3 = _ncs(user, self.axis)
-            others = [x.array] + ([] if self.dense is None else [self.dense])
-            aliased = any(
-                np.may_share_memory(user, o) and not (o is x.array and same_memory_layout(
-                    g3, self.x3))
-                for o in others
-            )
-            if is_view_of(g3, user) and not aliased:
-                direct = g3
-        out = None
-        if direct is None:
-            out = np.empty(shape, dtype=core_dt)
-            direct = _ncs(out, self.axis)
+        result = user if user is not None else np.empty(shape, dtype=core_dt)
+        # The kernel writes straight into the result when its (N, C, S) form is a view of it
+        # (not when the class axis sits between spatial axes: then S cannot be one stride)
+        # and it does not partly overlap an input; else into a temporary copied over after.
+        g3 = _ncs(result, self.axis)
+        direct = is_view_of(g3, result) and result.dtype == core_dt and not any(
+            np.may_share_memory(result, o)
+            and not (o is x.array and same_memory_layout(g3, self.x3))
+            for o in [x.array] + ([] if self.dense is None else [self.dense])
+        )
+        temp = None
+        if not direct:
+            mshape = (shape[0], shape[self.axis]) + tuple(
+                n for i, n in enumerate(shape) if i not in (0, self.axis))
+            temp = np.empty(mshape, dtype=core_dt)
+            g3 = temp.reshape(self.N, self.C, self.S)
         _core.overlap_grad(self.x3, self.dense, self.index, self.act,
                            np.ascontiguousarray(A, np.float64),
-                           np.ascontiguousarray(B, np.float64), direct)
-        if out is None:
-            return user
-        if user is None:
-            return out if out.dtype == x.orig_dtype else out.astype(x.orig_dtype)
-        np.copyto(user, out)
-        return user
+                           np.ascontiguousarray(B, np.float64), g3)
+        if temp is not None:
+            np.copyto(result, np.moveaxis(temp, 1, self.axis), casting="unsafe")
+        if user is None and result.dtype != x.orig_dtype:
+            return result.astype(x.orig_dtype)
+        return result
 
 
 def _check_weights(weight: Any, C: int) -> Optional[np.ndarray]:
@@ -177,9 +176,11 @@ def _tversky(prep: _Prepared, alpha: float, beta: float, weight, reduction: str,
     # D = I + alpha (P - I) + beta (T - I) + s;  loss = (alpha (P - I) + beta (T - I)) / D,
     # i.e. 1 - (I + s) / D without the cancellation of 1 - (nearly 1)
     fp, fn = P - I, T - I
-    D = (1.0 - alpha - beta) * I + alpha * P + beta * T + s
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per = (alpha * fp + beta * fn) / D
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        num = alpha * fp + beta * fn
+        D = I + num + s
+        # (alpha, beta near the float64 limit: num overflows, and the loss is 1 - (I + s) / D)
+        per = np.where(np.isinf(num) & np.isfinite(I), 1.0 - (I + s) / D, num / D)
     if weight is not None:
         per = per * weight
     loss_dtype = prep.x.loss_dtype
@@ -196,9 +197,10 @@ def _tversky(prep: _Prepared, alpha: float, beta: float, weight, reduction: str,
     scale = mean_scale(reduction, count)
     w = scale if weight is None else scale * weight
     # d loss / d p_i = A t_i + B:  A = -1/D + (1 - a - b)(I + s)/D^2,  B = a (I + s)/D^2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = (I + s) / (D * D)
-        A = w * (-1.0 / D + (1.0 - alpha - beta) * q)
+    # (the products with a and b taken apart: no inf * 0 for a, b near the float64 limit)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = (I + s) / D / D
+        A = w * (-1.0 / D + (q - alpha * q - beta * q))
         B = w * (alpha * q)
     return loss, prep.grad(A, B, grad_out)
 

@@ -255,11 +255,13 @@ void overlap_grad_impl(const OverlapArgs<S>& a) {
     const double* B = a.coef_b + n * C;
     for (int64_t v = 0; v * W < nb; ++v) {
       const int64_t m = nb - v * W < W ? nb - v * W : W;
-      // g_c = A_nc t_c + B_nc;  dot = sum_c p_c g_c (softmax only)
+      // g_c = A_nc t_c + B_nc (B_nc where t = 0, also for an infinite A);
+      // dot = sum_c p_c g_c (softmax only)
       V dot = vset<T>(0);
       for (int64_t c = 0; c < C; ++c) {
         const V t = block_target(a, idx, n, c, i0, v, m);
-        const V g = vset<T>(T(A[c])) * t + vset<T>(T(B[c]));
+        const V b = vset<T>(T(B[c]));
+        const V g = vselect(t == vset<T>(0), b, vset<T>(T(A[c])) * t + b);
         vstore(G + c * kLanes + v * W, g);
         dot += vload<T>(P + c * kLanes + v * W) * g;
       }

@@ -740,3 +740,78 @@ def test_ranking_softmax_loss(data):
     s = input_scale(x) * 4 * max(1, shape[-1]) * max(1, x.size)
     run_case("ranking_softmax_loss", fl.ranking_softmax_loss, ref.ranking_softmax_loss, (x, y),
              kw, dtype=dtype, scale=s, must_succeed=True)
+# --- issue 16: cosine similarity / distance, NT-Xent, Dice / Tversky / generalized Dice ------
+@SETTINGS(200)
+@given(pair=broadcast_pair(lo=-3.0, hi=3.0, tlo=-3.0, thi=3.0), data=st.data())
+def test_cosine_similarity_distance(pair, data):
+    x1, x2, dtype, shape = pair
+    assume(len(shape) >= 1)
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    finite = all(np.isfinite(np.asarray(v, np.float64)).all() for v in (x1, x2))
+    kw = dict(axis=axis, eps=data.draw(st.sampled_from([1e-8, 1e-3])),
+              return_grad=finite and data.draw(st.booleans()))
+    # gradients are ~ 1 / max(|x|, eps): relative to that
+    gs = 10.0 / kw["eps"] * max(1, shape[axis])
+    run_case("cosine_similarity", fl.cosine_similarity, ref.cosine_similarity, (x1, x2), kw,
+             dtype=dtype, scale=1.0, gscale=gs, must_succeed=True)
+    kw["reduction"] = data.draw(reductions)
+    run_case("cosine_distance", fl.cosine_distance, ref.cosine_distance, (x1, x2), kw,
+             dtype=dtype, scale=2.0, gscale=gs, must_succeed=True)
+
+
+@SETTINGS(120)
+@given(st.data())
+def test_ntxent_loss(data):
+    N = data.draw(st.integers(0, 6))
+    D = data.draw(st.integers(1, 3))
+    dtype = data.draw(st.sampled_from(FLOATS))
+    level = data.draw(st.sampled_from([NORMAL, NORMAL, EXTREME]))
+    x = relayout(cast(data.draw(values((N, D), level, -2, 2)), dtype),
+                 data.draw(st.sampled_from(LAYOUTS)))
+    labels = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).integers(0, 3, N)
+    tau = data.draw(st.sampled_from([0.07, 1.0]))
+    run_case("ntxent_loss", fl.ntxent_loss, ref.ntxent_loss, (x, labels), dict(temperature=tau),
+             dtype=np.float64 if dtype == np.float64 else np.float32, scale=10.0 / tau * max(1, N),
+             must_succeed=True)
+
+
+@st.composite
+def segmentation_problem(draw):
+    N = draw(st.sampled_from([0, 1, 2, 3]))
+    C = draw(st.sampled_from([1, 2, 3, 5]))
+    spatial = tuple(draw(st.lists(st.sampled_from([0, 1, 2, 3, 70]), max_size=2)))
+    last = draw(st.booleans())
+    shape = (N,) + spatial + (C,) if last else (N, C) + spatial
+    axis = -1 if last else 1
+    dtype = draw(st.sampled_from(FLOATS16))
+    from_logits = draw(st.booleans())
+    level = draw(st.sampled_from([NORMAL, NORMAL, EXTREME])) if from_logits else NORMAL
+    x = draw(values(shape, level, -5.0, 5.0) if from_logits else values(shape, NORMAL, 0.0, 1.0))
+    x = relayout(cast(x, dtype), draw(st.sampled_from(LAYOUTS)))
+    g = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    no_class = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    kind = draw(st.sampled_from(["index", "onehot", "soft"]))
+    if kind == "index":
+        t = g.integers(0, C, no_class) if C > 1 else g.integers(0, 2, no_class)
+    elif kind == "onehot":
+        t = np.moveaxis(np.eye(C)[g.integers(0, C, no_class)], -1, axis)
+    else:
+        t = relayout(cast(g.random(shape), draw(st.sampled_from(FLOATS16))),
+                     draw(st.sampled_from(LAYOUTS)))
+    return x, t, axis, dtype, from_logits
+
+
+@pytest.mark.parametrize("name", ["dice_loss", "tversky_loss", "generalized_dice_loss"])
+@SETTINGS(120)
+@given(prob=segmentation_problem(), data=st.data())
+def test_overlap_losses(name, prob, data):
+    x, t, axis, dtype, from_logits = prob
+    kw = dict(axis=axis, from_logits=from_logits, smooth=data.draw(st.sampled_from([0.5, 1.0])),
+              reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    if name == "tversky_loss":
+        kw.update(alpha=data.draw(st.sampled_from([0.0, 0.3, 1.0])),
+                  beta=data.draw(st.sampled_from([0.5, 0.7, 2.0])))
+    if name == "dice_loss" and data.draw(st.booleans()):
+        kw["class_weight"] = np.linspace(0.5, 2.0, x.shape[axis])
+    run_case(name, getattr(fl, name), getattr(ref, name), (x, t), kw, dtype=dtype,
+             scale=4.0, gscale=4.0, must_succeed=True)

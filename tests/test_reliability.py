@@ -400,6 +400,21 @@ def _memory_calls():
         ("ranking_softmax_loss",
          lambda: fl.ranking_softmax_loss(x, p, where=wm, return_grad=True), e),
         ("ranking_softmax_loss", lambda: fl.ranking_softmax_loss(x, p[:, :3]), V),
+    # Issue 16: cosine similarity / distance, NT-Xent, the overlap losses.
+    seg, seg_t = x[:, :6].reshape(2, 4, 6), np.arange(12).reshape(2, 6) % 4
+    calls += [
+        ("cosine_similarity", lambda: fl.cosine_similarity(x, y, return_grad=True), e),
+        ("cosine_similarity", lambda: fl.cosine_similarity(x, y[:3]), V),
+        ("cosine_distance", lambda: fl.cosine_distance(x, y[0], return_grad=True), e),
+        ("cosine_distance", lambda: fl.cosine_distance(x, y, reduction="x"), V),
+        ("ntxent_loss", lambda: fl.ntxent_loss(x, t % 3, return_grad=True), e),
+        ("ntxent_loss", lambda: fl.ntxent_loss(x, t[:3]), V),
+        ("dice_loss", lambda: fl.dice_loss(seg, seg_t, return_grad=True, grad_out=seg.copy()), e),
+        ("dice_loss", lambda: fl.dice_loss(seg, seg_t + 4), Ie),
+        ("tversky_loss", lambda: fl.tversky_loss(seg, seg_t, alpha=0.3, return_grad=True), e),
+        ("tversky_loss", lambda: fl.tversky_loss(seg, seg_t, alpha=-1.0), V),
+        ("generalized_dice_loss", lambda: fl.generalized_dice_loss(seg, seg_t, return_grad=True), e),
+        ("generalized_dice_loss", lambda: fl.generalized_dice_loss(seg, seg_t, axis=0), V),
     ]
     return calls
 

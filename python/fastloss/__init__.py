@@ -105,6 +105,13 @@ __all__ = [
     "sparsemax_loss",
 ]
 
+# Issue 16: the overlap losses of segmentation, cosine similarity / distance, NT-Xent.
+from .overlap import dice_loss, generalized_dice_loss, tversky_loss  # noqa: E402
+from .similarity import cosine_distance, cosine_similarity, ntxent_loss  # noqa: E402
+
+__all__ += ["cosine_distance", "cosine_similarity", "dice_loss", "generalized_dice_loss",
+            "ntxent_loss", "tversky_loss"]
+
 
 def __getattr__(name: str):
     if name == "__config__":  # a fresh snapshot: the ISA and thread count can change

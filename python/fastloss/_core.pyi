@@ -109,3 +109,31 @@ def ce_shard_grad(
     u: float,
     grad: np.ndarray,
 ) -> None: ...
+
+# Issue 16: overlap losses and the cosine similarity (bind_overlap.cpp).
+def overlap_stats(
+    input: np.ndarray,
+    target: Optional[np.ndarray],
+    index: Optional[np.ndarray],
+    act: int,
+    chunk: int,
+    partial: np.ndarray,
+) -> None: ...
+def overlap_grad(
+    input: np.ndarray,
+    target: Optional[np.ndarray],
+    index: Optional[np.ndarray],
+    act: int,
+    coef_a: np.ndarray,
+    coef_b: np.ndarray,
+    grad: np.ndarray,
+) -> None: ...
+def cosine_similarity(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    eps: float,
+    grad_scale: float,
+    cos: np.ndarray,
+    grad1: Optional[np.ndarray],
+    grad2: Optional[np.ndarray],
+) -> None: ...

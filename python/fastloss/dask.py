@@ -412,3 +412,94 @@ for _f, _first, _extra in (
     _f.__doc__ = _f.__doc__ + "\n" + _POINTWISE_DOC.format(
         name=_f.__name__, first=_first, extra=_extra)
 del _f, _first, _extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: cosine similarity and distance over an axis (the vector axis in one chunk).
+# ---------------------------------------------------------------------------------------------
+from . import similarity as _similarity  # noqa: E402
+
+__all__ += ["cosine_distance", "cosine_similarity"]
+
+
+def _cos_none(x1, x2, axis, eps):
+    return np.asarray(_similarity.cosine_similarity(_aligned(x1), _aligned(x2), axis=axis,
+                                                    eps=eps))
+
+
+def _cos_sum(x1, x2, axis, eps):
+    d = _similarity.cosine_distance(_aligned(x1), _aligned(x2), axis=axis, eps=eps,
+                                    reduction="none")
+    return np.full((1,) * (np.ndim(x1) - 1), np.sum(d, dtype=np.float64))
+
+
+def _cos_operands(x1: Any, x2: Any, axis: Any, eps: Any):
+    """Broadcast Dask operands chunked alike with the vector axis in one chunk; the axis, the
+    output dtype (a tiny eager call checks the options)."""
+    a, b = _as_dask(x1), _as_dask(x2)
+    if any(math.isnan(n) for o in (a, b) for n in o.shape):
+        raise ValueError("operands must have known chunk sizes (call compute_chunk_sizes())")
+    try:
+        full = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"x1 and x2 cannot be broadcast together: shapes {a.shape} and "
+                         f"{b.shape}") from None
+    if not full:
+        raise ValueError("x1 and x2 must have at least one dimension (the axis of the vectors)")
+    probe = (1,) * len(full)
+    dt = np.asarray(_similarity.cosine_similarity(
+        np.zeros(probe, a.dtype), np.zeros(probe, b.dtype), axis=axis, eps=eps)).dtype
+    ax = axis % len(full)
+    ref = a if a.shape == full else da.broadcast_to(a, full)
+    ref = ref.rechunk({ax: -1})
+    b = (b if b.shape == full else da.broadcast_to(b, full)).rechunk(ref.chunks)
+    return ref, b, ax, dt, full
+
+
+def cosine_similarity(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8) -> da.Array:
+    """Lazily, on Dask arrays: :func:`fastloss.cosine_similarity` by blocks.
+
+    The operands broadcast by NumPy rules; they are chunked like ``x1`` (broadcast), with the
+    vector ``axis`` gathered into one chunk. Returns a Dask array of the broadcast shape
+    without ``axis``. No gradient (evaluation only).
+    """
+    a, b, ax, dt, full = _cos_operands(x1, x2, axis, eps)
+    ind = tuple(range(len(full)))
+    out = tuple(i for i in ind if i != ax)
+    return da.blockwise(_cos_none, out, a, ind, b, ind, ax, None, eps, None, dtype=dt,
+                        concatenate=True, meta=np.empty((0,) * len(out), dt))
+
+
+def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
+                    reduction: str = "mean") -> da.Array:
+    """Lazily, on Dask arrays: :func:`fastloss.cosine_distance` (``1 - cos``) by blocks.
+
+    Chunked as :func:`cosine_similarity`. Returns a Dask array of the distances
+    (``"none"``) or a 0-d Dask array (``"mean"`` over the vector pairs, ``"sum"``); block sums
+    are added in float64. No gradient (evaluation only).
+
+    >>> import numpy as np, dask, dask.array as da, fastloss as fl, fastloss.dask as fld
+    >>> x = np.arange(24.0).reshape(6, 4) - 10
+    >>> lazy = fld.cosine_distance(da.from_array(x, chunks=(2, 2)), np.ones(4))
+    >>> with dask.config.set(scheduler="synchronous"):
+    ...     bool(np.isclose(lazy.compute(), fl.cosine_distance(x, np.ones(4)), rtol=1e-14))
+    True
+    """
+    reduction = _check_reduction(reduction)
+    a, b, ax, dt, full = _cos_operands(x1, x2, axis, eps)
+    ind = tuple(range(len(full)))
+    out = tuple(i for i in ind if i != ax)
+    if reduction == "none":
+        return da.blockwise(_cos_dist_none, out, a, ind, b, ind, ax, None, eps, None,
+                            dtype=dt, concatenate=True, meta=np.empty((0,) * len(out), dt))
+    partial = da.blockwise(_cos_sum, out, a, ind, b, ind, ax, None, eps, None,
+                           dtype=np.float64, concatenate=True,
+                           adjust_chunks={i: 1 for i in out},
+                           meta=np.empty((0,) * len(out), np.float64))
+    total = partial.sum(dtype=np.float64)
+    return _finish(total, float(math.prod(full[:ax] + full[ax + 1:])), reduction, dt)
+
+
+def _cos_dist_none(x1, x2, axis, eps):
+    return np.asarray(_similarity.cosine_distance(_aligned(x1), _aligned(x2), axis=axis,
+                                                  eps=eps, reduction="none"))

@@ -1119,3 +1119,161 @@ def ranking_softmax_loss(scores, labels, where=None, reduction="mean", return_gr
     if not return_grad:
         return loss
     return loss, (g * scale).reshape(s.shape)
+# ---------------------------------------------------------------------------------------------
+# Issue 16: cosine similarity / distance, NT-Xent (optax's ntxent), Dice / Tversky /
+# generalized Dice (optax's dice_loss, multiclass_generalized_dice_loss).
+# ---------------------------------------------------------------------------------------------
+__all__ += ["cosine_similarity", "cosine_distance", "ntxent_loss", "tversky_loss", "dice_loss",
+            "generalized_dice_loss"]
+
+
+def _sum_to_shape(g, shape):
+    """Sum a gradient of a broadcast shape back onto an operand of ``shape``."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(axis=i, keepdims=True)
+    return g
+
+
+def cosine_similarity(x1, x2, axis=-1, eps=1e-8, return_grad=False):
+    """cos = sum(x1 x2) / (max(|x1|, eps) max(|x2|, eps)) along ``axis`` (broadcasting),
+    float64; gradients of sum(cos):
+        d/dx1 = x2 / (c1 c2) - [|x1| > eps] cos x1 / |x1|^2,  c_k = max(|x_k|, eps)."""
+    a0, b0 = _f64(x1), _f64(x2)
+    a, b = np.broadcast_arrays(a0, b0)
+    n1 = np.sqrt((a * a).sum(axis=axis, keepdims=True))
+    n2 = np.sqrt((b * b).sum(axis=axis, keepdims=True))
+    c1, c2 = np.maximum(n1, eps), np.maximum(n2, eps)
+    cos = (a * b).sum(axis=axis, keepdims=True) / (c1 * c2)
+    out = np.squeeze(cos, axis=axis)
+    if not return_grad:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g1 = b / (c1 * c2) - np.where(n1 > eps, cos / (n1 * n1), 0.0) * a
+        g2 = a / (c1 * c2) - np.where(n2 > eps, cos / (n2 * n2), 0.0) * b
+    return out, (_sum_to_shape(g1, a0.shape), _sum_to_shape(g2, b0.shape))
+
+
+def cosine_distance(x1, x2, axis=-1, eps=1e-8, reduction="mean", return_grad=False):
+    """1 - cosine_similarity, reduced over the vector pairs."""
+    r = cosine_similarity(x1, x2, axis=axis, eps=eps, return_grad=return_grad)
+    cos = r[0] if return_grad else r
+    per = 1.0 - np.asarray(cos)
+    if reduction == "none":
+        loss, scale = per, 1.0
+    elif reduction == "sum":
+        loss, scale = per.sum(), 1.0
+    else:
+        loss, scale = per.mean() if per.size else np.nan, 1.0 / max(per.size, 1)
+    if not return_grad:
+        return loss
+    g1, g2 = r[1]
+    return loss, (-scale * g1, -scale * g2)
+
+
+def ntxent_loss(embeddings, labels, temperature=0.07, eps=None, return_grad=False):
+    """optax's ntxent in float64, loop by loop: u_i = x_i / sqrt(max(|x_i|^2, eps)) (eps: the
+    machine epsilon of the input dtype), s_ij = u_i . u_j / T, and for every positive pair
+    (i, j), j != i:  l_ij = -s_ij + log(exp(s_ij) + sum_{k: label_k != label_i} exp(s_ik)),
+    loss = mean of l_ij over the positive pairs. (No gradient here: the tests take jax.grad of
+    optax's ntxent and central differences.)"""
+    if return_grad:
+        raise NotImplementedError("reference.ntxent_loss has no gradient")
+    x = np.asarray(embeddings)
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else float(
+            np.finfo(np.float64).eps)
+    X = x.astype(np.float64)
+    lab = np.asarray(labels)
+    N = X.shape[0]
+    U = X / np.sqrt(np.maximum((X * X).sum(axis=1), eps))[:, None]
+    S = U @ U.T / temperature
+    total, count = 0.0, 0
+    for i in range(N):
+        negs = [S[i, k] for k in range(N) if lab[k] != lab[i]]
+        for j in range(N):
+            if j == i or lab[j] != lab[i]:
+                continue
+            terms = np.array(negs + [S[i, j]])
+            m = terms.max()
+            total += -S[i, j] + m + np.log(np.exp(terms - m).sum())
+            count += 1
+    return total / count if count else np.nan
+
+
+def _overlap_pt(input, target, axis, from_logits):
+    """Probabilities and targets as float64 (N, C, S) arrays (see fastloss.overlap)."""
+    x = _f64(input)
+    ax = axis % x.ndim
+    C = x.shape[ax]
+    xm = np.moveaxis(x, ax, 1)
+    x3 = xm.reshape(xm.shape[0], C, int(np.prod(xm.shape[2:])))
+    if not from_logits:
+        p = x3
+    elif C == 1:
+        p = _sigmoid(x3)
+    else:
+        p = softmax(x3, axis=1)
+    t = np.asarray(target)
+    if t.shape == x.shape:
+        t3 = np.moveaxis(t.astype(np.float64), ax, 1).reshape(x3.shape)
+    elif C == 1:
+        t3 = t.astype(np.float64).reshape(x3.shape)
+    else:
+        onehot = (np.arange(C) == t[..., None]).astype(np.float64)  # class axis last
+        t3 = np.moveaxis(onehot, -1, 1).reshape(x3.shape)
+    return x3, p, t3, xm.shape
+
+
+def tversky_loss(input, target, alpha=0.5, beta=0.5, axis=1, from_logits=True, smooth=1.0,
+                 class_weight=None, reduction="mean", return_grad=False):
+    """Per (sample, class), sums over the spatial positions:
+        loss_nc = w_c (1 - (I + s) / (I + alpha (P - I) + beta (T - I) + s)),
+        I = sum p t, P = sum p, T = sum t;
+    reductions over (N, C); gradient by the quotient rule and the softmax / sigmoid Jacobian."""
+    x3, p, t, moved_shape = _overlap_pt(input, target, axis, from_logits)
+    I, P, T = (p * t).sum(axis=2), p.sum(axis=2), t.sum(axis=2)
+    num = I + smooth
+    den = I + alpha * (P - I) + beta * (T - I) + smooth
+    w = np.ones(I.shape[1]) if class_weight is None else _f64(class_weight)
+    per = w * (1.0 - num / den)
+    if reduction == "none":
+        loss, scale = per, 1.0
+    elif reduction == "sum":
+        loss, scale = per.sum(), 1.0
+    else:
+        loss, scale = (per.mean() if per.size else np.nan), 1.0 / max(per.size, 1)
+    if not return_grad:
+        return loss
+    # dL/dp_i = -w (t_i den - num ((1 - alpha - beta) t_i + alpha)) / den^2
+    dden = (1 - alpha - beta) * t + alpha
+    gp = -scale * w[None, :, None] * (t * den[..., None] - num[..., None] * dden) / (
+        den[..., None] ** 2)
+    C = x3.shape[1]
+    if not from_logits:
+        gx = gp
+    elif C == 1:
+        gx = gp * p * (1 - p)
+    else:
+        gx = p * (gp - (p * gp).sum(axis=1, keepdims=True))
+    g = np.moveaxis(gx.reshape(moved_shape), 1, axis % np.ndim(input))
+    return loss, g
+
+
+def dice_loss(input, target, axis=1, from_logits=True, smooth=1.0, class_weight=None,
+              reduction="mean", return_grad=False):
+    """optax's Dice: w_c (1 - (I + s) / ((P + T) / 2 + s)) per (sample, class)."""
+    return tversky_loss(input, target, 0.5, 0.5, axis, from_logits, smooth, class_weight,
+                        reduction, return_grad)
+
+
+def generalized_dice_loss(input, target, axis=1, from_logits=True, smooth=1.0,
+                          reduction="mean", return_grad=False):
+    """Dice with w_c = C u_c / sum u,  u_c = 1 / (V_c^2 + 1e-7),  V_c = sum_{n, i} t_nci."""
+    _, _, t, _ = _overlap_pt(input, target, axis, from_logits)
+    V = t.sum(axis=(0, 2))
+    u = 1.0 / (V**2 + 1e-7)
+    return dice_loss(input, target, axis, from_logits, smooth, u / u.sum() * len(u), reduction,
+                     return_grad)

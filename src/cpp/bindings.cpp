@@ -591,6 +591,9 @@ py::object pointwise_small(int kind, const py::array& x, const py::array& y, boo
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
+  // Issue 16: overlap losses and the cosine similarity (bind_overlap.cpp).
+  void register_overlap(py::module_ & m);
+  register_overlap(m);
   // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
   m.def("logsumexp", &logsumexp_py, py::arg("x"), py::arg("out"));
   m.def("softmax", &softmax_py, py::arg("x"), py::arg("out"), py::arg("log"));

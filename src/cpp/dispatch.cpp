@@ -10,6 +10,7 @@
 #include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
+#include "overlap.hpp"  // issue 16
 #include "scale.hpp"
 
 #if defined(FASTLOSS_X86)
@@ -219,6 +220,37 @@ const ScaleTable& scale_dispatch() {
   void ce_shard_grad(const CeShardGradArgs<S>& a) { scale_dispatch().ce_shard_grad_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_SCALE)
 #undef FASTLOSS_FORWARD_SCALE
+
+// Issue 16: overlap losses and cosine similarity (overlap.hpp): as CTC, the table of the ISA
+// in use.
+namespace baseline {
+extern const OverlapTable overlap_table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const OverlapTable overlap_table;
+}
+namespace avx512 {
+extern const OverlapTable overlap_table;
+}
+#endif
+namespace {
+const OverlapTable& overlap_dispatch() {
+#if defined(FASTLOSS_X86)
+  const char* isa = active_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::overlap_table;
+  if (std::strcmp(isa, "avx2") == 0) return avx2::overlap_table;
+#endif
+  return baseline::overlap_table;
+}
+}  // namespace
+#define FASTLOSS_FORWARD_OVERLAP(sfx, S)                                                     \
+  void overlap_stats(const OverlapArgs<S>& a) { overlap_dispatch().overlap_stats_##sfx(a); } \
+  void overlap_grad(const OverlapArgs<S>& a) { overlap_dispatch().overlap_grad_##sfx(a); }   \
+  void cosine_similarity(const CosineArgs<S>& a) { overlap_dispatch().cosine_similarity_##sfx(a); }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_OVERLAP)
+#undef FASTLOSS_FORWARD_OVERLAP
+// (end of issue 16)
 
 }  // namespace fastloss
 

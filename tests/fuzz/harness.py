@@ -951,4 +951,110 @@ def describe(data: bytes) -> str:
         f"{k}={d(v)}" for k, v in kwargs.items()) + ")"
 
 
+# Issue 16: cosine similarity / distance, NT-Xent, Dice / Tversky / generalized Dice.
+def b_cosine(r: Reader, name):
+    shape = shape_of(r, ndim=r.choice((1, 2, 2, 3)))
+    k = r.int(0, 5)
+    if k == 0:  # some axes of x2 set to 1 (broadcast)
+        shape2 = tuple(1 if r.chance(2) else n for n in shape)
+    elif k == 1:  # a trailing suffix
+        shape2 = shape[r.int(0, len(shape)):]
+    elif k == 2 and shape:  # shapes that do not broadcast
+        shape2 = shape[:-1] + (shape[-1] + 2,)
+    else:
+        shape2 = shape
+    kw: dict = {"return_grad": r.chance(2)}
+    if len(shape) and r.chance(2):
+        kw["axis"] = pick_axis(r, len(shape))
+    if r.chance(3):
+        kw["eps"] = option(r, (1e-8, 0.0, 1e-3), BAD_FLOATS)
+    if name == "cosine_distance":
+        kw["reduction"] = option(r, REDUCTIONS, BAD_REDUCTIONS)
+    return name, (float_array(r, shape, -3, 3), float_array(r, shape2, -3, 3)), kw
+
+
+def b_ntxent(r: Reader):
+    n, d = r.choice(SIZES[:12]), r.choice(SIZES[:8])
+    shape = (n, d) if not r.chance(12) else r.choice(((d,), (n, d, 2)))
+    x = float_array(r, shape, -3, 3)
+    g = np.random.default_rng(r.seed())
+    labels: Any = g.integers(0, r.int(1, 4), size=n if not r.chance(16) else n + 1)
+    if r.chance(16):
+        labels = labels.astype(np.float64)
+    kw: dict = {"return_grad": r.chance(2)}
+    if r.chance(2):
+        kw["temperature"] = option(r, (0.07, 1.0, 1e-3), BAD_FLOATS + (0.0,))
+    return "ntxent_loss", (x, in_layout(r, labels)), kw
+
+
+def b_overlap(r: Reader, name):
+    n, c = r.choice(SIZES[:8]), r.choice((1, 1, 2, 2, 3, 4, 5))
+    spatial = tuple(r.choice(SIZES[:16]) for _ in range(r.int(0, 2)))
+    last = r.chance(3)
+    shape = (n,) + spatial + (c,) if last else (n, c) + spatial
+    while math.prod(shape) > MAX_ELEMS:
+        shape = shape[:-1]
+    axis = len(shape) - 1 if last else 1
+    if len(shape) < 2:  # (too small for a class axis: a documented error)
+        axis = 1
+    kw: dict = {"axis": axis if not r.chance(16) else pick_axis(r, len(shape))}
+    from_logits = r.chance(3) or not r.chance(2)
+    x = float_array(r, shape, -6, 6) if from_logits else float_array(r, shape, 0, 1)
+    kw["from_logits"] = from_logits if not r.chance(24) else r.choice((1, "yes", None))
+    no_class = shrink_shape(shape, axis) if len(shape) >= 2 else shape
+    k = r.int(0, 3)
+    if k == 0:
+        t: Any = index_array(r, no_class, c, 2**70)  # (no ignore_index entries)
+    elif k == 1:
+        t = float_array(r, shape, 0, 1)
+    elif k == 2:
+        g = np.random.default_rng(r.seed())
+        t = in_layout(r, np.moveaxis(np.eye(max(c, 1))[g.integers(0, max(c, 1), no_class)],
+                                     -1, axis % max(len(shape), 1)) if len(shape) >= 2 else
+                      np.zeros(shape))
+    else:  # a wrong shape
+        t = np.zeros(shape[::-1] + (2,))
+    if r.chance(3):
+        kw["smooth"] = option(r, (1.0, 0.5, 0.0), BAD_FLOATS)
+    if name == "tversky_loss" and r.chance(2):
+        kw["alpha"] = option(r, (0.5, 0.3, 0.0, 1.0), BAD_FLOATS)
+        kw["beta"] = option(r, (0.5, 0.7, 2.0), BAD_FLOATS)
+    if name == "dice_loss" and r.chance(3):
+        kw["class_weight"] = float_array(r, (c if not r.chance(12) else c + 1,), 0, 2)
+    kw["reduction"] = option(r, REDUCTIONS, BAD_REDUCTIONS)
+    kw["return_grad"] = r.chance(2)
+    _grad_out(r, x, kw)
+    return name, (x, t), kw
+
+
+_reference_applies_before_issue16 = _reference_applies
+
+
+def _reference_applies(args, kwargs, name=""):  # noqa: F811 - extends the rules above
+    if name in ("cosine_similarity", "cosine_distance") and kwargs.get("return_grad"):
+        # |d cos / d x2| ~ 1 / |x2|, and summed over broadcast axes its terms cancel: for a
+        # vector of norm < 1e-3 both sides are rounding noise times 1 / |x2| (found by the
+        # fuzzer: a broadcast scalar x2 = 8e-26, whose true gradient is 0)
+        try:
+            a, b = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in args[:2]))
+            ax = kwargs.get("axis", -1)
+            for v in (a, b):
+                if v.size and np.min(np.sqrt(np.sum(v * v, axis=ax))) < 1e-3:
+                    return False
+        except Exception:  # (shapes or axis the call rejects: nothing to compare)
+            return False
+    return _reference_applies_before_issue16(args, kwargs, name)
+
+
+BUILDERS += [
+    ("cosine_similarity", lambda r: b_cosine(r, "cosine_similarity")),
+    ("cosine_distance", lambda r: b_cosine(r, "cosine_distance")),
+    ("ntxent_loss", b_ntxent),
+    ("dice_loss", lambda r: b_overlap(r, "dice_loss")),
+    ("tversky_loss", lambda r: b_overlap(r, "tversky_loss")),
+    ("generalized_dice_loss", lambda r: b_overlap(r, "generalized_dice_loss")),
+]
+# (end of issue 16)
+
+
 __all__ = ["one_input", "describe", "Finding", "BUILDERS", "LAST"]

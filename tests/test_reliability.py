@@ -400,6 +400,7 @@ def _memory_calls():
         ("ranking_softmax_loss",
          lambda: fl.ranking_softmax_loss(x, p, where=wm, return_grad=True), e),
         ("ranking_softmax_loss", lambda: fl.ranking_softmax_loss(x, p[:, :3]), V),
+    ]
     # Issue 16: cosine similarity / distance, NT-Xent, the overlap losses.
     seg, seg_t = x[:, :6].reshape(2, 4, 6), np.arange(12).reshape(2, 6) % 4
     calls += [

@@ -44,6 +44,20 @@ from .scale import (
 )
 from .softmax import log_softmax, logsumexp, softmax
 
+# issue 16: PyTorch's missing losses, log-cosh and generalized KL (pairs.py, multilabel.py)
+from .multilabel import multilabel_margin_loss, multilabel_soft_margin_loss
+from .pairs import (
+    cosine_embedding_loss,
+    gaussian_nll_loss,
+    generalized_kl_div,
+    hinge_embedding_loss,
+    log_cosh_loss,
+    margin_ranking_loss,
+    poisson_nll_loss,
+    soft_margin_loss,
+    triplet_margin_with_distance_loss,
+)
+
 __version__ = "0.1.0"
 
 if os.environ.get("FASTLOSS_ISA") and os.environ["FASTLOSS_ISA"] not in _core.compiled_isas():
@@ -88,6 +102,18 @@ __all__ = [
     "triplet_margin_loss",
     "show_config",
     "softmax",
+    # issue 16 (pairs.py, multilabel.py)
+    "poisson_nll_loss",
+    "gaussian_nll_loss",
+    "cosine_embedding_loss",
+    "margin_ranking_loss",
+    "hinge_embedding_loss",
+    "soft_margin_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
+    "triplet_margin_with_distance_loss",
+    "log_cosh_loss",
+    "generalized_kl_div",
 ]
 
 

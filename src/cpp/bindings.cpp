@@ -537,6 +537,8 @@ py::object pointwise_small(int kind, const py::array& x, const py::array& y, boo
 
 }  // namespace
 
+void register_pairs(py::module_& m);  // issue 16: bind_pairs.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
   // Softmax family: x is (n0, n1, n2) with the reduction over axis 1.
@@ -598,4 +600,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("ce_shard_grad", &ce_shard_grad_py, py::arg("logits"), py::arg("target"),
         py::arg("class_offset"), py::arg("ignore_index"), py::arg("softcap"), py::arg("ref"),
         py::arg("p_coef"), py::arg("t_value"), py::arg("u"), py::arg("grad"));
+  register_pairs(m);  // issue 16: the PyTorch-catalogue pair losses (bind_pairs.cpp)
 }

@@ -233,9 +233,9 @@ def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: b
     Examples
     --------
     >>> import numpy as np, fastloss as fl
-    >>> float(fl.poisson_nll_loss([0.0, np.log(2.0)], [1.0, 2.0]))  # (1 + 2 - 2 log 2) / 2
-    0.8068528194400546
-    >>> loss, grad = fl.poisson_nll_loss([1.0, 2.0], [1.0, 4.0], log_input=False,
+    >>> round(float(fl.poisson_nll_loss([0.0, np.log(2.0)], [1.0, 2.0])), 6)  # (3 - 2 log 2) / 2
+    0.806853
+    >>> loss, grad = fl.poisson_nll_loss([1.0, 2.0], [1.0, 4.0], log_input=False, eps=0.0,
     ...                                  reduction="sum", return_grad=True)
     >>> grad  # 1 - target / input
     array([ 0., -1.])
@@ -607,11 +607,12 @@ def log_cosh_loss(input: Any, target: Any, *, reduction: str = "mean",
 
     Notes
     -----
-    Stable for any difference: with ``h = |d| / 2``, ``log cosh d = log1p(2 sinh(h)**2)`` with
-    ``sinh`` from ``expm1(h)`` (no cancellation near 0, where ``|d| + log1p(exp(-2|d|)) -
-    log 2`` loses the small result), and ``|d| - log 2`` for ``|d| > 20`` (where
-    ``exp(-2|d|)`` is below the rounding of the result). The gradient ``tanh(d)`` comes from
-    the same exponential.
+    Stable and accurate for any difference (within ~4 ulp of the exact value in float32 and
+    float64): for ``|d| <= 0.7``, ``log1p(2 sinh(|d|/2)**2)`` with ``sinh`` and ``cosh`` by
+    their Taylor series (no cancellation near 0, where ``|d| + log1p(exp(-2|d|)) - log 2``
+    loses the small result); above, ``(|d| - log 2) + log1p(exp(-2|d|))`` with ``log 2`` in two
+    parts (``|d| - log 2`` is then exact or without cancellation; no overflow for any ``d``).
+    The gradient ``tanh(d)`` comes from the same terms.
 
     Examples
     --------
@@ -682,7 +683,7 @@ def generalized_kl_div(input: Any, target: Any, *, axis: Any = -1, reduction: st
     >>> import numpy as np, fastloss as fl
     >>> x = np.log(np.array([[1.0, 2.0], [0.5, 0.5]]))
     >>> fl.generalized_kl_div(x, [[1.0, 2.0], [1.0, 0.0]], reduction="none")
-    array([0.        , 0.80685282])
+    array([0.        , 0.69314718])
     """
     return_grad = _grad_out_check(grad_out, return_grad)
     x = float_input(input, "input")

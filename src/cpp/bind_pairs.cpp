@@ -3,6 +3,7 @@
 // guard internal invariants only.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <optional>
 #include <stdexcept>

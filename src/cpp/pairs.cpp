@@ -108,7 +108,7 @@ struct MarginRanking {
     const V<T> z = splat<T>(margin) - y * (x - x2);
     l = relu<T>(z);
     const V<T> gy = vselect(z != z, z, vselect(z >= V<T>{}, y, V<T>{}));
-    g = -gy;
+    g = V<T>{} - gy;  // (0, not -0, where inactive)
     g2 = gy;
   }
 };
@@ -170,28 +170,57 @@ struct MultilabelSoftMargin {
   }
 };
 // ---------------------------------------------------------------------------------------------
-// log_cosh_loss (optax / Keras): d = x - y, a = |d|, h = a / 2, u = exp(h), em1 = u - 1
-// (expm1 by its polynomial for h <= ln2/2, so no cancellation near 0):
-//   log cosh d = log1p(2 sinh(h)^2),  2 sinh(h)^2 = (u^2 - 1)^2 / (2 u^2),  u^2 - 1 = em1 (em1 + 2)
-//   tanh d     = sign(d) (u^4 - 1) / (u^4 + 1) = sign(d) (u^2 - 1)(u^2 + 1) / (u^4 + 1)
-// accurate for small d (log cosh d ~ d^2 / 2) where |d| + log1p(exp(-2|d|)) - log 2 cancels;
-// for a > 20 (exp(-2a) below the float64 rounding of the result):
-//   log cosh d = a - log 2,   tanh d = sign(d)
-//   l = log cosh d      g = tanh d
+// log_cosh_loss (optax / Keras): d = x - y, a = |d|
+//   a <= 0.7, h = a / 2 (sinh h, cosh h by their Taylor series in h^2 to degree 15 / 14, whose
+//   truncation is below 1e-17 relative for h <= 0.35; no cancellation near 0):
+//     log cosh d = log1p(2 sinh(h)^2)            tanh a = 2 sinh(h) cosh(h) / (1 + 2 sinh(h)^2)
+//   a > 0.7, E = exp(-2a) <= 0.25:
+//     log cosh d = (a - ln2_hi) - ln2_lo + log1p(E)    tanh a = (1 - E) / (1 + E)
+//   (a - ln2_hi exact for a <= 2 ln 2 by Sterbenz, no cancellation above; for large a,
+//   E = 0 and log cosh d = a - log 2: no overflow)
+//   l = log cosh d      g = sign(d) tanh a
 // ---------------------------------------------------------------------------------------------
 struct LogCosh {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
-    const auto small = a <= splat<T>(20);
-    const V<T> h = vselect(small, splat<T>(0.5) * a, V<T>{});  // (other lanes: 0, finite)
-    const V<T> em1 = vselect(h <= splat<T>(0.5 * kLn2), expm1_poly(h), vexp(h) - one);
-    const V<T> u = em1 + one, u2 = u * u, s2 = em1 * (em1 + two);
-    const V<T> ls = vlog1p(s2 * s2 / (two * u2));
-    const V<T> ts = s2 * (u2 + one) / (u2 * u2 + one);
-    l = vselect(small, ls, a - splat<T>(kLn2));
-    g = vselect(small, vselect(d < V<T>{}, -ts, ts), vsign<T>(d));
+    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1);
+    const auto small = a <= splat<T>(0.7);
+    bool any_small = false, any_large = false;
+    for (int i = 0; i < vec_width<T>; ++i) {
+      any_small |= bool(small[i]);
+      any_large |= !small[i];
+    }
+    V<T> ls{}, ts{}, lb{}, tb{};
+    if (any_small) {
+      const V<T> h = splat<T>(0.5) * vselect(small, a, V<T>{}), h2 = h * h;
+      // sinh(h) / h = sum h^2k / (2k+1)!,  cosh(h) = sum h^2k / (2k)!
+      V<T> sh = splat<T>(1.0 / 1307674368000.0), ch = splat<T>(1.0 / 87178291200.0);
+      constexpr double kS[] = {1.0 / 6227020800.0, 1.0 / 39916800.0, 1.0 / 362880.0,
+                               1.0 / 5040.0, 1.0 / 120.0, 1.0 / 6.0, 1.0};
+      constexpr double kC[] = {1.0 / 479001600.0, 1.0 / 3628800.0, 1.0 / 40320.0, 1.0 / 720.0,
+                               1.0 / 24.0, 0.5, 1.0};
+      for (int k = 0; k < 7; ++k) {
+        sh = sh * h2 + splat<T>(kS[k]);
+        ch = ch * h2 + splat<T>(kC[k]);
+      }
+      sh = sh * h;
+      const V<T> z = splat<T>(2) * sh * sh;
+      ls = vlog1p(z);
+      ts = splat<T>(2) * sh * ch / (one + z);
+    }
+    if (any_large) {
+      const V<T> e = vexp_capped(splat<T>(-2) * vselect(small, one, a));
+      // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi with 16 significant bits
+      constexpr double kLn2Hi = 0.693145751953125, kLn2Lo = 1.4286068203094172321e-06;
+      lb = ((vselect(small, one, a) - splat<T>(kLn2Hi)) - splat<T>(kLn2Lo)) + vlog1p_unit(e);
+      tb = (one - e) / (one + e);
+    }
+    l = vselect(small, ls, lb);
+    const V<T> t = vselect(small, ts, tb);
+    g = vselect(d < V<T>{}, -t, t);
+    l = vselect(d != d, d, l);
+    g = vselect(d != d, d, g);
   }
 };
 // ---------------------------------------------------------------------------------------------
@@ -244,7 +273,7 @@ double run_with(PairwiseArgs<S>& a, const Op& op) {
     T lane[W];
     for (int i = 0; i < W; ++i) lane[i] = T(i);
     const V<T> lane_index = vload(lane);
-    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail (pads give finite values)
+    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
       const bool full = cnt == W;
       const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
       V<T> x2{};
@@ -258,7 +287,8 @@ double run_with(PairwiseArgs<S>& a, const Op& op) {
       I bad{};
       op.template operator()<T>(x, x2, y, l, g, g2, bad);
       c_bad -= bad & I(real != V<T>{});
-      l = l * w;  // (padded lanes: finite losses, weight 0)
+      l = l * w;
+      if (!full) l = vselect(real == V<T>{}, V<T>{}, l);  // (padded lanes: 0, even if inf * 0)
       if constexpr (kLossOut) {
         if (full)
           vstore(a.loss + j, l);

@@ -113,10 +113,10 @@ def run_pairwise(kind: str, xs: list[FloatInput], targets: list[tuple[Any, str]]
     x2f = xf[1] if len(xf) > 1 else None
     args = (KINDS[kind], xf[0], x2f, yf, wf, float(p0), bool(log_input), bool(full), scale)
     if bad is not None and user is not None:
-        # invalid operands are found in the same pass that writes the gradient: a loss-only
-        # pass first, so that nothing is written into grad_out (or an in-place input) when a
-        # check fails
-        bad(_core.pairwise(*args, None, None, None)[1], xf, yf)
+        # invalid operands are found in the same pass that writes the gradient: with a
+        # caller's grad_out (maybe the input itself) a count-only pass over the operand
+        # checked comes first, so that nothing is written when a check fails
+        bad(_core.pairwise(*args, None, None, None, count_only=True)[1], xf, yf)
     total, n_bad = _core.pairwise(*args, loss_buf, gbufs[0], gbufs[1])
     if bad is not None and n_bad:
         bad(n_bad, xf, yf)

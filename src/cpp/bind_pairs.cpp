@@ -58,8 +58,8 @@ template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
 
 py::tuple pairwise_py(int kind, const py::array& x, const OptArray& x2, const py::array& y,
                       const OptArray& w, double p0, bool log_input, bool full, double grad_scale,
-                      OptArray loss, OptArray grad, OptArray grad2) {
-  return by_dtype(x, [&](auto tag) {
+                      OptArray loss, OptArray grad, OptArray grad2, bool count_only) {
+  return by_dtype(x, [&](auto tag) -> py::tuple {
     using S = decltype(tag);
     using T = compute_t<S>;
     if (kind < 0 || kind > int(PairKind::kGeneralizedKl))
@@ -81,12 +81,19 @@ py::tuple pairwise_py(int kind, const py::array& x, const OptArray& x2, const py
     a.grad = flat_mut<S>(grad, a.n, "grad");
     a.grad2 = flat_mut<S>(grad2, a.n, "grad2");
     if (a.grad2 && !two) throw std::invalid_argument("_core: grad2 given for the wrong kind");
+    if (count_only) {
+      {
+        py::gil_scoped_release nogil;
+        a.n_bad = fastloss::pairwise_count_invalid(a);
+      }
+      return py::tuple(py::make_tuple(0.0, a.n_bad));
+    }
     double total;
     {
       py::gil_scoped_release nogil;
       total = fastloss::pairwise(a);
     }
-    return py::make_tuple(total, a.n_bad);
+    return py::tuple(py::make_tuple(total, a.n_bad));
   });
 }
 
@@ -128,10 +135,12 @@ void multilabel_margin_py(const py::array& x, const py::array& target, double gr
 
 void register_pairs(py::module_& m) {
   // Elementwise losses of issue 16 (kind: PairKind's order in pairs.hpp); every operand
-  // contiguous and of one size (broadcast in Python). Returns (sum of losses, invalid count).
+  // contiguous and of one size (broadcast in Python). Returns (sum of losses, invalid count);
+  // count_only: only the count (reads only the operand checked; writes nothing).
   m.def("pairwise", &pairwise_py, py::arg("kind"), py::arg("x"), py::arg("x2"), py::arg("y"),
         py::arg("w"), py::arg("p0"), py::arg("log_input"), py::arg("full"),
-        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("grad2"));
+        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("grad2"),
+        py::arg("count_only") = false);
   // multilabel_margin_loss: input (rows, C) any strides, target (rows, C) int64 C order,
   // per-row float64 losses into `loss`.
   m.def("multilabel_margin", &multilabel_margin_py, py::arg("input"), py::arg("target"),

@@ -248,6 +248,9 @@ const PairTable& pair_dispatch() {
 }  // namespace
 #define FASTLOSS_FORWARD_PAIR(sfx, S)                                                 \
   double pairwise(PairwiseArgs<S>& a) { return pair_dispatch().pairwise_##sfx(a); } \
+  int64_t pairwise_count_invalid(const PairwiseArgs<S>& a) {                        \
+    return pair_dispatch().pairwise_count_invalid_##sfx(a);                         \
+  }                                                                                 \
   void multilabel_margin(const MultilabelMarginArgs<S>& a) {                        \
     pair_dispatch().multilabel_margin_##sfx(a);                                     \
   }

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -170,56 +171,50 @@ struct MultilabelSoftMargin {
   }
 };
 // ---------------------------------------------------------------------------------------------
-// log_cosh_loss (optax / Keras): d = x - y, a = |d|
-//   a <= 0.7, h = a / 2 (sinh h, cosh h by their Taylor series in h^2 to degree 15 / 14, whose
-//   truncation is below 1e-17 relative for h <= 0.35; no cancellation near 0):
-//     log cosh d = log1p(2 sinh(h)^2)            tanh a = 2 sinh(h) cosh(h) / (1 + 2 sinh(h)^2)
-//   a > 0.7, E = exp(-2a) <= 0.25:
-//     log cosh d = (a - ln2_hi) - ln2_lo + log1p(E)    tanh a = (1 - E) / (1 + E)
-//   (a - ln2_hi exact for a <= 2 ln 2 by Sterbenz, no cancellation above; for large a,
-//   E = 0 and log cosh d = a - log 2: no overflow)
-//   l = log cosh d      g = sign(d) tanh a
+// log_cosh_loss (optax / Keras): d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
+//   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+//   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
+//   g = tanh d = sign(d) tanh(a)
+// (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
+// a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
 // ---------------------------------------------------------------------------------------------
+// expm1(x) for 0 <= x <= 20 (or NaN): x = n ln 2 + r, |r| <= ln2/2 (Cody-Waite, r exact),
+// expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its polynomial: no cancellation near 0
+// (n = 0), 2^n - 1 exact.
+template <class T> FL_INLINE V<T> expm1_0_20(V<T> x) {
+  using I = M<T>;
+  constexpr bool f32 = std::is_same_v<T, float>;
+  const V<T> shifter = splat<T>(f32 ? 12582912.0 : 6755399441055744.0);
+  const V<T> t = x * splat<T>(1.4426950408889634074) + shifter, n = t - shifter;
+  V<T> r = x - n * splat<T>(f32 ? 0.693359375 : 6.93147180369123816490e-01);
+  r = r - n * splat<T>(f32 ? -2.12194440e-4 : 1.90821492927058770002e-10);
+  const V<T> p = expm1_poly(r);
+  const I bits = ((I(t) - I(shifter)) + I{} + (f32 ? 127 : 1023)) << (f32 ? 23 : 52);
+  V<T> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return scale * p + (scale - splat<T>(1));
+}
+
 struct LogCosh {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1);
-    const auto small = a <= splat<T>(0.7);
-    bool any_small = false, any_large = false;
-    for (int i = 0; i < vec_width<T>; ++i) {
-      any_small |= bool(small[i]);
-      any_large |= !small[i];
-    }
-    V<T> ls{}, ts{}, lb{}, tb{};
-    if (any_small) {
-      const V<T> h = splat<T>(0.5) * vselect(small, a, V<T>{}), h2 = h * h;
-      // sinh(h) / h = sum h^2k / (2k+1)!,  cosh(h) = sum h^2k / (2k)!
-      V<T> sh = splat<T>(1.0 / 1307674368000.0), ch = splat<T>(1.0 / 87178291200.0);
-      constexpr double kS[] = {1.0 / 6227020800.0, 1.0 / 39916800.0, 1.0 / 362880.0,
-                               1.0 / 5040.0, 1.0 / 120.0, 1.0 / 6.0, 1.0};
-      constexpr double kC[] = {1.0 / 479001600.0, 1.0 / 3628800.0, 1.0 / 40320.0, 1.0 / 720.0,
-                               1.0 / 24.0, 0.5, 1.0};
-      for (int k = 0; k < 7; ++k) {
-        sh = sh * h2 + splat<T>(kS[k]);
-        ch = ch * h2 + splat<T>(kC[k]);
-      }
-      sh = sh * h;
-      const V<T> z = splat<T>(2) * sh * sh;
-      ls = vlog1p(z);
-      ts = splat<T>(2) * sh * ch / (one + z);
-    }
-    if (any_large) {
-      const V<T> e = vexp_capped(splat<T>(-2) * vselect(small, one, a));
-      // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi with 16 significant bits
-      constexpr double kLn2Hi = 0.693145751953125, kLn2Lo = 1.4286068203094172321e-06;
-      lb = ((vselect(small, one, a) - splat<T>(kLn2Hi)) - splat<T>(kLn2Lo)) + vlog1p_unit(e);
-      tb = (one - e) / (one + e);
-    }
-    l = vselect(small, ls, lb);
-    const V<T> t = vselect(small, ts, tb);
-    g = vselect(d < V<T>{}, -t, t);
-    l = vselect(d != d, d, l);
+    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
+    const V<T> half = splat<T>(0.5);
+    const auto big = a > splat<T>(20);
+    const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
+    const V<T> E1 = expm1_0_20<T>(ac);
+    // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+    const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
+    const V<T> inv = one / (p * w);
+    const V<T> z = E1 * E1 * w * inv;
+    const V<T> t = s2 * p * inv;
+    // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
+    const V<T> u = one + z, c = (one - u) + z;
+    const V<T> lz = vlog_sum(u, c);
+    l = vselect(big, a - splat<T>(kLn2), lz);
+    const V<T> tt = vselect(big, one, t);
+    g = vselect(d < V<T>{}, -tt, tt);
     g = vselect(d != d, d, g);
   }
 };
@@ -362,6 +357,37 @@ template <class S> double pairwise_impl(PairwiseArgs<S>& a) {
   return std::numeric_limits<double>::quiet_NaN();
 }
 
+// The invalid operands pairwise counts (n_bad), alone: one read of the operand checked.
+template <class S> int64_t count_invalid_impl(const PairwiseArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t n = a.n;
+  const int nt = threads_for(n, (n + 65535) / 65536);
+  std::atomic<int64_t> total{0};
+  parallel_for(nt, [&](int64_t t, int64_t m) {
+    const int64_t lo = n * t / m, hi = n * (t + 1) / m;
+    int64_t c = 0;
+    switch (a.kind) {
+      case PairKind::kHingeEmbedding:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(a.y[i] != T(1) && a.y[i] != T(-1));
+        break;
+      case PairKind::kGeneralizedKl:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(a.y[i] < T(0));
+        break;
+      case PairKind::kPoissonNll:
+        if (!a.log_input)
+          for (int64_t i = lo; i < hi; ++i) c += int64_t(to_compute(a.x[i]) < T(0));
+        break;
+      case PairKind::kGaussianNll:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(to_compute(a.x2[i]) < T(0));
+        break;
+      default:
+        break;
+    }
+    total += c;
+  });
+  return total;
+}
+
 // ---------------------------------------------------------------------------------------------
 // multilabel_margin_loss (torch), per row with target classes J (the entries before the first
 // -1; a repeated class counts as often as it is listed, as torch) and z_ji = 1 - x_j + x_i:
@@ -417,7 +443,7 @@ template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a)
 
 extern const PairTable pair_table;
 const PairTable pair_table = {
-#define FASTLOSS_PAIR_ROW(sfx, S) &pairwise_impl<S>, &multilabel_margin_impl<S>,
+#define FASTLOSS_PAIR_ROW(sfx, S) &pairwise_impl<S>, &count_invalid_impl<S>, &multilabel_margin_impl<S>,
     FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PAIR_ROW)
 #undef FASTLOSS_PAIR_ROW
 };

@@ -59,15 +59,19 @@ struct MultilabelMarginArgs {
 };
 
 struct PairTable {
-#define FASTLOSS_PAIR_ENTRIES(sfx, S)                   \
-  double (*pairwise_##sfx)(PairwiseArgs<S>&);           \
+#define FASTLOSS_PAIR_ENTRIES(sfx, S)                               \
+  double (*pairwise_##sfx)(PairwiseArgs<S>&);                       \
+  int64_t (*pairwise_count_invalid_##sfx)(const PairwiseArgs<S>&); \
   void (*multilabel_margin_##sfx)(const MultilabelMarginArgs<S>&);
   FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PAIR_ENTRIES)
 #undef FASTLOSS_PAIR_ENTRIES
 };
 
-#define FASTLOSS_DECLARE_PAIR(sfx, S)                          \
+// pairwise_count_invalid: only the check of pairwise's n_bad, reading only the operand checked
+// (a check before a call that writes into a caller's buffer).
+#define FASTLOSS_DECLARE_PAIR(sfx, S)                              \
   double pairwise(PairwiseArgs<S>& a); /* the sum of the losses */ \
+  int64_t pairwise_count_invalid(const PairwiseArgs<S>& a);       \
   void multilabel_margin(const MultilabelMarginArgs<S>& a);
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE_PAIR)
 #undef FASTLOSS_DECLARE_PAIR

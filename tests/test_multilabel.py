@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 
+import fastloss as fl
 import ml_dtypes
 import numpy as np
 import pytest
 from conftest import central_diff
-
-import fastloss as fl
 from fastloss import reference as ref
 
 assert_allclose = np.testing.assert_allclose

@@ -28,9 +28,17 @@ from ._validation import (
     reduce_rows,
 )
 
-__all__ = ["poisson_nll_loss", "gaussian_nll_loss", "margin_ranking_loss",
-           "hinge_embedding_loss", "soft_margin_loss", "log_cosh_loss", "generalized_kl_div",
-           "cosine_embedding_loss", "triplet_margin_with_distance_loss"]
+__all__ = [
+    "cosine_embedding_loss",
+    "gaussian_nll_loss",
+    "generalized_kl_div",
+    "hinge_embedding_loss",
+    "log_cosh_loss",
+    "margin_ranking_loss",
+    "poisson_nll_loss",
+    "soft_margin_loss",
+    "triplet_margin_with_distance_loss",
+]
 
 # PairKind in src/cpp/pairs.hpp
 KINDS = {"poisson_nll": 0, "gaussian_nll": 1, "margin_ranking": 2, "hinge_embedding": 3,

@@ -815,3 +815,74 @@ def test_overlap_losses(name, prob, data):
         kw["class_weight"] = np.linspace(0.5, 2.0, x.shape[axis])
     run_case(name, getattr(fl, name), getattr(ref, name), (x, t), kw, dtype=dtype,
              scale=4.0, gscale=4.0, must_succeed=True)
+
+
+# --- issue 16: PyTorch's missing losses, log-cosh, generalized KL --------------------------
+# name -> (target range, label-valued target, magnitude power of the loss)
+PAIRS = {"poisson_nll_loss": (0.0, 5.0, False, 1), "gaussian_nll_loss": (-10.0, 10.0, False, 2),
+         "margin_ranking_loss": (-1.0, 1.0, True, 1), "hinge_embedding_loss": (-1, 1, True, 1),
+         "soft_margin_loss": (-1.0, 1.0, True, 1), "log_cosh_loss": (-10.0, 10.0, False, 1),
+         "generalized_kl_div": (0.0, 3.0, False, 1),
+         "multilabel_soft_margin_loss": (0.0, 1.0, False, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+@SETTINGS(80)
+@given(data=st.data())
+def test_pairs_elementwise(name, data):
+    tlo, thi, labels, power = PAIRS[name]
+    # (poisson: log-rates up to 10, exp overflow is the same in both; generalized KL likewise)
+    level = data.draw(st.sampled_from([NORMAL, NORMAL, EXTREME]))
+    x, y, dtype, full = data.draw(broadcast_pair(level=level, tlo=tlo, thi=thi))
+    if name in ("poisson_nll_loss", "generalized_kl_div"):  # exp(1e30): inf in both, but
+        x = np.clip(x, -50, 10).astype(x.dtype)  # inf - inf sums: NaN; keep exp finite
+    if name == "multilabel_soft_margin_loss":  # the target broadcasts to input's shape
+        assume(np.broadcast_shapes(np.shape(x), np.shape(y)) == np.shape(x) and np.ndim(x) >= 1)
+        assume(np.shape(x)[-1] > 0)
+    if labels:
+        y = np.where(np.asarray(y, np.float64) >= 0, 1.0, -1.0).astype(dtype)
+    y = np.abs(y) if tlo >= 0 else y
+    kw = dict(reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    args = (x, y)
+    if name == "gaussian_nll_loss":
+        var = cast(data.draw(values(np.shape(x), level, 0.0, 3.0)), dtype)
+        args = (x, y, np.abs(var))
+        kw["full"] = data.draw(st.booleans())
+    if name == "margin_ranking_loss":
+        args = (x, cast(data.draw(values(np.shape(x), level)), dtype), y)
+        kw["margin"] = data.draw(st.sampled_from([0.0, 0.5]))
+    if name == "poisson_nll_loss":
+        kw["full"] = data.draw(st.booleans())
+    n = max(1, int(np.prod(full)))
+    s = input_scale(*args, power=power) * n
+    if name == "gaussian_nll_loss":  # 1 / eps = 1e6 amplifies d^2 where var is clamped
+        s *= 1e6
+    run_case(name, getattr(fl, name), getattr(ref, name), args, kw, dtype=dtype, scale=s,
+             must_succeed=True)
+
+
+@SETTINGS(120)
+@given(st.data())
+def test_pairs_rows(data):
+    rows = data.draw(st.sampled_from([(), (0,), (1,), (4,)]))
+    D = data.draw(st.sampled_from([1, 2, 5]))
+    dtype = data.draw(st.sampled_from(FLOATS16))
+    g = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    lay = data.draw(st.sampled_from(LAYOUTS))
+    x1 = relayout(cast(g.normal(size=rows + (D,)), dtype), lay)
+    x2 = relayout(cast(g.normal(size=rows + (D,)), dtype), lay)
+    kw = dict(reduction=data.draw(reductions), return_grad=data.draw(st.booleans()))
+    y = np.where(g.random(rows) < 0.5, 1.0, -1.0)
+    # (the zero-vector gradient is 1/sqrt(1e-12): normal draws keep away from it)
+    run_case("cosine_embedding_loss", fl.cosine_embedding_loss, ref.cosine_embedding_loss,
+             (x1, x2, y), dict(kw, margin=data.draw(st.sampled_from([0.0, 0.5]))), dtype=dtype,
+             scale=10.0 * max(1, x1.size), must_succeed=True)
+    t = g.integers(-1, D, size=rows + (D,))
+    run_case("multilabel_margin_loss", fl.multilabel_margin_loss, ref.multilabel_margin_loss,
+             (x1, t), kw, dtype=dtype, scale=10.0 * D * max(1, x1.size), must_succeed=True)
+    if rows != ():
+        x3 = relayout(cast(g.normal(size=rows + (D,)), dtype), lay)
+        run_case("triplet_margin_with_distance_loss", fl.triplet_margin_with_distance_loss,
+                 ref.triplet_margin_with_distance_loss, (x1, x2, x3),
+                 dict(kw, swap=data.draw(st.booleans())), dtype=dtype,
+                 scale=10.0 * max(1, x1.size), must_succeed=True)

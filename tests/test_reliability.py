@@ -417,6 +417,41 @@ def _memory_calls():
         ("generalized_dice_loss", lambda: fl.generalized_dice_loss(seg, seg_t, return_grad=True), e),
         ("generalized_dice_loss", lambda: fl.generalized_dice_loss(seg, seg_t, axis=0), V),
     ]
+    # issue 16: PyTorch's missing losses, log-cosh, generalized KL (pairs.py, multilabel.py)
+    ml_t = np.where(rng.random((8, 7)) < 0.3, -1, rng.integers(0, 7, (8, 7)))
+    calls += [
+        ("poisson_nll_loss", lambda: fl.poisson_nll_loss(x, p, full=True, return_grad=True), e),
+        ("poisson_nll_loss", lambda: fl.poisson_nll_loss(x, p, log_input=False), V),
+        ("gaussian_nll_loss", lambda: fl.gaussian_nll_loss(x, y, p, return_grad=True), e),
+        ("gaussian_nll_loss", lambda: fl.gaussian_nll_loss(x, y, -p), V),
+        ("margin_ranking_loss", lambda: fl.margin_ranking_loss(x, y, pm, return_grad=True), e),
+        ("margin_ranking_loss", lambda: fl.margin_ranking_loss(x, y[:, :3], pm), V),
+        ("hinge_embedding_loss",
+         lambda: fl.hinge_embedding_loss(x, pm, return_grad=True, grad_out=go), e),
+        ("hinge_embedding_loss", lambda: fl.hinge_embedding_loss(x, p, return_grad=True), V),
+        ("soft_margin_loss", lambda: fl.soft_margin_loss(x32, pm, return_grad=True), e),
+        ("soft_margin_loss", lambda: fl.soft_margin_loss(x, pm, reduction="x"), V),
+        ("log_cosh_loss", lambda: fl.log_cosh_loss(nan_x, y, return_grad=True), e),
+        ("log_cosh_loss", lambda: fl.log_cosh_loss(x, y[:, :3]), V),
+        ("generalized_kl_div", lambda: fl.generalized_kl_div(x, p, return_grad=True), e),
+        ("generalized_kl_div", lambda: fl.generalized_kl_div(x, -p, return_grad=True), V),
+        ("multilabel_soft_margin_loss",
+         lambda: fl.multilabel_soft_margin_loss(x, lbl[:7], return_grad=True), e),
+        ("multilabel_soft_margin_loss", lambda: fl.multilabel_soft_margin_loss(x, p.T), V),
+        ("multilabel_margin_loss",
+         lambda: fl.multilabel_margin_loss(x, ml_t, return_grad=True), e),
+        ("multilabel_margin_loss", lambda: fl.multilabel_margin_loss(x, ml_t + 7), Ie),
+        ("cosine_embedding_loss",
+         lambda: fl.cosine_embedding_loss(x, y, 2 * lbl - 1, return_grad=True), e),
+        ("cosine_embedding_loss", lambda: fl.cosine_embedding_loss(x, y, lbl), V),
+        ("triplet_margin_with_distance_loss",
+         lambda: fl.triplet_margin_with_distance_loss(x, y, p, swap=True, return_grad=True), e),
+        ("triplet_margin_with_distance_loss",
+         lambda: fl.triplet_margin_with_distance_loss(
+             x, y, p, distance_function=lambda u, v: np.abs(u - v).sum(-1)), e),
+        ("triplet_margin_with_distance_loss",
+         lambda: fl.triplet_margin_with_distance_loss(x, y, p, margin=0.0), V),
+    ]
     return calls
 
 

@@ -50,6 +50,19 @@ from .jsd import jensen_shannon_with_logits
 from .multiclass import multiclass_hinge_loss, multiclass_perceptron_loss
 from .ranking import ranking_softmax_loss
 from .sparsemax import sparsemax, sparsemax_loss
+# issue 16: PyTorch's missing losses, log-cosh and generalized KL (pairs.py, multilabel.py)
+from .multilabel import multilabel_margin_loss, multilabel_soft_margin_loss
+from .pairs import (
+    cosine_embedding_loss,
+    gaussian_nll_loss,
+    generalized_kl_div,
+    hinge_embedding_loss,
+    log_cosh_loss,
+    margin_ranking_loss,
+    poisson_nll_loss,
+    soft_margin_loss,
+    triplet_margin_with_distance_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -103,6 +116,18 @@ __all__ = [
     "ranking_softmax_loss",
     "sparsemax",
     "sparsemax_loss",
+    # issue 16 (pairs.py, multilabel.py)
+    "poisson_nll_loss",
+    "gaussian_nll_loss",
+    "cosine_embedding_loss",
+    "margin_ranking_loss",
+    "hinge_embedding_loss",
+    "soft_margin_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
+    "triplet_margin_with_distance_loss",
+    "log_cosh_loss",
+    "generalized_kl_div",
 ]
 
 # Issue 16: the overlap losses of segmentation, cosine similarity / distance, NT-Xent.

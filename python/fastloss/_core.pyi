@@ -137,3 +137,28 @@ def cosine_similarity(
     grad1: Optional[np.ndarray],
     grad2: Optional[np.ndarray],
 ) -> None: ...
+
+
+# issue 16: the PyTorch-catalogue pair losses (bind_pairs.cpp)
+def pairwise(
+    kind: int,
+    x: np.ndarray,
+    x2: np.ndarray | None,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    p0: float,
+    log_input: bool,
+    full: bool,
+    grad_scale: float,
+    loss: np.ndarray | None,
+    grad: np.ndarray | None,
+    grad2: np.ndarray | None,
+    count_only: bool = False,
+) -> tuple[float, int]: ...
+def multilabel_margin(
+    input: np.ndarray,
+    target: np.ndarray,
+    grad_scale: float,
+    loss: np.ndarray,
+    grad: np.ndarray | None,
+) -> None: ...

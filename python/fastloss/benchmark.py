@@ -383,6 +383,20 @@ POINTWISE = {  # name: (fastloss function name, keyword arguments, target kind)
     "sigmoid_focal_loss": ("sigmoid_focal_loss", {}, "binary"),
     "hinge_loss": ("hinge_loss", {}, "binary"),
 }
+# issue 16: PyTorch's missing elementwise losses, log-cosh, generalized KL (fastloss/pairs.py,
+# multilabel.py). Target kinds: "signs" (+-1 labels); "real+var" (a third array, variances >=
+# 0); "pair+signs" (a second prediction array and +-1 labels; the two gradients are returned
+# as new arrays: no grad_out).
+POINTWISE.update({
+    "poisson_nll_loss": ("poisson_nll_loss", {}, "binary"),
+    "gaussian_nll_loss": ("gaussian_nll_loss", {}, "real+var"),
+    "margin_ranking_loss": ("margin_ranking_loss", {}, "pair+signs"),
+    "hinge_embedding_loss": ("hinge_embedding_loss", {}, "signs"),
+    "soft_margin_loss": ("soft_margin_loss", {}, "signs"),
+    "multilabel_soft_margin_loss": ("multilabel_soft_margin_loss", {}, "binary"),
+    "log_cosh_loss": ("log_cosh_loss", {}, "real"),
+    "generalized_kl_div": ("generalized_kl_div", {}, "binary"),
+})
 
 
 def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: int = 5,
@@ -405,25 +419,37 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
     grad.fill(0)
     progress("measuring the bandwidth floor")
     floor = bandwidth_floor(2 * x.nbytes)
-    read, write = 2 * x.nbytes, x.nbytes
-    floor_ms = {"loss": read / floor["read_gbps"] / 1e6,
-                "loss+grad": (read + write) / floor["read_write_gbps"] / 1e6}
     results = []
+    extra = {}  # (issue 16) the operands of the pair losses, made when first needed
     for name in names:
         fname, kw, kind = POINTWISE[name]
         f, ref = getattr(fl, fname), getattr(reference, fname)
         pred = probs if name == "binary_cross_entropy" else x
         tgt = real if kind == "real" else binary
+        # issue 16: more operands (three arrays read, two gradients written for the pairs)
+        args, reads, writes, gkw = (pred, tgt), 2, 1, {"grad_out": grad}
+        if kind in ("signs", "pair+signs") and "signs" not in extra:
+            extra["signs"] = binary * np.float32(2) - np.float32(1)
+        if kind == "signs":
+            args = (pred, extra["signs"])
+        elif kind == "real+var":
+            if "var" not in extra:
+                extra["var"] = np.abs(real) + np.float32(0.1)
+            args, reads, gkw = (pred, real, extra["var"]), 3, {}
+        elif kind == "pair+signs":
+            args, reads, writes, gkw = (pred, real, extra["signs"]), 3, 2, {}
         progress(name)
-        cases = {"loss": (lambda: f(pred, tgt, **kw), lambda: ref(pred, tgt, **kw)),
-                 "loss+grad": (lambda: f(pred, tgt, return_grad=True, grad_out=grad, **kw),
-                               lambda: ref(pred, tgt, return_grad=True, **kw))}
+        cases = {"loss": (lambda: f(*args, **kw), lambda: ref(*args, **kw)),
+                 "loss+grad": (lambda: f(*args, return_grad=True, **gkw, **kw),
+                               lambda: ref(*args, return_grad=True, **kw))}
         for case, (fast, slow) in cases.items():
-            moved = read + (write if case == "loss+grad" else 0)
+            moved = x.nbytes * (reads + (writes if case == "loss+grad" else 0))
+            floor_case = (moved / floor["read_gbps"] / 1e6 if case == "loss" else
+                          moved / floor["read_write_gbps"] / 1e6)
             np_ms = statistics.median(time_call(slow, numpy_repeat, warmup=0))
             t = time_call(fast, repeat)
             results.append(Result(f"{name} {case}", "fastloss", statistics.median(t), min(t),
-                                  max(t), moved, floor_ms[case], numpy_ms=np_ms, times_ms=t))
+                                  max(t), moved, floor_case, numpy_ms=np_ms, times_ms=t))
     info = {"n": n, "threads": fl.get_num_threads(), "processor": _cpu_name(),
             "isa": _core.active_isa(), **floor}
     return results, info

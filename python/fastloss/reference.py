@@ -1277,3 +1277,222 @@ def generalized_dice_loss(input, target, axis=1, from_logits=True, smooth=1.0,
     u = 1.0 / (V**2 + 1e-7)
     return dice_loss(input, target, axis, from_logits, smooth, u / u.sum() * len(u), reduction,
                      return_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16: PyTorch's missing losses, log-cosh and generalized KL (fastloss.pairs / .multilabel)
+# ---------------------------------------------------------------------------------------------
+__all__ += ["poisson_nll_loss", "gaussian_nll_loss", "cosine_embedding_loss",
+            "margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss",
+            "multilabel_margin_loss", "multilabel_soft_margin_loss",
+            "triplet_margin_with_distance_loss", "log_cosh_loss", "generalized_kl_div"]
+
+
+def _sum_to_shape(g, shape):
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, k in enumerate(shape)
+                                      if k == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape) if axes else g.reshape(shape)
+
+
+def _elementwise(l, grads, shapes, reduction, return_grad, denom=None):
+    """Elementwise losses l (broadcast shape) and their per-element derivatives with respect
+    to operands of `shapes`: the reduction and the gradients summed back to each shape."""
+    n = l.size if denom is None else denom
+    if reduction == "none":
+        loss, scale = l, 1.0
+    elif reduction == "sum":
+        loss, scale = l.sum(), 1.0
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss, scale = l.sum() / n, (1.0 / n if n else 0.0)
+    if not return_grad:
+        return loss
+    out = tuple(_sum_to_shape(np.broadcast_to(g * scale, l.shape), s)
+                for g, s in zip(grads, shapes))
+    return loss, (out[0] if len(out) == 1 else out)
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, eps=1e-8, reduction="mean",
+                     return_grad=False):
+    """log_input: l = exp(x) - y x, dl/dx = exp(x) - y; else l = x - y log(x + eps),
+    dl/dx = 1 - y / (x + eps); full adds y log y - y + log(2 pi y) / 2 where y > 1."""
+    x, y = _f64(input), _f64(target)
+    x_b, y_b = np.broadcast_arrays(x, y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if log_input:
+            l, g = np.exp(x_b) - y_b * x_b, np.exp(x_b) - y_b
+        else:
+            l = x_b - np.where(y_b == 0, 0.0, y_b * np.log(x_b + eps))
+            g = 1.0 - np.where(y_b == 0, 0.0, y_b / (x_b + eps))
+        if full:
+            ys = np.where(y_b > 1, y_b, 1.0)
+            l = l + np.where(y_b > 1, ys * np.log(ys) - ys + 0.5 * np.log(2 * np.pi * ys), 0.0)
+    return _elementwise(l, [g], [x.shape], reduction, return_grad)
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean",
+                      return_grad=False):
+    """v = max(var, eps): l = (log v + (x - y)^2 / v) / 2 (+ log(2 pi) / 2 with full);
+    dl/dx = (x - y) / v, dl/dvar = (1 / v - (x - y)^2 / v^2) / 2 (the clamp not
+    differentiated, as torch). var of x's shape without the last axis gets a trailing axis.
+    Returns (d_input, d_var)."""
+    x, y = _f64(input), _f64(target)
+    v0 = _f64(var)
+    v = v0[..., None] if (v0.shape != x.shape and v0.shape == x.shape[:-1]) else v0
+    vc = np.maximum(v, eps)
+    d = x - y
+    l = 0.5 * (np.log(vc) + d * d / vc) + (0.5 * np.log(2 * np.pi) if full else 0.0)
+    l = np.broadcast_to(l, np.broadcast_shapes(l.shape, vc.shape))
+    gx, gv = d / vc, 0.5 * (1.0 / vc - d * d / vc**2)
+    r = _elementwise(l, [gx, gv], [x.shape, v.shape], reduction, return_grad)
+    if not return_grad:
+        return r
+    return r[0], (r[1][0], r[1][1].reshape(v0.shape))
+
+
+def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean",
+                        return_grad=False):
+    """l = max(0, z), z = margin - y (x1 - x2); (dl/dx1, dl/dx2) = (-y, y) where z >= 0."""
+    a, b, y = _f64(input1), _f64(input2), _f64(target)
+    z = margin - y * (a - b)
+    on = np.where(z >= 0, 1.0, 0.0)
+    return _elementwise(np.maximum(z, 0.0), [-y * on, y * on], [a.shape, b.shape], reduction,
+                        return_grad)
+
+
+def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", return_grad=False):
+    """y = 1: l = x (dl/dx = 1); y = -1: l = max(0, margin - x) (dl/dx = -1 where
+    margin - x >= 0)."""
+    x, y = _f64(input), _f64(target)
+    z = margin - x
+    l = np.where(y == 1, x, np.maximum(z, 0.0))
+    g = np.where(y == 1, 1.0, np.where(z >= 0, -1.0, 0.0))
+    return _elementwise(l, [g], [x.shape], reduction, return_grad)
+
+
+def soft_margin_loss(input, target, reduction="mean", return_grad=False):
+    """l = log(1 + exp(-y x)), dl/dx = -y sigmoid(-y x)."""
+    x, y = _f64(input), _f64(target)
+    t = -y * x
+    return _elementwise(_softplus(t), [-y * _sigmoid(t)], [x.shape], reduction, return_grad)
+
+
+def log_cosh_loss(input, target, reduction="mean", return_grad=False):
+    """l = log(cosh(x - y)) = |d| + log1p(exp(-2|d|)) - log 2 (for |d| >= 1; for smaller |d|
+    log1p(cosh(d) - 1) with cosh(d) - 1 = 2 sinh(d/2)^2), dl/dx = tanh(d)."""
+    x, y = _f64(input), _f64(target)
+    d = x - y
+    a = np.abs(d)
+    small = np.log1p(2.0 * np.sinh(np.minimum(a, 1.0) / 2) ** 2)
+    large = a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)
+    l = np.where(a < 1.0, small, large)
+    return _elementwise(l, [np.tanh(d)], [x.shape], reduction, return_grad)
+
+
+def generalized_kl_div(input, target, axis=-1, reduction="mean", return_grad=False):
+    """optax's generalized_kl_divergence: per row (over axis),
+    sum(y (log y - x) + exp(x) - y) with y log y = 0 at y = 0; dl/dx = exp(x) - y.
+    "mean" is over rows."""
+    x, y = _f64(input), _f64(target)
+    x_b, y_b = np.broadcast_arrays(x, y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.where(y_b == 0, 0.0, y_b * (np.log(np.where(y_b > 0, y_b, 1.0)) - x_b))
+    l = l + np.exp(x_b) - y_b
+    per_row = l.sum(axis=axis)
+    rows = per_row.size
+    if reduction == "none":
+        loss, scale = per_row, 1.0
+    elif reduction == "sum":
+        loss, scale = per_row.sum(), 1.0
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss, scale = per_row.sum() / rows, (1.0 / rows if rows else 0.0)
+    if not return_grad:
+        return loss
+    return loss, _sum_to_shape((np.exp(x_b) - y_b) * scale, x.shape)
+
+
+def multilabel_soft_margin_loss(input, target, weight=None, reduction="mean",
+                                return_grad=False):
+    """Per row (last axis, C classes): sum_c w_c BCE_with_logits(x_c, y_c) / C; dl/dx_c =
+    w_c (sigmoid(x_c) - y_c) / C. "mean" over rows."""
+    x, y = _f64(input), _f64(target)
+    C = x.shape[-1]
+    y = np.broadcast_to(y, x.shape)
+    w = np.ones(x.shape) if weight is None else np.broadcast_to(_f64(weight), x.shape)
+    l = w * (y * _softplus_neg(x) + (1 - y) * _softplus(x)) / C
+    g = w * (_sigmoid(x) - y) / C
+    per_row = l.sum(axis=-1).reshape(-1)
+    loss, scale = _embedding_reduce(per_row, reduction, x.shape[:-1])
+    return (loss, g * scale) if return_grad else loss
+
+
+def multilabel_margin_loss(input, target, reduction="mean", return_grad=False):
+    """Per row: sum over listed targets j (before the first -1) and non-targets i of
+    max(0, 1 - (x_j - x_i)) / C; the gradient +1/C at i and -1/C at j where that is > 0."""
+    x = _f64(input)
+    shape = x.shape
+    C = shape[-1]
+    x2 = x.reshape(-1, C)
+    t2 = np.asarray(target).reshape(-1, C)
+    per_row = np.zeros(x2.shape[0])
+    g = np.zeros_like(x2)
+    for r in range(x2.shape[0]):
+        listed = []
+        for v in t2[r]:
+            if v < 0:
+                break
+            listed.append(int(v))
+        is_t = np.zeros(C, bool)
+        is_t[listed] = True
+        for j in listed:
+            z = 1.0 - x2[r, j] + x2[r]
+            on = (z > 0) & ~is_t
+            per_row[r] += z[on].sum() / C
+            g[r, on] += 1.0 / C
+            g[r, j] -= on.sum() / C
+    loss, scale = _embedding_reduce(per_row, reduction, shape[:-1])
+    return (loss, (g * scale).reshape(shape)) if return_grad else loss
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean",
+                          return_grad=False):
+    """cos = <a, b> / sqrt((|a|^2 + 1e-12)(|b|^2 + 1e-12)) over the last axis;
+    y = 1: 1 - cos; y = -1: max(0, cos - margin) (gradient where cos - margin >= 0)."""
+    a, b = np.broadcast_arrays(_f64(input1), _f64(input2))
+    shape = a.shape
+    y = _f64(target).reshape(-1)
+    a2, b2 = a.reshape(-1, shape[-1]), b.reshape(-1, shape[-1])
+    dot = (a2 * b2).sum(axis=1)
+    m1, m2 = (a2 * a2).sum(axis=1) + 1e-12, (b2 * b2).sum(axis=1) + 1e-12
+    den = np.sqrt(m1 * m2)
+    cos = dot / den
+    per_row = np.where(y == 1, 1.0 - cos, np.maximum(cos - margin, 0.0))
+    loss, scale = _embedding_reduce(per_row, reduction, shape[:-1])
+    if not return_grad:
+        return loss
+    c = (np.where(y == 1, -1.0, np.where(cos - margin >= 0, 1.0, 0.0)) * scale)[:, None]
+    ga = c * (b2 / den[:, None] - (cos / m1)[:, None] * a2)
+    gb = c * (a2 / den[:, None] - (cos / m2)[:, None] * b2)
+    return loss, (_sum_to_shape(ga.reshape(shape), np.shape(input1)),
+                  _sum_to_shape(gb.reshape(shape), np.shape(input2)))
+
+
+def triplet_margin_with_distance_loss(anchor, positive, negative, distance_function=None,
+                                      margin=1.0, swap=False, reduction="mean",
+                                      return_grad=False):
+    """max(0, margin + d(a, p) - d_neg), d_neg = d(a, n) or min(d(a, n), d(p, n)) with swap;
+    the default d is torch's pairwise_distance (||u - v + 1e-6||_2)."""
+    if distance_function is None:
+        return triplet_margin_loss(anchor, positive, negative, margin=margin, p=2.0, eps=1e-6,
+                                   swap=swap, reduction=reduction, return_grad=return_grad)
+    a, p, n = (np.asarray(t) for t in (anchor, positive, negative))
+    d_pos = _f64(distance_function(a, p))
+    d_neg = _f64(distance_function(a, n))
+    if swap:
+        d_neg = np.minimum(d_neg, _f64(distance_function(p, n)))
+    per = np.maximum(margin + d_pos - d_neg, 0.0)
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.mean()

@@ -589,6 +589,8 @@ py::object pointwise_small(int kind, const py::array& x, const py::array& y, boo
 
 }  // namespace
 
+void register_pairs(py::module_& m);  // issue 16: bind_pairs.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss C++ core (private; use the fastloss package)";
   // Issue 16: overlap losses and the cosine similarity (bind_overlap.cpp).
@@ -659,4 +661,5 @@ PYBIND11_MODULE(_core, m) {
   // Issue 16: the row losses (sparsemax, ranking, JSD, multi-class hinge), bind_rowloss.cpp.
   void register_rowloss(py::module_ & m);
   register_rowloss(m);
+  register_pairs(m);  // issue 16: the PyTorch-catalogue pair losses (bind_pairs.cpp)
 }

@@ -291,3 +291,39 @@ const RowLossTable& rowloss_dispatch() {
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_ROWLOSS)
 #undef FASTLOSS_FORWARD_ROWLOSS
 }  // namespace fastloss
+
+// issue 16: the PyTorch-catalogue pair losses (pairs.hpp), as CTC: the table of the ISA in use.
+#include "pairs.hpp"
+namespace fastloss {
+namespace baseline {
+extern const PairTable pair_table;
+}
+#if defined(FASTLOSS_X86)
+namespace avx2 {
+extern const PairTable pair_table;
+}
+namespace avx512 {
+extern const PairTable pair_table;
+}
+#endif
+namespace {
+const PairTable& pair_dispatch() {
+#if defined(FASTLOSS_X86)
+  const char* isa = active_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::pair_table;
+  if (std::strcmp(isa, "avx2") == 0) return avx2::pair_table;
+#endif
+  return baseline::pair_table;
+}
+}  // namespace
+#define FASTLOSS_FORWARD_PAIR(sfx, S)                                                 \
+  double pairwise(PairwiseArgs<S>& a) { return pair_dispatch().pairwise_##sfx(a); } \
+  int64_t pairwise_count_invalid(const PairwiseArgs<S>& a) {                        \
+    return pair_dispatch().pairwise_count_invalid_##sfx(a);                         \
+  }                                                                                 \
+  void multilabel_margin(const MultilabelMarginArgs<S>& a) {                        \
+    pair_dispatch().multilabel_margin_##sfx(a);                                     \
+  }
+FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_PAIR)
+#undef FASTLOSS_FORWARD_PAIR
+}  // namespace fastloss

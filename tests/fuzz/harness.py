@@ -605,6 +605,100 @@ BUILDERS += [
     ("ranking_softmax_loss", b_ranking),
 ]
 
+# --- issue 16: PyTorch's missing losses, log-cosh, generalized KL (fastloss/pairs.py,
+# fastloss/multilabel.py) -------------------------------------------------------------------
+PAIRS_ELEMENTWISE = ("poisson_nll_loss", "gaussian_nll_loss", "margin_ranking_loss",
+                     "hinge_embedding_loss", "soft_margin_loss", "log_cosh_loss",
+                     "generalized_kl_div", "multilabel_soft_margin_loss")
+
+
+def b_pairs(r: Reader, name):
+    shape = shape_of(r)
+    lo, hi = (0.0, 5.0) if name == "poisson_nll_loss" and r.chance(2) else (-10.0, 10.0)
+    x = float_array(r, shape, lo, hi)
+    tshape = shape if not r.chance(6) else (shape[-1:] if r.chance(2) else shape + (2,))
+    kw: dict = {"reduction": option(r, REDUCTIONS, BAD_REDUCTIONS),
+                "return_grad": r.chance(2)}
+    if name in ("hinge_embedding_loss", "margin_ranking_loss", "soft_margin_loss"):
+        y = np.sign(values(r, tshape))
+        if r.chance(10) and y.size:
+            y.reshape(-1)[0] = 0.5
+        t = in_layout(r, cast(y, r.choice(("float32", "float64", "int64", "int8"))))
+    elif name in ("generalized_kl_div", "multilabel_soft_margin_loss", "poisson_nll_loss"):
+        t = float_array(r, tshape, 0.0 if not r.chance(10) else -1.0, 3.0)
+    else:
+        t = float_array(r, tshape)
+    args: tuple = (x, t)
+    if name == "poisson_nll_loss":
+        if lo == 0.0 or r.chance(8):
+            kw["log_input"] = option(r, (False,), ("no", 1))
+        if r.chance(3):
+            kw["full"] = True
+        if r.chance(3):
+            kw["eps"] = option(r, (1e-8, 0.0, 0.5), BAD_FLOATS)
+    if name == "gaussian_nll_loss":
+        vshape = r.choice((shape, shape, shape[:-1], tuple(1 if i == 0 else k for i, k in
+                                                          enumerate(shape)), (2,)))
+        var = float_array(r, vshape, 0.0 if not r.chance(10) else -1.0, 3.0) \
+            if not r.chance(6) else option(r, (0.5, 2.0), (-1.0,))
+        args = (x, t, var)
+        if r.chance(3):
+            kw["full"] = True
+        if r.chance(3):
+            kw["eps"] = option(r, (1e-6, 0.1), BAD_FLOATS + (0.0,))
+    if name == "margin_ranking_loss":
+        args = (x, float_array(r, shape if not r.chance(6) else shape[-1:]), t)
+        if r.chance(2):
+            kw["margin"] = option(r, (0.0, 0.5, -1.0), BAD_FLOATS)
+    if name == "hinge_embedding_loss" and r.chance(2):
+        kw["margin"] = option(r, (1.0, 0.0, 2.5), BAD_FLOATS)
+    if name == "generalized_kl_div" and r.chance(3):
+        kw["axis"] = pick_axis(r, len(np.shape(x)))
+    if name == "multilabel_soft_margin_loss" and r.chance(4):
+        kw["weight"] = float_array(r, shape[-1:], 0.0, 2.0)
+    if name not in ("gaussian_nll_loss", "margin_ranking_loss"):
+        _grad_out(r, x, kw)
+    return name, args, kw
+
+
+def b_pair_rows(r: Reader, name):
+    n, d = r.choice(SIZES[:14]), r.choice(SIZES[:14])
+    shape = (n, d) if not r.chance(10) else r.choice(((d,), (n, d, 2), ()))
+    kw: dict = {"reduction": option(r, REDUCTIONS, BAD_REDUCTIONS), "return_grad": r.chance(2)}
+    a = float_array(r, shape, -3, 3)
+    if name == "multilabel_margin_loss":
+        g = np.random.default_rng(r.seed())
+        t = g.integers(-1, max(d, 1) + (1 if r.chance(16) else 0), size=shape)
+        t = in_layout(r, t.astype(r.choice(("int64", "int32", "int8")))) if r.chance(4) else t
+        return name, (a, t), kw
+    b = float_array(r, shape if not r.chance(16) else (n, d + 1), -3, 3)
+    if name == "cosine_embedding_loss":
+        y = np.sign(values(r, shape[:-1]))
+        y = np.where(y == 0, 1.0, y)
+        if r.chance(10) and y.size:
+            y.reshape(-1)[0] = 0.0
+        if r.chance(2):
+            kw["margin"] = option(r, (0.0, 0.5, -0.5), BAD_FLOATS)
+        return name, (a, b, in_layout(r, cast(y, r.choice(("float64", "int64", "float32"))))), kw
+    c = float_array(r, shape, -3, 3)
+    if r.chance(3):
+        kw["swap"] = True
+    if r.chance(3):
+        kw["margin"] = option(r, (1.0, 0.5), BAD_FLOATS + (0.0,))
+    if r.chance(3):
+        kw["distance_function"] = option(
+            r, (lambda u, v: np.abs(np.asarray(u, float) - np.asarray(v, float)).sum(axis=-1),),
+            (3, "l1"))
+    return name, (a, b, c), kw
+
+
+BUILDERS += [
+    *[(p, (lambda name: lambda r: b_pairs(r, name))(p)) for p in PAIRS_ELEMENTWISE],
+    *[(p, (lambda name: lambda r: b_pair_rows(r, name))(p))
+      for p in ("multilabel_margin_loss", "cosine_embedding_loss",
+                "triplet_margin_with_distance_loss")],
+]
+
 
 # --- the checks -------------------------------------------------------------------------
 def _arrays(obj):

@@ -1,0 +1,148 @@
+// Bindings of issue 16's PyTorch-catalogue losses (pairs.hpp): thin, as bindings.cpp. The user-
+// facing checks live in Python (fastloss/pairs.py, fastloss/multilabel.py); the checks here
+// guard internal invariants only.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "pairs.hpp"
+
+namespace py = pybind11;
+using namespace fastloss;
+
+namespace {
+
+using OptArray = std::optional<py::array>;
+
+template <class T> bool holds(const py::array& a) {
+  const py::dtype dt = a.dtype();
+  if constexpr (std::is_same_v<T, float16>) return dt.kind() == 'f' && dt.itemsize() == 2;
+  else if constexpr (std::is_same_v<T, bfloat16>)
+    return dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
+  else return py::isinstance<py::array_t<T>>(a);
+}
+
+template <class T> void check_dtype(const py::array& a, const char* name) {
+  if (!holds<T>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
+      !a.dtype().attr("isnative").cast<bool>())
+    throw std::invalid_argument(std::string("_core: ") + name + " has the wrong dtype or is unaligned");
+}
+
+// A contiguous 1-d-able operand of n elements of type T (any shape, C order), or nullptr.
+template <class T> const T* flat_ptr(const OptArray& a, int64_t n, const char* name) {
+  if (!a) return nullptr;
+  check_dtype<T>(*a, name);
+  if (a->size() != n || !(a->flags() & py::array::c_style))
+    throw std::invalid_argument(std::string("_core: ") + name + " must be contiguous with " +
+                                std::to_string(n) + " elements");
+  return static_cast<const T*>(a->data());
+}
+template <class T> T* flat_mut(OptArray& a, int64_t n, const char* name) {
+  if (!a) return nullptr;
+  flat_ptr<T>(a, n, name);
+  return static_cast<T*>(a->mutable_data());
+}
+
+template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
+  if (holds<float>(x)) return fn(float{});
+  if (holds<double>(x)) return fn(double{});
+  if (holds<float16>(x)) return fn(float16{});
+  if (holds<bfloat16>(x)) return fn(bfloat16{});
+  throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
+}
+
+py::tuple pairwise_py(int kind, const py::array& x, const OptArray& x2, const py::array& y,
+                      const OptArray& w, double p0, bool log_input, bool full, double grad_scale,
+                      OptArray loss, OptArray grad, OptArray grad2, bool count_only) {
+  return by_dtype(x, [&](auto tag) -> py::tuple {
+    using S = decltype(tag);
+    using T = compute_t<S>;
+    if (kind < 0 || kind > int(PairKind::kGeneralizedKl))
+      throw std::invalid_argument("_core: unknown pairwise kind");
+    PairwiseArgs<S> a;
+    a.kind = static_cast<PairKind>(kind);
+    a.n = x.size();
+    a.x = flat_ptr<S>(OptArray(x), a.n, "x");
+    a.x2 = flat_ptr<S>(x2, a.n, "x2");
+    const bool two = a.kind == PairKind::kGaussianNll || a.kind == PairKind::kMarginRanking;
+    if (two != (a.x2 != nullptr)) throw std::invalid_argument("_core: x2 given for the wrong kind");
+    a.y = flat_ptr<T>(OptArray(y), a.n, "y");
+    a.w = flat_ptr<T>(w, a.n, "w");
+    a.p0 = p0;
+    a.log_input = log_input;
+    a.full = full;
+    a.grad_scale = grad_scale;
+    a.loss = flat_mut<T>(loss, a.n, "loss");
+    a.grad = flat_mut<S>(grad, a.n, "grad");
+    a.grad2 = flat_mut<S>(grad2, a.n, "grad2");
+    if (a.grad2 && !two) throw std::invalid_argument("_core: grad2 given for the wrong kind");
+    if (count_only) {
+      {
+        py::gil_scoped_release nogil;
+        a.n_bad = fastloss::pairwise_count_invalid(a);
+      }
+      return py::tuple(py::make_tuple(0.0, a.n_bad));
+    }
+    double total;
+    {
+      py::gil_scoped_release nogil;
+      total = fastloss::pairwise(a);
+    }
+    return py::tuple(py::make_tuple(total, a.n_bad));
+  });
+}
+
+void multilabel_margin_py(const py::array& x, const py::array& target, double grad_scale,
+                          py::array loss, OptArray grad) {
+  by_dtype(x, [&](auto tag) {
+    using S = decltype(tag);
+    check_dtype<S>(x, "input");
+    if (x.ndim() != 2) throw std::invalid_argument("_core: input must be 2-d");
+    MultilabelMarginArgs<S> a;
+    a.x = static_cast<const S*>(x.data());
+    a.rows = x.shape(0);
+    a.C = x.shape(1);
+    a.s0 = x.strides(0) / ssize_t(sizeof(S));
+    a.s1 = x.strides(1) / ssize_t(sizeof(S));
+    check_dtype<int64_t>(target, "target");
+    if (target.ndim() != 2 || target.shape(0) != a.rows || target.shape(1) != a.C ||
+        !(target.flags() & py::array::c_style))
+      throw std::invalid_argument("_core: target must be contiguous with the input's shape");
+    a.target = static_cast<const int64_t*>(target.data());
+    // (the core trusts the targets: every entry in [-1, C), checked in Python)
+    a.grad_scale = grad_scale;
+    OptArray l(loss);
+    a.loss = flat_mut<double>(l, a.rows, "loss");
+    if (grad) {
+      check_dtype<S>(*grad, "grad");
+      if (grad->ndim() != 2 || grad->shape(0) != a.rows || grad->shape(1) != a.C)
+        throw std::invalid_argument("_core: grad must have the input's shape");
+      a.grad = static_cast<S*>(grad->mutable_data());
+      a.g0 = grad->strides(0) / ssize_t(sizeof(S));
+      a.g1 = grad->strides(1) / ssize_t(sizeof(S));
+    }
+    py::gil_scoped_release nogil;
+    fastloss::multilabel_margin(a);
+  });
+}
+
+}  // namespace
+
+void register_pairs(py::module_& m) {
+  // Elementwise losses of issue 16 (kind: PairKind's order in pairs.hpp); every operand
+  // contiguous and of one size (broadcast in Python). Returns (sum of losses, invalid count);
+  // count_only: only the count (reads only the operand checked; writes nothing).
+  m.def("pairwise", &pairwise_py, py::arg("kind"), py::arg("x"), py::arg("x2"), py::arg("y"),
+        py::arg("w"), py::arg("p0"), py::arg("log_input"), py::arg("full"),
+        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("grad2"),
+        py::arg("count_only") = false);
+  // multilabel_margin_loss: input (rows, C) any strides, target (rows, C) int64 C order,
+  // per-row float64 losses into `loss`.
+  m.def("multilabel_margin", &multilabel_margin_py, py::arg("input"), py::arg("target"),
+        py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+}

@@ -1,0 +1,452 @@
+// Issue 16's elementwise losses from PyTorch's catalogue (Poisson and Gaussian NLL, margin
+// ranking, hinge embedding, soft margin, multilabel soft margin) and the two optax/Keras ones
+// (log-cosh, generalized KL). One driver reads every operand once and writes the per-element
+// loss (reduction "none") and both gradients in the same pass, summing the losses in float64;
+// each loss is a small functor with its formulas. Also the multilabel margin loss, per row.
+#ifndef FASTLOSS_ISA_NS
+#error "compile this file once per instruction set with -DFASTLOSS_ISA_NS=<name>"
+#endif
+
+#include "pairs.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "simd_math.hpp"
+
+namespace fastloss {
+namespace FASTLOSS_ISA_NS {
+namespace {
+
+constexpr int kSlotChunkSums = kScratchSlots - 1;  // (the calling thread's; see thread_scratch)
+
+#define FL_INLINE inline __attribute__((always_inline))
+
+template <class T> using V = vec_t<T>;
+template <class T> using M = typename Vec<T>::itype;  // lane masks (-1 where true)
+template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
+template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
+// max(v, 0) keeping NaN
+template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
+// sign(d): 0 at 0, NaN for NaN (torch.sign)
+template <class T> inline V<T> vsign(V<T> d) {
+  V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
+  return vselect(d != d, d, s);
+}
+
+constexpr double kLn2 = 0.69314718055994530942;
+constexpr double kLog2Pi = 1.83787706640934548356;  // log(2 pi)
+
+// Each functor: op(x, x2, y, l, g, g2, bad) sets the loss l, d l / d x in g, d l / d x2 in g2
+// (kTwo functors only) and marks invalid lanes in bad. kTwo: x2 is an operand.
+// ---------------------------------------------------------------------------------------------
+// poisson_nll_loss (torch), rate given as log (log_input) or as is:
+//   log_input:  l = exp(x) - y x                   g = exp(x) - y
+//   else:       l = x - y log(x + eps)             g = 1 - y / (x + eps)    (x < 0: invalid)
+//               (y = 0: l = x, g = 1, also where x + eps = 0)
+//   full: + y log y - y + 0.5 log(2 pi y) where y > 1 (Stirling's approximation of log y!)
+// ---------------------------------------------------------------------------------------------
+struct PoissonNll {
+  static constexpr bool kTwo = false;
+  double eps;
+  bool log_input, full;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
+    const V<T> zero{}, one = splat<T>(1);
+    if (log_input) {
+      const V<T> e = vexp(x);
+      l = vselect(y == zero, e, e - y * x);
+      g = e - y;
+    } else {
+      const V<T> u = x + splat<T>(eps);
+      l = x - vselect(y == zero, zero, y * vlog(u));
+      g = one - vselect(y == zero, zero, y / u);
+      bad = M<T>(x < zero);
+    }
+    if (full) {
+      const V<T> ly = vlog(vselect(y > one, y, one));
+      const V<T> st = y * (ly - one) + splat<T>(0.5) * (ly + splat<T>(kLog2Pi));
+      l += vselect(y > one, st, zero);
+    }
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// gaussian_nll_loss (torch), x2 = var, v = max(var, eps) (the clamp is not differentiated, as
+// torch's no_grad clamp: the gradient flows to var as if v were var), d = x - y:
+//   l = 0.5 (log v + d^2 / v)  (+ 0.5 log(2 pi) if full)
+//   g = d / v                 g2 = 0.5 (1 / v - d^2 / v^2)            (var < 0: invalid)
+// ---------------------------------------------------------------------------------------------
+struct GaussianNll {
+  static constexpr bool kTwo = true;
+  double eps;
+  bool full;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T> var, V<T> y, V<T>& l, V<T>& g, V<T>& g2,
+                            M<T>& bad) const {
+    const V<T> e = splat<T>(eps), half = splat<T>(0.5);
+    bad = M<T>(var < V<T>{});
+    const V<T> v = vselect(var < e, e, var);
+    const V<T> inv = splat<T>(1) / v, d = x - y, q = d * inv;
+    l = half * (vlog(v) + d * q);
+    if (full) l += splat<T>(0.5 * kLog2Pi);
+    g = q;
+    g2 = half * (inv - q * q);
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// margin_ranking_loss (torch): z = margin - y (x1 - x2)
+//   l = max(0, z)       g = -y [z >= 0]       g2 = y [z >= 0]
+// (the kink z = 0 passes the gradient, as torch's clamp_min; NaN z gives NaN everywhere)
+// ---------------------------------------------------------------------------------------------
+struct MarginRanking {
+  static constexpr bool kTwo = true;
+  double margin;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T> x2, V<T> y, V<T>& l, V<T>& g, V<T>& g2, M<T>&) const {
+    const V<T> z = splat<T>(margin) - y * (x - x2);
+    l = relu<T>(z);
+    const V<T> gy = vselect(z != z, z, vselect(z >= V<T>{}, y, V<T>{}));
+    g = V<T>{} - gy;  // (0, not -0, where inactive)
+    g2 = gy;
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// hinge_embedding_loss (torch), y in {-1, +1}:
+//   y = +1: l = x,                g = 1
+//   y = -1: l = max(0, margin - x),  g = -[margin - x >= 0]   (torch's clamp_min at the kink)
+// ---------------------------------------------------------------------------------------------
+struct HingeEmbedding {
+  static constexpr bool kTwo = false;
+  double margin;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
+    const V<T> one = splat<T>(1), z = splat<T>(margin) - x;
+    const auto pos = y == one;
+    bad = ~(M<T>(pos) | M<T>(y == -one));
+    l = vselect(pos, x, relu<T>(z));
+    const V<T> gneg = vselect(z != z, z, vselect(z >= V<T>{}, -one, V<T>{}));
+    g = vselect(pos, one, gneg);
+  }
+};
+// softplus(t) = log(1 + exp(t)) = max(t, 0) + log1p(exp(-|t|)) and sigmoid(t) from the same
+// e = exp(-|t|): no overflow for any t, no cancellation.
+template <class T> FL_INLINE void softplus_sigmoid(V<T> t, V<T>& sp, V<T>& sig) {
+  const V<T> e = vexp_capped(-vabs<T>(t)), one = splat<T>(1), big = one / (one + e);
+  sp = relu<T>(t) + vlog1p_unit(e);
+  sig = vselect(t >= V<T>{}, big, e * big);
+  sig = vselect(t != t, t, sig);
+}
+// ---------------------------------------------------------------------------------------------
+// soft_margin_loss (torch): t = -y x
+//   l = log(1 + exp(t)) = softplus(t)       g = -y sigmoid(t)
+// ---------------------------------------------------------------------------------------------
+struct SoftMargin {
+  static constexpr bool kTwo = false;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
+    V<T> sig;
+    softplus_sigmoid<T>(-y * x, l, sig);
+    g = -y * sig;
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// multilabel_soft_margin_loss (torch), per element before the weight and the 1/C of the row:
+//   l = -(y log sigmoid(x) + (1 - y) log sigmoid(-x))
+//     = [x >= 0 ? (1 - y) x : -y x] + log1p(exp(-|x|))    (two non-negative terms for y in [0, 1])
+//   g = sigmoid(x) - y
+// ---------------------------------------------------------------------------------------------
+struct MultilabelSoftMargin {
+  static constexpr bool kTwo = false;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
+    const V<T> one = splat<T>(1), e = vexp_capped(-vabs<T>(x)), big = one / (one + e);
+    const auto pos = x >= V<T>{};
+    l = vselect(pos, (one - y) * x, -y * x) + vlog1p_unit(e);
+    l = vselect(x != x, x, l);
+    g = vselect(pos, big, e * big) - y;
+    g = vselect(x != x, x, g);
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// log_cosh_loss (optax / Keras): d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
+//   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+//   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
+//   g = tanh d = sign(d) tanh(a)
+// (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
+// a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
+// ---------------------------------------------------------------------------------------------
+// expm1(x) for 0 <= x <= 20 (or NaN): x = n ln 2 + r, |r| <= ln2/2 (Cody-Waite, r exact),
+// expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its polynomial: no cancellation near 0
+// (n = 0), 2^n - 1 exact.
+template <class T> FL_INLINE V<T> expm1_0_20(V<T> x) {
+  using I = M<T>;
+  constexpr bool f32 = std::is_same_v<T, float>;
+  const V<T> shifter = splat<T>(f32 ? 12582912.0 : 6755399441055744.0);
+  const V<T> t = x * splat<T>(1.4426950408889634074) + shifter, n = t - shifter;
+  V<T> r = x - n * splat<T>(f32 ? 0.693359375 : 6.93147180369123816490e-01);
+  r = r - n * splat<T>(f32 ? -2.12194440e-4 : 1.90821492927058770002e-10);
+  const V<T> p = expm1_poly(r);
+  const I bits = ((I(t) - I(shifter)) + I{} + (f32 ? 127 : 1023)) << (f32 ? 23 : 52);
+  V<T> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return scale * p + (scale - splat<T>(1));
+}
+
+struct LogCosh {
+  static constexpr bool kTwo = false;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
+    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
+    const V<T> half = splat<T>(0.5);
+    const auto big = a > splat<T>(20);
+    const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
+    const V<T> E1 = expm1_0_20<T>(ac);
+    // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+    const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
+    const V<T> inv = one / (p * w);
+    const V<T> z = E1 * E1 * w * inv;
+    const V<T> t = s2 * p * inv;
+    // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
+    const V<T> u = one + z, c = (one - u) + z;
+    const V<T> lz = vlog_sum(u, c);
+    l = vselect(big, a - splat<T>(kLn2), lz);
+    const V<T> tt = vselect(big, one, t);
+    g = vselect(d < V<T>{}, -tt, tt);
+    g = vselect(d != d, d, g);
+  }
+};
+// ---------------------------------------------------------------------------------------------
+// generalized_kl_div (optax's convex_kl_divergence), x = log-predictions, y = targets >= 0:
+//   l = y (log y - x) + exp(x) - y     (the first term 0 where y = 0)
+//   g = exp(x) - y                                                      (y < 0: invalid)
+// ---------------------------------------------------------------------------------------------
+struct GeneralizedKl {
+  static constexpr bool kTwo = false;
+  template <class T>
+  FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
+    const V<T> zero{}, e = vexp(x);
+    bad = M<T>(y < zero);
+    const V<T> kl = vselect(y == zero, zero, y * (vlog_sum(y, zero) - x));
+    g = e - y;
+    l = kl + g;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The driver: n elements in fixed chunks over the threads; per element l_i = w_i loss_i,
+// grad_i = grad_scale w_i dloss_i/dx_i (and grad2 likewise); returns sum_i l_i, the float64
+// sums of the chunks added in chunk order (the same bits for any number of threads).
+// ---------------------------------------------------------------------------------------------
+template <class S, class Op, bool kGrad, bool kLossOut, bool kWeighted>
+double run_with(PairwiseArgs<S>& a, const Op& op) {
+  using T = compute_t<S>;
+  using I = M<T>;
+  constexpr int W = vec_width<T>;
+  constexpr bool kTwo = Op::kTwo;
+  constexpr int64_t kChunk = 8192;
+  const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
+  const int nt = threads_for(n, chunks);
+  double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
+  std::atomic<int64_t> n_bad{0};
+  parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
+    I c_bad{};
+    f64v acc_lo{}, acc_hi{};
+    auto add = [&](V<T> l) {
+      if constexpr (std::is_same_v<T, float>) {
+        f64v lo, hi;
+        widen(l, lo, hi);
+        acc_lo += lo;
+        acc_hi += hi;
+      } else {
+        acc_lo += l;
+      }
+    };
+    const V<T> gs = splat<T>(a.grad_scale), one = splat<T>(1);
+    T lane[W];
+    for (int i = 0; i < W; ++i) lane[i] = T(i);
+    const V<T> lane_index = vload(lane);
+    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
+      const bool full = cnt == W;
+      const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
+      V<T> x2{};
+      if constexpr (kTwo) x2 = full ? vload_as(a.x2 + j) : load_partial(a.x2 + j, cnt, T(1));
+      const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(1));
+      // real lanes: all of a full vector, the first cnt of a tail (weight 0 on the others)
+      const V<T> real = full ? one : vselect(lane_index < splat<T>(double(cnt)), one, V<T>{});
+      V<T> w = real;
+      if constexpr (kWeighted) w = full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0));
+      V<T> l, g, g2;
+      I bad{};
+      op.template operator()<T>(x, x2, y, l, g, g2, bad);
+      c_bad -= bad & I(real != V<T>{});
+      l = l * w;
+      if (!full) l = vselect(real == V<T>{}, V<T>{}, l);  // (padded lanes: 0, even if inf * 0)
+      if constexpr (kLossOut) {
+        if (full)
+          vstore(a.loss + j, l);
+        else
+          store_partial(a.loss + j, cnt, l);
+      }
+      if constexpr (kGrad) {
+        const V<T> ws = w * gs;
+        const V<T> gg = g * ws;
+        if (full)
+          vstore_as(a.grad + j, gg);
+        else
+          store_partial(a.grad + j, cnt, gg);
+        if constexpr (kTwo) {
+          if (a.grad2) {
+            const V<T> gg2 = g2 * ws;
+            if (full)
+              vstore_as(a.grad2 + j, gg2);
+            else
+              store_partial(a.grad2 + j, cnt, gg2);
+          }
+        }
+      }
+      return l;
+    };
+    for (int64_t c = chunks * thread / n_threads; c < chunks * (thread + 1) / n_threads; ++c) {
+      const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
+      acc_lo = acc_hi = f64v{};
+      int64_t j = lo;
+      // partials of 8 vectors in the compute type, then widened into the float64 sum
+      for (; j + 8 * W <= hi; j += 8 * W) {
+        V<T> part = at(j, W);
+        for (int k = 1; k < 8; ++k) part += at(j + k * W, W);
+        add(part);
+      }
+      for (; j + W <= hi; j += W) add(at(j, W));
+      if (j < hi) add(at(j, hi - j));
+      chunk_sum[c] = hsum(acc_lo + acc_hi);
+    }
+    int64_t bad = 0;
+    for (int i = 0; i < W; ++i) bad += c_bad[i];
+    n_bad += bad;
+  });
+  double total = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) total += chunk_sum[c];
+  a.n_bad = n_bad;
+  return total;
+}
+
+template <class S, class Op> double run(PairwiseArgs<S>& a, const Op& op) {
+  const bool w = a.w != nullptr;
+  if (a.grad) {
+    if (a.loss) return w ? run_with<S, Op, true, true, true>(a, op) : run_with<S, Op, true, true, false>(a, op);
+    return w ? run_with<S, Op, true, false, true>(a, op) : run_with<S, Op, true, false, false>(a, op);
+  }
+  if (a.loss) return w ? run_with<S, Op, false, true, true>(a, op) : run_with<S, Op, false, true, false>(a, op);
+  return w ? run_with<S, Op, false, false, true>(a, op) : run_with<S, Op, false, false, false>(a, op);
+}
+
+template <class S> double pairwise_impl(PairwiseArgs<S>& a) {
+  switch (a.kind) {
+    case PairKind::kPoissonNll: return run(a, PoissonNll{a.p0, a.log_input, a.full});
+    case PairKind::kGaussianNll: return run(a, GaussianNll{a.p0, a.full});
+    case PairKind::kMarginRanking: return run(a, MarginRanking{a.p0});
+    case PairKind::kHingeEmbedding: return run(a, HingeEmbedding{a.p0});
+    case PairKind::kSoftMargin: return run(a, SoftMargin{});
+    case PairKind::kMultilabelSoftMargin: return run(a, MultilabelSoftMargin{});
+    case PairKind::kLogCosh: return run(a, LogCosh{});
+    case PairKind::kGeneralizedKl: return run(a, GeneralizedKl{});
+  }
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+// The invalid operands pairwise counts (n_bad), alone: one read of the operand checked.
+template <class S> int64_t count_invalid_impl(const PairwiseArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t n = a.n;
+  const int nt = threads_for(n, (n + 65535) / 65536);
+  std::atomic<int64_t> total{0};
+  parallel_for(nt, [&](int64_t t, int64_t m) {
+    const int64_t lo = n * t / m, hi = n * (t + 1) / m;
+    int64_t c = 0;
+    switch (a.kind) {
+      case PairKind::kHingeEmbedding:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(a.y[i] != T(1) && a.y[i] != T(-1));
+        break;
+      case PairKind::kGeneralizedKl:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(a.y[i] < T(0));
+        break;
+      case PairKind::kPoissonNll:
+        if (!a.log_input)
+          for (int64_t i = lo; i < hi; ++i) c += int64_t(to_compute(a.x[i]) < T(0));
+        break;
+      case PairKind::kGaussianNll:
+        for (int64_t i = lo; i < hi; ++i) c += int64_t(to_compute(a.x2[i]) < T(0));
+        break;
+      default:
+        break;
+    }
+    total += c;
+  });
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// multilabel_margin_loss (torch), per row with target classes J (the entries before the first
+// -1; a repeated class counts as often as it is listed, as torch) and z_ji = 1 - x_j + x_i:
+//   loss = sum_{j in J} sum_{i not in J} max(0, z_ji) / C
+//   d/dx_i += s/C, d/dx_j -= s/C for each pair with z_ji > 0   (s = grad_scale)
+// (z computed in the compute type, (1 - x_j) + x_i, as torch; a NaN z counts 0, as torch)
+// ---------------------------------------------------------------------------------------------
+template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a) {
+  using T = compute_t<S>;
+  const int64_t rows = a.rows, C = a.C;
+  const int nt = threads_for(rows * (C > 0 ? C : 1), rows);
+  parallel_for(nt, [&](int64_t t, int64_t n_threads) {
+    std::vector<T> xr(size_t(C > 0 ? C : 1));
+    std::vector<T> gr(size_t(C > 0 ? C : 1));
+    std::vector<unsigned char> is_t(size_t(C > 0 ? C : 1));
+    const T unit = T(a.grad_scale / double(C > 0 ? C : 1));
+    for (int64_t r = rows * t / n_threads; r < rows * (t + 1) / n_threads; ++r) {
+      const S* xp = a.x + r * a.s0;
+      const int64_t* tp = a.target + r * C;
+      for (int64_t i = 0; i < C; ++i) {
+        xr[i] = to_compute(xp[i * a.s1]);
+        is_t[i] = 0;
+        gr[i] = T(0);
+      }
+      int64_t k = 0;
+      while (k < C && tp[k] >= 0) is_t[tp[k++]] = 1;
+      double loss = 0.0;
+      for (int64_t jj = 0; jj < k; ++jj) {
+        const int64_t j = tp[jj];
+        const T base = T(1) - xr[j];
+        double part = 0.0;
+        T count = T(0);
+        for (int64_t i = 0; i < C; ++i) {
+          const T z = base + xr[i];
+          const bool on = z > T(0) && !is_t[i];
+          part += on ? double(z) : 0.0;
+          count += on ? T(1) : T(0);
+          gr[i] += on ? unit : T(0);
+        }
+        loss += part;
+        gr[j] -= count * unit;
+      }
+      a.loss[r] = loss / double(C);
+      if (a.grad) {
+        S* gp = a.grad + r * a.g0;
+        for (int64_t i = 0; i < C; ++i) gp[i * a.g1] = from_compute<S>(gr[i]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+extern const PairTable pair_table;
+const PairTable pair_table = {
+#define FASTLOSS_PAIR_ROW(sfx, S) &pairwise_impl<S>, &count_invalid_impl<S>, &multilabel_margin_impl<S>,
+    FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PAIR_ROW)
+#undef FASTLOSS_PAIR_ROW
+};
+
+}  // namespace FASTLOSS_ISA_NS
+}  // namespace fastloss

@@ -200,7 +200,6 @@ struct LogCosh {
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
     const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
-    const V<T> half = splat<T>(0.5);
     const auto big = a > splat<T>(20);
     const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
     const V<T> E1 = expm1_0_20<T>(ac);

@@ -18,11 +18,19 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy
 import scipy.special as sp
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastloss as fl
 from fastloss import reference as ref
+
+# The comparisons with scipy.special.logsumexp's result dtypes and complex special values follow
+# SciPy >= 1.16 (checked: 1.16.0 passes them, 1.15.0 and 1.14.1 fail, with other dtypes and
+# special values and an error on bool input); the newest SciPy for Python 3.9 is 1.13.
+SCIPY_LOGSUMEXP = pytest.mark.skipif(
+    tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 16),
+    reason="compares with scipy.special.logsumexp of SciPy >= 1.16")
 
 # --- logsumexp: the largest term kept apart ----------------------------------------------------
 
@@ -88,6 +96,7 @@ DTYPES = ["bool", "int8", "int32", "int64", "uint8", "float16", "float32", "floa
           "complex64", "complex128"]
 
 
+@SCIPY_LOGSUMEXP
 @pytest.mark.parametrize("da,db", itertools.product(DTYPES, DTYPES + [None]))
 def test_logsumexp_result_dtype_is_scipys(da, db):
     a = np.array([1, 0], da)
@@ -162,6 +171,7 @@ SPECIALS = [-np.inf, np.inf, np.nan, complex(-np.inf, 0.0), complex(-np.inf, 1.0
             complex(0.0, np.inf), complex(np.nan, 1.0), 1.0 + 1.0j, -3.0 - 2.0j]
 
 
+@SCIPY_LOGSUMEXP
 @pytest.mark.parametrize("x,y", itertools.product(SPECIALS, repeat=2))
 def test_logsumexp_complex_specials_as_scipy(x, y):
     a = np.array([x, y], dtype=np.complex128)

@@ -8,6 +8,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+import scipy
 import scipy.special as sp
 from conftest import LAYOUTS, layout, non_c_layouts
 from hypothesis import given, settings
@@ -16,6 +17,11 @@ from hypothesis.extra import numpy as hnp
 
 import fastloss as fl
 from fastloss import reference as ref
+
+# The comparisons with scipy.special.logsumexp below follow SciPy >= 1.16. SciPy 1.13 (the
+# newest for Python 3.9) gives float16 for int8 input, fails on bool and raises ValueError on
+# an empty reduction; they are skipped there, the checks by hand are not.
+SCIPY_1_16 = tuple(int(p) for p in scipy.__version__.split(".")[:2]) >= (1, 16)
 
 assert_allclose = np.testing.assert_allclose
 NINF = -np.inf
@@ -108,11 +114,13 @@ def test_logsumexp_low_precision_keeps_dtype(rng, dtype, rtol, shape, axis):
 def test_logsumexp_integer_input_gives_float64(dtype):
     a = np.array([[1, 0, 1], [0, 1, 1]], dtype=dtype)
     got = fl.logsumexp(a, axis=1)
-    want = sp.logsumexp(a, axis=1)
-    assert got.dtype == np.float64 == want.dtype
+    assert got.dtype == np.float64
     # by hand: log(2e + 1)
     assert_allclose(got, [math.log(2 * math.e + 1)] * 2, rtol=1e-15)
-    assert_allclose(got, want, rtol=1e-15)
+    if SCIPY_1_16:
+        want = sp.logsumexp(a, axis=1)
+        assert want.dtype == np.float64
+        assert_allclose(got, want, rtol=1e-15)
 
 
 def test_logsumexp_hand_values():
@@ -345,7 +353,8 @@ def test_logsumexp_empty(shape, axis, want_shape):
     assert np.all(np.asarray(got) == -np.inf)  # an empty sum is 0, its log -inf
     kd = fl.logsumexp(a, axis=axis, keepdims=True)
     assert np.shape(kd) == np.shape(np.sum(a, axis=axis, keepdims=True))
-    if not isinstance(axis, tuple):  # (scipy 1.17 raises IndexError for an empty tuple axis)
+    # (scipy 1.17 raises IndexError for an empty tuple axis; 1.13 ValueError for any)
+    if SCIPY_1_16 and not isinstance(axis, tuple):
         assert_allclose(got, sp.logsumexp(a, axis=axis))
         assert np.shape(kd) == np.shape(sp.logsumexp(a, axis=axis, keepdims=True))
     res, sgn = fl.logsumexp(a, axis=axis, return_sign=True)

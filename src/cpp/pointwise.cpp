@@ -265,7 +265,10 @@ template <bool kLogTarget> struct KlDiv {
       l = vselect(ey == V<T>{}, V<T>{}, ey * (y - x));  // exp(y) = 0: no mass, 0 (not NaN)
       g = -ey;
     } else {
-      const V<T> t = y * (vlog_sum(y, V<T>{}) - x);
+      // (log y = +inf for y = +inf, which the table-based float log does not give)
+      const V<T> log_y = vselect(y == splat<T>(std::numeric_limits<T>::infinity()), y,
+                                 vlog_sum(y, V<T>{}));
+      const V<T> t = y * (log_y - x);
       l = vselect(y == V<T>{}, V<T>{}, t);
       g = -y;
     }

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bind_util.hpp"
+
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -16,40 +18,9 @@
 
 namespace py = pybind11;
 using namespace fastloss;
+using namespace fastloss::bind;
 
 namespace {
-
-using OptArray = std::optional<py::array>;
-
-template <class T> bool holds(const py::array& a) {
-  const py::dtype dt = a.dtype();
-  if constexpr (std::is_same_v<T, float16>) return dt.kind() == 'f' && dt.itemsize() == 2;
-  else if constexpr (std::is_same_v<T, bfloat16>)
-    return dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
-  else return py::isinstance<py::array_t<T>>(a);
-}
-
-template <class T> void check_dtype(const py::array& a, const char* name) {
-  if (!holds<T>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
-      !a.dtype().attr("isnative").cast<bool>())
-    throw std::invalid_argument(std::string("_core: ") + name +
-                                " has the wrong dtype or is unaligned");
-}
-
-template <class T> Layout3 layout3(const py::array& a, const char* name) {
-  check_dtype<T>(a, name);
-  if (a.ndim() != 3) throw std::invalid_argument(std::string("_core: ") + name + " must be 3-d");
-  Layout3 L;
-  L.n0 = a.shape(0), L.n1 = a.shape(1), L.n2 = a.shape(2);
-  L.s0 = a.strides(0) / ssize_t(sizeof(T));
-  L.s1 = a.strides(1) / ssize_t(sizeof(T));
-  L.s2 = a.strides(2) / ssize_t(sizeof(T));
-  return L;
-}
-
-bool same_extents(const Layout3& a, const Layout3& b) {
-  return a.n0 == b.n0 && a.n1 == b.n1 && a.n2 == b.n2;
-}
 
 template <class T> const T* contiguous(const py::array& a, int64_t n, const char* name) {
   check_dtype<T>(a, name);
@@ -57,14 +28,6 @@ template <class T> const T* contiguous(const py::array& a, int64_t n, const char
     throw std::invalid_argument(std::string("_core: ") + name + " must be contiguous of size " +
                                 std::to_string(n));
   return static_cast<const T*>(a.data());
-}
-
-template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
-  if (holds<float>(x)) return fn(float{});
-  if (holds<double>(x)) return fn(double{});
-  if (holds<float16>(x)) return fn(float16{});
-  if (holds<bfloat16>(x)) return fn(bfloat16{});
-  throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
 }
 
 // The parts of OverlapArgs both passes share: input, targets, activation.

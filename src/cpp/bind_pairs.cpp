@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bind_util.hpp"
+
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,24 +16,9 @@
 
 namespace py = pybind11;
 using namespace fastloss;
+using namespace fastloss::bind;
 
 namespace {
-
-using OptArray = std::optional<py::array>;
-
-template <class T> bool holds(const py::array& a) {
-  const py::dtype dt = a.dtype();
-  if constexpr (std::is_same_v<T, float16>) return dt.kind() == 'f' && dt.itemsize() == 2;
-  else if constexpr (std::is_same_v<T, bfloat16>)
-    return dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
-  else return py::isinstance<py::array_t<T>>(a);
-}
-
-template <class T> void check_dtype(const py::array& a, const char* name) {
-  if (!holds<T>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
-      !a.dtype().attr("isnative").cast<bool>())
-    throw std::invalid_argument(std::string("_core: ") + name + " has the wrong dtype or is unaligned");
-}
 
 // A contiguous 1-d-able operand of n elements of type T (any shape, C order), or nullptr.
 template <class T> const T* flat_ptr(const OptArray& a, int64_t n, const char* name) {
@@ -46,14 +33,6 @@ template <class T> T* flat_mut(OptArray& a, int64_t n, const char* name) {
   if (!a) return nullptr;
   flat_ptr<T>(a, n, name);
   return static_cast<T*>(a->mutable_data());
-}
-
-template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
-  if (holds<float>(x)) return fn(float{});
-  if (holds<double>(x)) return fn(double{});
-  if (holds<float16>(x)) return fn(float16{});
-  if (holds<bfloat16>(x)) return fn(bfloat16{});
-  throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
 }
 
 py::tuple pairwise_py(int kind, const py::array& x, const OptArray& x2, const py::array& y,

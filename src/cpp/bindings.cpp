@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bind_util.hpp"
+
 #include <cmath>
 #include <optional>
 #include <type_traits>
@@ -19,40 +21,9 @@
 
 namespace py = pybind11;
 using namespace fastloss;
+using namespace fastloss::bind;
 
 namespace {
-
-using OptArray = std::optional<py::array>;
-
-// Does the array hold elements of type T? (float16 and ml_dtypes.bfloat16 have no pybind11
-// type, so they are recognised by kind, size and name.)
-template <class T> bool holds(const py::array& a) {
-  const py::dtype dt = a.dtype();
-  if constexpr (std::is_same_v<T, float16>) return dt.kind() == 'f' && dt.itemsize() == 2;
-  else if constexpr (std::is_same_v<T, bfloat16>)
-    return dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
-  else return py::isinstance<py::array_t<T>>(a);
-}
-
-template <class T> void check_dtype(const py::array& a, const char* name) {
-  if (!holds<T>(a) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
-      !a.dtype().attr("isnative").cast<bool>())
-    throw std::invalid_argument(std::string("_core: ") + name + " has the wrong dtype or is unaligned");
-}
-
-template <class T> Layout3 layout3(const py::array& a, const char* name) {
-  check_dtype<T>(a, name);
-  if (a.ndim() != 3) throw std::invalid_argument(std::string("_core: ") + name + " must be 3-d");
-  Layout3 L;
-  L.n0 = a.shape(0), L.n1 = a.shape(1), L.n2 = a.shape(2);
-  L.s0 = a.strides(0) / ssize_t(sizeof(T));
-  L.s1 = a.strides(1) / ssize_t(sizeof(T));
-  L.s2 = a.strides(2) / ssize_t(sizeof(T));
-  return L;
-}
-
-template <class T> T* mutable_ptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
-template <class T> const T* const_ptr(const py::array& a) { return static_cast<const T*>(a.data()); }
 
 template <class T> const T* vector_ptr(const OptArray& a, int64_t n, const char* name) {
   if (!a) return nullptr;
@@ -61,15 +32,6 @@ template <class T> const T* vector_ptr(const OptArray& a, int64_t n, const char*
     throw std::invalid_argument(std::string("_core: ") + name + " must be contiguous 1-d of length " +
                                 std::to_string(n));
   return const_ptr<T>(*a);
-}
-
-// Calls fn(S{}) with S the storage type of `x`: float, double, float16 or bfloat16.
-template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
-  if (holds<float>(x)) return fn(float{});
-  if (holds<double>(x)) return fn(double{});
-  if (holds<float16>(x)) return fn(float16{});
-  if (holds<bfloat16>(x)) return fn(bfloat16{});
-  throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
 }
 
 void logsumexp_py(const py::array& x, py::array out) {
@@ -232,7 +194,6 @@ void stream_copy_py(const py::array& x, py::array y, bool nt) {
 
 // Distribution losses and the multi-class margin loss (distributions.hpp).
 namespace {
-
 void kl_div_with_logits_py(const py::array& student, const py::array& teacher, double temperature,
                            double grad_scale, py::array loss, OptArray grad) {
   by_dtype(student, [&](auto tag) {
@@ -324,7 +285,6 @@ void multi_margin_loss_py(const py::array& x, const py::array& target, const Opt
 // CTC loss (ctc.hpp). The checks below keep every index in bounds whoever calls _core; the
 // user-facing messages are raised in Python (fastloss/sequence.py) before this is reached.
 namespace {
-
 void ctc_loss_py(const py::array& log_probs, const py::array& targets,
                  const py::array& target_offset, const py::array& input_lengths,
                  const py::array& target_lengths, int64_t blank, bool zero_infinity,
@@ -376,7 +336,6 @@ void ctc_loss_py(const py::array& log_probs, const py::array& targets,
 // Sharded cross-entropy (scale.hpp). The Python layer (fastloss/scale.py) validates targets
 // and options; the per-row arrays are checked here for length.
 namespace {
-
 // The arguments every shard kernel takes; returns the number of rows.
 template <class S, class Args>
 int64_t shard_common(Args& a, const py::array& x, const py::array& target, int64_t class_offset,

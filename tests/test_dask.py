@@ -138,6 +138,10 @@ POINTWISE = [
     ("sigmoid_focal_loss", "real", "label", {"alpha": 0.3, "gamma": 1.5}),
     ("hinge_loss", "real", "sign", {"margin": 0.5}),
     ("hinge_loss", "real", "label", {"squared": True}),
+    ("poisson_nll_loss", "real", "prob", {"full": True}),
+    ("hinge_embedding_loss", "real", "sign", {"margin": 0.5}),
+    ("soft_margin_loss", "real", "sign", {}),
+    ("log_cosh_loss", "real", "real", {}),
 ]
 
 

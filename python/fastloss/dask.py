@@ -314,7 +314,7 @@ def _pointwise(fn, input: Any, target: Any, reduction: str, weight: Any = None,
     # Check the options now and find the loss dtype (a tiny eager call).
     probe_extra = {k: np.zeros(1, a.dtype) for k, a in (("weight", ops[2]),
                                                         ("pos_weight", ops[3])) if a is not None}
-    dt = np.asarray(fn(np.zeros(1, ops[0].dtype), np.zeros(1, ops[1].dtype), reduction="none",
+    dt = np.asarray(fn(np.ones(1, ops[0].dtype), np.ones(1, ops[1].dtype), reduction="none",
                        **probe_extra, **kw)).dtype
     ref = next((a for a in ops[:2] if a.shape == full), None)
     chunks = ref.chunks if ref is not None else da.broadcast_to(ops[0], full).chunks
@@ -398,7 +398,38 @@ def hinge_loss(input: Any, target: Any, *, margin: float = 1.0, squared: bool = 
                       squared=squared)
 
 
+# The elementwise losses of issue 16 (fastloss.pairs): mean over all elements, as eager.
+from . import pairs as _pairs  # noqa: E402
+
+__all__ += ["hinge_embedding_loss", "log_cosh_loss", "poisson_nll_loss", "soft_margin_loss"]
+
+
+def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: bool = False,
+                     eps: float = 1e-8, reduction: str = "mean") -> da.Array:
+    """Poisson negative log-likelihood (torch's ``poisson_nll_loss``)."""
+    return _pointwise(_pairs.poisson_nll_loss, input, target, reduction, log_input=log_input,
+                      full=full, eps=eps)
+
+
+def hinge_embedding_loss(input: Any, target: Any, *, margin: float = 1.0,
+                         reduction: str = "mean") -> da.Array:
+    """Hinge embedding loss (torch's), labels in {-1, +1}."""
+    return _pointwise(_pairs.hinge_embedding_loss, input, target, reduction, margin=margin)
+
+
+def soft_margin_loss(input: Any, target: Any, *, reduction: str = "mean") -> da.Array:
+    """Two-class logistic loss ``log(1 + exp(-target * input))`` (torch's)."""
+    return _pointwise(_pairs.soft_margin_loss, input, target, reduction)
+
+
+def log_cosh_loss(input: Any, target: Any, *, reduction: str = "mean") -> da.Array:
+    """Log-cosh loss ``log(cosh(input - target))`` (optax's ``log_cosh``)."""
+    return _pointwise(_pairs.log_cosh_loss, input, target, reduction)
+
+
 for _f, _first, _extra in (
+    (poisson_nll_loss, "input", ""), (hinge_embedding_loss, "input", ""),
+    (soft_margin_loss, "input", ""), (log_cosh_loss, "input", ""),
     (mse_loss, "input", ""), (l1_loss, "input", ""), (huber_loss, "input", ""),
     (smooth_l1_loss, "input", ""),
     (binary_cross_entropy_with_logits, "logits", ""),

@@ -322,3 +322,13 @@ def test_dask_cosine(rng):
         fld.cosine_distance(da.ones((3, 4)), np.ones(4), reduction="x")
     with pytest.raises(ValueError, match="eps"):
         fld.cosine_similarity(da.ones((3, 4)), np.ones(4), eps=-1.0)
+
+
+def test_ntxent_gradient_matches_reference(rng):
+    x = rng.normal(size=(7, 5))
+    labels = np.array([0, 0, 1, 1, 1, 2, 2])
+    for tau in (0.07, 0.5):
+        loss, grad = fl.ntxent_loss(x, labels, temperature=tau, return_grad=True)
+        want_loss, want_grad = ref.ntxent_loss(x, labels, tau, return_grad=True)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)

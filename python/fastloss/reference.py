@@ -1174,13 +1174,13 @@ def cosine_distance(x1, x2, axis=-1, eps=1e-8, reduction="mean", return_grad=Fal
 
 
 def ntxent_loss(embeddings, labels, temperature=0.07, eps=None, return_grad=False):
-    """optax's ntxent in float64, loop by loop: u_i = x_i / sqrt(max(|x_i|^2, eps)) (eps: the
-    machine epsilon of the input dtype), s_ij = u_i . u_j / T, and for every positive pair
-    (i, j), j != i:  l_ij = -s_ij + log(exp(s_ij) + sum_{k: label_k != label_i} exp(s_ik)),
-    loss = mean of l_ij over the positive pairs. (No gradient here: the tests take jax.grad of
-    optax's ntxent and central differences.)"""
-    if return_grad:
-        raise NotImplementedError("reference.ntxent_loss has no gradient")
+    """optax's ntxent in float64, loop by loop: u_i = x_i / r_i, r_i = sqrt(max(|x_i|^2, eps))
+    (eps: the machine epsilon of the input dtype), s_ij = u_i . u_j / T, and for every positive
+    pair (i, j), j != i:  l_ij = -s_ij + log(exp(s_ij) + sum_{k: label_k != label_i} exp(s_ik)),
+    loss = mean of l_ij over the positive pairs.
+    Gradient by the chain rule, pair by pair: dl_ij/ds_ik = softmax of the pair's terms at k,
+    minus 1 at k = j; dL/dU = (G + G^T) U / T with G = dL/dS; dL/dx_i = (g_i - u_i (u_i . g_i))
+    / r_i where the norm is not clamped, g_i / r_i where it is (g_i = dL/du_i)."""
     x = np.asarray(embeddings)
     if eps is None:
         eps = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else float(
@@ -1188,19 +1188,33 @@ def ntxent_loss(embeddings, labels, temperature=0.07, eps=None, return_grad=Fals
     X = x.astype(np.float64)
     lab = np.asarray(labels)
     N = X.shape[0]
-    U = X / np.sqrt(np.maximum((X * X).sum(axis=1), eps))[:, None]
+    sq = (X * X).sum(axis=1)
+    r = np.sqrt(np.maximum(sq, eps))
+    U = X / r[:, None]
     S = U @ U.T / temperature
+    G = np.zeros_like(S)
     total, count = 0.0, 0
     for i in range(N):
-        negs = [S[i, k] for k in range(N) if lab[k] != lab[i]]
+        negs = [k for k in range(N) if lab[k] != lab[i]]
         for j in range(N):
             if j == i or lab[j] != lab[i]:
                 continue
-            terms = np.array(negs + [S[i, j]])
+            cols = negs + [j]
+            terms = S[i, cols]
             m = terms.max()
-            total += -S[i, j] + m + np.log(np.exp(terms - m).sum())
+            e = np.exp(terms - m)
+            total += -S[i, j] + m + np.log(e.sum())
+            G[i, cols] += e / e.sum()
+            G[i, j] -= 1.0
             count += 1
-    return total / count if count else np.nan
+    loss = total / count if count else np.nan
+    if not return_grad:
+        return loss
+    G = G / count if count else np.full_like(G, np.nan)
+    gU = (G + G.T) @ U / temperature
+    radial = np.where(sq > eps, (U * gU).sum(axis=1), 0.0)
+    grad = (gU - U * radial[:, None]) / r[:, None]
+    return loss, grad
 
 
 def _overlap_pt(input, target, axis, from_logits):

@@ -195,6 +195,88 @@ def test_pointwise_errors(sync):
     assert fld.mse_loss(E, E, reduction="sum").compute() == 0.0
 
 
+
+def test_three_operand_pointwise(sync):
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.standard_normal((9, 4)), rng.standard_normal((9, 4))
+    sign = np.where(rng.uniform(size=(9, 4)) > 0.5, 1.0, -1.0)
+    var = rng.uniform(0.2, 2.0, (9, 4))
+    X1 = da.from_array(x1, chunks=(4, 3))
+    for red in ("none", "mean", "sum"):
+        _check(fld.margin_ranking_loss(X1, x2, da.from_array(sign, chunks=2), margin=0.3,
+                                       reduction=red),
+               fl.margin_ranking_loss(x1, x2, sign, margin=0.3, reduction=red), 1e-12)
+        for v in (var, var[:, :1], var[:, 0]):  # torch's shapes of var (the last: per sample)
+            _check(fld.gaussian_nll_loss(X1, x2, v, full=True, reduction=red),
+                   fl.gaussian_nll_loss(x1, x2, v, full=True, reduction=red), 1e-12)
+    with pytest.raises(ValueError, match="var"):  # a negative variance, at compute()
+        fld.gaussian_nll_loss(X1, x2, -var).compute()
+
+
+def _rowwise_cases(rng):
+    s = rng.standard_normal((2, 9, 5)) * 3
+    idx = rng.integers(0, 5, (2, 9))
+    dist = rng.dirichlet(np.ones(5), (2, 9))
+    labels = rng.integers(0, 3, (2, 9, 5)).astype(np.float64)
+    where = rng.uniform(size=(2, 9, 5)) > 0.3
+    where[0, 2] = False  # a list without items
+    ml = np.full((2, 9, 5), -1)
+    ml[..., 0], ml[..., 1] = idx, (idx + 2) % 5
+    bits = (rng.uniform(size=(2, 9, 5)) > 0.5).astype(np.float64)
+    sign = np.where(rng.uniform(size=(2, 9)) > 0.5, 1, -1)
+    return [
+        ("multiclass_hinge_loss", (s, idx), {"margin": 0.5}),
+        ("multiclass_hinge_loss", (np.moveaxis(s, 2, 0), idx), {"axis": 0}),
+        ("multiclass_perceptron_loss", (s, idx), {}),
+        ("sparsemax_loss", (s, idx), {}),
+        ("sparsemax_loss", (s, dist), {}),
+        ("kl_div_with_logits", (s, s[::-1]), {"temperature": 2.0}),
+        ("jensen_shannon_with_logits", (s, s[::-1]), {"beta": 0.3, "temperature": 1.5}),
+        ("generalized_kl_div", (s / 3, dist), {}),
+        ("generalized_kl_div", (np.moveaxis(s, 2, 1) / 3, np.moveaxis(dist, 2, 1)), {"axis": 1}),
+        ("multilabel_soft_margin_loss", (s, bits), {}),
+        ("multilabel_soft_margin_loss", (s, bits), {"weight": rng.uniform(size=5)}),
+        ("multilabel_margin_loss", (s[0], ml[0]), {}),
+        ("cosine_embedding_loss", (s, s[::-1], sign), {"margin": 0.2}),
+        ("ranking_softmax_loss", (s, labels), {}),
+        ("ranking_softmax_loss", (s, labels), {"where": where}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rowwise(sync, case, dtype):
+    rng = np.random.default_rng(6)
+    name, ops, kw = _rowwise_cases(rng)[case]
+    x = ops[0].astype(dtype)
+    rest = list(ops[1:])
+    ax = kw.get("axis", -1) % x.ndim
+    # rows chunked unevenly; the row axis is cut too (the lazy function gathers it)
+    chunks = tuple(3 if i != ax else 2 for i in range(x.ndim))
+    X = da.from_array(x, chunks=chunks)
+    reds = ("none", "mean", "sum") + (("batchmean",) if "logits" in name else ())
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for red in reds:
+        lazy = getattr(fld, name)(X, *rest, reduction=red, **kw)
+        eager = getattr(fl, name)(x, *rest, reduction=red, **kw)
+        _check(lazy, eager, rtol)
+
+
+def test_rowwise_errors(sync):
+    X = da.from_array(np.zeros((4, 3)), chunks=2)
+    with pytest.raises(ValueError, match="reduction"):
+        fld.multiclass_hinge_loss(X, np.zeros(4, int), reduction="batchmean")
+    with pytest.raises(ValueError, match="axis"):
+        fld.sparsemax_loss(X, np.zeros(4, int), axis=2)
+    with pytest.raises(ValueError, match="broadcast"):
+        fld.jensen_shannon_with_logits(X, np.zeros((4, 4)))
+    lazy = fld.multiclass_hinge_loss(X, np.array([0, 1, 3, 0]))  # class 3 of 3: at compute()
+    with pytest.raises((ValueError, IndexError)):
+        lazy.compute()
+    empty = fld.ranking_softmax_loss(X, np.zeros((4, 3)), where=np.zeros((4, 3), bool))
+    assert empty.compute() == 0.0  # no list has an item: 0, as eager and optax
+
+
 def test_lazy_until_compute():
     calls = []
     x = da.from_array(np.zeros((4, 6)), chunks=(2, 3))

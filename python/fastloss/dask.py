@@ -34,6 +34,18 @@ runs the fastloss function (``"none"``: the block's losses; ``"mean"``/``"sum"``
 sum, then a sum over blocks in float64; ``"mean"`` divides by the number of broadcast
 elements, as fastloss).
 
+Row-wise losses (:func:`multiclass_hinge_loss`, :func:`multiclass_perceptron_loss`,
+:func:`sparsemax_loss`, :func:`kl_div_with_logits`, :func:`jensen_shannon_with_logits`,
+:func:`generalized_kl_div`, :func:`multilabel_soft_margin_loss`,
+:func:`multilabel_margin_loss`, :func:`cosine_embedding_loss`,
+:func:`ranking_softmax_loss`): the axis of a row (classes, list items, embedding) is gathered
+into one chunk and the rows stay chunked as given; one task per block runs the fastloss
+function on whole rows. :func:`margin_ranking_loss` and :func:`gaussian_nll_loss` are
+elementwise, as the pointwise losses, with three operands. :func:`cosine_similarity` and
+:func:`cosine_distance` reduce over their ``axis`` likewise. The batch losses that compare
+every row with every other (:func:`fastloss.ntxent_loss`, the Dice family's reductions over
+a whole batch, :func:`fastloss.ctc_loss`'s alignments) have no lazy form here.
+
 Options are checked when the graph is built (an invalid ``reduction`` or ``label_smoothing``
 raises at the call, as eager fastloss); errors that depend on the data (a class index out of
 range, a probability outside [0, 1]) are raised by ``compute()``.
@@ -534,3 +546,324 @@ def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
 def _cos_dist_none(x1, x2, axis, eps):
     return np.asarray(_similarity.cosine_distance(_aligned(x1), _aligned(x2), axis=axis,
                                                   eps=eps, reduction="none"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: losses with three elementwise operands (margin ranking, Gaussian NLL), and the
+# row-wise losses (one loss per row of a class / list / embedding axis).
+# ---------------------------------------------------------------------------------------------
+from . import distributions as _distributions  # noqa: E402
+from . import jsd as _jsd  # noqa: E402
+from . import multiclass as _multiclass  # noqa: E402
+from . import multilabel as _multilabel  # noqa: E402
+from . import ranking as _ranking  # noqa: E402
+from .sparsemax import sparsemax_loss as _sparsemax_loss  # noqa: E402
+
+__all__ += ["cosine_embedding_loss", "gaussian_nll_loss", "generalized_kl_div",
+            "jensen_shannon_with_logits", "kl_div_with_logits", "margin_ranking_loss",
+            "multiclass_hinge_loss", "multiclass_perceptron_loss", "multilabel_margin_loss",
+            "multilabel_soft_margin_loss", "ranking_softmax_loss", "sparsemax_loss"]
+
+
+def _known(ops: list) -> None:
+    if any(math.isnan(n) for a in ops for n in a.shape):
+        raise ValueError("operands must have known chunk sizes (call compute_chunk_sizes())")
+
+
+def _call(fn, npos, names, kw, reduction, *arrays):
+    """``fn`` on one block: the first ``npos`` arrays positional, the rest as ``names``."""
+    arrays = [_aligned(a) for a in arrays]
+    named = dict(zip(names, arrays[npos:]))
+    return fn(*arrays[:npos], **named, reduction=reduction, **kw)
+
+
+def _block_none(fn, npos, names, kw, *arrays):
+    return np.asarray(_call(fn, npos, names, kw, "none", *arrays))
+
+
+def _block_sum(fn, npos, names, kw, ndim, *arrays):
+    s = np.float64(_call(fn, npos, names, kw, "sum", *arrays))
+    return np.full((1,) * ndim, s)
+
+
+def _elementwise(fn, ops: list, names: tuple, reduction: str, **kw: Any) -> da.Array:
+    """``fn(*ops[:-len(names)], **dict(zip(names, ...)))`` by blocks of the broadcast shape,
+    chunked like the first operand of that shape; ``"mean"`` over all broadcast elements."""
+    reduction = _check_reduction(reduction)
+    ops = [_as_dask(a) for a in ops]
+    _known(ops)
+    try:
+        full = np.broadcast_shapes(*(a.shape for a in ops))
+    except ValueError:
+        raise ValueError("shapes do not broadcast together: "
+                         + ", ".join(str(a.shape) for a in ops)) from None
+    npos = len(ops) - len(names)
+    probe = [np.ones((1,) * a.ndim, a.dtype) for a in ops]
+    dt = np.asarray(_call(fn, npos, names, kw, "none", *probe)).dtype  # (checks the options)
+    ref = next((a for a in ops if a.shape == full), None)
+    chunks = ref.chunks if ref is not None else da.broadcast_to(ops[0], full).chunks
+    ops = [(a if a.shape == full else da.broadcast_to(a, full)).rechunk(chunks) for a in ops]
+    ind = tuple(range(len(full)))
+    args = [x for a in ops for x in (a, ind)]
+    if reduction == "none":
+        return da.blockwise(_block_none, ind, fn, None, npos, None, names, None, kw, None,
+                            *args, dtype=dt, meta=np.empty((0,) * len(full), dt))
+    partial = da.blockwise(_block_sum, ind, fn, None, npos, None, names, None, kw, None,
+                           len(full), None, *args, dtype=np.float64,
+                           adjust_chunks={i: 1 for i in ind},
+                           meta=np.empty((0,) * len(full), np.float64))
+    return _finish(partial.sum(dtype=np.float64), float(math.prod(full)), reduction, dt)
+
+
+def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float = 0.0,
+                        reduction: str = "mean") -> da.Array:
+    """Margin ranking loss ``max(0, -target (input1 - input2) + margin)`` (torch's)."""
+    return _elementwise(_pairs.margin_ranking_loss, [input1, input2, target], (), reduction,
+                        margin=margin)
+
+
+def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
+                      eps: float = 1e-6, reduction: str = "mean") -> da.Array:
+    """Gaussian negative log-likelihood (torch's ``gaussian_nll_loss``).
+
+    ``var`` follows torch's rules, as eager: ``input``'s shape, or that shape with a last
+    axis of 1, or without its last axis (one variance per sample, given as ``var[..., None]``),
+    or any shape that broadcasts.
+    """
+    x, v = _as_dask(input), _as_dask(var)
+    if v.ndim == x.ndim - 1 and x.ndim >= 1 and v.shape == x.shape[:-1]:
+        v = v[..., None]  # torch: one fewer dimension is a homoscedastic variance per sample
+    return _elementwise(_pairs.gaussian_nll_loss, [x, target, v], (), reduction, full=full,
+                        eps=eps)
+
+
+for _f in (margin_ranking_loss, gaussian_nll_loss):
+    _f.__doc__ = _f.__doc__ + "\n" + _POINTWISE_DOC.format(
+        name=_f.__name__, first="the operands", extra="")
+del _f
+
+
+def _rowwise(fn, x: Any, others: list, axis: Optional[int], reduction: str,
+             reductions: tuple = _REDUCTIONS, means: Optional[dict] = None,
+             count=None, kw: Optional[dict] = None) -> da.Array:
+    """``fn`` by blocks of rows: ``x`` has the row axis ``axis`` (gathered into one chunk);
+    ``others`` are ``(array_like or None, name or None, kind)``: ``name`` None passes it
+    positionally (after ``x``), ``kind`` "full" broadcasts it to ``x``'s shape, "rows" takes
+    it in the shape of ``x`` without ``axis`` (class indices), "either" takes it as "rows"
+    where it has that shape and as "full" otherwise. The rows are chunked like ``x``.
+    ``means``: for each mean-like reduction, the number of per-row losses each row counts
+    for (1: the mean over rows); ``count``: a function of the blocks giving that number
+    from the data instead (the divisor of ``"mean"``)."""
+    kw = dict(kw or {})
+    if not isinstance(reduction, str) or reduction not in reductions:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, reductions))}, "
+                         f"got {reduction!r}")
+    means = {"mean": 1} if means is None else means
+    xa = _as_dask(x)
+    ops = [(_as_dask(a), n, k) for a, n, k in others if a is not None]
+    _known([xa] + [a for a, _, _ in ops])
+    if xa.ndim == 0:
+        raise ValueError("the input must have at least one dimension (the axis of the rows)")
+    ax = -1 if axis is None else axis
+    if not isinstance(ax, (int, np.integer)) or not -xa.ndim <= ax < xa.ndim:
+        raise ValueError(f"axis {axis!r} is out of range for {xa.ndim} dimensions (an int axis "
+                         "only, lazily)")
+    ax = int(ax) % xa.ndim
+    if axis is not None:
+        kw["axis"] = ax - xa.ndim  # (negative: the same axis in a block and in the probe)
+    rows_shape = xa.shape[:ax] + xa.shape[ax + 1:]
+    xa = xa.rechunk({ax: -1})
+    ind = tuple(range(xa.ndim))
+    out = ind[:ax] + ind[ax + 1:]
+    row_chunks = xa.chunks[:ax] + xa.chunks[ax + 1:]
+    pos, named, names, probe = [], [], [], []
+    probe_x = np.ones(tuple(2 if i == ax else 1 for i in range(xa.ndim)), xa.dtype)
+    for a, name, kind in ops:
+        if kind == "rows" or (kind == "either" and a.shape == rows_shape):
+            a = a.rechunk(row_chunks)
+            entry = (a, out)
+            p = np.ones((1,) * len(rows_shape), a.dtype)
+        else:
+            try:
+                shape = np.broadcast_shapes(a.shape, xa.shape)
+            except ValueError:
+                shape = None
+            if shape != xa.shape:
+                raise ValueError(f"{name or 'operand'} of shape {a.shape} does not broadcast "
+                                 f"to the input's shape {xa.shape}")
+            a = (a if a.shape == xa.shape else da.broadcast_to(a, xa.shape)).rechunk(xa.chunks)
+            entry = (a, ind)
+            p = np.zeros(probe_x.shape, a.dtype)
+        if name is None:
+            pos.append(entry)
+            probe.insert(len(pos) - 1, p)
+        else:
+            named.append(entry)
+            names.append(name)
+            probe.append(p)
+    npos, names = 1 + len(pos), tuple(names)
+    args = [xa, ind] + [x for e in pos + named for x in e]
+    dt = np.asarray(_call(fn, npos, names, kw, "none", probe_x, *probe)).dtype
+    if reduction == "none":
+        return da.blockwise(_block_none, out, fn, None, npos, None, names, None, kw, None,
+                            *args, dtype=dt, concatenate=True,
+                            meta=np.empty((0,) * len(out), dt))
+    partial = da.blockwise(_block_sum, out, fn, None, npos, None, names, None, kw, None,
+                           len(out), None, *args, dtype=np.float64, concatenate=True,
+                           adjust_chunks={i: 1 for i in out},
+                           meta=np.empty((0,) * len(out), np.float64))
+    total = partial.sum(dtype=np.float64)
+    if reduction == "sum":
+        return _finish(total, 1.0, "sum", dt)
+    if count is None:
+        return _finish(total, float(math.prod(rows_shape)) * means[reduction], reduction, dt)
+    counts = da.blockwise(_block_count, out, count, None, len(out), None, *args,
+                          dtype=np.float64, concatenate=True, adjust_chunks={i: 1 for i in out},
+                          meta=np.empty((0,) * len(out), np.float64))
+    return da.map_blocks(_divide_or_zero, total, counts.sum(dtype=np.float64), dtype=dt,
+                         meta=np.empty((), dt), dt=dt)
+
+
+def _block_count(count, ndim, *arrays):
+    return np.full((1,) * ndim, np.float64(count(*arrays)))
+
+
+def _divide_or_zero(total: np.ndarray, count: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """The mean over counted rows; 0 when none is counted (NaN stays NaN), as eager."""
+    t, c = np.float64(total), np.float64(count)
+    return np.asarray(t / c if c else (t if math.isnan(t) else 0.0), dtype=dt).reshape(())
+
+
+_ROWWISE_DOC = """
+    Lazily, on Dask arrays: :func:`fastloss.{name}` by blocks of rows, with the same keyword
+    options. ``{first}`` is chunked along its other axes as given; its {axis} is gathered
+    into one chunk (a row must be whole in a block). {others} Returns a Dask array of the
+    per-row losses (``"none"``) or a 0-d Dask array ({mean}``"sum"``), of the loss dtype;
+    each block's sum is formed by fastloss, the block sums are added in float64. No
+    gradient (evaluation only). Invalid values in the data raise at ``compute()``.
+"""
+
+
+def multiclass_hinge_loss(scores: Any, target: Any, *, axis: int = -1, margin: float = 1.0,
+                          reduction: str = "mean") -> da.Array:
+    """Crammer-Singer multi-class hinge loss ``max(0, margin + max_{j != y} s_j - s_y)``."""
+    return _rowwise(_multiclass.multiclass_hinge_loss, scores, [(target, None, "rows")], axis,
+                    reduction, kw={"margin": margin})
+
+
+def multiclass_perceptron_loss(scores: Any, target: Any, *, axis: int = -1,
+                               reduction: str = "mean") -> da.Array:
+    """Multi-class perceptron loss ``max_j s_j - s_y``."""
+    return _rowwise(_multiclass.multiclass_perceptron_loss, scores, [(target, None, "rows")],
+                    axis, reduction)
+
+
+def sparsemax_loss(logits: Any, target: Any, *, axis: int = -1,
+                   reduction: str = "mean") -> da.Array:
+    """Sparsemax loss (optax's), class-index targets or target distributions."""
+    return _rowwise(_sparsemax_loss, logits, [(target, None, "either")], axis,
+                    reduction)
+
+
+def kl_div_with_logits(student_logits: Any, teacher_logits: Any, *, axis: int = -1,
+                       temperature: float = 1.0, reduction: str = "batchmean") -> da.Array:
+    """Distillation loss ``T**2 KL(softmax(teacher / T) || softmax(student / T))`` per row."""
+    return _rowwise(_distributions.kl_div_with_logits, student_logits,
+                    [(teacher_logits, None, "full")], axis, reduction,
+                    ("batchmean", "mean", "sum", "none"),
+                    {"batchmean": 1, "mean": _axis_size(student_logits, axis)},
+                    kw={"temperature": temperature})
+
+
+def jensen_shannon_with_logits(student: Any, teacher: Any, *, beta: float = 0.5,
+                               temperature: float = 1.0, reduction: str = "batchmean",
+                               axis: int = -1) -> da.Array:
+    """Generalized Jensen-Shannon divergence of two rows of logits (Liger-Kernel's)."""
+    return _rowwise(_jsd.jensen_shannon_with_logits, student, [(teacher, None, "full")], axis,
+                    reduction, ("batchmean", "mean", "sum", "none"),
+                    {"batchmean": 1, "mean": _axis_size(student, axis)},
+                    kw={"beta": beta, "temperature": temperature})
+
+
+def _axis_size(x: Any, axis: int) -> int:
+    shape = np.shape(x)
+    return shape[axis] if shape and isinstance(axis, (int, np.integer)) and \
+        -len(shape) <= axis < len(shape) else 1
+
+
+def generalized_kl_div(input: Any, target: Any, *, axis: int = -1,
+                       reduction: str = "mean") -> da.Array:
+    """Generalized KL divergence of unnormalized measures (optax's), summed over ``axis``
+    (an int, lazily)."""
+    return _rowwise(_pairs.generalized_kl_div, input, [(target, None, "full")], axis,
+                    reduction)
+
+
+def multilabel_soft_margin_loss(input: Any, target: Any, *, weight: Any = None,
+                                reduction: str = "mean") -> da.Array:
+    """Multi-label one-versus-all logistic loss (torch's), classes on the last axis."""
+    return _rowwise(_multilabel.multilabel_soft_margin_loss, input,
+                    [(target, None, "full"), (weight, "weight", "full")], None, reduction)
+
+
+def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean") -> da.Array:
+    """Multi-class multi-label hinge loss (torch's), classes on the last axis."""
+    return _rowwise(_multilabel.multilabel_margin_loss, input, [(target, None, "full")],
+                    None, reduction)
+
+
+def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: float = 0.0,
+                          reduction: str = "mean") -> da.Array:
+    """Cosine embedding loss (torch's), embeddings on the last axis, a label per pair."""
+    return _rowwise(_pairs.cosine_embedding_loss, input1,
+                    [(input2, None, "full"), (target, None, "rows")], None, reduction,
+                    kw={"margin": margin})
+
+
+def _live_lists(scores, labels, where=None):
+    """The lists optax's mean counts: those with an item (``where`` true somewhere)."""
+    if where is None:
+        return int(np.prod(scores.shape[:-1])) if scores.shape[-1] else 0
+    return int(np.count_nonzero(np.asarray(where).any(axis=-1)))
+
+
+def ranking_softmax_loss(scores: Any, labels: Any, *, where: Any = None,
+                         reduction: str = "mean") -> da.Array:
+    """Listwise softmax ranking loss (optax's), lists on the last axis."""
+    return _rowwise(_ranking.ranking_softmax_loss, scores,
+                    [(labels, None, "full"), (where, "where", "full")], None, reduction,
+                    count=_live_lists if where is not None else None)
+
+
+for _f, _first, _axis, _others, _mean in (
+    (multiclass_hinge_loss, "scores", "class ``axis``",
+     "``target`` (class indices) has the shape of the rows and is chunked like them.",
+     "``\"mean\"`` over rows; "),
+    (multiclass_perceptron_loss, "scores", "class ``axis``",
+     "``target`` (class indices) has the shape of the rows and is chunked like them.",
+     "``\"mean\"`` over rows; "),
+    (sparsemax_loss, "logits", "class ``axis``",
+     "``target``: class indices in the shape of the rows, or distributions that broadcast "
+     "to ``logits``.", "``\"mean\"`` over rows; "),
+    (kl_div_with_logits, "student_logits", "class ``axis``",
+     "``teacher_logits`` broadcasts to ``student_logits``.",
+     "``\"batchmean\"`` over rows, ``\"mean\"`` over elements; "),
+    (jensen_shannon_with_logits, "student", "class ``axis``",
+     "``teacher`` broadcasts to ``student``.",
+     "``\"batchmean\"`` over rows, ``\"mean\"`` over elements; "),
+    (generalized_kl_div, "input", "``axis``", "``target`` broadcasts to ``input``.",
+     "``\"mean\"`` over rows; "),
+    (multilabel_soft_margin_loss, "input", "last (class) axis",
+     "``target`` and ``weight`` broadcast to ``input``.", "``\"mean\"`` over rows; "),
+    (multilabel_margin_loss, "input", "last (class) axis",
+     "``target`` has ``input``'s shape.", "``\"mean\"`` over rows; "),
+    (cosine_embedding_loss, "input1", "last (embedding) axis",
+     "``input2`` broadcasts to ``input1``; ``target`` has the shape of the rows.",
+     "``\"mean\"`` over pairs; "),
+    (ranking_softmax_loss, "scores", "last (list) axis",
+     "``labels`` and ``where`` broadcast to ``scores``.",
+     "``\"mean\"`` over the lists with an item, 0 if none; "),
+):
+    _f.__doc__ = _f.__doc__ + "\n" + _ROWWISE_DOC.format(
+        name=_f.__name__, first=_first, axis=_axis, others=_others, mean=_mean)
+del _f, _first, _axis, _others, _mean

@@ -122,19 +122,31 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
     load_block(a.x, a.lx, r0, nb, xb, off);
-    // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding.
+    // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding
+    // (padding lanes are never written out). A branch-free loop over a copy of the targets, so
+    // that the compiler vectorises it.
+    alignas(64) int64_t traw[W];
+    if (nb == W) {
+      std::memcpy(traw, a.target + r0, sizeof(traw));
+    } else {
+      for (int b = 0; b < W; ++b) traw[b] = b < nb ? a.target[r0 + b] : -1;
+    }
     alignas(64) T tgt[W];
     alignas(64) double ign64[W], inv64[W];  // 1.0: an ignore_index row / an invalid target
-    bool ignored[W];
+    const int64_t ignore_index = a.ignore_index;
     for (int b = 0; b < W; ++b) {
-      const int64_t t = b < nb ? a.target[r0 + b] : -1;
+      const int64_t t = traw[b];
       // (out-of-range targets are rejected before the call; they would give NaN rows)
-      ignored[b] = t == a.ignore_index || t < 0 || t >= n;
-      ign64[b] = b < nb && t == a.ignore_index ? 1.0 : 0.0;
-      inv64[b] = ignored[b] && ign64[b] == 0.0 ? 1.0 : 0.0;
-      tgt[b] = ignored[b] ? T(-1) : T(t);
+      const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
+      tgt[b] = skip ? T(-1) : T(t);
+      ign64[b] = ign ? 1.0 : 0.0;
+      inv64[b] = skip & !ign ? 1.0 : 0.0;
     }
     const V tv = vload(tgt);
+    bool ignored[W];  // (filled only where needed: weights, statistics, gradient)
+    const bool need_ignored = a.weight || a.correct || a.lse || grad;
+    if (need_ignored)
+      for (int b = 0; b < W; ++b) ignored[b] = tgt[b] < T(0);
     const LaneMax<T> mx = lane_max(xb, n, a.correct != nullptr);
     const V m = mx.m;
     if (a.correct) {  // token accuracy: NumPy's argmax (first maximum; a NaN is the largest)
@@ -152,12 +164,13 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       }
     }
     LaneSum<T> se, scd;
-    V xt = vset<T>(0);
+    V xt = vset<T>(0), et = vset<T>(0);  // the target's logit and exp(x_t - m)
     for (int64_t j = 0; j < n; ++j) {
       const V x = vload(xb + j * W);
       const auto is_t = tv == vset<T>(T(j));
       const V e = vexp_capped(x - m);
       xt = vselect(is_t, x, xt);
+      et = vselect(is_t, e, et);
       se.add(vselect(is_t, vset<T>(0), e));
       if constexpr (C != Coef::kNone) {
         const T c = C == Coef::kOne ? T(1) : a.weight[j];
@@ -165,13 +178,40 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       }
       if (grad) vstore(xb + j * W, e);
     }
-    // Epilogue in float64 lanes.
-    alignas(64) double sp[W], cd[W], m64[W], xt64[W], nan64[W], wt[W], ct[W];
+    // Epilogue in float64 lanes. exp(x_t - m) is the class loop's (in the compute type: for
+    // float32 its rounding moves log S by at most p_t * 2^-23, below the float32 result's ulp).
+    alignas(64) double sp[W], cd[W], m64[W], xt64[W], et64[W], nan64[W], wt[W], ct[W];
     se.store(sp);
     if constexpr (C != Coef::kNone) scd.store(cd);
     to_f64_lanes(m, m64);
     to_f64_lanes(xt, xt64);
+    to_f64_lanes(et, et64);
     to_f64_lanes(mx.nan_seen, nan64);
+    if (!grad && !a.focal && z == 0 && !a.lse) {
+      // Loss only: the loss of each lane and nothing else, stored straight into a.loss.
+      alignas(64) double out[W];
+      for (int k = 0; k < W; k += WD) {
+        const f64v md = vload(m64 + k), x_t = vload(xt64 + k), s_ex = vload(sp + k);
+        const auto t_max = x_t == md;
+        const f64v e_t = vselect(t_max, f64v{} + 1.0, vload(et64 + k));
+        const f64v log_sum = vlog1p(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
+        f64v w_t = f64v{} + 1.0;
+        if (a.weight) {
+          alignas(64) double wk[WD];
+          for (int i = 0; i < WD; ++i)
+            wk[i] = ignored[k + i] ? 0.0 : double(a.weight[int64_t(tgt[k + i])]);
+          w_t = vload(wk);
+        }
+        const f64v c = (md - x_t) + log_sum;  // -log p_t
+        f64v l = (1.0 - eps) * w_t * c;
+        if constexpr (C != Coef::kNone) l += eps_c * (vload(cd + k) + Wsum * log_sum);
+        const f64v nk = vload(nan64 + k), ign = vload(ign64 + k);
+        const auto bad = (nk != nk) | (md - md != md - md) | (vload(inv64 + k) != 0.0);
+        vstore(out + k, vselect(ign != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, l)));
+      }
+      std::memcpy(a.loss + r0, out, size_t(nb) * sizeof(double));
+      return;
+    }
     if (a.weight) {
       for (int b = 0; b < W; ++b) {
         wt[b] = ignored[b] ? 0.0 : double(a.weight[int64_t(tgt[b])]);
@@ -183,8 +223,8 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     alignas(64) double loss[W], ce[W], omp[W], pt[W], ls[W], sum_inv[W], ps[W], tc[W];
     for (int k = 0; k < W; k += WD) {
       const f64v md = vload(m64 + k), x_t = vload(xt64 + k), s_ex = vload(sp + k);
-      const f64v e_t = vexp(x_t - md), s = s_ex + e_t;
       const auto t_max = x_t == md;
+      const f64v e_t = vselect(t_max, f64v{} + 1.0, vload(et64 + k)), s = s_ex + e_t;
       const f64v log_sum = vlog1p(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
       const f64v w_t = vload(wt + k);
       const f64v c = (md - x_t) + log_sum;  // -log p_t

@@ -282,6 +282,14 @@ def test_class_rows_errors_and_declines(rng, fn):
     for args, kw in bad:
         for grad in (False, True):
             _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad, **kw)
+    # a float32 loss past float32's range: NumPy's overflow warning on both paths
+    big = np.array([[-3e38, 3e38], [0.0, 1.0]], np.float32)
+    with np.errstate(over="raise"):
+        for grad in (False, True):
+            out = _same_outcome(f, (big, np.array([0, 1])), (_g(big), np.array([0, 1])),
+                                reduction="none", return_grad=grad)
+            if fn == "cross_entropy":  # (3e38 + 3e38; nll_loss's -x_t = 3e38 fits)
+                assert out[0] == "raised" and out[1][0] is FloatingPointError
     # other target dtypes and 3-d logits: the general path, the same numbers
     for args in [(x, t.astype(np.int32)), (x[None], t[None])]:
         for grad in (False, True):

@@ -543,7 +543,11 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
     if (red == kFastNone) {  // per-row float64 losses in the logits' dtype
       py::array_t<S> l(std::vector<ssize_t>{n});
       S* lp = l.mutable_data();
-      for (int64_t i = 0; i < n; ++i) lp[i] = static_cast<S>(per_row[size_t(i)]);
+      for (int64_t i = 0; i < n; ++i) {
+        lp[i] = static_cast<S>(per_row[size_t(i)]);
+        // a finite loss past float32's range: the general path, whose NumPy cast warns
+        if (std::isinf(lp[i]) && !std::isinf(per_row[size_t(i)])) return py::none();
+      }
       value = l;
     } else {
       const double total = numpy_pairwise_sum(per_row.data(), n);

@@ -148,17 +148,19 @@ py::object elementwise_fast(std::initializer_list<py::handle> operands, int n_gr
   const int red = fast_reduction(reduction, mean_rule == kMeanOrBatchMean);
   const int grad = fast_flag(return_grad);
   if (red < 0 || grad < 0 || operands.size() > 3) return py::none();
-  py::array ops[3];
+  // (handles, not py::array: a default-constructed py::array allocates an empty array)
+  py::handle hs[3];
   size_t k = 0;
   for (py::handle h : operands) {
     if (!exact_ndarray(h)) return py::none();
-    ops[k++] = py::reinterpret_borrow<py::array>(h);
+    hs[k++] = h;
   }
-  const py::array& x = ops[0];
+  auto op = [&](size_t i) { return py::reinterpret_borrow<py::array>(hs[i]); };
+  const py::array x = op(0);
   const ssize_t nd = x.ndim();
   if (!plain_float(x) || !(x.flags() & py::array::c_style) || x.size() == 0) return py::none();
   for (size_t i = 1; i < k; ++i) {
-    const py::array& a = ops[i];
+    const py::array a = op(i);
     if (!plain_float(a) || a.dtype().itemsize() != x.dtype().itemsize() || a.ndim() != nd ||
         !(a.flags() & py::array::c_style))
       return py::none();
@@ -178,16 +180,18 @@ py::object elementwise_fast(std::initializer_list<py::handle> operands, int n_gr
     using S = decltype(tag);
     FastCall<S> c;
     c.n = n;
-    for (size_t i = 0; i < k; ++i) c.in[i] = static_cast<const S*>(ops[i].data());
+    for (size_t i = 0; i < k; ++i) c.in[i] = static_cast<const S*>(op(i).data());
     c.grad_scale = mean ? 1.0 / double(denom) : 1.0;
-    py::array_t<S> loss, g[2];
+    py::object loss, g[2];  // (null until made)
     if (red == kFastNone) {
-      loss = py::array_t<S>(shape);
-      c.loss = loss.mutable_data();
+      py::array_t<S> a(shape);
+      c.loss = a.mutable_data();
+      loss = std::move(a);
     }
     for (int j = 0; grad && j < n_grads; ++j) {
-      g[j] = py::array_t<S>(shape);
-      c.grad[j] = g[j].mutable_data();
+      py::array_t<S> a(shape);
+      c.grad[j] = a.mutable_data();
+      g[j] = std::move(a);
     }
     double total = 0.0;
     bool ok;
@@ -198,7 +202,7 @@ py::object elementwise_fast(std::initializer_list<py::handle> operands, int n_gr
       ok = run(c, total);
     }
     if (!ok) return py::none();
-    py::object value = red == kFastNone ? py::object(loss)
+    py::object value = red == kFastNone ? loss
                        : numpy_scalar(mean ? total / double(denom) : total,
                                       std::is_same_v<S, float>);
     if (!grad) return value;

@@ -510,10 +510,13 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
     lx.n0 = n, lx.n1 = C, lx.n2 = 1;
     lx.s0 = x.strides(0) / ssize_t(sizeof(S)), lx.s1 = x.strides(1) / ssize_t(sizeof(S));
     lx.s2 = 1;
-    py::array_t<S> g;
+    py::object g;  // (null without return_grad: a default py::array_t allocates one)
+    S* gp = nullptr;
     Layout3 lg;
     if (grad) {
-      g = py::array_t<S>(std::vector<ssize_t>{n, C});
+      py::array_t<S> a(std::vector<ssize_t>{n, C});
+      gp = a.mutable_data();
+      g = std::move(a);
       lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
     }
     auto call = [&] {
@@ -522,14 +525,14 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
         a.x = static_cast<const S*>(x.data()), a.lx = lx;
         a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
         a.loss = per_row.data();
-        if (grad) a.grad = g.mutable_data(), a.lg = lg;
+        if (grad) a.grad = gp, a.lg = lg;
         fastloss::cross_entropy(a);
       } else {
         NllArgs<S> a;
         a.x = static_cast<const S*>(x.data()), a.lx = lx;
         a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
         a.loss = per_row.data();
-        if (grad) a.grad = g.mutable_data(), a.lg = lg;
+        if (grad) a.grad = gp, a.lg = lg;
         fastloss::nll_loss(a);
       }
     };

@@ -54,6 +54,30 @@ def _same_outcome(f, fast_args, general_args, **kw):
     return a
 
 
+@pytest.fixture
+def fast_only(monkeypatch):
+    """A context in which the general paths fail: what runs there took a fast path."""
+    import contextlib
+    import importlib
+
+    mods = {m: importlib.import_module(f"fastloss.{m}")  # (fastloss.softmax is the function)
+            for m in ("_pointwise", "pairs", "classification", "softmax")}
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    @contextlib.contextmanager
+    def ctx():
+        with monkeypatch.context() as m:
+            m.setattr(mods["_pointwise"], "float_input", general)
+            m.setattr(mods["pairs"], "float_input", general)
+            m.setattr(mods["classification"], "_class_input", general)
+            m.setattr(mods["softmax"], "float_input", general)
+            yield
+
+    return ctx
+
+
 def _data(rng, shape, dtype):
     x = rng.normal(0, 2, shape).astype(dtype)
     return {
@@ -101,14 +125,15 @@ def _reductions(name):
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (128,), (4, 33), (2, 3, 5)])
-def test_elementwise_fast_equals_general(rng, name, dtype, shape):
+def test_elementwise_fast_equals_general(rng, fast_only, name, dtype, shape):
     f, keys, kw = ELEMENTWISE[name]
     d = _data(rng, shape, dtype)
     ops = [d[k] for k in keys]
     for reduction in _reductions(name):
         for grad in (False, True):
             kw2 = dict(kw, reduction=reduction, return_grad=grad)
-            fast = f(*ops, **kw2)
+            with fast_only():
+                fast = f(*ops, **kw2)
             general = f(*[_g(a) for a in ops], **kw2)
             _same(fast, general)
             loss = fast[0] if grad else fast
@@ -240,7 +265,7 @@ def test_large_calls_release_the_gil_and_agree(rng):
 @pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 257)])
-def test_class_rows_fast_equals_general(rng, fn, dtype, shape):
+def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
     f = getattr(fl, fn)
     x = rng.normal(0, 3, shape).astype(dtype)
     if fn == "nll_loss":
@@ -252,7 +277,8 @@ def test_class_rows_fast_equals_general(rng, fn, dtype, shape):
         for reduction in ("mean", "sum", "none"):
             for grad in (False, True):
                 kw = dict(reduction=reduction, return_grad=grad)
-                fast = f(v, t, **kw)
+                with fast_only():
+                    fast = f(v, t, **kw)
                 assert _core.class_rows_small(0 if fn == "cross_entropy" else 1, v, t, -100,
                                               reduction, grad) is not None
                 _same(fast, f(_g(v), t, **kw))
@@ -312,15 +338,15 @@ def test_cross_entropy_grad_matches_reference(rng):
 @pytest.mark.parametrize("fn", ["logsumexp", "softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (10,), (32, 10), (3, 4, 5), (1, 7, 1)])
-def test_softmax_family_fast_equals_general(rng, fn, dtype, shape):
+def test_softmax_family_fast_equals_general(rng, fast_only, fn, dtype, shape):
     f = getattr(fl, fn)
     x = rng.normal(0, 3, shape).astype(dtype)
     x.flat[0] = -np.inf
     axes = [None] + list(range(-len(shape), len(shape)))
     for axis in axes:
-        op = ("logsumexp", "softmax", "log_softmax").index(fn)
-        assert _core.softmax_small(op, x, axis) is not None
-        _same(f(x, axis=axis), f(_g(x), axis=axis))
+        with fast_only():
+            fast = f(x, axis=axis)
+        _same(fast, f(_g(x), axis=axis))
         _same(f(x, axis=axis), f(x, axis=(axis,) if axis is not None else None))
     with np.errstate(all="ignore"):
         sp = pytest.importorskip("scipy.special")
@@ -344,3 +370,14 @@ def test_softmax_family_errors_and_declines(rng, fn):
                      ((x.astype(np.int64),), {"axis": 1})]:
         _same_outcome(f, args, (_g(args[0]),), **kw)
     assert _core.softmax_small(0, x.T, 0) is None and _core.softmax_small(0, x, True) is None
+
+
+def test_fast_only_catches_the_general_path(rng, fast_only):
+    """The fixture the tests above rely on does fail where a general path runs."""
+    x = rng.normal(size=(4, 5))
+    t = np.array([0, 1, 2, 3])
+    for call in (lambda: fl.log_cosh_loss(_g(x), x), lambda: fl.mse_loss(x, x[:1]),
+                 lambda: fl.cross_entropy(_g(x), t), lambda: fl.softmax(x, axis=(0, 1)),
+                 lambda: fl.gaussian_nll_loss(x, x, 1.0)):
+        with fast_only(), pytest.raises(AssertionError, match="the general path ran"):
+            call()

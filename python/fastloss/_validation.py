@@ -125,6 +125,8 @@ def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> st
 
 def check_real(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
     """A finite real option in [lo, hi]."""
+    if type(value) is float and lo <= value <= hi:  # (the common case, checked at once)
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
     if isinstance(value, np.complexfloating):

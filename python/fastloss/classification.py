@@ -168,26 +168,23 @@ def cross_entropy(
     >>> r.lse.round(4), float(r.token_accuracy)
     (array([2.417, 2.72 ]), 0.5)
     """
-    if (type(logits) is np.ndarray and type(target) is np.ndarray and weight is None
-            and softcap is None and normalizer is None and return_grad is False
-            and grad_out is None
-            and type(reduction) is str and reduction in _SMALL_REDUCTIONS
-            and type(ignore_index) is int and type(axis) is int and axis in (-1, 1)
+    if (weight is None and softcap is None and normalizer is None and grad_out is None
+            and type(axis) is int and axis in (-1, 1)
             and type(label_smoothing) is float and label_smoothing == 0.0
             and type(z_loss) is float and z_loss == 0.0
             and return_lse is False and return_token_accuracy is False):
-        # The common small call, checked and reduced in one call into the core (None: the
-        # general path below, which also raises every user-facing error).
-        r = _core.cross_entropy_small(logits, target, ignore_index, reduction == "mean")
+        # The common small call (2-d logits, int64 targets), checked and computed in one call
+        # into the core (None: the general path below, which also raises every user-facing
+        # error).
+        r = _core.class_rows_small(0, logits, target, ignore_index, reduction, return_grad)
         if r is not None:
-            return logits.dtype.type(r)
+            return r
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, return_grad, grad_out,
                           normalizer=normalizer, return_lse=return_lse,
                           return_token_accuracy=return_token_accuracy)
 
 
-_SMALL_REDUCTIONS = ("mean", "sum")
 # Rows per chunk of a reduced cross-entropy (2 MB of per-row losses); at least the small-call
 # path's 16,384 rows, so that both sum the same rows in the same order.
 _CHUNK_ROWS = 1 << 18
@@ -366,6 +363,11 @@ def nll_loss(
     >>> float(fl.nll_loss(np.log([[0.7, 0.2, 0.1]]), [0]))  # -log(0.7)
     0.35667494393873245
     """
+    if weight is None and grad_out is None and type(axis) is int and axis in (-1, 1):
+        # the common small call (as cross_entropy's)
+        r = _core.class_rows_small(1, log_probs, target, ignore_index, reduction, return_grad)
+        if r is not None:
+            return r
     x, ax = _class_input(log_probs, "log_probs", axis)
     reduction = check_reduction(reduction)
     ignore_index = check_int(ignore_index, "ignore_index")

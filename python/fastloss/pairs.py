@@ -175,6 +175,14 @@ def _grad_out_check(grad_out: Any, return_grad: Any) -> bool:
     return bool(return_grad)
 
 
+def _plain(a: Any) -> bool:
+    """A float32/float64 ndarray: float_input takes it as it is and cannot fail on it, so a
+    function may try the small-call fast path (``_core.pairwise_fast``: ndarrays of one shape,
+    dtype and C order, checked in the core, None where it does not apply or finds invalid
+    operands) before float_input, whose checks and cost then wait for the general path."""
+    return type(a) is np.ndarray and a.dtype.char in "fd"
+
+
 def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -249,13 +257,20 @@ def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: b
     array([ 0., -1.])
     """
     return_grad = _grad_out_check(grad_out, return_grad)
-    x = float_input(input, "input")
+    fast = grad_out is None and _plain(input)
+    x = None if fast else float_input(input, "input")
     log_input = _check_bool(log_input, "log_input")
     full = _check_bool(full, "full")
     e = check_real(eps, "eps", 0.0)
     if not math.isfinite(e):
         raise ValueError(f"eps must be finite, got {eps!r}")
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["poisson_nll"], input, None, target, e, log_input, full,
+                                reduction, return_grad, False)
+        if r is not None:
+            return r
+        x = float_input(input, "input")
 
     def bad(n_bad, xf, yf):
         if n_bad:
@@ -357,13 +372,22 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     >>> d_x, float(d_var)  # d / v; sum of 0.5 (1 - d**2)
     (array([1., 0.]), 0.5)
     """
-    x = float_input(input, "input")
+    fast = _plain(input) and _plain(var) and var.shape == input.shape
+    x = None if fast else float_input(input, "input")
     full = _check_bool(full, "full")
     e = check_real(eps, "eps")
     if not (math.isfinite(e) and e > 0):
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    vi, scalar_var, _ = _gaussian_var(var, x.array.shape)
+    if not fast:
+        vi, scalar_var, _ = _gaussian_var(var, x.array.shape)
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["gaussian_nll"], input, var, target, e, True, full,
+                                reduction, return_grad, False)
+        if r is not None:
+            return r
+        x = float_input(input, "input")
+        vi, scalar_var, _ = _gaussian_var(var, x.array.shape)
     if scalar_var:  # (the number takes input's dtype, as torch's var * ones_like(input))
         vi = FloatInput(vi.array.astype(x.array.dtype), _F64, x.loss_dtype, x.compute_dtype)
 
@@ -446,9 +470,17 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     >>> d1, d2
     (array([-0.5,  0. ]), array([0.5, 0. ]))
     """
-    a, b = float_input(input1, "input1"), float_input(input2, "input2")
+    fast = _plain(input1) and _plain(input2)
+    if not fast:
+        a, b = float_input(input1, "input1"), float_input(input2, "input2")
     m = _finite_margin(margin)
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["margin_ranking"], input1, input2, target, m, True,
+                                False, reduction, return_grad, False)
+        if r is not None:
+            return r
+        a, b = float_input(input1, "input1"), float_input(input2, "input2")
     total, per, grads, shape = run_pairwise(
         "margin_ranking", [a, b], [(target, "target")], p0=m, reduction=reduction,
         return_grad=return_grad, grads=2, names=("input1", "input2"))
@@ -514,9 +546,16 @@ def hinge_embedding_loss(input: Any, target: Any, *, margin: float = 1.0,
     array([0.3, 0.7, 0. ])
     """
     return_grad = _grad_out_check(grad_out, return_grad)
-    x = float_input(input, "input")
+    fast = grad_out is None and _plain(input)
+    x = None if fast else float_input(input, "input")
     m = _finite_margin(margin)
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["hinge_embedding"], input, None, target, m, True, False,
+                                reduction, return_grad, False)
+        if r is not None:
+            return r
+        x = float_input(input, "input")
     total, per, grads, shape = run_pairwise(
         "hinge_embedding", [x], [(target, "target")], p0=m, reduction=reduction,
         return_grad=return_grad, grad_out=grad_out, bad=_bad_labels("target"))
@@ -568,8 +607,15 @@ def soft_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     0.346574
     """
     return_grad = _grad_out_check(grad_out, return_grad)
-    x = float_input(input, "input")
+    fast = grad_out is None and _plain(input)
+    x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["soft_margin"], input, None, target, 0.0, True, False,
+                                reduction, return_grad, False)
+        if r is not None:
+            return r
+        x = float_input(input, "input")
     total, per, grads, shape = run_pairwise(
         "soft_margin", [x], [(target, "target")], reduction=reduction,
         return_grad=return_grad, grad_out=grad_out)
@@ -629,8 +675,15 @@ def log_cosh_loss(input: Any, target: Any, *, reduction: str = "mean",
     array([ 0.        ,  0.43378083, 99.30685282])
     """
     return_grad = _grad_out_check(grad_out, return_grad)
-    x = float_input(input, "input")
+    fast = grad_out is None and _plain(input)
+    x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
+    if fast:
+        r = _core.pairwise_fast(KINDS["log_cosh"], input, None, target, 0.0, True, False,
+                                reduction, return_grad, False)
+        if r is not None:
+            return r
+        x = float_input(input, "input")
     total, per, grads, shape = run_pairwise(
         "log_cosh", [x], [(target, "target")], reduction=reduction,
         return_grad=return_grad, grad_out=grad_out)
@@ -694,8 +747,19 @@ def generalized_kl_div(input: Any, target: Any, *, axis: Any = -1, reduction: st
     array([0.        , 0.69314718])
     """
     return_grad = _grad_out_check(grad_out, return_grad)
-    x = float_input(input, "input")
+    fast = grad_out is None and _plain(input) and type(axis) is int and axis == -1
+    x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
+    if fast:  # (mean over the rows of the last axis; "none": the per-element losses)
+        r = _core.pairwise_fast(KINDS["generalized_kl"], input, None, target, 0.0, True, False,
+                                reduction, return_grad, True)
+        if r is not None:
+            if reduction != "none":
+                return r
+            per, g = r if return_grad else (r, None)
+            loss = np.add.reduce(per, axis=-1, dtype=_F64).astype(per.dtype)  # (as below)
+            return (loss, g) if return_grad else loss
+        x = float_input(input, "input")
     y = real_array(target, "target", x.compute_dtype)
     shape = _broadcast([("input", x.array.shape), ("target", y.shape)])
     axes = normalize_axes(axis, len(shape))

@@ -109,6 +109,10 @@ def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
     >>> round(float(z.real), 12), round(float(z.imag), 12)
     (0.34657359028, 0.785398163397)
     """
+    if b is None and keepdims is False and return_sign is False:
+        r = _core.softmax_small(0, a, axis)  # the common small call (None: the general path)
+        if r is not None:
+            return r
     a_arr = _array(a, "a")
     b_arr = None if b is None else _array(b, "b")
     if a_arr.dtype.kind == "c" or b_arr is not None:
@@ -278,6 +282,9 @@ def _softmax_complex(z: np.ndarray, axis: Any, log: bool):
 
 
 def _softmax(x: Any, axis: Any, log: bool, name: str):
+    r = _core.softmax_small(2 if log else 1, x, axis)  # the common small call (None: below)
+    if r is not None:
+        return r
     z = _array(x, "x")
     if z.dtype.kind == "c":
         return _softmax_complex(z, axis, log)

@@ -110,6 +110,35 @@ void multilabel_margin_py(const py::array& x, const py::array& target, double gr
   });
 }
 
+
+// The elementwise pair losses without weights: elementwise_fast (bind_util.hpp). x2 (None for
+// the one-operand kinds) is the second differentiable operand; rows_mean: "mean" divides by the
+// rows of the last axis (generalized_kl_div, whose "none" then gives the per-element losses,
+// summed over that axis by the caller).
+py::object pairwise_fast(int kind, py::handle x, py::handle x2, py::handle y, double p0,
+                         bool log_input, bool full, py::handle reduction,
+                         py::handle return_grad, bool rows_mean) {
+  if (kind < 0 || kind > int(PairKind::kGeneralizedKl))
+    throw std::invalid_argument("_core: unknown pairwise kind");
+  const bool two = kind == int(PairKind::kGaussianNll) || kind == int(PairKind::kMarginRanking);
+  if (two == x2.is_none()) throw std::invalid_argument("_core: x2 given for the wrong kind");
+  const FastMean rule = rows_mean ? kMeanRowsOfLastAxis : kMeanElements;
+  auto run = [&](auto& c, double& total) {
+    using S = typename std::decay_t<decltype(c)>::type;
+    PairwiseArgs<S> a;
+    a.kind = static_cast<PairKind>(kind);
+    a.n = c.n, a.x = c.in[0];
+    a.x2 = two ? c.in[1] : nullptr;
+    a.y = c.in[two ? 2 : 1];
+    a.p0 = p0, a.log_input = log_input, a.full = full, a.grad_scale = c.grad_scale;
+    a.loss = c.loss, a.grad = c.grad[0], a.grad2 = two ? c.grad[1] : nullptr;
+    total = fastloss::pairwise(a);
+    return a.n_bad == 0;  // (invalid operands: the general path raises, or ignores them)
+  };
+  return two ? elementwise_fast({x, x2, y}, 2, reduction, return_grad, rule, run)
+             : elementwise_fast({x, y}, 1, reduction, return_grad, rule, run);
+}
+
 }  // namespace
 
 void register_pairs(py::module_& m) {
@@ -120,6 +149,10 @@ void register_pairs(py::module_& m) {
         py::arg("w"), py::arg("p0"), py::arg("log_input"), py::arg("full"),
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("grad2"),
         py::arg("count_only") = false);
+  // Small-call fast path: what the public function returns, or None (bind_util.hpp).
+  m.def("pairwise_fast", &pairwise_fast, py::arg("kind"), py::arg("x"), py::arg("x2"),
+        py::arg("y"), py::arg("p0"), py::arg("log_input"), py::arg("full"),
+        py::arg("reduction"), py::arg("return_grad"), py::arg("rows_mean"));
   // multilabel_margin_loss: input (rows, C) any strides, target (rows, C) int64 C order,
   // per-row float64 losses into `loss`.
   m.def("multilabel_margin", &multilabel_margin_py, py::arg("input"), py::arg("target"),

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
+#include <initializer_list>
 
 #include "kernels.hpp"
 
@@ -62,6 +64,152 @@ template <class Fn> auto by_dtype(const py::array& x, Fn&& fn) {
   if (holds<float16>(x)) return fn(float16{});
   if (holds<bfloat16>(x)) return fn(bfloat16{});
   throw std::invalid_argument("_core: only float16/bfloat16/float32/float64 arrays reach the core");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-call fast paths (issue 13): a loss in a loop is often a few hundred numbers, where the
+// Python layer's checks cost ten times the arithmetic. A fast-path binding checks the common
+// case (exact ndarrays of one float dtype and layout, default options) itself and returns None
+// when anything differs, or when the kernel finds invalid input; the Python layer then takes
+// its general path, which raises the user-facing errors. A fast path writes only into arrays
+// it creates, so nothing the caller owns is written before a check fails.
+// ---------------------------------------------------------------------------------------------
+// Work below this many elements runs with the GIL held (releasing it costs more than it gives).
+constexpr int64_t kSmallWork = int64_t(1) << 15;
+
+// An aligned array of native byte order whose dtype has this kind and item size.
+inline bool plain_dtype(const py::array& a, char kind, ssize_t itemsize) {
+  const py::dtype dt = a.dtype();
+  const char order = dt.byteorder();
+  return dt.kind() == kind && dt.itemsize() == itemsize && (order == '=' || order == '|') &&
+         (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+}
+inline bool plain_float(const py::array& a) {
+  return plain_dtype(a, 'f', 4) || plain_dtype(a, 'f', 8);
+}
+
+// Is h a numpy.ndarray (not a subclass, not something convertible)?
+inline bool exact_ndarray(py::handle h) {
+  return Py_TYPE(h.ptr()) == py::detail::npy_api::get().PyArray_Type_;
+}
+
+// The reduction argument, exactly a str: 0 "none", 1 "mean", 2 "sum", 3 "batchmean" (only
+// where allowed); -1 for anything else (the general path raises or handles it).
+enum FastReduction { kFastNone = 0, kFastMean = 1, kFastSum = 2, kFastBatchMean = 3 };
+inline int fast_reduction(py::handle r, bool batchmean_ok = false) {
+  PyObject* o = r.ptr();
+  if (!PyUnicode_CheckExact(o)) return -1;
+  if (PyUnicode_CompareWithASCIIString(o, "mean") == 0) return kFastMean;
+  if (PyUnicode_CompareWithASCIIString(o, "sum") == 0) return kFastSum;
+  if (PyUnicode_CompareWithASCIIString(o, "none") == 0) return kFastNone;
+  if (batchmean_ok && PyUnicode_CompareWithASCIIString(o, "batchmean") == 0) return kFastBatchMean;
+  return -1;
+}
+
+// return_grad exactly True (1) or False (0); -1 otherwise.
+inline int fast_flag(py::handle f) {
+  return f.ptr() == Py_True ? 1 : f.ptr() == Py_False ? 0 : -1;
+}
+
+// A NumPy scalar of float32 (f32) or float64 holding v rounded to it, as np.float32(v).
+inline py::object numpy_scalar(double v, bool f32) {
+  // (the types, looked up once and kept for the life of the process)
+  static const py::handle t32 = py::object(py::module_::import("numpy").attr("float32")).release();
+  static const py::handle t64 = py::object(py::module_::import("numpy").attr("float64")).release();
+  return (f32 ? t32 : t64)(v);
+}
+
+// What a fast elementwise call hands its kernel: n elements of every operand (contiguous, of
+// storage type S), where to write per-element losses (reduction "none") and gradients.
+template <class S> struct FastCall {
+  using type = S;
+  int64_t n = 0;
+  const S* in[3] = {};    // the operands, in the order given
+  double grad_scale = 1.0;
+  S* loss = nullptr;      // per-element losses ("none"), or nullptr
+  S* grad[2] = {};        // gradients of the first n_grads operands, or nullptr
+};
+
+// What "mean" divides by: the number of elements, or (kl_div) that with "batchmean" allowed
+// (the size of the first axis), or (generalized_kl_div) the number of rows of the last axis.
+enum FastMean { kMeanElements, kMeanOrBatchMean, kMeanRowsOfLastAxis };
+
+// The shared fast path of the elementwise losses (_core.pointwise_fast, _core.pairwise_fast):
+// every operand an exact ndarray of one shape, float32 or float64 (all one), C order, not
+// empty; `reduction` and `return_grad` as the user gave them. run(FastCall<S>&, double& total)
+// calls the kernel and returns false where it found invalid input. Returns None (the general
+// path applies), or what the public function returns: the loss (a NumPy scalar, or an array
+// of the operands' shape for "none") and, with return_grad, the gradient of the first operand
+// (n_grads 1) or a tuple of the first two operands' (n_grads 2).
+template <class Run>
+py::object elementwise_fast(std::initializer_list<py::handle> operands, int n_grads,
+                            py::handle reduction, py::handle return_grad, FastMean mean_rule,
+                            Run&& run) {
+  const int red = fast_reduction(reduction, mean_rule == kMeanOrBatchMean);
+  const int grad = fast_flag(return_grad);
+  if (red < 0 || grad < 0 || operands.size() > 3) return py::none();
+  // (handles, not py::array: a default-constructed py::array allocates an empty array)
+  py::handle hs[3];
+  size_t k = 0;
+  for (py::handle h : operands) {
+    if (!exact_ndarray(h)) return py::none();
+    hs[k++] = h;
+  }
+  auto op = [&](size_t i) { return py::reinterpret_borrow<py::array>(hs[i]); };
+  const py::array x = op(0);
+  const ssize_t nd = x.ndim();
+  if (!plain_float(x) || !(x.flags() & py::array::c_style) || x.size() == 0) return py::none();
+  for (size_t i = 1; i < k; ++i) {
+    const py::array a = op(i);
+    if (!plain_float(a) || a.dtype().itemsize() != x.dtype().itemsize() || a.ndim() != nd ||
+        !(a.flags() & py::array::c_style))
+      return py::none();
+    for (ssize_t d = 0; d < nd; ++d)
+      if (a.shape(d) != x.shape(d)) return py::none();
+  }
+  const int64_t n = x.size();
+  int64_t denom = n;
+  if (red == kFastBatchMean) denom = nd ? x.shape(0) : 1;
+  if (mean_rule == kMeanRowsOfLastAxis) {
+    if (nd == 0) return py::none();
+    denom = n / x.shape(nd - 1);
+  }
+  const bool mean = red == kFastMean || red == kFastBatchMean;
+  const std::vector<ssize_t> shape(x.shape(), x.shape() + nd);
+  auto go = [&](auto tag) -> py::object {
+    using S = decltype(tag);
+    FastCall<S> c;
+    c.n = n;
+    for (size_t i = 0; i < k; ++i) c.in[i] = static_cast<const S*>(op(i).data());
+    c.grad_scale = mean ? 1.0 / double(denom) : 1.0;
+    py::object loss, g[2];  // (null until made)
+    if (red == kFastNone) {
+      py::array_t<S> a(shape);
+      c.loss = a.mutable_data();
+      loss = std::move(a);
+    }
+    for (int j = 0; grad && j < n_grads; ++j) {
+      py::array_t<S> a(shape);
+      c.grad[j] = a.mutable_data();
+      g[j] = std::move(a);
+    }
+    double total = 0.0;
+    bool ok;
+    if (n >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      ok = run(c, total);
+    } else {
+      ok = run(c, total);
+    }
+    if (!ok) return py::none();
+    py::object value = red == kFastNone ? loss
+                       : numpy_scalar(mean ? total / double(denom) : total,
+                                      std::is_same_v<S, float>);
+    if (!grad) return value;
+    if (n_grads == 1) return py::make_tuple(value, g[0]);
+    return py::make_tuple(value, py::make_tuple(g[0], g[1]));
+  };
+  return x.dtype().itemsize() == 4 ? go(float{}) : go(double{});
 }
 
 }  // namespace bind

@@ -423,17 +423,6 @@ double numpy_pairwise_sum(const double* a, int64_t n) {
   return numpy_pairwise_sum(a, n2) + numpy_pairwise_sum(a + n2, n - n2);
 }
 
-// An aligned array of native byte order whose dtype has this kind and item size.
-bool plain_dtype(const py::array& a, char kind, ssize_t itemsize) {
-  const py::dtype dt = a.dtype();
-  const char order = dt.byteorder();
-  return dt.kind() == kind && dt.itemsize() == itemsize && (order == '=' || order == '|') &&
-         (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
-}
-bool plain_float(const py::array& a) { return plain_dtype(a, 'f', 4) || plain_dtype(a, 'f', 8); }
-
-// Work below this many elements runs with the GIL held (releasing it costs more than it gives).
-constexpr int64_t kSmallWork = int64_t(1) << 15;
 // The cross-entropy fast path takes up to this many rows (its target check and sum are serial).
 constexpr int64_t kSmallRows = int64_t(1) << 14;
 
@@ -479,9 +468,24 @@ py::tuple check_class_targets(const py::array& t, int64_t n_classes, int64_t ign
   return py::make_tuple(first, total);
 }
 
-// cross_entropy(logits (N, C), target (N,) int64, ignore_index, reduction mean/sum).
-py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t ignore_index,
-                               bool mean) {
+// cross_entropy (kind 0) or nll_loss (kind 1) of logits / log-probabilities (N, C) and
+// class-index targets (N,) contiguous int64, without class weights: the loss ("mean", "sum" as
+// a NumPy scalar, "none" as an (N,) array) and with return_grad the gradient, as the public
+// function returns them; None where the general path applies (anything else, a target out of
+// range, an empty or large batch, an ignore_index outside int64).
+py::object class_rows_small(int kind, py::handle logits, py::handle target,
+                            py::handle ignore_index_, py::handle reduction,
+                            py::handle return_grad) {
+  const int red = fast_reduction(reduction);
+  const int grad = fast_flag(return_grad);
+  if (red < 0 || grad < 0 || !exact_ndarray(logits) || !exact_ndarray(target) ||
+      !PyLong_CheckExact(ignore_index_.ptr()))
+    return py::none();
+  int overflow = 0;
+  const int64_t ignore_index = PyLong_AsLongLongAndOverflow(ignore_index_.ptr(), &overflow);
+  if (overflow) return py::none();
+  const auto x = py::reinterpret_borrow<py::array>(logits);
+  const auto t = py::reinterpret_borrow<py::array>(target);
   if (x.ndim() != 2 || t.ndim() != 1 || !plain_float(x) || !plain_dtype(t, 'i', 8) ||
       t.strides(0) != 8)
     return py::none();
@@ -496,27 +500,84 @@ py::object cross_entropy_small(const py::array& x, const py::array& t, int64_t i
     if (v < 0 || v >= C) return py::none();  // the general path names the bad index
     ++count;
   }
+  const bool mean = red == kFastMean;
+  // (every row ignored: the mean's gradient scale 0 and its loss 0 / 0 = NaN, as in Python)
+  const double scale = mean ? (count ? 1.0 / double(count) : 0.0) : 1.0;
   std::vector<double> per_row(size_t(n), 0.0);
-  auto run = [&](auto tag) {
+  auto run = [&](auto tag) -> py::object {
     using S = decltype(tag);
-    CrossEntropyArgs<S> a;
-    a.x = static_cast<const S*>(x.data());
-    a.lx.n0 = n, a.lx.n1 = C, a.lx.n2 = 1;
-    a.lx.s0 = x.strides(0) / ssize_t(sizeof(S)), a.lx.s1 = x.strides(1) / ssize_t(sizeof(S));
-    a.lx.s2 = 1;
-    a.target = tp;
-    a.ignore_index = ignore_index;
-    a.loss = per_row.data();
+    Layout3 lx;  // (the layout of the general path's as3d view: (N, C, 1))
+    lx.n0 = n, lx.n1 = C, lx.n2 = 1;
+    lx.s0 = x.strides(0) / ssize_t(sizeof(S)), lx.s1 = x.strides(1) / ssize_t(sizeof(S));
+    lx.s2 = 1;
+    py::object g;  // (null without return_grad: a default py::array_t allocates one)
+    S* gp = nullptr;
+    Layout3 lg;
+    if (grad) {
+      py::array_t<S> a(std::vector<ssize_t>{n, C});
+      gp = a.mutable_data();
+      g = std::move(a);
+      lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
+    }
+    auto call = [&] {
+      if (kind == 0) {
+        CrossEntropyArgs<S> a;
+        a.x = static_cast<const S*>(x.data()), a.lx = lx;
+        a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
+        a.loss = per_row.data();
+        if (grad) a.grad = gp, a.lg = lg;
+        fastloss::cross_entropy(a);
+      } else {
+        NllArgs<S> a;
+        a.x = static_cast<const S*>(x.data()), a.lx = lx;
+        a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
+        a.loss = per_row.data();
+        if (grad) a.grad = gp, a.lg = lg;
+        fastloss::nll_loss(a);
+      }
+    };
     if (n * C >= kSmallWork) {
       py::gil_scoped_release nogil;
-      fastloss::cross_entropy(a);
+      call();
     } else {
-      fastloss::cross_entropy(a);
+      call();
     }
+    py::object value;
+    if (red == kFastNone) {  // per-row float64 losses in the logits' dtype
+      py::array_t<S> l(std::vector<ssize_t>{n});
+      S* lp = l.mutable_data();
+      for (int64_t i = 0; i < n; ++i) {
+        lp[i] = static_cast<S>(per_row[size_t(i)]);
+        // a finite loss past float32's range: the general path, whose NumPy cast warns
+        if (std::isinf(lp[i]) && !std::isinf(per_row[size_t(i)])) return py::none();
+      }
+      value = l;
+    } else {
+      const double total = numpy_pairwise_sum(per_row.data(), n);
+      value = numpy_scalar(mean ? total / double(count) : total, std::is_same_v<S, float>);
+    }
+    return grad ? py::object(py::make_tuple(value, g)) : value;
   };
-  if (x.dtype().itemsize() == 4) run(float{}); else run(double{});
-  const double total = numpy_pairwise_sum(per_row.data(), n);
-  return py::float_(mean ? total / double(count) : total);  // (all ignored: 0 / 0 = NaN)
+  return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
+}
+
+// The pointwise losses (kind as _core.pointwise), no weights: elementwise_fast (bind_util.hpp).
+py::object pointwise_fast(int kind, py::handle x, py::handle y, double p0, double p1,
+                          py::handle reduction, py::handle return_grad) {
+  if (kind < 0 || kind > int(PointwiseKind::kKlDiv))
+    throw std::invalid_argument("_core: unknown pointwise kind");
+  const FastMean rule = kind == int(PointwiseKind::kKlDiv) ? kMeanOrBatchMean : kMeanElements;
+  return elementwise_fast({x, y}, 1, reduction, return_grad, rule, [&](auto& c, double& total) {
+    using S = typename std::decay_t<decltype(c)>::type;
+    PointwiseArgs<S> a;
+    a.kind = static_cast<PointwiseKind>(kind);
+    a.n = c.n, a.x = c.in[0], a.y = c.in[1], a.p0 = p0, a.p1 = p1;
+    a.grad_scale = c.grad_scale, a.loss = c.loss, a.grad = c.grad[0];
+    total = fastloss::pointwise(a);
+    // what the general path raises for (bce, kl_div: [2]; hinge: [2], or both -1 and 0)
+    const int64_t* k = a.label_counts;
+    return k[2] == 0 && !(a.kind == PointwiseKind::kHinge && k[0] && k[1]);
+  });
 }
 
 // mse_loss / l1_loss (kind 0 / 1) of two arrays of one shape, dtype and C order.
@@ -546,6 +607,58 @@ py::object pointwise_small(int kind, const py::array& x, const py::array& y, boo
   return py::float_(mean ? total / double(x.size()) : total);
 }
 
+// logsumexp (op 0), softmax (1), log_softmax (2) of a C-order float32/float64 ndarray (at least
+// 1-d, not empty) along one axis (an exact int) or all (None), as the public functions return
+// them (logsumexp of one row: a NumPy scalar); None where the general path applies.
+py::object softmax_small(int op, py::handle x_, py::handle axis) {
+  if (!exact_ndarray(x_)) return py::none();
+  const auto x = py::reinterpret_borrow<py::array>(x_);
+  const ssize_t nd = x.ndim();
+  if (nd == 0 || x.size() == 0 || !plain_float(x) || !(x.flags() & py::array::c_style))
+    return py::none();
+  Layout3 L;  // (the general path's rows_last view of a C-order array)
+  std::vector<ssize_t> kept;
+  if (axis.is_none()) {
+    L.n0 = 1, L.n1 = x.size(), L.n2 = 1;
+  } else {
+    if (!PyLong_CheckExact(axis.ptr())) return py::none();
+    int overflow = 0;
+    long long ax = PyLong_AsLongLongAndOverflow(axis.ptr(), &overflow);
+    if (overflow || ax < -nd || ax >= nd) return py::none();
+    if (ax < 0) ax += nd;
+    L.n0 = L.n1 = L.n2 = 1;
+    for (ssize_t d = 0; d < nd; ++d) {
+      if (d < ax) L.n0 *= x.shape(d);
+      else if (d > ax) L.n2 *= x.shape(d);
+      if (d != ax) kept.push_back(x.shape(d));
+    }
+    L.n1 = x.shape(ssize_t(ax));
+  }
+  L.s2 = 1, L.s1 = L.n2, L.s0 = L.n1 * L.n2;
+  auto run = [&](auto tag) -> py::object {
+    using S = decltype(tag);
+    SoftmaxArgs<S> a;
+    a.x = static_cast<const S*>(x.data());
+    a.lx = L;
+    py::array_t<S> out(op == 0 ? kept : std::vector<ssize_t>(x.shape(), x.shape() + nd));
+    a.out = out.mutable_data();
+    a.lo = L;
+    auto call = [&] {
+      if (op == 0) fastloss::logsumexp(a);
+      else fastloss::softmax(a, op == 2);
+    };
+    if (x.size() >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      call();
+    } else {
+      call();
+    }
+    if (op == 0 && kept.empty()) return numpy_scalar(double(a.out[0]), std::is_same_v<S, float>);
+    return out;
+  };
+  return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
+}
+
 }  // namespace
 
 void register_pairs(py::module_& m);  // issue 16: bind_pairs.cpp
@@ -565,8 +678,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lse") = py::none(), py::arg("correct") = py::none());
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
-  // Small-call fast paths (see there): the reduced loss as a float, or None.
-  m.def("cross_entropy_small", &cross_entropy_small);
+  // Small-call fast paths (see there and bind_util.hpp): what the public function returns,
+  // or None where its general path applies (pointwise_small: the reduced loss as a float).
+  m.def("class_rows_small", &class_rows_small);
+  m.def("pointwise_fast", &pointwise_fast);
+  m.def("softmax_small", &softmax_small);
   m.def("check_class_targets", &check_class_targets, py::arg("target"), py::arg("n_classes"),
         py::arg("ignore_index"));
   m.def("pointwise_small", &pointwise_small);

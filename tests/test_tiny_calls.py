@@ -1,0 +1,383 @@
+"""Issue 13, "tiny calls": the small-call fast paths of the pointwise losses, the pair losses,
+cross_entropy / nll_loss with gradients and "none", and logsumexp / softmax / log_softmax.
+
+The fast path must give the general path's results bit for bit (values, dtypes, shapes, Python
+types) and, on invalid input, the same exception with the same message. The general path is
+forced by passing an ndarray subclass view of the same data (every function takes its operands
+through np.asarray, which drops the subclass; the fast paths take exact ndarrays only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import _core
+
+
+class _Sub(np.ndarray):
+    """An ndarray subclass: the same data, but the fast paths decline it."""
+
+
+def _g(a):
+    return a.view(_Sub)
+
+
+def _same(fast, general):
+    """Bit-identical results, recursively through tuples."""
+    if isinstance(general, tuple):
+        assert isinstance(fast, tuple) and len(fast) == len(general)
+        for f, g in zip(fast, general):
+            _same(f, g)
+        return
+    assert type(fast) is type(general), (type(fast), type(general))
+    assert fast.dtype == general.dtype and np.shape(fast) == np.shape(general)
+    np.testing.assert_array_equal(np.asarray(fast).reshape(-1).view(np.uint8),
+                                  np.asarray(general).reshape(-1).view(np.uint8))
+
+
+def _outcome(f, *args, **kw):
+    try:
+        return "ok", f(*args, **kw)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        return "raised", (type(exc), str(exc))
+
+
+def _same_outcome(f, fast_args, general_args, **kw):
+    a, b = _outcome(f, *fast_args, **kw), _outcome(f, *general_args, **kw)
+    assert a[0] == b[0], (a, b)
+    if a[0] == "raised":
+        assert a[1] == b[1]
+    else:
+        _same(a[1], b[1])
+    return a
+
+
+@pytest.fixture
+def fast_only(monkeypatch):
+    """A context in which the general paths fail: what runs there took a fast path."""
+    import contextlib
+    import importlib
+
+    mods = {m: importlib.import_module(f"fastloss.{m}")  # (fastloss.softmax is the function)
+            for m in ("_pointwise", "pairs", "classification", "softmax")}
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    @contextlib.contextmanager
+    def ctx():
+        with monkeypatch.context() as m:
+            m.setattr(mods["_pointwise"], "float_input", general)
+            m.setattr(mods["pairs"], "float_input", general)
+            m.setattr(mods["classification"], "_class_input", general)
+            m.setattr(mods["softmax"], "float_input", general)
+            yield
+
+    return ctx
+
+
+def _data(rng, shape, dtype):
+    x = rng.normal(0, 2, shape).astype(dtype)
+    return {
+        "x": x,
+        "y": rng.normal(0, 2, shape).astype(dtype),
+        "prob": rng.random(shape).astype(dtype),
+        "pm1": np.where(rng.random(shape) > 0.5, 1.0, -1.0).astype(dtype),
+        "01": (rng.random(shape) > 0.5).astype(dtype),
+        "pos": (rng.random(shape) + 0.1).astype(dtype),
+        "logp": np.log(rng.random(shape) + 0.01).astype(dtype),
+    }
+
+
+# name: (function, operand keys, options): the first operand is the differentiable one (two
+# for margin_ranking and gaussian_nll (input, var): passed as (input, target, var))
+ELEMENTWISE = {
+    "mse_loss": (fl.mse_loss, ("x", "y"), {}),
+    "l1_loss": (fl.l1_loss, ("x", "y"), {}),
+    "huber_loss": (fl.huber_loss, ("x", "y"), {"delta": 0.7}),
+    "smooth_l1_loss": (fl.smooth_l1_loss, ("x", "y"), {"beta": 0.5}),
+    "bce_with_logits": (fl.binary_cross_entropy_with_logits, ("x", "prob"), {}),
+    "binary_cross_entropy": (fl.binary_cross_entropy, ("prob", "01"), {}),
+    "sigmoid_focal_loss": (fl.sigmoid_focal_loss, ("x", "01"), {"gamma": 1.5}),
+    "hinge_loss": (fl.hinge_loss, ("x", "pm1"), {}),
+    "hinge_loss_01": (fl.hinge_loss, ("x", "01"), {"squared": True}),
+    "kl_div": (fl.kl_div, ("logp", "prob"), {}),
+    "kl_div_log_target": (fl.kl_div, ("logp", "y"), {"log_target": True}),
+    "poisson_nll_loss": (fl.poisson_nll_loss, ("x", "pos"), {}),
+    "poisson_nll_rates": (fl.poisson_nll_loss, ("pos", "y"), {"log_input": False,
+                                                              "full": True}),
+    "gaussian_nll_loss": (fl.gaussian_nll_loss, ("x", "y", "pos"), {"full": True}),
+    "margin_ranking_loss": (fl.margin_ranking_loss, ("x", "y", "pm1"), {"margin": 0.3}),
+    "hinge_embedding_loss": (fl.hinge_embedding_loss, ("pos", "pm1"), {}),
+    "soft_margin_loss": (fl.soft_margin_loss, ("x", "pm1"), {}),
+    "log_cosh_loss": (fl.log_cosh_loss, ("x", "y"), {}),
+    "generalized_kl_div": (fl.generalized_kl_div, ("x", "pos"), {}),
+}
+
+
+def _reductions(name):
+    return ("mean", "sum", "none", "batchmean") if name.startswith("kl_div") else (
+        "mean", "sum", "none")
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (128,), (4, 33), (2, 3, 5)])
+def test_elementwise_fast_equals_general(rng, fast_only, name, dtype, shape):
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, shape, dtype)
+    ops = [d[k] for k in keys]
+    for reduction in _reductions(name):
+        for grad in (False, True):
+            kw2 = dict(kw, reduction=reduction, return_grad=grad)
+            with fast_only():
+                fast = f(*ops, **kw2)
+            general = f(*[_g(a) for a in ops], **kw2)
+            _same(fast, general)
+            loss = fast[0] if grad else fast
+            if reduction == "none":  # (generalized_kl_div: one per row of the last axis)
+                assert np.asarray(loss).dtype == dtype
+            else:
+                assert type(loss) is dtype
+    # the fast path is taken: the core answers for these operands (and not for the subclass)
+    if name in ("mse_loss", "bce_with_logits"):
+        assert _core.pointwise_fast(0, ops[0], ops[1], 0.0, 0.0, "mean", True) is not None
+        assert _core.pointwise_fast(0, _g(ops[0]), ops[1], 0.0, 0.0, "mean", True) is None
+
+
+def test_elementwise_fast_matches_reference(rng):
+    """Not only self-consistent: the fast path's numbers are the reference's."""
+    from fastloss import reference
+    d = _data(rng, (64,), np.float64)
+    loss, g = fl.mse_loss(d["x"], d["y"], reduction="sum", return_grad=True)
+    np.testing.assert_allclose(loss, np.sum((d["x"] - d["y"]) ** 2), rtol=1e-13)
+    np.testing.assert_allclose(g, 2 * (d["x"] - d["y"]), rtol=1e-13)
+    loss, g = fl.binary_cross_entropy_with_logits(d["x"], d["prob"], return_grad=True)
+    rl, rg = reference.binary_cross_entropy_with_logits(d["x"], d["prob"], return_grad=True)
+    np.testing.assert_allclose(loss, rl, rtol=1e-12)
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
+    per = fl.log_cosh_loss(d["x"], d["y"], reduction="none")
+    np.testing.assert_allclose(per, np.log(np.cosh(d["x"] - d["y"])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_invalid_input_same_errors(rng, dtype):
+    """Invalid values found by the kernel: the fast path declines and the general path raises
+    its error, the same as when called on the general path directly."""
+    d = _data(rng, (40,), dtype)
+    x, y = d["x"], d["y"]
+    bad_prob = d["prob"].copy()
+    bad_prob[7] = 1.5
+    nan_prob = d["prob"].copy()
+    nan_prob[3] = np.nan
+    bad_lab = d["pm1"].copy()
+    bad_lab[5] = 0.5
+    mixed = d["pm1"].copy()
+    mixed[2] = 0.0  # both -1 and 0
+    neg = d["pos"].copy()
+    neg[9] = -0.25
+    nan_x = x.copy()
+    nan_x[1] = np.nan
+    cases = [
+        (fl.binary_cross_entropy, (bad_prob, d["01"]), {}),
+        (fl.binary_cross_entropy, (nan_prob, d["01"]), {}),
+        (fl.hinge_loss, (x, bad_lab), {}),
+        (fl.hinge_loss, (x, mixed), {}),
+        (fl.kl_div, (d["logp"], y), {}),  # negative probability targets
+        (fl.kl_div, (d["logp"], y), {"negative_target": "nan"}),
+        (fl.poisson_nll_loss, (neg, y), {"log_input": False}),
+        (fl.poisson_nll_loss, (neg, y), {}),  # log-rates may be negative
+        (fl.gaussian_nll_loss, (x, y, neg), {}),
+        (fl.hinge_embedding_loss, (x, bad_lab), {}),
+        (fl.generalized_kl_div, (x, y), {}),
+        (fl.margin_ranking_loss, (x, y, bad_lab), {}),  # (torch's formula for any label)
+        (fl.mse_loss, (nan_x, y), {}),
+        (fl.binary_cross_entropy_with_logits, (nan_x, d["prob"]), {}),
+        # invalid options, valid operands: the general path's errors either way
+        (fl.mse_loss, (x, y), {"reduction": "avg"}),
+        (fl.kl_div, (x, d["prob"]), {"reduction": "batchmean2"}),
+        (fl.mse_loss, (x, y), {"reduction": "batchmean"}),
+        (fl.log_cosh_loss, (x, y), {"reduction": None}),
+        (fl.huber_loss, (x, y), {"delta": -1.0}),
+        (fl.sigmoid_focal_loss, (x, d["01"]), {"alpha": 2.0}),
+        (fl.poisson_nll_loss, (x, y), {"eps": -1.0}),
+        (fl.poisson_nll_loss, (x, y), {"log_input": 1}),
+        (fl.gaussian_nll_loss, (x, y, d["pos"]), {"eps": 0.0}),
+        (fl.margin_ranking_loss, (x, y, d["pm1"]), {"margin": np.inf}),
+        (fl.generalized_kl_div, (x, d["pos"]), {"axis": 3}),
+    ]
+    raised = 0
+    for f, ops, kw in cases:
+        for reduction in ("mean", "none"):
+            for grad in (False, True):
+                kw2 = dict({"reduction": reduction, "return_grad": grad}, **kw)
+                before = [a.copy() for a in ops]
+                out = _same_outcome(f, ops, [_g(a) for a in ops], **kw2)
+                raised += out[0] == "raised"
+                for a, b in zip(ops, before):  # nothing written into the operands
+                    np.testing.assert_array_equal(a, b)
+    assert raised >= 60  # (the errors above do raise)
+
+
+def test_elementwise_other_cases_decline(rng):
+    """Broadcasting, mixed dtypes, strided or Fortran views, 16-bit, lists, weights, grad_out
+    and non-bool return_grad take the general path, with its numbers."""
+    x = rng.normal(size=(6, 4))
+    y = rng.normal(size=(6, 4))
+    f32 = x.astype(np.float32)
+    for fast_args in [(x, y[:1]), (f32, y), (x[:, ::2], y[:, ::2]), (np.asfortranarray(x), y),
+                      (x.astype(np.float16), y.astype(np.float16)), (x.tolist(), y),
+                      (x, y.astype(np.int64)), (np.zeros((0, 3)), np.zeros((0, 3))),
+                      (x.byteswap().view(x.dtype.newbyteorder()), y)]:
+        assert _core.pointwise_fast(0, *fast_args, 0.0, 0.0, "mean", True) is None
+        for grad in (False, True):
+            _same_outcome(fl.log_cosh_loss, fast_args, [_g(np.asarray(a)) for a in fast_args],
+                          return_grad=grad)
+    assert _core.pointwise_fast(0, x, y, 0.0, 0.0, "mean", 1) is None
+    assert _core.pointwise_fast(0, x, y, 0.0, 0.0, np.str_("mean"), True) is None
+    assert _core.pairwise_fast(6, x, None, y, 0.0, True, False, "mean", True, True) is not None
+    g = np.empty_like(x)
+    loss, out = fl.mse_loss(x, y, return_grad=True, grad_out=g)
+    assert out is g
+    _same((loss, out), fl.mse_loss(_g(x), y, return_grad=True))
+    w = np.full((6, 4), 1.0)
+    _same(fl.mse_loss(x, y, weight=w), fl.mse_loss(_g(x), y, weight=w))
+    _same(fl.mse_loss(x, y, return_grad=1), fl.mse_loss(_g(x), y, return_grad=1))
+    # generalized_kl_div of 0-d operands: its AxisError, not a fast answer
+    with pytest.raises(np.exceptions.AxisError):
+        fl.generalized_kl_div(np.float64(0.5) * np.ones(()), np.ones(()))
+
+
+def test_large_calls_release_the_gil_and_agree(rng):
+    n = 1 << 16  # above kSmallWork: the kernel runs without the GIL, still the same numbers
+    x = rng.normal(size=n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    for f in (fl.binary_cross_entropy_with_logits, fl.log_cosh_loss):
+        for grad in (False, True):
+            _same(f(x, y, return_grad=grad), f(_g(x), y, return_grad=grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross_entropy, nll_loss
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 257)])
+def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
+    f = getattr(fl, fn)
+    x = rng.normal(0, 3, shape).astype(dtype)
+    if fn == "nll_loss":
+        x = fl.log_softmax(x, axis=-1)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::5] = -100
+    views = [x, x[:, ::-1]] if shape[1] > 1 else [x]  # (strided logits are taken as well)
+    for v in views:
+        for reduction in ("mean", "sum", "none"):
+            for grad in (False, True):
+                kw = dict(reduction=reduction, return_grad=grad)
+                with fast_only():
+                    fast = f(v, t, **kw)
+                assert _core.class_rows_small(0 if fn == "cross_entropy" else 1, v, t, -100,
+                                              reduction, grad) is not None
+                _same(fast, f(_g(v), t, **kw))
+                _same(fast, f(v, t, axis=1, **kw))
+        t_all = np.full(shape[0], 7)
+        for grad in (False, True):  # every row ignored: NaN mean, zero gradient
+            _same(f(v, t_all, ignore_index=7, return_grad=grad),
+                  f(_g(v), t_all, ignore_index=7, return_grad=grad))
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_class_rows_errors_and_declines(rng, fn):
+    f = getattr(fl, fn)
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    t = np.array([0, 1, 2, 0])
+    bad = [
+        ((x, np.array([0, 1, 3, 0])), {}),
+        ((x, np.array([0, -1, 1, 2])), {}),
+        ((x, np.array([0, 1, 2])), {}),
+        ((x, t), {"reduction": "avg"}),
+        ((x, t), {"ignore_index": 2 ** 70}),
+        ((x, t.astype(np.float32)), {}),
+        ((x, t), {"ignore_index": True}),
+        ((np.zeros((4, 0), np.float32), t), {}),
+        ((x, t), {"axis": 0}),
+    ]
+    for args, kw in bad:
+        for grad in (False, True):
+            _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad, **kw)
+    # a float32 loss past float32's range: NumPy's overflow warning on both paths
+    big = np.array([[-3e38, 3e38], [0.0, 1.0]], np.float32)
+    with np.errstate(over="raise"):
+        for grad in (False, True):
+            out = _same_outcome(f, (big, np.array([0, 1])), (_g(big), np.array([0, 1])),
+                                reduction="none", return_grad=grad)
+            if fn == "cross_entropy":  # (3e38 + 3e38; nll_loss's -x_t = 3e38 fits)
+                assert out[0] == "raised" and out[1][0] is FloatingPointError
+    # other target dtypes and 3-d logits: the general path, the same numbers
+    for args in [(x, t.astype(np.int32)), (x[None], t[None])]:
+        for grad in (False, True):
+            _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad)
+
+
+def test_cross_entropy_grad_matches_reference(rng):
+    from fastloss import reference
+    x = rng.normal(0, 3, (32, 10))
+    t = rng.integers(0, 10, 32)
+    loss, g = fl.cross_entropy(x, t, return_grad=True)
+    rl, rg = reference.cross_entropy(x, t, return_grad=True)
+    np.testing.assert_allclose(loss, rl, rtol=1e-13)
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-16)
+
+
+# ---------------------------------------------------------------------------------------------
+# logsumexp, softmax, log_softmax
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", ["logsumexp", "softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (10,), (32, 10), (3, 4, 5), (1, 7, 1)])
+def test_softmax_family_fast_equals_general(rng, fast_only, fn, dtype, shape):
+    f = getattr(fl, fn)
+    x = rng.normal(0, 3, shape).astype(dtype)
+    x.flat[0] = -np.inf
+    axes = [None] + list(range(-len(shape), len(shape)))
+    for axis in axes:
+        with fast_only():
+            fast = f(x, axis=axis)
+        _same(fast, f(_g(x), axis=axis))
+        _same(f(x, axis=axis), f(x, axis=(axis,) if axis is not None else None))
+    with np.errstate(all="ignore"):
+        sp = pytest.importorskip("scipy.special")
+        np.testing.assert_allclose(f(x.astype(np.float64), axis=-1),
+                                   getattr(sp, fn)(x.astype(np.float64), axis=-1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["logsumexp", "softmax", "log_softmax"])
+def test_softmax_family_errors_and_declines(rng, fn):
+    f = getattr(fl, fn)
+    x = rng.normal(size=(4, 5))
+    nan = x.copy()
+    nan[1, 2] = np.nan
+    for args, kw in [((x,), {"axis": 2}), ((x,), {"axis": -3}), ((x,), {"axis": 1.0}),
+                     ((x,), {"axis": True}), ((x,), {"axis": np.int64(1)}),
+                     ((x,), {"axis": (0, 1)}), ((x,), {"axis": 2 ** 70}),
+                     ((nan,), {"axis": 1}), ((x[:, ::2],), {"axis": 1}),
+                     ((x.T,), {"axis": 0}), ((np.zeros((0, 3)),), {"axis": 1}),
+                     ((np.float64(2.0) * np.ones(()),), {}),
+                     ((x.astype(np.float16),), {"axis": 1}),
+                     ((x.astype(np.int64),), {"axis": 1})]:
+        _same_outcome(f, args, (_g(args[0]),), **kw)
+    assert _core.softmax_small(0, x.T, 0) is None and _core.softmax_small(0, x, True) is None
+
+
+def test_fast_only_catches_the_general_path(rng, fast_only):
+    """The fixture the tests above rely on does fail where a general path runs."""
+    x = rng.normal(size=(4, 5))
+    t = np.array([0, 1, 2, 3])
+    for call in (lambda: fl.log_cosh_loss(_g(x), x), lambda: fl.mse_loss(x, x[:1]),
+                 lambda: fl.cross_entropy(_g(x), t), lambda: fl.softmax(x, axis=(0, 1)),
+                 lambda: fl.gaussian_nll_loss(x, x, 1.0)):
+        with fast_only(), pytest.raises(AssertionError, match="the general path ran"):
+            call()

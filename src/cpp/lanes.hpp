@@ -120,7 +120,16 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
     if (s1 == 1) {
-      for (int64_t j0 = 0; j0 < n; j0 += W) {
+      int64_t j0 = 0;
+      if (nb == W) {  // full tiles: fixed trip counts, so the tile stays in registers
+        for (; j0 + W <= n; j0 += W) {
+          TileReg r[W];
+          for (int b = 0; b < W; ++b) std::memcpy(&r[b], x + off[b] + j0, sizeof(TileReg));
+          transpose_tile(r);
+          for (int j = 0; j < W; ++j) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+        }
+      }
+      for (; j0 < n; j0 += W) {
         const int k = int(n - j0 < W ? n - j0 : W);
         TileReg r[W];
         for (int b = 0; b < nb; ++b) r[b] = load_row_part(x + off[b] + j0, k);
@@ -162,7 +171,19 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
     if (s1 == 1) {
-      for (int64_t j0 = 0; j0 < n; j0 += W) {
+      int64_t j0 = 0;
+      bool any_fill = false;
+      if (use_fill)
+        for (int b = 0; b < nb; ++b) any_fill |= use_fill[b];
+      if (nb == W && !any_fill) {  // full tiles: fixed trip counts, the tile in registers
+        for (; j0 + W <= n; j0 += W) {
+          TileReg r[W];
+          for (int j = 0; j < W; ++j) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+          transpose_tile(r);
+          for (int b = 0; b < W; ++b) std::memcpy(g + off[b] + j0, &r[b], sizeof(TileReg));
+        }
+      }
+      for (; j0 < n; j0 += W) {
         const int k = int(n - j0 < W ? n - j0 : W);
         TileReg r[W];
         for (int j = 0; j < k; ++j) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));

@@ -128,6 +128,15 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
           transpose_tile(r);
           for (int j = 0; j < W; ++j) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
         }
+        if (j0 < n) {  // the last k < W classes (rows of fewer than W classes: the only tile)
+          const int k = int(n - j0);
+          TileReg r[W];
+          for (int b = 0; b < W; ++b) r[b] = load_row_part(x + off[b] + j0, k);
+          transpose_tile(r);
+          for (int j = 0; j < W; ++j)
+            if (j < k) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+        }
+        return;
       }
       for (; j0 < n; j0 += W) {
         const int k = int(n - j0 < W ? n - j0 : W);
@@ -182,6 +191,17 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
           transpose_tile(r);
           for (int b = 0; b < W; ++b) std::memcpy(g + off[b] + j0, &r[b], sizeof(TileReg));
         }
+        if (j0 < n) {  // the last k < W classes
+          const int k = int(n - j0);
+          TileReg r[W];
+          for (int j = 0; j < W; ++j) {
+            r[j] = TileReg{};
+            if (j < k) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+          }
+          transpose_tile(r);
+          for (int b = 0; b < W; ++b) store_row_part(g + off[b] + j0, k, r[b]);
+        }
+        return;
       }
       for (; j0 < n; j0 += W) {
         const int k = int(n - j0 < W ? n - j0 : W);

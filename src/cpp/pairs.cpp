@@ -238,92 +238,186 @@ struct GeneralizedKl {
 // The driver: n elements in fixed chunks over the threads; per element l_i = w_i loss_i,
 // grad_i = grad_scale w_i dloss_i/dx_i (and grad2 likewise); returns sum_i l_i, the float64
 // sums of the chunks added in chunk order (the same bits for any number of threads).
+// The loss bodies run on compute-type blocks (run_block, one instance per functor, compute type
+// and kGrad): 16-bit operands are converted to float32 in blocks that stay in L1, and a chunk's
+// last partial vector goes through padded buffers; the optional operands (weights, per-element
+// losses, grad2) are run-time choices. This keeps the number of copies of each loss body (the
+// compile time and the library's size) small.
 // ---------------------------------------------------------------------------------------------
-template <class S, class Op, bool kGrad, bool kLossOut, bool kWeighted>
-double run_with(PairwiseArgs<S>& a, const Op& op) {
-  using T = compute_t<S>;
+template <class T> struct PassState {
+  M<T> c_bad{};  // invalid operands per lane (masks are -1 where true)
+  f64v acc_lo{}, acc_hi{};
+};
+
+template <class T> struct BlockArgs {
+  const T* x;
+  const T* x2;    // (kTwo functors)
+  const T* y;
+  const T* w;     // weights, or nullptr (all 1)
+  T* loss;        // per-element losses, or nullptr
+  T* grad;        // (kGrad)
+  T* grad2;       // or nullptr
+  int64_t n;      // a multiple of the vector width
+  int64_t keep;   // lanes of each vector that count: all but in a padded tail
+  double grad_scale;
+};
+
+// n elements (whole vectors). Losses are summed in partials of 8 vectors (in the compute type)
+// before being widened into the float64 sum; the vectors after the last whole group are added
+// one at a time. (noinline + flatten: one copy of the loss body per instance, every helper
+// inlined into it)
+template <class T, class Op, bool kGrad>
+__attribute__((noinline, flatten)) void run_block(const void* op_ptr, const BlockArgs<T>& b,
+                                                  PassState<T>& st) {
+  const Op op = *static_cast<const Op*>(op_ptr);  // (a local copy: its parameters stay in
+                                                   // registers, no aliasing with the outputs)
   using I = M<T>;
   constexpr int W = vec_width<T>;
   constexpr bool kTwo = Op::kTwo;
+  const V<T> gs = splat<T>(b.grad_scale);
+  const T *x = b.x, *x2 = b.x2, *y = b.y, *w = b.w;
+  T *loss = b.loss, *grad = b.grad, *grad2 = b.grad2;
+  T lane[W];
+  for (int i = 0; i < W; ++i) lane[i] = T(i);
+  const I keep = I(vload(lane) < splat<T>(double(b.keep)));
+  I c_bad = st.c_bad;
+  f64v acc_lo = st.acc_lo, acc_hi = st.acc_hi;
+  auto add = [&](V<T> l) {
+    if constexpr (std::is_same_v<T, float>) {
+      f64v lo, hi;
+      widen(l, lo, hi);
+      acc_lo += lo;
+      acc_hi += hi;
+    } else {
+      acc_lo += l;
+    }
+  };
+  for (int64_t j = 0; j < b.n;) {
+    const int64_t m = j + 8 * W <= b.n ? 8 : 1;
+    V<T> part{};
+    for (int64_t k = 0; k < m; ++k, j += W) {  // (one copy of the body)
+      const V<T> xv = vload(x + j), yv = vload(y + j);
+      V<T> x2v{};
+      if constexpr (kTwo) x2v = vload(x2 + j);
+      V<T> l, g, g2;
+      I bad{};
+      op.template operator()<T>(xv, x2v, yv, l, g, g2, bad);
+      c_bad -= bad & keep;
+      V<T> ws = gs;
+      if (w) {
+        const V<T> wv = vload(w + j);
+        l = l * wv;
+        ws = wv * gs;
+      }
+      l = V<T>(I(l) & keep);  // (padded lanes: 0, even if inf * 0)
+      if (loss) vstore(loss + j, l);
+      if constexpr (kGrad) {
+        vstore(grad + j, g * ws);
+        if constexpr (kTwo)
+          if (grad2) vstore(grad2 + j, g2 * ws);
+      }
+      part += l;
+    }
+    add(part);
+  }
+  st.c_bad = c_bad;
+  st.acc_lo = acc_lo, st.acc_hi = acc_hi;
+}
+
+template <class T> using BlockFn = void (*)(const void*, const BlockArgs<T>&, PassState<T>&);
+
+// 16-bit operands in, 16-bit gradients out, through float32 blocks.
+template <class S>
+__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
+  for (; i < n; ++i) d[i] = to_compute(s[i]);
+}
+template <class S>
+__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));
+  for (; i < n; ++i) d[i] = from_compute<S>(s[i]);
+}
+
+// Elements [lo, hi): whole vectors through fn, then the tail padded to a vector (x = 0, x2 = 1,
+// y = 1, weight 0, its losses masked to 0 and its invalid operands not counted). x, x2, grad,
+// grad2 already offset to lo by the caller (they may be blocks of a 16-bit operand).
+template <class T>
+void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const T* x2, T* grad,
+               T* grad2, int64_t lo, int64_t hi, PassState<T>& st) {
+  constexpr int W = vec_width<T>;
+  const int64_t whole = (hi - lo) / W * W;
+  b.x = x, b.x2 = x2, b.grad = grad, b.grad2 = grad2;
+  b.y += lo, b.w = b.w ? b.w + lo : nullptr, b.loss = b.loss ? b.loss + lo : nullptr;
+  b.keep = W;
+  if (whole) {
+    b.n = whole;
+    fn(op, b, st);
+  }
+  const int64_t cnt = hi - lo - whole;
+  if (cnt == 0) return;
+  T xb[W], x2b[W], yb[W], wb[W], lb[W], gb[W], g2b[W];
+  for (int i = 0; i < W; ++i) {
+    const bool real = i < cnt;
+    xb[i] = real ? x[whole + i] : T(0);
+    x2b[i] = real && x2 ? x2[whole + i] : T(1);
+    yb[i] = real ? b.y[whole + i] : T(1);
+    wb[i] = real ? (b.w ? b.w[whole + i] : T(1)) : T(0);
+  }
+  BlockArgs<T> c = b;
+  c.x = xb, c.x2 = x2b, c.y = yb, c.w = wb, c.loss = b.loss ? lb : nullptr;
+  c.grad = grad ? gb : nullptr, c.grad2 = grad2 ? g2b : nullptr;
+  c.n = W, c.keep = cnt;
+  fn(op, c, st);
+  for (int64_t i = 0; i < cnt; ++i) {
+    if (b.loss) b.loss[whole + i] = lb[i];
+    if (grad) grad[whole + i] = gb[i];
+    if (grad2) grad2[whole + i] = g2b[i];
+  }
+}
+
+template <class S> double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op) {
+  using T = compute_t<S>;
+  constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
+  constexpr int64_t kBlock16 = 1024;  // 16-bit: float32 blocks of 4 KB (a multiple of 8 W)
+  static_assert(kChunk % kBlock16 == 0 && kBlock16 % (8 * W) == 0, "block sizes");
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
   const int nt = threads_for(n, chunks);
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   std::atomic<int64_t> n_bad{0};
+  BlockArgs<T> b{};
+  b.y = a.y, b.w = a.w, b.loss = a.loss, b.grad_scale = a.grad_scale;
+  const bool two = a.x2 != nullptr;
   parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
-    I c_bad{};
-    f64v acc_lo{}, acc_hi{};
-    auto add = [&](V<T> l) {
-      if constexpr (std::is_same_v<T, float>) {
-        f64v lo, hi;
-        widen(l, lo, hi);
-        acc_lo += lo;
-        acc_hi += hi;
-      } else {
-        acc_lo += l;
-      }
-    };
-    const V<T> gs = splat<T>(a.grad_scale), one = splat<T>(1);
-    T lane[W];
-    for (int i = 0; i < W; ++i) lane[i] = T(i);
-    const V<T> lane_index = vload(lane);
-    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
-      const bool full = cnt == W;
-      const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
-      V<T> x2{};
-      if constexpr (kTwo) x2 = full ? vload_as(a.x2 + j) : load_partial(a.x2 + j, cnt, T(1));
-      const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(1));
-      // real lanes: all of a full vector, the first cnt of a tail (weight 0 on the others)
-      const V<T> real = full ? one : vselect(lane_index < splat<T>(double(cnt)), one, V<T>{});
-      V<T> w = real;
-      if constexpr (kWeighted) w = full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0));
-      V<T> l, g, g2;
-      I bad{};
-      op.template operator()<T>(x, x2, y, l, g, g2, bad);
-      c_bad -= bad & I(real != V<T>{});
-      l = l * w;
-      if (!full) l = vselect(real == V<T>{}, V<T>{}, l);  // (padded lanes: 0, even if inf * 0)
-      if constexpr (kLossOut) {
-        if (full)
-          vstore(a.loss + j, l);
-        else
-          store_partial(a.loss + j, cnt, l);
-      }
-      if constexpr (kGrad) {
-        const V<T> ws = w * gs;
-        const V<T> gg = g * ws;
-        if (full)
-          vstore_as(a.grad + j, gg);
-        else
-          store_partial(a.grad + j, cnt, gg);
-        if constexpr (kTwo) {
-          if (a.grad2) {
-            const V<T> gg2 = g2 * ws;
-            if (full)
-              vstore_as(a.grad2 + j, gg2);
-            else
-              store_partial(a.grad2 + j, cnt, gg2);
-          }
-        }
-      }
-      return l;
-    };
+    PassState<T> st;
+    // each thread one contiguous range of chunks
     for (int64_t c = chunks * thread / n_threads; c < chunks * (thread + 1) / n_threads; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
-      acc_lo = acc_hi = f64v{};
-      int64_t j = lo;
-      // partials of 8 vectors in the compute type, then widened into the float64 sum
-      for (; j + 8 * W <= hi; j += 8 * W) {
-        V<T> part = at(j, W);
-        for (int k = 1; k < 8; ++k) part += at(j + k * W, W);
-        add(part);
+      st.acc_lo = st.acc_hi = f64v{};
+      if constexpr (std::is_same_v<S, T>) {
+        run_range<T>(fn, op, b, a.x + lo, two ? a.x2 + lo : nullptr,
+                     a.grad ? a.grad + lo : nullptr, a.grad2 ? a.grad2 + lo : nullptr, lo, hi,
+                     st);
+      } else {
+        alignas(64) float xs[kBlock16], x2s[kBlock16], gs[kBlock16], g2s[kBlock16];
+        for (int64_t s = lo; s < hi; s += kBlock16) {
+          const int64_t e = s + kBlock16 < hi ? s + kBlock16 : hi;
+          to_float_block(a.x + s, xs, e - s);
+          if (two) to_float_block(a.x2 + s, x2s, e - s);
+          run_range<T>(fn, op, b, xs, two ? x2s : nullptr, a.grad ? gs : nullptr,
+                       a.grad2 ? g2s : nullptr, s, e, st);
+          if (a.grad) from_float_block(gs, a.grad + s, e - s);
+          if (a.grad2) from_float_block(g2s, a.grad2 + s, e - s);
+        }
       }
-      for (; j + W <= hi; j += W) add(at(j, W));
-      if (j < hi) add(at(j, hi - j));
-      chunk_sum[c] = hsum(acc_lo + acc_hi);
+      chunk_sum[c] = hsum(st.acc_lo + st.acc_hi);
     }
     int64_t bad = 0;
-    for (int i = 0; i < W; ++i) bad += c_bad[i];
+    for (int i = 0; i < W; ++i) bad += st.c_bad[i];
     n_bad += bad;
   });
   double total = 0.0;
@@ -333,13 +427,8 @@ double run_with(PairwiseArgs<S>& a, const Op& op) {
 }
 
 template <class S, class Op> double run(PairwiseArgs<S>& a, const Op& op) {
-  const bool w = a.w != nullptr;
-  if (a.grad) {
-    if (a.loss) return w ? run_with<S, Op, true, true, true>(a, op) : run_with<S, Op, true, true, false>(a, op);
-    return w ? run_with<S, Op, true, false, true>(a, op) : run_with<S, Op, true, false, false>(a, op);
-  }
-  if (a.loss) return w ? run_with<S, Op, false, true, true>(a, op) : run_with<S, Op, false, true, false>(a, op);
-  return w ? run_with<S, Op, false, false, true>(a, op) : run_with<S, Op, false, false, false>(a, op);
+  using T = compute_t<S>;
+  return drive<S>(a, a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>, &op);
 }
 
 template <class S> double pairwise_impl(PairwiseArgs<S>& a) {

@@ -171,12 +171,10 @@ struct MultilabelSoftMargin {
   }
 };
 // ---------------------------------------------------------------------------------------------
-// log_cosh_loss (optax / Keras): d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
-//   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
-//   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
-//   g = tanh d = sign(d) tanh(a)
-// (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
-// a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
+// log_cosh_loss (optax / Keras): d = x - y, a = |d|
+//   l = log cosh d          g = tanh d = sign(d) tanh(a)
+// (float32 and float64 by different forms, below; both accurate near 0, where
+// a + log1p(exp(-2a)) - log 2 alone would lose the small result)
 // ---------------------------------------------------------------------------------------------
 // expm1(x) for 0 <= x <= 20 (or NaN): x = n ln 2 + r, |r| <= ln2/2 (Cody-Waite, r exact),
 // expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its polynomial: no cancellation near 0
@@ -195,26 +193,63 @@ template <class T> FL_INLINE V<T> expm1_0_20(V<T> x) {
   return scale * p + (scale - splat<T>(1));
 }
 
+// float32: without the division and the log of a sum (the threshold 0.75 keeps both forms
+// within ~1 ulp; tests/test_pairs.py checks the range around it):
+//   a < 0.75:  l = s/2 + s^2 Q(s), s = a^2, Q a minimax fit of (log cosh a - s/2) / s^2
+//              (relative error 2e-8);  tanh a = a + a s R(s), R a fit of (tanh(a)/a - 1) / s
+//   a >= 0.75: l = (a - ln 2) + log1p(e), e = exp(-2a) (no cancellation: l >= 0.26);
+//              tanh a = (1 - e) / (1 + e) (e <= 0.23: 1 - e exact to half an ulp)
+//   (both forms computed for every lane and selected; a NaN takes the second, NaN, form)
 struct LogCosh {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
-    const auto big = a > splat<T>(20);
-    const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
-    const V<T> E1 = expm1_0_20<T>(ac);
-    // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
-    const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
-    const V<T> inv = one / (p * w);
-    const V<T> z = E1 * E1 * w * inv;
-    const V<T> t = s2 * p * inv;
-    // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
-    const V<T> u = one + z, c = (one - u) + z;
-    const V<T> lz = vlog_sum(u, c);
-    l = vselect(big, a - splat<T>(kLn2), lz);
-    const V<T> tt = vselect(big, one, t);
-    g = vselect(d < V<T>{}, -tt, tt);
-    g = vselect(d != d, d, g);
+    if constexpr (std::is_same_v<T, float>) {
+      const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1);
+      V<T> e, l1pe;
+      exp_log1p_neg(a + a, e, l1pe);
+      // ln 2 = 0.693359375 - 2.12194440e-4 (a - 0.693359375 exact for a in [0.75, 2))
+      const V<T> lbig = (a - splat<T>(0.693359375)) + (l1pe + splat<T>(2.12194440e-4));
+      const V<T> s = a * a;
+      V<T> q = splat<T>(-0x1.ee0442p-12);
+      q = q * s + splat<T>(0x1.0f3644p-9);
+      q = q * s + splat<T>(-0x1.b8a60cp-8);
+      q = q * s + splat<T>(0x1.6c1076p-6);
+      q = q * s + splat<T>(-0x1.55555p-4);
+      const auto small = a < splat<T>(0.75);
+      l = vselect(small, (s * s) * q + splat<T>(0.5) * s, lbig);
+      V<T> r = splat<T>(0x1.f73566p-10);
+      r = r * s + splat<T>(-0x1.0470e2p-7);
+      r = r * s + splat<T>(0x1.6242acp-6);
+      r = r * s + splat<T>(-0x1.b9daa8p-5);
+      r = r * s + splat<T>(0x1.11105p-3);
+      r = r * s + splat<T>(-0x1.555554p-2);
+      const V<T> t = vselect(small, (a * s) * r + a, (one - e) / (one + e));
+      g = vselect(d < V<T>{}, -t, t);
+    } else {
+      // float64: d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
+      //   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+      //   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
+      //   g = tanh d = sign(d) tanh(a)
+      // (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
+      // a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
+      const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
+      const auto big = a > splat<T>(20);
+      const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
+      const V<T> E1 = expm1_0_20<T>(ac);
+      // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+      const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
+      const V<T> inv = one / (p * w);
+      const V<T> z = E1 * E1 * w * inv;
+      const V<T> t = s2 * p * inv;
+      // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
+      const V<T> u = one + z, c = (one - u) + z;
+      const V<T> lz = vlog_sum(u, c);
+      l = vselect(big, a - splat<T>(kLn2), lz);
+      const V<T> tt = vselect(big, one, t);
+      g = vselect(d < V<T>{}, -tt, tt);
+      g = vselect(d != d, d, g);
+    }
   }
 };
 // ---------------------------------------------------------------------------------------------

@@ -28,9 +28,26 @@ constexpr int kSlotChunkSums = kScratchSlots - 1;  // (the calling thread's; see
 template <class T> using V = vec_t<T>;
 template <class T> using M = typename Vec<T>::itype;  // lane masks (-1 where true)
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
-template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
-// max(v, 0) keeping NaN
-template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
+// |v| by clearing the sign bit (one operation; NaN stays NaN)
+template <class T> inline V<T> vabs(V<T> v) {
+  using E = std::conditional_t<std::is_same_v<T, float>, int32_t, int64_t>;
+  return V<T>(M<T>(v) & (M<T>{} + std::numeric_limits<E>::max()));
+}
+// max(v, 0) keeping NaN (and -0): x86's max returns its second operand where either is NaN
+template <class T> inline V<T> relu(V<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm512_max_ps(__m512{}, __m512(v)));
+  else return V<T>(_mm512_max_pd(__m512d{}, __m512d(v)));
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm256_max_ps(__m256{}, __m256(v)));
+  else return V<T>(_mm256_max_pd(__m256d{}, __m256d(v)));
+#elif defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm_max_ps(__m128{}, __m128(v)));
+  else return V<T>(_mm_max_pd(__m128d{}, __m128d(v)));
+#else
+  return vselect(v < V<T>{}, V<T>{}, v);
+#endif
+}
 // sign(d): 0 at 0, NaN for NaN (torch.sign)
 template <class T> inline V<T> vsign(V<T> d) {
   V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
@@ -47,28 +64,6 @@ template <class T> FL_INLINE V<T> exp_any(V<T> x) {
 #endif
   return vexp(x);
 }
-// log(u) for u >= 0 (or NaN): log(0) = -inf, log(inf) = inf. AVX-512 float: vlog_sum's table
-// form without its correction term; AVX2 float: vlog_sum's table form (c = 0); else vlog.
-template <class T> FL_INLINE V<T> log_pos(V<T> u) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    // u = m 2^k, m in [0.75, 1.5); log u = k ln 2 + log(c_i) + log1p(m / c_i - 1)
-    const __m512 uu = __m512(u);
-    const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
-    const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
-    const __m512i idx = _mm512_cvtps_epi32(__m512(m * vset<float>(32.0f) - vset<float>(32.0f)));
-    const f32v inv = table_lookup(kLogInvC, idx);
-    const f32v f = m * inv - vset<float>(1.0f);
-    const f32v r = table_lookup(kLogLogC, idx) + (log1p_small(f) + k * vset<float>(-2.12194440e-4f));
-    const f32v out = k * vset<float>(0.693359375f) + r;
-    return vselect(u == f32v{}, vset<float>(-std::numeric_limits<float>::infinity()), out);
-  }
-#elif defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) return vlog_sum(u, V<T>{});
-#endif
-  return vlog(u);
-}
-
 constexpr double kLn2 = 0.69314718055994530942;
 constexpr double kLog2Pi = 1.83787706640934548356;  // log(2 pi)
 
@@ -94,12 +89,12 @@ struct PoissonNll {
       g = e - y;
     } else {
       const V<T> u = x + splat<T>(eps);
-      l = x - vselect(y == zero, zero, y * log_pos<T>(u));
+      l = x - vselect(y == zero, zero, y * vlog_table(u));
       g = one - vselect(y == zero, zero, y / u);
       bad = M<T>(x < zero);
     }
     if (full) {
-      const V<T> ly = log_pos<T>(vselect(y > one, y, one));
+      const V<T> ly = vlog_table(vselect(y > one, y, one));
       const V<T> st = y * (ly - one) + splat<T>(0.5) * (ly + splat<T>(kLog2Pi));
       l += vselect(y > one, st, zero);
     }
@@ -122,7 +117,7 @@ struct GaussianNll {
     bad = M<T>(var < V<T>{});
     const V<T> v = vselect(var < e, e, var);
     const V<T> inv = splat<T>(1) / v, d = x - y, q = d * inv;
-    l = half * (log_pos<T>(v) + d * q);
+    l = half * (vlog_table(v) + d * q);
     if (full) l += splat<T>(0.5 * kLog2Pi);
     g = q;
     g2 = half * (inv - q * q);
@@ -166,8 +161,10 @@ struct HingeEmbedding {
 // softplus(t) = log(1 + exp(t)) = max(t, 0) + log1p(exp(-|t|)) and sigmoid(t) from the same
 // e = exp(-|t|): no overflow for any t, no cancellation.
 template <class T> FL_INLINE void softplus_sigmoid(V<T> t, V<T>& sp, V<T>& sig) {
-  const V<T> e = vexp_capped(-vabs<T>(t)), one = splat<T>(1), big = one / (one + e);
-  sp = relu<T>(t) + vlog1p_unit(e);
+  V<T> e, l1pe;
+  exp_log1p_neg(vabs<T>(t), e, l1pe);
+  const V<T> one = splat<T>(1), big = one / (one + e);
+  sp = relu<T>(t) + l1pe;
   sig = vselect(t >= V<T>{}, big, e * big);
   sig = vselect(t != t, t, sig);
 }
@@ -188,17 +185,22 @@ struct SoftMargin {
 // multilabel_soft_margin_loss (torch), per element before the weight and the 1/C of the row:
 //   l = -(y log sigmoid(x) + (1 - y) log sigmoid(-x))
 //     = [x >= 0 ? (1 - y) x : -y x] + log1p(exp(-|x|))    (two non-negative terms for y in [0, 1])
-//   g = sigmoid(x) - y
+//   g = sigmoid(x) - y = x >= 0 ? (1 - y) - e / (1 + e) : e / (1 + e) - y,  e = exp(-|x|)
 // ---------------------------------------------------------------------------------------------
 struct MultilabelSoftMargin {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> one = splat<T>(1), e = vexp_capped(-vabs<T>(x)), big = one / (one + e);
+    V<T> e, l1pe;
+    exp_log1p_neg(vabs<T>(x), e, l1pe);
+    const V<T> one = splat<T>(1), big = one / (one + e);
     const auto pos = x >= V<T>{};
-    l = vselect(pos, (one - y) * x, -y * x) + vlog1p_unit(e);
+    l = vselect(pos, (one - y) * x, -y * x) + l1pe;
     l = vselect(x != x, x, l);
-    g = vselect(pos, big, e * big) - y;
+    // x >= 0: sigmoid(x) = 1 - e/(1 + e), so g = (1 - y) - e/(1 + e): no cancellation for y
+    // near 1 (e.g. y = 1, large x, where 1/(1 + e) - 1 would keep only the rounding of 1/(1 + e))
+    const V<T> eb = e * big;
+    g = vselect(pos, (one - y) - eb, eb - y);
     g = vselect(x != x, x, g);
   }
 };
@@ -295,7 +297,7 @@ struct GeneralizedKl {
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
     const V<T> zero{}, e = exp_any<T>(x);
     bad = M<T>(y < zero);
-    const V<T> kl = vselect(y == zero, zero, y * (log_pos<T>(y) - x));
+    const V<T> kl = vselect(y == zero, zero, y * (vlog_table(y) - x));
     g = e - y;
     l = kl + g;
   }

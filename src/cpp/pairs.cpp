@@ -344,7 +344,6 @@ template <class T> struct BlockArgs {
   T* grad;        // (kGrad)
   T* grad2;       // or nullptr
   int64_t n;      // a multiple of the vector width
-  int64_t keep;   // lanes of each vector that count: all but in a padded tail
   double grad_scale;
 };
 
@@ -363,9 +362,6 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
   const V<T> gs = splat<T>(b.grad_scale);
   const T *x = b.x, *x2 = b.x2, *y = b.y, *w = b.w;
   T *loss = b.loss, *grad = b.grad, *grad2 = b.grad2;
-  T lane[W];
-  for (int i = 0; i < W; ++i) lane[i] = T(i);
-  const I keep = I(vload(lane) < splat<T>(double(b.keep)));
   I c_bad = st.c_bad;
   f64v acc_lo = st.acc_lo, acc_hi = st.acc_hi;
   auto add = [&](V<T> l) {
@@ -388,14 +384,13 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
       V<T> l, g, g2;
       I bad{};
       op.template operator()<T>(xv, x2v, yv, l, g, g2, bad);
-      c_bad -= bad & keep;
+      c_bad -= bad;
       V<T> ws = gs;
       if (w) {
         const V<T> wv = vload(w + j);
         l = l * wv;
         ws = wv * gs;
       }
-      l = V<T>(I(l) & keep);  // (padded lanes: 0, even if inf * 0)
       if (loss) vstore(loss + j, l);
       if constexpr (kGrad) {
         vstore(grad + j, g * ws);
@@ -429,8 +424,9 @@ __attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n)
 }
 
 // Elements [lo, hi): whole vectors through fn, then the tail padded to a vector (x = 0, x2 = 1,
-// y = 1, weight 0, its losses masked to 0 and its invalid operands not counted). x, x2, grad,
-// grad2 already offset to lo by the caller (they may be blocks of a 16-bit operand).
+// y = 1: no functor counts these operands invalid; weight 0) through a scratch state, its real
+// lanes' losses then added as a vector of their own (the padded lanes' as 0, even if inf * 0).
+// x, x2, grad, grad2 already offset to lo by the caller (they may be blocks of a 16-bit operand).
 template <class T>
 void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const T* x2, T* grad,
                T* grad2, int64_t lo, int64_t hi, PassState<T>& st) {
@@ -438,14 +434,13 @@ void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const 
   const int64_t whole = (hi - lo) / W * W;
   b.x = x, b.x2 = x2, b.grad = grad, b.grad2 = grad2;
   b.y += lo, b.w = b.w ? b.w + lo : nullptr, b.loss = b.loss ? b.loss + lo : nullptr;
-  b.keep = W;
   if (whole) {
     b.n = whole;
     fn(op, b, st);
   }
   const int64_t cnt = hi - lo - whole;
   if (cnt == 0) return;
-  T xb[W], x2b[W], yb[W], wb[W], lb[W], gb[W], g2b[W];
+  alignas(64) T xb[W], x2b[W], yb[W], wb[W], lb[W], gb[W], g2b[W];
   for (int i = 0; i < W; ++i) {
     const bool real = i < cnt;
     xb[i] = real ? x[whole + i] : T(0);
@@ -454,10 +449,22 @@ void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const 
     wb[i] = real ? (b.w ? b.w[whole + i] : T(1)) : T(0);
   }
   BlockArgs<T> c = b;
-  c.x = xb, c.x2 = x2b, c.y = yb, c.w = wb, c.loss = b.loss ? lb : nullptr;
+  c.x = xb, c.x2 = x2b, c.y = yb, c.w = wb, c.loss = lb;
   c.grad = grad ? gb : nullptr, c.grad2 = grad2 ? g2b : nullptr;
-  c.n = W, c.keep = cnt;
-  fn(op, c, st);
+  c.n = W;
+  PassState<T> tail;  // (its sum is dropped: the padded lanes may hold inf or NaN)
+  fn(op, c, tail);
+  st.c_bad += tail.c_bad;
+  for (int64_t i = cnt; i < W; ++i) lb[i] = T(0);
+  const V<T> l = vload(lb);
+  if constexpr (std::is_same_v<T, float>) {
+    f64v l_lo, l_hi;
+    widen(l, l_lo, l_hi);
+    st.acc_lo += l_lo;
+    st.acc_hi += l_hi;
+  } else {
+    st.acc_lo += l;
+  }
   for (int64_t i = 0; i < cnt; ++i) {
     if (b.loss) b.loss[whole + i] = lb[i];
     if (grad) grad[whole + i] = gb[i];

@@ -156,6 +156,18 @@ def test_soft_margin_against_reference(isa, rng, reduction, dtype):
     assert_allclose(g, rg, rtol=tol, atol=tol)
 
 
+def test_soft_margin_gradient_keeps_its_relative_accuracy(isa):
+    # sigmoid(x) - y for y = 1 and large x is -exp(-x) / (1 + exp(-x)), not the rounding error
+    # of 1 / (1 + exp(-x)) - 1; likewise sigmoid(x) for y = 0 and very negative x
+    x = np.linspace(-30, 30, 601, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    for y, want in ((1.0, -1 / (1 + np.exp(x64))), (0.0, 1 / (1 + np.exp(-x64)))):
+        _, g = fl.multilabel_soft_margin_loss(x[:, None], np.full((x.size, 1), y, np.float32),
+                                              reduction="sum", return_grad=True)
+        ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        assert np.max(np.abs(g.ravel() - want) / ulp) < 4
+
+
 def test_soft_margin_more(rng):
     x, y = rng.normal(size=(3, 4)), (rng.uniform(size=(3, 4)) < 0.5).astype(float)
     _, g = fl.multilabel_soft_margin_loss(x, y, reduction="sum", return_grad=True)

@@ -354,6 +354,39 @@ def test_extreme_inputs_stay_finite(isa, dtype):
     assert np.max(np.abs(l32 - l64) / np.maximum(l64, 1e-30)) < 5 * np.finfo(np.float32).eps
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_cosh_around_the_float32_threshold(isa, dtype):
+    # float32 switches at |d| = 0.75 from an even polynomial in d^2 to |d| - log 2 +
+    # log1p(exp(-2 |d|)) (the gradient from a polynomial to (1 - e) / (1 + e)): both sides, and
+    # the ulps next to the switch, within a few ulp of the float64 answer
+    t = np.float32(0.75)
+    near = [np.float32(t + k * np.spacing(t)) for k in range(-16, 17)]
+    d = np.concatenate([near, np.linspace(0.5, 1.0, 2001, dtype=np.float32)]).astype(dtype)
+    d = np.concatenate([d, -d])
+    loss, g = fl.log_cosh_loss(d, np.zeros_like(d), reduction="none", return_grad=True)
+    a = np.abs(d.astype(np.float64))
+    em = np.expm1(a)
+    want_l, want_g = np.log1p(em * em / (2 * (em + 1))), np.tanh(d.astype(np.float64))
+    if dtype == np.float32:
+        for got, want in ((loss, want_l), (g, want_g)):
+            ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+            assert np.max(np.abs(got - want) / ulp) < 3
+    else:
+        assert_allclose(loss, want_l, rtol=4 * np.finfo(dtype).eps)
+        assert_allclose(g, want_g, rtol=4 * np.finfo(dtype).eps)
+
+
+def test_padded_tail_lanes_add_nothing(isa):
+    # a chunk's last partial vector is padded (input 0): with eps = 0 a padded lane's own
+    # Poisson loss would be inf (log 0), which must not reach the sum
+    for n in (1, 7, 17, 33, 8192 + 5):
+        x = np.linspace(0.5, 2, n).astype(np.float32)
+        want = np.sum(x.astype(np.float64) - np.log(x.astype(np.float64)))
+        got = fl.poisson_nll_loss(x, np.ones(n, np.float32), log_input=False, eps=0.0,
+                                  reduction="sum")
+        assert_allclose(got, want, rtol=1e-6)
+
+
 def test_nan_propagates_to_its_element_only():
     x = np.array([np.nan, 1.0])
     for f in (fl.log_cosh_loss, fl.soft_margin_loss, fl.poisson_nll_loss):

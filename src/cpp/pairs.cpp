@@ -28,15 +28,59 @@ constexpr int kSlotChunkSums = kScratchSlots - 1;  // (the calling thread's; see
 template <class T> using V = vec_t<T>;
 template <class T> using M = typename Vec<T>::itype;  // lane masks (-1 where true)
 template <class T> inline V<T> splat(double v) { return vset<T>(T(v)); }
-template <class T> inline V<T> vabs(V<T> v) { return vselect(v < V<T>{}, -v, v); }
-// max(v, 0) keeping NaN
-template <class T> inline V<T> relu(V<T> v) { return vselect(v < V<T>{}, V<T>{}, v); }
+// |v| by clearing the sign bit (one operation; NaN stays NaN)
+template <class T> inline V<T> vabs(V<T> v) {
+  using E = std::conditional_t<std::is_same_v<T, float>, int32_t, int64_t>;
+  return V<T>(M<T>(v) & (M<T>{} + std::numeric_limits<E>::max()));
+}
+// max(v, 0) keeping NaN (and -0): x86's max returns its second operand where either is NaN
+template <class T> inline V<T> relu(V<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm512_max_ps(__m512{}, __m512(v)));
+  else return V<T>(_mm512_max_pd(__m512d{}, __m512d(v)));
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm256_max_ps(__m256{}, __m256(v)));
+  else return V<T>(_mm256_max_pd(__m256d{}, __m256d(v)));
+#elif defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) return V<T>(_mm_max_ps(__m128{}, __m128(v)));
+  else return V<T>(_mm_max_pd(__m128d{}, __m128d(v)));
+#else
+  return vselect(v < V<T>{}, V<T>{}, v);
+#endif
+}
 // sign(d): 0 at 0, NaN for NaN (torch.sign)
 template <class T> inline V<T> vsign(V<T> d) {
   V<T> s = vselect(d > V<T>{}, splat<T>(1), vselect(d < V<T>{}, splat<T>(-1), V<T>{}));
   return vselect(d != d, d, s);
 }
 
+// exp(x) for any x: +inf above the float range, 0 below it, NaN propagates (vexp's results).
+// AVX-512 float: vexp_capped after min(100, x) (its vscalefps overflows to inf by itself; the
+// constant first, so that a NaN x is what comes out), a third fewer operations than vexp.
+// AVX2 float: vexp's reduction with x clamped to [-126 ln 2, 89] and no selects after it: at the
+// low clamp 2^(n-1) has exponent bits 0 (the result is 0, as vexp's below its range), at the
+// high one 2^(n-1) * 2 overflows to inf; a NaN x passes both clamps (min / max return their
+// second operand where either is NaN) and the polynomial.
+template <class T> FL_INLINE V<T> exp_any(V<T> x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return vexp_capped(f32v(_mm512_min_ps(__m512(splat<T>(100)), __m512(x))));
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const f32v xc = f32v(_mm256_max_ps(_mm256_set1_ps(-87.3365448f),
+                                       _mm256_min_ps(_mm256_set1_ps(89.0f), __m256(x))));
+    const f32v shifter = vset<float>(12582912.0f);
+    const f32v t = xc * vset<float>(1.44269504088896341f) + shifter, n = t - shifter;
+    f32v r = xc - n * vset<float>(0.693359375f);
+    r = r - n * vset<float>(-2.12194440e-4f);
+    const i32v bits = (i32v(t) - i32v(shifter) + 126) << 23;  // 2^(n-1), n in [-126, 128]
+    f32v scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return exp_poly(r) * scale * vset<float>(2.0f);
+  }
+#endif
+  return vexp(x);
+}
 constexpr double kLn2 = 0.69314718055994530942;
 constexpr double kLog2Pi = 1.83787706640934548356;  // log(2 pi)
 
@@ -49,25 +93,25 @@ constexpr double kLog2Pi = 1.83787706640934548356;  // log(2 pi)
 //               (y = 0: l = x, g = 1, also where x + eps = 0)
 //   full: + y log y - y + 0.5 log(2 pi y) where y > 1 (Stirling's approximation of log y!)
 // ---------------------------------------------------------------------------------------------
-struct PoissonNll {
+template <bool kLogInput> struct PoissonNll {  // (two bodies: no branch on log_input per vector)
   static constexpr bool kTwo = false;
   double eps;
-  bool log_input, full;
+  bool full;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
     const V<T> zero{}, one = splat<T>(1);
-    if (log_input) {
-      const V<T> e = vexp(x);
+    if constexpr (kLogInput) {
+      const V<T> e = exp_any<T>(x);
       l = vselect(y == zero, e, e - y * x);
       g = e - y;
     } else {
       const V<T> u = x + splat<T>(eps);
-      l = x - vselect(y == zero, zero, y * vlog(u));
+      l = x - vselect(y == zero, zero, y * vlog_table(u));
       g = one - vselect(y == zero, zero, y / u);
       bad = M<T>(x < zero);
     }
     if (full) {
-      const V<T> ly = vlog(vselect(y > one, y, one));
+      const V<T> ly = vlog_table(vselect(y > one, y, one));
       const V<T> st = y * (ly - one) + splat<T>(0.5) * (ly + splat<T>(kLog2Pi));
       l += vselect(y > one, st, zero);
     }
@@ -90,7 +134,7 @@ struct GaussianNll {
     bad = M<T>(var < V<T>{});
     const V<T> v = vselect(var < e, e, var);
     const V<T> inv = splat<T>(1) / v, d = x - y, q = d * inv;
-    l = half * (vlog(v) + d * q);
+    l = half * (vlog_table(v) + d * q);
     if (full) l += splat<T>(0.5 * kLog2Pi);
     g = q;
     g2 = half * (inv - q * q);
@@ -134,8 +178,10 @@ struct HingeEmbedding {
 // softplus(t) = log(1 + exp(t)) = max(t, 0) + log1p(exp(-|t|)) and sigmoid(t) from the same
 // e = exp(-|t|): no overflow for any t, no cancellation.
 template <class T> FL_INLINE void softplus_sigmoid(V<T> t, V<T>& sp, V<T>& sig) {
-  const V<T> e = vexp_capped(-vabs<T>(t)), one = splat<T>(1), big = one / (one + e);
-  sp = relu<T>(t) + vlog1p_unit(e);
+  V<T> e, l1pe;
+  exp_log1p_neg(vabs<T>(t), e, l1pe);
+  const V<T> one = splat<T>(1), big = one / (one + e);
+  sp = relu<T>(t) + l1pe;
   sig = vselect(t >= V<T>{}, big, e * big);
   sig = vselect(t != t, t, sig);
 }
@@ -156,27 +202,30 @@ struct SoftMargin {
 // multilabel_soft_margin_loss (torch), per element before the weight and the 1/C of the row:
 //   l = -(y log sigmoid(x) + (1 - y) log sigmoid(-x))
 //     = [x >= 0 ? (1 - y) x : -y x] + log1p(exp(-|x|))    (two non-negative terms for y in [0, 1])
-//   g = sigmoid(x) - y
+//   g = sigmoid(x) - y = x >= 0 ? (1 - y) - e / (1 + e) : e / (1 + e) - y,  e = exp(-|x|)
 // ---------------------------------------------------------------------------------------------
 struct MultilabelSoftMargin {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> one = splat<T>(1), e = vexp_capped(-vabs<T>(x)), big = one / (one + e);
+    V<T> e, l1pe;
+    exp_log1p_neg(vabs<T>(x), e, l1pe);
+    const V<T> one = splat<T>(1), big = one / (one + e);
     const auto pos = x >= V<T>{};
-    l = vselect(pos, (one - y) * x, -y * x) + vlog1p_unit(e);
+    l = vselect(pos, (one - y) * x, -y * x) + l1pe;
     l = vselect(x != x, x, l);
-    g = vselect(pos, big, e * big) - y;
+    // x >= 0: sigmoid(x) = 1 - e/(1 + e), so g = (1 - y) - e/(1 + e): no cancellation for y
+    // near 1 (e.g. y = 1, large x, where 1/(1 + e) - 1 would keep only the rounding of 1/(1 + e))
+    const V<T> eb = e * big;
+    g = vselect(pos, (one - y) - eb, eb - y);
     g = vselect(x != x, x, g);
   }
 };
 // ---------------------------------------------------------------------------------------------
-// log_cosh_loss (optax / Keras): d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
-//   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
-//   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
-//   g = tanh d = sign(d) tanh(a)
-// (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
-// a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
+// log_cosh_loss (optax / Keras): d = x - y, a = |d|
+//   l = log cosh d          g = tanh d = sign(d) tanh(a)
+// (float32 and float64 by different forms, below; both accurate near 0, where
+// a + log1p(exp(-2a)) - log 2 alone would lose the small result)
 // ---------------------------------------------------------------------------------------------
 // expm1(x) for 0 <= x <= 20 (or NaN): x = n ln 2 + r, |r| <= ln2/2 (Cody-Waite, r exact),
 // expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) by its polynomial: no cancellation near 0
@@ -195,26 +244,63 @@ template <class T> FL_INLINE V<T> expm1_0_20(V<T> x) {
   return scale * p + (scale - splat<T>(1));
 }
 
+// float32: without the division and the log of a sum (the threshold 0.75 keeps both forms
+// within ~1 ulp; tests/test_pairs.py checks the range around it):
+//   a < 0.75:  l = s/2 + s^2 Q(s), s = a^2, Q a minimax fit of (log cosh a - s/2) / s^2
+//              (relative error 2e-8);  tanh a = a + a s R(s), R a fit of (tanh(a)/a - 1) / s
+//   a >= 0.75: l = (a - ln 2) + log1p(e), e = exp(-2a) (no cancellation: l >= 0.26);
+//              tanh a = (1 - e) / (1 + e) (e <= 0.23: 1 - e exact to half an ulp)
+//   (both forms computed for every lane and selected; a NaN takes the second, NaN, form)
 struct LogCosh {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>&) const {
-    const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
-    const auto big = a > splat<T>(20);
-    const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
-    const V<T> E1 = expm1_0_20<T>(ac);
-    // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
-    const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
-    const V<T> inv = one / (p * w);
-    const V<T> z = E1 * E1 * w * inv;
-    const V<T> t = s2 * p * inv;
-    // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
-    const V<T> u = one + z, c = (one - u) + z;
-    const V<T> lz = vlog_sum(u, c);
-    l = vselect(big, a - splat<T>(kLn2), lz);
-    const V<T> tt = vselect(big, one, t);
-    g = vselect(d < V<T>{}, -tt, tt);
-    g = vselect(d != d, d, g);
+    if constexpr (std::is_same_v<T, float>) {
+      const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1);
+      V<T> e, l1pe;
+      exp_log1p_neg(a + a, e, l1pe);
+      // ln 2 = 0.693359375 - 2.12194440e-4 (a - 0.693359375 exact for a in [0.75, 2))
+      const V<T> lbig = (a - splat<T>(0.693359375)) + (l1pe + splat<T>(2.12194440e-4));
+      const V<T> s = a * a;
+      V<T> q = splat<T>(-0x1.ee0442p-12);
+      q = q * s + splat<T>(0x1.0f3644p-9);
+      q = q * s + splat<T>(-0x1.b8a60cp-8);
+      q = q * s + splat<T>(0x1.6c1076p-6);
+      q = q * s + splat<T>(-0x1.55555p-4);
+      const auto small = a < splat<T>(0.75);
+      l = vselect(small, (s * s) * q + splat<T>(0.5) * s, lbig);
+      V<T> r = splat<T>(0x1.f73566p-10);
+      r = r * s + splat<T>(-0x1.0470e2p-7);
+      r = r * s + splat<T>(0x1.6242acp-6);
+      r = r * s + splat<T>(-0x1.b9daa8p-5);
+      r = r * s + splat<T>(0x1.11105p-3);
+      r = r * s + splat<T>(-0x1.555554p-2);
+      const V<T> t = vselect(small, (a * s) * r + a, (one - e) / (one + e));
+      g = vselect(d < V<T>{}, -t, t);
+    } else {
+      // float64: d = x - y, a = |d|, E1 = expm1(a) (expm1_0_20):
+      //   z = cosh(a) - 1 = E1^2 / (2 (E1 + 1))      tanh(a) = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+      //   l = log cosh d = log1p(z) = log(u + c),  u = 1 + z rounded, c = (1 - u) + z exactly
+      //   g = tanh d = sign(d) tanh(a)
+      // (accurate near 0, where |d| + log1p(exp(-2|d|)) - log 2 loses the small result); for
+      // a > 20 (exp(-2a) below the rounding of the result): l = a - log 2, g = sign(d)
+      const V<T> d = x - y, a = vabs<T>(d), one = splat<T>(1), two = splat<T>(2);
+      const auto big = a > splat<T>(20);
+      const V<T> ac = vselect(big, V<T>{}, a);  // (NaN stays NaN)
+      const V<T> E1 = expm1_0_20<T>(ac);
+      // one division for both: z = E1^2 / (2 (E1 + 1)), t = E1 (E1 + 2) / (E1 (E1 + 2) + 2)
+      const V<T> s2 = E1 * (E1 + two), w = s2 + two, p = (E1 + one) * two;
+      const V<T> inv = one / (p * w);
+      const V<T> z = E1 * E1 * w * inv;
+      const V<T> t = s2 * p * inv;
+      // log1p(z) = log(u + c): u = 1 + z rounded, c = (1 - u) + z its rounding error, exactly
+      const V<T> u = one + z, c = (one - u) + z;
+      const V<T> lz = vlog_sum(u, c);
+      l = vselect(big, a - splat<T>(kLn2), lz);
+      const V<T> tt = vselect(big, one, t);
+      g = vselect(d < V<T>{}, -tt, tt);
+      g = vselect(d != d, d, g);
+    }
   }
 };
 // ---------------------------------------------------------------------------------------------
@@ -226,9 +312,9 @@ struct GeneralizedKl {
   static constexpr bool kTwo = false;
   template <class T>
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
-    const V<T> zero{}, e = vexp(x);
+    const V<T> zero{}, e = exp_any<T>(x);
     bad = M<T>(y < zero);
-    const V<T> kl = vselect(y == zero, zero, y * (vlog_sum(y, zero) - x));
+    const V<T> kl = vselect(y == zero, zero, y * (vlog_table(y) - x));
     g = e - y;
     l = kl + g;
   }
@@ -238,92 +324,193 @@ struct GeneralizedKl {
 // The driver: n elements in fixed chunks over the threads; per element l_i = w_i loss_i,
 // grad_i = grad_scale w_i dloss_i/dx_i (and grad2 likewise); returns sum_i l_i, the float64
 // sums of the chunks added in chunk order (the same bits for any number of threads).
+// The loss bodies run on compute-type blocks (run_block, one instance per functor, compute type
+// and kGrad): 16-bit operands are converted to float32 in blocks that stay in L1, and a chunk's
+// last partial vector goes through padded buffers; the optional operands (weights, per-element
+// losses, grad2) are run-time choices. This keeps the number of copies of each loss body (the
+// compile time and the library's size) small.
 // ---------------------------------------------------------------------------------------------
-template <class S, class Op, bool kGrad, bool kLossOut, bool kWeighted>
-double run_with(PairwiseArgs<S>& a, const Op& op) {
-  using T = compute_t<S>;
+template <class T> struct PassState {
+  M<T> c_bad{};  // invalid operands per lane (masks are -1 where true)
+  f64v acc_lo{}, acc_hi{};
+};
+
+template <class T> struct BlockArgs {
+  const T* x;
+  const T* x2;    // (kTwo functors)
+  const T* y;
+  const T* w;     // weights, or nullptr (all 1)
+  T* loss;        // per-element losses, or nullptr
+  T* grad;        // (kGrad)
+  T* grad2;       // or nullptr
+  int64_t n;      // a multiple of the vector width
+  double grad_scale;
+};
+
+// n elements (whole vectors). Losses are summed in partials of 8 vectors (in the compute type)
+// before being widened into the float64 sum; the vectors after the last whole group are added
+// one at a time. (noinline + flatten: one copy of the loss body per instance, every helper
+// inlined into it)
+template <class T, class Op, bool kGrad>
+__attribute__((noinline, flatten)) void run_block(const void* op_ptr, const BlockArgs<T>& b,
+                                                  PassState<T>& st) {
+  const Op op = *static_cast<const Op*>(op_ptr);  // (a local copy: its parameters stay in
+                                                   // registers, no aliasing with the outputs)
   using I = M<T>;
   constexpr int W = vec_width<T>;
   constexpr bool kTwo = Op::kTwo;
+  const V<T> gs = splat<T>(b.grad_scale);
+  const T *x = b.x, *x2 = b.x2, *y = b.y, *w = b.w;
+  T *loss = b.loss, *grad = b.grad, *grad2 = b.grad2;
+  I c_bad = st.c_bad;
+  f64v acc_lo = st.acc_lo, acc_hi = st.acc_hi;
+  auto add = [&](V<T> l) {
+    if constexpr (std::is_same_v<T, float>) {
+      f64v lo, hi;
+      widen(l, lo, hi);
+      acc_lo += lo;
+      acc_hi += hi;
+    } else {
+      acc_lo += l;
+    }
+  };
+  for (int64_t j = 0; j < b.n;) {
+    const int64_t m = j + 8 * W <= b.n ? 8 : 1;
+    V<T> part{};
+    for (int64_t k = 0; k < m; ++k, j += W) {  // (one copy of the body)
+      const V<T> xv = vload(x + j), yv = vload(y + j);
+      V<T> x2v{};
+      if constexpr (kTwo) x2v = vload(x2 + j);
+      V<T> l, g, g2;
+      I bad{};
+      op.template operator()<T>(xv, x2v, yv, l, g, g2, bad);
+      c_bad -= bad;
+      V<T> ws = gs;
+      if (w) {
+        const V<T> wv = vload(w + j);
+        l = l * wv;
+        ws = wv * gs;
+      }
+      if (loss) vstore(loss + j, l);
+      if constexpr (kGrad) {
+        vstore(grad + j, g * ws);
+        if constexpr (kTwo)
+          if (grad2) vstore(grad2 + j, g2 * ws);
+      }
+      part += l;
+    }
+    add(part);
+  }
+  st.c_bad = c_bad;
+  st.acc_lo = acc_lo, st.acc_hi = acc_hi;
+}
+
+template <class T> using BlockFn = void (*)(const void*, const BlockArgs<T>&, PassState<T>&);
+
+// 16-bit operands in, 16-bit gradients out, through float32 blocks.
+template <class S>
+__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
+  for (; i < n; ++i) d[i] = to_compute(s[i]);
+}
+template <class S>
+__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));
+  for (; i < n; ++i) d[i] = from_compute<S>(s[i]);
+}
+
+// Elements [lo, hi): whole vectors through fn, then the tail padded to a vector (x = 0, x2 = 1,
+// y = 1: no functor counts these operands invalid; weight 0) through a scratch state, its real
+// lanes' losses then added as a vector of their own (the padded lanes' as 0, even if inf * 0).
+// x, x2, grad, grad2 already offset to lo by the caller (they may be blocks of a 16-bit operand).
+template <class T>
+void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const T* x2, T* grad,
+               T* grad2, int64_t lo, int64_t hi, PassState<T>& st) {
+  constexpr int W = vec_width<T>;
+  const int64_t whole = (hi - lo) / W * W;
+  b.x = x, b.x2 = x2, b.grad = grad, b.grad2 = grad2;
+  b.y += lo, b.w = b.w ? b.w + lo : nullptr, b.loss = b.loss ? b.loss + lo : nullptr;
+  if (whole) {
+    b.n = whole;
+    fn(op, b, st);
+  }
+  const int64_t cnt = hi - lo - whole;
+  if (cnt == 0) return;
+  alignas(64) T xb[W], x2b[W], yb[W], wb[W], lb[W], gb[W], g2b[W];
+  for (int i = 0; i < W; ++i) {
+    const bool real = i < cnt;
+    xb[i] = real ? x[whole + i] : T(0);
+    x2b[i] = real && x2 ? x2[whole + i] : T(1);
+    yb[i] = real ? b.y[whole + i] : T(1);
+    wb[i] = real ? (b.w ? b.w[whole + i] : T(1)) : T(0);
+  }
+  BlockArgs<T> c = b;
+  c.x = xb, c.x2 = x2b, c.y = yb, c.w = wb, c.loss = lb;
+  c.grad = grad ? gb : nullptr, c.grad2 = grad2 ? g2b : nullptr;
+  c.n = W;
+  PassState<T> tail;  // (its sum is dropped: the padded lanes may hold inf or NaN)
+  fn(op, c, tail);
+  st.c_bad += tail.c_bad;
+  for (int64_t i = cnt; i < W; ++i) lb[i] = T(0);
+  const V<T> l = vload(lb);
+  if constexpr (std::is_same_v<T, float>) {
+    f64v l_lo, l_hi;
+    widen(l, l_lo, l_hi);
+    st.acc_lo += l_lo;
+    st.acc_hi += l_hi;
+  } else {
+    st.acc_lo += l;
+  }
+  for (int64_t i = 0; i < cnt; ++i) {
+    if (b.loss) b.loss[whole + i] = lb[i];
+    if (grad) grad[whole + i] = gb[i];
+    if (grad2) grad2[whole + i] = g2b[i];
+  }
+}
+
+template <class S> double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op) {
+  using T = compute_t<S>;
+  constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
+  constexpr int64_t kBlock16 = 1024;  // 16-bit: float32 blocks of 4 KB (a multiple of 8 W)
+  static_assert(kChunk % kBlock16 == 0 && kBlock16 % (8 * W) == 0, "block sizes");
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
   const int nt = threads_for(n, chunks);
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   std::atomic<int64_t> n_bad{0};
+  BlockArgs<T> b{};
+  b.y = a.y, b.w = a.w, b.loss = a.loss, b.grad_scale = a.grad_scale;
+  const bool two = a.x2 != nullptr;
   parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
-    I c_bad{};
-    f64v acc_lo{}, acc_hi{};
-    auto add = [&](V<T> l) {
-      if constexpr (std::is_same_v<T, float>) {
-        f64v lo, hi;
-        widen(l, lo, hi);
-        acc_lo += lo;
-        acc_hi += hi;
-      } else {
-        acc_lo += l;
-      }
-    };
-    const V<T> gs = splat<T>(a.grad_scale), one = splat<T>(1);
-    T lane[W];
-    for (int i = 0; i < W; ++i) lane[i] = T(i);
-    const V<T> lane_index = vload(lane);
-    auto at = [&](int64_t j, int64_t cnt) {  // cnt < W: a padded tail
-      const bool full = cnt == W;
-      const V<T> x = full ? vload_as(a.x + j) : load_partial(a.x + j, cnt, T(0));
-      V<T> x2{};
-      if constexpr (kTwo) x2 = full ? vload_as(a.x2 + j) : load_partial(a.x2 + j, cnt, T(1));
-      const V<T> y = full ? vload(a.y + j) : load_partial(a.y + j, cnt, T(1));
-      // real lanes: all of a full vector, the first cnt of a tail (weight 0 on the others)
-      const V<T> real = full ? one : vselect(lane_index < splat<T>(double(cnt)), one, V<T>{});
-      V<T> w = real;
-      if constexpr (kWeighted) w = full ? vload(a.w + j) : load_partial(a.w + j, cnt, T(0));
-      V<T> l, g, g2;
-      I bad{};
-      op.template operator()<T>(x, x2, y, l, g, g2, bad);
-      c_bad -= bad & I(real != V<T>{});
-      l = l * w;
-      if (!full) l = vselect(real == V<T>{}, V<T>{}, l);  // (padded lanes: 0, even if inf * 0)
-      if constexpr (kLossOut) {
-        if (full)
-          vstore(a.loss + j, l);
-        else
-          store_partial(a.loss + j, cnt, l);
-      }
-      if constexpr (kGrad) {
-        const V<T> ws = w * gs;
-        const V<T> gg = g * ws;
-        if (full)
-          vstore_as(a.grad + j, gg);
-        else
-          store_partial(a.grad + j, cnt, gg);
-        if constexpr (kTwo) {
-          if (a.grad2) {
-            const V<T> gg2 = g2 * ws;
-            if (full)
-              vstore_as(a.grad2 + j, gg2);
-            else
-              store_partial(a.grad2 + j, cnt, gg2);
-          }
-        }
-      }
-      return l;
-    };
+    PassState<T> st;
+    // each thread one contiguous range of chunks
     for (int64_t c = chunks * thread / n_threads; c < chunks * (thread + 1) / n_threads; ++c) {
       const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
-      acc_lo = acc_hi = f64v{};
-      int64_t j = lo;
-      // partials of 8 vectors in the compute type, then widened into the float64 sum
-      for (; j + 8 * W <= hi; j += 8 * W) {
-        V<T> part = at(j, W);
-        for (int k = 1; k < 8; ++k) part += at(j + k * W, W);
-        add(part);
+      st.acc_lo = st.acc_hi = f64v{};
+      if constexpr (std::is_same_v<S, T>) {
+        run_range<T>(fn, op, b, a.x + lo, two ? a.x2 + lo : nullptr,
+                     a.grad ? a.grad + lo : nullptr, a.grad2 ? a.grad2 + lo : nullptr, lo, hi,
+                     st);
+      } else {
+        alignas(64) float xs[kBlock16], x2s[kBlock16], gs[kBlock16], g2s[kBlock16];
+        for (int64_t s = lo; s < hi; s += kBlock16) {
+          const int64_t e = s + kBlock16 < hi ? s + kBlock16 : hi;
+          to_float_block(a.x + s, xs, e - s);
+          if (two) to_float_block(a.x2 + s, x2s, e - s);
+          run_range<T>(fn, op, b, xs, two ? x2s : nullptr, a.grad ? gs : nullptr,
+                       a.grad2 ? g2s : nullptr, s, e, st);
+          if (a.grad) from_float_block(gs, a.grad + s, e - s);
+          if (a.grad2) from_float_block(g2s, a.grad2 + s, e - s);
+        }
       }
-      for (; j + W <= hi; j += W) add(at(j, W));
-      if (j < hi) add(at(j, hi - j));
-      chunk_sum[c] = hsum(acc_lo + acc_hi);
+      chunk_sum[c] = hsum(st.acc_lo + st.acc_hi);
     }
     int64_t bad = 0;
-    for (int i = 0; i < W; ++i) bad += c_bad[i];
+    for (int i = 0; i < W; ++i) bad += st.c_bad[i];
     n_bad += bad;
   });
   double total = 0.0;
@@ -333,18 +520,15 @@ double run_with(PairwiseArgs<S>& a, const Op& op) {
 }
 
 template <class S, class Op> double run(PairwiseArgs<S>& a, const Op& op) {
-  const bool w = a.w != nullptr;
-  if (a.grad) {
-    if (a.loss) return w ? run_with<S, Op, true, true, true>(a, op) : run_with<S, Op, true, true, false>(a, op);
-    return w ? run_with<S, Op, true, false, true>(a, op) : run_with<S, Op, true, false, false>(a, op);
-  }
-  if (a.loss) return w ? run_with<S, Op, false, true, true>(a, op) : run_with<S, Op, false, true, false>(a, op);
-  return w ? run_with<S, Op, false, false, true>(a, op) : run_with<S, Op, false, false, false>(a, op);
+  using T = compute_t<S>;
+  return drive<S>(a, a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>, &op);
 }
 
 template <class S> double pairwise_impl(PairwiseArgs<S>& a) {
   switch (a.kind) {
-    case PairKind::kPoissonNll: return run(a, PoissonNll{a.p0, a.log_input, a.full});
+    case PairKind::kPoissonNll:
+      return a.log_input ? run(a, PoissonNll<true>{a.p0, a.full})
+                         : run(a, PoissonNll<false>{a.p0, a.full});
     case PairKind::kGaussianNll: return run(a, GaussianNll{a.p0, a.full});
     case PairKind::kMarginRanking: return run(a, MarginRanking{a.p0});
     case PairKind::kHingeEmbedding: return run(a, HingeEmbedding{a.p0});

@@ -50,7 +50,7 @@ inline void row_offsets(const Layout3& L, int64_t r0, int nb, int64_t* off) {
 // dominated a row of ten classes. r[i] holds row i on entry and class i on return.
 // ---------------------------------------------------------------------------------------------
 #if defined(__AVX512F__)
-inline void transpose_tile(__m512 r[16]) {
+__attribute__((always_inline)) inline void transpose_tile(__m512 r[16]) {
   __m512 t[16], u[16];
   for (int i = 0; i < 16; i += 2) {  // pairs of rows, per 128-bit lane: a0 b0 a1 b1 | a2 b2 a3 b3
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -83,7 +83,7 @@ inline void store_row_part(float* p, int k, __m512 v) {
 }
 using TileReg = __m512;
 #elif defined(__AVX2__)
-inline void transpose_tile(__m256 r[8]) {
+__attribute__((always_inline)) inline void transpose_tile(__m256 r[8]) {
   __m256 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);

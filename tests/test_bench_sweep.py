@@ -137,3 +137,18 @@ def test_vocab_sweep_runs_on_the_class_sweep(tmp_path):
     if importlib.util.find_spec("matplotlib") is not None:
         plot_sweep(sweep, str(tmp_path / "gbps.png"), "test")
         assert (tmp_path / "gbps.png").stat().st_size > 0
+
+
+def test_run_pointwise_small():
+    """`fastloss bench --pointwise` on a small n: every loss, loss and loss+grad, each with its
+    NumPy time and a floor from the better of the two bandwidth measurements."""
+    from fastloss.benchmark import POINTWISE, run_pointwise
+
+    results, info = run_pointwise(n=20_000, repeat=1, numpy_repeat=1)
+    assert [r.case for r in results] == [f"{n} {c}" for n in POINTWISE
+                                         for c in ("loss", "loss+grad")]
+    for r in results:
+        assert r.median_ms > 0 and r.numpy_ms > 0 and r.floor_ms > 0
+        read = r.case.endswith(" loss")
+        gbps = info["read_gbps"] if read else info["read_write_gbps"]
+        assert abs(r.floor_ms - r.bytes_moved / gbps / 1e6) <= 1e-9 * r.floor_ms

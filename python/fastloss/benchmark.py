@@ -419,7 +419,7 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
     grad.fill(0)
     progress("measuring the bandwidth floor")
     floor = bandwidth_floor(2 * x.nbytes)
-    results = []
+    results, todo = [], []
     extra = {}  # (issue 16) the operands of the pair losses, made when first needed
     for name in names:
         fname, kw, kind = POINTWISE[name]
@@ -438,18 +438,31 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
             args, reads, gkw = (pred, real, extra["var"]), 3, {}
         elif kind == "pair+signs":
             args, reads, writes, gkw = (pred, real, extra["signs"]), 3, 2, {}
-        progress(name)
-        cases = {"loss": (lambda: f(*args, **kw), lambda: ref(*args, **kw)),
-                 "loss+grad": (lambda: f(*args, return_grad=True, **gkw, **kw),
-                               lambda: ref(*args, return_grad=True, **kw))}
-        for case, (fast, slow) in cases.items():
-            moved = x.nbytes * (reads + (writes if case == "loss+grad" else 0))
-            floor_case = (moved / floor["read_gbps"] / 1e6 if case == "loss" else
-                          moved / floor["read_write_gbps"] / 1e6)
-            np_ms = statistics.median(time_call(slow, numpy_repeat, warmup=0))
-            t = time_call(fast, repeat)
-            results.append(Result(f"{name} {case}", "fastloss", statistics.median(t), min(t),
-                                  max(t), moved, floor_case, numpy_ms=np_ms, times_ms=t))
+        for case in ("loss", "loss+grad"):
+            g = case == "loss+grad"
+            moved = x.nbytes * (reads + (writes if g else 0))
+            fast = (lambda f=f, a=args, k={**kw, **gkw}: f(*a, return_grad=True, **k)) if g else \
+                (lambda f=f, a=args, k=kw: f(*a, **k))
+            slow = (lambda r=ref, a=args, k=kw: r(*a, return_grad=True, **k)) if g else \
+                (lambda r=ref, a=args, k=kw: r(*a, **k))
+            todo.append((name, f"{name} {case}", case, moved, fast, slow))
+    # fastloss first, every case, then the floor again (the better of the two measurements is
+    # kept: measured right after the arrays were allocated and filled it has come out at half
+    # the machine's bandwidth), then the NumPy reference, whose allocations of gigabytes
+    # disturb whatever runs next on this kind of machine.
+    times = {}
+    for name, label, case, moved, fast, slow in todo:
+        progress(label)
+        times[label] = time_call(fast, repeat)
+    progress("measuring the bandwidth floor again")
+    floor = {k: max(v, floor[k]) for k, v in bandwidth_floor(2 * x.nbytes).items()}
+    for name, label, case, moved, fast, slow in todo:
+        progress(f"{label} (NumPy)")
+        np_ms = statistics.median(time_call(slow, numpy_repeat, warmup=0))
+        t = times[label]
+        floor_case = moved / floor["read_gbps" if case == "loss" else "read_write_gbps"] / 1e6
+        results.append(Result(label, "fastloss", statistics.median(t), min(t), max(t), moved,
+                              floor_case, numpy_ms=np_ms, times_ms=t))
     info = {"n": n, "threads": fl.get_num_threads(), "processor": _cpu_name(),
             "isa": _core.active_isa(), **floor}
     return results, info

@@ -407,21 +407,7 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
 
 template <class T> using BlockFn = void (*)(const void*, const BlockArgs<T>&, PassState<T>&);
 
-// 16-bit operands in, 16-bit gradients out, through float32 blocks.
-template <class S>
-__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
-  constexpr int W = vec_width<float>;
-  int64_t i = 0;
-  for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
-  for (; i < n; ++i) d[i] = to_compute(s[i]);
-}
-template <class S>
-__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
-  constexpr int W = vec_width<float>;
-  int64_t i = 0;
-  for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));
-  for (; i < n; ++i) d[i] = from_compute<S>(s[i]);
-}
+// (16-bit operands go through float32 blocks: to_float_block / from_float_block, simd_math.hpp)
 
 // Elements [lo, hi): whole vectors through fn, then the tail padded to a vector (x = 0, x2 = 1,
 // y = 1: no functor counts these operands invalid; weight 0) through a scratch state, its real

@@ -560,7 +560,8 @@ inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
 //   fit (relative error 1.1e-8). The correction adds c / u (a division: where u rounds to 1 the
 //   result is that term alone, e.g. log(1 - q) for tiny q).
 //   log(0) = -inf, log(inf) = inf, log(u < 0) and NaN: NaN.
-inline f32v vlog_sum(f32v uv, f32v cv) {
+// (kCorrect false: no correction term, vlog_table below.)
+template <bool kCorrect> inline f32v log_table_avx2(f32v uv, f32v cv) {
   const __m256 u = __m256(uv), c = __m256(cv);
   const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
   const __m256 sub = _mm256_cmp_ps(u, tiny, _CMP_LT_OQ);
@@ -596,7 +597,8 @@ inline f32v vlog_sum(f32v uv, f32v cv) {
   const __m256 lp = _mm256_fmadd_ps(_mm256_mul_ps(f, f), g, f);
   // k ln 2 + log(c) + log1p(f) + c / u, ln 2 in two parts
   __m256 lo = _mm256_fmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), lp);
-  lo = _mm256_add_ps(_mm256_div_ps(c, u), lo);  // (tiny results are this term alone)
+  if constexpr (kCorrect)
+    lo = _mm256_add_ps(_mm256_div_ps(c, u), lo);  // (tiny results are this term alone)
   __m256 r = _mm256_add_ps(_mm256_fmadd_ps(k, _mm256_set1_ps(0.693359375f), logc), lo);
   const float inf = std::numeric_limits<float>::infinity();
   r = _mm256_blendv_ps(r, _mm256_set1_ps(-inf), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_EQ_OQ));
@@ -604,6 +606,7 @@ inline f32v vlog_sum(f32v uv, f32v cv) {
   // u < 0 or NaN: all-ones bits, a NaN
   return f32v(_mm256_or_ps(r, _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_NGE_UQ)));
 }
+inline f32v vlog_sum(f32v uv, f32v cv) { return log_table_avx2<true>(uv, cv); }
 #endif
 // ---------------------------------------------------------------------------------------------
 // log(u) for u >= 0 (or NaN) by the float table forms of vlog_sum above without their correction
@@ -623,47 +626,7 @@ inline f32v vlog_table(f32v u) {
   return vselect(u == f32v{}, vset<float>(-std::numeric_limits<float>::infinity()), out);
 }
 #elif defined(__AVX2__)
-inline f32v vlog_table(f32v uv) {
-  const __m256 u = __m256(uv);
-  const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
-  const __m256 sub = _mm256_cmp_ps(u, tiny, _CMP_LT_OQ);
-  const __m256 us = _mm256_blendv_ps(u, _mm256_mul_ps(u, _mm256_set1_ps(8388608.0f)), sub);
-  const __m256i bits = _mm256_sub_epi32(_mm256_castps_si256(us), _mm256_set1_epi32(0x3F400000));
-  const __m256i ki = _mm256_srai_epi32(bits, 23);
-  const __m256 m = _mm256_castsi256_ps(
-      _mm256_sub_epi32(_mm256_castps_si256(us), _mm256_slli_epi32(ki, 23)));
-  const __m256 k = _mm256_sub_ps(_mm256_cvtepi32_ps(ki),
-                                 _mm256_and_ps(sub, _mm256_set1_ps(23.0f)));
-  const __m256i idx = _mm256_srli_epi32(bits, 19);
-  const __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 9));
-  const __m256 inv = _mm256_blendv_ps(
-      _mm256_permutevar8x32_ps(
-          _mm256_setr_ps(0x1.4e5e0ap+0f, 0x1.414142p+0f, 0x1.3521d0p+0f, 0x1.29e412p+0f,
-                         0x1.1f7048p+0f, 0x1.15b1e6p+0f, 0x1.0c9714p+0f, 0x1p+0f), idx),
-      _mm256_permutevar8x32_ps(
-          _mm256_setr_ps(0x1p+0f, 0x1.d41d42p-1f, 0x1.bacf92p-1f, 0x1.a41a42p-1f,
-                         0x1.8f9c18p-1f, 0x1.7d05f4p-1f, 0x1.6c16c2p-1f, 0x1.5c9882p-1f), idx),
-      upper);
-  const __m256 logc = _mm256_blendv_ps(
-      _mm256_permutevar8x32_ps(
-          _mm256_setr_ps(-0x1.1178e6p-2f, -0x1.d10384p-3f, -0x1.823c18p-3f, -0x1.365fc6p-3f,
-                         -0x1.da7278p-4f, -0x1.4d3116p-4f, -0x1.894a84p-5f, 0.0f), idx),
-      _mm256_permutevar8x32_ps(
-          _mm256_setr_ps(0.0f, 0x1.6f0d28p-4f, 0x1.29552cp-3f, 0x1.9525a8p-3f,
-                         0x1.fb918cp-3f, 0x1.2e8e2cp-2f, 0x1.5d1bdap-2f, 0x1.89a33ap-2f), idx),
-      upper);
-  const __m256 f = _mm256_fmsub_ps(m, inv, _mm256_set1_ps(1.0f));
-  __m256 g = _mm256_fmadd_ps(_mm256_set1_ps(0x1.85b8f4p-3f), f, _mm256_set1_ps(-0x1.001506p-2f));
-  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(0x1.555726p-2f));
-  g = _mm256_fmadd_ps(g, f, _mm256_set1_ps(-0.5f));
-  const __m256 lp = _mm256_fmadd_ps(_mm256_mul_ps(f, f), g, f);
-  const __m256 lo = _mm256_fmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), lp);
-  __m256 r = _mm256_add_ps(_mm256_fmadd_ps(k, _mm256_set1_ps(0.693359375f), logc), lo);
-  const float inf = std::numeric_limits<float>::infinity();
-  r = _mm256_blendv_ps(r, _mm256_set1_ps(-inf), _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_EQ_OQ));
-  r = _mm256_blendv_ps(r, u, _mm256_cmp_ps(u, _mm256_set1_ps(inf), _CMP_EQ_OQ));
-  return f32v(_mm256_or_ps(r, _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_NGE_UQ)));
-}
+inline f32v vlog_table(f32v u) { return log_table_avx2<false>(u, f32v{}); }
 #endif
 template <class V> inline V vlog_table(V u) { return vlog(u); }
 
@@ -833,6 +796,23 @@ template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>
   T buf[vec_width<T>];
   vstore(buf, v);
   for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
+}
+
+// 16-bit operands in, 16-bit gradients out, through float32 blocks (the elementwise kernels
+// of pointwise.cpp and pairs.cpp): n elements converted, whole vectors then the rest.
+template <class S>
+__attribute__((noinline)) void to_float_block(const S* s, float* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(d + i, vload_as(s + i));
+  for (; i < n; ++i) d[i] = to_compute(s[i]);
+}
+template <class S>
+__attribute__((noinline)) void from_float_block(const float* s, S* d, int64_t n) {
+  constexpr int W = vec_width<float>;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore_as(d + i, vload(s + i));
+  for (; i < n; ++i) d[i] = from_compute<S>(s[i]);
 }
 
 }  // namespace

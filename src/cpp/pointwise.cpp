@@ -348,16 +348,7 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
     if constexpr (kGrad) vstore(grad + j, g * gs);
     return l;
   };
-  auto add = [&](V<T> l) {
-    if constexpr (std::is_same_v<T, float>) {
-      f64v lo, hi;
-      widen(l, lo, hi);
-      acc_lo += lo;
-      acc_hi += hi;
-    } else {
-      acc_lo += l;
-    }
-  };
+  auto add = [&](V<T> l) { add_widened(l, acc_lo, acc_hi); };
   for (int64_t j = 0; j < b.n;) {
     const int64_t m = j + 8 * W <= b.n ? 8 : 1;
     V<T> part = at(j);

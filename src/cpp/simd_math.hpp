@@ -798,6 +798,18 @@ template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>
   for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);
 }
 
+// Float64 sums of a vector: lo += l (float64), or its two halves widened (float32).
+template <class V> inline void add_widened(V l, f64v& lo, f64v& hi) {
+  if constexpr (sizeof(l[0]) == 4) {
+    f64v a, b;
+    widen(l, a, b);
+    lo += a;
+    hi += b;
+  } else {
+    lo += l;
+  }
+}
+
 // 16-bit operands in, 16-bit gradients out, through float32 blocks (the elementwise kernels
 // of pointwise.cpp and pairs.cpp): n elements converted, whole vectors then the rest.
 template <class S>

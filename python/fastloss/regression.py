@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from . import _core
 from ._pointwise import pointwise
 from ._validation import check_real
 
 __all__ = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"]
-
-
-def _small_call(input: Any, target: Any, weight: Any, reduction: Any, return_grad: Any,
-                grad_out: Any) -> bool:
-    """The common small call (two ndarrays, no weight, "mean" or "sum", loss only): the core
-    checks the rest (one shape, dtype and C order) and reduces in one call, or returns None."""
-    return (type(input) is np.ndarray and type(target) is np.ndarray and weight is None
-            and return_grad is False and grad_out is None and type(reduction) is str
-            and (reduction == "mean" or reduction == "sum"))
 
 _COMMON = """
     Arguments follow :func:`torch.nn.functional.{torch}`; ``input``, ``target`` and the optional
@@ -44,10 +32,6 @@ def mse_loss(input: Any, target: Any, *, weight: Any = None, reduction: str = "m
     >>> float(fl.mse_loss([4.0, 2.0, 3.0], [3.0, 5.0, 2.0]))  # (1 + 9 + 1) / 3
     3.6666666666666665
     """
-    if _small_call(input, target, weight, reduction, return_grad, grad_out):
-        r = _core.pointwise_small(0, input, target, reduction == "mean")
-        if r is not None:
-            return input.dtype.type(r)
     return pointwise("mse", input, target, weight=weight, reduction=reduction,
                      return_grad=return_grad, grad_out=grad_out)
 
@@ -63,10 +47,6 @@ def l1_loss(input: Any, target: Any, *, weight: Any = None, reduction: str = "me
     >>> float(fl.l1_loss([4.0, 2.0, 3.0], [3.0, 5.0, 2.0]))  # (1 + 3 + 1) / 3
     1.6666666666666667
     """
-    if _small_call(input, target, weight, reduction, return_grad, grad_out):
-        r = _core.pointwise_small(1, input, target, reduction == "mean")
-        if r is not None:
-            return input.dtype.type(r)
     return pointwise("l1", input, target, weight=weight, reduction=reduction,
                      return_grad=return_grad, grad_out=grad_out)
 

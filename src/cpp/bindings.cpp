@@ -580,33 +580,6 @@ py::object pointwise_fast(int kind, py::handle x, py::handle y, double p0, doubl
   });
 }
 
-// mse_loss / l1_loss (kind 0 / 1) of two arrays of one shape, dtype and C order.
-py::object pointwise_small(int kind, const py::array& x, const py::array& y, bool mean) {
-  if ((kind != 0 && kind != 1) || !plain_float(x) || !plain_float(y) ||
-      x.dtype().itemsize() != y.dtype().itemsize() || x.ndim() != y.ndim() || x.size() == 0 ||
-      !(x.flags() & py::array::c_style) || !(y.flags() & py::array::c_style))
-    return py::none();
-  for (ssize_t k = 0; k < x.ndim(); ++k)
-    if (x.shape(k) != y.shape(k)) return py::none();
-  double total = 0.0;
-  auto run = [&](auto tag) {
-    using S = decltype(tag);
-    PointwiseArgs<S> a;
-    a.kind = static_cast<PointwiseKind>(kind);
-    a.n = x.size();
-    a.x = static_cast<const S*>(x.data());
-    a.y = static_cast<const S*>(y.data());
-    if (a.n >= kSmallWork) {
-      py::gil_scoped_release nogil;
-      total = fastloss::pointwise(a);
-    } else {
-      total = fastloss::pointwise(a);
-    }
-  };
-  if (x.dtype().itemsize() == 4) run(float{}); else run(double{});
-  return py::float_(mean ? total / double(x.size()) : total);
-}
-
 // logsumexp (op 0), softmax (1), log_softmax (2) of a C-order float32/float64 ndarray (at least
 // 1-d, not empty) along one axis (an exact int) or all (None), as the public functions return
 // them (logsumexp of one row: a NumPy scalar); None where the general path applies.
@@ -679,13 +652,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Small-call fast paths (see there and bind_util.hpp): what the public function returns,
-  // or None where its general path applies (pointwise_small: the reduced loss as a float).
+  // or None where its general path applies.
   m.def("class_rows_small", &class_rows_small);
   m.def("pointwise_fast", &pointwise_fast);
   m.def("softmax_small", &softmax_small);
   m.def("check_class_targets", &check_class_targets, py::arg("target"), py::arg("n_classes"),
         py::arg("ignore_index"));
-  m.def("pointwise_small", &pointwise_small);
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);
   // kind: 0 mse, 1 l1, 2 huber, 3 smooth_l1, 4 bce_with_logits, 5 bce, 6 sigmoid_focal, 7 hinge.
   // Returns (sum of losses, hinge label counts: == -1, == 0, invalid).

@@ -296,55 +296,16 @@ def perplexity(logits: Any, target: Any, **kwargs: Any) -> da.Array:
 # ---------------------------------------------------------------------------------------------
 # Pointwise losses
 # ---------------------------------------------------------------------------------------------
-def _pw_none(fn, x, y, w, pw, kw):
-    x, y, w, pw = map(_aligned, (x, y, w, pw))
-    extra = {k: v for k, v in (("weight", w), ("pos_weight", pw)) if v is not None}
-    return np.asarray(fn(x, y, reduction="none", **extra, **kw))
-
-
-def _pw_sum(fn, x, y, w, pw, kw):
-    x, y, w, pw = map(_aligned, (x, y, w, pw))
-    extra = {k: v for k, v in (("weight", w), ("pos_weight", pw)) if v is not None}
-    s = np.float64(fn(x, y, reduction="sum", **extra, **kw))
-    return np.full((1,) * np.ndim(x), s)
-
-
 def _pointwise(fn, input: Any, target: Any, reduction: str, weight: Any = None,
                pos_weight: Any = None, **kw: Any) -> da.Array:
-    reduction = _check_reduction(reduction)
-    ops = [_as_dask(input), _as_dask(target)]
-    ops += [None if a is None else _as_dask(a) for a in (weight, pos_weight)]
-    present = [a for a in ops if a is not None]
-    if any(math.isnan(n) for a in present for n in a.shape):
-        raise ValueError("operands must have known chunk sizes (call compute_chunk_sizes())")
-    try:
-        full = np.broadcast_shapes(*(a.shape for a in present))
-    except ValueError:
-        raise ValueError("shapes do not broadcast together: "
-                         + ", ".join(str(a.shape) for a in present)) from None
-    warn_if_broadcast(ops[0].shape, ops[1].shape, stacklevel=3)  # as the eager losses
-    # Check the options now and find the loss dtype (a tiny eager call).
-    probe_extra = {k: np.zeros(1, a.dtype) for k, a in (("weight", ops[2]),
-                                                        ("pos_weight", ops[3])) if a is not None}
-    dt = np.asarray(fn(np.ones(1, ops[0].dtype), np.ones(1, ops[1].dtype), reduction="none",
-                       **probe_extra, **kw)).dtype
-    ref = next((a for a in ops[:2] if a.shape == full), None)
-    chunks = ref.chunks if ref is not None else da.broadcast_to(ops[0], full).chunks
-    ops = [None if a is None else
-           (a if a.shape == full else da.broadcast_to(a, full)).rechunk(chunks)
-           for a in ops]
-    ind = tuple(range(len(full)))
-    args = []
-    for a in ops:
-        args += [a, ind] if a is not None else [None, None]
-    if reduction == "none":
-        return da.blockwise(_pw_none, ind, fn, None, *args, kw, None, dtype=dt,
-                            meta=np.empty((0,) * len(full), dt))
-    partial = da.blockwise(_pw_sum, ind, fn, None, *args, kw, None, dtype=np.float64,
-                           adjust_chunks={i: 1 for i in ind},
-                           meta=np.empty((0,) * len(full), np.float64))
-    total = partial.sum(dtype=np.float64)
-    return _finish(total, float(math.prod(full)), reduction, dt)
+    """``fn(input, target[, weight=][, pos_weight=])`` by blocks (:func:`_elementwise`), with
+    the eager losses' warning when ``target``'s shape differs from ``input``'s."""
+    _check_reduction(reduction)
+    named = [(n, a) for n, a in (("weight", weight), ("pos_weight", pos_weight)) if a is not None]
+    x, t = _as_dask(input), _as_dask(target)
+    warn_if_broadcast(x.shape, t.shape, stacklevel=3)  # as the eager losses
+    return _elementwise(fn, [x, t] + [a for _, a in named], tuple(n for n, _ in named),
+                        reduction, **kw)
 
 
 _POINTWISE_DOC = """
@@ -480,8 +441,7 @@ def _cos_operands(x1: Any, x2: Any, axis: Any, eps: Any):
     """Broadcast Dask operands chunked alike with the vector axis in one chunk; the axis, the
     output dtype (a tiny eager call checks the options)."""
     a, b = _as_dask(x1), _as_dask(x2)
-    if any(math.isnan(n) for o in (a, b) for n in o.shape):
-        raise ValueError("operands must have known chunk sizes (call compute_chunk_sizes())")
+    _known([a, b])
     try:
         full = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:

@@ -795,6 +795,34 @@ def ranking_softmax_loss(scores: Any, labels: Any, *, where: Any = None,
                     count=_live_lists if where is not None else None)
 
 
+# One example per lazy function of issue 16: the lazy result equals the eager one.
+_EXAMPLE = """
+    Examples
+    --------
+    >>> import numpy as np, dask, dask.array as da, fastloss as fl, fastloss.dask as fld
+    >>> x = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.5, -2.0, 0.25], [0.5, 0.5, 1.0]])
+    >>> y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    >>> X = da.from_array(x, chunks=(2, 3))
+    >>> with dask.config.set(scheduler="synchronous"):
+    ...     bool(np.isclose(fld.{name}(X, {args}).compute(), fl.{name}(x, {args})))
+    True
+"""
+_EXAMPLE_ARGS = {
+    "margin_ranking_loss": "-x, np.sign(y - 0.5)",
+    "gaussian_nll_loss": "y, y + 0.5",
+    "multiclass_hinge_loss": "np.array([0, 2, 1, 0])",
+    "multiclass_perceptron_loss": "np.array([0, 2, 1, 0])",
+    "sparsemax_loss": "np.array([0, 2, 1, 0])",
+    "kl_div_with_logits": "2 * y",
+    "jensen_shannon_with_logits": "2 * y",
+    "generalized_kl_div": "y",
+    "multilabel_soft_margin_loss": "y",
+    "multilabel_margin_loss": "np.array([[0, -1, -1], [2, 1, -1], [1, -1, -1], [0, 2, -1]])",
+    "cosine_embedding_loss": "x[::-1], np.array([1, -1, 1, -1])",
+    "ranking_softmax_loss": "y",
+}
+
+
 for _f, _first, _axis, _others, _mean in (
     (multiclass_hinge_loss, "scores", "class ``axis``",
      "``target`` (class indices) has the shape of the rows and is chunked like them.",
@@ -827,3 +855,9 @@ for _f, _first, _axis, _others, _mean in (
     _f.__doc__ = _f.__doc__ + "\n" + _ROWWISE_DOC.format(
         name=_f.__name__, first=_first, axis=_axis, others=_others, mean=_mean)
 del _f, _first, _axis, _others, _mean
+for _f in (margin_ranking_loss, gaussian_nll_loss, multiclass_hinge_loss,
+           multiclass_perceptron_loss, sparsemax_loss, kl_div_with_logits,
+           jensen_shannon_with_logits, generalized_kl_div, multilabel_soft_margin_loss,
+           multilabel_margin_loss, cosine_embedding_loss, ranking_softmax_loss):
+    _f.__doc__ += _EXAMPLE.format(name=_f.__name__, args=_EXAMPLE_ARGS[_f.__name__])
+del _f

@@ -692,6 +692,9 @@ template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
     W = 0.0;
     for (int64_t j = 0; j < a.lx.n1; ++j) W += double(a.weight[j]);
   }
+  if constexpr (std::is_same_v<S, compute_t<S>>) {  // float32, float64: two classes
+    if (ce_binary_applies(a)) return ce_index_binary(a);
+  }
   if (a.lx.n1 <= kNarrowMaxClasses && a.softcap == 0) {  // rows in SIMD lanes
     if (!smooth)
       ce_index_narrow<S, Coef::kNone>(a, W);

@@ -307,3 +307,187 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     scatter_lanes(a.grad, a.lg, goff, nb, xb, fill_row, fill);
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two classes (binary softmax), contiguous (N, 2) logits and gradient, no label smoothing,
+// z-loss or focal term: with z = x_other - x_t the loss is
+//   -log p_t = softplus(z) = max(z, 0) + log1p(exp(-|z|))
+// (no maximum, no sum of exps, no float64 log: one exp and one log1p per row, in the compute
+// type, the log1p of exp(-|z|) as in the logistic pointwise losses), and the gradient is
+//   d/dx_other = g w_t sigmoid(z),  d/dx_t = -g w_t sigmoid(z)
+// with sigmoid(z) = 1 / (1 + e) (z >= 0) or e / (1 + e), e = exp(-|z|). Rows are read in
+// vectors of W rows (2 W logits, split into the two classes' lanes), not transposed through
+// memory. As ce_index_narrow: 0 for ignore_index rows (gradient 0), NaN for rows with NaN or
+// +inf (a non-finite maximum; a row of two -inf gives z = NaN), and for out-of-range targets
+// (rejected by the caller before). lse = max(x0, x1) + log1p(exp(-|z|)) from the same exp and
+// log1p, and token accuracy (NumPy's argmax, the first NaN winning) from the same lanes.
+// ---------------------------------------------------------------------------------------------
+template <class T> inline void split_pairs(const T* p, vec_t<T>& a, vec_t<T>& b) {
+  [[maybe_unused]] constexpr int W = vec_width<T>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + 16);
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    a = vec_t<T>(_mm512_permutex2var_ps(v0, ev, v1));
+    b = vec_t<T>(_mm512_permutex2var_ps(v0, od, v1));
+  } else {
+    const __m512d v0 = _mm512_loadu_pd(p), v1 = _mm512_loadu_pd(p + 8);
+    a = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), v1));
+    b = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), v1));
+  }
+#else
+  for (int i = 0; i < W; ++i) a[i] = p[2 * i], b[i] = p[2 * i + 1];
+#endif
+}
+template <class T> inline void join_pairs(T* p, vec_t<T> a, vec_t<T> b) {
+  [[maybe_unused]] constexpr int W = vec_width<T>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(p, _mm512_permutex2var_ps(__m512(a), lo, __m512(b)));
+    _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(__m512(a), hi, __m512(b)));
+  } else {
+    _mm512_storeu_pd(p, _mm512_permutex2var_pd(__m512d(a), _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11),
+                                               __m512d(b)));
+    _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(
+                                __m512d(a), _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), __m512d(b)));
+  }
+#else
+  for (int i = 0; i < W; ++i) p[2 * i] = a[i], p[2 * i + 1] = b[i];
+#endif
+}
+
+template <class T> bool ce_binary_applies(const CrossEntropyArgs<T>& a) {
+  return a.lx.n1 == 2 && a.target && !a.probs && a.label_smoothing == 0.0 && a.z_loss == 0.0 &&
+         a.softcap == 0.0 && !a.focal;
+}
+
+// How a block of W rows of a layout is read or written: kPairs, (N, 2) contiguous (the two
+// classes interleaved); kLanes, each class's W rows contiguous (the class axis of (N, C, H, W)
+// with the block inside one image: two vector loads); else one element at a time.
+enum class PairAccess { kPairs, kLanes, kAny };
+template <int W> PairAccess pair_access(const Layout3& l, int64_t r) {
+  if (l.n2 == 1) return l.s1 == 1 && (l.n0 <= 1 || l.s0 == 2) ? PairAccess::kPairs
+                                                               : PairAccess::kAny;
+  return l.s2 == 1 && r % l.n2 + W <= l.n2 ? PairAccess::kLanes : PairAccess::kAny;
+}
+
+template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
+  using V = vec_t<T>;
+  using I = typename Vec<T>::itype;
+  constexpr int W = vec_width<T>;
+  const int64_t rows = a.lx.rows();
+  const int64_t ignore_index = a.ignore_index;
+  const T w0 = a.weight ? a.weight[0] : T(1), w1 = a.weight ? a.weight[1] : T(1);
+  const T g = T(a.grad_scale);
+  // rows [r, r + nb), nb <= W (the lanes past nb: logits 0, target ignored, never written)
+  auto block = [&](int64_t r, int nb) {
+    const bool full = nb == W;
+    V x0, x1;
+    const PairAccess ax = full ? pair_access<W>(a.lx, r) : PairAccess::kAny;
+    if (ax == PairAccess::kPairs) {
+      split_pairs<T>(a.x + 2 * r, x0, x1);
+    } else if (ax == PairAccess::kLanes) {
+      const T* p = a.x + a.lx.offset(r);
+      x0 = vload(p), x1 = vload(p + a.lx.s1);
+    } else {
+      alignas(64) T b0[W] = {}, b1[W] = {};
+      for (int i = 0; i < nb; ++i) {
+        const int64_t o = a.lx.offset(r + i);
+        b0[i] = a.x[o], b1[i] = a.x[o + a.lx.s1];
+      }
+      x0 = vload(b0), x1 = vload(b1);
+    }
+    // target code per lane: 0 or 1 the class, -1 ignore_index, -2 out of range (branch-free:
+    // vectorised)
+    alignas(64) int64_t tp[W];
+    if (full) {
+      std::memcpy(tp, a.target + r, sizeof(tp));
+    } else {
+      for (int i = 0; i < W; ++i) tp[i] = i < nb ? a.target[r + i] : ignore_index;
+    }
+    alignas(64) T code[W];
+    for (int i = 0; i < W; ++i) {
+      const int64_t t = tp[i];
+      code[i] = t == ignore_index ? T(-1) : t == 0 ? T(0) : t == 1 ? T(1) : T(-2);
+    }
+    const V c = vload(code), zero{}, one = vset<T>(1);
+    const auto t1 = c == one, t0 = c == zero;
+    const V z = vselect(t1, x0 - x1, x1 - x0);  // the other class's logit minus the target's
+    V e, l1pe;
+    exp_log1p_neg(vselect(z < zero, -z, z), e, l1pe);
+    const V inf = vset<T>(std::numeric_limits<T>::infinity()), nan = vset<T>(T(kNaN));
+    const auto bad = (x0 == inf) | (x1 == inf) | I(c == vset<T>(-2));
+    const V wt = vselect(t1, vset<T>(w1), vselect(t0, vset<T>(w0), zero));
+    // loss = max(z, 0) + log1p(e) with z = x_other - x_t formed in float64 for float32 logits
+    // (exact: no overflow for finite logits); ignored rows 0 (even NaN ones), bad rows NaN
+    const auto ign = c == vset<T>(-1);
+    const V xo = vselect(ign, zero, vselect(t1, x0, x1)), xt = vselect(ign, zero, vselect(t1, x1, x0));
+    const V lp = vselect(ign, zero, vselect(bad, nan, l1pe));
+    alignas(64) double lbuf[W];
+    double* lout = full ? a.loss + r : lbuf;
+    if constexpr (std::is_same_v<T, float>) {
+      f64v o[2], t[2], q[2], w[2] = {};
+      widen(xo, o[0], o[1]), widen(xt, t[0], t[1]), widen(lp, q[0], q[1]);
+      if (a.weight) widen(wt, w[0], w[1]);
+      for (int k = 0; k < 2; ++k) {
+        const f64v d = o[k] - t[k];
+        f64v l = vselect(d > f64v{}, d, f64v{}) + q[k];
+        if (a.weight) l *= w[k];
+        vstore(lout + k * vec_width<double>, l);
+      }
+    } else {
+      const V d = xo - xt;
+      V l = vselect(d > zero, d, zero) + lp;
+      if (a.weight) l *= wt;
+      vstore(lout, l);
+    }
+    if (!full) std::memcpy(a.loss + r, lbuf, sizeof(double) * size_t(nb));
+    if (a.lse) {  // max + log1p(exp(-|x0 - x1|)); NaN rows NaN, a non-finite maximum as it is
+      const V m = vselect(x0 > x1, x0, x1);
+      V lse = vselect(m - m == zero, m + l1pe, m);
+      lse = vselect((x0 != x0) | (x1 != x1), nan, lse);
+      alignas(64) double out[W];
+      to_f64_lanes(lse, out);
+      std::memcpy(a.lse + r, out, sizeof(double) * size_t(nb));
+    }
+    if (a.correct) {  // NumPy's argmax (the first maximum; the first NaN counts as the largest)
+      const I first_nan = I(x0 != x0), ow = I(x1 > x0) | (I(x1 != x1) & ~first_nan);
+      const I win = (ow & I(t1)) | (~ow & I(t0));
+      alignas(64) T corr[W];
+      vstore(corr, vselect(win, one, zero));
+      for (int i = 0; i < nb; ++i) a.correct[r + i] = corr[i] != T(0);
+    }
+    if (!a.grad) return;
+    const V big = one / (one + e);
+    V s = vselect(z >= zero, big, e * big);  // sigmoid(z); NaN for NaN z
+    s = vselect(z != z, z, s);
+    const V go = vselect(bad, nan, vselect(c == vset<T>(-1), zero, (vset<T>(g) * wt) * s));
+    const V g0 = vselect(t1, go, -go), g1 = vselect(t1, -go, go);
+    const PairAccess ag = full ? pair_access<W>(a.lg, r) : PairAccess::kAny;
+    if (ag == PairAccess::kPairs) {
+      join_pairs<T>(a.grad + 2 * r, g0, g1);
+    } else if (ag == PairAccess::kLanes) {
+      T* p = a.grad + a.lg.offset(r);
+      vstore(p, g0), vstore(p + a.lg.s1, g1);
+    } else {
+      alignas(64) T b0[W], b1[W];
+      vstore(b0, g0), vstore(b1, g1);
+      for (int i = 0; i < nb; ++i) {
+        const int64_t o = a.lg.offset(r + i);
+        a.grad[o] = b0[i], a.grad[o + a.lg.s1] = b1[i];
+      }
+    }
+  };
+  const int64_t blocks = (rows + W - 1) / W;
+  const int nt = threads_for(rows * 2, blocks);
+  parallel_for(nt, [&](int64_t th, int64_t n_th) {
+    const int64_t lo = blocks * th / n_th * W;
+    int64_t hi = blocks * (th + 1) / n_th * W;
+    hi = hi < rows ? hi : rows;
+    for (int64_t r = lo; r < hi; r += W) block(r, int(hi - r < W ? hi - r : W));
+  });
+}

@@ -19,10 +19,13 @@ import numpy as np
 from ._pointwise import real_array
 from ._validation import (
     FloatInput,
+    check_grad_out_given,
     check_real,
     check_reduction,
     check_temperature,
+    deliver_grads,
     float_input,
+    grad_buffers,
     mean_scale,
     reduce_rows,
 )
@@ -253,6 +256,7 @@ def triplet_margin_loss(
     swap: bool = False,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Triplet margin loss, as :func:`torch.nn.functional.triplet_margin_loss`.
 
@@ -283,6 +287,12 @@ def triplet_margin_loss(
         ``"mean"`` over triplets; ``"none"``: one loss per triplet, shape ``anchor.shape[:-1]``.
     return_grad : bool
         Also return ``(d_anchor, d_positive, d_negative)``, each in its input's shape and dtype.
+    grad_out : tuple (or list) of three entries, optional
+        Preallocated arrays for ``(d_anchor, d_positive, d_negative)``, each an ndarray of its
+        input's shape and dtype or None (that gradient is allocated); needs
+        ``return_grad=True``. An entry may be its input itself (in-place use; the results are
+        those of a call without ``grad_out``); no two entries may share memory. The returned
+        tuple holds these arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -293,7 +303,11 @@ def triplet_margin_loss(
     ------
     ValueError
         Shapes differ, ``margin <= 0``, ``p <= 0``, ``eps`` not finite, an unknown
-        ``reduction``.
+        ``reduction``; a ``grad_out`` entry of the wrong shape or read-only, entries that
+        share memory, a ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -325,6 +339,7 @@ def triplet_margin_loss(
     array([[-0.2       , -0.26666667],
            [-0.2       , -0.26666667]])
     """
+    want_grad = check_grad_out_given(grad_out, return_grad)
     (a, pp, n), shape = _embeddings([(anchor, "anchor"), (positive, "positive"),
                                       (negative, "negative")])
     m = _check_margin(margin, positive=True)
@@ -333,7 +348,9 @@ def triplet_margin_loss(
     if not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number, got {eps!r}")
     reduction = check_reduction(reduction)
-    swap, want_grad = bool(swap), bool(return_grad)
+    swap = bool(swap)
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(shape, f.orig_dtype) for f in (a, pp, n)], ("anchor", "positive", "negative"))
     a2, p2, n2 = _rows(a), _rows(pp), _rows(n)
     rows = a2.shape[0]
     scale = mean_scale(reduction, rows)
@@ -376,7 +393,7 @@ def triplet_margin_loss(
     loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, pp, n]))
     if not want_grad:
         return loss
-    return loss, tuple(g.reshape(shape) for g in grads)
+    return loss, deliver_grads([g.reshape(shape) for g in grads], bufs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -293,13 +293,15 @@ def grad_buffers(
 def deliver_grads(grads, bufs: Optional[list]) -> tuple:
     """The gradients as returned: each copied into its caller's buffer where ``bufs`` has one
     (that buffer is then returned in its place). Called once everything has been computed and
-    checked, so a failing call leaves the caller's buffers untouched."""
+    checked, so a failing call leaves the caller's buffers untouched. A gradient that is a view
+    of its buffer with the buffer's layout (written there directly) is not copied."""
     if bufs is None:
         return tuple(grads)
     out = []
     for g, b in zip(grads, bufs):
         if b is not None and g is not b:
-            np.copyto(b, g)
+            if not same_memory_layout(g, b):  # (else a view of b the core wrote into)
+                np.copyto(b, g)
             g = b
         out.append(g)
     return tuple(out)

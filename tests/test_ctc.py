@@ -518,7 +518,8 @@ def test_ctc_grad_out_errors(rng):
     bad_label[1, 0] = 5  # out of range: IndexError
     blank_label = targets.copy()
     blank_label[2, 1] = 0  # the blank among the labels, found late
-    for args, exc in (((lp, bad_label, il, tl), IndexError), ((lp, blank_label, il, tl), ValueError),
+    for args, exc in (((lp, bad_label, il, tl), IndexError),
+                      ((lp, blank_label, il, tl), ValueError),
                       ((lp, targets, il + 1, tl), ValueError)):
         go = np.full(lp.shape, 7.0)
         with pytest.raises(exc):

@@ -268,6 +268,14 @@ def check_tuple_grad_out(f, args, diff, in_place=True, **kw):
     for k in diff:
         copies[k] = np.array(args[k])
     run(copies, tuple(copies[k] for k in diff))
+    # crossed: each input receives the next one's gradient (where they all have one layout)
+    if len({(w.shape, w.dtype) for w in want}) == 1 and all(
+            np.shape(args[k]) == want[0].shape and np.asarray(args[k]).dtype == want[0].dtype
+            for k in diff):
+        copies = list(args)
+        for k in diff:
+            copies[k] = np.array(args[k])
+        run(copies, tuple(copies[k] for k in diff[1:] + diff[:1]))
 
 
 def check_tuple_grad_out_errors(f, args, diff, **kw):

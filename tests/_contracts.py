@@ -221,9 +221,132 @@ def check_nothing_written_on_error(fn, x, y, bad, in_place=False):
     x = kw.pop("probs", x)
     go = x if in_place else np.full(np.shape(x), 7.0)
     before = go.copy()
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError, IndexError)):
         getattr(fl, fn)(x, target, return_grad=True, grad_out=go, **kw)
     np.testing.assert_array_equal(go, before)
+
+
+# --------------------------------------------------------------------------- tuple grad_out
+# For a function whose gradient is a tuple over several differentiable inputs: ``f`` is the
+# function, ``args`` its positional arguments, ``diff`` the positions of the differentiable
+# ones (in the gradient tuple's order), ``kw`` its options (besides return_grad / grad_out).
+
+
+def check_tuple_grad_out(f, args, diff, in_place=True, **kw):
+    """Caller's buffers (fresh, as a tuple or a list, with None entries, or the inputs
+    themselves, unless ``in_place`` is False) get the gradients of a call without grad_out
+    bit for bit, the loss is the same, and the returned tuple holds the caller's arrays where
+    given."""
+    want_loss, want = f(*args, return_grad=True, **kw)
+    assert isinstance(want, tuple) and len(want) == len(diff)
+
+    def run(args, grad_out):
+        loss, got = f(*args, return_grad=True, grad_out=grad_out, **kw)
+        np.testing.assert_array_equal(loss, want_loss)
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for i, (g, b, w) in enumerate(zip(got, grad_out, want)):
+            assert b is None or g is b, f"grad[{i}] is not grad_out[{i}]"
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+        return got
+
+    bufs = [np.full(w.shape, 7.0, dtype=w.dtype) for w in want]
+    run(args, tuple(bufs))
+    run(args, [np.full(w.shape, 7.0, dtype=w.dtype) for w in want])  # a list also
+    for i in range(len(want)):  # one buffer given, the others None (fresh arrays)
+        only = [None] * len(want)
+        only[i] = np.full(want[i].shape, -3.0, dtype=want[i].dtype)
+        got = run(args, tuple(only))
+        for j, g in enumerate(got):
+            if j != i:
+                assert not np.may_share_memory(g, only[i])
+    run(args, (None,) * len(want))
+    if not in_place:
+        return
+    # in place: each differentiable input (a copy) receives its own gradient
+    copies = list(args)
+    for k in diff:
+        copies[k] = np.array(args[k])
+    run(copies, tuple(copies[k] for k in diff))
+    # crossed: each input receives the next one's gradient (where they all have one layout)
+    if len({(w.shape, w.dtype) for w in want}) == 1 and all(
+            np.shape(args[k]) == want[0].shape and np.asarray(args[k]).dtype == want[0].dtype
+            for k in diff):
+        copies = list(args)
+        for k in diff:
+            copies[k] = np.array(args[k])
+        run(copies, tuple(copies[k] for k in diff[1:] + diff[:1]))
+
+
+def check_tuple_grad_out_errors(f, args, diff, **kw):
+    """A grad_out that is not a tuple/list or of the wrong length, an entry of the wrong
+    shape, dtype or kind, read-only, two entries sharing memory, or grad_out without
+    return_grad: refused with an error naming grad_out (the entry), nothing written."""
+    _, want = f(*args, return_grad=True, **kw)
+    n = len(want)
+
+    def fresh():
+        return [np.full(w.shape, 7.0, dtype=w.dtype) for w in want]
+
+    def refused(exc, match, grad_out, **extra):
+        before = [None if b is None else np.array(b) for b in grad_out] \
+            if isinstance(grad_out, (tuple, list)) else None
+        with pytest.raises(exc, match=match):
+            f(*args, **{"return_grad": True, **extra}, grad_out=grad_out, **kw)
+        for b, old in zip(grad_out if before is not None else (), before or ()):
+            if isinstance(b, np.ndarray):
+                np.testing.assert_array_equal(b, old)
+
+    with pytest.raises(TypeError, match="grad_out"):
+        f(*args, return_grad=True, grad_out=fresh()[0], **kw)  # an array, not a tuple
+    refused(ValueError, "grad_out", tuple(fresh())[:-1])
+    refused(ValueError, "grad_out", tuple(fresh()) + (None,))
+    refused(ValueError, "return_grad", tuple(fresh()), return_grad=False)
+    for i in range(n):
+        name = rf"grad_out\[{i}\]"
+        shape, dtype = want[i].shape, want[i].dtype
+        other = np.float32 if dtype == np.float64 else np.float64
+        for exc, bad in ((ValueError, np.zeros(shape + (1,), dtype)),
+                         (ValueError, np.zeros((2,) + shape, dtype)),
+                         (TypeError, np.zeros(shape, other)),
+                         (ValueError, read_only(np.zeros(shape, dtype))),
+                         (TypeError, np.zeros(shape, dtype).tolist())):
+            go = fresh()
+            go[i] = bad
+            refused(exc, name, tuple(go))
+    # two entries sharing memory (where two gradients have one shape and dtype)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if want[i].shape == want[j].shape and want[i].dtype == want[j].dtype:
+                go = fresh()
+                go[j] = go[i]
+                refused(ValueError, "share memory", tuple(go))
+                if want[i].size > 1:
+                    base = np.zeros(want[i].size * 2 - 1, dtype=want[i].dtype)
+                    go = [None] * n
+                    go[i] = base[: want[i].size].reshape(want[i].shape)
+                    go[j] = base[want[i].size - 1:].reshape(want[i].shape)  # one element shared
+                    refused(ValueError, "share memory", tuple(go))
+
+
+def check_tuple_grad_out_untouched(f, args, diff, exc, **kw):
+    """``f(*args, **kw)`` fails (``exc``) on a check the call makes late: buffers of the
+    gradients (separate ones, and the inputs themselves) are left as they were."""
+    shapes = [np.shape(args[k]) for k in diff]
+    dtypes = [np.asarray(args[k]).dtype for k in diff]
+    bufs = tuple(np.full(s, 7.0, dtype=d) for s, d in zip(shapes, dtypes))
+    with pytest.raises(exc):
+        f(*args, return_grad=True, grad_out=bufs, **kw)
+    for b in bufs:
+        assert np.all(b == 7.0)
+    copies = list(args)
+    for k in diff:
+        copies[k] = np.array(args[k])
+    before = [np.array(copies[k]) for k in diff]
+    with pytest.raises(exc):
+        f(*copies, return_grad=True, grad_out=tuple(copies[k] for k in diff), **kw)
+    for k, old in zip(diff, before):
+        np.testing.assert_array_equal(copies[k], old)
 
 
 # --------------------------------------------------------------------------- dtypes, values

@@ -11,6 +11,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import LAYOUTS, REDUCTIONS, central_diff, layout, read_only
 from conftest import assert_grad_matches_central_diff, fd_case_inputs, index_target, logits_of
 from conftest import prob_target, torch_case_inputs
@@ -1064,3 +1065,48 @@ def test_z_loss_beyond_the_compute_type():
     loss, grad = fl.cross_entropy(x.astype(np.float64), t, z_loss=5e307, return_grad=True,
                                   reduction="none")
     assert loss[0] == 0 and grad[0, 0] == 0  # lse = 0: no z-loss term
+
+
+# ----------------------------------------------------------------- multi_margin_loss grad_out
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("p", [1, 2])
+def test_multi_margin_grad_out(rng, dt, reduction, p):
+    w = rng.uniform(0.5, 2.0, size=7)
+    for shape in ((5, 7), (2, 3, 7), (7,), (6, 130)):  # narrow rows and the row kernel
+        x = rng.normal(size=shape).astype(dt)
+        t = rng.integers(0, shape[-1], size=shape[:-1])
+        kw = {"weight": w} if shape[-1] == 7 else {}
+        contract.check_grad_out_fresh_and_in_place("multi_margin_loss", x, t, reduction, p=p,
+                                                   margin=0.7, **kw)
+    # strided / Fortran-order buffers, in place on a Fortran-order input, a 0-d input
+    x, t = rng.normal(size=(5, 7)).astype(dt), rng.integers(0, 7, size=5)
+    want_loss, want = fl.multi_margin_loss(x, t, p=p, reduction=reduction, return_grad=True)
+    for go in (np.zeros((5, 7), dt, order="F"), np.zeros((10, 14), dt)[::2, ::-2]):
+        _, g = fl.multi_margin_loss(x, t, p=p, reduction=reduction, return_grad=True,
+                                    grad_out=go)
+        assert g is go
+        np.testing.assert_array_equal(go, want)
+    xf = np.asfortranarray(x)
+    loss, g = fl.multi_margin_loss(xf, t, p=p, reduction=reduction, return_grad=True,
+                                   grad_out=xf)
+    assert g is xf
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(xf, want)
+    x0 = np.array(2.5, dtype=dt)
+    go = np.array(7.0, dtype=dt)
+    _, g = fl.multi_margin_loss(x0, np.array(0), return_grad=True, grad_out=go)
+    assert g is go and go == 0
+
+
+def test_multi_margin_grad_out_errors(rng):
+    x, t = rng.normal(size=(3, 4)), rng.integers(0, 4, size=3)
+    contract.check_grad_out_errors("multi_margin_loss", x, t, broadcasting=False)
+    with pytest.raises(ValueError, match="grad_out"):  # a 0-d input: a 0-d buffer
+        fl.multi_margin_loss(np.array(1.0), np.array(0), return_grad=True,
+                             grad_out=np.zeros(1))
+    for bad in ({"target": np.array([0, 4, 1])}, {"target": np.array([0, -1, 1])},
+                {"target": t[:2]}, {"weight": np.ones(3)}, {"p": 3}):
+        for in_place in (False, True):
+            contract.check_nothing_written_on_error("multi_margin_loss", x.copy(), t, bad,
+                                                    in_place=in_place)

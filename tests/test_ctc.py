@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import central_diff, non_c_layouts
+from conftest import central_diff, non_c_layouts, read_only
 
 import fastloss as fl
 from fastloss import reference
@@ -468,3 +468,64 @@ def test_core_guards_its_indices():
             _core.ctc_loss(
                 lp, i64(targets), i64(off), i64(il), i64(tl), blank, False, loss, None, None
             )
+
+
+# --------------------------------------------------------------------- grad_out
+def _ctc_case(rng, dt, unbatched=False):
+    T, N, C = 7, 3, 5
+    z = rng.normal(size=(T, N, C))
+    lp = (z - np.log(np.exp(z).sum(-1, keepdims=True))).astype(dt)
+    targets = rng.integers(1, C, size=(N, 3))
+    il, tl = np.array([7, 5, 6]), np.array([3, 1, 2])
+    if unbatched:
+        return lp[:, 0], targets[0], 7, 3
+    return lp, targets, il, tl
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_ctc_grad_out(rng, dt, reduction, unbatched):
+    lp, targets, il, tl = _ctc_case(rng, dt, unbatched)
+    want_loss, want = fl.ctc_loss(lp, targets, il, tl, reduction=reduction, return_grad=True)
+    for go in (np.full(lp.shape, 7.0, dt), np.full(lp.shape, 7.0, dt, order="F"),
+               np.full((2,) + lp.shape, 7.0, dt)[1][..., ::-1]):
+        loss, g = fl.ctc_loss(lp, targets, il, tl, reduction=reduction, return_grad=True,
+                              grad_out=go)
+        assert g is go
+        np.testing.assert_array_equal(loss, want_loss)
+        np.testing.assert_array_equal(go, want)
+    for x in (lp.copy(), np.asfortranarray(lp)):  # in place
+        loss, g = fl.ctc_loss(x, targets, il, tl, reduction=reduction, return_grad=True,
+                              grad_out=x)
+        assert g is x
+        np.testing.assert_array_equal(loss, want_loss)
+        np.testing.assert_array_equal(x, want)
+
+
+def test_ctc_grad_out_errors(rng):
+    lp, targets, il, tl = _ctc_case(rng, np.float64)
+    f = fl.ctc_loss
+    with pytest.raises(ValueError, match="return_grad"):
+        f(lp, targets, il, tl, grad_out=np.empty_like(lp))
+    for exc, go in ((ValueError, np.empty(lp.shape[::-1])), (ValueError, np.empty(lp.size)),
+                    (TypeError, np.empty(lp.shape, np.float32)),
+                    (ValueError, read_only(np.empty(lp.shape))),
+                    (TypeError, np.empty(lp.shape).tolist())):
+        with pytest.raises(exc, match="grad_out"):
+            f(lp, targets, il, tl, return_grad=True, grad_out=go)
+    bad_label = targets.copy()
+    bad_label[1, 0] = 5  # out of range: IndexError
+    blank_label = targets.copy()
+    blank_label[2, 1] = 0  # the blank among the labels, found late
+    for args, exc in (((lp, bad_label, il, tl), IndexError),
+                      ((lp, blank_label, il, tl), ValueError),
+                      ((lp, targets, il + 1, tl), ValueError)):
+        go = np.full(lp.shape, 7.0)
+        with pytest.raises(exc):
+            f(*args, return_grad=True, grad_out=go)
+        assert np.all(go == 7.0)
+        x = lp.copy()
+        with pytest.raises(exc):
+            f(x, *args[1:], return_grad=True, grad_out=x)
+        np.testing.assert_array_equal(x, lp)

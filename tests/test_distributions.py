@@ -10,6 +10,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import LAYOUTS, central_diff, layout, read_only
 
 import fastloss as fl
@@ -702,3 +703,37 @@ def test_list_and_integer_inputs(case):
     assert np.asarray(got).dtype == np.float64
     assert_allclose(got, r(ai.astype(np.float64), np.array(b), reduction="sum", **kw),
                     rtol=1e-14)
+
+
+# --------------------------------------------------------------------- gaussian_kl grad_out
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gaussian_kl_grad_out(rng, dt, reduction):
+    for shape in ((5, 4), (2, 3, 6), (7,)):
+        mu, lv = rng.normal(size=shape).astype(dt), rng.normal(size=shape).astype(dt)
+        contract.check_tuple_grad_out(fl.gaussian_kl, (mu, lv), (0, 1), reduction=reduction)
+    other = np.float64 if dt == np.float32 else np.float32  # two dtypes: each its own
+    mu, lv = rng.normal(size=(5, 4)).astype(dt), rng.normal(size=(5, 4)).astype(other)
+    contract.check_tuple_grad_out(fl.gaussian_kl, (mu, lv), (0, 1), reduction=reduction)
+    # crossed: each input receives the other's gradient; Fortran-order buffers
+    mu, lv = rng.normal(size=(5, 4)).astype(dt), rng.normal(size=(5, 4)).astype(dt)
+    want_loss, (gm, gv) = fl.gaussian_kl(mu, lv, reduction=reduction, return_grad=True)
+    a, b = mu.copy(), lv.copy()
+    loss, got = fl.gaussian_kl(a, b, reduction=reduction, return_grad=True, grad_out=(b, a))
+    assert got[0] is b and got[1] is a
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(b, gm)
+    np.testing.assert_array_equal(a, gv)
+    go = (np.zeros((5, 4), dt, order="F"), np.zeros((10, 8), dt)[::2, ::2])
+    _, got = fl.gaussian_kl(mu, lv, reduction=reduction, return_grad=True, grad_out=go)
+    np.testing.assert_array_equal(go[0], gm)
+    np.testing.assert_array_equal(go[1], gv)
+
+
+def test_gaussian_kl_grad_out_errors(rng):
+    mu, lv = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    contract.check_tuple_grad_out_errors(fl.gaussian_kl, (mu, lv), (0, 1))
+    contract.check_tuple_grad_out_untouched(fl.gaussian_kl, (mu, lv), (0, 1), ValueError,
+                                            reduction="avg")
+    contract.check_tuple_grad_out_untouched(fl.gaussian_kl, (mu, lv.T.copy()), (0, 1),
+                                            ValueError)  # shapes differ

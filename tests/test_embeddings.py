@@ -9,6 +9,7 @@ import math
 import fastloss as fl
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import LAYOUTS, central_diff, layout
 from fastloss import reference
 
@@ -527,3 +528,70 @@ def test_clip_loss_huge_temperature(temperature):
     for g, w in ((gi, wi), (gt, wt)):
         assert np.all(np.isfinite(g))
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300 if temperature > 1e300 else 0)
+
+
+# --------------------------------------------------------------------- grad_out
+FLOATS = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_contrastive_grad_out(rng, dt, reduction):
+    for shape in ((9, 6), (2, 3, 5), (4,), (3000, 40)):  # (the last: several row blocks)
+        x1, x2 = rng.normal(size=shape).astype(dt), rng.normal(size=shape).astype(dt)
+        label = rng.integers(0, 2, size=shape[:-1])
+        contract.check_tuple_grad_out(fl.contrastive_loss, (x1, x2, label), (0, 1),
+                                      margin=1.5, reduction=reduction)
+
+
+def test_contrastive_grad_out_errors(rng):
+    x1, x2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    label = np.array([0, 1, 1, 0, 1])
+    f = fl.contrastive_loss
+    contract.check_tuple_grad_out_errors(f, (x1, x2, label), (0, 1))
+    contract.check_tuple_grad_out_untouched(f, (x1, x2, np.array([0, 1, 2, 0, 1])), (0, 1),
+                                            ValueError)  # a label not in {0, 1}
+    contract.check_tuple_grad_out_untouched(f, (x1, x2, label), (0, 1), ValueError,
+                                            margin=-1.0)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf])
+def test_triplet_grad_out(rng, dt, swap, p):
+    for shape in ((6, 4), (3000, 40)):
+        a, pos, neg = (rng.normal(size=shape).astype(dt) for _ in range(3))
+        for reduction in REDUCTIONS:
+            contract.check_tuple_grad_out(fl.triplet_margin_loss, (a, pos, neg), (0, 1, 2),
+                                          p=p, swap=swap, margin=2.0, reduction=reduction)
+
+
+def test_triplet_grad_out_errors(rng):
+    a, pos, neg = (rng.normal(size=(6, 4)) for _ in range(3))
+    f = fl.triplet_margin_loss
+    contract.check_tuple_grad_out_errors(f, (a, pos, neg), (0, 1, 2))
+    contract.check_tuple_grad_out_untouched(f, (a, pos, neg), (0, 1, 2), ValueError, p=0.0)
+    contract.check_tuple_grad_out_untouched(f, (a, pos, neg), (0, 1, 2), ValueError,
+                                            eps=math.inf)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_clip_grad_out(rng, dt, normalize, reduction):
+    for n in (5, 1, 0):
+        img, txt = rng.normal(size=(n, 3)).astype(dt), rng.normal(size=(n, 3)).astype(dt)
+        contract.check_tuple_grad_out(fl.clip_loss, (img, txt), (0, 1), temperature=0.5,
+                                      normalize=normalize, reduction=reduction)
+    other = np.float64 if dt == np.float32 else np.float32  # two dtypes: each its own
+    img, txt = rng.normal(size=(5, 3)).astype(dt), rng.normal(size=(5, 3)).astype(other)
+    contract.check_tuple_grad_out(fl.clip_loss, (img, txt), (0, 1), normalize=normalize,
+                                  reduction=reduction)
+
+
+def test_clip_grad_out_errors(rng):
+    img, txt = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    contract.check_tuple_grad_out_errors(fl.clip_loss, (img, txt), (0, 1))
+    contract.check_tuple_grad_out_untouched(fl.clip_loss, (img, txt), (0, 1), ValueError,
+                                            temperature=0.0)
+    contract.check_tuple_grad_out_untouched(fl.clip_loss, (img, txt[:4]), (0, 1), ValueError)

@@ -12,6 +12,7 @@ import fastloss as fl
 import ml_dtypes
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import central_diff
 from fastloss import reference as ref
 
@@ -197,3 +198,42 @@ def test_soft_margin_more(rng):
         fl.multilabel_soft_margin_loss(x, y, weight=np.ones(3))
     with pytest.raises(ValueError, match="no classes"):
         fl.multilabel_soft_margin_loss(np.ones((2, 0)), np.ones((2, 0)))
+
+
+# --------------------------------------------------------------------- grad_out
+def _margin_target(rng, shape):
+    C = shape[-1]
+    t = np.full(shape, -1, dtype=np.int64)
+    for row in t.reshape(-1, C):
+        k = rng.integers(0, C + 1)
+        row[:k] = rng.permutation(C)[:k]
+    return t
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_multilabel_margin_grad_out(rng, dt, reduction):
+    for shape in ((5, 4), (2, 3, 6), (7,)):
+        x = rng.normal(size=shape).astype(dt)
+        contract.check_grad_out_fresh_and_in_place("multilabel_margin_loss", x,
+                                                   _margin_target(rng, shape), reduction)
+    # Fortran-order and strided buffers (through a temporary)
+    x, t = rng.normal(size=(5, 4)).astype(dt), _margin_target(rng, (5, 4))
+    want = fl.multilabel_margin_loss(x, t, reduction=reduction, return_grad=True)[1]
+    for go in (np.zeros((5, 4), dt, order="F"), np.zeros((10, 8), dt)[::2, ::-2]):
+        _, g = fl.multilabel_margin_loss(x, t, reduction=reduction, return_grad=True,
+                                         grad_out=go)
+        assert g is go
+        np.testing.assert_array_equal(go, want)
+
+
+def test_multilabel_margin_grad_out_errors(rng):
+    x, t = rng.normal(size=(3, 4)), _margin_target(rng, (3, 4))
+    contract.check_grad_out_errors("multilabel_margin_loss", x, t, broadcasting=False)
+    bad_t = t.copy()
+    bad_t[2, 1] = 4  # out of range: IndexError, nothing written
+    for bad in ({"target": bad_t}, {"target": t[:2]}, {"target": t.astype(float)},
+                {"reduction": "avg"}):
+        for in_place in (False, True):
+            contract.check_nothing_written_on_error("multilabel_margin_loss", x.copy(), t, bad,
+                                                    in_place=in_place)

@@ -15,6 +15,7 @@ import fastloss as fl
 import ml_dtypes
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import central_diff
 from fastloss import reference as ref
 
@@ -603,3 +604,118 @@ def test_triplet_with_custom_distance(rng):
         fl.triplet_margin_with_distance_loss(a, p, n[0])
     with pytest.raises(TypeError, match="distance_function"):
         fl.triplet_margin_with_distance_loss(a, p, n, distance_function=lambda x, y: "abc")
+
+
+# --------------------------------------------------------------------- tuple grad_out
+FLOATS = [np.float32, np.float64]
+
+
+def _margin_ranking_args(rng, dt, shape2=(4, 5), dt2=None):
+    return (rng.normal(size=(4, 5)).astype(dt), rng.normal(size=shape2).astype(dt2 or dt),
+            rng.choice([-1.0, 1.0], size=(4, 5)))
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gaussian_nll_grad_out(rng, dt, reduction):
+    x, y = rng.normal(size=(4, 5)).astype(dt), rng.normal(size=(4, 5)).astype(dt)
+    for var in (rng.uniform(0.5, 2, size=(4, 5)), rng.uniform(0.5, 2, size=4),
+                rng.uniform(0.5, 2, size=(4, 1)), rng.uniform(0.5, 2, size=(1, 5))):
+        contract.check_tuple_grad_out(fl.gaussian_nll_loss, (x, y, var.astype(dt)), (0, 2),
+                                      reduction=reduction, full=True)
+    # a target that broadcasts; var below eps (clamped)
+    v = rng.uniform(0.5, 2, size=(4, 5)).astype(dt)
+    v[0, 0] = 1e-9
+    contract.check_tuple_grad_out(fl.gaussian_nll_loss, (x, y[0], v), (0, 2),
+                                  reduction=reduction)
+    # a number var: its gradient a 0-d float64 array; in place on input only
+    contract.check_tuple_grad_out(fl.gaussian_nll_loss, (x, y, 1.5), (0, 2), in_place=False,
+                                  reduction=reduction)
+    want_loss, (gx, gv) = fl.gaussian_nll_loss(x, y, 1.5, reduction=reduction,
+                                               return_grad=True)
+    xc, bv = x.copy(), np.empty((), np.float64)
+    loss, (g0, g1) = fl.gaussian_nll_loss(xc, y, 1.5, reduction=reduction, return_grad=True,
+                                          grad_out=(xc, bv))
+    assert g0 is xc and g1 is bv
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(xc, gx)
+    np.testing.assert_array_equal(bv, gv)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_gaussian_nll_grad_out_errors(rng, dt):
+    x, y = rng.normal(size=(4, 5)).astype(dt), rng.normal(size=(4, 5)).astype(dt)
+    v = rng.uniform(0.5, 2, size=(4, 5)).astype(dt)
+    contract.check_tuple_grad_out_errors(fl.gaussian_nll_loss, (x, y, v), (0, 2))
+    contract.check_tuple_grad_out_errors(fl.gaussian_nll_loss, (x, y, v[:, 0]), (0, 2))
+    # a negative variance is found by the kernel: nothing is written before
+    v[2, 3] = -1.0
+    contract.check_tuple_grad_out_untouched(fl.gaussian_nll_loss, (x, y, v), (0, 2),
+                                            ValueError)
+    contract.check_tuple_grad_out_untouched(fl.gaussian_nll_loss, (x, y, v[:, 3:4]), (0, 2),
+                                            ValueError)  # (var broadcast: through a temporary)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_margin_ranking_grad_out(rng, dt, reduction):
+    f = fl.margin_ranking_loss
+    contract.check_tuple_grad_out(f, _margin_ranking_args(rng, dt), (0, 1), margin=0.2,
+                                  reduction=reduction)
+    contract.check_tuple_grad_out(f, _margin_ranking_args(rng, dt, (5,)), (0, 1),
+                                  reduction=reduction)  # input2 broadcast: summed
+    other = np.float64 if dt == np.float32 else np.float32  # two dtypes: each its own
+    contract.check_tuple_grad_out(f, _margin_ranking_args(rng, dt, dt2=other), (0, 1),
+                                  reduction=reduction)
+    # one array as both inputs, in place for the first
+    x1, _, t = _margin_ranking_args(rng, dt)
+    want_loss, want = f(x1, x1, t, reduction=reduction, return_grad=True)
+    xc = x1.copy()
+    loss, got = f(xc, xc, t, reduction=reduction, return_grad=True, grad_out=(xc, None))
+    assert got[0] is xc
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_margin_ranking_grad_out_errors(rng, dt):
+    args = _margin_ranking_args(rng, dt)
+    contract.check_tuple_grad_out_errors(fl.margin_ranking_loss, args, (0, 1))
+    # a target that does not broadcast: raised before anything is written
+    contract.check_tuple_grad_out_untouched(fl.margin_ranking_loss,
+                                            args[:2] + (np.ones(3),), (0, 1), ValueError)
+
+
+def _cosine_embedding_args(rng, dt, shape2=(6, 5)):
+    return (rng.normal(size=(6, 5)).astype(dt), rng.normal(size=shape2).astype(dt),
+            rng.choice([-1, 1], size=6))
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cosine_embedding_grad_out(rng, dt, reduction):
+    f = fl.cosine_embedding_loss
+    contract.check_tuple_grad_out(f, _cosine_embedding_args(rng, dt), (0, 1), margin=0.1,
+                                  reduction=reduction)
+    contract.check_tuple_grad_out(f, _cosine_embedding_args(rng, dt, (5,)), (0, 1),
+                                  reduction=reduction)
+    contract.check_tuple_grad_out_errors(f, _cosine_embedding_args(rng, dt), (0, 1))
+    x1, x2, t = _cosine_embedding_args(rng, dt)
+    t[3] = 0  # a label other than 1 / -1
+    contract.check_tuple_grad_out_untouched(f, (x1, x2, t), (0, 1), ValueError)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("swap", [False, True])
+def test_triplet_with_distance_grad_out(rng, dt, swap):
+    f = fl.triplet_margin_with_distance_loss
+    a, p, n = (rng.normal(size=(6, 4)).astype(dt) for _ in range(3))
+    for reduction in REDUCTIONS:
+        contract.check_tuple_grad_out(f, (a, p, n), (0, 1, 2), swap=swap, margin=2.0,
+                                      reduction=reduction)
+    contract.check_tuple_grad_out_errors(f, (a, p, n), (0, 1, 2), swap=swap)
+    contract.check_tuple_grad_out_untouched(f, (a, p, n[:3]), (0, 1, 2), ValueError)
+    with pytest.raises(ValueError, match="default distance"):  # (no gradient to write)
+        f(a, p, n, distance_function=lambda u, v: np.abs(u - v).sum(-1), return_grad=True,
+          grad_out=(None, None, None))

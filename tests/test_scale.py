@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import central_diff, non_c_layouts
 
 import fastloss as fl
@@ -590,3 +591,61 @@ def test_linear_cross_entropy_torch_cases_vs_torch(rng, case):
         np.testing.assert_allclose(loss, out.detach().numpy(), rtol=1e-12)
         for g, gt in zip(grads, grads_t):
             np.testing.assert_allclose(g, gt.numpy(), rtol=1e-10, atol=1e-13)
+
+
+# --------------------------------------------------------------------- grad_out
+def _lce(h, w, t, b=None, **kw):
+    """linear_cross_entropy with the bias positional (the in-place checks copy it too)."""
+    return fl.linear_cross_entropy(h, w, t, bias=b, **kw)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_cross_entropy_grad_out(rng, dt, reduction):
+    N, D, V = 6, 4, 11
+    h, w = rng.normal(size=(N, D)).astype(dt), rng.normal(size=(V, D)).astype(dt)
+    b = rng.normal(size=V).astype(dt)
+    t = rng.integers(0, V, size=N)
+    t[2] = -100
+    for kw in ({}, {"chunk_size": 4}, {"chunk_size": 4, "row_chunk_size": 2},
+               {"row_chunk_size": 4, "class_weight": rng.uniform(0.5, 2, size=V)},
+               {"chunk_size": 3, "z_loss": 1e-3, "label_smoothing": 0.1}):
+        contract.check_tuple_grad_out(fl.linear_cross_entropy, (h, w, t), (0, 1),
+                                      reduction=reduction, **kw)
+        contract.check_tuple_grad_out(_lce, (h, w, t, b), (0, 1, 3), reduction=reduction, **kw)
+    # one sample (1-d hidden), a K-dimensional weight, probabilities, two dtypes
+    contract.check_tuple_grad_out(_lce, (h[0], w, np.array(3), b), (0, 1, 3),
+                                  reduction=reduction)
+    w3, b3 = rng.normal(size=(5, 2, D)).astype(dt), rng.normal(size=(5, 2)).astype(dt)
+    contract.check_tuple_grad_out(_lce, (h, w3, rng.integers(0, 5, size=(N, 2)), b3),
+                                  (0, 1, 3), reduction=reduction, row_chunk_size=2)
+    probs = rng.dirichlet(np.ones(V), size=N).astype(dt)
+    contract.check_tuple_grad_out(fl.linear_cross_entropy, (h, w, probs), (0, 1),
+                                  reduction=reduction)
+    other = np.float64 if dt == np.float32 else np.float32
+    contract.check_tuple_grad_out(_lce, (h, w.astype(other), t, b), (0, 1, 3),
+                                  reduction=reduction, chunk_size=4)
+
+
+def test_linear_cross_entropy_grad_out_layouts_and_errors(rng):
+    N, D, V = 6, 4, 11
+    h, w, b = rng.normal(size=(N, D)), rng.normal(size=(V, D)), rng.normal(size=V)
+    t = rng.integers(0, V, size=N)
+    want_loss, want = fl.linear_cross_entropy(h, w, t, bias=b, chunk_size=4, return_grad=True)
+    go = (np.zeros((N, D), order="F"), np.zeros((V, 2 * D))[:, ::2], np.zeros(2 * V)[::2])
+    loss, got = fl.linear_cross_entropy(h, w, t, bias=b, chunk_size=4, return_grad=True,
+                                        grad_out=go)
+    assert all(g is u for g, u in zip(got, go))
+    for g, u in zip(want, go):
+        np.testing.assert_array_equal(u, g)
+    contract.check_tuple_grad_out_errors(fl.linear_cross_entropy, (h, w, t), (0, 1))
+    contract.check_tuple_grad_out_errors(_lce, (h, w, t, b), (0, 1, 3))
+    with pytest.raises(ValueError, match="3 entries"):  # with a bias: three gradients
+        fl.linear_cross_entropy(h, w, t, bias=b, return_grad=True, grad_out=(None, None))
+    bad = t.copy()
+    bad[4] = V  # a class index out of range
+    contract.check_tuple_grad_out_untouched(_lce, (h, w, bad, b), (0, 1, 3), IndexError)
+    contract.check_tuple_grad_out_untouched(_lce, (h, w, t, b), (0, 1, 3), ValueError,
+                                            chunk_size=0)
+    contract.check_tuple_grad_out_untouched(_lce, (h, w, t, b), (0, 1, 3), ValueError,
+                                            label_smoothing=2.0)

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import _contracts as contract
 from conftest import central_diff
 
 import fastloss as fl
@@ -332,3 +333,78 @@ def test_ntxent_gradient_matches_reference(rng):
         want_loss, want_grad = ref.ntxent_loss(x, labels, tau, return_grad=True)
         np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------- grad_out
+FLOATS = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("shape1,shape2,axis", [
+    ((5, 4), (5, 4), -1),
+    ((5, 4), (4,), -1),  # x2 broadcast: its gradient summed over the rows
+    ((3, 4, 2), (3, 4, 2), 1),  # the vectors on a middle axis
+    ((4,), (4,), 0),  # one pair: a scalar cosine
+])
+def test_cosine_grad_out(rng, dt, shape1, shape2, axis):
+    args = (rng.normal(size=shape1).astype(dt), rng.normal(size=shape2).astype(dt))
+    contract.check_tuple_grad_out(fl.cosine_similarity, args, (0, 1), axis=axis)
+    for reduction in ("mean", "sum", "none"):
+        contract.check_tuple_grad_out(fl.cosine_distance, args, (0, 1), axis=axis,
+                                      reduction=reduction)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_cosine_grad_out_layouts_and_errors(rng, dt):
+    x1, x2 = rng.normal(size=(5, 4)).astype(dt), rng.normal(size=(5, 4)).astype(dt)
+    want = fl.cosine_similarity(x1, x2, return_grad=True)[1]
+    # Fortran-order and strided buffers (through a temporary), and in place on views
+    for go in ((np.zeros((5, 4), dt, order="F"), np.zeros((10, 8), dt)[::2, ::2]),):
+        _, got = fl.cosine_similarity(x1, x2, return_grad=True, grad_out=go)
+        assert got[0] is go[0] and got[1] is go[1]
+        np.testing.assert_array_equal(go[0], want[0])
+        np.testing.assert_array_equal(go[1], want[1])
+    # in place on a Fortran-order input and a transposed view of a buffer
+    want_loss, want = fl.cosine_distance(x1, x2, reduction="sum", return_grad=True)
+    a, b = np.asfortranarray(x1), np.zeros((4, 5), dt).T
+    loss, got = fl.cosine_distance(a, x2, reduction="sum", return_grad=True, grad_out=[a, b])
+    assert got[0] is a and got[1] is b
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(a, want[0])
+    np.testing.assert_array_equal(b, want[1])
+    for f in (fl.cosine_similarity, fl.cosine_distance):
+        contract.check_tuple_grad_out_errors(f, (x1, x2), (0, 1))
+        contract.check_tuple_grad_out_errors(f, (x1, x2[0]), (0, 1))
+        # a bad eps is found after the arrays: nothing is written
+        contract.check_tuple_grad_out_untouched(f, (x1, x2), (0, 1), ValueError, eps=-1.0)
+        contract.check_tuple_grad_out_untouched(f, (x1, x2[:2]), (0, 1), ValueError)
+    contract.check_tuple_grad_out_untouched(fl.cosine_distance, (x1, x2), (0, 1), ValueError,
+                                            reduction="avg")
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_ntxent_grad_out(rng, dt):
+    x = rng.normal(size=(6, 3)).astype(dt)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    want_loss, want = fl.ntxent_loss(x, labels, temperature=0.3, return_grad=True)
+    go = np.full(x.shape, 7.0, dtype=dt)
+    loss, g = fl.ntxent_loss(x, labels, temperature=0.3, return_grad=True, grad_out=go)
+    assert g is go
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(go, want)
+    xc = x.copy()
+    loss, g = fl.ntxent_loss(xc, labels, temperature=0.3, return_grad=True, grad_out=xc)
+    assert g is xc
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(xc, want)
+    # no positive pair: a zero gradient, written into the buffer
+    go = np.full(x.shape, 7.0, dtype=dt)
+    _, g = fl.ntxent_loss(x, np.arange(6), return_grad=True, grad_out=go)
+    assert g is go and not go.any()
+    xe, ye = rng.normal(size=(3, 4)), np.array([0, 1, 0])
+    contract.check_grad_out_errors("ntxent_loss", xe, ye, broadcasting=False)
+    for bad in ({"temperature": 0.0}, {"target": np.array([0, 1])},
+                {"target": np.array([0.0, 1.0, 0.0])}):
+        for in_place in (False, True):
+            contract.check_nothing_written_on_error("ntxent_loss", xe.copy(), ye, bad,
+                                                    in_place=in_place)

@@ -247,6 +247,66 @@ def grad_buffer(
     return grad_out
 
 
+def check_grad_out_given(grad_out: Any, return_grad: Any) -> bool:
+    """``bool(return_grad)``; a ``grad_out`` without ``return_grad`` is a ValueError."""
+    if grad_out is not None and not return_grad:
+        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
+    return bool(return_grad)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.may_share_memory(a, b):
+        return False
+    try:  # (exact for the layouts met in practice; "too hard" counts as overlapping)
+        return bool(np.shares_memory(a, b, max_work=10**6))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def grad_buffers(
+    grad_out: Any, specs: list[tuple[tuple[int, ...], np.dtype]], inputs: tuple[str, ...],
+    name: str = "grad_out",
+) -> list[Optional[np.ndarray]]:
+    """Check a caller's preallocated gradients of a function whose gradient is a tuple over
+    several differentiable inputs: a tuple (or list) with one entry per input (``specs``: the
+    gradients' (shape, dtype); ``inputs``: the inputs' names), each an ndarray (checked as
+    :func:`grad_buffer`, named ``grad_out[i]``) or None (a fresh array). Two entries that share
+    memory are a ValueError. Returns the entries as a list (None where None)."""
+    n = len(specs)
+    what = f"one array or None per differentiable input ({', '.join(inputs)})"
+    if not isinstance(grad_out, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of {n} entries, {what}; got "
+                        f"{_type_name(grad_out)}")
+    if len(grad_out) != n:
+        raise ValueError(f"{name} must have {n} entries, {what}; got {len(grad_out)}")
+    bufs = [None if g is None else grad_buffer(g, shape, dtype, f"{name}[{i}]")
+            for i, (g, (shape, dtype)) in enumerate(zip(grad_out, specs))]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if bufs[i] is not None and bufs[j] is not None and (
+                    bufs[i] is bufs[j] or _overlap(bufs[i], bufs[j])):
+                raise ValueError(f"{name}[{i}] and {name}[{j}] share memory; each gradient "
+                                 "needs its own array")
+    return bufs
+
+
+def deliver_grads(grads, bufs: Optional[list]) -> tuple:
+    """The gradients as returned: each copied into its caller's buffer where ``bufs`` has one
+    (that buffer is then returned in its place). Called once everything has been computed and
+    checked, so a failing call leaves the caller's buffers untouched. A gradient that is a view
+    of its buffer with the buffer's layout (written there directly) is not copied."""
+    if bufs is None:
+        return tuple(grads)
+    out = []
+    for g, b in zip(grads, bufs):
+        if b is not None and g is not b:
+            if not same_memory_layout(g, b):  # (else a view of b the core wrote into)
+                np.copyto(b, g)
+            g = b
+        out.append(g)
+    return tuple(out)
+
+
 def reduce_rows(
     per_row: np.ndarray, reduction: str, denom: float, shape: tuple[int, ...], dtype: np.dtype
 ):

@@ -11,10 +11,13 @@ from ._validation import (
     FloatInput,
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_reduction,
     check_temperature,
+    deliver_grads,
     float_input,
     grad_buffer,
+    grad_buffers,
     mean_scale,
     normalize_axis,
     reduce_rows,
@@ -193,7 +196,8 @@ def kl_div_with_logits(
     return loss, grad_out
 
 
-def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: bool = False):
+def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: bool = False,
+                grad_out: Any = None):
     """KL divergence of a diagonal Gaussian from the standard normal (the VAE latent term).
 
     Per row over the last axis::
@@ -216,6 +220,12 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     return_grad : bool
         Also return ``(d_mu, d_logvar) = (mu, 0.5 * expm1(logvar))`` times the reduction's scale
         (``1 / rows`` for ``"mean"``), each in its input's shape and dtype.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_mu, d_logvar)``, each an ndarray of its input's shape and
+        dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry may
+        be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -225,7 +235,12 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     Raises
     ------
     ValueError
-        Shapes differ (``logvar``), a 0-d input, an unknown ``reduction``.
+        Shapes differ (``logvar``), a 0-d input, an unknown ``reduction``; a ``grad_out``
+        entry of the wrong shape or read-only, entries that share memory, a ``grad_out`` of
+        the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -258,7 +273,9 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     if v.array.shape != shape:
         raise ValueError(f"logvar has shape {v.array.shape} but must have mu's shape {shape}")
     reduction = check_reduction(reduction)
-    want_grad = bool(return_grad)
+    want_grad = check_grad_out_given(grad_out, return_grad)
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(shape, m.orig_dtype), (shape, v.orig_dtype)], ("mu", "logvar"))
 
     kdt = _kernel_dtype(m, v)
     ma = m.array if m.array.dtype == kdt else m.array.astype(kdt)
@@ -269,7 +286,14 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     scale = mean_scale(reduction, rows)
     g_mu = g_lv = None
     if want_grad:
-        g_mu, g_lv = np.empty(shape, dtype=kdt), np.empty(shape, dtype=kdt)
+        # the core writes straight into a caller's C-contiguous buffer of the kernel's dtype
+        # that shares no memory with the inputs; others (an input itself, in place) get the
+        # gradient at the end
+        g_mu, g_lv = (
+            u if u is not None and u.dtype == kdt and u.flags.c_contiguous
+            and not np.may_share_memory(u, ma) and not np.may_share_memory(u, va)
+            else np.empty(shape, dtype=kdt)
+            for u in (bufs or (None, None)))
     per_row = np.empty(rows, dtype=np.float64)
     _core.gaussian_kl(
         m3,
@@ -282,4 +306,5 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
     loss = reduce_rows(per_row, reduction, float(rows), shape[:-1], _loss_dtype(kdt))
     if not want_grad:
         return loss
-    return loss, (g_mu.astype(m.orig_dtype, copy=False), g_lv.astype(v.orig_dtype, copy=False))
+    return loss, deliver_grads((g_mu.astype(m.orig_dtype, copy=False),
+                                g_lv.astype(v.orig_dtype, copy=False)), bufs)

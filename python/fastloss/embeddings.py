@@ -19,10 +19,13 @@ import numpy as np
 from ._pointwise import real_array
 from ._validation import (
     FloatInput,
+    check_grad_out_given,
     check_real,
     check_reduction,
     check_temperature,
+    deliver_grads,
     float_input,
+    grad_buffers,
     mean_scale,
     reduce_rows,
 )
@@ -102,6 +105,7 @@ def contrastive_loss(
     margin: float = 1.0,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Contrastive loss of embedding pairs (Hadsell, Chopra & LeCun, 2006).
 
@@ -127,6 +131,12 @@ def contrastive_loss(
         ``"mean"`` over pairs; ``"none"``: one loss per pair, shape ``x1.shape[:-1]``.
     return_grad : bool
         Also return ``(d_x1, d_x2)``, each in its input's shape and dtype.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_x1, d_x2)``, each an ndarray of its input's shape and
+        dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry may
+        be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -137,7 +147,11 @@ def contrastive_loss(
     ------
     ValueError
         Shapes differ, a label not in {0, 1}, ``margin`` negative or not finite, an unknown
-        ``reduction``.
+        ``reduction``; a ``grad_out`` entry of the wrong shape or read-only, entries that
+        share memory, a ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -161,11 +175,13 @@ def contrastive_loss(
            [ 0.2       ,  0.26666667],
            [ 0.        ,  0.        ]])
     """
+    want_grad = check_grad_out_given(grad_out, return_grad)
     (a, b), shape = _embeddings([(x1, "x1"), (x2, "x2")])
     y = _binary_labels(label, shape[:-1])
     m = _check_margin(margin, positive=False)
     reduction = check_reduction(reduction)
-    want_grad = bool(return_grad)
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(shape, a.orig_dtype), (shape, b.orig_dtype)], ("x1", "x2"))
     a2, b2 = _rows(a), _rows(b)
     rows = a2.shape[0]
     scale = mean_scale(reduction, rows)
@@ -192,7 +208,7 @@ def contrastive_loss(
     loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, b]))
     if not want_grad:
         return loss
-    return loss, (g1.reshape(shape), g2.reshape(shape))
+    return loss, deliver_grads((g1.reshape(shape), g2.reshape(shape)), bufs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +269,7 @@ def triplet_margin_loss(
     swap: bool = False,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Triplet margin loss, as :func:`torch.nn.functional.triplet_margin_loss`.
 
@@ -283,6 +300,12 @@ def triplet_margin_loss(
         ``"mean"`` over triplets; ``"none"``: one loss per triplet, shape ``anchor.shape[:-1]``.
     return_grad : bool
         Also return ``(d_anchor, d_positive, d_negative)``, each in its input's shape and dtype.
+    grad_out : tuple (or list) of three entries, optional
+        Preallocated arrays for ``(d_anchor, d_positive, d_negative)``, each an ndarray of its
+        input's shape and dtype or None (that gradient is allocated); needs
+        ``return_grad=True``. An entry may be its input itself (in-place use; the results are
+        those of a call without ``grad_out``); no two entries may share memory. The returned
+        tuple holds these arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -293,7 +316,11 @@ def triplet_margin_loss(
     ------
     ValueError
         Shapes differ, ``margin <= 0``, ``p <= 0``, ``eps`` not finite, an unknown
-        ``reduction``.
+        ``reduction``; a ``grad_out`` entry of the wrong shape or read-only, entries that
+        share memory, a ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -325,6 +352,7 @@ def triplet_margin_loss(
     array([[-0.2       , -0.26666667],
            [-0.2       , -0.26666667]])
     """
+    want_grad = check_grad_out_given(grad_out, return_grad)
     (a, pp, n), shape = _embeddings([(anchor, "anchor"), (positive, "positive"),
                                       (negative, "negative")])
     m = _check_margin(margin, positive=True)
@@ -333,7 +361,9 @@ def triplet_margin_loss(
     if not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number, got {eps!r}")
     reduction = check_reduction(reduction)
-    swap, want_grad = bool(swap), bool(return_grad)
+    swap = bool(swap)
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(shape, f.orig_dtype) for f in (a, pp, n)], ("anchor", "positive", "negative"))
     a2, p2, n2 = _rows(a), _rows(pp), _rows(n)
     rows = a2.shape[0]
     scale = mean_scale(reduction, rows)
@@ -376,7 +406,7 @@ def triplet_margin_loss(
     loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, pp, n]))
     if not want_grad:
         return loss
-    return loss, tuple(g.reshape(shape) for g in grads)
+    return loss, deliver_grads([g.reshape(shape) for g in grads], bufs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +450,7 @@ def clip_loss(
     normalize: bool = True,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """CLIP's contrastive loss (Radford et al., 2021): symmetric InfoNCE over the batch.
 
@@ -450,6 +481,13 @@ def clip_loss(
     return_grad : bool
         Also return ``(d_image, d_text)``, each in its input's shape and dtype, through the
         similarity matrix and the normalisation.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_image, d_text)``, each an ndarray of its input's shape
+        and dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry
+        may be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given (written once the gradients are computed: the ``(N, D)``
+        temporaries stay). Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -460,7 +498,11 @@ def clip_loss(
     ------
     ValueError
         Inputs not 2-d or of different shapes, ``temperature`` not positive and finite, an
-        unknown ``reduction``.
+        unknown ``reduction``; a ``grad_out`` entry of the wrong shape or read-only, entries
+        that share memory, a ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -498,6 +540,7 @@ def clip_loss(
     >>> d_img.shape, d_txt.shape
     ((3, 2), (3, 2))
     """
+    want_grad = check_grad_out_given(grad_out, return_grad)
     im = float_input(image_emb, "image_emb")
     tx = float_input(text_emb, "text_emb")
     if im.array.ndim != 2:
@@ -507,15 +550,18 @@ def clip_loss(
                          f"{im.array.shape} (N pairs of D-dimensional embeddings)")
     tau = check_temperature(temperature)
     reduction = check_reduction(reduction)
-    normalize, want_grad = bool(normalize), bool(return_grad)
+    normalize = bool(normalize)
     cdt = np.promote_types(im.compute_dtype, tx.compute_dtype)  # float32 or float64
     shape = im.array.shape
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(shape, im.orig_dtype), (shape, tx.orig_dtype)], ("image_emb", "text_emb"))
     n = shape[0]
     if n == 0:
         loss = reduce_rows(np.empty(0), reduction, 0, (0,), cdt)
         if not want_grad:
             return loss
-        return loss, (np.zeros(shape, im.orig_dtype), np.zeros(shape, tx.orig_dtype))
+        return loss, deliver_grads((np.zeros(shape, im.orig_dtype),
+                                    np.zeros(shape, tx.orig_dtype)), bufs)
 
     # A = Î / temperature, B = T̂ (copies of the compute dtype; B is T itself when it can be)
     a, inv_a = _scaled_rows(im.array, cdt, normalize, 1.0 / tau)
@@ -553,4 +599,5 @@ def clip_loss(
     if normalize:
         _normalize_backward(d_a, a, tau, inv_a)
         _normalize_backward(d_b, b, 1.0, inv_b)
-    return loss, (d_a.astype(im.orig_dtype, copy=False), d_b.astype(tx.orig_dtype, copy=False))
+    return loss, deliver_grads((d_a.astype(im.orig_dtype, copy=False),
+                                d_b.astype(tx.orig_dtype, copy=False)), bufs)

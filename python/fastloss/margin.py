@@ -12,10 +12,12 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_real,
     check_reduction,
     class_weight,
     float_input,
+    grad_buffer,
     reduce_rows,
 )
 
@@ -69,6 +71,7 @@ def multi_margin_loss(
     weight: Any = None,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Multi-class hinge loss, as :func:`torch.nn.functional.multi_margin_loss`.
 
@@ -98,6 +101,11 @@ def multi_margin_loss(
         ``"sum"``; ``"none"``: per-sample losses of the target's shape.
     return_grad : bool
         Also return d(returned loss)/d(input) (``"mean"``: scaled by ``1 / N``).
+    grad_out : ndarray, optional
+        A preallocated array of ``input``'s shape and dtype for the gradient (it may be
+        ``input`` itself, for in-place use: the results are those of a call without
+        ``grad_out``); needs ``return_grad=True``. Returned as the gradient. Nothing is
+        written to it when the call raises (e.g. for a class index out of range).
 
     Returns
     -------
@@ -108,7 +116,11 @@ def multi_margin_loss(
     ------
     ValueError
         ``p`` not 1 or 2, a ``target`` or ``weight`` of the wrong shape, no classes, a
-        non-finite ``margin``, an unknown ``reduction``.
+        non-finite ``margin``, an unknown ``reduction``; a ``grad_out`` of the wrong shape or
+        read-only, or without ``return_grad``.
+    TypeError
+        A non-integer ``target``, unsupported dtypes; a ``grad_out`` that is not an ndarray
+        or of the wrong dtype.
     IndexError
         A ``target`` class index outside ``[0, C)``.
 
@@ -132,10 +144,15 @@ def multi_margin_loss(
     >>> grad
     array([[ 0.15,  0.2 ,  0.3 , -0.65]])
     """
+    return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(input, "input")
     scalar = x.array.ndim == 0
+    if grad_out is not None:
+        grad_out = grad_buffer(grad_out, x.array.shape, x.orig_dtype)
+    user = grad_out
     if scalar:  # one sample with one class, as PyTorch: loss 0, gradient 0
         x = x._replace(array=x.array.reshape(1))
+        grad_out = None if grad_out is None else grad_out.reshape(1)  # (a view)
     arr = x.array
     n_classes = arr.shape[-1]
     if n_classes == 0:
@@ -151,11 +168,15 @@ def multi_margin_loss(
     x3 = as3d(arr, last)
     rows = x3.shape[0]
     scale = (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
-    grad = GradTarget(None, x, last, (x3,)) if return_grad else None
+    # (the core writes straight into grad_out where its layout allows, in place too; all the
+    # checks are made before)
+    grad = GradTarget(grad_out, x, last, (x3,)) if return_grad else None
     per_row = np.empty(rows, dtype=np.float64)
     _core.multi_margin_loss(x3, flat, w, p, margin, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, float(rows), out_shape, x.loss_dtype)
     if not return_grad:
         return loss
     g = grad.result()
+    if user is not None:
+        return loss, user
     return loss, (g.reshape(()) if scalar else g)

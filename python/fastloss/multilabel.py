@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import check_reduction, float_input, mean_scale, reduce_rows
+from ._validation import (
+    check_reduction,
+    deliver_grads,
+    float_input,
+    grad_buffer,
+    mean_scale,
+    reduce_rows,
+)
 from .pairs import _finish, _grad_out_check, run_pairwise
 
 __all__ = ["multilabel_margin_loss", "multilabel_soft_margin_loss"]
@@ -19,7 +26,7 @@ _F64 = np.dtype(np.float64)
 
 
 def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
-                           return_grad: bool = False):
+                           return_grad: bool = False, grad_out: Any = None):
     """Multi-class multi-label hinge loss, as
     :func:`torch.nn.functional.multilabel_margin_loss`.
 
@@ -42,6 +49,11 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
         ``"mean"`` over samples; ``"none"``: one loss per sample, shape ``input.shape[:-1]``.
     return_grad : bool
         Also return d(returned loss)/d(input).
+    grad_out : ndarray, optional
+        A preallocated array of ``input``'s shape and dtype for the gradient (it may be
+        ``input`` itself, for in-place use: the results are those of a call without
+        ``grad_out``); needs ``return_grad=True``. Returned as the gradient. Nothing is
+        written to it when the call raises (e.g. for a ``target`` entry out of range).
 
     Returns
     -------
@@ -52,9 +64,10 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     ------
     ValueError
         ``input`` 0-d or with no classes, a ``target`` of another shape, an unknown
-        ``reduction``.
+        ``reduction``; a ``grad_out`` of the wrong shape or read-only, or without
+        ``return_grad``.
     TypeError
-        A non-integer ``target``.
+        A non-integer ``target``; a ``grad_out`` that is not an ndarray or of the wrong dtype.
     IndexError
         A ``target`` entry outside ``[-1, C)``.
 
@@ -74,6 +87,7 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     >>> fl.multilabel_margin_loss(x, y, return_grad=True)[1]
     array([[-0.5,  0.5,  0.5, -0.5]])
     """
+    return_grad = _grad_out_check(grad_out, return_grad)
     x = float_input(input, "input")
     arr = x.array
     if arr.ndim == 0:
@@ -100,12 +114,22 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     x2 = arr.reshape(rows, C)
     t2 = np.ascontiguousarray(t.reshape(rows, C), dtype=np.int64)
     per_row = np.empty(rows, dtype=_F64)
-    grad = np.empty((rows, C), dtype=arr.dtype) if return_grad else None
+    buf = None if grad_out is None else grad_buffer(grad_out, arr.shape, x.orig_dtype)
+    # the kernel writes straight into a caller's C-contiguous buffer that shares no memory
+    # with the operands; others (the input itself, in place) get the gradient at the end
+    direct = (buf is not None and buf.dtype == arr.dtype and buf.flags.c_contiguous
+              and not np.may_share_memory(buf, arr) and not np.may_share_memory(buf, t2))
+    grad = None
+    if return_grad:
+        grad = buf.reshape(rows, C) if direct else np.empty((rows, C), dtype=arr.dtype)
     _core.multilabel_margin(x2, t2, mean_scale(reduction, rows), per_row, grad)
     loss = reduce_rows(per_row, reduction, rows, arr.shape[:-1], x.loss_dtype)
     if not return_grad:
         return loss
-    return loss, grad.reshape(arr.shape).astype(x.orig_dtype, copy=False)
+    if direct:
+        return loss, buf
+    return loss, deliver_grads([grad.reshape(arr.shape).astype(x.orig_dtype, copy=False)],
+                               [buf])[0]
 
 
 def multilabel_soft_margin_loss(input: Any, target: Any, *, weight: Any = None,

@@ -19,10 +19,13 @@ from . import _core
 from ._pointwise import _flat, _sum_to, real_array
 from ._validation import (
     FloatInput,
+    check_grad_out_given,
     check_real,
     check_reduction,
+    deliver_grads,
     float_input,
     grad_buffer,
+    grad_buffers,
     mean_scale,
     normalize_axes,
     reduce_rows,
@@ -103,26 +106,38 @@ def run_pairwise(kind: str, xs: list[FloatInput], targets: list[tuple[Any, str]]
     if denom is None:
         denom = n
     scale = mean_scale(reduction, denom) * loss_scale
-    x1 = xs[0]
-    user = direct = None
+    # the caller's gradient buffers: ``grad_out`` an ndarray (the first operand's, checked
+    # here) or a list with an entry (checked by the caller, see grad_buffers; None: fresh) per
+    # operand, each of that operand's array's shape
+    users = [None] * len(xs)
+    if return_grad and grad_out is not None:
+        if isinstance(grad_out, (list, tuple)):
+            users[: len(grad_out)] = grad_out
+        else:
+            users[0] = grad_buffer(grad_out, xs[0].array.shape, xs[0].orig_dtype)
     gbufs = [None, None]
+    direct = [False, False]
     if return_grad:
-        if grad_out is not None:
-            user = grad_buffer(grad_out, x1.array.shape, x1.orig_dtype)
-            direct = (shape == x1.array.shape and user.dtype == sdt and user.flags.c_contiguous
-                      and not any(a is not None and np.may_share_memory(user, a)
-                                  for a in [yf, wf] + xf[1:])
-                      and (not np.may_share_memory(user, xf[0])
-                           or user.__array_interface__["data"][0]
-                           == xf[0].__array_interface__["data"][0]))
-        gbufs[0] = user.reshape(-1) if direct else np.empty(n, dtype=sdt)
-        if grads == 2:
-            gbufs[1] = np.empty(n, dtype=sdt)
+        for k in range(grads):
+            u = users[k]
+            # the kernel writes straight into a caller's C-contiguous buffer of the operand's
+            # (the broadcast) shape and the storage dtype, which shares no memory with another
+            # operand or buffer, or is exactly the operand it differentiates (element i of the
+            # gradient is written after element i of the operand is read)
+            direct[k] = (
+                u is not None and shape == xs[k].array.shape and u.dtype == sdt
+                and u.flags.c_contiguous
+                and not any(a is not None and np.may_share_memory(u, a)
+                            for j, a in enumerate([yf, wf] + xf + users)
+                            if j != 2 + k and j != 2 + len(xf) + k)
+                and (not np.may_share_memory(u, xf[k])
+                     or u.__array_interface__["data"][0] == xf[k].__array_interface__["data"][0]))
+            gbufs[k] = u.reshape(-1) if direct[k] else np.empty(n, dtype=sdt)
     x2f = xf[1] if len(xf) > 1 else None
     args = (KINDS[kind], xf[0], x2f, yf, wf, float(p0), bool(log_input), bool(full), scale)
-    if bad is not None and user is not None:
+    if bad is not None and any(u is not None for u in users):
         # invalid operands are found in the same pass that writes the gradient: with a
-        # caller's grad_out (maybe the input itself) a count-only pass over the operand
+        # caller's buffer (maybe the input itself) a count-only pass over the operand
         # checked comes first, so that nothing is written when a check fails
         bad(_core.pairwise(*args, None, None, None, count_only=True)[1], xf, yf)
     total, n_bad = _core.pairwise(*args, loss_buf, gbufs[0], gbufs[1])
@@ -132,20 +147,17 @@ def run_pairwise(kind: str, xs: list[FloatInput], targets: list[tuple[Any, str]]
     if not return_grad:
         return total, per_elem, None, shape
     out = []
-    for i, (x, g) in enumerate(zip(xs, gbufs)):
+    for k, (x, g) in enumerate(zip(xs, gbufs)):
         if g is None:
             break
-        if i == 0 and direct:
-            out.append(user)
+        if direct[k]:
+            out.append(users[k])
             continue
         g = g.reshape(shape)
         if shape != x.array.shape:
             g = _sum_to(g, x.array.shape)
-        g = g.astype(x.orig_dtype, copy=False)
-        if i == 0 and user is not None:
-            np.copyto(user, g)
-            g = user
-        out.append(g)
+        out.append(g.astype(x.orig_dtype, copy=False))
+    out = list(deliver_grads(out, users[: len(out)]))
     return total, per_elem, out, shape
 
 
@@ -169,10 +181,7 @@ def _loss_dtype(xs: list[FloatInput]) -> np.dtype:
     return dt
 
 
-def _grad_out_check(grad_out: Any, return_grad: Any) -> bool:
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
-    return bool(return_grad)
+_grad_out_check = check_grad_out_given
 
 
 def _plain(a: Any) -> bool:
@@ -314,7 +323,8 @@ def _gaussian_var(var: Any, input_shape: tuple) -> tuple[FloatInput, bool, tuple
 
 
 def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
-                      eps: float = 1e-6, reduction: str = "mean", return_grad: bool = False):
+                      eps: float = 1e-6, reduction: str = "mean", return_grad: bool = False,
+                      grad_out: Any = None):
     """Gaussian negative log-likelihood, as :func:`torch.nn.functional.gaussian_nll_loss`.
 
     Per element, with ``v = max(var, eps)``::
@@ -342,6 +352,13 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     return_grad : bool
         Also return ``(d_input, d_var)``, each in its operand's shape and dtype (a Python
         number ``var`` gets a 0-d float64 array: the sum over all elements).
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_input, d_var)``, each an ndarray of that gradient's shape
+        and dtype (for a Python number ``var``: a 0-d float64 array) or None (that gradient is
+        allocated); needs ``return_grad=True``. An entry may be its operand itself (in-place
+        use; the results are those of a call without ``grad_out``); the two entries must not
+        share memory. The returned tuple holds these arrays where given. Nothing is written to
+        them when the call raises (e.g. for a negative variance).
 
     Returns
     -------
@@ -352,7 +369,12 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     ------
     ValueError
         A negative variance, a ``var`` of a shape the rules above reject, ``eps`` not
-        positive and finite, an unknown ``reduction``.
+        positive and finite, an unknown ``reduction``; a ``grad_out`` entry of the wrong shape
+        or read-only, entries that share memory, a ``grad_out`` of the wrong length or
+        without ``return_grad``.
+    TypeError
+        Non-bool ``full``, unsupported dtypes; a ``grad_out`` that is not a tuple or list, an
+        entry that is not an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -372,7 +394,8 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     >>> d_x, float(d_var)  # d / v; sum of 0.5 (1 - d**2)
     (array([1., 0.]), 0.5)
     """
-    fast = _plain(input) and _plain(var) and var.shape == input.shape
+    return_grad = _grad_out_check(grad_out, return_grad)
+    fast = grad_out is None and _plain(input) and _plain(var) and var.shape == input.shape
     x = None if fast else float_input(input, "input")
     full = _check_bool(full, "full")
     e = check_real(eps, "eps")
@@ -390,6 +413,16 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
         vi, scalar_var, _ = _gaussian_var(var, x.array.shape)
     if scalar_var:  # (the number takes input's dtype, as torch's var * ones_like(input))
         vi = FloatInput(vi.array.astype(x.array.dtype), _F64, x.loss_dtype, x.compute_dtype)
+    bufs = users = None
+    if grad_out is not None:
+        bufs = grad_buffers(grad_out, [(x.array.shape, x.orig_dtype),
+                                       (np.shape(var) if not scalar_var else (), vi.orig_dtype)],
+                            ("input", "var"))
+        # (var's buffer seen in the operand's shape: one variance per sample has a trailing
+        # axis added)
+        users = [bufs[0], None if bufs[1] is None else bufs[1].reshape(vi.array.shape)]
+        if users[1] is not None and not np.may_share_memory(users[1], bufs[1]):
+            users[1] = None  # (not expressible as a view: written at the end)
 
     def bad(n_bad, xf, yf):
         if n_bad:
@@ -399,7 +432,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
 
     total, per, grads, shape = run_pairwise(
         "gaussian_nll", [x, vi], [(target, "target")], p0=e, full=full, reduction=reduction,
-        return_grad=return_grad, grads=2, bad=bad, names=("input", "var"))
+        return_grad=return_grad, grad_out=users, grads=2, bad=bad, names=("input", "var"))
     loss = _finish(total, per, reduction, math.prod(shape), _loss_dtype([x, vi]))
     if not return_grad:
         return loss
@@ -408,7 +441,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
         gv = np.asarray(gv.reshape(()), dtype=_F64)
     elif gv.shape != np.shape(var):  # the trailing axis added for one variance per sample
         gv = gv.reshape(np.shape(var))
-    return loss, (gx, gv)
+    return loss, deliver_grads((gx, gv), bufs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +455,8 @@ def _finite_margin(margin: Any) -> float:
 
 
 def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float = 0.0,
-                        reduction: str = "mean", return_grad: bool = False):
+                        reduction: str = "mean", return_grad: bool = False,
+                        grad_out: Any = None):
     """Margin ranking loss, as :func:`torch.nn.functional.margin_ranking_loss`.
 
     Per element, ``target = 1`` asking for ``input1`` to rank above ``input2`` and ``-1`` for
@@ -444,6 +478,12 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     reduction : {"mean", "sum", "none"}
     return_grad : bool
         Also return ``(d_input1, d_input2)``, each in its input's shape and dtype.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_input1, d_input2)``, each an ndarray of its input's shape
+        and dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry
+        may be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given.
 
     Returns
     -------
@@ -453,7 +493,12 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     Raises
     ------
     ValueError
-        Shapes that do not broadcast, a non-finite ``margin``, an unknown ``reduction``.
+        Shapes that do not broadcast, a non-finite ``margin``, an unknown ``reduction``; a
+        ``grad_out`` entry of the wrong shape or read-only, entries that share memory, a
+        ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -470,7 +515,8 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     >>> d1, d2
     (array([-0.5,  0. ]), array([0.5, 0. ]))
     """
-    fast = _plain(input1) and _plain(input2)
+    return_grad = _grad_out_check(grad_out, return_grad)
+    fast = grad_out is None and _plain(input1) and _plain(input2)
     if not fast:
         a, b = float_input(input1, "input1"), float_input(input2, "input2")
     m = _finite_margin(margin)
@@ -481,9 +527,12 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
         if r is not None:
             return r
         a, b = float_input(input1, "input1"), float_input(input2, "input2")
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(a.array.shape, a.orig_dtype), (b.array.shape, b.orig_dtype)],
+        ("input1", "input2"))
     total, per, grads, shape = run_pairwise(
         "margin_ranking", [a, b], [(target, "target")], p0=m, reduction=reduction,
-        return_grad=return_grad, grads=2, names=("input1", "input2"))
+        return_grad=return_grad, grad_out=bufs, grads=2, names=("input1", "input2"))
     loss = _finish(total, per, reduction, math.prod(shape), _loss_dtype([a, b]))
     return (loss, tuple(grads)) if return_grad else loss
 
@@ -790,7 +839,8 @@ _COS_EPS = 1e-12  # torch's EPSILON in cosine_embedding_loss
 
 
 def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: float = 0.0,
-                          reduction: str = "mean", return_grad: bool = False):
+                          reduction: str = "mean", return_grad: bool = False,
+                          grad_out: Any = None):
     """Cosine embedding loss, as :func:`torch.nn.functional.cosine_embedding_loss`.
 
     Per pair of rows (the last axis is the embedding), with
@@ -814,6 +864,12 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
         ``"mean"`` over pairs; ``"none"``: one loss per pair.
     return_grad : bool
         Also return ``(d_input1, d_input2)``, each in its input's shape and dtype.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_input1, d_input2)``, each an ndarray of its input's shape
+        and dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry
+        may be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -825,7 +881,11 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
     ValueError
         Inputs without an axis or of shapes that do not broadcast, a target of the wrong
         shape or with a label other than 1 or -1, a non-finite ``margin``, an unknown
-        ``reduction``.
+        ``reduction``; a ``grad_out`` entry of the wrong shape or read-only, entries that
+        share memory, a ``grad_out`` of the wrong length or without ``return_grad``.
+    TypeError
+        Unsupported dtypes; a ``grad_out`` that is not a tuple or list, an entry that is not
+        an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -843,6 +903,7 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
     >>> np.round(fl.cosine_embedding_loss(x1, x2, [1, -1], reduction="none"), 6)
     array([1., 1.])
     """
+    return_grad = _grad_out_check(grad_out, return_grad)
     a, b = float_input(input1, "input1"), float_input(input2, "input2")
     for p, name in ((a, "input1"), (b, "input2")):
         if p.array.ndim == 0:
@@ -860,6 +921,9 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
     if wrong.any():
         i = _first_bad(wrong)
         raise ValueError(f"target must hold labels 1 or -1; target.flat[{i}] = {y[i]!r}")
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(a.array.shape, a.orig_dtype), (b.array.shape, b.orig_dtype)],
+        ("input1", "input2"))
     D = shape[-1]
     rows = math.prod(shape[:-1])
     a2 = np.broadcast_to(a.array, shape).reshape(rows, D)
@@ -895,7 +959,7 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
         if shape != p.array.shape:
             g = _sum_to(g, p.array.shape)
         out.append(g.astype(p.orig_dtype, copy=False))
-    return loss, tuple(out)
+    return loss, deliver_grads(out, bufs)
 
 
 def triplet_margin_with_distance_loss(
@@ -908,6 +972,7 @@ def triplet_margin_with_distance_loss(
     swap: bool = False,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Triplet margin loss with any distance, as
     :func:`torch.nn.functional.triplet_margin_with_distance_loss`.
@@ -941,6 +1006,13 @@ def triplet_margin_with_distance_loss(
         dtype. Only for the default distance: fastloss cannot differentiate an arbitrary
         Python callable, so a ``distance_function`` with ``return_grad=True`` is a
         ValueError (use :func:`fastloss.triplet_margin_loss` with ``p`` for other norms).
+    grad_out : tuple (or list) of three entries, optional
+        Preallocated arrays for ``(d_anchor, d_positive, d_negative)`` (default distance),
+        each an ndarray of its input's shape and dtype or None (that gradient is allocated);
+        needs ``return_grad=True``. An entry may be its input itself (in-place use; the
+        results are those of a call without ``grad_out``); no two entries may share memory.
+        The returned tuple holds these arrays where given. Nothing is written to them when the
+        call raises.
 
     Returns
     -------
@@ -952,9 +1024,12 @@ def triplet_margin_with_distance_loss(
     ValueError
         ``margin <= 0``, inputs with different numbers of axes (torch: RuntimeError), shapes
         that differ (default distance), distances that are not real or do not broadcast,
-        ``return_grad`` with a ``distance_function``, an unknown ``reduction``.
+        ``return_grad`` with a ``distance_function``, an unknown ``reduction``; a ``grad_out``
+        entry of the wrong shape or read-only, entries that share memory, a ``grad_out`` of
+        the wrong length or without ``return_grad``.
     TypeError
-        A ``distance_function`` that is not callable.
+        A ``distance_function`` that is not callable; a ``grad_out`` that is not a tuple or
+        list, an entry that is not an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -970,6 +1045,7 @@ def triplet_margin_with_distance_loss(
     >>> fl.triplet_margin_with_distance_loss(a, p, n, distance_function=l1, reduction="none")
     array([0.4, 0.  ])
     """
+    return_grad = _grad_out_check(grad_out, return_grad)
     if reduction not in ("mean", "sum", "none"):
         check_reduction(reduction)
     m = check_real(margin, "margin")
@@ -984,7 +1060,8 @@ def triplet_margin_with_distance_loss(
     if distance_function is None:
         from .embeddings import triplet_margin_loss
         return triplet_margin_loss(anchor, positive, negative, margin=m, p=2.0, eps=1e-6,
-                                   swap=swap, reduction=reduction, return_grad=return_grad)
+                                   swap=swap, reduction=reduction, return_grad=return_grad,
+                                   grad_out=grad_out)
     if not callable(distance_function):
         raise TypeError(f"distance_function must be callable, got "
                         f"{type(distance_function).__name__}")

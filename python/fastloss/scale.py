@@ -49,11 +49,14 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_int,
     check_real,
     check_reduction,
     class_targets,
+    deliver_grads,
     float_input,
+    grad_buffers,
     normalize_axis,
     reduce_rows,
 )
@@ -676,6 +679,7 @@ def linear_cross_entropy(
     softcap: Any = None,
     reduction: str = "mean",
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` without materialising the logits.
 
@@ -749,6 +753,15 @@ def linear_cross_entropy(
         targets).
     return_grad : bool
         Also return the gradients of the returned loss.
+    grad_out : tuple (or list), optional
+        Preallocated arrays for ``(d_hidden, d_weight)``, or ``(d_hidden, d_weight, d_bias)``
+        with a ``bias``: one entry per gradient, each an ndarray of its input's shape and
+        dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry may
+        be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); no two entries may share memory. The returned tuple holds these arrays
+        where given. A C-contiguous buffer of the compute dtype that shares no memory with the
+        inputs is accumulated into directly (no ``(V, D)`` temporary for ``d_weight``); other
+        buffers are written at the end. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -758,6 +771,19 @@ def linear_cross_entropy(
         array of the targets' row shape ((N,), (N, d1, ..., dK), or 0-d for a 1-d ``hidden``).
     (d_hidden, d_weight) or (d_hidden, d_weight, d_bias)
         with ``return_grad``: ``(loss, grads)``, each gradient in its input's shape and dtype.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, ``chunk_size`` or ``row_chunk_size`` below 1, bad
+        options (as :func:`fastloss.cross_entropy`); a ``grad_out`` entry of the wrong shape
+        or read-only, entries that share memory, a ``grad_out`` of the wrong length (two
+        entries, three with ``bias``) or without ``return_grad``.
+    TypeError
+        Unsupported dtypes, a boolean ``target``; a ``grad_out`` that is not a tuple or list,
+        an entry that is not an ndarray or of the wrong dtype.
+    IndexError
+        A class index out of range (other than ``ignore_index``).
 
     Examples
     --------
@@ -774,6 +800,7 @@ def linear_cross_entropy(
     ...                 fl.cross_entropy(h @ w.T, t, weight=cw), rtol=1e-13))
     True
     """
+    want_grad = check_grad_out_given(grad_out, return_grad)
     ignore_index = check_int(ignore_index, "ignore_index")
     prob, (h, w, b) = _linear_problem(hidden, weight, target, bias, class_weight, ignore_index)
     H, W, B = prob.H, prob.W, prob.B
@@ -793,7 +820,10 @@ def linear_cross_entropy(
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
     z, cap = _check_z_softcap(z_loss, softcap, cdt)
     reduction = check_reduction(reduction)
-    want_grad = bool(return_grad)
+    ops = [h, w] + ([b] if b is not None else [])
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(o.array.shape, o.orig_dtype) for o in ops],
+        ("hidden", "weight", "bias")[: len(ops)])
     whole_rows = (vchunk == V or prob.probs is not None or prob.class_weight is not None
                   or prob.positions > 1 or len(w.array.shape) > 2)
     if whole_rows and vchunk < V:  # the same buffer, in blocks of whole rows
@@ -805,9 +835,25 @@ def linear_cross_entropy(
     buf = np.empty(max(rchunk, 1) * (V if whole_rows else vchunk), dtype=cdt)
     d_h = d_w = d_b = tmp_h = tmp_w = None
     if want_grad:
-        d_h = np.empty((N, D), dtype=cdt)
-        d_w = np.empty((V, D), dtype=cdt)
-        d_b = np.zeros(V, dtype=cdt) if B is not None else None
+        # a caller's C-contiguous buffer of the compute dtype that shares no memory with the
+        # operands is accumulated into directly; other buffers get the gradient at the end
+        operands = [H, W, B, prob.flat, prob.probs, prob.class_weight] + [o.array for o in ops]
+
+        def direct(k: int, shape: tuple) -> Optional[np.ndarray]:
+            u = None if bufs is None else bufs[k]
+            if (u is None or u.dtype != cdt or not u.flags.c_contiguous
+                    or any(a is not None and np.may_share_memory(u, a) for a in operands)):
+                return None
+            return u.reshape(shape)
+
+        d_h = direct(0, (N, D))
+        d_h = np.empty((N, D), dtype=cdt) if d_h is None else d_h
+        d_w = direct(1, (V, D))
+        d_w = np.empty((V, D), dtype=cdt) if d_w is None else d_w
+        if B is not None:
+            d_b = direct(2, (V,))
+            d_b = np.zeros(V, dtype=cdt) if d_b is None else d_b
+            d_b.fill(0)
         tmp_h = np.empty((rchunk, D), dtype=cdt)
         tmp_w = np.empty((min(vchunk, _DW_BLOCK), D), dtype=cdt) if N > rchunk else None
         if N == 0:
@@ -881,4 +927,4 @@ def linear_cross_entropy(
              d_w.reshape(w.array.shape).astype(w.orig_dtype, copy=False))
     if d_b is not None:
         grads += (d_b.reshape(b.array.shape).astype(b.orig_dtype, copy=False),)
-    return loss, grads
+    return loss, deliver_grads(grads, bufs)

@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import check_int, check_reduction, float_input
+from ._validation import (
+    check_grad_out_given,
+    check_int,
+    check_reduction,
+    deliver_grads,
+    float_input,
+    grad_buffer,
+)
 
 __all__ = ["ctc_loss"]
 
@@ -60,6 +67,7 @@ def ctc_loss(
     reduction: str = "mean",
     zero_infinity: bool = False,
     return_grad: bool = False,
+    grad_out: Any = None,
 ):
     """Connectionist temporal classification loss, optionally with its gradient.
 
@@ -93,11 +101,29 @@ def ctc_loss(
         ``+inf`` otherwise).
     return_grad : bool
         Also return the gradient with respect to ``log_probs`` (see Notes).
+    grad_out : ndarray, optional
+        A preallocated array of ``log_probs``' shape and dtype for the gradient (it may be
+        ``log_probs`` itself, for in-place use: the results are those of a call without
+        ``grad_out``); needs ``return_grad=True``. Returned as the gradient. Nothing is
+        written to it when the call raises (e.g. for a label out of range).
 
     Returns
     -------
     loss : NumPy scalar (``"mean"``, ``"sum"``) or ndarray (``"none"``)
     grad : ndarray of log_probs' shape and dtype, only with ``return_grad``
+
+    Raises
+    ------
+    ValueError
+        ``log_probs`` not 2-d or 3-d, lengths of the wrong shape, negative or too long, a
+        ``blank`` out of range or among the labels, ``targets`` of the wrong shape, an
+        unknown ``reduction``; a ``grad_out`` of the wrong shape or read-only, or without
+        ``return_grad``.
+    TypeError
+        Non-integer targets or lengths, unsupported dtypes; a ``grad_out`` that is not an
+        ndarray or of the wrong dtype.
+    IndexError
+        A label outside ``[0, C)``.
 
     Notes
     -----
@@ -139,6 +165,7 @@ def ctc_loss(
     >>> grad.shape
     (3, 1, 3)
     """
+    return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(log_probs, "log_probs")
     arr = x.array
     if arr.ndim not in (2, 3):
@@ -210,10 +237,17 @@ def ctc_loss(
         i = int(np.flatnonzero(is_blank)[0])
         raise ValueError(f"targets{where(i)} = {blank} is the blank label (blank={blank})")
     flat = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+    buf = None if grad_out is None else grad_buffer(grad_out, arr.shape, x.orig_dtype)
 
     per_sample = np.empty(N, dtype=np.float64)
     scale = 1.0 / (N * np.maximum(tl, 1)) if reduction == "mean" else np.ones(N)
-    grad = np.empty(lp3.shape, dtype=arr.dtype) if return_grad else None
+    grad = None
+    if return_grad:
+        # the core writes straight into a caller's C-contiguous buffer that shares no memory
+        # with the operands; others (log_probs itself, in place) get the gradient at the end
+        direct = (buf is not None and buf.dtype == arr.dtype and buf.flags.c_contiguous
+                  and not np.may_share_memory(buf, arr) and not np.may_share_memory(buf, flat))
+        grad = buf.reshape(lp3.shape) if direct else np.empty(lp3.shape, dtype=arr.dtype)
     _core.ctc_loss(
         lp3,
         flat,
@@ -239,4 +273,5 @@ def ctc_loss(
             loss = dtype.type(np.mean(per_sample / np.maximum(tl, 1)) if N else np.nan)
     if not return_grad:
         return loss
-    return loss, (grad.reshape(T, C) if unbatched else grad)
+    grad = grad.reshape(T, C) if unbatched else grad
+    return loss, deliver_grads([grad.astype(x.orig_dtype, copy=False)], [buf])[0]

@@ -18,10 +18,14 @@ from . import _core
 from ._validation import (
     FloatInput,
     as3d,
+    check_grad_out_given,
     check_real,
     check_reduction,
     check_temperature,
+    deliver_grads,
     float_input,
+    grad_buffer,
+    grad_buffers,
     is_bfloat16,
     mean_scale,
     normalize_axis,
@@ -53,9 +57,10 @@ def _sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.sum(g, axis=axes, dtype=wide).reshape(shape)
 
 
-def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum"):
+def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum", grad_out=None):
     """Per-row cosines (float64, flat), the output shape, loss dtype and the gradients of
-    ``grad_sign * cos`` under ``reduction``."""
+    ``grad_sign * cos`` under ``reduction`` (in the caller's ``grad_out`` where given, see
+    :func:`cosine_similarity`)."""
     a, b = float_input(x1, "x1"), float_input(x2, "x2")
     try:
         shape = np.broadcast_shapes(a.array.shape, b.array.shape)
@@ -70,6 +75,8 @@ def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum"):
     e = check_real(eps, "eps", 0.0)
     if not math.isfinite(e):
         raise ValueError(f"eps must be finite, got {eps!r}")
+    bufs = None if grad_out is None else grad_buffers(
+        grad_out, [(a.array.shape, a.orig_dtype), (b.array.shape, b.orig_dtype)], ("x1", "x2"))
     dt = _kernel_dtype(a, b)
     if want_grad and dt.itemsize == 2 and (a.array.shape != shape or b.array.shape != shape):
         dt = np.dtype(np.float32)  # gradients summed over broadcast axes: sum float32 terms
@@ -80,7 +87,14 @@ def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum"):
     cos = np.empty(A.shape[0] * A.shape[2], dtype=np.float64)
     g1 = g2 = None
     if want_grad:
-        g1, g2 = np.empty(shape, dtype=dt), np.empty(shape, dtype=dt)
+        # the kernel writes straight into a caller's C-contiguous buffer of the broadcast shape
+        # and the kernel's dtype that shares no memory with the inputs; other buffers (the
+        # inputs themselves, for in-place use) get the gradient at the end
+        g1, g2 = (
+            u if u is not None and u.shape == shape and u.dtype == dt and u.flags.c_contiguous
+            and not np.may_share_memory(u, a.array) and not np.may_share_memory(u, b.array)
+            else np.empty(shape, dtype=dt)
+            for u in (bufs or (None, None)))
     _core.cosine_similarity(
         A, B, e, grad_scale, cos,
         None if g1 is None else as3d(g1, ax), None if g2 is None else as3d(g2, ax),
@@ -88,15 +102,15 @@ def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum"):
     loss_dtype = np.promote_types(a.loss_dtype, b.loss_dtype)
     grads = None
     if want_grad:
-        grads = (
+        grads = deliver_grads((
             _sum_to(g1, a.array.shape).astype(a.orig_dtype, copy=False),
             _sum_to(g2, b.array.shape).astype(b.orig_dtype, copy=False),
-        )
+        ), bufs)
     return cos, out_shape, loss_dtype, grads
 
 
 def cosine_similarity(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
-                      return_grad: bool = False):
+                      return_grad: bool = False, grad_out: Any = None):
     """Cosine similarity of ``x1`` and ``x2`` along ``axis``, with NumPy broadcasting.
 
     As ``torch.nn.functional.cosine_similarity(x1, x2, dim=axis, eps=eps)``::
@@ -120,6 +134,12 @@ def cosine_similarity(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     return_grad : bool
         Also return the gradients of ``sum(cos)``: a tuple ``(d_x1, d_x2)`` in the inputs'
         own shapes (summed over broadcast axes) and dtypes.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_x1, d_x2)``, each an ndarray of its input's shape and
+        dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry may
+        be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -129,11 +149,14 @@ def cosine_similarity(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     Raises
     ------
     ValueError
-        Shapes that do not broadcast, 0-d inputs, ``eps`` negative or not finite.
+        Shapes that do not broadcast, 0-d inputs, ``eps`` negative or not finite; a
+        ``grad_out`` entry of the wrong shape or read-only, entries that share memory, a
+        ``grad_out`` of the wrong length or without ``return_grad``.
     numpy.exceptions.AxisError
         ``axis`` out of range.
     TypeError
-        Complex, string or object inputs.
+        Complex, string or object inputs; a ``grad_out`` that is not a tuple or list, an
+        entry that is not an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -161,14 +184,15 @@ def cosine_similarity(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     >>> d_x2.shape  # x2 was broadcast over the rows: its gradient is summed over them
     (2,)
     """
-    cos, shape, dtype, grads = _cosine(x1, x2, axis, eps, bool(return_grad))
+    return_grad = check_grad_out_given(grad_out, return_grad)
+    cos, shape, dtype, grads = _cosine(x1, x2, axis, eps, return_grad, grad_out=grad_out)
     out = cos.reshape(shape).astype(dtype)
     out = out[()] if out.ndim == 0 else out
     return (out, grads) if return_grad else out
 
 
 def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
-                    reduction: str = "mean", return_grad: bool = False):
+                    reduction: str = "mean", return_grad: bool = False, grad_out: Any = None):
     """Cosine distance ``1 - cosine_similarity(x1, x2)`` along ``axis``, reduced.
 
     optax's ``cosine_distance`` (with ``reduction="none"``; its ``epsilon`` is ``eps**2``, see
@@ -188,6 +212,12 @@ def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     return_grad : bool
         Also return ``(d_x1, d_x2)``, the gradients of the returned loss, in the inputs'
         shapes and dtypes.
+    grad_out : tuple (or list) of two entries, optional
+        Preallocated arrays for ``(d_x1, d_x2)``, each an ndarray of its input's shape and
+        dtype or None (that gradient is allocated); needs ``return_grad=True``. An entry may
+        be its input itself (in-place use; the results are those of a call without
+        ``grad_out``); the two entries must not share memory. The returned tuple holds these
+        arrays where given. Nothing is written to them when the call raises.
 
     Returns
     -------
@@ -198,6 +228,8 @@ def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     ------
     ValueError
         As :func:`cosine_similarity`, and an unknown ``reduction``.
+    TypeError
+        As :func:`cosine_similarity` (also for ``grad_out``).
 
     Notes
     -----
@@ -214,16 +246,16 @@ def cosine_distance(x1: Any, x2: Any, *, axis: int = -1, eps: float = 1e-8,
     >>> float(fl.cosine_distance(x1, x2))
     1.0
     """
+    want = check_grad_out_given(grad_out, return_grad)
     reduction = check_reduction(reduction)
-    want = bool(return_grad)
-    cos, shape, dtype, grads = _cosine(x1, x2, axis, eps, want, -1.0, reduction)
+    cos, shape, dtype, grads = _cosine(x1, x2, axis, eps, want, -1.0, reduction, grad_out)
     per = 1.0 - cos
     loss = reduce_rows(per, reduction, per.size, shape, dtype)
     return (loss, grads) if want else loss
 
 
 def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
-                return_grad: bool = False):
+                return_grad: bool = False, grad_out: Any = None):
     """NT-Xent, SimCLR's normalised temperature-scaled cross-entropy (optax's ``ntxent``).
 
     For embeddings ``x_i`` (rows) with integer ``labels`` (equal labels mark positive pairs),
@@ -247,6 +279,11 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
         ``> 0`` and finite.
     return_grad : bool
         Also return d(loss)/d(embeddings), in the embeddings' shape and dtype.
+    grad_out : ndarray, optional
+        A preallocated array of ``embeddings``' shape and dtype for the gradient (it may be
+        ``embeddings`` itself, for in-place use: the results are those of a call without
+        ``grad_out``); needs ``return_grad=True``. Returned as the gradient. Nothing is
+        written to it when the call raises.
 
     Returns
     -------
@@ -256,9 +293,10 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     Raises
     ------
     ValueError
-        ``embeddings`` not 2-d, ``labels`` not of shape ``(N,)``, a bad ``temperature``.
+        ``embeddings`` not 2-d, ``labels`` not of shape ``(N,)``, a bad ``temperature``; a
+        ``grad_out`` of the wrong shape or read-only, or without ``return_grad``.
     TypeError
-        Non-integer labels.
+        Non-integer labels; a ``grad_out`` that is not an ndarray or of the wrong dtype.
 
     Notes
     -----
@@ -281,6 +319,7 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     >>> grad.shape
     (4, 2)
     """
+    return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(embeddings, "embeddings")
     X = x.array
     if X.ndim != 2:
@@ -292,6 +331,7 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
         raise ValueError(f"labels must have shape ({X.shape[0]},) (one per embedding), got "
                          f"{lab.shape}")
     tau = check_temperature(temperature)
+    buf = None if grad_out is None else grad_buffer(grad_out, X.shape, x.orig_dtype)
     # optax's epsilon: the machine epsilon of the embeddings' dtype (bfloat16: 2**-7)
     e = 2.0**-7 if is_bfloat16(x.orig_dtype) else float(np.finfo(x.orig_dtype).eps)
     Xf = X.astype(np.float64)
@@ -328,7 +368,7 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     if not return_grad:
         return loss
     if n_pairs == 0:
-        return loss, np.zeros(X.shape, dtype=x.orig_dtype)
+        return loss, deliver_grads([np.zeros(X.shape, dtype=x.orig_dtype)], [buf])[0]
     # d l_ij / d s_ij = p_ij - 1 (p_ij = e_pos / D); d l_ij / d s_ik = exp(s_ik - m_ij) / D
     # for a negative k, summed over the anchor's positives j: En_ik w_i,
     # w_i = sum_j exp(nmax_i - m_ij) / D_ij
@@ -340,4 +380,4 @@ def ntxent_loss(embeddings: Any, labels: Any, *, temperature: float = 0.07,
     # u = x / n: du = (dx - u (u . dx)) / |x| for |x|^2 > e, dx / sqrt(e) where clipped
     radial = np.einsum("ij,ij->i", dU, U)
     dX = (dU - np.where(clipped, 0.0, radial)[:, None] * U) / norm[:, None]
-    return loss, dX.astype(x.orig_dtype)
+    return loss, deliver_grads([dX.astype(x.orig_dtype, copy=False)], [buf])[0]

@@ -303,3 +303,104 @@ def test_multi_margin_loss_strided(rng, isa, C):
     ref_loss, ref_grad = reference.multi_margin_loss(x, t, reduction="none", return_grad=True)
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(grad, ref_grad, rtol=2e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two classes: a kernel of its own (softplus of x_other - x_t, softmax_narrow.hpp,
+# ce_index_binary), for every layout
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_classes_edge_rows(isa, threads, dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array([[0.0, 0.0], [inf, 1.0], [1.0, inf], [-inf, 0.0], [-inf, 0.0], [-inf, -inf],
+                  [nan, 0.0], [0.0, nan], [30.0, -30.0], [30.0, -30.0], [-3e30, 3e30],
+                  [nan, nan], [2.0, -1.0], [inf, inf], [1e-30, 0.0], [0.5, 0.25], [4.0, 4.0]],
+                 dtype)
+    t = np.array([0, 0, 1, 0, 1, 1, 0, -100, 0, 1, 0, -100, 1, 1, 0, 1, 1])
+    _check_ce(x, t)
+    loss = fl.cross_entropy(x, t, reduction="none")
+    assert loss[3] == np.inf and loss[4] == 0.0  # target masked / the other class masked
+    assert loss[7] == 0.0 and loss[11] == 0.0  # ignored rows are 0 even with NaN logits
+    assert np.isnan(loss[[1, 2, 5, 6, 13]]).all()  # +inf maximum, a -inf row, NaN
+    # 6e38 is past float32's range, but the float64 sum of the rows is not (as for C > 2)
+    big = fl.cross_entropy(np.array([[-3e38, 3e38], [0.0, 0.0]], dtype), np.array([0, 1]),
+                           reduction="mean")
+    assert np.isfinite(big) and big == pytest.approx(3e38, rel=1e-6)
+    # lse and token accuracy from the same lanes: NumPy's argmax, the first NaN winning
+    r = fl.cross_entropy(x, t, reduction="none", return_lse=True, return_token_accuracy=True)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(r.lse, reference.cross_entropy_lse(x), *TOL[dtype])
+    np.testing.assert_array_equal(r.token_accuracy, reference.token_accuracy(x, t, reduction="none"))
+
+
+@pytest.mark.parametrize("ignore_index", [0, 1, -1, 7])
+def test_two_classes_ignore_index_and_weights(rng, isa, ignore_index):
+    x, t = _batch(rng, 53, 2, np.float32)
+    t[t == -100] = ignore_index
+    t[10:14] = ignore_index
+    w = np.array([0.3, 2.5], np.float32)
+    for kw in ({}, {"weight": w}):
+        _check_ce(x, t, ignore_index=ignore_index, **kw)
+        loss, grad = fl.cross_entropy(x, t, ignore_index=ignore_index, return_grad=True, **kw)
+        want, want_g = reference.cross_entropy(x, t, ignore_index=ignore_index, return_grad=True,
+                                               **kw)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(loss, want, rtol=2e-6)
+            np.testing.assert_allclose(grad, want_g, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (2, 2, 40), (1, 2, 17, 1)])
+def test_two_classes_strided_layouts(rng, isa, threads, shape):
+    """The class axis of (N, 2, ...): blocks of rows inside one image are two vector loads,
+    blocks across images one element at a time; the same numbers as the contiguous rows."""
+    x = rng.normal(0.0, 3.0, shape).astype(np.float32)
+    t = rng.integers(0, 2, shape[:1] + shape[2:])
+    t.flat[::9] = -100
+    loss, grad = fl.cross_entropy(x, t, axis=1, reduction="none", return_grad=True)
+    xc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    loss_c, grad_c = fl.cross_entropy(xc, t, reduction="none", return_grad=True)
+    np.testing.assert_array_equal(loss, loss_c)
+    np.testing.assert_array_equal(grad, np.moveaxis(grad_c, -1, 1))
+    ref_loss, ref_grad = reference.cross_entropy(x, t, axis=1, reduction="none", return_grad=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-6, atol=1e-6)
+    # a Fortran-order gradient buffer and the class axis reversed
+    go = np.zeros(shape, np.float32, order="F")
+    fl.cross_entropy(x, t, axis=1, reduction="sum", return_grad=True, grad_out=go)
+    np.testing.assert_allclose(go, ref_grad, rtol=2e-6, atol=1e-6)
+    xr = x[:, ::-1]
+    np.testing.assert_array_equal(fl.cross_entropy(xr, 1 - np.where(t < 0, 1, t), axis=1,
+                                                   reduction="none"),
+                                  fl.cross_entropy(np.ascontiguousarray(xr), 1 - np.where(
+                                      t < 0, 1, t), axis=1, reduction="none"))
+
+
+def test_large_loss_only_call_checks_targets_chunk_by_chunk(rng, restore_threads):
+    """A reduced loss without gradient over more rows than one chunk checks each chunk's
+    targets as the kernel reads them: the same error, the same mean as the checked path."""
+    n = 600_000  # (three chunks of 2**18 rows)
+    x = rng.normal(0.0, 2.0, (n, 2)).astype(np.float32)
+    t = rng.integers(0, 2, n)
+    t[::7] = -100
+    fl.set_num_threads(2)
+    mean = fl.cross_entropy(x, t)
+    per_row = fl.cross_entropy(x, t, reduction="none").astype(np.float64)
+    assert mean == np.float32(np.sum(per_row) / np.count_nonzero(t != -100))
+    assert fl.cross_entropy(x, t, reduction="sum") == np.float32(np.sum(per_row))
+    fl.set_num_threads(1)
+    assert fl.cross_entropy(x, t) == mean
+    for i in (3, 2**18 + 5, n - 1):
+        bad = t.copy()
+        bad[i] = 2
+        with pytest.raises(IndexError, match=rf"target\[{i}\] = 2 is out of range"):
+            fl.cross_entropy(x, bad)
+        with pytest.raises(IndexError, match=rf"target\[{i}\] = 2 is out of range"):
+            fl.cross_entropy(x, bad, return_grad=True)
+
+
+def test_sum_f64_is_numpy_sum(rng):
+    from fastloss import _core
+
+    for n in (0, 1, 9, 129, 32767, 32768, 262144, 262147, 1_000_003):
+        a = rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)
+        assert _core.sum_f64(a) == float(np.sum(a))

@@ -195,9 +195,12 @@ class ClassTargets:
 
 
 def class_targets(
-    target: np.ndarray, logits_shape: tuple[int, ...], axis: int, ignore_index: int, name="target"
+    target: np.ndarray, logits_shape: tuple[int, ...], axis: int, ignore_index: int, name="target",
+    check: bool = True,
 ) -> ClassTargets:
-    """Validate integer class indices against logits of ``logits_shape`` with class ``axis``."""
+    """Validate integer class indices against logits of ``logits_shape`` with class ``axis``.
+    ``check=False`` (an ``ignore_index`` within int64 only): the shape and dtype only, the
+    values left to :func:`check_target_chunk` (``n_valid`` is then None)."""
     expected = logits_shape[:axis] + logits_shape[axis + 1 :]
     n_classes = logits_shape[axis]
     if target.shape != expected:
@@ -211,6 +214,8 @@ def class_targets(
             f"{name}{np.unravel_index(big, expected)} is out of range for {n_classes} classes"
         )
     flat = np.require(target, np.int64, ["C", "A"]).reshape(-1)  # (unaligned: a copy)
+    if not check and _INT64_MIN <= ignore_index <= _INT64_MAX:
+        return ClassTargets(flat, expected, None, ignore_index)
     if _INT64_MIN <= ignore_index <= _INT64_MAX:
         from . import _core  # (one pass in the core, no temporaries)
 
@@ -220,13 +225,30 @@ def class_targets(
         bad = (flat < 0) | (flat >= n_classes)
         i = int(np.flatnonzero(bad)[0]) if bad.any() else -1
     if i >= 0:
-        pos = tuple(int(k) for k in np.unravel_index(i, expected)) if expected else ()
-        raise IndexError(
-            f"{name}[{', '.join(map(str, pos))}] = {flat[i]} is out of range: class indices "
-            f"must be in [0, {n_classes - 1}] (axis {axis} of the predictions has {n_classes} "
-            f"classes) or equal ignore_index={ignore_index}"
-        )
+        _bad_class_target(flat, i, expected, n_classes, axis, ignore_index, name)
     return ClassTargets(flat, expected, int(n_valid), ignore_index)
+
+
+def _bad_class_target(flat, i, expected, n_classes, axis, ignore_index, name):
+    pos = tuple(int(k) for k in np.unravel_index(i, expected)) if expected else ()
+    raise IndexError(
+        f"{name}[{', '.join(map(str, pos))}] = {flat[i]} is out of range: class indices "
+        f"must be in [0, {n_classes - 1}] (axis {axis} of the predictions has {n_classes} "
+        f"classes) or equal ignore_index={ignore_index}"
+    )
+
+
+def check_target_chunk(ct: ClassTargets, r0: int, r1: int, n_classes: int, axis: int,
+                       name: str = "target") -> int:
+    """The checks of :func:`class_targets` for rows ``[r0, r1)`` of targets taken with
+    ``check=False``, just before the kernel reads them (while they are in cache): raises the
+    same IndexError for the first bad entry, else returns the number of rows not ignored."""
+    from . import _core
+
+    i, n_valid = _core.check_class_targets(ct.flat[r0:r1], n_classes, ct.ignore_index)
+    if i >= 0:
+        _bad_class_target(ct.flat, r0 + i, ct.shape, n_classes, axis, ct.ignore_index, name)
+    return int(n_valid)
 
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)

@@ -385,8 +385,8 @@ POINTWISE = {  # name: (fastloss function name, keyword arguments, target kind)
 }
 # issue 16: PyTorch's missing elementwise losses, log-cosh, generalized KL (fastloss/pairs.py,
 # multilabel.py). Target kinds: "signs" (+-1 labels); "real+var" (a third array, variances >=
-# 0); "pair+signs" (a second prediction array and +-1 labels; the two gradients are returned
-# as new arrays: no grad_out).
+# 0); "pair+signs" (a second prediction array and +-1 labels). Both gradients of the two-input
+# losses go into preallocated arrays (grad_out as a tuple), as for the others.
 POINTWISE.update({
     "poisson_nll_loss": ("poisson_nll_loss", {}, "binary"),
     "gaussian_nll_loss": ("gaussian_nll_loss", {}, "real+var"),
@@ -417,6 +417,7 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
     binary = (rng.random(n, dtype=np.float32) > 0.5).astype(np.float32)
     grad = np.empty_like(x)
     grad.fill(0)
+    grad2 = None  # (the second gradient of the two-input losses, made when first needed)
     progress("measuring the bandwidth floor")
     floor = bandwidth_floor(2 * x.nbytes)
     results, todo = [], []
@@ -430,14 +431,18 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
         args, reads, writes, gkw = (pred, tgt), 2, 1, {"grad_out": grad}
         if kind in ("signs", "pair+signs") and "signs" not in extra:
             extra["signs"] = binary * np.float32(2) - np.float32(1)
+        if kind in ("real+var", "pair+signs") and grad2 is None:
+            grad2 = np.zeros_like(x)
         if kind == "signs":
             args = (pred, extra["signs"])
         elif kind == "real+var":
             if "var" not in extra:
                 extra["var"] = np.abs(real) + np.float32(0.1)
-            args, reads, gkw = (pred, real, extra["var"]), 3, {}
+            args, reads, writes = (pred, real, extra["var"]), 3, 2
+            gkw = {"grad_out": (grad, grad2)}
         elif kind == "pair+signs":
-            args, reads, writes, gkw = (pred, real, extra["signs"]), 3, 2, {}
+            args, reads, writes = (pred, real, extra["signs"]), 3, 2
+            gkw = {"grad_out": (grad, grad2)}
         for case in ("loss", "loss+grad"):
             g = case == "loss+grad"
             moved = x.nbytes * (reads + (writes if g else 0))

@@ -423,6 +423,41 @@ double numpy_pairwise_sum(const double* a, int64_t n) {
   return numpy_pairwise_sum(a, n2) + numpy_pairwise_sum(a + n2, n - n2);
 }
 
+// np.sum of a contiguous float64 array, bit for bit (numpy_pairwise_sum's tree), the subtrees
+// of its top levels summed over the cores: the sum of a chunk of per-row losses.
+double sum_f64(const py::array& a) {
+  if (a.ndim() != 1 || !plain_dtype(a, 'f', 8) || (a.shape(0) > 1 && a.strides(0) != 8))
+    throw std::invalid_argument("_core: sum_f64 takes a contiguous 1-d float64 array");
+  const double* p = static_cast<const double*>(a.data());
+  const int64_t n = a.shape(0);
+  if (n < 32768) return numpy_pairwise_sum(p, n);
+  // the tree's nodes kDepth levels down (each split as numpy_pairwise_sum's: n2 = n / 2 rounded
+  // down to a multiple of 8), summed in parallel, then added up the tree again
+  constexpr int kDepth = 3, kLeaves = 1 << kDepth;
+  int64_t lo[kLeaves], len[kLeaves];
+  lo[0] = 0, len[0] = n;
+  for (int d = 0, m = 1; d < kDepth; ++d, m *= 2)
+    for (int i = m - 1; i >= 0; --i) {  // (in place, from the back: node i -> 2i, 2i + 1)
+      int64_t n2 = len[i] / 2;
+      n2 -= n2 % 8;
+      const int64_t l = lo[i], r = len[i];
+      lo[2 * i] = l, len[2 * i] = n2;
+      lo[2 * i + 1] = l + n2, len[2 * i + 1] = r - n2;
+    }
+  double s[kLeaves];
+  {
+    py::gil_scoped_release nogil;
+    const int nt = threads_for(n, kLeaves);
+    parallel_for(nt, [&](int64_t k, int64_t m) {
+      for (int64_t i = kLeaves * k / m; i < kLeaves * (k + 1) / m; ++i)
+        s[i] = numpy_pairwise_sum(p + lo[i], len[i]);
+    });
+  }
+  for (int w = kLeaves; w > 1; w /= 2)
+    for (int i = 0; i < w / 2; ++i) s[i] = s[2 * i] + s[2 * i + 1];
+  return s[0];
+}
+
 // The cross-entropy fast path takes up to this many rows (its target check and sum are serial).
 constexpr int64_t kSmallRows = int64_t(1) << 14;
 
@@ -656,6 +691,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("class_rows_small", &class_rows_small);
   m.def("pointwise_fast", &pointwise_fast);
   m.def("softmax_small", &softmax_small);
+  m.def("sum_f64", &sum_f64, py::arg("a"));
   m.def("check_class_targets", &check_class_targets, py::arg("target"), py::arg("n_classes"),
         py::arg("ignore_index"));
   // Pointwise losses: every operand contiguous and of one size (broadcast in Python);

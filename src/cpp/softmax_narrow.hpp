@@ -360,6 +360,45 @@ template <class T> inline void join_pairs(T* p, vec_t<T> a, vec_t<T> b) {
 #endif
 }
 
+// Lane masks of W class-index targets (int64): class 0, class 1, ignore_index (which wins over
+// a class of the same value).
+template <class T>
+inline void target_masks(const int64_t* tp, int64_t ignore_index, typename Vec<T>::itype& t0,
+                         typename Vec<T>::itype& t1, typename Vec<T>::itype& ign) {
+  using I [[maybe_unused]] = typename Vec<T>::itype;
+  constexpr int W = vec_width<T>;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i lo = _mm512_loadu_si512(tp), hi = _mm512_loadu_si512(tp + 8);
+    auto eq = [&](__m512i v) {
+      return __mmask16(_mm512_cmpeq_epi64_mask(lo, v) |
+                       (unsigned(_mm512_cmpeq_epi64_mask(hi, v)) << 8));
+    };
+    const __mmask16 mi = eq(_mm512_set1_epi64(ignore_index));
+    ign = I(_mm512_movm_epi32(mi));
+    t0 = I(_mm512_movm_epi32(eq(_mm512_setzero_si512()) & ~mi));
+    t1 = I(_mm512_movm_epi32(eq(_mm512_set1_epi64(1)) & ~mi));
+    return;
+  } else {
+    const __m512i v = _mm512_loadu_si512(tp);
+    const __mmask8 mi = _mm512_cmpeq_epi64_mask(v, _mm512_set1_epi64(ignore_index));
+    ign = I(_mm512_movm_epi64(mi));
+    t0 = I(_mm512_movm_epi64(_mm512_cmpeq_epi64_mask(v, _mm512_setzero_si512()) & ~mi));
+    t1 = I(_mm512_movm_epi64(_mm512_cmpeq_epi64_mask(v, _mm512_set1_epi64(1)) & ~mi));
+    return;
+  }
+#endif
+  using E = std::remove_reference_t<decltype(t0[0])>;
+  alignas(64) E m0[W], m1[W], mi[W];
+  for (int i = 0; i < W; ++i) {
+    const int64_t t = tp[i];
+    const E k = -E(t == ignore_index);
+    mi[i] = k, m0[i] = -E(t == 0) & ~k, m1[i] = -E(t == 1) & ~k;
+  }
+  std::memcpy(&t0, m0, sizeof(t0)), std::memcpy(&t1, m1, sizeof(t1));
+  std::memcpy(&ign, mi, sizeof(ign));
+}
+
 template <class T> bool ce_binary_applies(const CrossEntropyArgs<T>& a) {
   return a.lx.n1 == 2 && a.target && !a.probs && a.label_smoothing == 0.0 && a.z_loss == 0.0 &&
          a.softcap == 0.0 && !a.focal;
@@ -401,30 +440,24 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
       }
       x0 = vload(b0), x1 = vload(b1);
     }
-    // target code per lane: 0 or 1 the class, -1 ignore_index, -2 out of range (branch-free:
-    // vectorised)
-    alignas(64) int64_t tp[W];
+    // per lane: target class 0 (t0), class 1 (t1), ignore_index (ign), else out of range
+    I t0, t1, ign;
     if (full) {
-      std::memcpy(tp, a.target + r, sizeof(tp));
+      target_masks<T>(a.target + r, ignore_index, t0, t1, ign);
     } else {
+      alignas(64) int64_t tp[W];
       for (int i = 0; i < W; ++i) tp[i] = i < nb ? a.target[r + i] : ignore_index;
+      target_masks<T>(tp, ignore_index, t0, t1, ign);
     }
-    alignas(64) T code[W];
-    for (int i = 0; i < W; ++i) {
-      const int64_t t = tp[i];
-      code[i] = t == ignore_index ? T(-1) : t == 0 ? T(0) : t == 1 ? T(1) : T(-2);
-    }
-    const V c = vload(code), zero{}, one = vset<T>(1);
-    const auto t1 = c == one, t0 = c == zero;
+    const V zero{}, one = vset<T>(1);
     const V z = vselect(t1, x0 - x1, x1 - x0);  // the other class's logit minus the target's
     V e, l1pe;
     exp_log1p_neg(vselect(z < zero, -z, z), e, l1pe);
     const V inf = vset<T>(std::numeric_limits<T>::infinity()), nan = vset<T>(T(kNaN));
-    const auto bad = (x0 == inf) | (x1 == inf) | I(c == vset<T>(-2));
+    const I bad = I(x0 == inf) | I(x1 == inf) | ~(t0 | t1 | ign);
     const V wt = vselect(t1, vset<T>(w1), vselect(t0, vset<T>(w0), zero));
     // loss = max(z, 0) + log1p(e) with z = x_other - x_t formed in float64 for float32 logits
     // (exact: no overflow for finite logits); ignored rows 0 (even NaN ones), bad rows NaN
-    const auto ign = c == vset<T>(-1);
     const V xo = vselect(ign, zero, vselect(t1, x0, x1)), xt = vselect(ign, zero, vselect(t1, x1, x0));
     const V lp = vselect(ign, zero, vselect(bad, nan, l1pe));
     alignas(64) double lbuf[W];
@@ -465,7 +498,7 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
     const V big = one / (one + e);
     V s = vselect(z >= zero, big, e * big);  // sigmoid(z); NaN for NaN z
     s = vselect(z != z, z, s);
-    const V go = vselect(bad, nan, vselect(c == vset<T>(-1), zero, (vset<T>(g) * wt) * s));
+    const V go = vselect(bad, nan, vselect(ign, zero, (vset<T>(g) * wt) * s));
     const V g0 = vselect(t1, go, -go), g1 = vselect(t1, -go, go);
     const PairAccess ag = full ? pair_access<W>(a.lg, r) : PairAccess::kAny;
     if (ag == PairAccess::kPairs) {

@@ -451,16 +451,23 @@ def run_pointwise(n: int = 50_000_000, threads: Optional[int] = None, repeat: in
             slow = (lambda r=ref, a=args, k=kw: r(*a, return_grad=True, **k)) if g else \
                 (lambda r=ref, a=args, k=kw: r(*a, **k))
             todo.append((name, f"{name} {case}", case, moved, fast, slow))
-    # fastloss first, every case, then the floor again (the better of the two measurements is
+    # fastloss first, every case, with the floor again in each round (the best measurement is
     # kept: measured right after the arrays were allocated and filled it has come out at half
     # the machine's bandwidth), then the NumPy reference, whose allocations of gigabytes
     # disturb whatever runs next on this kind of machine.
-    times = {}
+    # The cases are timed round-robin (one call of each per round, a floor measurement in
+    # every round), not one case after another: this kind of machine's bandwidth drifts by up
+    # to 2x over tens of seconds, and a case timed through a slow spell alone would look that
+    # much worse than its neighbours.
+    times = {label: [] for _, label, *_ in todo}
     for name, label, case, moved, fast, slow in todo:
-        progress(label)
-        times[label] = time_call(fast, repeat)
-    progress("measuring the bandwidth floor again")
-    floor = {k: max(v, floor[k]) for k, v in bandwidth_floor(2 * x.nbytes).items()}
+        progress(f"{label} (warm-up)")
+        fast()
+    for r in range(repeat):
+        progress(f"round {r + 1} of {repeat}")
+        for name, label, case, moved, fast, slow in todo:
+            times[label] += time_call(fast, 1, warmup=0)
+        floor = {k: max(v, floor[k]) for k, v in bandwidth_floor(2 * x.nbytes, 1).items()}
     for name, label, case, moved, fast, slow in todo:
         progress(f"{label} (NumPy)")
         np_ms = statistics.median(time_call(slow, numpy_repeat, warmup=0))

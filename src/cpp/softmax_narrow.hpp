@@ -165,19 +165,28 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     }
     LaneSum<T> se, scd;
     V xt = vset<T>(0), et = vset<T>(0);  // the target's logit and exp(x_t - m)
-    for (int64_t j = 0; j < n; ++j) {
+    // class j: exp(x_j - m) outside the target's lane (0 there), the target's x and e kept
+    auto term = [&](int64_t j) {
       const V x = vload(xb + j * W);
       const auto is_t = tv == vset<T>(T(j));
       const V e = vexp_capped(x - m);
       xt = vselect(is_t, x, xt);
       et = vselect(is_t, e, et);
-      se.add(vselect(is_t, vset<T>(0), e));
       if constexpr (C != Coef::kNone) {
         const T c = C == Coef::kOne ? T(1) : a.weight[j];
         if (c != 0) scd.add(vset<T>(c) * (m - x));  // (c_j = 0 terms count 0, even at -inf)
       }
       if (grad) vstore(xb + j * W, e);
+      return vselect(is_t, vset<T>(0), e);
+    };
+    // the exponentials (each at most 1) in compute-type partials of four classes, then into
+    // the float64 lanes (the row kernels' rule, docs/numerics.md)
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const V e0 = term(j), e1 = term(j + 1), e2 = term(j + 2), e3 = term(j + 3);
+      se.add((e0 + e1) + (e2 + e3));
     }
+    for (; j < n; ++j) se.add(term(j));
     // Epilogue in float64 lanes. exp(x_t - m) is the class loop's (in the compute type: for
     // float32 its rounding moves log S by at most p_t * 2^-23, below the float32 result's ulp).
     alignas(64) double sp[W], cd[W], m64[W], xt64[W], et64[W], nan64[W], wt[W], ct[W];
@@ -423,7 +432,11 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
   const T w0 = a.weight ? a.weight[0] : T(1), w1 = a.weight ? a.weight[1] : T(1);
   const T g = T(a.grad_scale);
   // rows [r, r + nb), nb <= W (the lanes past nb: logits 0, target ignored, never written)
-  auto block = [&](int64_t r, int nb) {
+  // (kGrad, kStats: the gradient, lse / token accuracy asked for; compile-time, so that the
+  // loss-only body has no branch on them, and inlined into the loop over the blocks, so that
+  // its constants stay in registers)
+  auto block = [&](int64_t r, int nb, auto grad_tag, auto stats_tag) __attribute__((always_inline)) {
+    constexpr bool kGrad = decltype(grad_tag)::value, kStats = decltype(stats_tag)::value;
     const bool full = nb == W;
     V x0, x1;
     const PairAccess ax = full ? pair_access<W>(a.lx, r) : PairAccess::kAny;
@@ -479,7 +492,7 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
       vstore(lout, l);
     }
     if (!full) std::memcpy(a.loss + r, lbuf, sizeof(double) * size_t(nb));
-    if (a.lse) {  // max + log1p(exp(-|x0 - x1|)); NaN rows NaN, a non-finite maximum as it is
+    if (kStats && a.lse) {  // max + log1p(exp(-|x0 - x1|)); NaN rows NaN, a non-finite maximum as it is
       const V m = vselect(x0 > x1, x0, x1);
       V lse = vselect(m - m == zero, m + l1pe, m);
       lse = vselect((x0 != x0) | (x1 != x1), nan, lse);
@@ -487,14 +500,14 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
       to_f64_lanes(lse, out);
       std::memcpy(a.lse + r, out, sizeof(double) * size_t(nb));
     }
-    if (a.correct) {  // NumPy's argmax (the first maximum; the first NaN counts as the largest)
+    if (kStats && a.correct) {  // NumPy's argmax (the first maximum; the first NaN counts as the largest)
       const I first_nan = I(x0 != x0), ow = I(x1 > x0) | (I(x1 != x1) & ~first_nan);
       const I win = (ow & I(t1)) | (~ow & I(t0));
       alignas(64) T corr[W];
       vstore(corr, vselect(win, one, zero));
       for (int i = 0; i < nb; ++i) a.correct[r + i] = corr[i] != T(0);
     }
-    if (!a.grad) return;
+    if constexpr (!kGrad) return;
     const V big = one / (one + e);
     V s = vselect(z >= zero, big, e * big);  // sigmoid(z); NaN for NaN z
     s = vselect(z != z, z, s);
@@ -517,10 +530,20 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
   };
   const int64_t blocks = (rows + W - 1) / W;
   const int nt = threads_for(rows * 2, blocks);
-  parallel_for(nt, [&](int64_t th, int64_t n_th) {
-    const int64_t lo = blocks * th / n_th * W;
-    int64_t hi = blocks * (th + 1) / n_th * W;
-    hi = hi < rows ? hi : rows;
-    for (int64_t r = lo; r < hi; r += W) block(r, int(hi - r < W ? hi - r : W));
-  });
+  auto run = [&](auto grad_tag, auto stats_tag) {
+    parallel_for(nt, [&](int64_t th, int64_t n_th) {
+      const int64_t lo = blocks * th / n_th * W;
+      int64_t hi = blocks * (th + 1) / n_th * W;
+      hi = hi < rows ? hi : rows;
+      for (int64_t r = lo; r < hi; r += W)
+        block(r, int(hi - r < W ? hi - r : W), grad_tag, stats_tag);
+    });
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  const bool stats = a.lse || a.correct;
+  if (a.grad)
+    stats ? run(Yes{}, Yes{}) : run(Yes{}, No{});
+  else
+    stats ? run(No{}, Yes{}) : run(No{}, No{});
 }

@@ -134,14 +134,36 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     alignas(64) T tgt[W];
     alignas(64) double ign64[W], inv64[W];  // 1.0: an ignore_index row / an invalid target
     const int64_t ignore_index = a.ignore_index;
+    // (out-of-range targets are rejected before the call; they would give NaN rows)
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+    // AVX-512: int64 compares into lane masks and one conversion per 8 targets (the scalar
+    // loop below compiles to a branch per lane; one thread, float32, in cache: 10% less time
+    // at 3 classes, 6% at 10, 3% at 100)
+    const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
+    const __m512d one = _mm512_set1_pd(1.0);
+    for (int k = 0; k < W; k += 8) {
+      const __m512i t = _mm512_load_si512(traw + k);
+      const __mmask8 ign = _mm512_cmpeq_epi64_mask(t, vi);
+      const __mmask8 skip = ign | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
+      _mm512_store_pd(ign64 + k, _mm512_maskz_mov_pd(ign, one));
+      _mm512_store_pd(inv64 + k, _mm512_maskz_mov_pd(__mmask8(skip & ~ign), one));
+      if constexpr (std::is_same_v<T, float>) {
+        const __m256 tf = _mm256_mask_blend_ps(skip, _mm512_cvtepi64_ps(t), _mm256_set1_ps(-1.0f));
+        _mm256_store_ps(reinterpret_cast<float*>(tgt) + k, tf);
+      } else {
+        const __m512d td = _mm512_mask_blend_pd(skip, _mm512_cvtepi64_pd(t), _mm512_set1_pd(-1.0));
+        _mm512_store_pd(reinterpret_cast<double*>(tgt) + k, td);
+      }
+    }
+#else
     for (int b = 0; b < W; ++b) {
       const int64_t t = traw[b];
-      // (out-of-range targets are rejected before the call; they would give NaN rows)
       const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
       tgt[b] = skip ? T(-1) : T(t);
       ign64[b] = ign ? 1.0 : 0.0;
       inv64[b] = skip & !ign ? 1.0 : 0.0;
     }
+#endif
     const V tv = vload(tgt);
     bool ignored[W];  // (filled only where needed: weights, statistics, gradient)
     const bool need_ignored = a.weight || a.correct || a.lse || grad;
@@ -376,7 +398,7 @@ inline void target_masks(const int64_t* tp, int64_t ignore_index, typename Vec<T
                          typename Vec<T>::itype& t1, typename Vec<T>::itype& ign) {
   using I [[maybe_unused]] = typename Vec<T>::itype;
   constexpr int W = vec_width<T>;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
   if constexpr (std::is_same_v<T, float>) {
     const __m512i lo = _mm512_loadu_si512(tp), hi = _mm512_loadu_si512(tp + 8);
     auto eq = [&](__m512i v) {

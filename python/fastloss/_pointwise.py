@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import REDUCTIONS, check_reduction, float_input, grad_buffer
+from ._validation import (
+    REDUCTIONS,
+    check_grad_out_given,
+    check_reduction,
+    float_input,
+    grad_buffer,
+)
 
 KINDS = {"mse": 0, "l1": 1, "huber": 2, "smooth_l1": 3, "bce_with_logits": 4, "bce": 5,
          "sigmoid_focal": 6, "hinge": 7, "kl_div": 8}
@@ -93,8 +99,7 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
     batchmean = kind == "kl_div" and reduction == "batchmean"
     reduction = "mean" if batchmean else check_reduction(
         reduction, REDUCTIONS + (("batchmean",) if kind == "kl_div" else ()))
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
+    check_grad_out_given(grad_out, return_grad)
     ct = x.compute_dtype
     y = real_array(target, "target", ct)
     w = None if weight is None else real_array(weight, "weight", ct)

@@ -11,6 +11,7 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_int,
     check_real,
     check_reduction,
@@ -45,12 +46,6 @@ def _class_input(x: Any, name: str, axis: Any):
     if xi.array.shape[ax] == 0:
         raise ValueError(f"{name} has a class axis (axis={ax}) of size 0: there are no classes")
     return xi, ax
-
-
-def _check_return_grad(return_grad: Any, grad_out: Any) -> bool:
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
-    return bool(return_grad)
 
 
 def cross_entropy(
@@ -240,7 +235,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     eps = check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
     z, cap = _check_z_softcap(z_loss, softcap, x.compute_dtype)
     ignore_index = check_int(ignore_index, "ignore_index")
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
     want_lse = _check_flag(return_lse, "return_lse")
     want_acc = _check_flag(return_token_accuracy, "return_token_accuracy")
     arr = x.array
@@ -384,7 +379,7 @@ def nll_loss(
     x, ax = _class_input(log_probs, "log_probs", axis)
     reduction = check_reduction(reduction)
     ignore_index = check_int(ignore_index, "ignore_index")
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
     arr = x.array
     w = class_weight(weight, arr.shape[ax], x.compute_dtype)
     t = np.asarray(target)

@@ -28,12 +28,6 @@ __all__ = ["gaussian_kl", "kl_div_with_logits"]
 _KL_REDUCTIONS = ("batchmean", "mean", "sum", "none")
 
 
-def _check_return_grad(return_grad: Any, grad_out: Any) -> bool:
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
-    return bool(return_grad)
-
-
 def _kernel_dtype(a: FloatInput, b: FloatInput) -> np.dtype:
     """The one storage dtype the core reads both operands in: theirs when they agree, else
     the wider of their compute dtypes (float16 with bfloat16: float32)."""
@@ -157,7 +151,7 @@ def kl_div_with_logits(
         )
     tau = check_temperature(temperature)
     reduction = check_reduction(reduction, _KL_REDUCTIONS)
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
 
     kdt = _kernel_dtype(s, t)
     sa = s.array if s.array.dtype == kdt else s.array.astype(kdt)

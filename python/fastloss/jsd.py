@@ -10,6 +10,7 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_real,
     check_reduction,
     check_temperature,
@@ -20,7 +21,6 @@ from ._validation import (
     reduce_rows,
 )
 from .distributions import _kernel_dtype, _loss_dtype
-from .multiclass import _check_return_grad
 
 __all__ = ["jensen_shannon_with_logits"]
 
@@ -143,7 +143,7 @@ def jensen_shannon_with_logits(
     b = check_real(beta, "beta", 0.0, 1.0)
     tau = check_temperature(temperature)
     reduction = check_reduction(reduction, _REDUCTIONS)
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
 
     kdt = _kernel_dtype(s, t)
     sa = s.array if s.array.dtype == kdt else s.array.astype(kdt)

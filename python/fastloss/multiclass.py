@@ -11,6 +11,7 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_real,
     check_reduction,
     float_input,
@@ -19,12 +20,6 @@ from ._validation import (
 )
 
 __all__ = ["multiclass_hinge_loss", "multiclass_perceptron_loss"]
-
-
-def _check_return_grad(return_grad: Any, grad_out: Any) -> bool:
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
-    return bool(return_grad)
 
 
 def index_targets(target: Any, shape: tuple, axis: int, name: str = "target") -> np.ndarray:
@@ -65,7 +60,7 @@ def _class_margin(scores, target, axis, margin, reduction, return_grad, grad_out
     if arr.shape[ax] == 0:
         raise ValueError(f"scores has a class axis (axis={ax}) of size 0: there are no classes")
     reduction = check_reduction(reduction)
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
     flat = index_targets(target, arr.shape, ax)
     x3 = as3d(arr, ax)
     rows = x3.shape[0] * x3.shape[2]

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _core
 from ._validation import (
+    check_grad_out_given,
     check_reduction,
     deliver_grads,
     float_input,
@@ -18,7 +19,7 @@ from ._validation import (
     mean_scale,
     reduce_rows,
 )
-from .pairs import _finish, _grad_out_check, run_pairwise
+from .pairs import _finish, run_pairwise
 
 __all__ = ["multilabel_margin_loss", "multilabel_soft_margin_loss"]
 
@@ -87,7 +88,7 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     >>> fl.multilabel_margin_loss(x, y, return_grad=True)[1]
     array([[-0.5,  0.5,  0.5, -0.5]])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(input, "input")
     arr = x.array
     if arr.ndim == 0:
@@ -186,7 +187,7 @@ def multilabel_soft_margin_loss(input: Any, target: Any, *, weight: Any = None,
     >>> fl.multilabel_soft_margin_loss(x, y, reduction="none")
     array([0.4100376 , 0.31326169])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(input, "input")
     shape = x.array.shape
     if len(shape) == 0:

@@ -23,6 +23,7 @@ import numpy as np
 from . import _core
 from ._validation import (
     FloatInput,
+    check_grad_out_given,
     check_real,
     check_reduction,
     float_input,
@@ -203,12 +204,6 @@ def _tversky(prep: _Prepared, alpha: float, beta: float, weight, reduction: str,
         A = w * (-1.0 / D + (q - alpha * q - beta * q))
         B = w * (alpha * q)
     return loss, prep.grad(A, B, grad_out)
-
-
-def _check_return_grad(return_grad: Any, grad_out: Any) -> bool:
-    if grad_out is not None and not return_grad:
-        raise ValueError("grad_out is given but return_grad is False; pass return_grad=True")
-    return bool(return_grad)
 
 
 _SHARED_PARAMS = """    input : array_like
@@ -432,7 +427,7 @@ def generalized_dice_loss(input: Any, target: Any, *, axis: int = 1, from_logits
 
 def _call(input, target, alpha, beta, weight, axis, from_logits, smooth, reduction,
           return_grad, grad_out):
-    want = _check_return_grad(return_grad, grad_out)
+    want = check_grad_out_given(grad_out, return_grad)
     reduction = check_reduction(reduction)
     a = check_real(alpha, "alpha", 0.0)
     b = check_real(beta, "beta", 0.0)

@@ -181,7 +181,6 @@ def _loss_dtype(xs: list[FloatInput]) -> np.dtype:
     return dt
 
 
-_grad_out_check = check_grad_out_given
 
 
 def _plain(a: Any) -> bool:
@@ -265,7 +264,7 @@ def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: b
     >>> grad  # 1 - target / input
     array([ 0., -1.])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input)
     x = None if fast else float_input(input, "input")
     log_input = _check_bool(log_input, "log_input")
@@ -394,7 +393,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     >>> d_x, float(d_var)  # d / v; sum of 0.5 (1 - d**2)
     (array([1., 0.]), 0.5)
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input) and _plain(var) and var.shape == input.shape
     x = None if fast else float_input(input, "input")
     full = _check_bool(full, "full")
@@ -515,7 +514,7 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     >>> d1, d2
     (array([-0.5,  0. ]), array([0.5, 0. ]))
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input1) and _plain(input2)
     if not fast:
         a, b = float_input(input1, "input1"), float_input(input2, "input2")
@@ -594,7 +593,7 @@ def hinge_embedding_loss(input: Any, target: Any, *, margin: float = 1.0,
     >>> fl.hinge_embedding_loss([0.3, 0.3, 2.0], [1, -1, -1], reduction="none")
     array([0.3, 0.7, 0. ])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input)
     x = None if fast else float_input(input, "input")
     m = _finite_margin(margin)
@@ -655,7 +654,7 @@ def soft_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     >>> round(float(fl.soft_margin_loss([0.0, 100.0], [1, 1])), 6)  # (log 2 + 0) / 2
     0.346574
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input)
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
@@ -723,7 +722,7 @@ def log_cosh_loss(input: Any, target: Any, *, reduction: str = "mean",
     >>> fl.log_cosh_loss([0.0, 1.0, 100.0], [0.0, 0.0, 0.0], reduction="none")
     array([ 0.        ,  0.43378083, 99.30685282])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input)
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
@@ -795,7 +794,7 @@ def generalized_kl_div(input: Any, target: Any, *, axis: Any = -1, reduction: st
     >>> fl.generalized_kl_div(x, [[1.0, 2.0], [1.0, 0.0]], reduction="none")
     array([0.        , 0.69314718])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     fast = grad_out is None and _plain(input) and type(axis) is int and axis == -1
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
@@ -903,7 +902,7 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
     >>> np.round(fl.cosine_embedding_loss(x1, x2, [1, -1], reduction="none"), 6)
     array([1., 1.])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     a, b = float_input(input1, "input1"), float_input(input2, "input2")
     for p, name in ((a, "input1"), (b, "input2")):
         if p.array.ndim == 0:
@@ -1045,7 +1044,7 @@ def triplet_margin_with_distance_loss(
     >>> fl.triplet_margin_with_distance_loss(a, p, n, distance_function=l1, reduction="none")
     array([0.4, 0.  ])
     """
-    return_grad = _grad_out_check(grad_out, return_grad)
+    return_grad = check_grad_out_given(grad_out, return_grad)
     if reduction not in ("mean", "sum", "none"):
         check_reduction(reduction)
     m = check_real(margin, "margin")

@@ -8,8 +8,14 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import GradTarget, as3d, check_reduction, float_input, reduce_rows
-from .multiclass import _check_return_grad
+from ._validation import (
+    GradTarget,
+    as3d,
+    check_grad_out_given,
+    check_reduction,
+    float_input,
+    reduce_rows,
+)
 
 __all__ = ["ranking_softmax_loss"]
 
@@ -104,7 +110,7 @@ def ranking_softmax_loss(
     if arr.ndim == 0:
         raise ValueError("scores must have at least one dimension (the list axis, the last)")
     reduction = check_reduction(reduction)
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
     lab = float_input(labels, "labels").array
     lab = _broadcast_to_scores(lab, arr.shape, "labels")
     if lab.dtype != x.compute_dtype:

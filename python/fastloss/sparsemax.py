@@ -10,12 +10,13 @@ from . import _core
 from ._validation import (
     GradTarget,
     as3d,
+    check_grad_out_given,
     check_reduction,
     float_input,
     normalize_axis,
     reduce_rows,
 )
-from .multiclass import _check_return_grad, index_targets
+from .multiclass import index_targets
 
 __all__ = ["sparsemax", "sparsemax_loss"]
 
@@ -172,7 +173,7 @@ def sparsemax_loss(
     x, ax = _rows_input(logits, axis, "logits")
     arr = x.array
     reduction = check_reduction(reduction)
-    want_grad = _check_return_grad(return_grad, grad_out)
+    want_grad = check_grad_out_given(grad_out, return_grad)
     t = np.asarray(target)
     index_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
     if t.shape == arr.shape:

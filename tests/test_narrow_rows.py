@@ -404,3 +404,24 @@ def test_sum_f64_is_numpy_sum(rng):
     for n in (0, 1, 9, 129, 32767, 32768, 262144, 262147, 1_000_003):
         a = rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)
         assert _core.sum_f64(a) == float(np.sum(a))
+
+
+def test_two_classes_confident_rows_keep_their_accuracy(rng, isa):
+    """A confident row's loss is about exp(-|z|), z = x_other - x_t: formed from the exact
+    difference (its float32 rounding error is carried), it stays within a few ulp of the
+    float64 answer even for |z| near 100, where the rounded difference alone would cost |z| / 2
+    ulp. The gradient (sigmoid(z)) likewise."""
+    x = (rng.standard_normal((20_000, 2)) * 40.0).astype(np.float32)
+    t = rng.integers(0, 2, 20_000)
+    loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+    n = np.arange(len(t))
+    z = x[n, 1 - t].astype(np.float64) - x[n, t]  # exact in float64
+    want = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+    sig = np.where(z >= 0, 1 / (1 + np.exp(-z)), np.exp(z) / (1 + np.exp(z)))
+    ok = want > np.finfo(np.float32).tiny
+    assert ok.sum() > 15_000
+    np.testing.assert_allclose(loss[ok], want[ok], rtol=4 * 2.0**-23, atol=0)
+    g_other = grad[n, 1 - t].astype(np.float64)
+    okg = sig > np.finfo(np.float32).tiny
+    np.testing.assert_allclose(g_other[okg], sig[okg], rtol=4 * 2.0**-23, atol=0)
+    np.testing.assert_array_equal(grad[n, t], -grad[n, 1 - t])

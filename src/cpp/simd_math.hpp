@@ -409,25 +409,29 @@ template <class V> inline V vlog1p(V z) {
 // exact and |w / c - 1| <= 1/48. The entry near 1 has 1/c = 1 exactly: small arguments keep
 // full relative accuracy.
 // ---------------------------------------------------------------------------------------------
+// log1p tables (vlog1p_unit): points c_k near 1 + k/31, k = 0..31, chosen (Gal's accurate
+// tables) so that log(c_k) = -log(1/c_k) is within 4e-4 ulp of its float value: 1/c_k first,
+// a float within a few thousand ulps of 1/(1 + k/31), then log(c_k) = -log of that float.
+// c_0 = 1 exactly.
 alignas(64) inline constexpr float kLog1pInvC[32] = {
-    0x1.0000000000000p+0f, 0x1.f000000000000p-1f, 0x1.e0f83e0000000p-1f, 0x1.d2d2d20000000p-1f,
-    0x1.c57c580000000p-1f, 0x1.b8e38e0000000p-1f, 0x1.acf9140000000p-1f, 0x1.a1af280000000p-1f,
-    0x1.96f9700000000p-1f, 0x1.8ccccc0000000p-1f, 0x1.831f380000000p-1f, 0x1.79e79e0000000p-1f,
-    0x1.711dc40000000p-1f, 0x1.68ba2e0000000p-1f, 0x1.60b60c0000000p-1f, 0x1.590b220000000p-1f,
-    0x1.51b3be0000000p-1f, 0x1.4aaaaa0000000p-1f, 0x1.43eb1a0000000p-1f, 0x1.3d70a40000000p-1f,
-    0x1.3737380000000p-1f, 0x1.313b140000000p-1f, 0x1.2b78c20000000p-1f, 0x1.25ed0a0000000p-1f,
-    0x1.2094f20000000p-1f, 0x1.1b6db60000000p-1f, 0x1.1674c60000000p-1f, 0x1.11a7ba0000000p-1f,
-    0x1.0d04560000000p-1f, 0x1.0888880000000p-1f, 0x1.04325c0000000p-1f, 0x1.0000000000000p-1f,
+    0x1.0000000000000p+0f, 0x1.eff0340000000p-1f, 0x1.e0f1ce0000000p-1f, 0x1.d2d5aa0000000p-1f,
+    0x1.c591960000000p-1f, 0x1.b8cfb00000000p-1f, 0x1.ad09d80000000p-1f, 0x1.a1b1720000000p-1f,
+    0x1.96eb860000000p-1f, 0x1.8cd9180000000p-1f, 0x1.8321b20000000p-1f, 0x1.79e7a80000000p-1f,
+    0x1.71095c0000000p-1f, 0x1.68ca820000000p-1f, 0x1.60bde60000000p-1f, 0x1.58fe200000000p-1f,
+    0x1.51ab7a0000000p-1f, 0x1.4ab10c0000000p-1f, 0x1.43e5840000000p-1f, 0x1.3d69920000000p-1f,
+    0x1.3749ee0000000p-1f, 0x1.3136be0000000p-1f, 0x1.2b85ee0000000p-1f, 0x1.25d7160000000p-1f,
+    0x1.2090e20000000p-1f, 0x1.1b59c40000000p-1f, 0x1.1672d60000000p-1f, 0x1.11b5c40000000p-1f,
+    0x1.0d13640000000p-1f, 0x1.0873e80000000p-1f, 0x1.041b980000000p-1f, 0x1.fff7ea0000000p-2f,
 };
 alignas(64) inline constexpr float kLog1pLogC[32] = {
-    0x0p+0f, 0x1.0415d80000000p-5f, 0x1.00155a0000000p-4f, 0x1.7a5c7a0000000p-4f,
-    0x1.f118120000000p-4f, 0x1.323db20000000p-3f, 0x1.6a5aaa0000000p-3f, 0x1.a0f8800000000p-3f,
-    0x1.d62b1e0000000p-3f, 0x1.05027c0000000p-2f, 0x1.1e4b800000000p-2f, 0x1.36f8880000000p-2f,
-    0x1.4f10e80000000p-2f, 0x1.669b780000000p-2f, 0x1.7d9e960000000p-2f, 0x1.9420380000000p-2f,
-    0x1.aa25f60000000p-2f, 0x1.bfb4fc0000000p-2f, 0x1.d4d2340000000p-2f, 0x1.e982380000000p-2f,
-    0x1.fdc9580000000p-2f, 0x1.08d5d80000000p-1f, 0x1.1296860000000p-1f, 0x1.1c288a0000000p-1f,
-    0x1.258d9a0000000p-1f, 0x1.2ec7540000000p-1f, 0x1.37d73e0000000p-1f, 0x1.40bed00000000p-1f,
-    0x1.497f6c0000000p-1f, 0x1.521a5e0000000p-1f, 0x1.5a90e40000000p-1f, 0x1.62e4300000000p-1f,
+    0x0.0p+0f, 0x1.051ac40000000p-5f, 0x1.004c2c0000000p-4f, 0x1.7a43860000000p-4f,
+    0x1.f0583a0000000p-4f, 0x1.3299fe0000000p-3f, 0x1.6a0aa00000000p-3f, 0x1.a0ed460000000p-3f,
+    0x1.d671240000000p-3f, 0x1.04e2c00000000p-2f, 0x1.1e44f20000000p-2f, 0x1.36f86c0000000p-2f,
+    0x1.4f49860000000p-2f, 0x1.666d200000000p-2f, 0x1.7d87ca0000000p-2f, 0x1.9446d40000000p-2f,
+    0x1.aa3f060000000p-2f, 0x1.bfa1380000000p-2f, 0x1.d4e3dc0000000p-2f, 0x1.e999060000000p-2f,
+    0x1.fd8bca0000000p-2f, 0x1.08dd1e0000000p-1f, 0x1.1280020000000p-1f, 0x1.1c4eca0000000p-1f,
+    0x1.2594d00000000p-1f, 0x1.2eeb5e0000000p-1f, 0x1.37dace0000000p-1f, 0x1.40a48c0000000p-1f,
+    0x1.4962c60000000p-1f, 0x1.52424a0000000p-1f, 0x1.5abdb20000000p-1f, 0x1.62ec460000000p-1f,
 };
 // points 1 + k/32 for k = round(32 (m - 1)) in [-8, 16], m in [0.75, 1.5): k at index k mod 32
 alignas(64) inline constexpr float kLogInvC[32] = {
@@ -460,12 +464,53 @@ inline f32v log1p_small(f32v f) {
   a = a * f - vset<float>(0.5f);
   return (f * f) * a + f;
 }
-// log1p(e) for e in [0, 1] (NaN propagates): w = 1 + e is never formed; f = e / c + (1/c - 1).
+// log1p(e) for e in [0, 1] (NaN propagates): w = 1 + e is never formed; k = round(31 e) sits in
+// the low bits of 31 e + 1.5 * 2^23 (vpermt2ps reads the low 5 bits of each index lane), then
+// f = e / c_k + (1/c_k - 1) (fused: one rounding), |f| <= 0.0165, and log1p(f) = f + f^2 (g2 +
+// g3 f + g4 f^2), a minimax fit (relative error 4e-9); Estrin's order (f^2 next to the first
+// fma) keeps the dependency chain short.
 inline f32v vlog1p_unit(f32v e) {
-  const __m512i idx = _mm512_cvtps_epi32(__m512(e * vset<float>(31.0f)));  // round(31 e)
+  const __m512i idx = _mm512_castps_si512(
+      _mm512_fmadd_ps(__m512(e), _mm512_set1_ps(31.0f), _mm512_set1_ps(12582912.0f)));
   const f32v inv = table_lookup(kLog1pInvC, idx);
-  const f32v f = e * inv + (inv - vset<float>(1.0f));  // (fused: one rounding)
-  return table_lookup(kLog1pLogC, idx) + log1p_small(f);
+  const f32v f = e * inv + (inv - vset<float>(1.0f));
+  const f32v f2 = f * f;
+  const f32v g = f2 * vset<float>(-0x1.0007dap-2f) +
+                 (f * vset<float>(0x1.555fa8p-2f) + vset<float>(-0.5f));
+  return table_lookup(kLog1pLogC, idx) + (f2 * g + f);
+}
+// 2^(j/32), j = 0..31, rounded to float
+alignas(64) inline constexpr float kExp2J32[32] = {
+    0x1.0000000000000p+0f, 0x1.059b0e0000000p+0f, 0x1.0b55860000000p+0f, 0x1.11301e0000000p+0f,
+    0x1.172b840000000p+0f, 0x1.1d48740000000p+0f, 0x1.2387a60000000p+0f, 0x1.29e9e00000000p+0f,
+    0x1.306fe00000000p+0f, 0x1.371a740000000p+0f, 0x1.3dea640000000p+0f, 0x1.44e0860000000p+0f,
+    0x1.4bfdae0000000p+0f, 0x1.5342b60000000p+0f, 0x1.5ab07e0000000p+0f, 0x1.6247ec0000000p+0f,
+    0x1.6a09e60000000p+0f, 0x1.71f75e0000000p+0f, 0x1.7a11480000000p+0f, 0x1.82589a0000000p+0f,
+    0x1.8ace540000000p+0f, 0x1.93737c0000000p+0f, 0x1.9c49180000000p+0f, 0x1.a5503c0000000p+0f,
+    0x1.ae89fa0000000p+0f, 0x1.b7f7700000000p+0f, 0x1.c199be0000000p+0f, 0x1.cb720e0000000p+0f,
+    0x1.d5818e0000000p+0f, 0x1.dfc9740000000p+0f, 0x1.ea4afa0000000p+0f, 0x1.f507660000000p+0f,
+};
+// exp(x) for x in [-104, 100] or NaN (callers clamp): x = (n/32) ln 2 + r, n = round(32 x / ln 2)
+// by the 1.5 * 2^23 shifter (its low 5 bits index the table), r = x - n ln2/32 (ln2/32 in two
+// parts, the first product fused: r is accurate to an ulp of itself), |r| <= ln2/64;
+// exp(x) = 2^floor(n/32) * 2^(j/32) * exp(r), j = n mod 32, with exp(r) - 1 = r + r^2 (1/2 +
+// r/6) (truncation < 6e-10) and 2^floor(n/32) applied by vscalefps (0 below the float range,
+// subnormals kept; +inf above it). About 1.5 ulp; two thirds of the operations of vexp_capped.
+// (kNeg: exp(-x), the negation folded into the first operations.)
+template <bool kNeg = false> inline f32v vexp_table(f32v x) {
+  const __m512 xx = __m512(x), shifter = _mm512_set1_ps(12582912.0f);
+  constexpr float s = kNeg ? -1.0f : 1.0f;
+  const __m512 t = _mm512_fmadd_ps(xx, _mm512_set1_ps(s * 46.1662413084468283f), shifter);
+  const __m512 n = _mm512_sub_ps(t, shifter);
+  // r = (+-x) - n ln2/32
+  __m512 r = kNeg ? _mm512_fnmsub_ps(n, _mm512_set1_ps(0x1.62e43p-6f), xx)
+                  : _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e43p-6f), xx);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-0x1.05c61p-34f), r);
+  const __m512 q = _mm512_fmadd_ps(r, _mm512_set1_ps(0x1.555556p-3f), _mm512_set1_ps(0.5f));
+  const __m512 em1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
+  const __m512 tab = __m512(table_lookup(kExp2J32, _mm512_castps_si512(t)));
+  const __m512 y = _mm512_fmadd_ps(tab, em1, tab);
+  return f32v(_mm512_scalef_ps(y, _mm512_mul_ps(n, _mm512_set1_ps(0.03125f))));
 }
 // log(u + c) for u >= 0 and a correction |c| <= ulp(u) (0: plain log u): u = m 2^k with m in
 // [0.75, 1.5) by vgetmantps/vgetexpps (subnormals included), f = (m + c 2^-k) / c_i - 1.
@@ -491,6 +536,14 @@ template <class V> inline void exp_log1p_neg(V a, V& e, V& l1pe) {
   e = vexp_capped(-a);
   l1pe = vlog1p_unit(e);
 }
+#if defined(__AVX512F__)
+// AVX-512, float: exp(-a) by the table form vexp_table (a clamped to 104: exp(-104) is 0 in
+// float; min with the constant first, so that a NaN a is what comes out).
+inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
+  e = vexp_table<true>(f32v(_mm512_min_ps(_mm512_set1_ps(104.0f), __m512(a))));
+  l1pe = vlog1p_unit(e);
+}
+#endif
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // AVX2, float: both through 8-entry tables held in registers (one vpermps per table; vpermps
 // reads only the low 3 bits of each index lane, so the index is the rounding shifter's bits).

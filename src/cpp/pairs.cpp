@@ -55,8 +55,8 @@ template <class T> inline V<T> vsign(V<T> d) {
 }
 
 // exp(x) for any x: +inf above the float range, 0 below it, NaN propagates (vexp's results).
-// AVX-512 float: vexp_capped after min(100, x) (its vscalefps overflows to inf by itself; the
-// constant first, so that a NaN x is what comes out), a third fewer operations than vexp.
+// AVX-512 float: vexp_table after clamping x to [-104, 100] (its vscalefps overflows to inf by
+// itself; the constants first, so that a NaN x is what comes out), half the operations of vexp.
 // AVX2 float: vexp's reduction with x clamped to [-126 ln 2, 89] and no selects after it: at the
 // low clamp 2^(n-1) has exponent bits 0 (the result is 0, as vexp's below its range), at the
 // high one 2^(n-1) * 2 overflows to inf; a NaN x passes both clamps (min / max return their
@@ -64,7 +64,8 @@ template <class T> inline V<T> vsign(V<T> d) {
 template <class T> FL_INLINE V<T> exp_any(V<T> x) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
-    return vexp_capped(f32v(_mm512_min_ps(__m512(splat<T>(100)), __m512(x))));
+    return vexp_table(f32v(_mm512_max_ps(__m512(splat<T>(-104)),
+                                         _mm512_min_ps(__m512(splat<T>(100)), __m512(x)))));
 #elif defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
     const f32v xc = f32v(_mm256_max_ps(_mm256_set1_ps(-87.3365448f),

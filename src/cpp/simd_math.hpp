@@ -228,18 +228,14 @@ inline f64v vexp(f64v x) {
 // exactly 0 (-inf gives 0; results below 2^-126 flush to 0; the AVX-512 form keeps subnormals).
 // NaN in gives NaN out. Same polynomials as vexp.
 // ---------------------------------------------------------------------------------------------
+#if defined(__AVX512F__)
+template <bool kNeg = false> inline f32v vexp_table(f32v x);
+#endif
 inline f32v vexp_capped(f32v x) {
 #if defined(__AVX512F__)
-  // AVX-512: round with vrndscaleps and apply 2^n with vscalefps (which gives exactly 0 for
-  // n <= -150), replacing the shifter, the integer ops and a multiply.
-  // max(-104, x) in one vmaxps; with the constant first, a NaN x is what comes out.
-  const f32v xc = f32v(_mm512_max_ps(__m512(vset<float>(-104.0f)), __m512(x)));
-  const f32v n = f32v(_mm512_roundscale_ps(__m512(xc * vset<float>(1.44269504088896341f)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  f32v r = xc - n * vset<float>(0.693359375f);
-  r = r - n * vset<float>(-2.12194440e-4f);
-  const f32v p = exp_poly(r);
-  return f32v(_mm512_scalef_ps(__m512(p), __m512(n)));
+  // AVX-512: the table form vexp_table (defined below) after max(-104, x), one vmaxps; with
+  // the constant first, a NaN x is what comes out.
+  return vexp_table(f32v(_mm512_max_ps(__m512(vset<float>(-104.0f)), __m512(x))));
 #else
   const f32v lo = vset<float>(-88.0296919311f);  // -127 ln 2
   const f32v xc = vselect(x < lo, lo, x);
@@ -497,7 +493,7 @@ alignas(64) inline constexpr float kExp2J32[32] = {
 // r/6) (truncation < 6e-10) and 2^floor(n/32) applied by vscalefps (0 below the float range,
 // subnormals kept; +inf above it). About 1.5 ulp; two thirds of the operations of vexp_capped.
 // (kNeg: exp(-x), the negation folded into the first operations.)
-template <bool kNeg = false> inline f32v vexp_table(f32v x) {
+template <bool kNeg> inline f32v vexp_table(f32v x) {
   const __m512 xx = __m512(x), shifter = _mm512_set1_ps(12582912.0f);
   constexpr float s = kNeg ? -1.0f : 1.0f;
   const __m512 t = _mm512_fmadd_ps(xx, _mm512_set1_ps(s * 46.1662413084468283f), shifter);

@@ -399,11 +399,12 @@ template <class V> inline V vlog1p(V z) {
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------------------------------------
 // AVX-512 float logs by a 32-entry table (one vpermt2ps per table, the whole table in two
-// registers) and a degree-5 polynomial, about half the work of the Cephes form above:
+// registers) and a degree-4 polynomial, about half the work of the Cephes form above:
 //   log(w) = log(c) + log1p(w / c - 1),  c = a table point near w,
 // with 1/c rounded to float and log(c) taken as -log of that rounded 1/c, so the identity is
-// exact and |w / c - 1| <= 1/48. The entry near 1 has 1/c = 1 exactly: small arguments keep
-// full relative accuracy.
+// exact and |w / c - 1| <= 0.0215. The entry near 1 has 1/c = 1 exactly: small arguments keep
+// full relative accuracy. The table index is read from the low bits of a rounding shifter's sum
+// (vpermt2ps reads the low 5 bits of each index lane), not converted.
 // ---------------------------------------------------------------------------------------------
 // log1p tables (vlog1p_unit): points c_k near 1 + k/31, k = 0..31, chosen (Gal's accurate
 // tables) so that log(c_k) = -log(1/c_k) is within 4e-4 ulp of its float value: 1/c_k first,
@@ -429,36 +430,39 @@ alignas(64) inline constexpr float kLog1pLogC[32] = {
     0x1.2594d00000000p-1f, 0x1.2eeb5e0000000p-1f, 0x1.37dace0000000p-1f, 0x1.40a48c0000000p-1f,
     0x1.4962c60000000p-1f, 0x1.52424a0000000p-1f, 0x1.5abdb20000000p-1f, 0x1.62ec460000000p-1f,
 };
-// points 1 + k/32 for k = round(32 (m - 1)) in [-8, 16], m in [0.75, 1.5): k at index k mod 32
+// log tables (vlog_table, vlog_sum): points c_k near 1 + k/32 for k = round(32 (m - 1)) in
+// [-8, 16], m in [0.75, 1.5), entry k at index k mod 32; Gal-style as the log1p tables above
+// (log c_k within 3e-4 ulp of its float value, |m / c_k - 1| <= 0.0211); c_0 = 1 exactly.
 alignas(64) inline constexpr float kLogInvC[32] = {
-    0x1.0000000000000p+0f, 0x1.f07c200000000p-1f, 0x1.e1e1e20000000p-1f, 0x1.d41d420000000p-1f,
-    0x1.c71c720000000p-1f, 0x1.bacf920000000p-1f, 0x1.af286c0000000p-1f, 0x1.a41a420000000p-1f,
-    0x1.99999a0000000p-1f, 0x1.8f9c180000000p-1f, 0x1.8618620000000p-1f, 0x1.7d05f40000000p-1f,
-    0x1.745d180000000p-1f, 0x1.6c16c20000000p-1f, 0x1.642c860000000p-1f, 0x1.5c98820000000p-1f,
-    0x1.5555560000000p-1f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f,
+    0x1.0000000000000p+0f, 0x1.f06b940000000p-1f, 0x1.e1f4520000000p-1f, 0x1.d40f4e0000000p-1f,
+    0x1.c711d40000000p-1f, 0x1.badefe0000000p-1f, 0x1.af1f4a0000000p-1f, 0x1.a42db00000000p-1f,
+    0x1.99a9680000000p-1f, 0x1.8f97080000000p-1f, 0x1.8624d20000000p-1f, 0x1.7cf1b60000000p-1f,
+    0x1.746c6c0000000p-1f, 0x1.6c13800000000p-1f, 0x1.6430f40000000p-1f, 0x1.5caeb80000000p-1f,
+    0x1.5565e20000000p-1f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f,
     0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f, 0x1.0000000000000p+0f,
-    0x1.5555560000000p+0f, 0x1.47ae140000000p+0f, 0x1.3b13b20000000p+0f, 0x1.2f684c0000000p+0f,
-    0x1.24924a0000000p+0f, 0x1.1a7b960000000p+0f, 0x1.1111120000000p+0f, 0x1.0842100000000p+0f,
+    0x1.5564fa0000000p+0f, 0x1.47bbcc0000000p+0f, 0x1.3b20d80000000p+0f, 0x1.2f63fa0000000p+0f,
+    0x1.248eee0000000p+0f, 0x1.1a653a0000000p+0f, 0x1.11031c0000000p+0f, 0x1.0852e60000000p+0f,
 };
 alignas(64) inline constexpr float kLogLogC[32] = {
-    0x0p+0f, 0x1.f829900000000p-6f, 0x1.f0a30a0000000p-5f, 0x1.6f0d280000000p-4f,
-    0x1.e270740000000p-4f, 0x1.29552c0000000p-3f, 0x1.5ff3060000000p-3f, 0x1.9525a80000000p-3f,
-    0x1.c8ff7a0000000p-3f, 0x1.fb918c0000000p-3f, 0x1.1675ca0000000p-2f, 0x1.2e8e2c0000000p-2f,
-    0x1.4618ba0000000p-2f, 0x1.5d1bda0000000p-2f, 0x1.739d7e0000000p-2f, 0x1.89a33a0000000p-2f,
-    0x1.9f323c0000000p-2f, 0x0p+0f, 0x0p+0f, 0x0p+0f,
-    0x0p+0f, 0x0p+0f, 0x0p+0f, 0x0p+0f,
-    -0x1.2696240000000p-2f, -0x1.f991c40000000p-3f, -0x1.a93ed80000000p-3f, -0x1.5bf4080000000p-3f,
-    -0x1.1178ee0000000p-3f, -0x1.9335e40000000p-4f, -0x1.08599a0000000p-4f, -0x1.0415c80000000p-5f,
+    0x0.0p+0f, 0x1.fa4ba60000000p-6f, 0x1.ef69a00000000p-5f, 0x1.6f87400000000p-4f,
+    0x1.e2d0040000000p-4f, 0x1.290dda0000000p-3f, 0x1.601e680000000p-3f, 0x1.94c6f20000000p-3f,
+    0x1.c8b0760000000p-3f, 0x1.fbab7e0000000p-3f, 0x1.1655240000000p-2f, 0x1.2ec4940000000p-2f,
+    0x1.45ee940000000p-2f, 0x1.5d25040000000p-2f, 0x1.7390c20000000p-2f, 0x1.8961fe0000000p-2f,
+    0x1.9f009a0000000p-2f, 0x0.0p+0f, 0x0.0p+0f, 0x0.0p+0f,
+    0x0.0p+0f, 0x0.0p+0f, 0x0.0p+0f, 0x0.0p+0f,
+    -0x1.26c50e0000000p-2f, -0x1.f9e7800000000p-3f, -0x1.a9944e0000000p-3f, -0x1.5bd6de0000000p-3f,
+    -0x1.11616a0000000p-3f, -0x1.91f1a20000000p-4f, -0x1.07882a0000000p-4f, -0x1.061fa20000000p-5f,
 };
 inline f32v table_lookup(const float* table, __m512i idx) {
   return f32v(_mm512_permutex2var_ps(_mm512_load_ps(table), idx, _mm512_load_ps(table + 16)));
 }
-// log1p(f) for |f| <= 1/48: Taylor to degree 5 (truncation < 2e-10 relative).
+// log1p(f) for |f| <= 0.0215: f + f^2 (g2 + g3 f + g4 f^2), a minimax fit (relative error
+// 1.2e-8), in Estrin's order.
 inline f32v log1p_small(f32v f) {
-  f32v a = f * vset<float>(0.2f) - vset<float>(0.25f);
-  a = a * f + vset<float>(0.333333343f);
-  a = a * f - vset<float>(0.5f);
-  return (f * f) * a + f;
+  const f32v f2 = f * f;
+  const f32v g = f2 * vset<float>(-0x1.000d56p-2f) +
+                 (f * vset<float>(0x1.5566dep-2f) + vset<float>(-0.5f));
+  return f2 * g + f;
 }
 // log1p(e) for e in [0, 1] (NaN propagates): w = 1 + e is never formed; k = round(31 e) sits in
 // the low bits of 31 e + 1.5 * 2^23 (vpermt2ps reads the low 5 bits of each index lane), then
@@ -515,7 +519,9 @@ inline f32v vlog_sum(f32v u, f32v c) {
   const __m512 uu = __m512(u);
   const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
   const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
-  const __m512i idx = _mm512_cvtps_epi32(__m512(m * vset<float>(32.0f) - vset<float>(32.0f)));
+  // round(32 (m - 1)) in the low bits of 32 m + (1.5 * 2^23 - 32)
+  const __m512i idx = _mm512_castps_si512(
+      _mm512_fmadd_ps(__m512(m), _mm512_set1_ps(32.0f), _mm512_set1_ps(12582880.0f)));
   const f32v inv = table_lookup(kLogInvC, idx);
   const f32v cs = f32v(_mm512_scalef_ps(__m512(c), __m512(-k)));
   const f32v f = cs * inv + (m * inv - vset<float>(1.0f));
@@ -667,7 +673,9 @@ inline f32v vlog_table(f32v u) {
   const __m512 uu = __m512(u);
   const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
   const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
-  const __m512i idx = _mm512_cvtps_epi32(__m512(m * vset<float>(32.0f) - vset<float>(32.0f)));
+  // round(32 (m - 1)) in the low bits of 32 m + (1.5 * 2^23 - 32)
+  const __m512i idx = _mm512_castps_si512(
+      _mm512_fmadd_ps(__m512(m), _mm512_set1_ps(32.0f), _mm512_set1_ps(12582880.0f)));
   const f32v inv = table_lookup(kLogInvC, idx);
   const f32v f = m * inv - vset<float>(1.0f);
   const f32v r = table_lookup(kLogLogC, idx) + (log1p_small(f) + k * vset<float>(-2.12194440e-4f));

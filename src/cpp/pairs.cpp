@@ -247,7 +247,7 @@ template <class T> FL_INLINE V<T> expm1_0_20(V<T> x) {
 
 // float32: without the division and the log of a sum (the threshold 0.75 keeps both forms
 // within ~1 ulp; tests/test_pairs.py checks the range around it):
-//   a < 0.75:  l = s/2 + s^2 Q(s), s = a^2, Q a minimax fit of (log cosh a - s/2) / s^2
+//   a < 0.75:  l = s (1/2 + s Q(s)), s = a^2, Q a minimax fit of (log cosh a - s/2) / s^2
 //              (relative error 2e-8);  tanh a = a + a s R(s), R a fit of (tanh(a)/a - 1) / s
 //   a >= 0.75: l = (a - ln 2) + log1p(e), e = exp(-2a) (no cancellation: l >= 0.26);
 //              tanh a = (1 - e) / (1 + e) (e <= 0.23: 1 - e exact to half an ulp)
@@ -269,7 +269,7 @@ struct LogCosh {
       q = q * s + splat<T>(0x1.6c1076p-6);
       q = q * s + splat<T>(-0x1.55555p-4);
       const auto small = a < splat<T>(0.75);
-      l = vselect(small, (s * s) * q + splat<T>(0.5) * s, lbig);
+      l = vselect(small, s * (s * q + splat<T>(0.5)), lbig);
       V<T> r = splat<T>(0x1.f73566p-10);
       r = r * s + splat<T>(-0x1.0470e2p-7);
       r = r * s + splat<T>(0x1.6242acp-6);

@@ -663,6 +663,48 @@ template <bool kCorrect> inline f32v log_table_avx2(f32v uv, f32v cv) {
 }
 inline f32v vlog_sum(f32v uv, f32v cv) { return log_table_avx2<true>(uv, cv); }
 #endif
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------------------------------------
+// log1p(z) in float64 for z >= 0 (or NaN), relative error below 2^-38: for sums that end in a
+// float32 result (the lane kernels' log of a row's exponential sum), where the fdlibm form of
+// vlog1p (two divisions) is more accuracy than the float32 result can show and a large share of
+// a narrow row's cost. u = 1 + z rounded and c = z - (u - 1) its rounding error (exact), u = m
+// 2^k with m in [0.75, 1.5) (vgetmantpd / vgetexppd), a 16-entry table of points 1 + i/16,
+// i = round(16 (m - 1)) in [-4, 8] (from a rounding shifter's low bits), f = (m + c 2^-k) / c_i
+// - 1, |f| <= 1/24, log1p(f) by its Taylor series to degree 7 in Estrin's order. z = +inf and
+// NaN give NaN (the kernels replace those rows).
+// ---------------------------------------------------------------------------------------------
+alignas(64) inline constexpr double kLog16InvC[16] = {
+    0x1.0000000000000p+0, 0x1.e1e1e1e1e1e1ep-1, 0x1.c71c71c71c71cp-1, 0x1.af286bca1af28p-1,
+    0x1.999999999999ap-1, 0x1.8618618618618p-1, 0x1.745d1745d1746p-1, 0x1.642c8590b2164p-1,
+    0x1.5555555555555p-1, 0x1.0000000000000p+0, 0x1.0000000000000p+0, 0x1.0000000000000p+0,
+    0x1.5555555555555p+0, 0x1.3b13b13b13b14p+0, 0x1.2492492492492p+0, 0x1.1111111111111p+0,
+};
+alignas(64) inline constexpr double kLog16LogC[16] = {
+    0x0.0p+0, 0x1.f0a30c01162a8p-5, 0x1.e27076e2af2eap-4, 0x1.5ff3070a793d6p-3,
+    0x1.c8ff7c79a9a20p-3, 0x1.1675cababa60fp-2, 0x1.4618bc21c5ec2p-2, 0x1.739d7f6bbd007p-2,
+    0x1.9f323ecbf984dp-2, 0x0.0p+0, 0x0.0p+0, 0x0.0p+0,
+    -0x1.269621134db91p-2, -0x1.a93ed3c8ad9e5p-3, -0x1.1178e8227e47ap-3, -0x1.08598b59e3a06p-4,
+};
+inline f64v vlog1p_f32acc(f64v z) {
+  const f64v one = vset<double>(1.0), u = one + z, c = z - (u - one);
+  const __m512d uu = __m512d(u);
+  const __m512d m = _mm512_getmant_pd(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan);
+  const __m512d nk = _mm512_sub_pd(_mm512_getexp_pd(m), _mm512_getexp_pd(uu));  // -k
+  const __m512i idx = _mm512_castpd_si512(
+      _mm512_fmadd_pd(m, _mm512_set1_pd(16.0), _mm512_set1_pd(6755399441055744.0 - 16.0)));
+  const __m512d inv = _mm512_permutex2var_pd(_mm512_load_pd(kLog16InvC), idx,
+                                             _mm512_load_pd(kLog16InvC + 8));
+  const __m512d logc = _mm512_permutex2var_pd(_mm512_load_pd(kLog16LogC), idx,
+                                              _mm512_load_pd(kLog16LogC + 8));
+  const __m512d cs = _mm512_scalef_pd(__m512d(c), nk);
+  const f64v f = f64v(_mm512_fmadd_pd(cs, inv, _mm512_fmsub_pd(m, inv, _mm512_set1_pd(1.0))));
+  const f64v f2 = f * f, f4 = f2 * f2;
+  const f64v a = f * (1.0 / 3) - 0.5, b = f * 0.2 - 0.25, d = f * (1.0 / 7) - (1.0 / 6);
+  const f64v lp = f2 * ((f4 * d + f2 * b) + a) + f;
+  return f64v(logc) + lp - f64v(nk) * 0.69314718055994530942;
+}
+#endif
 // ---------------------------------------------------------------------------------------------
 // log(u) for u >= 0 (or NaN) by the float table forms of vlog_sum above without their correction
 // term (one division fewer on AVX2, one vscalefps fewer on AVX-512); vlog elsewhere (float64,

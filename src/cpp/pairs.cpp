@@ -346,6 +346,7 @@ template <class T> struct BlockArgs {
   T* grad2;       // or nullptr
   int64_t n;      // a multiple of the vector width
   double grad_scale;
+  int64_t prefetch;  // elements ahead to prefetch the operands (0: none)
 };
 
 // n elements (whole vectors). Losses are summed in partials of 8 vectors (in the compute type)
@@ -370,6 +371,11 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
     const int64_t m = j + 8 * W <= b.n ? 8 : 1;
     V<T> part{};
     for (int64_t k = 0; k < m; ++k, j += W) {  // (one copy of the body)
+      if (b.prefetch) {
+        __builtin_prefetch(x + j + b.prefetch);
+        __builtin_prefetch(y + j + b.prefetch);
+        if constexpr (kTwo) __builtin_prefetch(x2 + j + b.prefetch);
+      }
       const V<T> xv = vload(x + j), yv = vload(y + j);
       V<T> x2v{};
       if constexpr (kTwo) x2v = vload(x2 + j);
@@ -462,6 +468,11 @@ template <class S> double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, co
   std::atomic<int64_t> n_bad{0};
   BlockArgs<T> b{};
   b.y = a.y, b.w = a.w, b.loss = a.loss, b.grad_scale = a.grad_scale;
+  // software prefetch 4 KB ahead on the operands read in place (not the 16-bit path's float
+  // blocks): the loss bodies are long dependency chains that hold the loads back; both forms
+  // alternated in one process, 50M float32 elements, 2 threads: -5% to -12% time (median of 25
+  // paired runs) for the exp/log losses and mse
+  b.prefetch = std::is_same_v<S, T> ? int64_t(4096 / sizeof(T)) : 0;
   const bool two = a.x2 != nullptr;
   parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
     PassState<T> st;

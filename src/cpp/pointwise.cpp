@@ -302,6 +302,7 @@ template <class T> struct BlockArgs {
   T* grad;        // gradient, or nullptr (kGrad false)
   int64_t n;      // a multiple of the vector width
   double grad_scale;
+  int64_t prefetch;  // elements ahead to prefetch the operands (0: none)
 };
 
 template <class Op> constexpr bool kUsesPosWeight = std::is_same_v<Op, BceLogits<true>>;
@@ -326,6 +327,10 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
   I c_neg = st.c_neg, c_zero = st.c_zero, c_bad = st.c_bad;
   f64v acc_lo = st.acc_lo, acc_hi = st.acc_hi;
   auto at = [&](int64_t j) {
+    if (b.prefetch) {
+      __builtin_prefetch(x + j + b.prefetch);
+      __builtin_prefetch(y + j + b.prefetch);
+    }
     const V<T> xv = vload(x + j), yv = vload(y + j);
     V<T> p = one;
     if constexpr (kUsesPosWeight<Op>) p = vload(pw + j);
@@ -414,6 +419,11 @@ template <class S> double drive(PointwiseArgs<S>& a, BlockFn<compute_t<S>> fn, c
   std::atomic<int64_t> n_neg{0}, n_zero{0}, n_bad{0};  // (integer sums: any order is exact)
   BlockArgs<T> b{};
   b.y = a.y, b.w = a.w, b.p = a.pos_weight, b.loss = a.loss, b.grad_scale = a.grad_scale;
+  // software prefetch 4 KB ahead on the operands read in place (not the 16-bit path's float
+  // blocks): the loss bodies are long dependency chains that hold the loads back; both forms
+  // alternated in one process, 50M float32 elements, 2 threads: -5% to -12% time (median of 25
+  // paired runs) for the exp/log losses and mse
+  b.prefetch = std::is_same_v<S, T> ? int64_t(4096 / sizeof(T)) : 0;
   parallel_for(nt, [&](int64_t thread, int64_t n_threads) {
     PassState<T> st;
     // each thread one contiguous range of chunks

@@ -170,6 +170,34 @@ void load_block(const S* x, const Layout3& L, int64_t r0, int nb, T* buf, int64_
   gather_lanes(x, L, off, nb, buf);
 }
 
+// Software prefetch of [p, p + bytes), a cache line at a time (addresses past an array's end are
+// harmless: a prefetch never faults). Volatile asm on x86: GCC 12 dropped a loop of
+// __builtin_prefetch once inlined into the lane kernels.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t q = 0; q < bytes; q += 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    asm volatile("prefetcht0 %0" : : "m"(c[q]));
+#else
+    __builtin_prefetch(c + q);
+#endif
+  }
+}
+
+// Software prefetch of the block of B rows a few blocks after the one at r0 (rows a stride
+// apart, classes contiguous: the common (N, C) array). A lane kernel's block is short (16 rows
+// of 10 float32 classes are 640 bytes) and its arithmetic long, and the hardware prefetcher
+// alone left it waiting on memory: cross-entropy loss over 50M float32 logits, 2 threads, median
+// of 8 alternated runs, 10 classes 53.3 -> 28.8 ms, 3 classes 81.8 -> 67.7, 32 classes 20.8 ->
+// 13.6, 100 classes 17.8 -> 11.5 (4 blocks ahead for blocks up to 1 KB, else 2).
+template <class S> inline void prefetch_block(const S* x, const Layout3& L, int64_t r0, int B) {
+  if (L.n2 != 1 || L.s1 != 1 || L.s0 < L.n1) return;
+  const int64_t bytes = int64_t(B) * L.s0 * int64_t(sizeof(S));
+  const int64_t r = r0 + (bytes <= 1024 ? 4 : 2) * B;
+  if (r + B > L.n0) return;  // (the last blocks: already on their way, or read)
+  prefetch_bytes(x + r * L.s0, bytes);
+}
+
 // Writes lanes b < nb of buf back as rows; lanes with fill[b] set get that value instead
 // (NaN rows, ignored rows).
 template <class S, class T = compute_t<S>>

@@ -36,6 +36,7 @@ template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
+    prefetch_block(a.x, a.lx, r0, W);
     load_block(a.x, a.lx, r0, nb, xb, off);
     const LaneMax<T> mx = lane_max(xb, n, true);
     const LaneSum<T> s = lane_exp_sums(xb, n, mx, true, false);
@@ -70,6 +71,7 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
+    prefetch_block(a.x, a.lx, r0, W);
     load_block(a.x, a.lx, r0, nb, xb, off);
     const LaneMax<T> mx = lane_max(xb, n, log);
     // log: S' without the first maximum; softmax: S, with e_j kept (x_j is not needed again)
@@ -131,6 +133,8 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
+    prefetch_block(a.x, a.lx, r0, W);
+    if (a.lx.n2 == 1) prefetch_bytes(a.target + r0 + 4 * W, W * int64_t(sizeof(int64_t)));
     load_block(a.x, a.lx, r0, nb, xb, off);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding
     // (padding lanes are never written out). A branch-free loop over a copy of the targets, so

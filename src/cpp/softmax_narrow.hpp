@@ -72,6 +72,7 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
+    prefetch_block(a.out, a.lo, r0, W);  // (written in place: its lines are read first)
     load_block(a.x, a.lx, r0, nb, xb, off);
     const LaneMax<T> mx = lane_max(xb, n, log);
     // log: S' without the first maximum; softmax: S, with e_j kept (x_j is not needed again)
@@ -135,6 +136,7 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
     if (a.lx.n2 == 1) prefetch_bytes(a.target + r0 + 4 * W, W * int64_t(sizeof(int64_t)));
+    if (grad) prefetch_block(a.grad, a.lg, r0, W);  // (written in place: its lines are read first)
     load_block(a.x, a.lx, r0, nb, xb, off);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding
     // (padding lanes are never written out). A branch-free loop over a copy of the targets, so

@@ -479,13 +479,9 @@ py::tuple check_class_targets(const py::array& t, int64_t n_classes, int64_t ign
     nt = nt < kMaxThreads ? nt : kMaxThreads;
     parallel_for(nt, [&](int64_t k, int64_t m) {
       const int64_t lo = n * k / m, hi = n * (k + 1) / m;
-      int64_t c = 0, any_bad = 0;
-      for (int64_t i = lo; i < hi; ++i) {  // (branch-free: vectorised)
-        const int64_t v = p[i];
-        const int64_t kept = v != ignore_index;
-        c += kept;
-        any_bad |= kept & int64_t(uint64_t(v) >= uint64_t(n_classes));
-      }
+      int64_t c = 0;
+      bool any_bad = false;
+      count_targets(p + lo, hi - lo, n_classes, ignore_index, &c, &any_bad);  // (per ISA)
       count[k] = c;
       if (any_bad)
         for (int64_t i = lo; i < hi; ++i)

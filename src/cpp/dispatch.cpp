@@ -157,6 +157,11 @@ bool set_isa(const char* name) {
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD)
 #undef FASTLOSS_FORWARD
 
+void count_targets(const int64_t* t, int64_t n, int64_t n_classes, int64_t ignore_index,
+                   int64_t* count, bool* any_bad) {
+  table().count_targets(t, n, n_classes, ignore_index, count, any_bad);
+}
+
 #define FASTLOSS_FORWARD_DIST(sfx, S)                                                 \
   void kl_div_with_logits(const KlLogitsArgs<S>& a) {                                 \
     dist_table().kl_div_with_logits_##sfx(a);                                         \

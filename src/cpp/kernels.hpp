@@ -115,6 +115,11 @@ struct KernelTable {
   void (*nll_loss_##sfx)(const NllArgs<S>&);
   FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_TABLE_ENTRIES)
 #undef FASTLOSS_TABLE_ENTRIES
+  // class-index targets t[0:n): how many are not ignore_index, and whether any of those is
+  // outside [0, n_classes) (one thread's range; compiled per ISA so that the 64-bit compares
+  // are vector ones)
+  void (*count_targets)(const int64_t* t, int64_t n, int64_t n_classes, int64_t ignore_index,
+                        int64_t* count, bool* any_bad);
 };
 
 struct PointwiseTable {
@@ -144,6 +149,10 @@ void* thread_scratch(int slot, size_t bytes);
   double pointwise(PointwiseArgs<S>& a);  /* returns the sum of the losses */
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE)
 #undef FASTLOSS_DECLARE
+
+// KernelTable::count_targets of the active instruction set.
+void count_targets(const int64_t* t, int64_t n, int64_t n_classes, int64_t ignore_index,
+                   int64_t* count, bool* any_bad);
 
 // Bandwidth floor (bandwidth.cpp): a streaming read (returns the sum) and a streaming copy with
 // ordinary or non-temporal stores (y must be aligned to 64 bytes for nt).

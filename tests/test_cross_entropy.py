@@ -195,6 +195,75 @@ def test_any_integer_target_dtype(rng, tdtype):
                     ref.nll_loss(x, t, reduction="none"), rtol=1e-15)
 
 
+# Wide rows (the row kernel, above 256 classes) leave the target out of the one pass over the
+# row with a lane mask: targets at every kind of boundary (vector of 16 / 8 lanes, chunk of 8
+# vectors, block of 2048 elements, first and last class, a row's tail), with the special
+# values that exercise the careful paths (target the only finite logit, target +inf / -inf /
+# NaN, a huge target logit over tiny ones, the first element of a block being the target).
+ROW_KERNEL_CLASSES = [257, 300, 2047, 2048, 2049, 4100]
+
+
+def _target_positions(C):
+    pos = {0, 1, 7, 8, 15, 16, 17, 127, 128, 129, C // 2, C - 17, C - 16, C - 9, C - 8, C - 1}
+    pos |= {p for p in (2047, 2048, 2049, 4095, 4096) if p < C}
+    return sorted(p for p in pos if 0 <= p < C)
+
+
+@pytest.mark.parametrize("C", ROW_KERNEL_CLASSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}, {"label_smoothing": 0.2, "weight": "w"}],
+                         ids=["plain", "smooth", "smooth-weight"])
+def test_row_kernel_target_positions(rng, isa, C, dtype, kw):
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2.0, C)
+    pos = _target_positions(C)
+    specials = ["normal", "only_finite", "target_inf", "target_ninf", "target_nan", "huge",
+                "others_ninf_but_one", "block_head"]
+    rows, targets = [], []
+    for p in pos:
+        for kind in specials:
+            x = rng.normal(0.0, 2.0, C)
+            if kind == "only_finite":
+                x[:] = NINF
+                x[p] = 1.5
+            elif kind == "target_inf":
+                x[p] = np.inf
+            elif kind == "target_ninf":
+                x[p] = NINF
+            elif kind == "target_nan":
+                x[p] = np.nan
+            elif kind == "huge":  # the loss is about C e^-60: tiny but not 0
+                x[p] = 60.0
+            elif kind == "others_ninf_but_one":
+                x[:] = NINF
+                x[p] = 0.5
+                x[(p + 2049) % C] = -0.5
+            elif kind == "block_head":  # a logit far above the others at a block's first element
+                x[(p // 2048) * 2048] = 90.0
+            rows.append(x)
+            targets.append(p)
+    x = np.array(rows).astype(dtype)
+    t = np.array(targets)
+    rtol = TOL[dtype]["loss_rtol"]
+    with np.errstate(all="ignore"):
+        loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+        want, want_grad = ref.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+        # (the reference rounds the confident rows' losses, about 1e-23, to 0: atol)
+        assert_allclose(loss, want, rtol=rtol, atol=1e-20)
+        assert_allclose(grad, want_grad, rtol=TOL[dtype]["grad_rtol"], atol=TOL[dtype]["grad_atol"])
+        # the loss alone (no kept exp values) and the returned log-sum-exp agree as well
+        res = fl.cross_entropy(x, t, reduction="none", return_lse=True, **kw)
+        alone, lse = res.loss, res.lse
+        assert_allclose(alone, loss, rtol=rtol, atol=0)
+        assert_allclose(lse, ref.logsumexp(x.astype(np.float64), axis=1), rtol=rtol, atol=0)
+    if not kw:  # confident rows keep their tiny loss: log1p(sum_j exp(x_j - 60)), not 0
+        huge = np.arange(len(t)) % len(specials) == specials.index("huge")
+        x64 = x[huge].astype(np.float64)
+        x64[np.arange(len(x64)), t[huge]] = NINF
+        assert_allclose(loss[huge], np.log1p(np.exp(x64 - 60.0).sum(axis=1)), rtol=rtol)
+
+
 # --------------------------------------------------------------------------- layouts
 
 

@@ -883,15 +883,53 @@ template <class S> inline S from_compute(compute_t<S> v) {
 }
 
 // Load n < width elements (converted to the compute type), padding the vector with `pad`.
+// Masked loads on AVX-512 and AVX2 (lanes past n are not read, so they cannot fault), else
+// element by element through a buffer.
 template <class S> inline vec_t<compute_t<S>> load_partial(const S* p, int64_t n,
                                                           compute_t<S> pad) {
   using T = compute_t<S>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    return f32v(_mm512_mask_loadu_ps(_mm512_set1_ps(pad), __mmask16((1u << n) - 1), p));
+  } else if constexpr (std::is_same_v<S, double>) {
+    return f64v(_mm512_mask_loadu_pd(_mm512_set1_pd(pad), __mmask8((1u << n) - 1), p));
+  } else {  // 16-bit: the valid halfwords, converted, then the padding
+    const __mmask16 k = __mmask16((1u << n) - 1);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+    __m512 v;
+    if constexpr (std::is_same_v<S, bfloat16>)
+      v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else
+      v = _mm512_cvtph_ps(h);
+    return f32v(_mm512_mask_blend_ps(k, _mm512_set1_ps(pad), v));
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<S, float>) {
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return f32v(_mm256_blendv_ps(_mm256_set1_ps(pad), _mm256_maskload_ps(p, k),
+                                 _mm256_castsi256_ps(k)));
+  } else if constexpr (std::is_same_v<S, double>) {
+    const __m256i k = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    return f64v(_mm256_blendv_pd(_mm256_set1_pd(pad), _mm256_maskload_pd(p, k),
+                                 _mm256_castsi256_pd(k)));
+  }
+#endif
   T buf[vec_width<T>];
   for (int i = 0; i < vec_width<T>; ++i) buf[i] = i < n ? to_compute(p[i]) : pad;
   return vload(buf);
 }
 template <class S> inline void store_partial(S* p, int64_t n, vec_t<compute_t<S>> v) {
   using T = compute_t<S>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
+    return;
+  } else if constexpr (std::is_same_v<S, double>) {
+    _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
+    return;
+  }
+#endif
   T buf[vec_width<T>];
   vstore(buf, v);
   for (int64_t i = 0; i < n; ++i) p[i] = from_compute<S>(buf[i]);

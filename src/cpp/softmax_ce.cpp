@@ -129,15 +129,36 @@ struct RowSums {
 // Sums over x[begin:end) relative to a reference m (finite; exp(x_j - m) must not overflow, so
 // x_j <= m + kMaxShift), and the maximum of the stretch (block_max).
 // With kKeep, also stores e_j = exp(x_j - m) at e_row[j] (the gradient pass reuses them).
+// skip: an index whose element is left out of the sums and the maximum (its e_j is stored as 0),
+// or -1. Only the chunk or vector that holds it pays for the mask.
 template <class S, Coef C, bool kKeep, class T = compute_t<S>>
 RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C>& coef,
-                 T& block_max, T* e_row) {
+                 T& block_max, T* e_row, int64_t skip = -1) {
   using V = vec_t<T>;
+  using IV = typename Vec<T>::itype;
   constexpr int W = vec_width<T>;
   constexpr int kChunk = 8;  // vectors per chunk: two partials of 4 terms, then one flush
   Acc<T> se, scd, sc;
   const V vm = vset<T>(m), zero = vset<T>(0);
   V mx0 = vset<T>(-kInf<T>), mx1 = mx0;
+  IV iota{};
+  for (int i = 0; i < W; ++i) iota[i] = i;
+  // The vector at j (n valid lanes, padded with -inf and c = 0); the skipped element, if it is
+  // one of them (kMask), becomes -inf with c = 0.
+  auto load = [&](int64_t j, int64_t n, V& xv, V& cv, auto kMask) {
+    if (n == W) {
+      xv = vload_as(x + j);
+      cv = coef.load(j);
+    } else {
+      xv = load_partial(x + j, n, -kInf<T>);
+      cv = coef.load_tail(j, n);
+    }
+    if constexpr (decltype(kMask)::value) {
+      const auto hit = iota == IV{} + std::conditional_t<sizeof(T) == 4, int32_t, int64_t>(skip - j);
+      xv = vselect(hit, vset<T>(-kInf<T>), xv);
+      if constexpr (C != Coef::kNone) cv = vselect(hit, zero, cv);
+    }
+  };
   // One vector at j (n valid lanes): exp(x_j - m) into pe; c_j (m - x_j) and c_j into pcd, pc.
   auto step = [&](V xv, V cv, int64_t j, int64_t n, V& mx, V& pe, V& pcd, V& pc) {
     mx = vmax<T>(mx, xv);
@@ -156,31 +177,44 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
       pc += cv;
     }
   };
-  int64_t j = begin;
-  for (; j + kChunk * W <= end; j += kChunk * W) {
-    // Pull the next block in while this one is summed: memory traffic overlaps the exp
-    // arithmetic. Prefetches past the end of the array cannot fault.
-    for (int k = 0; k < kChunk * W * int(sizeof(S)); k += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(x + j + kPrefetchAhead<T>) + k, 0, 3);
+  auto chunk = [&](int64_t j, auto kMask) {
     V pe0 = zero, pe1 = zero, pcd0 = zero, pcd1 = zero, pc0 = zero, pc1 = zero;
     for (int k = 0; k < kChunk; k += 2) {
       const int64_t j0 = j + k * W, j1 = j0 + W;
-      step(vload_as(x + j0), coef.load(j0), j0, W, mx0, pe0, pcd0, pc0);
-      step(vload_as(x + j1), coef.load(j1), j1, W, mx1, pe1, pcd1, pc1);
+      V x0, c0, x1, c1;
+      load(j0, W, x0, c0, kMask);
+      load(j1, W, x1, c1, kMask);
+      step(x0, c0, j0, W, mx0, pe0, pcd0, pc0);
+      step(x1, c1, j1, W, mx1, pe1, pcd1, pc1);
     }
     se.add_partial(pe0 + pe1);
     if constexpr (C != Coef::kNone) {
       scd.add_partial(pcd0 + pcd1);
       sc.add_partial(pc0 + pc1);
     }
-  }
-  for (; j < end; j += W) {  // the last < kChunk vectors, one at a time
-    V pe = zero, pcd = zero, pc = zero;
-    if (j + W <= end)
-      step(vload_as(x + j), coef.load(j), j, W, mx0, pe, pcd, pc);
+  };
+  int64_t j = begin;
+  for (; j + kChunk * W <= end; j += kChunk * W) {
+    // Pull the next block in while this one is summed: memory traffic overlaps the exp
+    // arithmetic. Prefetches past the end of the array cannot fault.
+    for (int k = 0; k < kChunk * W * int(sizeof(S)); k += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(x + j + kPrefetchAhead<T>) + k, 0, 3);
+    if (uint64_t(skip - j) < uint64_t(kChunk * W))
+      chunk(j, std::true_type{});
     else
-      step(load_partial(x + j, end - j, -kInf<T>), coef.load_tail(j, end - j), j, end - j, mx0,
-           pe, pcd, pc);
+      chunk(j, std::false_type{});
+  }
+  if (j < end) {  // the last < kChunk vectors: one float partial (at most 7 terms), one flush
+    V pe = zero, pcd = zero, pc = zero;
+    for (; j < end; j += W) {
+      const int64_t n = end - j < W ? end - j : W;
+      V xv, cv;
+      if (uint64_t(skip - j) < uint64_t(W))
+        load(j, n, xv, cv, std::true_type{});
+      else
+        load(j, n, xv, cv, std::false_type{});
+      step(xv, cv, j, n, mx0, pe, pcd, pc);
+    }
     se.add_partial(pe);
     if constexpr (C != Coef::kNone) {
       scd.add_partial(pcd);
@@ -217,6 +251,7 @@ struct RowStats {
 inline RowStats rebase(const RowStats& r, double m) {
   RowStats o = r;
   o.m = m;
+  if (r.m == m) return o;
   if (r.m == -std::numeric_limits<double>::infinity()) {
     o.s = 0;  // cd already counts c_j * (m - (-inf)) = inf
   } else {
@@ -266,21 +301,27 @@ template <class T> ExpRow<T> exp_row(int64_t V, bool keep) {
   return er;
 }
 
+// Statistics of x[begin:end) without x[skip] (skip: an index in the stretch, or -1), the careful
+// way: the maximum first, then the sums relative to it.
 template <class S, Coef C, class T = compute_t<S>>
 RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
-                     ExpRow<T>* er = nullptr) {
+                     ExpRow<T>* er = nullptr, int64_t skip = -1) {
   RowStats st;
-  const T m = row_max(x + begin, end - begin);
+  const bool in = skip >= begin && skip < end;
+  const T m = in ? std::max(row_max(x + begin, skip - begin), row_max(x + skip + 1, end - skip - 1))
+                 : row_max(x + begin, end - begin);
   st.m = m;
   if (!std::isfinite(m)) {  // rare: +inf, all -inf, or all NaN
     if (er && er->e) {  // all -inf: exp is 0 whatever the reference
       for (int64_t j = begin; j < end; ++j) er->e[j] = T(0);
       er->add(end, -std::numeric_limits<double>::infinity());  // scale exp(-inf - m) = 0
     }
-    st.nan = any_nan(x + begin, end - begin);
+    for (int64_t j = begin; j < end; ++j)
+      if (j != skip && std::isnan(to_compute(x[j]))) st.nan = true;
     if (st.nan || m == kInf<T>) return st;
     if constexpr (C != Coef::kNone) {  // all -inf: no mass; any c_j != 0 makes cd infinite
       for (int64_t j = begin; j < end; ++j) {
+        if (j == skip) continue;
         const double c = coef.at(j);
         st.c += c;
         if (c != 0) st.cd = std::numeric_limits<double>::infinity();
@@ -289,8 +330,9 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
     return st;
   }
   T unused;
-  const RowSums rs = er && er->e ? row_sums<S, C, true>(x, begin, end, m, coef, unused, er->e)
-                                 : row_sums<S, C, false>(x, begin, end, m, coef, unused, static_cast<T*>(nullptr));
+  const RowSums rs =
+      er && er->e ? row_sums<S, C, true>(x, begin, end, m, coef, unused, er->e, skip)
+                  : row_sums<S, C, false>(x, begin, end, m, coef, unused, static_cast<T*>(nullptr), skip);
   if (er && er->e) er->add(end, double(m));
   st.s = rs.exp;
   st.cd = rs.cd;
@@ -299,27 +341,31 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
   return st;
 }
 
-// Statistics of x[begin:end), block by block, continuing from `st` (the stretches before).
-// Each block is summed in one pass relative to the running maximum m while its own maximum is
-// taken; only when it turns out to exceed m by more than kMaxShift (exp could overflow), or has
-// NaN or +-inf, is it redone the careful way (max first, then sums).
+// Statistics of x[begin:end) without x[skip] (an index, or -1: none), block by block, continuing
+// from `st` (the stretches before). Each block is summed in one pass relative to the running
+// maximum m while its own maximum is taken; only when it turns out to exceed m by more than
+// kMaxShift (exp could overflow), or has NaN or +-inf, is it redone the careful way (max first,
+// then sums).
 template <class S, Coef C, class T = compute_t<S>>
 RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>& coef,
-                     RowStats st = {}, ExpRow<T>* er = nullptr) {
+                     RowStats st = {}, ExpRow<T>* er = nullptr, int64_t skip = -1) {
   for (int64_t b = begin; b < end; b += kBlock<T>) {
     const int64_t e = b + kBlock<T> < end ? b + kBlock<T> : end;
     // Before any finite logit (the first block of a row), float rows take the block's first
-    // element as the reference (a block more than kMaxShift above it is redone below), so short
-    // rows too are read in one pass. (The later rebase to the true maximum is a float64 multiply:
-    // invisible in a float32 result; double rows keep the exact max-first block.)
+    // element (not the skipped one) as the reference (a block more than kMaxShift above it is
+    // redone below), so short rows too are read in one pass. (The later rebase to the true
+    // maximum is a float64 multiply: invisible in a float32 result; double rows keep the exact
+    // max-first block.)
     T m = T(st.m);
     if constexpr (std::is_same_v<T, float>)
-      if (st.m == -std::numeric_limits<double>::infinity()) m = to_compute(x[b]);
+      if (st.m == -std::numeric_limits<double>::infinity())
+        m = to_compute(x[b == skip && b + 1 < e ? b + 1 : b]);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
-      const RowSums rs = er && er->e
-                             ? row_sums<S, C, true>(x, b, e, m, coef, block_max, er->e)
-                             : row_sums<S, C, false>(x, b, e, m, coef, block_max, static_cast<T*>(nullptr));
+      const RowSums rs =
+          er && er->e
+              ? row_sums<S, C, true>(x, b, e, m, coef, block_max, er->e, skip)
+              : row_sums<S, C, false>(x, b, e, m, coef, block_max, static_cast<T*>(nullptr), skip);
       if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
         if (er && er->e) er->add(e, double(m));
         RowStats bs;
@@ -332,7 +378,7 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
         continue;
       }
     }
-    st = merge(st, block_stats<S, C>(x, b, e, coef, er));
+    st = merge(st, block_stats<S, C>(x, b, e, coef, er, skip));
   }
   return st;
 }
@@ -425,8 +471,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
         int64_t k = 0;  // the first maximum (st.m is the row maximum, rounded from T exactly)
         while (k < V && double(to_compute(x[k])) != st.m) ++k;
         if (k < V) {
-          const RowStats before = range_stats<S, Coef::kNone>(x, 0, k, {});
-          const RowStats rest = rebase(range_stats<S, Coef::kNone>(x, k + 1, V, {}, before), st.m);
+          const RowStats rest = rebase(range_stats<S, Coef::kNone>(x, 0, V, {}, {}, static_cast<ExpRow<T>*>(nullptr), k), st.m);
           out = st.m + std::log1p(rest.s);
         }
       }
@@ -531,8 +576,7 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     // Statistics of the row without the target, then the target itself. With a gradient to
     // compute, the exp values are kept (in L2) so the gradient pass needs no exp.
     ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
-    const RowStats before = range_stats<R, C>(x, 0, t, coef, {}, &er);
-    const RowStats excl = range_stats<R, C>(x, t + 1, V, coef, before, &er);
+    const RowStats excl = range_stats<R, C>(x, 0, V, coef, {}, &er, t);
     const double xt = to_compute(x[t]);
     const double md = excl.m > xt ? excl.m : xt;
     const bool has_nan = excl.nan || std::isnan(xt);
@@ -785,8 +829,7 @@ template <class S> void ce_shard_stats_impl(const CeShardStatsArgs<S>& a) {
     double xt = 0.0;
     if (in) {
       const int64_t k = t - a.class_offset;
-      const RowStats before = range_stats<R, Coef::kOne>(x, 0, k, coef);
-      st = range_stats<R, Coef::kOne>(x, k + 1, V, coef, before);
+      st = range_stats<R, Coef::kOne>(x, 0, V, coef, {}, static_cast<ExpRow<T>*>(nullptr), k);
       xt = to_compute(x[k]);
     } else {
       st = range_stats<R, Coef::kOne>(x, 0, V, coef);

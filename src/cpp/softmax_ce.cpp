@@ -204,8 +204,8 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     else
       chunk(j, std::false_type{});
   }
-  if (j < end) {  // the last < kChunk vectors: one float partial (at most 7 terms), one flush
-    V pe = zero, pcd = zero, pc = zero;
+  if (j < end) {  // the last < kChunk vectors: two partials (at most 4 terms each), one flush
+    V pe0 = zero, pe1 = zero, pcd0 = zero, pcd1 = zero, pc0 = zero, pc1 = zero;
     for (; j < end; j += W) {
       const int64_t n = end - j < W ? end - j : W;
       V xv, cv;
@@ -213,12 +213,17 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
         load(j, n, xv, cv, std::true_type{});
       else
         load(j, n, xv, cv, std::false_type{});
-      step(xv, cv, j, n, mx0, pe, pcd, pc);
+      step(xv, cv, j, n, mx0, pe0, pcd0, pc0);
+      std::swap(pe0, pe1);  // (the next vector goes to the other partial)
+      if constexpr (C != Coef::kNone) {
+        std::swap(pcd0, pcd1);
+        std::swap(pc0, pc1);
+      }
     }
-    se.add_partial(pe);
+    se.add_partial(pe0 + pe1);
     if constexpr (C != Coef::kNone) {
-      scd.add_partial(pcd);
-      sc.add_partial(pc);
+      scd.add_partial(pcd0 + pcd1);
+      sc.add_partial(pc0 + pc1);
     }
   }
   block_max = hmax<T>(vmax<T>(mx0, mx1));

@@ -161,6 +161,7 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     // at 3 classes, 6% at 10, 3% at 100)
     const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
     const __m512d one = _mm512_set1_pd(1.0);
+    __m256 tf[2];
     for (int k = 0; k < W; k += 8) {
       const __m512i t = _mm512_load_si512(traw + k);
       const __mmask8 ign = _mm512_cmpeq_epi64_mask(t, vi);
@@ -168,13 +169,16 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       _mm512_store_pd(ign64 + k, _mm512_maskz_mov_pd(ign, one));
       _mm512_store_pd(inv64 + k, _mm512_maskz_mov_pd(__mmask8(skip & ~ign), one));
       if constexpr (std::is_same_v<T, float>) {
-        const __m256 tf = _mm256_mask_blend_ps(skip, _mm512_cvtepi64_ps(t), _mm256_set1_ps(-1.0f));
-        _mm256_store_ps(reinterpret_cast<float*>(tgt) + k, tf);
+        tf[k / 8] = _mm256_mask_blend_ps(skip, _mm512_cvtepi64_ps(t), _mm256_set1_ps(-1.0f));
       } else {
         const __m512d td = _mm512_mask_blend_pd(skip, _mm512_cvtepi64_pd(t), _mm512_set1_pd(-1.0));
         _mm512_store_pd(reinterpret_cast<double*>(tgt) + k, td);
       }
     }
+    if constexpr (std::is_same_v<T, float>)  // (one 64-byte store: the vector load of tgt
+      // below then forwards from it; two 32-byte halves would stall it)
+      _mm512_store_ps(reinterpret_cast<float*>(tgt),
+                      _mm512_insertf32x8(_mm512_castps256_ps512(tf[0]), tf[1], 1));
 #else
     for (int b = 0; b < W; ++b) {
       const int64_t t = traw[b];

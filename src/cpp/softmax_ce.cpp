@@ -11,9 +11,11 @@
 // float64 lanes (float32 exp values are widened before adding), so a float32 loss is rounded
 // once, at the end, from a float64 result. Per-row scalars (max, log of the sum, the loss)
 // are float64.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "kernels.hpp"
 #include "lanes.hpp"

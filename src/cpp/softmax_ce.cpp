@@ -156,7 +156,8 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
       cv = coef.load_tail(j, n);
     }
     if constexpr (decltype(kMask)::value) {
-      const auto hit = iota == IV{} + std::conditional_t<sizeof(T) == 4, int32_t, int64_t>(skip - j);
+      using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+      const auto hit = iota == IV{} + I(skip - j);
       xv = vselect(hit, vset<T>(-kInf<T>), xv);
       if constexpr (C != Coef::kNone) cv = vselect(hit, zero, cv);
     }
@@ -315,7 +316,8 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
                      ExpRow<T>* er = nullptr, int64_t skip = -1) {
   RowStats st;
   const bool in = skip >= begin && skip < end;
-  const T m = in ? std::max(row_max(x + begin, skip - begin), row_max(x + skip + 1, end - skip - 1))
+  const T m = in ? std::max(row_max(x + begin, skip - begin),
+                            row_max(x + skip + 1, end - skip - 1))
                  : row_max(x + begin, end - begin);
   st.m = m;
   if (!std::isfinite(m)) {  // rare: +inf, all -inf, or all NaN

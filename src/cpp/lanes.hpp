@@ -249,6 +249,51 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
       bool any_fill = false;
       if (use_fill)
         for (int b = 0; b < nb; ++b) any_fill |= use_fill[b];
+#if defined(__AVX512F__)
+      // The inverse of gather_lanes' split for 3 to 7 classes in consecutive rows: output
+      // vector q, element e = 16 q + i, is class e mod n of row e / n, picked from the class
+      // vectors two at a time by permutes (index tables built once per class count).
+      if (nb == W && !any_fill && n >= 3 && n <= 7 && L.n2 == 1 && L.s0 == n) {
+        auto put = [&](auto kN) {
+          constexpr int N = decltype(kN)::value;
+          struct Tab {
+            alignas(64) int32_t idx[N][16];
+            uint16_t mask[N][4];
+          };
+          static const Tab tab = [] {
+            Tab t{};
+            for (int q = 0; q < N; ++q)
+              for (int i = 0; i < 16; ++i) {
+                const int e = 16 * q + i, b = e / N, j = e % N;
+                t.idx[q][i] = (j % 2) * 16 + b;
+                t.mask[q][j / 2] = uint16_t(t.mask[q][j / 2] | (1u << i));
+              }
+            return t;
+          }();
+          __m512 c[N];
+          for (int j = 0; j < N; ++j)
+            c[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(buf) + j * W);
+          for (int q = 0; q < N; ++q) {
+            const __m512i idx = _mm512_load_si512(tab.idx[q]);
+            __m512 r = _mm512_permutex2var_ps(c[0], idx, c[1]);
+            for (int p = 1; 2 * p < N; ++p)
+              r = 2 * p + 1 < N
+                      ? _mm512_mask_blend_ps(tab.mask[q][p], r,
+                                             _mm512_permutex2var_ps(c[2 * p], idx, c[2 * p + 1]))
+                      : _mm512_mask_permutexvar_ps(r, tab.mask[q][p], idx, c[2 * p]);
+            _mm512_storeu_ps(g + off[0] + q * W, r);
+          }
+        };
+        switch (n) {
+          case 3: put(std::integral_constant<int, 3>{}); break;
+          case 4: put(std::integral_constant<int, 4>{}); break;
+          case 5: put(std::integral_constant<int, 5>{}); break;
+          case 6: put(std::integral_constant<int, 6>{}); break;
+          default: put(std::integral_constant<int, 7>{}); break;
+        }
+        return;
+      }
+#endif
       if (nb == W && !any_fill) {  // full tiles: fixed trip counts, the tile in registers
         for (; j0 + W <= n; j0 += W) {
           TileReg r[W];

@@ -111,6 +111,20 @@ inline void store_row_part(float* p, int k, __m256 v) { _mm256_maskstore_ps(p, t
 using TileReg = __m256;
 #endif
 
+#if defined(__AVX512F__)
+// f(std::integral_constant<int, n>{}) for a class count n from 3 to 7 (loops over the classes
+// then unroll).
+template <class F> inline void with_small_class_count(int64_t n, F&& f) {
+  switch (n) {
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    default: f(std::integral_constant<int, 7>{}); break;
+  }
+}
+#endif
+
 // Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
 // lane 0, so they compute finite numbers wherever lane 0 does (their results are dropped).
 template <class S, class T = compute_t<S>>
@@ -147,13 +161,7 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
             _mm512_storeu_ps(reinterpret_cast<float*>(buf) + j * W, r);
           }
         };
-        switch (n) {
-          case 3: pick(std::integral_constant<int, 3>{}); break;
-          case 4: pick(std::integral_constant<int, 4>{}); break;
-          case 5: pick(std::integral_constant<int, 5>{}); break;
-          case 6: pick(std::integral_constant<int, 6>{}); break;
-          default: pick(std::integral_constant<int, 7>{}); break;
-        }
+        with_small_class_count(n, pick);
         return;
       }
 #endif
@@ -284,13 +292,7 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
             _mm512_storeu_ps(g + off[0] + q * W, r);
           }
         };
-        switch (n) {
-          case 3: put(std::integral_constant<int, 3>{}); break;
-          case 4: put(std::integral_constant<int, 4>{}); break;
-          case 5: put(std::integral_constant<int, 5>{}); break;
-          case 6: put(std::integral_constant<int, 6>{}); break;
-          default: put(std::integral_constant<int, 7>{}); break;
-        }
+        with_small_class_count(n, put);
         return;
       }
 #endif

@@ -325,8 +325,8 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
       for (int64_t j = begin; j < end; ++j) er->e[j] = T(0);
       er->add(end, -std::numeric_limits<double>::infinity());  // scale exp(-inf - m) = 0
     }
-    for (int64_t j = begin; j < end; ++j)
-      if (j != skip && std::isnan(to_compute(x[j]))) st.nan = true;
+    st.nan = in ? any_nan(x + begin, skip - begin) || any_nan(x + skip + 1, end - skip - 1)
+                : any_nan(x + begin, end - begin);
     if (st.nan || m == kInf<T>) return st;
     if constexpr (C != Coef::kNone) {  // all -inf: no mass; any c_j != 0 makes cd infinite
       for (int64_t j = begin; j < end; ++j) {
@@ -340,8 +340,9 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
   }
   T unused;
   const RowSums rs =
-      er && er->e ? row_sums<S, C, true>(x, begin, end, m, coef, unused, er->e, skip)
-                  : row_sums<S, C, false>(x, begin, end, m, coef, unused, static_cast<T*>(nullptr), skip);
+      er && er->e
+          ? row_sums<S, C, true>(x, begin, end, m, coef, unused, er->e, skip)
+          : row_sums<S, C, false>(x, begin, end, m, coef, unused, static_cast<T*>(nullptr), skip);
   if (er && er->e) er->add(end, double(m));
   st.s = rs.exp;
   st.cd = rs.cd;
@@ -480,7 +481,9 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
         int64_t k = 0;  // the first maximum (st.m is the row maximum, rounded from T exactly)
         while (k < V && double(to_compute(x[k])) != st.m) ++k;
         if (k < V) {
-          const RowStats rest = rebase(range_stats<S, Coef::kNone>(x, 0, V, {}, {}, static_cast<ExpRow<T>*>(nullptr), k), st.m);
+          const RowStats rest = rebase(
+              range_stats<S, Coef::kNone>(x, 0, V, {}, {}, static_cast<ExpRow<T>*>(nullptr), k),
+              st.m);
           out = st.m + std::log1p(rest.s);
         }
       }

@@ -283,8 +283,9 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       else
         class_loop(std::false_type{}, std::false_type{});
     }
-    // Epilogue in float64 lanes. exp(x_t - m) is the class loop's (in the compute type: for
-    // float32 its rounding moves log S by at most p_t * 2^-23, below the float32 result's ulp).
+    // Epilogue in float64 lanes. exp(x_t - m) is the class loop's, or the same vexp_capped
+    // taken aside (in the compute type: for float32 its rounding moves log S by at most
+    // p_t * 2^-23, below the float32 result's ulp).
     alignas(64) double sp[W], cd[W], m64[W], xt64[W], et64[W], nan64[W], wt[W], ct[W];
     se.store(sp);
     if constexpr (C != Coef::kNone) scd.store(cd);

@@ -154,7 +154,50 @@ def test_strided_class_axis(rng, isa, threads, C):
     np.testing.assert_allclose(grad_v, ref_grad, rtol=2e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("C", [3, 37, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ignore_index", [-100, 0, 2])
+def test_small_class_kernel_same_bits_as_lane_kernel(rng, isa, threads, dtype, ignore_index):
+    """3 to 16 classes with rows back to back take ce_index_small (the block in registers);
+    a view with a row stride takes ce_index_narrow: the same operations, so the same bits, for
+    ordinary, huge, NaN, +-inf and ignored rows, full blocks and a partial one, with the
+    gradient written fresh and in place."""
+    for C in range(3, 18):
+        rows = 16 * 3 + 5
+        x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
+        x = x.astype(dtype)
+        t = rng.integers(0, C, rows)
+        t[[0, 9]] = ignore_index
+        x[2, 1] = np.nan
+        x[3, :] = -np.inf
+        x[4, 0] = np.inf
+        x[5, t[5]] = -np.inf
+        x[6, :] = 0.0
+        x[6, t[6]] = 100.0
+        x[rows - 1, t[rows - 1]] = 50.0
+        wide = np.full((rows, C + 3), 7.0, dtype)
+        wide[:, :C] = x
+        view = wide[:, :C]  # (the row stride C + 3: the lane kernel)
+        for reduction in ("none", "sum"):
+            loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True,
+                                          ignore_index=ignore_index)
+            loss_v, grad_v = fl.cross_entropy(view, t, reduction=reduction, return_grad=True,
+                                              ignore_index=ignore_index)
+            np.testing.assert_array_equal(loss, loss_v)
+            np.testing.assert_array_equal(grad, grad_v)
+            np.testing.assert_array_equal(np.signbit(grad), np.signbit(grad_v))
+        x2 = x.copy()
+        loss2, grad2 = fl.cross_entropy(x2, t, reduction="none", return_grad=True,
+                                        ignore_index=ignore_index, grad_out=x2)
+        np.testing.assert_array_equal(loss2, fl.cross_entropy(view, t, reduction="none",
+                                                              ignore_index=ignore_index))
+        np.testing.assert_array_equal(grad2, grad_v)
+        ok = t != ignore_index
+        with np.errstate(invalid="ignore"):
+            ref = reference.cross_entropy(x[ok], t[ok], reduction="none")
+        np.testing.assert_allclose(loss2[ok], ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
+@pytest.mark.parametrize("C", [3, 10, 37, 256])
 def test_bit_identical_across_threads(rng, isa, restore_threads, C):
     """Enough work for two threads (the pool splits rows into whole blocks of lanes)."""
     x = rng.normal(0.0, 3.0, (300_001 // C + 17, C)).astype(np.float32)

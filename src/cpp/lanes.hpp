@@ -123,6 +123,59 @@ template <class F> inline void with_small_class_count(int64_t n, F&& f) {
     default: f(std::integral_constant<int, 7>{}); break;
   }
 }
+
+// 16 consecutive rows of N (3 to 7) float classes, p[0 .. 16 N), as N class vectors: element
+// e = b N + j (class j of row b) is picked by permutes of two vectors at a time (e mod 32
+// indexes the pair holding element e; pairs after the first blend in where e / 32 is theirs),
+// at most 6 operations per class.
+template <int N> __attribute__((always_inline)) inline void split_small_rows(const float* p,
+                                                                             __m512 c[N]) {
+  __m512 v[N];
+  for (int q = 0; q < N; ++q) v[q] = _mm512_loadu_ps(p + q * 16);
+  const __m512i e0 = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(N));
+  for (int j = 0; j < N; ++j) {
+    const __m512i e = _mm512_add_epi32(e0, _mm512_set1_epi32(j));
+    const __m512i pair = _mm512_srli_epi32(e, 5);
+    __m512 r = _mm512_permutex2var_ps(v[0], e, v[1]);  // (low 5 bits: e mod 32)
+    for (int q = 2; q < N; q += 2) {
+      const __mmask16 k = _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(q / 2));
+      r = q + 1 < N ? _mm512_mask_blend_ps(k, r, _mm512_permutex2var_ps(v[q], e, v[q + 1]))
+                    : _mm512_mask_permutexvar_ps(r, k, e, v[q]);  // (low 4 bits)
+    }
+    c[j] = r;
+  }
+}
+
+// The inverse: N class vectors written back as 16 consecutive rows, p[0 .. 16 N). Output vector
+// q, element e = 16 q + i, is class e mod N of row e / N, picked from the class vectors two at a
+// time by permutes (index tables built once per class count).
+template <int N> __attribute__((always_inline)) inline void join_small_rows(const __m512 c[N],
+                                                                            float* p) {
+  struct Tab {
+    alignas(64) int32_t idx[N][16];
+    uint16_t mask[N][4];
+  };
+  static const Tab tab = [] {
+    Tab t{};
+    for (int q = 0; q < N; ++q)
+      for (int i = 0; i < 16; ++i) {
+        const int e = 16 * q + i, b = e / N, j = e % N;
+        t.idx[q][i] = (j % 2) * 16 + b;
+        t.mask[q][j / 2] = uint16_t(t.mask[q][j / 2] | (1u << i));
+      }
+    return t;
+  }();
+  for (int q = 0; q < N; ++q) {
+    const __m512i idx = _mm512_load_si512(tab.idx[q]);
+    __m512 r = _mm512_permutex2var_ps(c[0], idx, c[1]);
+    for (int k = 1; 2 * k < N; ++k)
+      r = 2 * k + 1 < N ? _mm512_mask_blend_ps(tab.mask[q][k], r,
+                                               _mm512_permutex2var_ps(c[2 * k], idx, c[2 * k + 1]))
+                        : _mm512_mask_permutexvar_ps(r, tab.mask[q][k], idx, c[2 * k]);
+    _mm512_storeu_ps(p + q * 16, r);
+  }
+}
 #endif
 
 // Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
@@ -136,30 +189,16 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
     if (s1 == 1) {
 #if defined(__AVX512F__)
       // A full block of 3 to 7 classes in consecutive rows: its 16 n floats are n whole
-      // vectors, and class j of row b, element e = b n + j, is picked by permutes of two
-      // vectors at a time (e mod 32 indexes the pair holding element e; pairs after the first
-      // blend in where e / 32 is theirs): at most 6 operations per class, where the tile
-      // transpose takes 16 masked loads and 64 shuffles to fill a few classes (one thread, in
-      // cache: cross-entropy 9% less time at 3 and 4 classes, 2-6% at 5 to 7; none at 8).
+      // vectors, split into classes by permutes (split_small_rows), where the tile transpose
+      // takes 16 masked loads and 64 shuffles to fill a few classes (one thread, in cache:
+      // cross-entropy 9% less time at 3 and 4 classes, 2-6% at 5 to 7; none at 8).
       if (nb == W && n >= 3 && n <= 7 && L.n2 == 1 && L.s0 == n) {  // (rows back to back)
-        auto pick = [&](auto kN) {  // (the class count a constant: the loops unroll)
+        auto pick = [&](auto kN) {
           constexpr int N = decltype(kN)::value;
-          __m512 v[N];
-          for (int q = 0; q < N; ++q) v[q] = _mm512_loadu_ps(x + off[0] + q * W);
-          const __m512i e0 = _mm512_mullo_epi32(
-              _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-              _mm512_set1_epi32(N));
-          for (int j = 0; j < N; ++j) {
-            const __m512i e = _mm512_add_epi32(e0, _mm512_set1_epi32(j));
-            const __m512i pair = _mm512_srli_epi32(e, 5);
-            __m512 r = _mm512_permutex2var_ps(v[0], e, v[1]);  // (low 5 bits: e mod 32)
-            for (int q = 2; q < N; q += 2) {
-              const __mmask16 k = _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(q / 2));
-              r = q + 1 < N ? _mm512_mask_blend_ps(k, r, _mm512_permutex2var_ps(v[q], e, v[q + 1]))
-                            : _mm512_mask_permutexvar_ps(r, k, e, v[q]);  // (low 4 bits)
-            }
-            _mm512_storeu_ps(reinterpret_cast<float*>(buf) + j * W, r);
-          }
+          __m512 c[N];
+          split_small_rows<N>(x + off[0], c);
+          for (int j = 0; j < N; ++j)
+            _mm512_storeu_ps(reinterpret_cast<float*>(buf) + j * W, c[j]);
         };
         with_small_class_count(n, pick);
         return;
@@ -258,39 +297,15 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
       if (use_fill)
         for (int b = 0; b < nb; ++b) any_fill |= use_fill[b];
 #if defined(__AVX512F__)
-      // The inverse of gather_lanes' split for 3 to 7 classes in consecutive rows: output
-      // vector q, element e = 16 q + i, is class e mod n of row e / n, picked from the class
-      // vectors two at a time by permutes (index tables built once per class count).
+      // The inverse of gather_lanes' split for 3 to 7 classes in consecutive rows
+      // (join_small_rows).
       if (nb == W && !any_fill && n >= 3 && n <= 7 && L.n2 == 1 && L.s0 == n) {
         auto put = [&](auto kN) {
           constexpr int N = decltype(kN)::value;
-          struct Tab {
-            alignas(64) int32_t idx[N][16];
-            uint16_t mask[N][4];
-          };
-          static const Tab tab = [] {
-            Tab t{};
-            for (int q = 0; q < N; ++q)
-              for (int i = 0; i < 16; ++i) {
-                const int e = 16 * q + i, b = e / N, j = e % N;
-                t.idx[q][i] = (j % 2) * 16 + b;
-                t.mask[q][j / 2] = uint16_t(t.mask[q][j / 2] | (1u << i));
-              }
-            return t;
-          }();
           __m512 c[N];
           for (int j = 0; j < N; ++j)
             c[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(buf) + j * W);
-          for (int q = 0; q < N; ++q) {
-            const __m512i idx = _mm512_load_si512(tab.idx[q]);
-            __m512 r = _mm512_permutex2var_ps(c[0], idx, c[1]);
-            for (int p = 1; 2 * p < N; ++p)
-              r = 2 * p + 1 < N
-                      ? _mm512_mask_blend_ps(tab.mask[q][p], r,
-                                             _mm512_permutex2var_ps(c[2 * p], idx, c[2 * p + 1]))
-                      : _mm512_mask_permutexvar_ps(r, tab.mask[q][p], idx, c[2 * p]);
-            _mm512_storeu_ps(g + off[0] + q * W, r);
-          }
+          join_small_rows<N>(c, g + off[0]);
         };
         with_small_class_count(n, put);
         return;

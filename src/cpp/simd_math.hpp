@@ -324,7 +324,13 @@ inline f64v vlog(f64v x) {
   const f64v tiny = vset<double>(2.2250738585072014e-308);
   const f64v xs = vselect(x < tiny, x * vset<double>(18014398509481984.0), x);  // * 2^54
   const i64v bits = i64v(xs);
+#if defined(__AVX512DQ__) || !defined(__x86_64__)
   f64v e = __builtin_convertvector(((bits >> 52) & 0x7FF) - 1023, f64v);
+#else
+  // (x86 before AVX-512 has no int64 -> double conversion: the compiler's is a scalar one per
+  // lane. The biased exponent as the low bits of 2^52's mantissa, then 2^52 + 1023 off: exact.)
+  f64v e = f64v(((bits >> 52) & 0x7FF) | 0x4330000000000000LL) - vset<double>(4503599627371519.0);
+#endif
   e = vselect(x < tiny, e - vset<double>(54.0), e);
   f64v m = f64v((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
   const auto big = m > vset<double>(1.4142135623730951);

@@ -750,6 +750,7 @@ template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
   }
   if constexpr (std::is_same_v<S, compute_t<S>>) {  // float32, float64: two classes
     if (ce_binary_applies(a)) return ce_index_binary(a);
+    if (ce_small_applies(a)) return ce_index_small_n(a);
   }
   if (a.lx.n1 <= kNarrowMaxClasses && a.softcap == 0) {  // rows in SIMD lanes
     if (!smooth)

@@ -658,3 +658,276 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
   else
     stats ? run(No{}, Yes{}) : run(No{}, No{});
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3 to 7 classes, rows back to back ((N, C) contiguous logits, and gradient), class-index
+// targets, no weights, label smoothing, z-loss, focal term, lse or token accuracy: the
+// arithmetic of ce_index_narrow<S, Coef::kNone>, operation for operation (so the same bits: a
+// strided view of the same logits goes through ce_index_narrow), on a block held in registers.
+// ce_index_narrow's block passes through stack buffers (the transposed logits, the targets, the
+// float64 lanes of the epilogue), and with a few classes those stores and reloads, not the
+// arithmetic, set its time; here a block is loaded, split into class vectors, reduced and
+// written back without leaving registers, and the loop over blocks is the kernel's own (its
+// constants stay in registers).
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kSmallMaxClasses = 16;
+template <class T> bool ce_small_applies(const CrossEntropyArgs<T>& a) {
+  const int64_t n = a.lx.n1;
+  auto back_to_back = [n](const Layout3& l) {
+    return l.n2 == 1 && l.s1 == 1 && (l.n0 <= 1 || l.s0 == n);
+  };
+  return n >= 3 && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight && a.label_smoothing == 0.0 &&
+         a.z_loss == 0.0 && a.softcap == 0.0 && !a.focal && !a.lse && !a.correct &&
+         back_to_back(a.lx) && (!a.grad || back_to_back(a.lg));
+}
+
+// Targets of a block as lanes: the class (compute type; -1 for ignore_index rows and invalid
+// targets), and 1.0 / 0.0 per float64 lane for ignore_index rows and for invalid targets.
+template <class T> struct SmallTargets {
+  static constexpr int K = vec_width<T> / vec_width<double>;
+  vec_t<T> t, ign;  // (ign: 1 / 0 in the compute type)
+  f64v ign64[K], inv64[K];
+};
+template <class T>
+__attribute__((always_inline)) inline SmallTargets<T> small_targets(const int64_t* tp, int64_t n,
+                                                                    int64_t ignore_index) {
+  [[maybe_unused]] constexpr int W = vec_width<T>, WD = vec_width<double>;
+  SmallTargets<T> r;
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+  const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
+  const __m512d one = _mm512_set1_pd(1.0);
+  __mmask8 ign[SmallTargets<T>::K], skip[SmallTargets<T>::K];
+  for (int k = 0; k < SmallTargets<T>::K; ++k) {
+    const __m512i t = _mm512_loadu_si512(tp + k * WD);
+    ign[k] = _mm512_cmpeq_epi64_mask(t, vi);
+    skip[k] = ign[k] | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
+    r.ign64[k] = f64v(_mm512_maskz_mov_pd(ign[k], one));
+    r.inv64[k] = f64v(_mm512_maskz_mov_pd(__mmask8(skip[k] & ~ign[k]), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 m1 = _mm256_set1_ps(-1.0f);
+    const __m256 t0 = _mm256_mask_blend_ps(skip[0], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp)), m1);
+    const __m256 t1 =
+        _mm256_mask_blend_ps(skip[1], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp + 8)), m1);
+    r.t = vec_t<T>(_mm512_insertf32x8(_mm512_castps256_ps512(t0), t1, 1));
+    const __mmask16 ig = __mmask16(ign[0] | (unsigned(ign[1]) << 8));
+    r.ign = vec_t<T>(_mm512_maskz_mov_ps(ig, _mm512_set1_ps(1.0f)));
+  } else {
+    r.t = vec_t<T>(_mm512_mask_blend_pd(skip[0], _mm512_cvtepi64_pd(_mm512_loadu_si512(tp)),
+                                        _mm512_set1_pd(-1.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
+#else
+  alignas(64) T tgt[W], ignt[W];
+  alignas(64) double ign64[W], inv64[W];
+  for (int b = 0; b < W; ++b) {
+    const int64_t t = tp[b];
+    const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
+    tgt[b] = skip ? T(-1) : T(t);
+    ignt[b] = ign ? T(1) : T(0);
+    ign64[b] = ign ? 1.0 : 0.0;
+    inv64[b] = skip & !ign ? 1.0 : 0.0;
+  }
+  r.t = vload(tgt), r.ign = vload(ignt);
+  for (int k = 0; k < SmallTargets<T>::K; ++k)
+    r.ign64[k] = vload(ign64 + k * WD), r.inv64[k] = vload(inv64 + k * WD);
+#endif
+  return r;
+}
+
+// The W rows at p (N classes each, back to back) as N class vectors, and back.
+template <class T, int N>
+__attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> c[N]) {
+  constexpr int W = vec_width<T>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && N <= 7) {
+    __m512 v[N];
+    split_small_rows<N>(p, v);
+    for (int j = 0; j < N; ++j) c[j] = vec_t<T>(v[j]);
+    return;
+  }
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float> && N <= W && sizeof(TileReg) == W * sizeof(float)) {
+    TileReg r[W];  // (row b's N classes in r[b], zeros after; transposed: class j in r[j])
+    for (int b = 0; b < W; ++b) r[b] = load_row_part(p + b * N, N);
+    transpose_tile(r);
+    for (int j = 0; j < N; ++j) std::memcpy(&c[j], &r[j], sizeof(TileReg));
+    return;
+  }
+#endif
+  alignas(64) T buf[N * W];
+  Layout3 l;
+  l.n0 = W, l.n1 = N, l.n2 = 1, l.s0 = N, l.s1 = 1, l.s2 = 1;
+  int64_t off[W];
+  for (int b = 0; b < W; ++b) off[b] = int64_t(b) * N;
+  gather_lanes(p, l, off, W, buf);
+  for (int j = 0; j < N; ++j) c[j] = vload(buf + j * W);
+}
+template <class T, int N>
+__attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T> c[N]) {
+  constexpr int W = vec_width<T>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && N <= 7) {
+    __m512 v[N];
+    for (int j = 0; j < N; ++j) v[j] = __m512(c[j]);
+    join_small_rows<N>(v, p);
+    return;
+  }
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float> && N <= W && sizeof(TileReg) == W * sizeof(float)) {
+    TileReg r[W];
+    for (int j = 0; j < W; ++j) {
+      r[j] = TileReg{};
+      if (j < N) std::memcpy(&r[j], &c[j], sizeof(TileReg));
+    }
+    transpose_tile(r);
+    for (int b = 0; b < W; ++b) store_row_part(p + b * N, N, r[b]);
+    return;
+  }
+#endif
+  alignas(64) T buf[N * W];
+  for (int j = 0; j < N; ++j) vstore(buf + j * W, c[j]);
+  Layout3 l;
+  l.n0 = W, l.n1 = N, l.n2 = 1, l.s0 = N, l.s1 = 1, l.s2 = 1;
+  int64_t off[W];
+  for (int b = 0; b < W; ++b) off[b] = int64_t(b) * N;
+  scatter_lanes(p, l, off, W, buf);
+}
+
+template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
+  const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
+  const double g = a.grad_scale;
+  // rows [r, r + W) at xp / tp / lout / gp (a short last block: copies padded with ignored
+  // rows of zeros)
+  auto block = [&](const T* xp, const int64_t* tp, double* lout, T* gp, auto grad_tag)
+                   __attribute__((always_inline)) {
+    constexpr bool kGrad = decltype(grad_tag)::value;
+    V x[N];
+    load_small_rows<T, N>(xp, x);
+    const SmallTargets<T> tg = small_targets<T>(tp, N, ignore_index);
+    // lane_max's maximum and NaN flag, and ce_index_narrow's class loop (the target's e and x
+    // taken out by selects; partials of four classes flushed into float64 lanes)
+    V m = vset<T>(-std::numeric_limits<T>::infinity()), nan_seen = vset<T>(0);
+    for (int j = 0; j < N; ++j) {
+      nan_seen = vselect(x[j] != x[j], x[j], nan_seen);
+      m = vselect(x[j] > m, x[j], m);
+    }
+    V e[N], xt = vset<T>(0), et = vset<T>(0);
+    auto term = [&](int j) {
+      e[j] = vexp_capped(x[j] - m);
+      const auto is_t = tg.t == vset<T>(T(j));
+      xt = vselect(is_t, x[j], xt);
+      et = vselect(is_t, e[j], et);
+      return vselect(is_t, vset<T>(0), e[j]);
+    };
+    LaneSum<T> se;
+    int j = 0;
+    for (; j + 4 <= N; j += 4) {
+      const V e0 = term(j), e1 = term(j + 1), e2 = term(j + 2), e3 = term(j + 3);
+      se.add((e0 + e1) + (e2 + e3));
+    }
+    for (; j < N; ++j) se.add(term(j));
+    f64v md[K], xt64[K], et64[K], nan64[K];
+    if constexpr (std::is_same_v<T, float>) {
+      widen(m, md[0], md[1]), widen(xt, xt64[0], xt64[1]), widen(et, et64[0], et64[1]);
+      widen(nan_seen, nan64[0], nan64[1]);
+    } else {
+      md[0] = m, xt64[0] = xt, et64[0] = et, nan64[0] = nan_seen;
+    }
+    [[maybe_unused]] f64v inv_s[K], omp[K], pt[K];
+    for (int k = 0; k < K; ++k) {
+      const f64v s_ex = se.v[k];
+      const auto t_max = xt64[k] == md[k];
+      const f64v e_t = vselect(t_max, f64v{} + 1.0, et64[k]);
+      const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
+      const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
+      const auto bad = (nan64[k] != nan64[k]) | (md[k] - md[k] != md[k] - md[k]) |
+                       (tg.inv64[k] != 0.0);
+      vstore(lout + k * WD, vselect(tg.ign64[k] != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, c)));
+      if constexpr (kGrad) {
+        const f64v s = s_ex + e_t;
+        inv_s[k] = 1.0 / s;
+        omp[k] = s_ex * inv_s[k];  // 1 - p_t without cancellation
+        pt[k] = e_t * inv_s[k];
+      }
+    }
+    if constexpr (kGrad) {
+      // ce_index_narrow's gradient with w_t = 1 (0 for ignored rows, which are filled):
+      // (g / S) e_j, and at the target -g (1 - p_t) + (g - g) p_t - g (0 / C) 0
+      alignas(64) double gs64[W], gt64[W];
+      for (int k = 0; k < K; ++k) {
+        const f64v ps = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc = f64v{} + g * (1.0 - 0.0) * 1.0;
+        vstore(gs64 + k * WD, ps * inv_s[k]);
+        vstore(gt64 + k * WD, -tc * omp[k] + (ps - tc) * pt[k] - g * 0.0 * 0.0);
+      }
+      alignas(64) T gs[W], gt[W];
+      for (int b = 0; b < W; ++b) gs[b] = T(gs64[b]), gt[b] = T(gt64[b]);
+      const V vgs = vload(gs), vgt = vload(gt);
+      // rows filled: ignored (0) and invalid targets or NaN losses (NaN)
+      const auto bad_t = (nan_seen != nan_seen) | (m - m != m - m) | (tg.t < vset<T>(0));
+      const V fill = vselect(tg.ign != vset<T>(0), vset<T>(0), vset<T>(T(kNaN)));
+      V gr[N];
+      for (int q = 0; q < N; ++q)
+        gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
+      store_small_rows<T, N>(gp, gr);
+    }
+  };
+  const int64_t blocks = (rows + W - 1) / W;
+  const int nt = threads_for(rows * N, blocks);
+  auto run = [&](auto grad_tag) {
+    constexpr bool kGrad = decltype(grad_tag)::value;
+    parallel_for(nt, [&](int64_t th, int64_t n_th) {
+      const int64_t lo = blocks * th / n_th * W;
+      int64_t hi = blocks * (th + 1) / n_th * W;
+      hi = hi < rows ? hi : rows;
+      int64_t r = lo;
+      for (; r + W <= hi; r += W) {
+        // (as prefetch_block: 4 blocks ahead, the targets and the gradient's lines too)
+        if (r + 5 * W <= rows) {
+          prefetch_bytes(a.x + (r + 4 * W) * N, W * N * int64_t(sizeof(T)));
+          prefetch_bytes(a.target + r + 4 * W, W * int64_t(sizeof(int64_t)));
+          if constexpr (kGrad) prefetch_bytes(a.grad + (r + 4 * W) * N, W * N * int64_t(sizeof(T)));
+        }
+        block(a.x + r * N, a.target + r, a.loss + r, kGrad ? a.grad + r * N : nullptr, grad_tag);
+      }
+      if (r < hi) {
+        const int nb = int(hi - r);
+        alignas(64) T xb[W * N] = {}, gb[W * N];
+        alignas(64) int64_t tb[W];
+        alignas(64) double lb[W];
+        std::memcpy(xb, a.x + r * N, sizeof(T) * size_t(nb * N));
+        for (int b = 0; b < W; ++b) tb[b] = b < nb ? a.target[r + b] : ignore_index;
+        block(xb, tb, lb, gb, grad_tag);
+        std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
+        if constexpr (kGrad) std::memcpy(a.grad + r * N, gb, sizeof(T) * size_t(nb * N));
+      }
+    });
+  };
+  if (a.grad)
+    run(std::true_type{});
+  else
+    run(std::false_type{});
+}
+
+template <class T> void ce_index_small_n(const CrossEntropyArgs<T>& a) {
+  switch (a.lx.n1) {
+    case 3: return ce_index_small<T, 3>(a);
+    case 4: return ce_index_small<T, 4>(a);
+    case 5: return ce_index_small<T, 5>(a);
+    case 6: return ce_index_small<T, 6>(a);
+    case 7: return ce_index_small<T, 7>(a);
+    case 8: return ce_index_small<T, 8>(a);
+    case 9: return ce_index_small<T, 9>(a);
+    case 10: return ce_index_small<T, 10>(a);
+    case 11: return ce_index_small<T, 11>(a);
+    case 12: return ce_index_small<T, 12>(a);
+    case 13: return ce_index_small<T, 13>(a);
+    case 14: return ce_index_small<T, 14>(a);
+    case 15: return ce_index_small<T, 15>(a);
+    default: return ce_index_small<T, 16>(a);
+  }
+}

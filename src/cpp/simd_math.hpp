@@ -134,6 +134,23 @@ inline void widen(f32v v, f64v& lo, f64v& hi) {
 #endif
 }
 
+// The inverse: two double vectors rounded (to nearest) into one float vector.
+inline f32v narrow(f64v lo, f64v hi) {
+#if defined(__AVX512F__)
+  return f32v(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(__m512d(lo))),
+                                 _mm512_cvtpd_ps(__m512d(hi)), 1));
+#elif defined(__AVX__)
+  return f32v(_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(__m256d(lo))),
+                                   _mm256_cvtpd_ps(__m256d(hi)), 1));
+#else
+  const f32h l = __builtin_convertvector(lo, f32h), h = __builtin_convertvector(hi, f32h);
+  f32v v;
+  std::memcpy(&v, &l, sizeof(l));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(l), &h, sizeof(h));
+  return v;
+#endif
+}
+
 // exp(r) for |r| <= ln2/2: float32 by the Cephes minimax polynomial (max error ~1 ulp), float64 by
 // the Taylor series to degree 13 (truncation error < 2e-17 relative); Horner's scheme.
 inline f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellation
@@ -709,6 +726,33 @@ inline f64v vlog1p_f32acc(f64v z) {
   const f64v a = f * (1.0 / 3) - 0.5, b = f * 0.2 - 0.25, d = f * (1.0 / 7) - (1.0 / 6);
   const f64v lp = f2 * ((f4 * d + f2 * b) + a) + f;
   return f64v(logc) + lp - f64v(nk) * 0.69314718055994530942;
+}
+#elif defined(__AVX2__)
+// The same contract on AVX2, which has no vgetmantpd / vgetexppd and no 16-entry permute of
+// doubles: u = 1 + z = m 2^k with m in [0.75, 1.5) from the bits (u >= 1: no subnormals),
+// f = (m - 1) + c 2^-k, and log1p(f) = 2 atanh(s), s = f / (2 + f), |s| <= 0.2, by its series
+// to s^15 (the next term is below 2^-41 of the result). One division, where vlog1p takes two
+// and a longer polynomial.
+inline f64v vlog1p_f32acc(f64v z) {
+  const f64v one = vset<double>(1.0), u = one + z, c = z - (u - one);
+  const i64v bits = i64v(u);
+  f64v m = f64v((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);  // [1, 2)
+  const auto big = m >= vset<double>(1.5);
+  m = vselect(big, m * vset<double>(0.5), m);
+  const i64v eb = ((bits >> 52) & 0x7FF) - big;  // biased exponent of 2^k (big: -1 lanes)
+  const f64v k = f64v(eb | 0x4330000000000000LL) - vset<double>(4503599627371519.0);
+  const f64v inv2k = f64v((2046 - eb) << 52);  // 2^-k
+  const f64v f = (m - one) + c * inv2k;
+  const f64v s = f / (vset<double>(2.0) + f), q = s * s;
+  f64v p = vset<double>(1.0 / 15);
+  p = p * q + 1.0 / 13;
+  p = p * q + 1.0 / 11;
+  p = p * q + 1.0 / 9;
+  p = p * q + 1.0 / 7;
+  p = p * q + 1.0 / 5;
+  p = p * q + 1.0 / 3;
+  const f64v s2 = s + s;
+  return k * 0.69314718055994530942 + (s2 + s2 * (q * p));
 }
 #endif
 // ---------------------------------------------------------------------------------------------

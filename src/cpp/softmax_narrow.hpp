@@ -18,11 +18,11 @@ constexpr int64_t kNarrowMaxSoftmax = 100;  // logsumexp, softmax, log_softmax
 // classes, 12-14% at 64-100, 2% more at 32).
 constexpr int64_t kMaskTargetMin = 40;
 
-// log1p of a row's float64 exponential sum: for float32 (and 16-bit) results the table form
-// vlog1p_f32acc on AVX-512 (relative error < 2^-38, far below the result's rounding), else
-// vlog1p (float64 accuracy, for float64 results).
+// log1p of a row's float64 exponential sum: for float32 (and 16-bit) results vlog1p_f32acc on
+// AVX-512 and AVX2 (relative error < 2^-38, far below the result's rounding), else vlog1p
+// (float64 accuracy, for float64 results).
 template <class T> inline f64v log1p_of_sum(f64v z) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) return vlog1p_f32acc(z);
 #endif
   return vlog1p(z);
@@ -717,6 +717,38 @@ __attribute__((always_inline)) inline SmallTargets<T> small_targets(const int64_
                                         _mm512_set1_pd(-1.0)));
     r.ign = vec_t<T>(r.ign64[0]);
   }
+#elif defined(__AVX2__)
+  // (the scalar form below stores lanes one at a time and reloads them as vectors: a stalled
+  // store forwarding per vector)
+  const __m256i vi = _mm256_set1_epi64x(ignore_index), vlast = _mm256_set1_epi64x(n - 1);
+  const __m256i zero = _mm256_setzero_si256(), m1 = _mm256_set1_epi64x(-1);
+  const __m256d one = _mm256_set1_pd(1.0);
+  __m256i tc[SmallTargets<T>::K], ig[SmallTargets<T>::K], sk[SmallTargets<T>::K];
+  for (int k = 0; k < SmallTargets<T>::K; ++k) {
+    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + k * WD));
+    ig[k] = _mm256_cmpeq_epi64(t, vi);
+    sk[k] = _mm256_or_si256(ig[k], _mm256_or_si256(_mm256_cmpgt_epi64(zero, t),
+                                                   _mm256_cmpgt_epi64(t, vlast)));
+    tc[k] = _mm256_blendv_epi8(t, m1, sk[k]);  // (a class in [0, n) or -1)
+    r.ign64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(ig[k]), one));
+    r.inv64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(_mm256_andnot_si256(ig[k], sk[k])), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (low halves first)
+    auto pack = [&](__m256i a, __m256i b) {
+      return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, even),
+                                       _mm256_permutevar8x32_epi32(b, even), 0x20);
+    };
+    r.t = vec_t<T>(_mm256_cvtepi32_ps(pack(tc[0], tc[1])));
+    r.ign = vec_t<T>(_mm256_and_ps(_mm256_castsi256_ps(pack(ig[0], ig[1])), _mm256_set1_ps(1.0f)));
+  } else {
+    // (|class| < 2^31: its int64 as the low bits of 2^52 + 2^31's mantissa, then that off)
+    const __m256i biased = _mm256_add_epi64(tc[0], _mm256_set1_epi64x(int64_t(1) << 31));
+    r.t = vec_t<T>(_mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(biased, _mm256_set1_epi64x(0x4330000000000000LL))),
+        _mm256_set1_pd(4503599627370496.0 + 2147483648.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
 #else
   alignas(64) T tgt[W], ignt[W];
   alignas(64) double ign64[W], inv64[W];
@@ -858,15 +890,17 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
     if constexpr (kGrad) {
       // ce_index_narrow's gradient with w_t = 1 (0 for ignored rows, which are filled):
       // (g / S) e_j, and at the target -g (1 - p_t) + (g - g) p_t - g (0 / C) 0
-      alignas(64) double gs64[W], gt64[W];
+      f64v gs64[K], gt64[K];
       for (int k = 0; k < K; ++k) {
         const f64v ps = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc = f64v{} + g * (1.0 - 0.0) * 1.0;
-        vstore(gs64 + k * WD, ps * inv_s[k]);
-        vstore(gt64 + k * WD, -tc * omp[k] + (ps - tc) * pt[k] - g * 0.0 * 0.0);
+        gs64[k] = ps * inv_s[k];
+        gt64[k] = -tc * omp[k] + (ps - tc) * pt[k] - g * 0.0 * 0.0;
       }
-      alignas(64) T gs[W], gt[W];
-      for (int b = 0; b < W; ++b) gs[b] = T(gs64[b]), gt[b] = T(gt64[b]);
-      const V vgs = vload(gs), vgt = vload(gt);
+      V vgs, vgt;
+      if constexpr (std::is_same_v<T, float>)
+        vgs = narrow(gs64[0], gs64[1]), vgt = narrow(gt64[0], gt64[1]);
+      else
+        vgs = gs64[0], vgt = gt64[0];
       // rows filled: ignored (0) and invalid targets or NaN losses (NaN)
       const auto bad_t = (nan_seen != nan_seen) | (m - m != m - m) | (tg.t < vset<T>(0));
       const V fill = vselect(tg.ign != vset<T>(0), vset<T>(0), vset<T>(T(kNaN)));

@@ -197,6 +197,35 @@ def test_small_class_kernel_same_bits_as_lane_kernel(rng, isa, threads, dtype, i
         np.testing.assert_allclose(loss2[ok], ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_class_softmax_family_same_bits_as_lane_kernels(rng, isa, threads, dtype):
+    """logsumexp / softmax / log_softmax of 3 to 16 classes with rows back to back take the
+    register kernels (softmax_small); a view with a row stride takes the lane kernels: the same
+    bits, for ordinary, huge, NaN, +-inf and tiny rows, full blocks and a partial one."""
+    for C in range(3, 18):
+        rows = 16 * 3 + 5
+        x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
+        x = x.astype(dtype)
+        x[2, 1] = np.nan
+        x[3, :] = -np.inf
+        x[4, 0] = np.inf
+        x[5, 1] = -np.inf
+        x[6, :] = 0.0
+        x[6, 2] = 100.0
+        x[7, :] = 1e-30
+        wide = np.full((rows, C + 3), 7.0, dtype)
+        wide[:, :C] = x
+        view = wide[:, :C]
+        for name in ("logsumexp", "softmax", "log_softmax"):
+            got, want = getattr(fl, name)(x, axis=1), getattr(fl, name)(view, axis=1)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+            with np.errstate(invalid="ignore", over="ignore"):
+                ref = getattr(reference, name)(x.astype(np.float64), axis=1)
+            ok = np.isfinite(x).all(axis=1)
+            np.testing.assert_allclose(got[ok], ref[ok], rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
 @pytest.mark.parametrize("C", [3, 10, 37, 256])
 def test_bit_identical_across_threads(rng, isa, restore_threads, C):
     """Enough work for two threads (the pool splits rows into whole blocks of lanes)."""

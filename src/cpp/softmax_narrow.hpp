@@ -947,21 +947,160 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
     run(std::false_type{});
 }
 
-template <class T> void ce_index_small_n(const CrossEntropyArgs<T>& a) {
-  switch (a.lx.n1) {
-    case 3: return ce_index_small<T, 3>(a);
-    case 4: return ce_index_small<T, 4>(a);
-    case 5: return ce_index_small<T, 5>(a);
-    case 6: return ce_index_small<T, 6>(a);
-    case 7: return ce_index_small<T, 7>(a);
-    case 8: return ce_index_small<T, 8>(a);
-    case 9: return ce_index_small<T, 9>(a);
-    case 10: return ce_index_small<T, 10>(a);
-    case 11: return ce_index_small<T, 11>(a);
-    case 12: return ce_index_small<T, 12>(a);
-    case 13: return ce_index_small<T, 13>(a);
-    case 14: return ce_index_small<T, 14>(a);
-    case 15: return ce_index_small<T, 15>(a);
-    default: return ce_index_small<T, 16>(a);
+
+// ---------------------------------------------------------------------------------------------
+// logsumexp, softmax and log_softmax of 3 to 16 classes with rows back to back (input and
+// output): logsumexp_narrow's and softmax_narrow's arithmetic, operation for operation, on a
+// block held in registers (as ce_index_small). Float32 and float64 inputs (16-bit ones widen
+// through the lane kernels' buffer).
+// ---------------------------------------------------------------------------------------------
+template <class T> bool softmax_small_applies(const SoftmaxArgs<T>& a, bool rows_out) {
+  const int64_t n = a.lx.n1;
+  auto back_to_back = [n](const Layout3& l) {
+    return l.n2 == 1 && l.s1 == 1 && (l.n0 <= 1 || l.s0 == n);
+  };
+  return n >= 3 && n <= kSmallMaxClasses && back_to_back(a.lx) && (rows_out || back_to_back(a.lo));
+}
+
+// lane_max (with the first maximum) of N class vectors, and lane_exp_sums' float64 sums of
+// e_j = exp(x_j - m), the first maximum's term left out with skip_first.
+template <class T, int N> struct SmallRowStats {
+  vec_t<T> m, nan_seen, first, e[N];
+  LaneSum<T> s;
+};
+template <class T, int N>
+__attribute__((always_inline)) inline void small_row_stats(const vec_t<T> x[N], bool skip_first,
+                                                           SmallRowStats<T, N>& st) {
+  using V = vec_t<T>;
+  st.m = vset<T>(-std::numeric_limits<T>::infinity());
+  st.nan_seen = vset<T>(0);
+  st.first = vset<T>(0);
+  for (int j = 0; j < N; ++j) {
+    st.nan_seen = vselect(x[j] != x[j], x[j], st.nan_seen);
+    st.first = vselect(x[j] > st.m, vset<T>(T(j)), st.first);
+    st.m = vselect(x[j] > st.m, x[j], st.m);
   }
+  auto term = [&](int j) {
+    st.e[j] = vexp_capped(x[j] - st.m);
+    return skip_first ? vselect(st.first == vset<T>(T(j)), vset<T>(0), st.e[j]) : st.e[j];
+  };
+  int j = 0;
+  for (; j + 4 <= N; j += 4) {
+    const V e0 = term(j), e1 = term(j + 1), e2 = term(j + 2), e3 = term(j + 3);
+    st.s.add((e0 + e1) + (e2 + e3));
+  }
+  for (; j < N; ++j) st.s.add(term(j));
+}
+
+// The float64 lanes of a compute-type vector, and back (rounded to nearest).
+template <class T> __attribute__((always_inline)) inline void lanes_f64(vec_t<T> v, f64v* d) {
+  if constexpr (std::is_same_v<T, float>)
+    widen(v, d[0], d[1]);
+  else
+    d[0] = v;
+}
+template <class T> __attribute__((always_inline)) inline vec_t<T> lanes_from_f64(const f64v* d) {
+  if constexpr (std::is_same_v<T, float>)
+    return narrow(d[0], d[1]);
+  else
+    return d[0];
+}
+
+// Full blocks of W rows in registers: block(r, x, y) with x / y the block's input / output
+// (W N elements, or W rows' results); a last short block through copies padded with zeros.
+template <class T, int N, class Block>
+void small_blocks(const T* x, int64_t rows, T* y, int64_t y_row, Block&& block) {
+  constexpr int W = vec_width<T>;
+  parallel_row_blocks(rows, N, W, [&](int64_t r, int nb) {
+    if (nb == W) {
+      prefetch_bytes(x + (r + 4 * W) * N, r + 5 * W <= rows ? W * N * int64_t(sizeof(T)) : 0);
+      block(x + r * N, y + r * y_row);
+      return;
+    }
+    alignas(64) T xb[W * N] = {}, yb[W * N];
+    std::memcpy(xb, x + r * N, sizeof(T) * size_t(nb * N));
+    block(xb, yb);
+    std::memcpy(y + r * y_row, yb, sizeof(T) * size_t(nb * y_row));
+  });
+}
+
+template <class T, int N> void logsumexp_small(const SoftmaxArgs<T>& a) {
+  using V = vec_t<T>;
+  constexpr int K = vec_width<T> / vec_width<double>;
+  small_blocks<T, N>(a.x, a.lx.rows(), a.out, 1, [&](const T* xp, T* yp) {
+    V x[N];
+    load_small_rows<T, N>(xp, x);
+    SmallRowStats<T, N> st;
+    small_row_stats<T, N>(x, true, st);
+    f64v m64[K], nan64[K], out[K];
+    lanes_f64<T>(st.m, m64);
+    lanes_f64<T>(st.nan_seen, nan64);
+    for (int k = 0; k < K; ++k) {
+      const f64v v = m64[k] + log1p_of_sum<T>(st.s.v[k]);
+      // NaN rows NaN; +inf, or a row of -inf, its maximum
+      out[k] = vselect(nan64[k] != nan64[k], f64v{} + kNaN,
+                       vselect(m64[k] - m64[k] != m64[k] - m64[k], m64[k], v));
+    }
+    vstore(yp, lanes_from_f64<T>(out));
+  });
+}
+
+template <class T, int N> void softmax_small(const SoftmaxArgs<T>& a, bool log) {
+  using V = vec_t<T>;
+  constexpr int K = vec_width<T> / vec_width<double>;
+  small_blocks<T, N>(a.x, a.lx.rows(), a.out, N, [&](const T* xp, T* yp) {
+    V x[N];
+    load_small_rows<T, N>(xp, x);
+    SmallRowStats<T, N> st;
+    small_row_stats<T, N>(x, log, st);
+    const auto nan_row = st.nan_seen != st.nan_seen;
+    const auto bad = nan_row | (st.m - st.m != st.m - st.m);  // NaN, or a non-finite maximum
+    const V nan = vset<T>(T(kNaN));
+    V y[N];
+    f64v f64[K];
+    if (log) {
+      for (int k = 0; k < K; ++k) f64[k] = log1p_of_sum<T>(st.s.v[k]);
+      const V vls = lanes_from_f64<T>(f64);
+      // x_j - m for rows with a non-finite maximum (scipy's log_softmax); NaN rows NaN
+      for (int j = 0; j < N; ++j) {
+        const V d = x[j] - st.m;
+        y[j] = vselect(nan_row, nan, vselect(bad, d, d - vls));
+      }
+    } else {
+      for (int k = 0; k < K; ++k) f64[k] = 1.0 / st.s.v[k];
+      const V f = lanes_from_f64<T>(f64);
+      for (int j = 0; j < N; ++j) y[j] = vselect(bad, nan, st.e[j] * f);
+    }
+    store_small_rows<T, N>(yp, y);
+  });
+}
+
+template <class F> void with_class_count_3_to_16(int64_t n, F&& f) {
+  switch (n) {
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 9: return f(std::integral_constant<int, 9>{});
+    case 10: return f(std::integral_constant<int, 10>{});
+    case 11: return f(std::integral_constant<int, 11>{});
+    case 12: return f(std::integral_constant<int, 12>{});
+    case 13: return f(std::integral_constant<int, 13>{});
+    case 14: return f(std::integral_constant<int, 14>{});
+    case 15: return f(std::integral_constant<int, 15>{});
+    default: return f(std::integral_constant<int, 16>{});
+  }
+}
+
+template <class T> void ce_index_small_n(const CrossEntropyArgs<T>& a) {
+  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { ce_index_small<T, decltype(kN)::value>(a); });
+}
+template <class T> void logsumexp_small_n(const SoftmaxArgs<T>& a) {
+  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { logsumexp_small<T, decltype(kN)::value>(a); });
+}
+template <class T> void softmax_small_n(const SoftmaxArgs<T>& a, bool log) {
+  with_class_count_3_to_16(a.lx.n1,
+                           [&](auto kN) { softmax_small<T, decltype(kN)::value>(a, log); });
 }

@@ -6,6 +6,7 @@ and strided class axes."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -128,7 +129,7 @@ def test_in_place_gradient(rng, isa, C):
     np.testing.assert_array_equal(grad2, grad)
 
 
-@pytest.mark.parametrize("C", [2, 5, 19, 64, 150])
+@pytest.mark.parametrize("C", [2, 5, 10, 16, 19, 64, 150])
 def test_strided_class_axis(rng, isa, threads, C):
     """PyTorch's (N, C, H, W) layout with axis=1: neighbouring rows are next to each other."""
     x = rng.normal(0.0, 3.0, (3, C, 5, 7)).astype(np.float32)
@@ -156,11 +157,12 @@ def test_strided_class_axis(rng, isa, threads, C):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ignore_index", [-100, 0, 2])
-def test_small_class_kernel_same_bits_as_lane_kernel(rng, isa, threads, dtype, ignore_index):
-    """3 to 16 classes with rows back to back take ce_index_small (the block in registers);
-    a view with a row stride takes ce_index_narrow: the same operations, so the same bits, for
-    ordinary, huge, NaN, +-inf and ignored rows, full blocks and a partial one, with the
-    gradient written fresh and in place."""
+def test_small_class_kernel_same_bits_for_every_layout(rng, isa, threads, dtype, ignore_index):
+    """3 to 16 classes take ce_index_small (the block in registers), whose rows come in by
+    permutes or transposes when they are back to back and through the lane kernels' gather for
+    a view with a row stride: the same bits either way, for ordinary, huge, NaN, +-inf and
+    ignored rows, full blocks and a partial one, with the gradient written fresh and in
+    place. (Its arithmetic is ce_index_narrow's, operation for operation.)"""
     for C in range(3, 18):
         rows = 16 * 3 + 5
         x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
@@ -176,15 +178,25 @@ def test_small_class_kernel_same_bits_as_lane_kernel(rng, isa, threads, dtype, i
         x[rows - 1, t[rows - 1]] = 50.0
         wide = np.full((rows, C + 3), 7.0, dtype)
         wide[:, :C] = x
-        view = wide[:, :C]  # (the row stride C + 3: the lane kernel)
+        view = wide[:, :C]  # (the row stride C + 3: through the gather)
         for reduction in ("none", "sum"):
             loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True,
                                           ignore_index=ignore_index)
-            loss_v, grad_v = fl.cross_entropy(view, t, reduction=reduction, return_grad=True,
+            # (a row stride; and rows in lanes, the layout of (N, C, H, W) with axis=1)
+            for other in (view, np.asfortranarray(x)):
+                loss_v, grad_v = fl.cross_entropy(other, t, reduction=reduction,
+                                                  return_grad=True, ignore_index=ignore_index)
+                np.testing.assert_array_equal(loss, loss_v)
+                np.testing.assert_array_equal(grad, grad_v)
+                np.testing.assert_array_equal(np.signbit(grad), np.signbit(grad_v))
+        if dtype is np.float32:  # bfloat16 logits take ce_index_narrow, in float32: same bits
+            xb = x.astype(ml_dtypes.bfloat16)
+            loss_b, grad_b = fl.cross_entropy(xb, t, reduction="none", return_grad=True,
                                               ignore_index=ignore_index)
-            np.testing.assert_array_equal(loss, loss_v)
-            np.testing.assert_array_equal(grad, grad_v)
-            np.testing.assert_array_equal(np.signbit(grad), np.signbit(grad_v))
+            loss_f, grad_f = fl.cross_entropy(xb.astype(np.float32), t, reduction="none",
+                                              return_grad=True, ignore_index=ignore_index)
+            np.testing.assert_array_equal(loss_b, loss_f)
+            np.testing.assert_array_equal(grad_b, grad_f.astype(ml_dtypes.bfloat16))
         x2 = x.copy()
         loss2, grad2 = fl.cross_entropy(x2, t, reduction="none", return_grad=True,
                                         ignore_index=ignore_index, grad_out=x2)
@@ -198,10 +210,10 @@ def test_small_class_kernel_same_bits_as_lane_kernel(rng, isa, threads, dtype, i
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_small_class_softmax_family_same_bits_as_lane_kernels(rng, isa, threads, dtype):
-    """logsumexp / softmax / log_softmax of 3 to 16 classes with rows back to back take the
-    register kernels (softmax_small); a view with a row stride takes the lane kernels: the same
-    bits, for ordinary, huge, NaN, +-inf and tiny rows, full blocks and a partial one."""
+def test_small_class_softmax_family_same_bits_for_every_layout(rng, isa, threads, dtype):
+    """logsumexp / softmax / log_softmax of 3 to 16 classes (softmax_small, the block in
+    registers): rows back to back and a view with a row stride give the same bits, for
+    ordinary, huge, NaN, +-inf and tiny rows, full blocks and a partial one."""
     for C in range(3, 18):
         rows = 16 * 3 + 5
         x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
@@ -217,9 +229,16 @@ def test_small_class_softmax_family_same_bits_as_lane_kernels(rng, isa, threads,
         wide[:, :C] = x
         view = wide[:, :C]
         for name in ("logsumexp", "softmax", "log_softmax"):
-            got, want = getattr(fl, name)(x, axis=1), getattr(fl, name)(view, axis=1)
-            np.testing.assert_array_equal(got, want)
-            np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+            got = getattr(fl, name)(x, axis=1)
+            for other in (view, np.asfortranarray(x)):
+                want = getattr(fl, name)(other, axis=1)
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+            if dtype is np.float32:  # bfloat16 takes the lane kernels, in float32: same bits
+                xb = x.astype(ml_dtypes.bfloat16)
+                np.testing.assert_array_equal(
+                    getattr(fl, name)(xb, axis=1),
+                    getattr(fl, name)(xb.astype(np.float32), axis=1).astype(ml_dtypes.bfloat16))
             with np.errstate(invalid="ignore", over="ignore"):
                 ref = getattr(reference, name)(x.astype(np.float64), axis=1)
             ok = np.isfinite(x).all(axis=1)

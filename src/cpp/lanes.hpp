@@ -178,12 +178,28 @@ template <int N> __attribute__((always_inline)) inline void join_small_rows(cons
 }
 #endif
 
+// Whether a full block's rows start at consecutive elements (the class axis of an (N, C, H, W)
+// batch inside one image, or a transposed (C, N) array): then class j of the block is W
+// consecutive elements, one vector load or store, and the block touches one run of cache lines
+// per class instead of one line per element (the class stride is often a multiple of 4 KB,
+// every class in the same L1 set).
+template <int W> inline bool rows_in_lanes(const Layout3& L, const int64_t* off, int nb) {
+  if (nb != W || L.s1 == 1) return false;
+  for (int b = 1; b < W; ++b)
+    if (off[b] != off[0] + b) return false;
+  return true;
+}
+
 // Transposes a block of nb rows of n classes into buf (compute type). Lanes nb .. W-1 repeat
 // lane 0, so they compute finite numbers wherever lane 0 does (their results are dropped).
 template <class S, class T = compute_t<S>>
 void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* buf) {
   constexpr int W = vec_width<T>;
   const int64_t n = L.n1, s1 = L.s1;
+  if (rows_in_lanes<W>(L, off, nb)) {
+    for (int64_t j = 0; j < n; ++j) vstore(buf + j * W, vload_as(x + off[0] + j * s1));
+    return;
+  }
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
     if (s1 == 1) {
@@ -289,6 +305,25 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
                    const bool* use_fill = nullptr, const T* fill = nullptr) {
   constexpr int W = vec_width<T>;
   const int64_t n = L.n1, s1 = L.s1;
+  if (rows_in_lanes<W>(L, off, nb)) {
+    alignas(64) T keep[W], fv[W];  // (lanes: 1 keeps the row's value, 0 takes fill)
+    bool any_fill = false;
+    for (int b = 0; b < W; ++b) {
+      const bool f = use_fill && use_fill[b];
+      any_fill |= f;
+      keep[b] = f ? T(0) : T(1);
+      fv[b] = f ? fill[b] : T(0);
+    }
+    if (!any_fill) {
+      for (int64_t j = 0; j < n; ++j) vstore_as(g + off[0] + j * s1, vload(buf + j * W));
+    } else {
+      const auto k = vload(keep) != vset<T>(0);
+      const auto f = vload(fv);
+      for (int64_t j = 0; j < n; ++j)
+        vstore_as(g + off[0] + j * s1, vselect(k, vload(buf + j * W), f));
+    }
+    return;
+  }
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
     if (s1 == 1) {

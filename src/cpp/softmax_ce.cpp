@@ -467,7 +467,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
   if constexpr (std::is_same_v<S, T>) {
-    if (softmax_small_applies(a, true)) return logsumexp_small_n(a);
+    if (V >= 3 && V <= kSmallMaxClasses) return logsumexp_small_n(a);
   }
   if (V <= kNarrowMaxSoftmax) return logsumexp_narrow(a);
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
@@ -504,7 +504,7 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
   if constexpr (std::is_same_v<S, T>) {
-    if (softmax_small_applies(a, false)) return softmax_small_n(a, log);
+    if (V >= 3 && V <= kSmallMaxClasses) return softmax_small_n(a, log);
   }
   if (V <= kNarrowMaxSoftmax) return softmax_narrow(a, log);
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes && a.lo.s1 == 1;

@@ -673,12 +673,9 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 constexpr int64_t kSmallMaxClasses = 16;
 template <class T> bool ce_small_applies(const CrossEntropyArgs<T>& a) {
   const int64_t n = a.lx.n1;
-  auto back_to_back = [n](const Layout3& l) {
-    return l.n2 == 1 && l.s1 == 1 && (l.n0 <= 1 || l.s0 == n);
-  };
-  return n >= 3 && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight && a.label_smoothing == 0.0 &&
-         a.z_loss == 0.0 && a.softcap == 0.0 && !a.focal && !a.lse && !a.correct &&
-         back_to_back(a.lx) && (!a.grad || back_to_back(a.lg));
+  return n >= 3 && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight &&
+         a.label_smoothing == 0.0 && a.z_loss == 0.0 && a.softcap == 0.0 && !a.focal && !a.lse &&
+         !a.correct;
 }
 
 // Targets of a block as lanes: the class (compute type; -1 for ignore_index rows and invalid
@@ -828,18 +825,74 @@ __attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T>
   scatter_lanes(p, l, off, W, buf);
 }
 
+// A block of nb <= W rows [r, r + nb) of any layout as N class vectors, and back: a full block
+// of rows back to back by load_small_rows / store_small_rows; rows in lanes (rows_in_lanes: the
+// class axis of (N, C, H, W) inside one image) by one vector per class; anything else (a short
+// block, a block across two images, other strides) through gather_lanes / scatter_lanes (their
+// padding lanes repeat lane 0, and their results are dropped).
+template <class T, int N>
+__attribute__((always_inline)) inline void load_small_block(const T* x, const Layout3& L,
+                                                            int64_t r, int nb, vec_t<T> c[N]) {
+  constexpr int W = vec_width<T>;
+  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) return load_small_rows<T, N>(x + r * N, c);
+  int64_t off[W] = {};
+  row_offsets(L, r, nb, off);
+  if (rows_in_lanes<W>(L, off, nb)) {
+    for (int j = 0; j < N; ++j) c[j] = vload(x + off[0] + j * L.s1);
+    return;
+  }
+  alignas(64) T buf[N * W];
+  gather_lanes(x, L, off, nb, buf);
+  for (int j = 0; j < N; ++j) c[j] = vload(buf + j * W);
+}
+template <class T, int N>
+__attribute__((always_inline)) inline void store_small_block(T* y, const Layout3& L, int64_t r,
+                                                             int nb, const vec_t<T> c[N]) {
+  constexpr int W = vec_width<T>;
+  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) return store_small_rows<T, N>(y + r * N, c);
+  int64_t off[W] = {};
+  row_offsets(L, r, nb, off);
+  if (rows_in_lanes<W>(L, off, nb)) {
+    for (int j = 0; j < N; ++j) vstore(y + off[0] + j * L.s1, c[j]);
+    return;
+  }
+  alignas(64) T buf[N * W];
+  for (int j = 0; j < N; ++j) vstore(buf + j * W, c[j]);
+  scatter_lanes(y, L, off, nb, buf);
+}
+
+// Software prefetch of the rows of the block 4 blocks after r (as prefetch_block; also for rows
+// in lanes, a run of W elements per class).
+template <class T, int N> inline void prefetch_small_block(const T* x, const Layout3& L, int64_t r) {
+  constexpr int W = vec_width<T>;
+  const int64_t q = r + 4 * W;
+  if (q + W > L.rows()) return;
+  if (L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
+    prefetch_bytes(x + q * N, W * N * int64_t(sizeof(T)));
+  } else if (L.s2 == 1 && L.n2 > 1 && q % L.n2 + W <= L.n2) {
+    const T* p = x + L.offset(q);
+    for (int j = 0; j < N; ++j) prefetch_bytes(p + j * L.s1, W * int64_t(sizeof(T)));
+  }
+}
+
 template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
   const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
   const double g = a.grad_scale;
-  // rows [r, r + W) at xp / tp / lout / gp (a short last block: copies padded with ignored
-  // rows of zeros)
-  auto block = [&](const T* xp, const int64_t* tp, double* lout, T* gp, auto grad_tag)
-                   __attribute__((always_inline)) {
+  // rows [r, r + nb) (a short block: its targets padded with ignored rows)
+  auto block = [&](int64_t r, int nb, auto grad_tag) __attribute__((always_inline)) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     V x[N];
-    load_small_rows<T, N>(xp, x);
+    load_small_block<T, N>(a.x, a.lx, r, nb, x);
+    alignas(64) int64_t tb[W];
+    alignas(64) double lb[W];
+    const int64_t* tp = a.target + r;
+    double* lout = a.loss + r;
+    if (nb < W) {
+      for (int b = 0; b < W; ++b) tb[b] = b < nb ? a.target[r + b] : ignore_index;
+      tp = tb, lout = lb;
+    }
     const SmallTargets<T> tg = small_targets<T>(tp, N, ignore_index);
     // lane_max's maximum and NaN flag, and ce_index_narrow's class loop (the target's e and x
     // taken out by selects; partials of four classes flushed into float64 lanes)
@@ -907,8 +960,9 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
       V gr[N];
       for (int q = 0; q < N; ++q)
         gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
-      store_small_rows<T, N>(gp, gr);
+      store_small_block<T, N>(a.grad, a.lg, r, nb, gr);
     }
+    if (nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
   };
   const int64_t blocks = (rows + W - 1) / W;
   const int nt = threads_for(rows * N, blocks);
@@ -918,26 +972,12 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
       const int64_t lo = blocks * th / n_th * W;
       int64_t hi = blocks * (th + 1) / n_th * W;
       hi = hi < rows ? hi : rows;
-      int64_t r = lo;
-      for (; r + W <= hi; r += W) {
-        // (as prefetch_block: 4 blocks ahead, the targets and the gradient's lines too)
-        if (r + 5 * W <= rows) {
-          prefetch_bytes(a.x + (r + 4 * W) * N, W * N * int64_t(sizeof(T)));
-          prefetch_bytes(a.target + r + 4 * W, W * int64_t(sizeof(int64_t)));
-          if constexpr (kGrad) prefetch_bytes(a.grad + (r + 4 * W) * N, W * N * int64_t(sizeof(T)));
-        }
-        block(a.x + r * N, a.target + r, a.loss + r, kGrad ? a.grad + r * N : nullptr, grad_tag);
-      }
-      if (r < hi) {
-        const int nb = int(hi - r);
-        alignas(64) T xb[W * N] = {}, gb[W * N];
-        alignas(64) int64_t tb[W];
-        alignas(64) double lb[W];
-        std::memcpy(xb, a.x + r * N, sizeof(T) * size_t(nb * N));
-        for (int b = 0; b < W; ++b) tb[b] = b < nb ? a.target[r + b] : ignore_index;
-        block(xb, tb, lb, gb, grad_tag);
-        std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
-        if constexpr (kGrad) std::memcpy(a.grad + r * N, gb, sizeof(T) * size_t(nb * N));
+      for (int64_t r = lo; r < hi; r += W) {
+        // (4 blocks ahead, the targets and the gradient's lines too)
+        prefetch_small_block<T, N>(a.x, a.lx, r);
+        prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
+        if constexpr (kGrad) prefetch_small_block<T, N>(a.grad, a.lg, r);
+        block(r, int(hi - r < W ? hi - r : W), grad_tag);
       }
     });
   };
@@ -954,13 +994,6 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
 // block held in registers (as ce_index_small). Float32 and float64 inputs (16-bit ones widen
 // through the lane kernels' buffer).
 // ---------------------------------------------------------------------------------------------
-template <class T> bool softmax_small_applies(const SoftmaxArgs<T>& a, bool rows_out) {
-  const int64_t n = a.lx.n1;
-  auto back_to_back = [n](const Layout3& l) {
-    return l.n2 == 1 && l.s1 == 1 && (l.n0 <= 1 || l.s0 == n);
-  };
-  return n >= 3 && n <= kSmallMaxClasses && back_to_back(a.lx) && (rows_out || back_to_back(a.lo));
-}
 
 // lane_max (with the first maximum) of N class vectors, and lane_exp_sums' float64 sums of
 // e_j = exp(x_j - m), the first maximum's term left out with skip_first.
@@ -1006,30 +1039,14 @@ template <class T> __attribute__((always_inline)) inline vec_t<T> lanes_from_f64
     return d[0];
 }
 
-// Full blocks of W rows in registers: block(r, x, y) with x / y the block's input / output
-// (W N elements, or W rows' results); a last short block through copies padded with zeros.
-template <class T, int N, class Block>
-void small_blocks(const T* x, int64_t rows, T* y, int64_t y_row, Block&& block) {
-  constexpr int W = vec_width<T>;
-  parallel_row_blocks(rows, N, W, [&](int64_t r, int nb) {
-    if (nb == W) {
-      prefetch_bytes(x + (r + 4 * W) * N, r + 5 * W <= rows ? W * N * int64_t(sizeof(T)) : 0);
-      block(x + r * N, y + r * y_row);
-      return;
-    }
-    alignas(64) T xb[W * N] = {}, yb[W * N];
-    std::memcpy(xb, x + r * N, sizeof(T) * size_t(nb * N));
-    block(xb, yb);
-    std::memcpy(y + r * y_row, yb, sizeof(T) * size_t(nb * y_row));
-  });
-}
-
 template <class T, int N> void logsumexp_small(const SoftmaxArgs<T>& a) {
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
-  small_blocks<T, N>(a.x, a.lx.rows(), a.out, 1, [&](const T* xp, T* yp) {
+  constexpr int W = vec_width<T>;
+  parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
+    prefetch_small_block<T, N>(a.x, a.lx, r);
     V x[N];
-    load_small_rows<T, N>(xp, x);
+    load_small_block<T, N>(a.x, a.lx, r, nb, x);
     SmallRowStats<T, N> st;
     small_row_stats<T, N>(x, true, st);
     f64v m64[K], nan64[K], out[K];
@@ -1041,16 +1058,25 @@ template <class T, int N> void logsumexp_small(const SoftmaxArgs<T>& a) {
       out[k] = vselect(nan64[k] != nan64[k], f64v{} + kNaN,
                        vselect(m64[k] - m64[k] != m64[k] - m64[k], m64[k], v));
     }
-    vstore(yp, lanes_from_f64<T>(out));
+    if (nb == W) {
+      vstore(a.out + r, lanes_from_f64<T>(out));
+    } else {
+      alignas(64) T yb[W];
+      vstore(yb, lanes_from_f64<T>(out));
+      std::memcpy(a.out + r, yb, sizeof(T) * size_t(nb));
+    }
   });
 }
 
 template <class T, int N> void softmax_small(const SoftmaxArgs<T>& a, bool log) {
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
-  small_blocks<T, N>(a.x, a.lx.rows(), a.out, N, [&](const T* xp, T* yp) {
+  constexpr int W = vec_width<T>;
+  parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
+    prefetch_small_block<T, N>(a.x, a.lx, r);
+    prefetch_small_block<T, N>(a.out, a.lo, r);  // (written in place: its lines are read first)
     V x[N];
-    load_small_rows<T, N>(xp, x);
+    load_small_block<T, N>(a.x, a.lx, r, nb, x);
     SmallRowStats<T, N> st;
     small_row_stats<T, N>(x, log, st);
     const auto nan_row = st.nan_seen != st.nan_seen;
@@ -1071,7 +1097,7 @@ template <class T, int N> void softmax_small(const SoftmaxArgs<T>& a, bool log) 
       const V f = lanes_from_f64<T>(f64);
       for (int j = 0; j < N; ++j) y[j] = vselect(bad, nan, st.e[j] * f);
     }
-    store_small_rows<T, N>(yp, y);
+    store_small_block<T, N>(a.out, a.lo, r, nb, y);
   });
 }
 

@@ -41,23 +41,6 @@ enum Slot {
 };
 static_assert(kSlotSeg < kScratchSlots, "more scratch slots than threads.cpp provides");
 
-// Two float64 vectors back to one float vector (the inverse of widen).
-inline f32v narrow(f64v lo, f64v hi) {
-#if defined(__AVX512F__)
-  return f32v(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(__m512d(lo))),
-                                 _mm512_cvtpd_ps(__m512d(hi)), 1));
-#elif defined(__AVX__)
-  return f32v(_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(__m256d(lo))),
-                                   _mm256_cvtpd_ps(__m256d(hi)), 1));
-#else
-  const f32h l = __builtin_convertvector(lo, f32h), h = __builtin_convertvector(hi, f32h);
-  f32v v;
-  std::memcpy(&v, &l, sizeof(l));
-  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(l), &h, sizeof(h));
-  return v;
-#endif
-}
-
 // ---------------------------------------------------------------------------------------------
 // kl_div_with_logits. Per row, student logits s, teacher logits t, temperature tau, and with
 // a_j = s_j / tau, b_j = t_j / tau, q = softmax(b), p = softmax(a):

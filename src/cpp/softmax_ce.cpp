@@ -466,9 +466,7 @@ template <class S> double row_lse(const S* x, int64_t n) {
 template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  if constexpr (std::is_same_v<S, T>) {
-    if (V >= 3 && V <= kSmallMaxClasses) return logsumexp_small_n(a);
-  }
+  if (V >= 3 && V <= kSmallMaxClasses) return logsumexp_small_n(a);
   if (V <= kNarrowMaxSoftmax) return logsumexp_narrow(a);
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
@@ -503,9 +501,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
 template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  if constexpr (std::is_same_v<S, T>) {
-    if (V >= 3 && V <= kSmallMaxClasses) return softmax_small_n(a, log);
-  }
+  if (V >= 3 && V <= kSmallMaxClasses) return softmax_small_n(a, log);
   if (V <= kNarrowMaxSoftmax) return softmax_narrow(a, log);
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes && a.lo.s1 == 1;
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
@@ -756,8 +752,8 @@ template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
   }
   if constexpr (std::is_same_v<S, compute_t<S>>) {  // float32, float64: two classes
     if (ce_binary_applies(a)) return ce_index_binary(a);
-    if (ce_small_applies(a)) return ce_index_small_n(a);
   }
+  if (ce_small_applies(a)) return ce_index_small_n(a);
   if (a.lx.n1 <= kNarrowMaxClasses && a.softcap == 0) {  // rows in SIMD lanes
     if (!smooth)
       ce_index_narrow<S, Coef::kNone>(a, W);

@@ -671,7 +671,7 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 // constants stay in registers).
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kSmallMaxClasses = 16;
-template <class T> bool ce_small_applies(const CrossEntropyArgs<T>& a) {
+template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
   const int64_t n = a.lx.n1;
   return n >= 3 && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight &&
          a.label_smoothing == 0.0 && a.z_loss == 0.0 && a.softcap == 0.0 && !a.focal && !a.lse &&
@@ -830,30 +830,48 @@ __attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T>
 // class axis of (N, C, H, W) inside one image) by one vector per class; anything else (a short
 // block, a block across two images, other strides) through gather_lanes / scatter_lanes (their
 // padding lanes repeat lane 0, and their results are dropped).
-template <class T, int N>
-__attribute__((always_inline)) inline void load_small_block(const T* x, const Layout3& L,
+template <class S, int N, class T = compute_t<S>>
+__attribute__((always_inline)) inline void load_small_block(const S* x, const Layout3& L,
                                                             int64_t r, int nb, vec_t<T> c[N]) {
   constexpr int W = vec_width<T>;
-  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) return load_small_rows<T, N>(x + r * N, c);
+  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
+    if constexpr (std::is_same_v<S, T>) {
+      load_small_rows<T, N>(x + r * N, c);
+    } else {  // (16-bit: the block widened into float32 rows first, N vectors)
+      alignas(64) T rows[N * W];
+      for (int q = 0; q < N; ++q) vstore(rows + q * W, vload_as(x + r * N + q * W));
+      load_small_rows<T, N>(rows, c);
+    }
+    return;
+  }
   int64_t off[W] = {};
   row_offsets(L, r, nb, off);
   if (rows_in_lanes<W>(L, off, nb)) {
-    for (int j = 0; j < N; ++j) c[j] = vload(x + off[0] + j * L.s1);
+    for (int j = 0; j < N; ++j) c[j] = vload_as(x + off[0] + j * L.s1);
     return;
   }
   alignas(64) T buf[N * W];
   gather_lanes(x, L, off, nb, buf);
   for (int j = 0; j < N; ++j) c[j] = vload(buf + j * W);
 }
-template <class T, int N>
-__attribute__((always_inline)) inline void store_small_block(T* y, const Layout3& L, int64_t r,
+template <class S, int N, class T = compute_t<S>>
+__attribute__((always_inline)) inline void store_small_block(S* y, const Layout3& L, int64_t r,
                                                              int nb, const vec_t<T> c[N]) {
   constexpr int W = vec_width<T>;
-  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) return store_small_rows<T, N>(y + r * N, c);
+  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
+    if constexpr (std::is_same_v<S, T>) {
+      store_small_rows<T, N>(y + r * N, c);
+    } else {  // (16-bit: float32 rows, then rounded N vectors at a time)
+      alignas(64) T rows[N * W];
+      store_small_rows<T, N>(rows, c);
+      for (int q = 0; q < N; ++q) vstore_as(y + r * N + q * W, vload(rows + q * W));
+    }
+    return;
+  }
   int64_t off[W] = {};
   row_offsets(L, r, nb, off);
   if (rows_in_lanes<W>(L, off, nb)) {
-    for (int j = 0; j < N; ++j) vstore(y + off[0] + j * L.s1, c[j]);
+    for (int j = 0; j < N; ++j) vstore_as(y + off[0] + j * L.s1, c[j]);
     return;
   }
   alignas(64) T buf[N * W];
@@ -863,19 +881,20 @@ __attribute__((always_inline)) inline void store_small_block(T* y, const Layout3
 
 // Software prefetch of the rows of the block 4 blocks after r (as prefetch_block; also for rows
 // in lanes, a run of W elements per class).
-template <class T, int N> inline void prefetch_small_block(const T* x, const Layout3& L, int64_t r) {
-  constexpr int W = vec_width<T>;
+template <class S, int N> inline void prefetch_small_block(const S* x, const Layout3& L, int64_t r) {
+  constexpr int W = vec_width<compute_t<S>>;
   const int64_t q = r + 4 * W;
   if (q + W > L.rows()) return;
   if (L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
-    prefetch_bytes(x + q * N, W * N * int64_t(sizeof(T)));
+    prefetch_bytes(x + q * N, W * N * int64_t(sizeof(S)));
   } else if (L.s2 == 1 && L.n2 > 1 && q % L.n2 + W <= L.n2) {
-    const T* p = x + L.offset(q);
-    for (int j = 0; j < N; ++j) prefetch_bytes(p + j * L.s1, W * int64_t(sizeof(T)));
+    const S* p = x + L.offset(q);
+    for (int j = 0; j < N; ++j) prefetch_bytes(p + j * L.s1, W * int64_t(sizeof(S)));
   }
 }
 
-template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
+template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
+  using T = compute_t<S>;
   using V = vec_t<T>;
   constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
   const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
@@ -884,7 +903,7 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
   auto block = [&](int64_t r, int nb, auto grad_tag) __attribute__((always_inline)) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     V x[N];
-    load_small_block<T, N>(a.x, a.lx, r, nb, x);
+    load_small_block<S, N>(a.x, a.lx, r, nb, x);
     alignas(64) int64_t tb[W];
     alignas(64) double lb[W];
     const int64_t* tp = a.target + r;
@@ -960,7 +979,7 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
       V gr[N];
       for (int q = 0; q < N; ++q)
         gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
-      store_small_block<T, N>(a.grad, a.lg, r, nb, gr);
+      store_small_block<S, N>(a.grad, a.lg, r, nb, gr);
     }
     if (nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
   };
@@ -974,9 +993,9 @@ template <class T, int N> void ce_index_small(const CrossEntropyArgs<T>& a) {
       hi = hi < rows ? hi : rows;
       for (int64_t r = lo; r < hi; r += W) {
         // (4 blocks ahead, the targets and the gradient's lines too)
-        prefetch_small_block<T, N>(a.x, a.lx, r);
+        prefetch_small_block<S, N>(a.x, a.lx, r);
         prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
-        if constexpr (kGrad) prefetch_small_block<T, N>(a.grad, a.lg, r);
+        if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
         block(r, int(hi - r < W ? hi - r : W), grad_tag);
       }
     });
@@ -1039,14 +1058,15 @@ template <class T> __attribute__((always_inline)) inline vec_t<T> lanes_from_f64
     return d[0];
 }
 
-template <class T, int N> void logsumexp_small(const SoftmaxArgs<T>& a) {
+template <class S, int N> void logsumexp_small(const SoftmaxArgs<S>& a) {
+  using T = compute_t<S>;
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
   constexpr int W = vec_width<T>;
   parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
-    prefetch_small_block<T, N>(a.x, a.lx, r);
+    prefetch_small_block<S, N>(a.x, a.lx, r);
     V x[N];
-    load_small_block<T, N>(a.x, a.lx, r, nb, x);
+    load_small_block<S, N>(a.x, a.lx, r, nb, x);
     SmallRowStats<T, N> st;
     small_row_stats<T, N>(x, true, st);
     f64v m64[K], nan64[K], out[K];
@@ -1059,24 +1079,25 @@ template <class T, int N> void logsumexp_small(const SoftmaxArgs<T>& a) {
                        vselect(m64[k] - m64[k] != m64[k] - m64[k], m64[k], v));
     }
     if (nb == W) {
-      vstore(a.out + r, lanes_from_f64<T>(out));
+      vstore_as(a.out + r, lanes_from_f64<T>(out));
     } else {
       alignas(64) T yb[W];
       vstore(yb, lanes_from_f64<T>(out));
-      std::memcpy(a.out + r, yb, sizeof(T) * size_t(nb));
+      for (int b = 0; b < nb; ++b) a.out[r + b] = from_compute<S>(yb[b]);
     }
   });
 }
 
-template <class T, int N> void softmax_small(const SoftmaxArgs<T>& a, bool log) {
+template <class S, int N> void softmax_small(const SoftmaxArgs<S>& a, bool log) {
+  using T = compute_t<S>;
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
   constexpr int W = vec_width<T>;
   parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
-    prefetch_small_block<T, N>(a.x, a.lx, r);
-    prefetch_small_block<T, N>(a.out, a.lo, r);  // (written in place: its lines are read first)
+    prefetch_small_block<S, N>(a.x, a.lx, r);
+    prefetch_small_block<S, N>(a.out, a.lo, r);  // (written in place: its lines are read first)
     V x[N];
-    load_small_block<T, N>(a.x, a.lx, r, nb, x);
+    load_small_block<S, N>(a.x, a.lx, r, nb, x);
     SmallRowStats<T, N> st;
     small_row_stats<T, N>(x, log, st);
     const auto nan_row = st.nan_seen != st.nan_seen;
@@ -1097,7 +1118,7 @@ template <class T, int N> void softmax_small(const SoftmaxArgs<T>& a, bool log) 
       const V f = lanes_from_f64<T>(f64);
       for (int j = 0; j < N; ++j) y[j] = vselect(bad, nan, st.e[j] * f);
     }
-    store_small_block<T, N>(a.out, a.lo, r, nb, y);
+    store_small_block<S, N>(a.out, a.lo, r, nb, y);
   });
 }
 
@@ -1120,13 +1141,13 @@ template <class F> void with_class_count_3_to_16(int64_t n, F&& f) {
   }
 }
 
-template <class T> void ce_index_small_n(const CrossEntropyArgs<T>& a) {
-  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { ce_index_small<T, decltype(kN)::value>(a); });
+template <class S> void ce_index_small_n(const CrossEntropyArgs<S>& a) {
+  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { ce_index_small<S, decltype(kN)::value>(a); });
 }
-template <class T> void logsumexp_small_n(const SoftmaxArgs<T>& a) {
-  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { logsumexp_small<T, decltype(kN)::value>(a); });
+template <class S> void logsumexp_small_n(const SoftmaxArgs<S>& a) {
+  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { logsumexp_small<S, decltype(kN)::value>(a); });
 }
-template <class T> void softmax_small_n(const SoftmaxArgs<T>& a, bool log) {
+template <class S> void softmax_small_n(const SoftmaxArgs<S>& a, bool log) {
   with_class_count_3_to_16(a.lx.n1,
-                           [&](auto kN) { softmax_small<T, decltype(kN)::value>(a, log); });
+                           [&](auto kN) { softmax_small<S, decltype(kN)::value>(a, log); });
 }

@@ -777,6 +777,29 @@ template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
 template <class S> void nll_loss_impl(const NllArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
+  if (!a.grad && a.lx.n2 == 1 && V > 0) {
+    // Loss only, rows a stride apart: the arguments in locals (the row lambda below reloads
+    // them from the struct for every row) and a plain loop over each thread's rows (one
+    // thread, float32 in cache, a whole call against before: 0.48 of the time at 3 classes,
+    // 0.59 at 10, 0.67 at 100).
+    const S* x = a.x;
+    const int64_t s0 = a.lx.s0, s1 = a.lx.s1, ign = a.ignore_index, rows = a.lx.rows();
+    const int64_t* tg = a.target;
+    const T* w = a.weight;
+    double* loss = a.loss;
+    parallel_for(threads_for(rows, rows), [=](int64_t th, int64_t n_th) {
+      const int64_t lo = rows * th / n_th, hi = rows * (th + 1) / n_th;
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t t = tg[r];
+        const bool valid = uint64_t(t) < uint64_t(V) && t != ign;
+        const int64_t tc = valid ? t : 0;  // (a load that is always in the row)
+        const double w_t = w ? double(w[tc]) : 1.0;
+        const double v = -w_t * double(to_compute(x[r * s0 + tc * s1]));
+        loss[r] = valid ? v : (t == ign ? 0.0 : kNaN);
+      }
+    });
+    return;
+  }
   parallel_rows<S>(a.lx.rows(), a.grad ? V : 1, [&](int64_t r) {
     const int64_t t = a.target[r];
     const bool valid = t != a.ignore_index && t >= 0 && t < V;

@@ -118,6 +118,95 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
   });
 }
 
+// Targets of a block as lanes (the lane cross-entropy kernels): the class (compute type; -1 for
+// ignore_index rows and invalid targets), and 1.0 / 0.0 per float64 lane for ignore_index rows
+// and for invalid targets. AVX-512 and AVX2 by 64-bit compares (a scalar loop compiles to a
+// branch per lane, and its stores stall the vector loads after them: one thread, float32, in
+// cache, 10% less time at 3 classes, 6% at 10, 3% at 100).
+template <class T> struct TargetLanes {
+  static constexpr int K = vec_width<T> / vec_width<double>;
+  vec_t<T> t, ign;  // (ign: 1 / 0 in the compute type)
+  f64v ign64[K], inv64[K];
+};
+template <class T>
+__attribute__((always_inline)) inline TargetLanes<T> target_lanes(const int64_t* tp, int64_t n,
+                                                                    int64_t ignore_index) {
+  [[maybe_unused]] constexpr int W = vec_width<T>, WD = vec_width<double>;
+  TargetLanes<T> r;
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+  const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
+  const __m512d one = _mm512_set1_pd(1.0);
+  __mmask8 ign[TargetLanes<T>::K], skip[TargetLanes<T>::K];
+  for (int k = 0; k < TargetLanes<T>::K; ++k) {
+    const __m512i t = _mm512_loadu_si512(tp + k * WD);
+    ign[k] = _mm512_cmpeq_epi64_mask(t, vi);
+    skip[k] = ign[k] | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
+    r.ign64[k] = f64v(_mm512_maskz_mov_pd(ign[k], one));
+    r.inv64[k] = f64v(_mm512_maskz_mov_pd(__mmask8(skip[k] & ~ign[k]), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 m1 = _mm256_set1_ps(-1.0f);
+    const __m256 t0 = _mm256_mask_blend_ps(skip[0], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp)), m1);
+    const __m256 t1 =
+        _mm256_mask_blend_ps(skip[1], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp + 8)), m1);
+    r.t = vec_t<T>(_mm512_insertf32x8(_mm512_castps256_ps512(t0), t1, 1));
+    const __mmask16 ig = __mmask16(ign[0] | (unsigned(ign[1]) << 8));
+    r.ign = vec_t<T>(_mm512_maskz_mov_ps(ig, _mm512_set1_ps(1.0f)));
+  } else {
+    r.t = vec_t<T>(_mm512_mask_blend_pd(skip[0], _mm512_cvtepi64_pd(_mm512_loadu_si512(tp)),
+                                        _mm512_set1_pd(-1.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
+#elif defined(__AVX2__)
+  // (the scalar form below stores lanes one at a time and reloads them as vectors: a stalled
+  // store forwarding per vector)
+  const __m256i vi = _mm256_set1_epi64x(ignore_index), vlast = _mm256_set1_epi64x(n - 1);
+  const __m256i zero = _mm256_setzero_si256(), m1 = _mm256_set1_epi64x(-1);
+  const __m256d one = _mm256_set1_pd(1.0);
+  __m256i tc[TargetLanes<T>::K], ig[TargetLanes<T>::K], sk[TargetLanes<T>::K];
+  for (int k = 0; k < TargetLanes<T>::K; ++k) {
+    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + k * WD));
+    ig[k] = _mm256_cmpeq_epi64(t, vi);
+    sk[k] = _mm256_or_si256(ig[k], _mm256_or_si256(_mm256_cmpgt_epi64(zero, t),
+                                                   _mm256_cmpgt_epi64(t, vlast)));
+    tc[k] = _mm256_blendv_epi8(t, m1, sk[k]);  // (a class in [0, n) or -1)
+    r.ign64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(ig[k]), one));
+    r.inv64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(_mm256_andnot_si256(ig[k], sk[k])), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (low halves first)
+    auto pack = [&](__m256i a, __m256i b) {
+      return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, even),
+                                       _mm256_permutevar8x32_epi32(b, even), 0x20);
+    };
+    r.t = vec_t<T>(_mm256_cvtepi32_ps(pack(tc[0], tc[1])));
+    r.ign = vec_t<T>(_mm256_and_ps(_mm256_castsi256_ps(pack(ig[0], ig[1])), _mm256_set1_ps(1.0f)));
+  } else {
+    // (|class| < 2^31: its int64 as the low bits of 2^52 + 2^31's mantissa, then that off)
+    const __m256i biased = _mm256_add_epi64(tc[0], _mm256_set1_epi64x(int64_t(1) << 31));
+    r.t = vec_t<T>(_mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(biased, _mm256_set1_epi64x(0x4330000000000000LL))),
+        _mm256_set1_pd(4503599627370496.0 + 2147483648.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
+#else
+  alignas(64) T tgt[W], ignt[W];
+  alignas(64) double ign64[W], inv64[W];
+  for (int b = 0; b < W; ++b) {
+    const int64_t t = tp[b];
+    const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
+    tgt[b] = skip ? T(-1) : T(t);
+    ignt[b] = ign ? T(1) : T(0);
+    ign64[b] = ign ? 1.0 : 0.0;
+    inv64[b] = skip & !ign ? 1.0 : 0.0;
+  }
+  r.t = vload(tgt), r.ign = vload(ignt);
+  for (int k = 0; k < TargetLanes<T>::K; ++k)
+    r.ign64[k] = vload(ign64 + k * WD), r.inv64[k] = vload(inv64 + k * WD);
+#endif
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy with class-index targets, the formulas of ce_index_rows per lane:
 //   -log p_t = (m - x_t) + log S,  S = S' + exp(x_t - m), S' = sum_{j != t} exp(x_j - m)
@@ -144,8 +233,7 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     if (grad) prefetch_block(a.grad, a.lg, r0, W);  // (written in place: its lines are read first)
     load_block(a.x, a.lx, r0, nb, xb, off);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding
-    // (padding lanes are never written out). A branch-free loop over a copy of the targets, so
-    // that the compiler vectorises it.
+    // (padding lanes are never written out).
     alignas(64) int64_t traw[W];
     if (nb == W) {
       std::memcpy(traw, a.target + r0, sizeof(traw));
@@ -154,42 +242,12 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     }
     alignas(64) T tgt[W];
     alignas(64) double ign64[W], inv64[W];  // 1.0: an ignore_index row / an invalid target
-    const int64_t ignore_index = a.ignore_index;
     // (out-of-range targets are rejected before the call; they would give NaN rows)
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-    // AVX-512: int64 compares into lane masks and one conversion per 8 targets (the scalar
-    // loop below compiles to a branch per lane; one thread, float32, in cache: 10% less time
-    // at 3 classes, 6% at 10, 3% at 100)
-    const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
-    const __m512d one = _mm512_set1_pd(1.0);
-    __m256 tf[2];
-    for (int k = 0; k < W; k += 8) {
-      const __m512i t = _mm512_load_si512(traw + k);
-      const __mmask8 ign = _mm512_cmpeq_epi64_mask(t, vi);
-      const __mmask8 skip = ign | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
-      _mm512_store_pd(ign64 + k, _mm512_maskz_mov_pd(ign, one));
-      _mm512_store_pd(inv64 + k, _mm512_maskz_mov_pd(__mmask8(skip & ~ign), one));
-      if constexpr (std::is_same_v<T, float>) {
-        tf[k / 8] = _mm256_mask_blend_ps(skip, _mm512_cvtepi64_ps(t), _mm256_set1_ps(-1.0f));
-      } else {
-        const __m512d td = _mm512_mask_blend_pd(skip, _mm512_cvtepi64_pd(t), _mm512_set1_pd(-1.0));
-        _mm512_store_pd(reinterpret_cast<double*>(tgt) + k, td);
-      }
-    }
-    if constexpr (std::is_same_v<T, float>)  // (one 64-byte store: the vector load of tgt
-      // below then forwards from it; two 32-byte halves would stall it)
-      _mm512_store_ps(reinterpret_cast<float*>(tgt),
-                      _mm512_insertf32x8(_mm512_castps256_ps512(tf[0]), tf[1], 1));
-#else
-    for (int b = 0; b < W; ++b) {
-      const int64_t t = traw[b];
-      const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
-      tgt[b] = skip ? T(-1) : T(t);
-      ign64[b] = ign ? 1.0 : 0.0;
-      inv64[b] = skip & !ign ? 1.0 : 0.0;
-    }
-#endif
-    const V tv = vload(tgt);
+    const TargetLanes<T> tl = target_lanes<T>(traw, n, a.ignore_index);
+    const V tv = tl.t;
+    vstore(tgt, tv);
+    for (int k = 0; k < TargetLanes<T>::K; ++k)
+      vstore(ign64 + k * WD, tl.ign64[k]), vstore(inv64 + k * WD, tl.inv64[k]);
     bool ignored[W];  // (filled only where needed: weights, statistics, gradient)
     const bool need_ignored = a.weight || a.correct || a.lse || grad;
     if (need_ignored)
@@ -679,92 +737,6 @@ template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
          !a.correct;
 }
 
-// Targets of a block as lanes: the class (compute type; -1 for ignore_index rows and invalid
-// targets), and 1.0 / 0.0 per float64 lane for ignore_index rows and for invalid targets.
-template <class T> struct SmallTargets {
-  static constexpr int K = vec_width<T> / vec_width<double>;
-  vec_t<T> t, ign;  // (ign: 1 / 0 in the compute type)
-  f64v ign64[K], inv64[K];
-};
-template <class T>
-__attribute__((always_inline)) inline SmallTargets<T> small_targets(const int64_t* tp, int64_t n,
-                                                                    int64_t ignore_index) {
-  [[maybe_unused]] constexpr int W = vec_width<T>, WD = vec_width<double>;
-  SmallTargets<T> r;
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-  const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
-  const __m512d one = _mm512_set1_pd(1.0);
-  __mmask8 ign[SmallTargets<T>::K], skip[SmallTargets<T>::K];
-  for (int k = 0; k < SmallTargets<T>::K; ++k) {
-    const __m512i t = _mm512_loadu_si512(tp + k * WD);
-    ign[k] = _mm512_cmpeq_epi64_mask(t, vi);
-    skip[k] = ign[k] | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
-    r.ign64[k] = f64v(_mm512_maskz_mov_pd(ign[k], one));
-    r.inv64[k] = f64v(_mm512_maskz_mov_pd(__mmask8(skip[k] & ~ign[k]), one));
-  }
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 m1 = _mm256_set1_ps(-1.0f);
-    const __m256 t0 = _mm256_mask_blend_ps(skip[0], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp)), m1);
-    const __m256 t1 =
-        _mm256_mask_blend_ps(skip[1], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp + 8)), m1);
-    r.t = vec_t<T>(_mm512_insertf32x8(_mm512_castps256_ps512(t0), t1, 1));
-    const __mmask16 ig = __mmask16(ign[0] | (unsigned(ign[1]) << 8));
-    r.ign = vec_t<T>(_mm512_maskz_mov_ps(ig, _mm512_set1_ps(1.0f)));
-  } else {
-    r.t = vec_t<T>(_mm512_mask_blend_pd(skip[0], _mm512_cvtepi64_pd(_mm512_loadu_si512(tp)),
-                                        _mm512_set1_pd(-1.0)));
-    r.ign = vec_t<T>(r.ign64[0]);
-  }
-#elif defined(__AVX2__)
-  // (the scalar form below stores lanes one at a time and reloads them as vectors: a stalled
-  // store forwarding per vector)
-  const __m256i vi = _mm256_set1_epi64x(ignore_index), vlast = _mm256_set1_epi64x(n - 1);
-  const __m256i zero = _mm256_setzero_si256(), m1 = _mm256_set1_epi64x(-1);
-  const __m256d one = _mm256_set1_pd(1.0);
-  __m256i tc[SmallTargets<T>::K], ig[SmallTargets<T>::K], sk[SmallTargets<T>::K];
-  for (int k = 0; k < SmallTargets<T>::K; ++k) {
-    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + k * WD));
-    ig[k] = _mm256_cmpeq_epi64(t, vi);
-    sk[k] = _mm256_or_si256(ig[k], _mm256_or_si256(_mm256_cmpgt_epi64(zero, t),
-                                                   _mm256_cmpgt_epi64(t, vlast)));
-    tc[k] = _mm256_blendv_epi8(t, m1, sk[k]);  // (a class in [0, n) or -1)
-    r.ign64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(ig[k]), one));
-    r.inv64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(_mm256_andnot_si256(ig[k], sk[k])), one));
-  }
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (low halves first)
-    auto pack = [&](__m256i a, __m256i b) {
-      return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, even),
-                                       _mm256_permutevar8x32_epi32(b, even), 0x20);
-    };
-    r.t = vec_t<T>(_mm256_cvtepi32_ps(pack(tc[0], tc[1])));
-    r.ign = vec_t<T>(_mm256_and_ps(_mm256_castsi256_ps(pack(ig[0], ig[1])), _mm256_set1_ps(1.0f)));
-  } else {
-    // (|class| < 2^31: its int64 as the low bits of 2^52 + 2^31's mantissa, then that off)
-    const __m256i biased = _mm256_add_epi64(tc[0], _mm256_set1_epi64x(int64_t(1) << 31));
-    r.t = vec_t<T>(_mm256_sub_pd(
-        _mm256_castsi256_pd(_mm256_or_si256(biased, _mm256_set1_epi64x(0x4330000000000000LL))),
-        _mm256_set1_pd(4503599627370496.0 + 2147483648.0)));
-    r.ign = vec_t<T>(r.ign64[0]);
-  }
-#else
-  alignas(64) T tgt[W], ignt[W];
-  alignas(64) double ign64[W], inv64[W];
-  for (int b = 0; b < W; ++b) {
-    const int64_t t = tp[b];
-    const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
-    tgt[b] = skip ? T(-1) : T(t);
-    ignt[b] = ign ? T(1) : T(0);
-    ign64[b] = ign ? 1.0 : 0.0;
-    inv64[b] = skip & !ign ? 1.0 : 0.0;
-  }
-  r.t = vload(tgt), r.ign = vload(ignt);
-  for (int k = 0; k < SmallTargets<T>::K; ++k)
-    r.ign64[k] = vload(ign64 + k * WD), r.inv64[k] = vload(inv64 + k * WD);
-#endif
-  return r;
-}
-
 // The W rows at p (N classes each, back to back) as N class vectors, and back.
 template <class T, int N>
 __attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> c[N]) {
@@ -913,7 +885,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       for (int b = 0; b < W; ++b) tb[b] = b < nb ? a.target[r + b] : ignore_index;
       tp = tb, lout = lb;
     }
-    const SmallTargets<T> tg = small_targets<T>(tp, N, ignore_index);
+    const TargetLanes<T> tg = target_lanes<T>(tp, N, ignore_index);
     // lane_max's maximum and NaN flag, and ce_index_narrow's class loop (the target's e and x
     // taken out by selects; partials of four classes flushed into float64 lanes)
     V m = vset<T>(-std::numeric_limits<T>::infinity()), nan_seen = vset<T>(0);

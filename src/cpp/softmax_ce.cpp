@@ -466,7 +466,7 @@ template <class S> double row_lse(const S* x, int64_t n) {
 template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  if (V >= 3 && V <= kSmallMaxClasses) return logsumexp_small_n(a);
+  if (V >= kSmallMinSoftmax && V <= kSmallMaxClasses) return logsumexp_small_n(a);
   if (V <= kNarrowMaxSoftmax) return logsumexp_narrow(a);
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
@@ -501,7 +501,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
 template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   using T = compute_t<S>;
   const int64_t V = a.lx.n1;
-  if (V >= 3 && V <= kSmallMaxClasses) return softmax_small_n(a, log);
+  if (V >= kSmallMinSoftmax && V <= kSmallMaxClasses) return softmax_small_n(a, log);
   if (V <= kNarrowMaxSoftmax) return softmax_narrow(a, log);
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes && a.lo.s1 == 1;
   parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {

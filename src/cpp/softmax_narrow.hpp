@@ -1,7 +1,8 @@
 // Narrow rows: logsumexp, softmax, log_softmax and index-target cross-entropy for rows of at
 // most kNarrowMaxClasses (kNarrowMaxSoftmax) classes, with the rows in the SIMD lanes (the
-// machinery, and why: lanes.hpp); for 3 to kSmallMaxClasses classes, variants that keep a block
-// in registers (ce_index_small, logsumexp_small, softmax_small); for two, ce_index_binary.
+// machinery, and why: lanes.hpp); up to kSmallMaxClasses classes, variants that keep a block in
+// registers (ce_index_small from 3 classes, logsumexp_small and softmax_small from 2); for two,
+// cross-entropy by ce_index_binary.
 //
 // Included by softmax_ce.cpp (inside its namespace fastloss::<isa>::<anonymous>, after lanes.hpp
 // and its own Coef / CoefRow definitions).
@@ -502,6 +503,19 @@ template <class T> inline void split_pairs(const T* p, vec_t<T>& a, vec_t<T>& b)
     a = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), v1));
     b = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), v1));
   }
+#elif defined(__AVX2__)
+  // (a shuffle within 128-bit halves, then the halves' 64-bit quarters put in order)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
+    a = vec_t<T>(_mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8)));
+    b = vec_t<T>(_mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8)));
+  } else {
+    const __m256d v0 = _mm256_loadu_pd(p), v1 = _mm256_loadu_pd(p + 4);
+    a = vec_t<T>(_mm256_permute4x64_pd(_mm256_unpacklo_pd(v0, v1), 0xD8));
+    b = vec_t<T>(_mm256_permute4x64_pd(_mm256_unpackhi_pd(v0, v1), 0xD8));
+  }
 #else
   for (int i = 0; i < W; ++i) a[i] = p[2 * i], b[i] = p[2 * i + 1];
 #endif
@@ -520,6 +534,18 @@ template <class T> inline void join_pairs(T* p, vec_t<T> a, vec_t<T> b) {
                                                __m512d(b)));
     _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(
                                 __m512d(a), _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), __m512d(b)));
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 a2 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(__m256(a)), 0xD8));
+    const __m256 b2 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(__m256(b)), 0xD8));
+    _mm256_storeu_ps(p, _mm256_unpacklo_ps(a2, b2));
+    _mm256_storeu_ps(p + 8, _mm256_unpackhi_ps(a2, b2));
+  } else {
+    const __m256d a2 = _mm256_permute4x64_pd(__m256d(a), 0xD8);
+    const __m256d b2 = _mm256_permute4x64_pd(__m256d(b), 0xD8);
+    _mm256_storeu_pd(p, _mm256_unpacklo_pd(a2, b2));
+    _mm256_storeu_pd(p + 4, _mm256_unpackhi_pd(a2, b2));
   }
 #else
   for (int i = 0; i < W; ++i) p[2 * i] = a[i], p[2 * i + 1] = b[i];
@@ -741,6 +767,10 @@ template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
 template <class T, int N>
 __attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> c[N]) {
   constexpr int W = vec_width<T>;
+  if constexpr (N == 2) {  // (two classes: one even/odd split, every type and ISA)
+    split_pairs<T>(p, c[0], c[1]);
+    return;
+  }
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> && N <= 7) {
     __m512 v[N];
@@ -769,6 +799,10 @@ __attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> 
 template <class T, int N>
 __attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T> c[N]) {
   constexpr int W = vec_width<T>;
+  if constexpr (N == 2) {
+    join_pairs<T>(p, c[0], c[1]);
+    return;
+  }
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> && N <= 7) {
     __m512 v[N];
@@ -981,10 +1015,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
 
 
 // ---------------------------------------------------------------------------------------------
-// logsumexp, softmax and log_softmax of 3 to 16 classes, any layout and input type:
+// logsumexp, softmax and log_softmax of 2 to 16 classes, any layout and input type:
 // logsumexp_narrow's and softmax_narrow's arithmetic, operation for operation, on a block held
 // in registers (as ce_index_small; one thread, float32, AVX-512, in cache: softmax 0.35 of the
-// time at 3 classes, 0.68 at 10, 0.88 at 16).
+// time at 3 classes, 0.68 at 10, 0.88 at 16; at 2 classes, against the lane kernels: logsumexp
+// 0.39, softmax 0.17, log_softmax 0.26).
 // ---------------------------------------------------------------------------------------------
 
 // lane_max (with the first maximum) of N class vectors, and lane_exp_sums' float64 sums of
@@ -1103,20 +1138,24 @@ template <class S, int N> void softmax_small(const SoftmaxArgs<S>& a, bool log) 
 }
 
 // f(std::integral_constant<int, n>{}) for a class count n from N to kSmallMaxClasses.
-template <int N = 3, class F> void with_class_count_3_to_16(int64_t n, F&& f) {
+template <int N, class F> void with_class_count_up_to_16(int64_t n, F&& f) {
   if constexpr (N < kSmallMaxClasses) {
-    if (n != N) return with_class_count_3_to_16<N + 1>(n, f);
+    if (n != N) return with_class_count_up_to_16<N + 1>(n, f);
   }
   f(std::integral_constant<int, N>{});
 }
 
+// (cross-entropy from 3 classes: two take ce_index_binary; the softmax family from 2)
 template <class S> void ce_index_small_n(const CrossEntropyArgs<S>& a) {
-  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { ce_index_small<S, decltype(kN)::value>(a); });
+  with_class_count_up_to_16<3>(a.lx.n1,
+                               [&](auto kN) { ce_index_small<S, decltype(kN)::value>(a); });
 }
+constexpr int64_t kSmallMinSoftmax = 2;
 template <class S> void logsumexp_small_n(const SoftmaxArgs<S>& a) {
-  with_class_count_3_to_16(a.lx.n1, [&](auto kN) { logsumexp_small<S, decltype(kN)::value>(a); });
+  with_class_count_up_to_16<kSmallMinSoftmax>(
+      a.lx.n1, [&](auto kN) { logsumexp_small<S, decltype(kN)::value>(a); });
 }
 template <class S> void softmax_small_n(const SoftmaxArgs<S>& a, bool log) {
-  with_class_count_3_to_16(a.lx.n1,
-                           [&](auto kN) { softmax_small<S, decltype(kN)::value>(a, log); });
+  with_class_count_up_to_16<kSmallMinSoftmax>(
+      a.lx.n1, [&](auto kN) { softmax_small<S, decltype(kN)::value>(a, log); });
 }

@@ -100,3 +100,60 @@ def test_cross_entropy_normalizer_is_not_dropped(rng):
     assert fl.cross_entropy(x, t, normalizer=7.0) == np.float32(np.float64(total) / 7.0) or \
         np.isclose(fl.cross_entropy(x, t, normalizer=7.0), total / 7.0, rtol=1e-6)
     assert not np.isclose(fl.cross_entropy(x, t, normalizer=7.0), fl.cross_entropy(x, t))
+
+
+# --- the per-row losses of a reduced call live in a reused per-thread buffer ------------------
+
+
+def _row_loss_calls(x, t, y):
+    """The arguments of one call of each family whose reduced path sums per-row losses from
+    the reused buffer (row_losses)."""
+    return {"cross_entropy": (x, t), "nll_loss": (x, t), "multi_margin_loss": (x, t),
+            "kl_div_with_logits": (x, y), "sparsemax_loss": (x, t)}
+
+
+def test_reduced_calls_reuse_rows_without_mixing_results(rng):
+    """A reduced call sums its rows from the thread's buffer; a "none" call returns an array of
+    its own. Calls of different sizes, in any order, give what they give alone, and a result
+    of reduction "none" is not changed by the calls after it."""
+    shapes = [(7, 5), (300, 2), (5000, 11), (3, 4)]
+    data = []
+    for n, c in shapes:
+        x = rng.normal(0, 3, (n, c))
+        data.append((x, rng.integers(0, c, n), rng.normal(0, 1, (n, c))))
+    fresh = {}
+    for i, (x, t, y) in enumerate(data):
+        for name, args in _row_loss_calls(x, t, y).items():
+            f = getattr(fl, name)
+            fresh[i, name] = tuple(f(*args, reduction=r) for r in ("none", "sum", "mean"))
+    kept = {k: v[0].copy() for k, v in fresh.items()}
+    for i in (3, 1, 2, 0, 2):  # other sizes in between
+        x, t, y = data[i]
+        for name, args in _row_loss_calls(x, t, y).items():
+            f = getattr(fl, name)
+            _, total, mean = fresh[i, name]
+            assert f(*args, reduction="sum") == total and f(*args, reduction="mean") == mean
+            want = getattr(reference, name)(*args, reduction="sum")
+            np.testing.assert_allclose(total, want, rtol=1e-12)
+    for k, v in fresh.items():
+        np.testing.assert_array_equal(v[0], kept[k])
+
+
+def test_reduced_calls_from_threads(rng):
+    """Threads calling at once each sum their own rows (the buffer is per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = []
+    for n, c in [(20000, 2), (3000, 10), (50000, 3), (777, 64)]:
+        x = rng.normal(0, 3, (n, c)).astype(np.float32)
+        t = rng.integers(0, c, n)
+        cases.append((x, t, fl.cross_entropy(x, t, reduction="sum")))
+
+    def run(k):
+        x, t, want = cases[k % len(cases)]
+        for _ in range(20):
+            assert fl.cross_entropy(x, t, reduction="sum") == want
+        return True
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(run, range(16)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -327,6 +328,28 @@ def deliver_grads(grads, bufs: Optional[list]) -> tuple:
             g = b
         out.append(g)
     return tuple(out)
+
+
+# Per-row losses of a reduced call: a float64 buffer per calling thread, reused, so that a call
+# of a megabyte or two does not allocate it anew. malloc hands a freed block of that size back
+# to the system when it sits at the top of the heap, and the next call's array is then
+# page-faulted in again: cross-entropy with the gradient over (128000, 2) float32 logits took
+# 830 us with a fresh per-row array (and a fresh gradient) per call, 200 us without.
+_ROW_SCRATCH_MAX = 1 << 18  # rows (2 MB); larger calls allocate (their own work dwarfs it)
+_row_scratch = threading.local()
+
+
+def row_losses(n: int, reduction: str) -> np.ndarray:
+    """A float64 array for ``n`` per-row losses: a new one for ``reduction="none"`` (it becomes
+    the result), else, up to 2**18 rows, a view of the calling thread's reused buffer (summed
+    by :func:`reduce_rows` before the function returns; the kernels overwrite every row)."""
+    if reduction == "none" or n > _ROW_SCRATCH_MAX:
+        return np.empty(n, dtype=np.float64)
+    buf = getattr(_row_scratch, "buf", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 4096), dtype=np.float64)
+        _row_scratch.buf = buf
+    return buf[:n]
 
 
 def reduce_rows(

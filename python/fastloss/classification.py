@@ -22,6 +22,7 @@ from ._validation import (
     normalize_axis,
     reduce_rows,
     reduce_total,
+    row_losses,
 )
 
 __all__ = ["cross_entropy", "CrossEntropyResult", "nll_loss", "softmax_focal_loss", "perplexity",
@@ -296,7 +297,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     opts = (z, cap, focal, float(focal_gamma) if focal else 0.0)
     gcore = grad.core if grad else None
     if reduction == "none" or n_rows <= _CHUNK_ROWS:
-        per_row = np.empty(n_rows, dtype=np.float64)
+        per_row = row_losses(n_rows, reduction)
         _core.cross_entropy(x3, target_flat, probs3, *args, per_row, gcore, *opts, lse, correct)
         loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
     else:
@@ -305,7 +306,7 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         # (8 bytes a row) would cost as much as the logits of a 2-class problem, and its first
         # touch (page faults) more. The chunks do not depend on the thread count.
         step = max(1, _CHUNK_ROWS // n2)
-        per_row = np.empty(step * n2, dtype=np.float64)
+        per_row = row_losses(step * n2, reduction)
         total = 0.0
         for o0 in range(0, n0, step):
             o1 = min(n0, o0 + step)
@@ -391,7 +392,7 @@ def nll_loss(
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0
-    per_row = np.empty(x3.shape[0] * x3.shape[2], dtype=np.float64)
+    per_row = row_losses(x3.shape[0] * x3.shape[2], reduction)
     _core.nll_loss(x3, ct.flat, w, ignore_index, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, denom, ct.shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss

@@ -21,6 +21,7 @@ from ._validation import (
     mean_scale,
     normalize_axis,
     reduce_rows,
+    row_losses,
 )
 
 __all__ = ["gaussian_kl", "kl_div_with_logits"]
@@ -174,7 +175,7 @@ def kl_div_with_logits(
                 grad_buffer(grad_out, shape, s.orig_dtype)
             temp = np.empty(shape, dtype=kdt)
             core_grad = as3d(temp, ax)
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.kl_div_with_logits(s3, t3, tau, scale, per_row, core_grad)
     out_shape = shape[:ax] + shape[ax + 1 :]
     loss = reduce_rows(
@@ -288,7 +289,7 @@ def gaussian_kl(mu: Any, logvar: Any, *, reduction: str = "mean", return_grad: b
             and not np.may_share_memory(u, ma) and not np.may_share_memory(u, va)
             else np.empty(shape, dtype=kdt)
             for u in (bufs or (None, None)))
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.gaussian_kl(
         m3,
         v3,

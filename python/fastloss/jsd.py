@@ -19,6 +19,7 @@ from ._validation import (
     mean_scale,
     normalize_axis,
     reduce_rows,
+    row_losses,
 )
 from .distributions import _kernel_dtype, _loss_dtype
 
@@ -166,7 +167,7 @@ def jensen_shannon_with_logits(
                 grad_buffer(grad_out, shape, s.orig_dtype)
             temp = np.empty(shape, dtype=kdt)
             core_grad = as3d(temp, ax)
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.jensen_shannon(s3, t3, b, tau, scale, per_row, core_grad)
     out_shape = shape[:ax] + shape[ax + 1 :]
     loss = reduce_rows(

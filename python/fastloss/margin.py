@@ -19,6 +19,7 @@ from ._validation import (
     float_input,
     grad_buffer,
     reduce_rows,
+    row_losses,
 )
 
 __all__ = ["multi_margin_loss"]
@@ -171,7 +172,7 @@ def multi_margin_loss(
     # (the core writes straight into grad_out where its layout allows, in place too; all the
     # checks are made before)
     grad = GradTarget(grad_out, x, last, (x3,)) if return_grad else None
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.multi_margin_loss(x3, flat, w, p, margin, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, float(rows), out_shape, x.loss_dtype)
     if not return_grad:

@@ -17,6 +17,7 @@ from ._validation import (
     float_input,
     normalize_axis,
     reduce_rows,
+    row_losses,
 )
 
 __all__ = ["multiclass_hinge_loss", "multiclass_perceptron_loss"]
@@ -66,7 +67,7 @@ def _class_margin(scores, target, axis, margin, reduction, return_grad, grad_out
     rows = x3.shape[0] * x3.shape[2]
     scale = (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
     grad = GradTarget(grad_out, x, ax, (x3,)) if want_grad else None
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.class_margin(x3, flat, margin, scale, per_row, grad.core if grad else None)
     out_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
     loss = reduce_rows(per_row, reduction, float(rows), out_shape, x.loss_dtype)

@@ -18,6 +18,7 @@ from ._validation import (
     grad_buffer,
     mean_scale,
     reduce_rows,
+    row_losses,
 )
 from .pairs import _finish, run_pairwise
 
@@ -114,7 +115,7 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     rows = math.prod(arr.shape[:-1])
     x2 = arr.reshape(rows, C)
     t2 = np.ascontiguousarray(t.reshape(rows, C), dtype=np.int64)
-    per_row = np.empty(rows, dtype=_F64)
+    per_row = row_losses(rows, reduction)
     buf = None if grad_out is None else grad_buffer(grad_out, arr.shape, x.orig_dtype)
     # the kernel writes straight into a caller's C-contiguous buffer that shares no memory
     # with the operands; others (the input itself, in place) get the gradient at the end

@@ -15,6 +15,7 @@ from ._validation import (
     check_reduction,
     float_input,
     reduce_rows,
+    row_losses,
 )
 
 __all__ = ["ranking_softmax_loss"]
@@ -134,7 +135,7 @@ def ranking_softmax_loss(
     scale = (1.0 / n_live if n_live else 0.0) if reduction == "mean" else 1.0
     inputs = (x3, y3) + ((w3,) if w3 is not None else ())
     grad = GradTarget(grad_out, x, last, inputs) if want_grad else None
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.ranking_softmax(x3, y3, w3, scale, per_row, grad.core if grad else None)
     if reduction == "mean":
         # optax: the mean over lists with an item; 0 when there is none (unless a NaN)

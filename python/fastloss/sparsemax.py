@@ -15,6 +15,7 @@ from ._validation import (
     float_input,
     normalize_axis,
     reduce_rows,
+    row_losses,
 )
 from .multiclass import index_targets
 
@@ -192,7 +193,7 @@ def sparsemax_loss(
     scale = (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
     grad = GradTarget(grad_out, x, ax, (x3,) + ((probs,) if probs is not None else ())) \
         if want_grad else None
-    per_row = np.empty(rows, dtype=np.float64)
+    per_row = row_losses(rows, reduction)
     _core.sparsemax_loss(x3, flat, probs, scale, per_row, grad.core if grad else None)
     loss = reduce_rows(per_row, reduction, float(rows), index_shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss

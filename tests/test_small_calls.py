@@ -66,6 +66,47 @@ def test_cross_entropy_errors_as_general_path(rng):
         fl.cross_entropy(np.zeros((4, 0), np.float32), np.zeros(4, np.int64))
 
 
+def test_focal_and_margin_options_and_errors(rng):
+    """softmax_focal_loss and multi_margin_loss take the class-rows fast path with their default
+    options (tests/test_tiny_calls.py: same bits as the general path); gamma as a NumPy float,
+    or margin as an int, is the same loss through the general path."""
+    x = rng.normal(0, 3, (40, 6))
+    t = rng.integers(0, 6, 40)
+    t[::7] = -100
+    # ignore_index: the focal loss skips the rows; multi_margin_loss has none (general path's error)
+    assert fl.softmax_focal_loss(x, t) == fl.softmax_focal_loss(x, t, gamma=np.float64(2.0))
+    with pytest.raises(IndexError, match=r"target\[0\] = -100 is out of range"):
+        fl.multi_margin_loss(x, t)
+    t = np.abs(t) % 6
+    for gamma in (0.0, 0.5, 3.0):
+        assert fl.softmax_focal_loss(x, t, gamma=gamma) == fl.softmax_focal_loss(
+            x, t, gamma=np.float64(gamma))
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="gamma"):
+            fl.softmax_focal_loss(x, t, gamma=bad)
+    for view in (x[:, ::2], x[::-1], x.T.copy().T):
+        tv = t[: view.shape[0]] % view.shape[1]
+        np.testing.assert_array_equal(fl.multi_margin_loss(view, tv),
+                                      fl.multi_margin_loss(view, tv, margin=1))
+    xf = x.astype(np.float32)
+    for bad in (np.array([0, 1, 6, 0]), np.array([0, -1, 1, 2])):
+        with pytest.raises(IndexError, match="out of range"):
+            fl.multi_margin_loss(xf[:4], bad)
+        with pytest.raises(IndexError, match="out of range"):
+            fl.softmax_focal_loss(xf[:4], bad)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fl.multi_margin_loss(xf[:4], t[:4], reduction="avg")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fl.softmax_focal_loss(xf[:4], t[:4], reduction="avg")
+    for reduction in ("mean", "sum", "none"):
+        np.testing.assert_allclose(fl.softmax_focal_loss(x, t, reduction=reduction),
+                                   reference.softmax_focal_loss(x, t, reduction=reduction),
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(fl.multi_margin_loss(x, t, reduction=reduction),
+                                   reference.multi_margin_loss(x, t, reduction=reduction),
+                                   rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name, kind", [("mse_loss", "mse"), ("l1_loss", "l1")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (128,), (3, 5), (1000, 3)])

@@ -61,7 +61,7 @@ def fast_only(monkeypatch):
     import importlib
 
     mods = {m: importlib.import_module(f"fastloss.{m}")  # (fastloss.softmax is the function)
-            for m in ("_pointwise", "pairs", "classification", "softmax")}
+            for m in ("_pointwise", "pairs", "classification", "softmax", "margin")}
 
     def general(*args, **kwargs):
         raise AssertionError("the general path ran")
@@ -72,6 +72,8 @@ def fast_only(monkeypatch):
             m.setattr(mods["_pointwise"], "float_input", general)
             m.setattr(mods["pairs"], "float_input", general)
             m.setattr(mods["classification"], "_class_input", general)
+            m.setattr(mods["classification"], "float_input", general)  # (softmax_focal_loss)
+            m.setattr(mods["margin"], "float_input", general)
             m.setattr(mods["softmax"], "float_input", general)
             yield
 
@@ -260,18 +262,23 @@ def test_large_calls_release_the_gil_and_agree(rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# cross_entropy, nll_loss
+# cross_entropy, nll_loss, softmax_focal_loss, multi_margin_loss
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+_CLASS_ROWS = {"cross_entropy": 0, "nll_loss": 1, "softmax_focal_loss": 2, "multi_margin_loss": 3}
+
+
+@pytest.mark.parametrize("fn", list(_CLASS_ROWS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 257)])
 def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
     f = getattr(fl, fn)
+    margin = fn == "multi_margin_loss"  # (no ignore_index, no axis)
     x = rng.normal(0, 3, shape).astype(dtype)
     if fn == "nll_loss":
         x = fl.log_softmax(x, axis=-1)
     t = rng.integers(0, shape[1], shape[0])
-    t[::5] = -100
+    if not margin:
+        t[::5] = -100
     views = [x, x[:, ::-1]] if shape[1] > 1 else [x]  # (strided logits are taken as well)
     for v in views:
         for reduction in ("mean", "sum", "none"):
@@ -279,17 +286,20 @@ def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
                 kw = dict(reduction=reduction, return_grad=grad)
                 with fast_only():
                     fast = f(v, t, **kw)
-                assert _core.class_rows_small(0 if fn == "cross_entropy" else 1, v, t, -100,
-                                              reduction, grad) is not None
+                assert _core.class_rows_small(_CLASS_ROWS[fn], v, t, None if margin else -100,
+                                              reduction, grad, 2.0) is not None
                 _same(fast, f(_g(v), t, **kw))
-                _same(fast, f(v, t, axis=1, **kw))
+                if not margin:
+                    _same(fast, f(v, t, axis=1, **kw))
+        if margin:
+            continue
         t_all = np.full(shape[0], 7)
         for grad in (False, True):  # every row ignored: NaN mean, zero gradient
             _same(f(v, t_all, ignore_index=7, return_grad=grad),
                   f(_g(v), t_all, ignore_index=7, return_grad=grad))
 
 
-@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("fn", list(_CLASS_ROWS))
 def test_class_rows_errors_and_declines(rng, fn):
     f = getattr(fl, fn)
     x = rng.normal(size=(4, 3)).astype(np.float32)
@@ -305,6 +315,9 @@ def test_class_rows_errors_and_declines(rng, fn):
         ((np.zeros((4, 0), np.float32), t), {}),
         ((x, t), {"axis": 0}),
     ]
+    if fn == "multi_margin_loss":  # (no ignore_index or axis to get wrong; -100 is a bad index)
+        bad = [b for b in bad if not {"ignore_index", "axis"} & set(b[1])]
+        bad.append(((x, np.array([0, -100, 1, 2])), {}))
     for args, kw in bad:
         for grad in (False, True):
             _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad, **kw)

@@ -173,7 +173,7 @@ def cross_entropy(
         # The common small call (2-d logits, int64 targets), checked and computed in one call
         # into the core (None: the general path below, which also raises every user-facing
         # error).
-        r = _core.class_rows_small(0, logits, target, ignore_index, reduction, return_grad)
+        r = _core.class_rows_small(0, logits, target, ignore_index, reduction, return_grad, 0.0)
         if r is not None:
             return r
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
@@ -374,7 +374,8 @@ def nll_loss(
     """
     if weight is None and grad_out is None and type(axis) is int and axis in (-1, 1):
         # the common small call (as cross_entropy's)
-        r = _core.class_rows_small(1, log_probs, target, ignore_index, reduction, return_grad)
+        r = _core.class_rows_small(1, log_probs, target, ignore_index, reduction, return_grad,
+                                   0.0)
         if r is not None:
             return r
     x, ax = _class_input(log_probs, "log_probs", axis)
@@ -441,6 +442,13 @@ def softmax_focal_loss(
     >>> float(fl.softmax_focal_loss([[0.0, 0.0]], [0]))  # 0.5**2 * ln 2
     0.17328679513998632
     """
+    if (alpha is None and grad_out is None and type(axis) is int and axis in (-1, 1)
+            and type(gamma) is float and 0.0 <= gamma < math.inf):
+        # the common small call (as cross_entropy's)
+        r = _core.class_rows_small(2, logits, target, ignore_index, reduction, return_grad,
+                                   gamma)
+        if r is not None:
+            return r
     g = check_real(gamma, "gamma", 0.0, math.inf)
     if not math.isfinite(g):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")

@@ -499,21 +499,26 @@ py::tuple check_class_targets(const py::array& t, int64_t n_classes, int64_t ign
   return py::make_tuple(first, total);
 }
 
-// cross_entropy (kind 0) or nll_loss (kind 1) of logits / log-probabilities (N, C) and
-// class-index targets (N,) contiguous int64, without class weights: the loss ("mean", "sum" as
-// a NumPy scalar, "none" as an (N,) array) and with return_grad the gradient, as the public
-// function returns them; None where the general path applies (anything else, a target out of
-// range, an empty or large batch, an ignore_index outside int64).
+// cross_entropy (kind 0), nll_loss (kind 1), softmax_focal_loss (kind 2, p0 = gamma, no alpha)
+// or multi_margin_loss (kind 3, p = 1, margin 1, no weight; no ignore_index: pass None) of
+// logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64,
+// without class weights: the loss ("mean", "sum" as a NumPy scalar, "none" as an (N,) array)
+// and with return_grad the gradient, as the public function returns them; None where the
+// general path applies (anything else, a target out of range, an empty or large batch, an
+// ignore_index outside int64).
 py::object class_rows_small(int kind, py::handle logits, py::handle target,
                             py::handle ignore_index_, py::handle reduction,
-                            py::handle return_grad) {
+                            py::handle return_grad, double p0) {
   const int red = fast_reduction(reduction);
   const int grad = fast_flag(return_grad);
-  if (red < 0 || grad < 0 || !exact_ndarray(logits) || !exact_ndarray(target) ||
-      !PyLong_CheckExact(ignore_index_.ptr()))
+  const bool margin = kind == 3;
+  if (kind < 0 || kind > 3 || red < 0 || grad < 0 || !exact_ndarray(logits) ||
+      !exact_ndarray(target) || (!margin && !PyLong_CheckExact(ignore_index_.ptr())))
     return py::none();
   int overflow = 0;
-  const int64_t ignore_index = PyLong_AsLongLongAndOverflow(ignore_index_.ptr(), &overflow);
+  // (multi_margin_loss: no index is ignored; -1 is never a valid class)
+  const int64_t ignore_index =
+      margin ? -1 : PyLong_AsLongLongAndOverflow(ignore_index_.ptr(), &overflow);
   if (overflow) return py::none();
   const auto x = py::reinterpret_borrow<py::array>(logits);
   const auto t = py::reinterpret_borrow<py::array>(target);
@@ -527,7 +532,7 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t v = tp[i];
-    if (v == ignore_index) continue;
+    if (v == ignore_index && !margin) continue;
     if (v < 0 || v >= C) return py::none();  // the general path names the bad index
     ++count;
   }
@@ -551,13 +556,21 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
       lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
     }
     auto call = [&] {
-      if (kind == 0) {
+      if (kind == 0 || kind == 2) {
         CrossEntropyArgs<S> a;
         a.x = static_cast<const S*>(x.data()), a.lx = lx;
         a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
         a.loss = per_row.data();
         if (grad) a.grad = gp, a.lg = lg;
+        if (kind == 2) a.focal = true, a.focal_gamma = p0;
         fastloss::cross_entropy(a);
+      } else if (kind == 3) {
+        MultiMarginArgs<S> a;
+        a.x = static_cast<const S*>(x.data()), a.lx = lx;
+        a.target = tp, a.p = 1, a.margin = 1.0, a.grad_scale = scale;
+        a.loss = per_row.data();
+        if (grad) a.grad = gp, a.lg = lg;
+        fastloss::multi_margin_loss(a);
       } else {
         NllArgs<S> a;
         a.x = static_cast<const S*>(x.data()), a.lx = lx;

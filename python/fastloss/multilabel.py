@@ -104,17 +104,22 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     if t.shape != arr.shape:
         raise ValueError(f"target has shape {t.shape} but must have the input's shape "
                          f"{arr.shape} (one row of class indices per sample, ended by -1)")
-    if t.size and t.dtype.kind == "u" and t.max() >= C:
-        wrong = t >= C
+    rows = math.prod(arr.shape[:-1])
+    if t.dtype == np.int64:  # (the first entry outside [-1, C) in one pass in the core)
+        t2 = np.ascontiguousarray(t.reshape(rows, C))
+        i = _core.check_class_targets(t2.reshape(-1), C, -1)[0]
     else:
-        wrong = (t < -1) | (t >= C)
-    if wrong.any():
-        i = int(np.flatnonzero(wrong.reshape(-1))[0])
+        if t.size and t.dtype.kind == "u" and t.max() >= C:
+            wrong = t >= C
+        else:
+            wrong = (t < -1) | (t >= C)
+        i = int(np.flatnonzero(wrong.reshape(-1))[0]) if wrong.any() else -1
+        if i < 0:
+            t2 = np.ascontiguousarray(t.reshape(rows, C), dtype=np.int64)
+    if i >= 0:
         raise IndexError(f"target.flat[{i}] = {t.reshape(-1)[i]} is out of range: entries "
                          f"must be class indices in [0, {C - 1}] or -1 (the end of a row)")
-    rows = math.prod(arr.shape[:-1])
     x2 = arr.reshape(rows, C)
-    t2 = np.ascontiguousarray(t.reshape(rows, C), dtype=np.int64)
     per_row = row_losses(rows, reduction)
     buf = None if grad_out is None else grad_buffer(grad_out, arr.shape, x.orig_dtype)
     # the kernel writes straight into a caller's C-contiguous buffer that shares no memory

@@ -29,6 +29,7 @@ from ._validation import (
     mean_scale,
     normalize_axes,
     reduce_rows,
+    row_losses,
 )
 
 __all__ = [
@@ -68,6 +69,9 @@ def _common_storage(xs: list[FloatInput]) -> tuple[np.dtype, np.dtype]:
 
 
 def _broadcast(shapes: list[tuple[str, tuple]]) -> tuple:
+    first = tuple(shapes[0][1])
+    if all(tuple(s) == first for _, s in shapes):  # (one shape: no NumPy call)
+        return first
     try:
         return tuple(np.broadcast_shapes(*(s for _, s in shapes)))
     except ValueError:
@@ -925,10 +929,10 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, *, margin: floa
         ("input1", "input2"))
     D = shape[-1]
     rows = math.prod(shape[:-1])
-    a2 = np.broadcast_to(a.array, shape).reshape(rows, D)
-    b2 = np.broadcast_to(b.array, shape).reshape(rows, D)
+    a2, b2 = ((u if u.shape == shape else np.broadcast_to(u, shape)).reshape(rows, D)
+              for u in (a.array, b.array))
     scale = mean_scale(reduction, rows)
-    per_row = np.empty(rows, dtype=_F64)
+    per_row = row_losses(rows, reduction)
     if return_grad:
         g1 = np.empty((rows, D), dtype=_F64 if shape != a.array.shape else a.orig_dtype)
         g2 = np.empty((rows, D), dtype=_F64 if shape != b.array.shape else b.orig_dtype)

@@ -62,8 +62,9 @@ def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum", grad_o
     ``grad_sign * cos`` under ``reduction`` (in the caller's ``grad_out`` where given, see
     :func:`cosine_similarity`)."""
     a, b = float_input(x1, "x1"), float_input(x2, "x2")
-    try:
-        shape = np.broadcast_shapes(a.array.shape, b.array.shape)
+    try:  # (one shape: no broadcast, whose NumPy calls cost more than a small cosine)
+        shape = a.array.shape if a.array.shape == b.array.shape else \
+            np.broadcast_shapes(a.array.shape, b.array.shape)
     except ValueError:
         raise ValueError(
             f"x1 and x2 cannot be broadcast together: shapes {a.array.shape} and "
@@ -80,8 +81,8 @@ def _cosine(x1, x2, axis, eps, want_grad, grad_sign=1.0, reduction="sum", grad_o
     dt = _kernel_dtype(a, b)
     if want_grad and dt.itemsize == 2 and (a.array.shape != shape or b.array.shape != shape):
         dt = np.dtype(np.float32)  # gradients summed over broadcast axes: sum float32 terms
-    A = as3d(np.broadcast_to(a.array.astype(dt, copy=False), shape), ax)
-    B = as3d(np.broadcast_to(b.array.astype(dt, copy=False), shape), ax)
+    A, B = (as3d(u if u.shape == shape else np.broadcast_to(u, shape), ax)
+            for u in (a.array.astype(dt, copy=False), b.array.astype(dt, copy=False)))
     out_shape = shape[:ax] + shape[ax + 1 :]
     grad_scale = grad_sign * mean_scale(reduction, math.prod(out_shape))
     cos = np.empty(A.shape[0] * A.shape[2], dtype=np.float64)

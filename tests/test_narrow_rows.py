@@ -209,6 +209,43 @@ def test_small_class_kernel_same_bits_for_every_layout(rng, isa, threads, dtype,
         np.testing.assert_allclose(loss2[ok], ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_small_class_focal_same_bits_as_lane_kernel(rng, isa, threads, dtype):
+    """softmax_focal_loss without alpha, 2 to 16 classes: ce_index_small with the focal term.
+    Rows back to back, a row stride and Fortran order give the same bits, and so does
+    alpha = 1 for every class (ce_index_narrow, whose focal term this is, operation for
+    operation), for gamma 2, 1 and 0 (closed forms) and 0.5 (pow), with ignored, NaN, +-inf
+    and confident rows."""
+    for C in range(2, 18):
+        rows = 16 * 2 + 5
+        x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e4], (rows, 1))
+        x = x.astype(dtype)
+        t = rng.integers(0, C, rows)
+        t[[0, 9]] = -100
+        x[2, min(1, C - 1)] = np.nan
+        x[3, :] = -np.inf
+        x[4, 0] = np.inf
+        x[5, t[5]] = -np.inf
+        x[6, :] = 0.0
+        x[6, t[6]] = 100.0
+        wide = np.full((rows, C + 3), 7.0, dtype)
+        wide[:, :C] = x
+        for gamma in (2.0, 1.0, 0.0, 0.5):
+            kw = dict(gamma=gamma, reduction="none", return_grad=True)
+            loss, grad = fl.softmax_focal_loss(x, t, **kw)
+            for other, alpha in ((wide[:, :C], None), (np.asfortranarray(x), None),
+                                 (x, np.ones(C))):
+                loss_o, grad_o = fl.softmax_focal_loss(other, t, alpha=alpha, **kw)
+                np.testing.assert_array_equal(loss, loss_o)
+                np.testing.assert_array_equal(grad, grad_o)
+                np.testing.assert_array_equal(np.signbit(grad), np.signbit(grad_o))
+            ok = np.isfinite(x).all(axis=1) & (t != -100)
+            want = reference.softmax_focal_loss(x[ok].astype(np.float64), t[ok], gamma=gamma,
+                                                reduction="none")
+            rtol, atol = TOL[np.float32 if dtype == np.float16 else dtype]
+            np.testing.assert_allclose(loss[ok], want, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_small_class_softmax_family_same_bits_for_every_layout(rng, isa, threads, dtype):
     """logsumexp / softmax / log_softmax of 2 to 16 classes (softmax_small, the block in

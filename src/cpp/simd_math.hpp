@@ -836,7 +836,7 @@ inline uint16_t float_to_half(float v) {
 #if defined(__F16C__)
   return uint16_t(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT));
 #else
-  return uint16_t(float_to_half_bits(f32v{} + v)[0]);
+  return uint16_t(float_to_half_bits(v - f32v{})[0]);  // (v - 0, not 0 + v: -0 stays -0)
 #endif
 }
 

@@ -745,9 +745,10 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3 to 16 classes, class-index targets, no weights, label smoothing, z-loss, focal term, lse
-// or token accuracy, any layout and input type: the arithmetic of
-// ce_index_narrow<S, Coef::kNone>, operation for operation (so the same bits), on a block held
+// 3 to 16 classes (2 for the focal loss and 16-bit inputs, which ce_index_binary does not
+// take), class-index targets, no weights (alpha), label smoothing, z-loss, lse or token
+// accuracy, any layout and input type: the arithmetic of ce_index_narrow<S, Coef::kNone>
+// (with its focal term), operation for operation (so the same bits), on a block held
 // in registers. ce_index_narrow's block passes through stack buffers (the transposed logits,
 // the targets, the float64 lanes of the epilogue), and with a few classes those stores and
 // reloads, not the arithmetic, set its time (one thread, float32, AVX-512, in cache: 0.63 of
@@ -758,9 +759,34 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 constexpr int64_t kSmallMaxClasses = 16;
 template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
   const int64_t n = a.lx.n1;
-  return n >= 3 && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight &&
-         a.label_smoothing == 0.0 && a.z_loss == 0.0 && a.softcap == 0.0 && !a.focal && !a.lse &&
-         !a.correct;
+  // (two classes: ce_index_binary, which takes neither the focal term nor 16-bit inputs)
+  const int64_t lo = a.focal || !std::is_same_v<S, compute_t<S>> ? 2 : 3;
+  return n >= lo && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight &&
+         a.label_smoothing == 0.0 && a.z_loss == 0.0 && a.softcap == 0.0 && !a.lse && !a.correct;
+}
+
+// The focal term of ce_index_narrow in float64 lanes, operation for operation: q = 1 - p_t,
+// mod = (1 - p_t)^gamma, dmod = gamma (1 - p_t)^(gamma - 1) p_t (-log p_t), ce = -log p_t
+// (std::pow lane by lane for a gamma other than 0, 1 and 2, as there).
+inline void focal_lanes(f64v q, f64v pt, f64v ce, double gamma, f64v& mod, f64v& dmod) {
+  const f64v zero{};
+  const auto none = (q == zero) | (pt == zero);
+  if (gamma == 2) {
+    mod = vselect(q == zero, zero, q * q);
+    dmod = vselect(none, zero, ((2 * q) * pt) * ce);
+  } else if (gamma == 1) {
+    mod = vselect(q == zero, zero, q);
+    dmod = vselect(none, zero, (1.0 * pt) * ce);
+  } else if (gamma == 0) {
+    mod = zero + 1.0;
+    dmod = zero;
+  } else {
+    mod = dmod = zero;
+    for (int i = 0; i < vec_width<double>; ++i) {
+      mod[i] = q[i] == 0 ? 0.0 : std::pow(q[i], gamma);
+      dmod[i] = q[i] == 0 || pt[i] == 0 ? 0.0 : gamma * std::pow(q[i], gamma - 1) * pt[i] * ce[i];
+    }
+  }
 }
 
 // The W rows at p (N classes each, back to back) as N class vectors, and back.
@@ -950,30 +976,39 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       md[0] = m, xt64[0] = xt, et64[0] = et, nan64[0] = nan_seen;
     }
     [[maybe_unused]] f64v inv_s[K], omp[K], pt[K];
+    // the gradient's coefficients of p_j and of -[j == t] (ce_index_narrow's ps and tc, w_t = 1)
+    f64v ps[K], tc[K];
     for (int k = 0; k < K; ++k) {
       const f64v s_ex = se.v[k];
       const auto t_max = xt64[k] == md[k];
       const f64v e_t = vselect(t_max, f64v{} + 1.0, et64[k]);
       const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
       const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
-      const auto bad = (nan64[k] != nan64[k]) | (md[k] - md[k] != md[k] - md[k]) |
-                       (tg.inv64[k] != 0.0);
-      vstore(lout + k * WD, vselect(tg.ign64[k] != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, c)));
-      if constexpr (kGrad) {
+      f64v l = c;
+      ps[k] = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc[k] = f64v{} + g * (1.0 - 0.0) * 1.0;
+      if (kGrad || a.focal) {
         const f64v s = s_ex + e_t;
         inv_s[k] = 1.0 / s;
         omp[k] = s_ex * inv_s[k];  // 1 - p_t without cancellation
         pt[k] = e_t * inv_s[k];
       }
+      if (a.focal) {  // -(1 - p_t)^gamma log p_t, gradient g (mod + dmod) (p_j - [j == t])
+        f64v mod, dmod;
+        focal_lanes(omp[k], pt[k], c, a.focal_gamma, mod, dmod);
+        l = mod * c;
+        ps[k] = tc[k] = g * (mod + dmod);
+      }
+      const auto bad = (nan64[k] != nan64[k]) | (md[k] - md[k] != md[k] - md[k]) |
+                       (tg.inv64[k] != 0.0);
+      vstore(lout + k * WD, vselect(tg.ign64[k] != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, l)));
     }
     if constexpr (kGrad) {
       // ce_index_narrow's gradient with w_t = 1 (0 for ignored rows, which are filled):
-      // (g / S) e_j, and at the target -g (1 - p_t) + (g - g) p_t - g (0 / C) 0
+      // (ps / S) e_j, and at the target -tc (1 - p_t) + (ps - tc) p_t - g (0 / C) 0
       f64v gs64[K], gt64[K];
       for (int k = 0; k < K; ++k) {
-        const f64v ps = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc = f64v{} + g * (1.0 - 0.0) * 1.0;
-        gs64[k] = ps * inv_s[k];
-        gt64[k] = -tc * omp[k] + (ps - tc) * pt[k] - g * 0.0 * 0.0;
+        gs64[k] = ps[k] * inv_s[k];
+        gt64[k] = -tc[k] * omp[k] + (ps[k] - tc[k]) * pt[k] - g * 0.0 * 0.0;
       }
       V vgs, vgt;
       if constexpr (std::is_same_v<T, float>)
@@ -1145,9 +1180,9 @@ template <int N, class F> void with_class_count_up_to_16(int64_t n, F&& f) {
   f(std::integral_constant<int, N>{});
 }
 
-// (cross-entropy from 3 classes: two take ce_index_binary; the softmax family from 2)
+// (from 2 classes: cross-entropy's two take ce_index_binary where ce_small_applies says so)
 template <class S> void ce_index_small_n(const CrossEntropyArgs<S>& a) {
-  with_class_count_up_to_16<3>(a.lx.n1,
+  with_class_count_up_to_16<2>(a.lx.n1,
                                [&](auto kN) { ce_index_small<S, decltype(kN)::value>(a); });
 }
 constexpr int64_t kSmallMinSoftmax = 2;

@@ -372,8 +372,85 @@ void kl_div_with_logits_narrow(const KlLogitsArgs<S>& a) {
   });
 }
 
+// kl_div_with_logits of 2 to 16 classes, any layout and input type: kl_div_with_logits_narrow's
+// arithmetic, operation for operation (so the same bits), with the block held in registers
+// from load to store (as ce_index_small, softmax_narrow.hpp) instead of passing through the
+// lane kernels' buffers.
+template <class S, int N>
+void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
+  const double tau = a.temperature;
+  const V inv = vset<T>(T(1.0 / tau));
+  const bool grad = a.grad != nullptr;
+  auto f64_lanes = [](V v, f64v* d) __attribute__((always_inline)) {
+    if constexpr (std::is_same_v<T, float>)
+      widen(v, d[0], d[1]);
+    else
+      d[0] = v;
+  };
+  parallel_row_blocks(a.ls.rows(), 2 * N, W, [&](int64_t r0, int nb) {
+    prefetch_small_block<S, N>(a.student, a.ls, r0);
+    prefetch_small_block<S, N>(a.teacher, a.lt, r0);
+    if (grad) prefetch_small_block<S, N>(a.grad, a.lg, r0);  // (its lines are read first)
+    V xs[N], xt[N];
+    load_small_block<S, N>(a.student, a.ls, r0, nb, xs);
+    load_small_block<S, N>(a.teacher, a.lt, r0, nb, xt);
+    // lane_max of each: the maximum and a NaN flag
+    const V neg_inf = vset<T>(-std::numeric_limits<T>::infinity());
+    V ms = neg_inf, mt = neg_inf, nan_s = vset<T>(0), nan_t = vset<T>(0);
+    for (int j = 0; j < N; ++j) {
+      nan_s = vselect(xs[j] != xs[j], xs[j], nan_s);
+      ms = vselect(xs[j] > ms, xs[j], ms);
+      nan_t = vselect(xt[j] != xt[j], xt[j], nan_t);
+      mt = vselect(xt[j] > mt, xt[j], mt);
+    }
+    LaneSum<T> sum_s, sum_t, sum_d;
+    V es[N], et[N];
+    for (int j = 0; j < N; ++j) {
+      const V as = (xs[j] - ms) * inv, bt = (xt[j] - mt) * inv;
+      es[j] = vexp_capped(as), et[j] = vexp_capped(bt);
+      sum_s.add(es[j]);
+      sum_t.add(et[j]);
+      sum_d.add(vselect(et[j] == V{}, V{}, et[j] * (bt - as)));  // q_j = 0: 0, even at -inf
+    }
+    f64v m_s[K], m_t[K], n_s[K], n_t[K], out[K];
+    f64_lanes(ms, m_s), f64_lanes(mt, m_t), f64_lanes(nan_s, n_s), f64_lanes(nan_t, n_t);
+    for (int k = 0; k < K; ++k) {
+      const f64v s_s = sum_s.v[k], s_t = sum_t.v[k], a_s = m_s[k], a_t = m_t[k];
+      // NaN or +inf anywhere, or a row without any finite logit: NaN
+      const auto bad = (n_s[k] != n_s[k]) | (n_t[k] != n_t[k]) | (a_s - a_s != a_s - a_s) |
+                       (a_t - a_t != a_t - a_t);
+      const f64v loss = (tau * tau) * (sum_d.v[k] / s_t + vlog(s_s / s_t));
+      out[k] = vselect(bad, f64v{} + kNaN, loss);
+    }
+    alignas(64) double ob[W];
+    for (int k = 0; k < K; ++k) vstore(ob + k * WD, out[k]);
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = ob[b];
+    if (!grad) return;
+    const double gt = a.grad_scale * tau;
+    f64v fs64[K], ft64[K];
+    for (int k = 0; k < K; ++k) fs64[k] = gt / sum_s.v[k], ft64[k] = gt / sum_t.v[k];
+    V vs, vt, bad_row;
+    if constexpr (std::is_same_v<T, float>) {
+      vs = narrow(fs64[0], fs64[1]), vt = narrow(ft64[0], ft64[1]);
+      bad_row = narrow(out[0], out[1]);
+    } else {
+      vs = fs64[0], vt = ft64[0], bad_row = out[0];
+    }
+    const auto fill = bad_row != bad_row;  // (NaN rows: NaN gradients)
+    V g[N];
+    for (int j = 0; j < N; ++j) g[j] = vselect(fill, vset<T>(T(kNaN)), vs * es[j] - vt * et[j]);
+    store_small_block<S, N>(a.grad, a.lg, r0, nb, g);
+  });
+}
+
 template <class S>
 void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
+  if (a.ls.n1 >= 2 && a.ls.n1 <= kSmallMaxClasses)
+    return with_class_count_up_to_16<2>(
+        a.ls.n1, [&](auto kN) { kl_div_with_logits_small<S, decltype(kN)::value>(a); });
   if (a.ls.n1 <= kKlNarrowMax) return kl_div_with_logits_narrow(a);
   using T = compute_t<S>;
   const int64_t n = a.ls.n1;

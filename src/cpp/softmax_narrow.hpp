@@ -489,69 +489,6 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
 // (rejected by the caller before). lse = max(x0, x1) + log1p(exp(-|z|)) from the same exp and
 // log1p, and token accuracy (NumPy's argmax, the first NaN winning) from the same lanes.
 // ---------------------------------------------------------------------------------------------
-template <class T> inline void split_pairs(const T* p, vec_t<T>& a, vec_t<T>& b) {
-  [[maybe_unused]] constexpr int W = vec_width<T>;
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + 16);
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    a = vec_t<T>(_mm512_permutex2var_ps(v0, ev, v1));
-    b = vec_t<T>(_mm512_permutex2var_ps(v0, od, v1));
-  } else {
-    const __m512d v0 = _mm512_loadu_pd(p), v1 = _mm512_loadu_pd(p + 8);
-    a = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), v1));
-    b = vec_t<T>(_mm512_permutex2var_pd(v0, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), v1));
-  }
-#elif defined(__AVX2__)
-  // (a shuffle within 128-bit halves, then the halves' 64-bit quarters put in order)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
-    a = vec_t<T>(_mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8)));
-    b = vec_t<T>(_mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8)));
-  } else {
-    const __m256d v0 = _mm256_loadu_pd(p), v1 = _mm256_loadu_pd(p + 4);
-    a = vec_t<T>(_mm256_permute4x64_pd(_mm256_unpacklo_pd(v0, v1), 0xD8));
-    b = vec_t<T>(_mm256_permute4x64_pd(_mm256_unpackhi_pd(v0, v1), 0xD8));
-  }
-#else
-  for (int i = 0; i < W; ++i) a[i] = p[2 * i], b[i] = p[2 * i + 1];
-#endif
-}
-template <class T> inline void join_pairs(T* p, vec_t<T> a, vec_t<T> b) {
-  [[maybe_unused]] constexpr int W = vec_width<T>;
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi =
-        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    _mm512_storeu_ps(p, _mm512_permutex2var_ps(__m512(a), lo, __m512(b)));
-    _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(__m512(a), hi, __m512(b)));
-  } else {
-    _mm512_storeu_pd(p, _mm512_permutex2var_pd(__m512d(a), _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11),
-                                               __m512d(b)));
-    _mm512_storeu_pd(p + 8, _mm512_permutex2var_pd(
-                                __m512d(a), _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), __m512d(b)));
-  }
-#elif defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 a2 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(__m256(a)), 0xD8));
-    const __m256 b2 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(__m256(b)), 0xD8));
-    _mm256_storeu_ps(p, _mm256_unpacklo_ps(a2, b2));
-    _mm256_storeu_ps(p + 8, _mm256_unpackhi_ps(a2, b2));
-  } else {
-    const __m256d a2 = _mm256_permute4x64_pd(__m256d(a), 0xD8);
-    const __m256d b2 = _mm256_permute4x64_pd(__m256d(b), 0xD8);
-    _mm256_storeu_pd(p, _mm256_unpacklo_pd(a2, b2));
-    _mm256_storeu_pd(p + 4, _mm256_unpackhi_pd(a2, b2));
-  }
-#else
-  for (int i = 0; i < W; ++i) p[2 * i] = a[i], p[2 * i + 1] = b[i];
-#endif
-}
-
 // Lane masks of W class-index targets (int64): class 0, class 1, ignore_index (which wins over
 // a class of the same value).
 template <class T>
@@ -756,7 +693,6 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 // block is loaded and split into class vectors (load_small_block), reduced, and written back
 // without leaving registers.
 // ---------------------------------------------------------------------------------------------
-constexpr int64_t kSmallMaxClasses = 16;
 template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
   const int64_t n = a.lx.n1;
   // (two classes: ce_index_binary, which takes neither the focal term nor 16-bit inputs)
@@ -786,143 +722,6 @@ inline void focal_lanes(f64v q, f64v pt, f64v ce, double gamma, f64v& mod, f64v&
       mod[i] = q[i] == 0 ? 0.0 : std::pow(q[i], gamma);
       dmod[i] = q[i] == 0 || pt[i] == 0 ? 0.0 : gamma * std::pow(q[i], gamma - 1) * pt[i] * ce[i];
     }
-  }
-}
-
-// The W rows at p (N classes each, back to back) as N class vectors, and back.
-template <class T, int N>
-__attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> c[N]) {
-  constexpr int W = vec_width<T>;
-  if constexpr (N == 2) {  // (two classes: one even/odd split, every type and ISA)
-    split_pairs<T>(p, c[0], c[1]);
-    return;
-  }
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && N <= 7) {
-    __m512 v[N];
-    split_small_rows<N>(p, v);
-    for (int j = 0; j < N; ++j) c[j] = vec_t<T>(v[j]);
-    return;
-  }
-#endif
-#if defined(__AVX512F__) || defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float> && N <= W && sizeof(TileReg) == W * sizeof(float)) {
-    TileReg r[W];  // (row b's N classes in r[b], zeros after; transposed: class j in r[j])
-    for (int b = 0; b < W; ++b) r[b] = load_row_part(p + b * N, N);
-    transpose_tile(r);
-    for (int j = 0; j < N; ++j) std::memcpy(&c[j], &r[j], sizeof(TileReg));
-    return;
-  }
-#endif
-  alignas(64) T buf[N * W];
-  Layout3 l;
-  l.n0 = W, l.n1 = N, l.n2 = 1, l.s0 = N, l.s1 = 1, l.s2 = 1;
-  int64_t off[W];
-  for (int b = 0; b < W; ++b) off[b] = int64_t(b) * N;
-  gather_lanes(p, l, off, W, buf);
-  for (int j = 0; j < N; ++j) c[j] = vload(buf + j * W);
-}
-template <class T, int N>
-__attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T> c[N]) {
-  constexpr int W = vec_width<T>;
-  if constexpr (N == 2) {
-    join_pairs<T>(p, c[0], c[1]);
-    return;
-  }
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && N <= 7) {
-    __m512 v[N];
-    for (int j = 0; j < N; ++j) v[j] = __m512(c[j]);
-    join_small_rows<N>(v, p);
-    return;
-  }
-#endif
-#if defined(__AVX512F__) || defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float> && N <= W && sizeof(TileReg) == W * sizeof(float)) {
-    TileReg r[W];
-    for (int j = 0; j < W; ++j) {
-      r[j] = TileReg{};
-      if (j < N) std::memcpy(&r[j], &c[j], sizeof(TileReg));
-    }
-    transpose_tile(r);
-    for (int b = 0; b < W; ++b) store_row_part(p + b * N, N, r[b]);
-    return;
-  }
-#endif
-  alignas(64) T buf[N * W];
-  for (int j = 0; j < N; ++j) vstore(buf + j * W, c[j]);
-  Layout3 l;
-  l.n0 = W, l.n1 = N, l.n2 = 1, l.s0 = N, l.s1 = 1, l.s2 = 1;
-  int64_t off[W];
-  for (int b = 0; b < W; ++b) off[b] = int64_t(b) * N;
-  scatter_lanes(p, l, off, W, buf);
-}
-
-// A block of nb <= W rows [r, r + nb) of any layout as N class vectors, and back: a full block
-// of rows back to back by load_small_rows / store_small_rows; rows in lanes (rows_in_lanes: the
-// class axis of (N, C, H, W) inside one image) by one vector per class; anything else (a short
-// block, a block across two images, other strides) through gather_lanes / scatter_lanes (their
-// padding lanes repeat lane 0, and their results are dropped).
-template <class S, int N, class T = compute_t<S>>
-__attribute__((always_inline)) inline void load_small_block(const S* x, const Layout3& L,
-                                                            int64_t r, int nb, vec_t<T> c[N]) {
-  constexpr int W = vec_width<T>;
-  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
-    if constexpr (std::is_same_v<S, T>) {
-      load_small_rows<T, N>(x + r * N, c);
-    } else {  // (16-bit: the block widened into float32 rows first, N vectors)
-      alignas(64) T rows[N * W];
-      for (int q = 0; q < N; ++q) vstore(rows + q * W, vload_as(x + r * N + q * W));
-      load_small_rows<T, N>(rows, c);
-    }
-    return;
-  }
-  int64_t off[W] = {};
-  row_offsets(L, r, nb, off);
-  if (rows_in_lanes<W>(L, off, nb)) {
-    for (int j = 0; j < N; ++j) c[j] = vload_as(x + off[0] + j * L.s1);
-    return;
-  }
-  alignas(64) T buf[N * W];
-  gather_lanes(x, L, off, nb, buf);
-  for (int j = 0; j < N; ++j) c[j] = vload(buf + j * W);
-}
-template <class S, int N, class T = compute_t<S>>
-__attribute__((always_inline)) inline void store_small_block(S* y, const Layout3& L, int64_t r,
-                                                             int nb, const vec_t<T> c[N]) {
-  constexpr int W = vec_width<T>;
-  if (nb == W && L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
-    if constexpr (std::is_same_v<S, T>) {
-      store_small_rows<T, N>(y + r * N, c);
-    } else {  // (16-bit: float32 rows, then rounded N vectors at a time)
-      alignas(64) T rows[N * W];
-      store_small_rows<T, N>(rows, c);
-      for (int q = 0; q < N; ++q) vstore_as(y + r * N + q * W, vload(rows + q * W));
-    }
-    return;
-  }
-  int64_t off[W] = {};
-  row_offsets(L, r, nb, off);
-  if (rows_in_lanes<W>(L, off, nb)) {
-    for (int j = 0; j < N; ++j) vstore_as(y + off[0] + j * L.s1, c[j]);
-    return;
-  }
-  alignas(64) T buf[N * W];
-  for (int j = 0; j < N; ++j) vstore(buf + j * W, c[j]);
-  scatter_lanes(y, L, off, nb, buf);
-}
-
-// Software prefetch of the rows of the block 4 blocks after r (as prefetch_block; also for rows
-// in lanes, a run of W elements per class).
-template <class S, int N> inline void prefetch_small_block(const S* x, const Layout3& L, int64_t r) {
-  constexpr int W = vec_width<compute_t<S>>;
-  const int64_t q = r + 4 * W;
-  if (q + W > L.rows()) return;
-  if (L.n2 == 1 && L.s1 == 1 && L.s0 == N) {
-    prefetch_bytes(x + q * N, W * N * int64_t(sizeof(S)));
-  } else if (L.s2 == 1 && L.n2 > 1 && q % L.n2 + W <= L.n2) {
-    const S* p = x + L.offset(q);
-    for (int j = 0; j < N; ++j) prefetch_bytes(p + j * L.s1, W * int64_t(sizeof(S)));
   }
 }
 
@@ -1170,14 +969,6 @@ template <class S, int N> void softmax_small(const SoftmaxArgs<S>& a, bool log) 
     }
     store_small_block<S, N>(a.out, a.lo, r, nb, y);
   });
-}
-
-// f(std::integral_constant<int, n>{}) for a class count n from N to kSmallMaxClasses.
-template <int N, class F> void with_class_count_up_to_16(int64_t n, F&& f) {
-  if constexpr (N < kSmallMaxClasses) {
-    if (n != N) return with_class_count_up_to_16<N + 1>(n, f);
-  }
-  f(std::integral_constant<int, N>{});
 }
 
 // (from 2 classes: cross-entropy's two take ce_index_binary where ce_small_applies says so)

@@ -453,6 +453,34 @@ def test_multi_margin_loss_every_class_count(rng, isa, threads, p):
     assert fl.multi_margin_loss(np.array([[0.1, 0.2, 0.4, 0.8]]), [3]) == pytest.approx(0.325)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_multi_margin_loss_small_same_bits_for_every_layout(rng, isa, threads, dtype):
+    """2 to 16 classes take multi_margin_small (the block in registers; its arithmetic is the
+    lane kernel's, operation for operation): rows back to back, a row stride, Fortran order
+    and the gradient written in place give the same bits, for p = 1 and 2, with weights."""
+    for C in range(2, 18):
+        rows = 16 * 2 + 5
+        x = (rng.normal(0.0, 1.0, (rows, C)) * rng.choice([1.0, 30.0], (rows, 1))).astype(dtype)
+        t = rng.integers(0, C, rows)
+        x[2, 0] = np.nan
+        x[3, t[3]] = np.inf
+        x[4, :] = -np.inf
+        wide = np.full((rows, C + 3), 7.0, dtype)
+        wide[:, :C] = x
+        for p in (1, 2):
+            for kw in ({}, {"weight": rng.uniform(0.5, 2.0, C), "margin": 0.7}):
+                kw = dict(p=p, reduction="none", return_grad=True, **kw)
+                loss, grad = fl.multi_margin_loss(x, t, **kw)
+                for other in (wide[:, :C], np.asfortranarray(x)):
+                    loss_o, grad_o = fl.multi_margin_loss(other, t, **kw)
+                    np.testing.assert_array_equal(loss, loss_o)
+                    np.testing.assert_array_equal(grad, grad_o)
+                x2 = x.copy()
+                loss2, grad2 = fl.multi_margin_loss(x2, t, grad_out=x2, **kw)
+                np.testing.assert_array_equal(loss2, loss)
+                np.testing.assert_array_equal(grad2, grad)
+
+
 @pytest.mark.parametrize("C", [4, 33, 64])
 def test_multi_margin_loss_strided(rng, isa, C):
     x = rng.normal(0.0, 1.0, (C, 50)).astype(np.float32).T  # classes a stride apart

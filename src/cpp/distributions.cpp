@@ -637,6 +637,44 @@ MarginSums margin_range(const S* x, int64_t begin, int64_t end, T c, T k, S* g) 
 // block's transposed classes, and the target's own gradient entry set once the sums are known.
 constexpr int64_t kMarginNarrowMax = 64;  // (the row kernel's gradient is faster from about 100)
 
+// A block's per-lane constants (rows [r0, r0 + nb) of n classes; padding lanes take class 0):
+// the target as a compute-type lane (-1 for a bad one), its coefficient w_t / n (0 there), the
+// gradient's factor grad_scale coef p, and whether the row is bad.
+template <int kP, class S, class T = compute_t<S>>
+__attribute__((always_inline)) inline void margin_lanes(const MultiMarginArgs<S>& a, int64_t r0,
+                                                        int nb, int64_t n, T* tgt, T* kv,
+                                                        double* coef, bool* bad) {
+  for (int b = 0; b < vec_width<T>; ++b) {
+    const int64_t t = b < nb ? a.target[r0 + b] : 0;
+    bad[b] = t < 0 || t >= n;  // rejected before the call; a NaN row if one slips through
+    tgt[b] = bad[b] ? T(-1) : T(t);
+    coef[b] = bad[b] ? 0.0 : (a.weight ? double(a.weight[t]) : 1.0) / double(n);
+    kv[b] = T(a.grad_scale * coef[b] * (kP == 1 ? 1.0 : 2.0));
+  }
+}
+
+// Class j's term of a block: z = c + x_j, its hinge (power p) added to sum_hp and its
+// derivative's count or size to sum_dh; returns the class's gradient entry (target lanes
+// fixed later).
+template <int kP, class T>
+__attribute__((always_inline)) inline vec_t<T> margin_term(vec_t<T> c, vec_t<T> xj, vec_t<T> tv,
+                                                           T j, vec_t<T> k, LaneSum<T>& sum_hp,
+                                                           LaneSum<T>& sum_dh) {
+  using V = vec_t<T>;
+  const V zero{}, z = c + xj;
+  const auto pos = (z > zero) & (tv != vset<T>(j));  // (a NaN z counts 0)
+  const V h = vselect(pos, z, zero);
+  if constexpr (kP == 1) {
+    sum_hp.add(h);
+    sum_dh.add(vselect(pos, vset<T>(1), zero));
+    return vselect(pos, k, zero);
+  } else {
+    sum_hp.add(h * h);
+    sum_dh.add(h);
+    return k * h;
+  }
+}
+
 template <class S, int kP, bool kGrad>
 void multi_margin_narrow(const MultiMarginArgs<S>& a) {
   using T = compute_t<S>;
@@ -650,31 +688,15 @@ void multi_margin_narrow(const MultiMarginArgs<S>& a) {
     alignas(64) T tgt[W], kv[W];
     alignas(64) double coef[W];
     bool bad[W];
-    for (int b = 0; b < W; ++b) {
-      const int64_t t = b < nb ? a.target[r0 + b] : 0;
-      bad[b] = t < 0 || t >= n;  // rejected before the call; a NaN row if one slips through
-      tgt[b] = bad[b] ? T(-1) : T(t);
-      coef[b] = bad[b] ? 0.0 : (a.weight ? double(a.weight[t]) : 1.0) / double(n);
-      kv[b] = T(a.grad_scale * coef[b] * (kP == 1 ? 1.0 : 2.0));
-    }
-    const V tv = vload(tgt), k = vload(kv), zero{}, one = vset<T>(1);
-    V xt = zero;
+    margin_lanes<kP>(a, r0, nb, n, tgt, kv, coef, bad);
+    const V tv = vload(tgt), k = vload(kv);
+    V xt{};
     for (int64_t j = 0; j < n; ++j) xt = vselect(tv == vset<T>(T(j)), vload(xb + j * W), xt);
     const V c = vset<T>(T(a.margin)) - xt;
     LaneSum<T> sum_hp, sum_dh;
     for (int64_t j = 0; j < n; ++j) {
-      const V z = c + vload(xb + j * W);
-      const auto pos = (z > zero) & (tv != vset<T>(T(j)));  // (a NaN z counts 0)
-      const V h = vselect(pos, z, zero);
-      if constexpr (kP == 1) {
-        sum_hp.add(h);
-        sum_dh.add(vselect(pos, one, zero));
-        if (kGrad) vstore(xb + j * W, vselect(pos, k, zero));
-      } else {
-        sum_hp.add(h * h);
-        sum_dh.add(h);
-        if (kGrad) vstore(xb + j * W, k * h);
-      }
+      const V gj = margin_term<kP>(c, vload(xb + j * W), tv, T(j), k, sum_hp, sum_dh);
+      if constexpr (kGrad) vstore(xb + j * W, gj);
     }
     alignas(64) double hp[W], dh[W];
     sum_hp.store(hp);
@@ -693,6 +715,47 @@ void multi_margin_narrow(const MultiMarginArgs<S>& a) {
         vstore(xb + j * W, vselect(tv == vset<T>(T(j)), vgt, vload(xb + j * W)));
       row_offsets(a.lg, r0, nb, off);
       scatter_lanes(a.grad, a.lg, off, nb, xb, bad, fill);
+    }
+  });
+}
+
+// 2 to 16 classes: multi_margin_narrow's arithmetic, operation for operation (so the same
+// bits), with the block held in registers from load to store (as ce_index_small) instead of
+// passing through the lane kernels' buffer.
+template <class S, int N, int kP, bool kGrad>
+void multi_margin_small(const MultiMarginArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>;
+  parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r0, int nb) {
+    prefetch_small_block<S, N>(a.x, a.lx, r0);
+    if (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r0);  // (its lines are read first)
+    V x[N];
+    load_small_block<S, N>(a.x, a.lx, r0, nb, x);
+    alignas(64) T tgt[W], kv[W];
+    alignas(64) double coef[W];
+    bool bad[W];
+    margin_lanes<kP>(a, r0, nb, N, tgt, kv, coef, bad);
+    const V tv = vload(tgt), k = vload(kv);
+    V xt{};
+    for (int j = 0; j < N; ++j) xt = vselect(tv == vset<T>(T(j)), x[j], xt);
+    const V c = vset<T>(T(a.margin)) - xt;
+    LaneSum<T> sum_hp, sum_dh;
+    V g[N];
+    for (int j = 0; j < N; ++j) g[j] = margin_term<kP>(c, x[j], tv, T(j), k, sum_hp, sum_dh);
+    alignas(64) double hp[W], dh[W];
+    sum_hp.store(hp);
+    sum_dh.store(dh);
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = bad[b] ? kNaN : coef[b] * hp[b];
+    if constexpr (kGrad) {
+      alignas(64) T gt[W];
+      for (int b = 0; b < W; ++b)  // d loss / d x_t = -sum_{j != t} d loss / d x_j
+        gt[b] = T(-a.grad_scale * coef[b] * double(kP) * dh[b]);
+      const V vgt = vload(gt), nan = vset<T>(T(kNaN));
+      const auto fill = tv < V{};  // (bad rows: NaN)
+      for (int j = 0; j < N; ++j)
+        g[j] = vselect(fill, nan, vselect(tv == vset<T>(T(j)), vgt, g[j]));
+      store_small_block<S, N>(a.grad, a.lg, r0, nb, g);
     }
   });
 }
@@ -725,6 +788,16 @@ void multi_margin_rows(const MultiMarginArgs<S>& a) {
 
 template <class S>
 void multi_margin_loss_impl(const MultiMarginArgs<S>& a) {
+  if (a.lx.n1 >= 2 && a.lx.n1 <= kSmallMaxClasses) {  // a block in registers
+    with_class_count_up_to_16<2>(a.lx.n1, [&](auto kN) {
+      constexpr int N = decltype(kN)::value;
+      if (a.p == 2)
+        a.grad ? multi_margin_small<S, N, 2, true>(a) : multi_margin_small<S, N, 2, false>(a);
+      else
+        a.grad ? multi_margin_small<S, N, 1, true>(a) : multi_margin_small<S, N, 1, false>(a);
+    });
+    return;
+  }
   if (a.lx.n1 <= kMarginNarrowMax) {  // rows in SIMD lanes
     if (a.p == 2)
       a.grad ? multi_margin_narrow<S, 2, true>(a) : multi_margin_narrow<S, 2, false>(a);

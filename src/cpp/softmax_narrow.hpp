@@ -732,8 +732,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
   const double g = a.grad_scale;
   // rows [r, r + nb) (a short block: its targets padded with ignored rows)
-  auto block = [&](int64_t r, int nb, auto grad_tag) __attribute__((always_inline)) {
-    constexpr bool kGrad = decltype(grad_tag)::value;
+  // (kGrad, kFocal: the gradient, the focal term; compile-time, so that plain cross-entropy's
+  // body has neither the focal branches nor their registers)
+  auto block = [&](int64_t r, int nb, auto grad_tag, auto focal_tag)
+                   __attribute__((always_inline)) {
+    constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
     V x[N];
     load_small_block<S, N>(a.x, a.lx, r, nb, x);
     alignas(64) int64_t tb[W];
@@ -785,13 +788,13 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
       f64v l = c;
       ps[k] = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc[k] = f64v{} + g * (1.0 - 0.0) * 1.0;
-      if (kGrad || a.focal) {
+      if constexpr (kGrad || kFocal) {
         const f64v s = s_ex + e_t;
         inv_s[k] = 1.0 / s;
         omp[k] = s_ex * inv_s[k];  // 1 - p_t without cancellation
         pt[k] = e_t * inv_s[k];
       }
-      if (a.focal) {  // -(1 - p_t)^gamma log p_t, gradient g (mod + dmod) (p_j - [j == t])
+      if constexpr (kFocal) {  // -(1 - p_t)^gamma log p_t, gradient g (mod + dmod) (p_j - [j == t])
         f64v mod, dmod;
         focal_lanes(omp[k], pt[k], c, a.focal_gamma, mod, dmod);
         l = mod * c;
@@ -826,7 +829,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   };
   const int64_t blocks = (rows + W - 1) / W;
   const int nt = threads_for(rows * N, blocks);
-  auto run = [&](auto grad_tag) {
+  auto run = [&](auto grad_tag, auto focal_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     parallel_for(nt, [&](int64_t th, int64_t n_th) {
       const int64_t lo = blocks * th / n_th * W;
@@ -837,14 +840,16 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         prefetch_small_block<S, N>(a.x, a.lx, r);
         prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
         if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
-        block(r, int(hi - r < W ? hi - r : W), grad_tag);
+        block(r, int(hi - r < W ? hi - r : W), grad_tag, focal_tag);
       }
     });
   };
+  using Yes = std::true_type;
+  using No = std::false_type;
   if (a.grad)
-    run(std::true_type{});
+    a.focal ? run(Yes{}, Yes{}) : run(Yes{}, No{});
   else
-    run(std::false_type{});
+    a.focal ? run(No{}, Yes{}) : run(No{}, No{});
 }
 
 

@@ -577,7 +577,22 @@ __attribute__((always_inline)) inline void load_small_rows(const T* p, vec_t<T> 
     TileReg r[W];  // (row b's N classes in r[b], zeros after; transposed: class j in r[j])
     for (int b = 0; b < W; ++b) r[b] = load_row_part(p + b * N, N);
     transpose_tile(r);
-    for (int j = 0; j < N; ++j) std::memcpy(&c[j], &r[j], sizeof(TileReg));
+    // (register casts: a memcpy here became a copy through the stack in 16-byte halves, which
+    // the 32-byte reloads of AVX2 then waited on, store forwarding failing)
+    for (int j = 0; j < N; ++j) c[j] = vec_t<T>(r[j]);
+    return;
+  }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && N > W && N <= 2 * W) {  // (two tiles: 9-16 classes)
+    TileReg r[W], s[W];
+    for (int b = 0; b < W; ++b) {
+      r[b] = _mm256_loadu_ps(p + b * N);
+      s[b] = load_row_part(p + b * N + W, N - W);
+    }
+    transpose_tile(r);
+    transpose_tile(s);
+    for (int j = 0; j < N; ++j) c[j] = vec_t<T>(j < W ? r[j] : s[j - W]);
     return;
   }
 #endif
@@ -607,12 +622,25 @@ __attribute__((always_inline)) inline void store_small_rows(T* p, const vec_t<T>
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<T, float> && N <= W && sizeof(TileReg) == W * sizeof(float)) {
     TileReg r[W];
-    for (int j = 0; j < W; ++j) {
-      r[j] = TileReg{};
-      if (j < N) std::memcpy(&r[j], &c[j], sizeof(TileReg));
-    }
+    for (int j = 0; j < W; ++j) r[j] = j < N ? TileReg(c[j]) : TileReg{};
     transpose_tile(r);
     for (int b = 0; b < W; ++b) store_row_part(p + b * N, N, r[b]);
+    return;
+  }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && N > W && N <= 2 * W) {
+    TileReg r[W], s[W];
+    for (int j = 0; j < W; ++j) {
+      r[j] = TileReg(c[j]);
+      s[j] = j + W < N ? TileReg(c[j + W]) : TileReg{};
+    }
+    transpose_tile(r);
+    transpose_tile(s);
+    for (int b = 0; b < W; ++b) {
+      _mm256_storeu_ps(p + b * N, r[b]);
+      store_row_part(p + b * N + W, N - W, s[b]);
+    }
     return;
   }
 #endif

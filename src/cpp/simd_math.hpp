@@ -20,6 +20,11 @@
 #include <immintrin.h>
 #endif
 
+// The math below is forced inline: as plain "inline" functions GCC left vexp_capped,
+// vlog1p_f32acc and others out of line in the larger kernels (391 calls of the AVX2 float exp),
+// and every call spilled the caller's vector registers (the SysV ABI saves none of them).
+#define FL_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace fastloss {
 // Internal linkage: each translation unit (one per instruction set) keeps its own copy, so the
 // linker can never hand an AVX-512 body to the baseline kernels.
@@ -118,7 +123,7 @@ template <class V> inline double hsum(V v) {
 
 // Widen a float vector into two double vectors (low and high halves). With intrinsics on
 // AVX-512 and AVX: a generic version goes through memory and stalls on store forwarding.
-inline void widen(f32v v, f64v& lo, f64v& hi) {
+FL_ALWAYS_INLINE void widen(f32v v, f64v& lo, f64v& hi) {
 #if defined(__AVX512F__)
   lo = f64v(_mm512_cvtps_pd(_mm512_castps512_ps256(__m512(v))));
   hi = f64v(_mm512_cvtps_pd(_mm512_extractf32x8_ps(__m512(v), 1)));
@@ -135,7 +140,7 @@ inline void widen(f32v v, f64v& lo, f64v& hi) {
 }
 
 // The inverse: two double vectors rounded (to nearest) into one float vector.
-inline f32v narrow(f64v lo, f64v hi) {
+FL_ALWAYS_INLINE f32v narrow(f64v lo, f64v hi) {
 #if defined(__AVX512F__)
   return f32v(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(__m512d(lo))),
                                  _mm512_cvtpd_ps(__m512d(hi)), 1));
@@ -153,7 +158,7 @@ inline f32v narrow(f64v lo, f64v hi) {
 
 // exp(r) for |r| <= ln2/2: float32 by the Cephes minimax polynomial (max error ~1 ulp), float64 by
 // the Taylor series to degree 13 (truncation error < 2e-17 relative); Horner's scheme.
-inline f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellation
+FL_ALWAYS_INLINE f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellation
   f32v p = vset<float>(1.9875691500E-4f);
   p = p * r + vset<float>(1.3981999507E-3f);
   p = p * r + vset<float>(8.3334519073E-3f);
@@ -162,10 +167,10 @@ inline f32v expm1_poly(f32v r) {  // exp(r) - 1 for |r| <= ln2/2, no cancellatio
   p = p * r + vset<float>(5.0000001201E-1f);
   return p * (r * r) + r;
 }
-inline f32v exp_poly(f32v r) { return expm1_poly(r) + vset<float>(1.0f); }
+FL_ALWAYS_INLINE f32v exp_poly(f32v r) { return expm1_poly(r) + vset<float>(1.0f); }
 // expm1(r) - r for |r| <= ln2/2: r^2 times the Taylor series of (e^r - 1 - r) / r^2 to degree 11
 // (truncation < 2e-17 relative); also used alone (gaussian_kl's exp(x) - 1 - x).
-inline f64v expm1_minus_r(f64v r) {
+FL_ALWAYS_INLINE f64v expm1_minus_r(f64v r) {
   f64v p = vset<double>(1.0 / 6227020800.0);
   p = p * r + vset<double>(1.0 / 479001600.0);
   p = p * r + vset<double>(1.0 / 39916800.0);
@@ -180,8 +185,8 @@ inline f64v expm1_minus_r(f64v r) {
   p = p * r + vset<double>(0.5);
   return p * (r * r);
 }
-inline f64v expm1_poly(f64v r) { return expm1_minus_r(r) + r; }
-inline f64v exp_poly(f64v r) { return expm1_poly(r) + vset<double>(1.0); }
+FL_ALWAYS_INLINE f64v expm1_poly(f64v r) { return expm1_minus_r(r) + r; }
+FL_ALWAYS_INLINE f64v exp_poly(f64v r) { return expm1_poly(r) + vset<double>(1.0); }
 
 // ---------------------------------------------------------------------------------------------
 // exp, float32. exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2],
@@ -189,7 +194,7 @@ inline f64v exp_poly(f64v r) { return expm1_poly(r) + vset<double>(1.0); }
 // (max error ~1 ulp). Results below ~2.2e-38 (x < -87.3) flush to 0; x > 88.72 gives +inf;
 // NaN propagates. 2^n is built as 2^(n-1) * 2 so n = 128 still reaches FLT_MAX.
 // ---------------------------------------------------------------------------------------------
-inline f32v vexp(f32v x) {
+FL_ALWAYS_INLINE f32v vexp(f32v x) {
   const f32v hi = vset<float>(88.7228390f), lo = vset<float>(-87.3365448f);
   f32v xc = vselect(x > hi, hi, x);
   xc = vselect(xc < lo, lo, xc);
@@ -217,7 +222,7 @@ inline f32v vexp(f32v x) {
 // exp, float64. Same reduction; exp(r) for |r| <= ln2/2 by its Taylor series to degree 13
 // (truncation error < 2e-17 relative). Results below ~2.2e-308 flush to 0.
 // ---------------------------------------------------------------------------------------------
-inline f64v vexp(f64v x) {
+FL_ALWAYS_INLINE f64v vexp(f64v x) {
   const f64v hi = vset<double>(709.782712893383973), lo = vset<double>(-708.39641853226408);
   f64v xc = vselect(x > hi, hi, x);
   xc = vselect(xc < lo, lo, xc);
@@ -246,9 +251,9 @@ inline f64v vexp(f64v x) {
 // NaN in gives NaN out. Same polynomials as vexp.
 // ---------------------------------------------------------------------------------------------
 #if defined(__AVX512F__)
-template <bool kNeg = false> inline f32v vexp_table(f32v x);
+template <bool kNeg = false> FL_ALWAYS_INLINE f32v vexp_table(f32v x);
 #endif
-inline f32v vexp_capped(f32v x) {
+FL_ALWAYS_INLINE f32v vexp_capped(f32v x) {
 #if defined(__AVX512F__)
   // AVX-512: the table form vexp_table (defined below) after max(-104, x), one vmaxps; with
   // the constant first, a NaN x is what comes out.
@@ -269,7 +274,7 @@ inline f32v vexp_capped(f32v x) {
 #endif
 }
 
-inline f64v vexp_capped(f64v x) {
+FL_ALWAYS_INLINE f64v vexp_capped(f64v x) {
   const f64v lo = vset<double>(-709.089565712824051);  // -1023 ln 2
   const f64v xc = vselect(x < lo, lo, x);
   const f64v shifter = vset<double>(6755399441055744.0);
@@ -290,7 +295,7 @@ inline f64v vexp_capped(f64v x) {
 // em1 = expm1(-2|z|) from the exp polynomial near 0 (no cancellation for small z). +-inf gives
 // +-1 and 0; NaN propagates.
 // ---------------------------------------------------------------------------------------------
-template <class V> inline void vtanh_parts(V z, V& th, V& dth) {
+template <class V> FL_ALWAYS_INLINE void vtanh_parts(V z, V& th, V& dth) {
   using T = std::remove_reference_t<decltype(z[0])>;
   const V a = vselect(z < V{}, -z, z), u = a * T(-2);
   const V E = vexp_capped(u);
@@ -307,7 +312,7 @@ template <class V> inline void vtanh_parts(V z, V& th, V& dth) {
 // e * ln 2 in two parts. Subnormal x is scaled up first. log(0) = -inf, log(x < 0) = NaN,
 // log(inf) = inf, NaN propagates.
 // ---------------------------------------------------------------------------------------------
-inline f32v vlog(f32v x) {
+FL_ALWAYS_INLINE f32v vlog(f32v x) {
   const f32v tiny = vset<float>(1.17549435e-38f);
   const f32v xs = vselect(x < tiny, x * vset<float>(8388608.0f), x);  // * 2^23 for subnormals
   const i32v bits = i32v(xs);
@@ -337,7 +342,7 @@ inline f32v vlog(f32v x) {
   return vselect(x != x, x, r);
 }
 
-inline f64v vlog(f64v x) {
+FL_ALWAYS_INLINE f64v vlog(f64v x) {
   const f64v tiny = vset<double>(2.2250738585072014e-308);
   const f64v xs = vselect(x < tiny, x * vset<double>(18014398509481984.0), x);  // * 2^54
   const i64v bits = i64v(xs);
@@ -373,7 +378,7 @@ inline f64v vlog(f64v x) {
 }
 
 // log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: the polynomial cores of vlog.
-inline f32v log1p_core(f32v f) {
+FL_ALWAYS_INLINE f32v log1p_core(f32v f) {
   const f32v z = f * f;
   f32v y = vset<float>(7.0376836292E-2f);
   y = y * f - vset<float>(1.1514610310E-1f);
@@ -386,7 +391,7 @@ inline f32v log1p_core(f32v f) {
   y = y * f + vset<float>(3.3333331174E-1f);
   return f + (y * f * z - vset<float>(0.5f) * z);
 }
-inline f64v log1p_core(f64v f) {
+FL_ALWAYS_INLINE f64v log1p_core(f64v f) {
   const f64v s = f / (vset<double>(2.0) + f), z = s * s, w = z * z;
   const f64v t1 = w * (vset<double>(3.999999999940941908e-01) +
                        w * (vset<double>(2.222219843214978396e-01) +
@@ -402,7 +407,7 @@ inline f64v log1p_core(f64v f) {
 // log1p(e) for e in [0, 1] (softplus: e = exp(-|x|)), without the exponent extraction of vlog:
 // 1 + e is in [1, 2], so log1p(e) = log1p(e) (e <= sqrt(2) - 1) or ln 2 + log1p((e - 1) / 2),
 // both arguments exact. NaN propagates.
-template <class V> inline V vlog1p_unit(V e) {
+template <class V> FL_ALWAYS_INLINE V vlog1p_unit(V e) {
   using T = std::remove_reference_t<decltype(e[0])>;
   const auto hi = e > V{} + T(0.41421356237309504880);
   const V f = vselect(hi, (e - T(1)) * T(0.5), e);
@@ -412,7 +417,7 @@ template <class V> inline V vlog1p_unit(V e) {
 
 // log1p(z) for z > -1 (accurate for tiny |z|): log(u) - ((u - 1) - z) / u with u = 1 + z
 // (the correction recovers what rounding 1 + z lost).
-template <class V> inline V vlog1p(V z) {
+template <class V> FL_ALWAYS_INLINE V vlog1p(V z) {
   const V one = V{} + 1, u = one + z, lu = vlog(u);
   const V r = vselect(u == V{}, lu, lu - ((u - one) - z) / u);  // z = -1: log 0 = -inf
   return vselect(u == one, z, r);
@@ -476,12 +481,12 @@ alignas(64) inline constexpr float kLogLogC[32] = {
     -0x1.26c50e0000000p-2f, -0x1.f9e7800000000p-3f, -0x1.a9944e0000000p-3f, -0x1.5bd6de0000000p-3f,
     -0x1.11616a0000000p-3f, -0x1.91f1a20000000p-4f, -0x1.07882a0000000p-4f, -0x1.061fa20000000p-5f,
 };
-inline f32v table_lookup(const float* table, __m512i idx) {
+FL_ALWAYS_INLINE f32v table_lookup(const float* table, __m512i idx) {
   return f32v(_mm512_permutex2var_ps(_mm512_load_ps(table), idx, _mm512_load_ps(table + 16)));
 }
 // log1p(f) for |f| <= 0.0215: f + f^2 (g2 + g3 f + g4 f^2), a minimax fit (relative error
 // 1.2e-8), in Estrin's order.
-inline f32v log1p_small(f32v f) {
+FL_ALWAYS_INLINE f32v log1p_small(f32v f) {
   const f32v f2 = f * f;
   const f32v g = f2 * vset<float>(-0x1.000d56p-2f) +
                  (f * vset<float>(0x1.5566dep-2f) + vset<float>(-0.5f));
@@ -492,7 +497,7 @@ inline f32v log1p_small(f32v f) {
 // f = e / c_k + (1/c_k - 1) (fused: one rounding), |f| <= 0.0165, and log1p(f) = f + f^2 (g2 +
 // g3 f + g4 f^2), a minimax fit (relative error 4e-9); Estrin's order (f^2 next to the first
 // fma) keeps the dependency chain short.
-inline f32v vlog1p_unit(f32v e) {
+FL_ALWAYS_INLINE f32v vlog1p_unit(f32v e) {
   const __m512i idx = _mm512_castps_si512(
       _mm512_fmadd_ps(__m512(e), _mm512_set1_ps(31.0f), _mm512_set1_ps(12582912.0f)));
   const f32v inv = table_lookup(kLog1pInvC, idx);
@@ -520,7 +525,7 @@ alignas(64) inline constexpr float kExp2J32[32] = {
 // r/6) (truncation < 6e-10) and 2^floor(n/32) applied by vscalefps (0 below the float range,
 // subnormals kept; +inf above it). About 1.5 ulp; two thirds of the operations of vexp_capped.
 // (kNeg: exp(-x), the negation folded into the first operations.)
-template <bool kNeg> inline f32v vexp_table(f32v x) {
+template <bool kNeg> FL_ALWAYS_INLINE f32v vexp_table(f32v x) {
   const __m512 xx = __m512(x), shifter = _mm512_set1_ps(12582912.0f);
   constexpr float s = kNeg ? -1.0f : 1.0f;
   const __m512 t = _mm512_fmadd_ps(xx, _mm512_set1_ps(s * 46.1662413084468283f), shifter);
@@ -538,7 +543,7 @@ template <bool kNeg> inline f32v vexp_table(f32v x) {
 // log(u + c) for u >= 0 and a correction |c| <= ulp(u) (0: plain log u): u = m 2^k with m in
 // [0.75, 1.5) by vgetmantps/vgetexpps (subnormals included), f = (m + c 2^-k) / c_i - 1.
 // log(0) = -inf, log(inf) = inf, log(u < 0) = NaN, NaN propagates.
-inline f32v vlog_sum(f32v u, f32v c) {
+FL_ALWAYS_INLINE f32v vlog_sum(f32v u, f32v c) {
   const __m512 uu = __m512(u);
   const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
   const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
@@ -557,14 +562,14 @@ inline f32v vlog_sum(f32v u, f32v c) {
 // e = exp(-a) and log1p(e) for a >= 0 (or NaN), together: the softplus of the logistic losses
 // (softplus(-|x|) = log1p(exp(-|x|))). Generic form: vexp_capped and vlog1p_unit.
 // ---------------------------------------------------------------------------------------------
-template <class V> inline void exp_log1p_neg(V a, V& e, V& l1pe) {
+template <class V> FL_ALWAYS_INLINE void exp_log1p_neg(V a, V& e, V& l1pe) {
   e = vexp_capped(-a);
   l1pe = vlog1p_unit(e);
 }
 #if defined(__AVX512F__)
 // AVX-512, float: exp(-a) by the table form vexp_table (a clamped to 104: exp(-104) is 0 in
 // float; min with the constant first, so that a NaN a is what comes out).
-inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
+FL_ALWAYS_INLINE void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
   e = vexp_table<true>(f32v(_mm512_min_ps(_mm512_set1_ps(104.0f), __m512(a))));
   l1pe = vlog1p_unit(e);
 }
@@ -582,7 +587,7 @@ inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
 //     a minimax fit (relative error 4.6e-8). k = 0: c = 1, f = e exactly (tiny e keep their
 //     relative accuracy).
 // Errors: exp about 1.5 ulp, log1p about 1 ulp (against 1 ulp for the generic forms).
-inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
+FL_ALWAYS_INLINE void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
   const __m256 ma = __m256(a);
   // min(126 ln 2, a): the constant first, so that a NaN a is what comes out
   const __m256 ac = _mm256_min_ps(_mm256_set1_ps(87.3365447f), ma);
@@ -639,7 +644,7 @@ inline void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
 //   result is that term alone, e.g. log(1 - q) for tiny q).
 //   log(0) = -inf, log(inf) = inf, log(u < 0) and NaN: NaN.
 // (kCorrect false: no correction term, vlog_table below.)
-template <bool kCorrect> inline f32v log_table_avx2(f32v uv, f32v cv) {
+template <bool kCorrect> FL_ALWAYS_INLINE f32v log_table_avx2(f32v uv, f32v cv) {
   const __m256 u = __m256(uv), c = __m256(cv);
   const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
   const __m256 sub = _mm256_cmp_ps(u, tiny, _CMP_LT_OQ);
@@ -684,7 +689,7 @@ template <bool kCorrect> inline f32v log_table_avx2(f32v uv, f32v cv) {
   // u < 0 or NaN: all-ones bits, a NaN
   return f32v(_mm256_or_ps(r, _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_NGE_UQ)));
 }
-inline f32v vlog_sum(f32v uv, f32v cv) { return log_table_avx2<true>(uv, cv); }
+FL_ALWAYS_INLINE f32v vlog_sum(f32v uv, f32v cv) { return log_table_avx2<true>(uv, cv); }
 #endif
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------------------------------------
@@ -709,7 +714,7 @@ alignas(64) inline constexpr double kLog16LogC[16] = {
     0x1.9f323ecbf984dp-2, 0x0.0p+0, 0x0.0p+0, 0x0.0p+0,
     -0x1.269621134db91p-2, -0x1.a93ed3c8ad9e5p-3, -0x1.1178e8227e47ap-3, -0x1.08598b59e3a06p-4,
 };
-inline f64v vlog1p_f32acc(f64v z) {
+FL_ALWAYS_INLINE f64v vlog1p_f32acc(f64v z) {
   const f64v one = vset<double>(1.0), u = one + z, c = z - (u - one);
   const __m512d uu = __m512d(u);
   const __m512d m = _mm512_getmant_pd(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan);
@@ -733,7 +738,7 @@ inline f64v vlog1p_f32acc(f64v z) {
 // f = (m - 1) + c 2^-k, and log1p(f) = 2 atanh(s), s = f / (2 + f), |s| <= 0.2, by its series
 // to s^15 (the next term is below 2^-41 of the result). One division, where vlog1p takes two
 // and a longer polynomial.
-inline f64v vlog1p_f32acc(f64v z) {
+FL_ALWAYS_INLINE f64v vlog1p_f32acc(f64v z) {
   const f64v one = vset<double>(1.0), u = one + z, c = z - (u - one);
   const i64v bits = i64v(u);
   f64v m = f64v((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);  // [1, 2)
@@ -761,7 +766,7 @@ inline f64v vlog1p_f32acc(f64v z) {
 // SSE2). log(0) = -inf, log(inf) = inf, log(u < 0) and NaN: NaN.
 // ---------------------------------------------------------------------------------------------
 #if defined(__AVX512F__)
-inline f32v vlog_table(f32v u) {
+FL_ALWAYS_INLINE f32v vlog_table(f32v u) {
   const __m512 uu = __m512(u);
   const f32v m = f32v(_mm512_getmant_ps(uu, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan));
   const f32v k = f32v(_mm512_getexp_ps(uu)) - f32v(_mm512_getexp_ps(__m512(m)));
@@ -775,12 +780,12 @@ inline f32v vlog_table(f32v u) {
   return vselect(u == f32v{}, vset<float>(-std::numeric_limits<float>::infinity()), out);
 }
 #elif defined(__AVX2__)
-inline f32v vlog_table(f32v u) { return log_table_avx2<false>(u, f32v{}); }
+FL_ALWAYS_INLINE f32v vlog_table(f32v u) { return log_table_avx2<false>(u, f32v{}); }
 #endif
-template <class V> inline V vlog_table(V u) { return vlog(u); }
+template <class V> FL_ALWAYS_INLINE V vlog_table(V u) { return vlog(u); }
 
 // log(u + c), u >= 0, c a correction of at most an ulp of u (see the AVX-512 form above).
-template <class V> inline V vlog_sum(V u, V c) {
+template <class V> FL_ALWAYS_INLINE V vlog_sum(V u, V c) {
   const V lu = vlog(u);
   return vselect(c == V{}, lu, lu + c / u);
 }
@@ -795,7 +800,7 @@ typedef uint32_t u32v __attribute__((vector_size(FASTLOSS_VEC_BYTES)));
 // IEEE half -> float without F16C, branch-free on the bits (exact for every half, incl.
 // subnormals, inf and NaN): shift exponent and mantissa into place, re-bias the exponent, then
 // fix subnormals by a float subtraction and inf/NaN by a larger re-bias.
-inline f32v half_bits_to_float(u32v h) {
+FL_ALWAYS_INLINE f32v half_bits_to_float(u32v h) {
   const u32v shifted = (h & 0x7FFFu) << 13;
   const u32v exp = shifted & (0x1Fu << 23);
   u32v o = shifted + ((127u - 15u) << 23);
@@ -808,7 +813,7 @@ inline f32v half_bits_to_float(u32v h) {
 
 // float -> IEEE half bits without F16C, branch-free, rounding to nearest even (overflow gives
 // inf, NaN stays NaN, small values become subnormal halves or zero).
-inline u32v float_to_half_bits(f32v v) {
+FL_ALWAYS_INLINE u32v float_to_half_bits(f32v v) {
   u32v f = u32v(v);
   const u32v sign = f & 0x80000000u;
   f ^= sign;

@@ -82,6 +82,8 @@ inline void store_row_part(float* p, int k, __m512 v) {
   _mm512_mask_storeu_ps(p, __mmask16((1u << k) - 1u), v);
 }
 using TileReg = __m512;
+inline TileReg tile_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void tile_store(float* p, TileReg v) { _mm512_storeu_ps(p, v); }
 #elif defined(__AVX2__)
 __attribute__((always_inline)) inline void transpose_tile(__m256 r[8]) {
   __m256 t[8], u[8];
@@ -109,6 +111,10 @@ inline __m256i tile_mask(int k) {
 inline __m256 load_row_part(const float* p, int k) { return _mm256_maskload_ps(p, tile_mask(k)); }
 inline void store_row_part(float* p, int k, __m256 v) { _mm256_maskstore_ps(p, tile_mask(k), v); }
 using TileReg = __m256;
+// (tile rows by explicit unaligned loads and stores: a memcpy of a TileReg became a copy
+// through the stack in 16-byte halves, and the 32-byte reloads that followed waited on it)
+inline TileReg tile_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void tile_store(float* p, TileReg v) { _mm256_storeu_ps(p, v); }
 #endif
 
 #if defined(__AVX512F__)
@@ -224,9 +230,9 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
       if (nb == W) {  // full tiles: fixed trip counts, so the tile stays in registers
         for (; j0 + W <= n; j0 += W) {
           TileReg r[W];
-          for (int b = 0; b < W; ++b) std::memcpy(&r[b], x + off[b] + j0, sizeof(TileReg));
+          for (int b = 0; b < W; ++b) r[b] = tile_load(x + off[b] + j0);
           transpose_tile(r);
-          for (int j = 0; j < W; ++j) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+          for (int j = 0; j < W; ++j) tile_store(buf + (j0 + j) * W, r[j]);
         }
         if (j0 < n) {  // the last k < W classes (rows of fewer than W classes: the only tile)
           const int k = int(n - j0);
@@ -234,7 +240,7 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
           for (int b = 0; b < W; ++b) r[b] = load_row_part(x + off[b] + j0, k);
           transpose_tile(r);
           for (int j = 0; j < W; ++j)
-            if (j < k) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+            if (j < k) tile_store(buf + (j0 + j) * W, r[j]);
         }
         return;
       }
@@ -244,7 +250,7 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
         for (int b = 0; b < nb; ++b) r[b] = load_row_part(x + off[b] + j0, k);
         for (int b = nb; b < W; ++b) r[b] = r[0];
         transpose_tile(r);
-        for (int j = 0; j < k; ++j) std::memcpy(buf + (j0 + j) * W, &r[j], sizeof(TileReg));
+        for (int j = 0; j < k; ++j) tile_store(buf + (j0 + j) * W, r[j]);
       }
       return;
     }
@@ -349,16 +355,16 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
       if (nb == W && !any_fill) {  // full tiles: fixed trip counts, the tile in registers
         for (; j0 + W <= n; j0 += W) {
           TileReg r[W];
-          for (int j = 0; j < W; ++j) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+          for (int j = 0; j < W; ++j) r[j] = tile_load(buf + (j0 + j) * W);
           transpose_tile(r);
-          for (int b = 0; b < W; ++b) std::memcpy(g + off[b] + j0, &r[b], sizeof(TileReg));
+          for (int b = 0; b < W; ++b) tile_store(g + off[b] + j0, r[b]);
         }
         if (j0 < n) {  // the last k < W classes
           const int k = int(n - j0);
           TileReg r[W];
           for (int j = 0; j < W; ++j) {
             r[j] = TileReg{};
-            if (j < k) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+            if (j < k) r[j] = tile_load(buf + (j0 + j) * W);
           }
           transpose_tile(r);
           for (int b = 0; b < W; ++b) store_row_part(g + off[b] + j0, k, r[b]);
@@ -368,7 +374,7 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
       for (; j0 < n; j0 += W) {
         const int k = int(n - j0 < W ? n - j0 : W);
         TileReg r[W];
-        for (int j = 0; j < k; ++j) std::memcpy(&r[j], buf + (j0 + j) * W, sizeof(TileReg));
+        for (int j = 0; j < k; ++j) r[j] = tile_load(buf + (j0 + j) * W);
         for (int j = k; j < W; ++j) r[j] = r[0];
         transpose_tile(r);  // (r[b]: row b's classes j0 .. j0 + k - 1)
         for (int b = 0; b < nb; ++b) {

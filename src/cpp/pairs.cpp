@@ -566,43 +566,53 @@ template <class S> int64_t count_invalid_impl(const PairwiseArgs<S>& a) {
 //   loss = sum_{j in J} sum_{i not in J} max(0, z_ji) / C
 //   d/dx_i += s/C, d/dx_j -= s/C for each pair with z_ji > 0   (s = grad_scale)
 // (z computed in the compute type, (1 - x_j) + x_i, as torch; a NaN z counts 0, as torch)
+// Vectors over i: the row is copied with -inf at the target classes (and the padding past C),
+// where z is -inf or NaN and so never counts, in place of a per-pair test (whose branches,
+// mispredicted on random targets, were most of a small call's time). The pair sums are
+// float64 lanes, added up per row. (1000 x 100 float32 with the gradient: 0.11 of the time.)
 // ---------------------------------------------------------------------------------------------
 template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a) {
   using T = compute_t<S>;
+  constexpr int W = vec_width<T>;
   const int64_t rows = a.rows, C = a.C;
+  const int64_t Cp = (C + W - 1) / W * W;  // (padded to whole vectors)
   const int nt = threads_for(rows * (C > 0 ? C : 1), rows);
   parallel_for(nt, [&](int64_t t, int64_t n_threads) {
     std::vector<T> xr(size_t(C > 0 ? C : 1));
-    std::vector<T> gr(size_t(C > 0 ? C : 1));
-    std::vector<unsigned char> is_t(size_t(C > 0 ? C : 1));
+    std::vector<T> xm(size_t(Cp > 0 ? Cp : W));  // the row, -inf at targets and padding
+    std::vector<T> gr(size_t(Cp > 0 ? Cp : W));
+    std::vector<T> cnt(size_t(C > 0 ? C : 1));  // pairs counted per listed target
     const T unit = T(a.grad_scale / double(C > 0 ? C : 1));
+    const V<T> vunit = splat<T>(unit), vone = splat<T>(1), zero{};
+    const T ninf = -std::numeric_limits<T>::infinity();
     for (int64_t r = rows * t / n_threads; r < rows * (t + 1) / n_threads; ++r) {
       const S* xp = a.x + r * a.s0;
       const int64_t* tp = a.target + r * C;
-      for (int64_t i = 0; i < C; ++i) {
-        xr[i] = to_compute(xp[i * a.s1]);
-        is_t[i] = 0;
-        gr[i] = T(0);
-      }
+      for (int64_t i = 0; i < C; ++i) xm[i] = xr[i] = to_compute(xp[i * a.s1]);
+      for (int64_t i = C; i < Cp; ++i) xm[i] = ninf;
+      for (int64_t i = 0; i < Cp; ++i) gr[i] = T(0);
       int64_t k = 0;
-      while (k < C && tp[k] >= 0) is_t[tp[k++]] = 1;
-      double loss = 0.0;
+      while (k < C && tp[k] >= 0) xm[tp[k++]] = ninf;
+      f64v lo{}, hi{};
       for (int64_t jj = 0; jj < k; ++jj) {
         const int64_t j = tp[jj];
-        const T base = T(1) - xr[j];
-        double part = 0.0;
-        T count = T(0);
-        for (int64_t i = 0; i < C; ++i) {
-          const T z = base + xr[i];
-          const bool on = z > T(0) && !is_t[i];
-          part += on ? double(z) : 0.0;
-          count += on ? T(1) : T(0);
-          gr[i] += on ? unit : T(0);
+        const V<T> base = splat<T>(T(1) - xr[j]);
+        V<T> count{};
+        for (int64_t i = 0; i < Cp; i += W) {
+          const V<T> z = base + vload(xm.data() + i);
+          const auto on = z > zero;
+          add_widened(vselect(on, z, zero), lo, hi);
+          count += vselect(on, vone, zero);
+          vstore(gr.data() + i, vload(gr.data() + i) + vselect(on, vunit, zero));
         }
-        loss += part;
-        gr[j] -= count * unit;
+        T c = T(0);
+        for (int l = 0; l < W; ++l) c += count[l];  // (whole numbers: exact)
+        cnt[jj] = c;
       }
-      a.loss[r] = loss / double(C);
+      // (after the loop: a scalar store into gr here made the next 32-byte load of it wait;
+      // the targets' entries take no + unit, so the order of the sums is unchanged)
+      for (int64_t jj = 0; jj < k; ++jj) gr[tp[jj]] -= cnt[jj] * unit;
+      a.loss[r] = (sizeof(T) == 4 ? hsum(lo + hi) : hsum(lo)) / double(C);
       if (a.grad) {
         S* gp = a.grad + r * a.g0;
         for (int64_t i = 0; i < C; ++i) gp[i * a.g1] = from_compute<S>(gr[i]);

@@ -2,11 +2,13 @@
 symmetric InfoNCE over a batch similarity matrix.
 
 Rows are embeddings: the last axis is the embedding dimension. The pair and triplet losses
-are O(rows * dim) and memory-bound: their row distances are computed with vectorised NumPy
-in float64, block of rows by block of rows (a few hundred KB each, so every temporary stays
-in cache and a float32 input is never copied whole). CLIP's loss is dominated by the
-``(N, D) @ (D, N)`` similarity matrix, which goes to BLAS; both cross-entropies over it run
-on fastloss's fused kernels, row-wise and column-wise over the same array.
+are O(rows * dim) and memory-bound, their row distances in float64. The triplet loss is one
+C++ kernel call (``_core.triplet_margin``: distances, loss and the three gradients, row by
+row); the contrastive loss uses vectorised NumPy, block of rows by block of rows (a few
+hundred KB each, so every temporary stays in cache and a float32 input is never copied
+whole). CLIP's loss is dominated by the ``(N, D) @ (D, N)`` similarity matrix, which goes to
+BLAS; both cross-entropies over it run on fastloss's fused kernels, row-wise and column-wise
+over the same array.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
 from ._pointwise import real_array
 from ._validation import (
     FloatInput,
@@ -221,43 +224,6 @@ def _check_p(p: Any) -> float:
     return v
 
 
-def _p_norm(x: np.ndarray, p: float) -> np.ndarray:
-    """||x||_p over the last axis of a float64 (rows, D) array; D = 0 gives 0. Other p than
-    1, 2, inf are computed on |x| / max|x| (no overflow or underflow of |x|**p)."""
-    if p == 2:
-        return np.sqrt(np.einsum("ij,ij->i", x, x))
-    ax = np.abs(x)
-    if p == 1:
-        return ax.sum(axis=1)
-    big = ax.max(axis=1, initial=0.0)
-    if p == math.inf:
-        return big
-    safe = np.where(big > 0, big, 1.0)[:, None]
-    with np.errstate(invalid="ignore"):
-        out = big * np.sum((ax / safe) ** p, axis=1) ** (1.0 / p)
-    return np.where(np.isposinf(big), np.inf, out)  # (an inf entry: inf / inf above is NaN)
-
-
-def _p_norm_grad(x: np.ndarray, d: np.ndarray, p: float) -> np.ndarray:
-    """d||x||_p / dx for float64 rows ``x`` with norms ``d``, as PyTorch's norm backward:
-    0 where d = 0; p = 1: sign(x); p = inf: sign(x) shared equally by the entries where |x| is
-    the maximum; else sign(x) (|x| / d)**(p - 1), 0 where x = 0 (also for p < 1)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if p == 2:
-            return x * np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)[:, None]
-        if p == 1:
-            return np.sign(x)
-        ax = np.abs(x)
-        if p == math.inf:
-            at_max = ax == d[:, None]
-            count = np.maximum(at_max.sum(axis=1), 1)
-            return np.sign(x) * at_max / count[:, None]
-        safe = np.where(d > 0, d, 1.0)[:, None]
-        g = np.sign(x) * (ax / safe) ** (p - 1)
-        g[(x == 0) | (d[:, None] == 0)] = 0.0
-        return g
-
-
 def triplet_margin_loss(
     anchor: Any,
     positive: Any,
@@ -364,49 +330,23 @@ def triplet_margin_loss(
     swap = bool(swap)
     bufs = None if grad_out is None else grad_buffers(
         grad_out, [(shape, f.orig_dtype) for f in (a, pp, n)], ("anchor", "positive", "negative"))
-    a2, p2, n2 = _rows(a), _rows(pp), _rows(n)
+    # one kernel call (_core.triplet_margin, float64 per row) on operands of one dtype
+    arrs = [f.array for f in (a, pp, n)]
+    common = arrs[0].dtype
+    if any(x.dtype != common for x in arrs[1:]):
+        common = np.result_type(*[f.compute_dtype for f in (a, pp, n)])
+        arrs = [x.astype(common, copy=False) for x in arrs]
+    a2, p2, n2 = (x.reshape(math.prod(shape[:-1]), shape[-1]) for x in arrs)
     rows = a2.shape[0]
     scale = mean_scale(reduction, rows)
     per_row = np.empty(rows, dtype=np.float64)
-    if want_grad:
-        grads = [np.empty(x.shape, dtype=f.orig_dtype) for x, f in ((a2, a), (p2, pp), (n2, n))]
-
-    def difference(u, v):  # u - v + eps in float64
-        x = u.astype(np.float64)
-        x -= v
-        x += eps
-        return x
-
-    for s, e in _row_blocks(rows, a2.shape[1]):
-        x_ap, x_an = difference(a2[s:e], p2[s:e]), difference(a2[s:e], n2[s:e])
-        d_ap, d_an = _p_norm(x_ap, p), _p_norm(x_an, p)
-        d_neg = d_an
-        if swap:
-            x_pn = difference(p2[s:e], n2[s:e])
-            d_pn = _p_norm(x_pn, p)
-            d_neg = np.minimum(d_an, d_pn)
-        z = m + d_ap - d_neg
-        per_row[s:e] = np.maximum(z, 0.0)
-        if not want_grad:
-            continue
-        c = np.where(z >= 0, scale, 0.0)[:, None]  # the hinge's gradient, as clamp_min's
-        u_ap = _p_norm_grad(x_ap, d_ap, p) * c
-        u_an = _p_norm_grad(x_an, d_an, p) * c
-        if swap:  # minimum(d_an, d_pn): the smaller one gets the gradient, a tie half each
-            w_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))[:, None]
-            u_an *= w_an
-            u_pn = _p_norm_grad(x_pn, d_pn, p) * c * (1.0 - w_an)
-            grads[0][s:e] = u_ap - u_an
-            grads[1][s:e] = -u_ap - u_pn
-            grads[2][s:e] = u_an + u_pn
-        else:
-            grads[0][s:e] = u_ap - u_an
-            grads[1][s:e] = -u_ap
-            grads[2][s:e] = u_an
+    grads = [np.empty(a2.shape, dtype=common) for _ in range(3)] if want_grad else [None] * 3
+    _core.triplet_margin(a2, p2, n2, m, p, eps, swap, scale, per_row, *grads)
     loss = reduce_rows(per_row, reduction, rows, shape[:-1], _loss_dtype([a, pp, n]))
     if not want_grad:
         return loss
-    return loss, deliver_grads([g.reshape(shape) for g in grads], bufs)
+    return loss, deliver_grads([g.reshape(shape).astype(f.orig_dtype, copy=False)
+                                for g, f in zip(grads, (a, pp, n))], bufs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,52 @@ void multilabel_margin_py(const py::array& x, const py::array& target, double gr
   });
 }
 
+void triplet_margin_py(const py::array& anchor, const py::array& positive,
+                       const py::array& negative, double margin, double norm_p, double eps,
+                       bool swap, double grad_scale, py::array loss, OptArray ga, OptArray gp,
+                       OptArray gn) {
+  by_dtype(anchor, [&](auto tag) {
+    using S = decltype(tag);
+    TripletArgs<S> a;
+    const py::array* in[3] = {&anchor, &positive, &negative};
+    const char* names[3] = {"anchor", "positive", "negative"};
+    const S* ptr[3];
+    int64_t st[3][2];
+    for (int k = 0; k < 3; ++k) {
+      check_dtype<S>(*in[k], names[k]);
+      if (in[k]->ndim() != 2 || in[k]->shape(0) != anchor.shape(0) ||
+          in[k]->shape(1) != anchor.shape(1))
+        throw std::invalid_argument("_core: anchor, positive and negative must be 2-d, one shape");
+      ptr[k] = static_cast<const S*>(in[k]->data());
+      st[k][0] = in[k]->strides(0) / ssize_t(sizeof(S));
+      st[k][1] = in[k]->strides(1) / ssize_t(sizeof(S));
+    }
+    a.a = ptr[0], a.p = ptr[1], a.n = ptr[2];
+    a.a0 = st[0][0], a.a1 = st[0][1], a.p0 = st[1][0], a.p1 = st[1][1];
+    a.n0 = st[2][0], a.n1 = st[2][1];
+    a.rows = anchor.shape(0), a.D = anchor.shape(1);
+    if (!(norm_p > 0)) throw std::invalid_argument("_core: norm_p must be > 0");
+    a.margin = margin, a.norm_p = norm_p, a.eps = eps, a.swap = swap, a.grad_scale = grad_scale;
+    OptArray l(loss);
+    a.loss = flat_mut<double>(l, a.rows, "loss");
+    OptArray* g[3] = {&ga, &gp, &gn};
+    S* gptr[3] = {nullptr, nullptr, nullptr};
+    for (int k = 0; k < 3; ++k) {
+      if (!*g[k]) continue;
+      py::array& gk = **g[k];
+      check_dtype<S>(gk, "grad");
+      if (gk.ndim() != 2 || gk.shape(0) != a.rows || gk.shape(1) != a.D ||
+          !(gk.flags() & py::array::c_style) || !gk.writeable())
+        throw std::invalid_argument("_core: grad must be C-contiguous and writable, of the input's shape");
+      gptr[k] = static_cast<S*>(gk.mutable_data());
+    }
+    if ((gptr[0] != nullptr) != (gptr[1] != nullptr) || (gptr[0] != nullptr) != (gptr[2] != nullptr))
+      throw std::invalid_argument("_core: give all three gradients or none");
+    a.ga = gptr[0], a.gp = gptr[1], a.gn = gptr[2];
+    py::gil_scoped_release nogil;
+    fastloss::triplet_margin(a);
+  });
+}
 
 // The elementwise pair losses without weights: elementwise_fast (bind_util.hpp). x2 (None for
 // the one-operand kinds) is the second differentiable operand; rows_mean: "mean" divides by the
@@ -157,4 +203,10 @@ void register_pairs(py::module_& m) {
   // per-row float64 losses into `loss`.
   m.def("multilabel_margin", &multilabel_margin_py, py::arg("input"), py::arg("target"),
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
+  // triplet_margin_loss: anchor, positive, negative (rows, D) of one dtype, any strides;
+  // per-row float64 losses into `loss`; the three gradients (C order) or none.
+  m.def("triplet_margin", &triplet_margin_py, py::arg("anchor"), py::arg("positive"),
+        py::arg("negative"), py::arg("margin"), py::arg("norm_p"), py::arg("eps"),
+        py::arg("swap"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad_anchor"),
+        py::arg("grad_positive"), py::arg("grad_negative"));
 }

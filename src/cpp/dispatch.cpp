@@ -328,7 +328,8 @@ const PairTable& pair_dispatch() {
   }                                                                                 \
   void multilabel_margin(const MultilabelMarginArgs<S>& a) {                        \
     pair_dispatch().multilabel_margin_##sfx(a);                                     \
-  }
+  }                                                                                 \
+  void triplet_margin(const TripletArgs<S>& a) { pair_dispatch().triplet_margin_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_PAIR)
 #undef FASTLOSS_FORWARD_PAIR
 }  // namespace fastloss

@@ -621,11 +621,130 @@ template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a)
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// triplet_margin_loss (pairs.hpp), row by row in float64: the three distances in one pass over
+// the row, the gradients in a second (the differences formed again, not stored). The norm's
+// forms and its gradient at PyTorch's conventions (0 at a norm of 0, ties of the max norm
+// sharing equally, sign(x) (|x| / d)^(q - 1) with 0 at x = 0) are those of the NumPy code this
+// replaces, operation for operation but for the order of the sums.
+// ---------------------------------------------------------------------------------------------
+struct NormAcc {  // the running reductions of one difference row
+  double s[4] = {0, 0, 0, 0};  // sum of x^2 (q = 2) or |x| (q = 1), four partial sums
+  double big = 0;              // max |x| (NaN if any x is NaN)
+  bool nan = false;
+};
+inline double triplet_sign(double x) { return x > 0 ? 1.0 : x < 0 ? -1.0 : x; }  // (NaN, +-0 kept)
+template <class S> void triplet_margin_impl(const TripletArgs<S>& a) {
+  const int64_t rows = a.rows, D = a.D;
+  const double q = a.norm_p, eps = a.eps;
+  const int kind = q == 2 ? 2 : q == 1 ? 1 : std::isinf(q) ? 0 : 3;  // (3: any other q)
+  const int nt = threads_for(rows * (D > 0 ? D : 1) * 3, rows);
+  auto val = [](const S* b, int64_t s1, int64_t i) { return double(to_compute(b[i * s1])); };
+  parallel_for(nt, [&](int64_t t, int64_t n_threads) {
+    for (int64_t r = rows * t / n_threads; r < rows * (t + 1) / n_threads; ++r) {
+      const S *ap = a.a + r * a.a0, *pp = a.p + r * a.p0, *np_ = a.n + r * a.n0;
+      NormAcc acc[3];  // (a - p, a - n, p - n)
+      auto add = [&](NormAcc& c, int l, double x) __attribute__((always_inline)) {
+        const double ax = std::fabs(x);
+        if (kind == 2) c.s[l] += x * x;
+        else if (kind == 1) c.s[l] += ax;
+        else {
+          c.nan |= x != x;
+          c.big = ax > c.big ? ax : c.big;
+        }
+      };
+      // (four elements a step, one partial sum each: the sums' chains run side by side)
+      auto step = [&](int64_t i, int l, auto swap_tag) __attribute__((always_inline)) {
+        const double va = val(ap, a.a1, i), vp = val(pp, a.p1, i), vn = val(np_, a.n1, i);
+        add(acc[0], l, (va - vp) + eps);
+        add(acc[1], l, (va - vn) + eps);
+        if constexpr (decltype(swap_tag)::value) add(acc[2], l, (vp - vn) + eps);
+      };
+      auto pass = [&](auto swap_tag) __attribute__((always_inline)) {
+        int64_t i = 0;
+        for (; i + 4 <= D; i += 4)
+          for (int l = 0; l < 4; ++l) step(i + l, l, swap_tag);
+        for (int l = 0; i < D; ++i, ++l) step(i, l, swap_tag);
+      };
+      if (a.swap) pass(std::true_type{});
+      else pass(std::false_type{});
+      double d[3] = {0, 0, 0};
+      for (int k = 0; k < (a.swap ? 3 : 2); ++k) {
+        NormAcc& c = acc[k];
+        const double sum = (c.s[0] + c.s[1]) + (c.s[2] + c.s[3]);
+        if (kind == 2) {
+          d[k] = std::sqrt(sum);
+        } else if (kind == 1) {
+          d[k] = sum;
+        } else if (c.nan) {
+          d[k] = std::numeric_limits<double>::quiet_NaN();
+        } else if (kind == 0 || std::isinf(c.big)) {
+          d[k] = c.big;
+        } else if (c.big > 0) {  // big (sum (|x| / big)^q)^(1/q): no overflow or underflow
+          double s = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            const double va = val(ap, a.a1, i), o = k == 1 || k == 0 ? va : val(pp, a.p1, i);
+            const double w = k == 0 ? val(pp, a.p1, i) : val(np_, a.n1, i);
+            s += std::pow(std::fabs((o - w) + eps) / c.big, q);
+          }
+          d[k] = c.big * std::pow(s, 1.0 / q);
+        } else {
+          d[k] = 0;
+        }
+      }
+      const double dneg = a.swap ? (d[1] != d[1] || d[2] != d[2] ? d[1] + d[2]
+                                    : d[1] < d[2] ? d[1] : d[2])
+                                 : d[1];
+      const double z = a.margin + d[0] - dneg;
+      a.loss[r] = z != z ? z : z > 0 ? z : 0.0;
+      if (!a.ga) continue;
+      const double c = z >= 0 ? a.grad_scale : 0.0;  // the hinge's gradient, as clamp_min's
+      // swap: minimum(d_an, d_pn) sends the gradient to the smaller, half each on a tie
+      const double w_an = !a.swap ? 1.0 : d[1] < d[2] ? 1.0 : d[1] == d[2] ? 0.5 : 0.0;
+      double cnt[3] = {1, 1, 1};  // (max norm: the entries at the maximum share its gradient)
+      if (kind == 0) {
+        for (int k = 0; k < 3; ++k) cnt[k] = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          const double va = val(ap, a.a1, i), vp = val(pp, a.p1, i), vn = val(np_, a.n1, i);
+          cnt[0] += std::fabs((va - vp) + eps) == d[0];
+          cnt[1] += std::fabs((va - vn) + eps) == d[1];
+          if (a.swap) cnt[2] += std::fabs((vp - vn) + eps) == d[2];
+        }
+        for (int k = 0; k < 3; ++k) cnt[k] = cnt[k] > 1 ? cnt[k] : 1;
+      }
+      double inv[3];
+      for (int k = 0; k < 3; ++k) inv[k] = d[k] > 0 ? 1.0 / d[k] : 0.0;
+      // d ||x||_q / dx for the difference x of norm d[k]
+      auto unit = [&](double x, int k) {
+        if (kind == 2) return x * inv[k];
+        if (kind == 1) return triplet_sign(x);
+        if (kind == 0) return triplet_sign(x) * double(std::fabs(x) == d[k]) / cnt[k];
+        if (x == 0 || d[k] == 0) return 0.0;
+        const double safe = d[k] > 0 ? d[k] : 1.0;
+        return triplet_sign(x) * std::pow(std::fabs(x) / safe, q - 1);
+      };
+      S *ga = a.ga + r * D, *gp = a.gp + r * D, *gn = a.gn + r * D;
+      for (int64_t i = 0; i < D; ++i) {
+        const double va = val(ap, a.a1, i), vp = val(pp, a.p1, i), vn = val(np_, a.n1, i);
+        const double u_ap = unit((va - vp) + eps, 0) * c;
+        double u_an = unit((va - vn) + eps, 1) * c, u_pn = 0.0;
+        if (a.swap) {
+          u_an *= w_an;
+          u_pn = unit((vp - vn) + eps, 2) * c * (1.0 - w_an);
+        }
+        ga[i] = from_compute<S>(compute_t<S>(u_ap - u_an));
+        gp[i] = from_compute<S>(compute_t<S>(-u_ap - u_pn));
+        gn[i] = from_compute<S>(compute_t<S>(u_an + u_pn));
+      }
+    }
+  });
+}
+
 }  // namespace
 
 extern const PairTable pair_table;
 const PairTable pair_table = {
-#define FASTLOSS_PAIR_ROW(sfx, S) &pairwise_impl<S>, &count_invalid_impl<S>, &multilabel_margin_impl<S>,
+#define FASTLOSS_PAIR_ROW(sfx, S) &pairwise_impl<S>, &count_invalid_impl<S>, &multilabel_margin_impl<S>, &triplet_margin_impl<S>,
     FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PAIR_ROW)
 #undef FASTLOSS_PAIR_ROW
 };

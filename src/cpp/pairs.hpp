@@ -58,11 +58,30 @@ struct MultilabelMarginArgs {
   int64_t g0 = 0, g1 = 0;
 };
 
+// triplet_margin_loss (torch), per row of anchors a, positives p and negatives n (rows, D), each
+// with its own strides, in float64 whatever the storage type:
+//   d(u, v) = ||u - v + eps||_q (q = norm_p: 1, 2, inf or any q > 0, by |x| / max|x| for the
+//   others), d_neg = swap ? min(d(a, n), d(p, n)) : d(a, n), loss = max(0, margin + d(a, p) - d_neg)
+// and, with ga (then gp and gn too), the gradients as PyTorch's autograd (see
+// embeddings.triplet_margin_loss), times grad_scale on rows with margin + d(a, p) - d_neg >= 0.
+template <class S>
+struct TripletArgs {
+  const S *a = nullptr, *p = nullptr, *n = nullptr;
+  int64_t rows = 0, D = 0;
+  int64_t a0 = 0, a1 = 0, p0 = 0, p1 = 0, n0 = 0, n1 = 0;  // row and element strides
+  double margin = 1.0, norm_p = 2.0, eps = 1e-6;
+  bool swap = false;
+  double grad_scale = 1.0;
+  double* loss = nullptr;  // per-row (rows) contiguous
+  S *ga = nullptr, *gp = nullptr, *gn = nullptr;  // (rows, D) C order, or all nullptr
+};
+
 struct PairTable {
 #define FASTLOSS_PAIR_ENTRIES(sfx, S)                               \
   double (*pairwise_##sfx)(PairwiseArgs<S>&);                       \
   int64_t (*pairwise_count_invalid_##sfx)(const PairwiseArgs<S>&); \
-  void (*multilabel_margin_##sfx)(const MultilabelMarginArgs<S>&);
+  void (*multilabel_margin_##sfx)(const MultilabelMarginArgs<S>&);  \
+  void (*triplet_margin_##sfx)(const TripletArgs<S>&);
   FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_PAIR_ENTRIES)
 #undef FASTLOSS_PAIR_ENTRIES
 };
@@ -72,7 +91,8 @@ struct PairTable {
 #define FASTLOSS_DECLARE_PAIR(sfx, S)                              \
   double pairwise(PairwiseArgs<S>& a); /* the sum of the losses */ \
   int64_t pairwise_count_invalid(const PairwiseArgs<S>& a);       \
-  void multilabel_margin(const MultilabelMarginArgs<S>& a);
+  void multilabel_margin(const MultilabelMarginArgs<S>& a);       \
+  void triplet_margin(const TripletArgs<S>& a);
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_DECLARE_PAIR)
 #undef FASTLOSS_DECLARE_PAIR
 

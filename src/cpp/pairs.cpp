@@ -569,7 +569,7 @@ template <class S> int64_t count_invalid_impl(const PairwiseArgs<S>& a) {
 // Vectors over i: the row is copied with -inf at the target classes (and the padding past C),
 // where z is -inf or NaN and so never counts, in place of a per-pair test (whose branches,
 // mispredicted on random targets, were most of a small call's time). The pair sums are
-// float64 lanes, added up per row. (1000 x 100 float32 with the gradient: 0.11 of the time.)
+// float64 lanes, added up per row. (1000 x 100 float32 with the gradient: 0.10 of the time.)
 // ---------------------------------------------------------------------------------------------
 template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a) {
   using T = compute_t<S>;
@@ -612,7 +612,7 @@ template <class S> void multilabel_margin_impl(const MultilabelMarginArgs<S>& a)
       // (after the loop: a scalar store into gr here made the next 32-byte load of it wait;
       // the targets' entries take no + unit, so the order of the sums is unchanged)
       for (int64_t jj = 0; jj < k; ++jj) gr[tp[jj]] -= cnt[jj] * unit;
-      a.loss[r] = (sizeof(T) == 4 ? hsum(lo + hi) : hsum(lo)) / double(C);
+      a.loss[r] = hsum(lo + hi) / double(C);  // (hi stays 0 for float64)
       if (a.grad) {
         S* gp = a.grad + r * a.g0;
         for (int64_t i = 0; i < C; ++i) gp[i * a.g1] = from_compute<S>(gr[i]);

@@ -1,5 +1,6 @@
 """Issue 13, "tiny calls": the small-call fast paths of the pointwise losses, the pair losses,
-cross_entropy / nll_loss with gradients and "none", and logsumexp / softmax / log_softmax.
+cross_entropy / nll_loss with gradients and "none", multilabel_margin_loss, and logsumexp /
+softmax / log_softmax.
 
 The fast path must give the general path's results bit for bit (values, dtypes, shapes, Python
 types) and, on invalid input, the same exception with the same message. The general path is
@@ -61,7 +62,7 @@ def fast_only(monkeypatch):
     import importlib
 
     mods = {m: importlib.import_module(f"fastloss.{m}")  # (fastloss.softmax is the function)
-            for m in ("_pointwise", "pairs", "classification", "softmax", "margin")}
+            for m in ("_pointwise", "pairs", "classification", "softmax", "margin", "multilabel")}
 
     def general(*args, **kwargs):
         raise AssertionError("the general path ran")
@@ -74,6 +75,7 @@ def fast_only(monkeypatch):
             m.setattr(mods["classification"], "_class_input", general)
             m.setattr(mods["classification"], "float_input", general)  # (softmax_focal_loss)
             m.setattr(mods["margin"], "float_input", general)
+            m.setattr(mods["multilabel"], "float_input", general)
             m.setattr(mods["softmax"], "float_input", general)
             yield
 
@@ -343,6 +345,77 @@ def test_cross_entropy_grad_matches_reference(rng):
     rl, rg = reference.cross_entropy(x, t, return_grad=True)
     np.testing.assert_allclose(loss, rl, rtol=1e-13)
     np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-16)
+
+
+# ---------------------------------------------------------------------------------------------
+# multilabel_margin_loss
+# ---------------------------------------------------------------------------------------------
+def _multilabel_targets(rng, n, C):
+    """Rows of class indices ended by -1 at random places (repeats and junk after the -1)."""
+    t = rng.integers(-1, C, (n, C))
+    t[rng.random(n) < 0.2, 0] = -1  # no target
+    return t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 37)])
+def test_multilabel_margin_fast_equals_general(rng, fast_only, dtype, shape):
+    x = rng.normal(0, 1, shape).astype(dtype)
+    x.flat[::11] = 0.0  # (ties: z = 1 exactly)
+    if x.size > 5:
+        x.flat[3], x.flat[5] = np.nan, np.inf
+    t = _multilabel_targets(rng, *shape)
+    views = [x, x[:, ::-1]] if shape[1] > 1 else [x]
+    for v in views:
+        for reduction in ("mean", "sum", "none"):
+            for grad in (False, True):
+                kw = dict(reduction=reduction, return_grad=grad)
+                with fast_only():
+                    fast = fl.multilabel_margin_loss(v, t, **kw)
+                assert _core.multilabel_margin_small(v, t, reduction, grad) is not None
+                _same(fast, fl.multilabel_margin_loss(_g(v), t, **kw))
+
+
+def test_multilabel_margin_fast_matches_reference(rng):
+    from fastloss import reference
+    x = rng.normal(size=(32, 10))
+    t = _multilabel_targets(rng, 32, 10)
+    loss, g = fl.multilabel_margin_loss(x, t, return_grad=True)
+    rl, rg = reference.multilabel_margin_loss(x, t, return_grad=True)
+    np.testing.assert_allclose(loss, rl, rtol=1e-13)
+    np.testing.assert_allclose(g, rg, rtol=1e-13, atol=1e-16)
+
+
+def test_multilabel_margin_errors_and_declines(rng):
+    f = fl.multilabel_margin_loss
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    t = np.array([[0, -1, 2], [1, 2, -1], [-1, 0, 0], [2, 1, 0]])
+    bad = [
+        ((x, np.array([[0, -1, 2], [1, 3, -1], [-1, 0, 0], [2, 1, 0]])), {}),
+        ((x, np.array([[0, -1, 2], [1, 2, -1], [-2, 0, 0], [2, 1, 0]])), {}),
+        ((x, t[:3]), {}),
+        ((x, t[:, :2]), {}),
+        ((x, t), {"reduction": "avg"}),
+        ((x, t.astype(np.float32)), {}),
+        ((x, t), {"return_grad": 1}),
+        ((np.zeros((4, 0), np.float32), t[:, :0]), {}),
+        ((np.zeros((0, 3), np.float32), t[:0]), {}),
+        ((np.float32(1.0) * np.ones((), np.float32), np.array(0)), {}),
+    ]
+    for args, kw in bad:
+        for grad in (False, True):
+            kw2 = dict(kw)
+            kw2.setdefault("return_grad", grad)
+            _same_outcome(f, args, (_g(args[0]), args[1]), **kw2)
+    # what the fast path declines (other target dtypes and layouts, 1-d and 3-d scores, 16-bit
+    # scores, grad_out) gives the general path's numbers
+    for args in [(x, t.astype(np.int32)), (x, np.asfortranarray(t)), (x[None], t[None]),
+                 (x[0], t[0]), (x.astype(np.float16), t)]:
+        assert _core.multilabel_margin_small(*args, "mean", False) is None
+        for grad in (False, True):
+            _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad)
+    g = np.empty_like(x)
+    _same(f(x, t, return_grad=True, grad_out=g), f(_g(x), t, return_grad=True))
 
 
 # ---------------------------------------------------------------------------------------------

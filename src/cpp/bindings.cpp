@@ -17,6 +17,7 @@
 #include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
+#include "pairs.hpp"
 #include "scale.hpp"
 
 namespace py = pybind11;
@@ -499,6 +500,30 @@ py::tuple check_class_targets(const py::array& t, int64_t n_classes, int64_t ign
   return py::make_tuple(first, total);
 }
 
+// What a small call of a per-row loss returns, from its float64 per-row losses: "none" an
+// (N,) array of S, "sum" / "mean" (over `count`) a NumPy scalar of np.sum's bits; with `g`
+// (not null) the tuple (loss, g). None where a finite loss overflows S (the general path,
+// whose NumPy cast warns).
+template <class S>
+py::object small_rows_result(const std::vector<double>& per_row, int red, double count,
+                             const py::object& g) {
+  const int64_t n = int64_t(per_row.size());
+  py::object value;
+  if (red == kFastNone) {  // per-row float64 losses in the input's dtype
+    py::array_t<S> l(std::vector<ssize_t>{n});
+    S* lp = l.mutable_data();
+    for (int64_t i = 0; i < n; ++i) {
+      lp[i] = static_cast<S>(per_row[size_t(i)]);
+      if (std::isinf(lp[i]) && !std::isinf(per_row[size_t(i)])) return py::none();
+    }
+    value = l;
+  } else {
+    const double total = numpy_pairwise_sum(per_row.data(), n);
+    value = numpy_scalar(red == kFastMean ? total / count : total, std::is_same_v<S, float>);
+  }
+  return g ? py::object(py::make_tuple(value, g)) : value;
+}
+
 // cross_entropy (kind 0), nll_loss (kind 1), softmax_focal_loss (kind 2, p0 = gamma, no alpha)
 // or multi_margin_loss (kind 3, p = 1, margin 1, no weight; no ignore_index: pass None) of
 // logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64,
@@ -586,21 +611,55 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
     } else {
       call();
     }
-    py::object value;
-    if (red == kFastNone) {  // per-row float64 losses in the logits' dtype
-      py::array_t<S> l(std::vector<ssize_t>{n});
-      S* lp = l.mutable_data();
-      for (int64_t i = 0; i < n; ++i) {
-        lp[i] = static_cast<S>(per_row[size_t(i)]);
-        // a finite loss past float32's range: the general path, whose NumPy cast warns
-        if (std::isinf(lp[i]) && !std::isinf(per_row[size_t(i)])) return py::none();
-      }
-      value = l;
-    } else {
-      const double total = numpy_pairwise_sum(per_row.data(), n);
-      value = numpy_scalar(mean ? total / double(count) : total, std::is_same_v<S, float>);
+    return small_rows_result<S>(per_row, red, double(count), g);
+  };
+  return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
+}
+
+// multilabel_margin_loss of (N, C) scores and (N, C) C-order int64 targets (every entry in
+// [-1, C), checked here), no grad_out: the loss and with return_grad the gradient, as the
+// public function returns them; None where the general path applies (anything else, a target
+// out of range, an empty or large call).
+py::object multilabel_margin_small(py::handle input, py::handle target, py::handle reduction,
+                                   py::handle return_grad) {
+  const int red = fast_reduction(reduction);
+  const int grad = fast_flag(return_grad);
+  if (red < 0 || grad < 0 || !exact_ndarray(input) || !exact_ndarray(target)) return py::none();
+  const auto x = py::reinterpret_borrow<py::array>(input);
+  const auto t = py::reinterpret_borrow<py::array>(target);
+  if (x.ndim() != 2 || t.ndim() != 2 || !plain_float(x) || !plain_dtype(t, 'i', 8) ||
+      !(t.flags() & py::array::c_style))
+    return py::none();
+  const int64_t n = x.shape(0), C = x.shape(1);
+  if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
+      n * C > kSmallRows * 64)
+    return py::none();
+  const int64_t* tp = static_cast<const int64_t*>(t.data());
+  for (int64_t i = 0; i < n * C; ++i)
+    if (tp[i] < -1 || tp[i] >= C) return py::none();  // the general path names the entry
+  std::vector<double> per_row(size_t(n), 0.0);
+  auto run = [&](auto tag) -> py::object {
+    using S = decltype(tag);
+    MultilabelMarginArgs<S> a;
+    a.x = static_cast<const S*>(x.data());
+    a.rows = n, a.C = C;
+    a.s0 = x.strides(0) / ssize_t(sizeof(S)), a.s1 = x.strides(1) / ssize_t(sizeof(S));
+    a.target = tp;
+    a.grad_scale = red == kFastMean ? 1.0 / double(n) : 1.0;
+    a.loss = per_row.data();
+    py::object g;  // (null without return_grad)
+    if (grad) {
+      py::array_t<S> ga(std::vector<ssize_t>{n, C});
+      a.grad = ga.mutable_data(), a.g0 = C, a.g1 = 1;
+      g = std::move(ga);
     }
-    return grad ? py::object(py::make_tuple(value, g)) : value;
+    if (n * C >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      fastloss::multilabel_margin(a);
+    } else {
+      fastloss::multilabel_margin(a);
+    }
+    return small_rows_result<S>(per_row, red, double(n), g);
   };
   return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
 }
@@ -698,6 +757,7 @@ PYBIND11_MODULE(_core, m) {
   // Small-call fast paths (see there and bind_util.hpp): what the public function returns,
   // or None where its general path applies.
   m.def("class_rows_small", &class_rows_small);
+  m.def("multilabel_margin_small", &multilabel_margin_small);
   m.def("pointwise_fast", &pointwise_fast);
   m.def("softmax_small", &softmax_small);
   m.def("sum_f64", &sum_f64, py::arg("a"));

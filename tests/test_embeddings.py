@@ -361,6 +361,18 @@ def test_triplet_bad_shapes_and_empty():
     assert fl.triplet_margin_loss(x, x, x, reduction="sum") == 0
 
 
+@pytest.mark.parametrize("shape", [(0, 0), (0, 4), (3, 0), (0, 2, 0)])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_triplet_empty_matches_reference(shape, reduction):
+    # (the reference reshaped with -1, which fails for 0 rows of 0 elements)
+    x = np.zeros(shape)
+    want, want_g = reference.triplet_margin_loss(x, x, x, reduction=reduction, return_grad=True)
+    got, got_g = fl.triplet_margin_loss(x, x, x, reduction=reduction, return_grad=True)
+    np.testing.assert_array_equal(got, want)
+    for g, w in zip(got_g, want_g):
+        assert g.shape == w.shape == shape
+
+
 # ---------------------------------------------------------------------------------------------
 # clip_loss
 # ---------------------------------------------------------------------------------------------

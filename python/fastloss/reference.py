@@ -682,7 +682,8 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6,
     """
     a, pp, n = _f64(anchor), _f64(positive), _f64(negative)
     shape = a.shape
-    a, pp, n = (t.reshape(-1, shape[-1]) for t in (a, pp, n))
+    rows = int(np.prod(shape[:-1], dtype=np.int64))  # (not -1: (0, 0) inputs have 0 rows of 0)
+    a, pp, n = (t.reshape(rows, shape[-1]) for t in (a, pp, n))
     d_ap, u_ap = _pairwise_distance(a, pp, p, eps)
     d_an, u_an = _pairwise_distance(a, n, p, eps)
     d_pn, u_pn = _pairwise_distance(pp, n, p, eps)

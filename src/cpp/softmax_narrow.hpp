@@ -748,13 +748,12 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       tp = tb, lout = lb;
     }
     const TargetLanes<T> tg = target_lanes<T>(tp, N, ignore_index);
-    // lane_max's maximum and NaN flag, and ce_index_narrow's class loop (the target's e and x
-    // taken out by selects; partials of four classes flushed into float64 lanes)
-    V m = vset<T>(-std::numeric_limits<T>::infinity()), nan_seen = vset<T>(0);
-    for (int j = 0; j < N; ++j) {
-      nan_seen = vselect(x[j] != x[j], x[j], nan_seen);
-      m = vselect(x[j] > m, x[j], m);
-    }
+    // lane_max's maximum (NaN skipped), and ce_index_narrow's class loop (the target's e and x
+    // taken out by selects; partials of four classes flushed into float64 lanes). No NaN flag:
+    // a NaN logit makes its exp NaN (vexp_capped propagates it), so the row's sum, loss and
+    // gradient are NaN without one (a compare and a blend per class fewer).
+    V m = vset<T>(-std::numeric_limits<T>::infinity());
+    for (int j = 0; j < N; ++j) m = vselect(x[j] > m, x[j], m);
     V e[N], xt = vset<T>(0), et = vset<T>(0);
     auto term = [&](int j) {
       e[j] = vexp_capped(x[j] - m);
@@ -770,12 +769,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       se.add((e0 + e1) + (e2 + e3));
     }
     for (; j < N; ++j) se.add(term(j));
-    f64v md[K], xt64[K], et64[K], nan64[K];
+    f64v md[K], xt64[K], et64[K];
     if constexpr (std::is_same_v<T, float>) {
       widen(m, md[0], md[1]), widen(xt, xt64[0], xt64[1]), widen(et, et64[0], et64[1]);
-      widen(nan_seen, nan64[0], nan64[1]);
     } else {
-      md[0] = m, xt64[0] = xt, et64[0] = et, nan64[0] = nan_seen;
+      md[0] = m, xt64[0] = xt, et64[0] = et;
     }
     [[maybe_unused]] f64v inv_s[K], omp[K], pt[K];
     // the gradient's coefficients of p_j and of -[j == t] (ce_index_narrow's ps and tc, w_t = 1)
@@ -800,8 +798,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         l = mod * c;
         ps[k] = tc[k] = g * (mod + dmod);
       }
-      const auto bad = (nan64[k] != nan64[k]) | (md[k] - md[k] != md[k] - md[k]) |
-                       (tg.inv64[k] != 0.0);
+      const auto bad = (md[k] - md[k] != md[k] - md[k]) | (tg.inv64[k] != 0.0);
       vstore(lout + k * WD, vselect(tg.ign64[k] != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, l)));
     }
     if constexpr (kGrad) {
@@ -818,7 +815,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       else
         vgs = gs64[0], vgt = gt64[0];
       // rows filled: ignored (0) and invalid targets or NaN losses (NaN)
-      const auto bad_t = (nan_seen != nan_seen) | (m - m != m - m) | (tg.t < vset<T>(0));
+      const auto bad_t = (m - m != m - m) | (tg.t < vset<T>(0));
       const V fill = vselect(tg.ign != vset<T>(0), vset<T>(0), vset<T>(T(kNaN)));
       V gr[N];
       for (int q = 0; q < N; ++q)

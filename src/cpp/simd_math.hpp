@@ -247,8 +247,8 @@ FL_ALWAYS_INLINE f64v vexp(f64v x) {
 // ---------------------------------------------------------------------------------------------
 // exp for arguments x <= 64 (softmax: x = logit - reference near the row max), the hot path.
 // Only the low clamp is needed: at x <= -127 ln 2 the exponent field is 0, so the result is
-// exactly 0 (-inf gives 0; results below 2^-126 flush to 0; the AVX-512 form keeps subnormals).
-// NaN in gives NaN out. Same polynomials as vexp.
+// exactly 0 (-inf gives 0; results below 2^-126 flush to 0; the AVX-512 and AVX2 forms keep
+// subnormals). NaN in gives NaN out. Same polynomials as vexp (SSE2).
 // ---------------------------------------------------------------------------------------------
 #if defined(__AVX512F__)
 template <bool kNeg = false> FL_ALWAYS_INLINE f32v vexp_table(f32v x);
@@ -258,6 +258,33 @@ FL_ALWAYS_INLINE f32v vexp_capped(f32v x) {
   // AVX-512: the table form vexp_table (defined below) after max(-104, x), one vmaxps; with
   // the constant first, a NaN x is what comes out.
   return vexp_table(f32v(_mm512_max_ps(__m512(vset<float>(-104.0f)), __m512(x))));
+#elif defined(__AVX2__)
+  // AVX2: an 8-entry table held in a register (one vpermps), as vexp_table's 32 entries:
+  //   x = max(-104, x) (NaN stays: the constant first), n = round(8 x / ln 2) by the 1.5 * 2^23
+  //   shifter (its low 3 bits index the table), r = x - n ln2/8 (ln2/8 in two parts, the first
+  //   product fused), |r| <= ln2/16, exp(r) - 1 = r + r^2 (1/2 + r (1/6 + r/24)) (truncation
+  //   < 1.3e-9 relative), exp(x) = 2^-32 (2^(k + 32) 2^(j/8)) exp(r), k = floor(n/8), j = n mod 8.
+  // 2^(k + 32) 2^(j/8) is built in the bits (normal for every k in [-151, 92], x in [-104, 64]):
+  // the table holds bits(2^(j/8)) + (32 << 23) - (j << 20), to which n << 20 adds (k << 23) +
+  // (j << 20). The last product by 2^-32 rounds once, into the subnormals where the result is
+  // below 2^-126 (0 from about -103.3). Against the Cephes form below: 9 multiplies and FMAs
+  // where it has 11, and 14 operations where it has 16; about 1 ulp.
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-104.0f), __m256(x));
+  const __m256 shifter = _mm256_set1_ps(12582912.0f);
+  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(11.5415603271117071f), shifter);
+  const __m256 n = _mm256_sub_ps(t, shifter);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e43p-4f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-0x1.05c61p-32f), r);
+  __m256 q = _mm256_fmadd_ps(r, _mm256_set1_ps(1.0f / 24), _mm256_set1_ps(1.0f / 6));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.5f));
+  const __m256 em1 = _mm256_fmadd_ps(_mm256_mul_ps(r, r), q, r);
+  const __m256i ti = _mm256_castps_si256(t);
+  const __m256i tab = _mm256_castps_si256(_mm256_permutevar8x32_ps(
+      _mm256_castsi256_ps(_mm256_setr_epi32(0x4f800000, 0x4f7b95c2, 0x4f7837f0, 0x4f75fed7,
+                                            0x4f7504f3, 0x4f75672a, 0x4f7744fd, 0x4f7ac0c7)),
+      ti));
+  const __m256 sc = _mm256_castsi256_ps(_mm256_add_epi32(tab, _mm256_slli_epi32(ti, 20)));
+  return f32v(_mm256_mul_ps(_mm256_fmadd_ps(sc, em1, sc), _mm256_set1_ps(0x1p-32f)));
 #else
   const f32v lo = vset<float>(-88.0296919311f);  // -127 ln 2
   const f32v xc = vselect(x < lo, lo, x);

@@ -297,6 +297,36 @@ def test_bit_identical_across_threads(rng, isa, restore_threads, C):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deferred_logs_across_groups(rng, isa, threads, dtype):
+    """ce_index_small's loss and logsumexp_small take the float64 log of a group of 8 blocks'
+    row sums after the blocks (up to 128 rows a group): several groups and a partial one, with
+    ignored, NaN, +-inf and confident rows in every group, agree with the reference (and the
+    loss with the one computed alongside the gradient)."""
+    rtol, atol = TOL[dtype]
+    rows = 2 * 128 + 8 * 16 + 37
+    for C in (3, 4, 5, 8, 10, 16):
+        x, t = _batch(rng, rows, C, dtype, special=False)
+        for g in range(0, rows, 41):  # (every group, at varying lanes)
+            t[g] = -100
+            x[g + 1, rng.integers(0, C)] = np.nan
+            x[g + 2, (t[g + 2] + 1) % C] = -np.inf
+            x[g + 3, t[g + 3]] = 40.0
+            x[g + 4] = -np.inf
+            x[g + 5, 0] = np.inf
+        with np.errstate(invalid="ignore"):
+            loss = fl.cross_entropy(x, t, reduction="none")
+            loss_g, _ = fl.cross_entropy(x, t, reduction="none", return_grad=True)
+            ref = reference.cross_entropy(x, t, reduction="none")
+            np.testing.assert_allclose(loss, ref, rtol=rtol, atol=atol)
+            np.testing.assert_array_equal(loss, loss_g)
+            lse = fl.logsumexp(x, axis=1)
+            np.testing.assert_allclose(lse, reference.logsumexp(x, axis=1), rtol=rtol, atol=atol)
+        assert np.isnan(loss[1::41]).all() and (loss[0::41] == 0).all()
+        assert np.isnan(lse[1::41]).all() and (lse[4::41] == -np.inf).all()
+        assert (lse[5::41] == np.inf).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_family_every_class_count(rng, isa, threads, dtype):
     rtol, atol = TOL[dtype]
     for C in CLASS_COUNTS:

@@ -729,14 +729,16 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
   constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
+  constexpr int64_t kGroupRows = 8 * W;  // (rows per group of the loss's deferred logs)
   const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
   const double g = a.grad_scale;
   // rows [r, r + nb) (a short block: its targets padded with ignored rows)
   // (kGrad, kFocal: the gradient, the focal term; compile-time, so that plain cross-entropy's
   // body has neither the focal branches nor their registers)
-  auto block = [&](int64_t r, int nb, auto grad_tag, auto focal_tag)
+  auto block = [&](int64_t r, int nb, auto grad_tag, auto focal_tag, double* defer)
                    __attribute__((always_inline)) {
     constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
+    constexpr bool kDefer = !kGrad && !kFocal;
     V x[N];
     load_small_block<S, N>(a.x, a.lx, r, nb, x);
     alignas(64) int64_t tb[W];
@@ -782,6 +784,16 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const f64v s_ex = se.v[k];
       const auto t_max = xt64[k] == md[k];
       const f64v e_t = vselect(t_max, f64v{} + 1.0, et64[k]);
+      if constexpr (kDefer) {
+        // (the loss's two terms, md - x_t and log1p's argument; 0 and 0 for ignored rows, NaN
+        // for bad ones: finish_group adds them up as below)
+        const auto bad = (md[k] - md[k] != md[k] - md[k]) | (tg.inv64[k] != 0.0);
+        const auto ign = tg.ign64[k] != 0.0;
+        vstore(defer + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, md[k] - xt64[k])));
+        vstore(defer + kGroupRows + k * WD,
+               vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
+        continue;
+      }
       const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
       const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
       f64v l = c;
@@ -822,22 +834,42 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
       store_small_block<S, N>(a.grad, a.lg, r, nb, gr);
     }
+    if constexpr (kDefer) return;
     if (nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
+  };
+  // The loss alone: the float64 log1p of each row's sum is left out of the block and taken for
+  // a group of kGroupRows rows at a time (loop fission). A block is a long chain (loads, max,
+  // exp, sums, then the division and polynomial of the log) with too many operations for the
+  // out-of-order window to overlap the next block's; the group's logs are short, independent
+  // iterations that it does overlap. The same operations on the same values: the same bits.
+  // (One thread, float32, AVX2, in cache: see the changelog.)
+  auto finish_group = [&](const double* defer, int64_t r0, int64_t n) {
+    alignas(64) double out[kGroupRows];
+    double* o = n == kGroupRows ? a.loss + r0 : out;
+    for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
+      vstore(o + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + kGroupRows + i)));
+    if (o == out) std::memcpy(a.loss + r0, out, sizeof(double) * size_t(n));
   };
   const int64_t blocks = (rows + W - 1) / W;
   const int nt = threads_for(rows * N, blocks);
   auto run = [&](auto grad_tag, auto focal_tag) {
-    constexpr bool kGrad = decltype(grad_tag)::value;
+    constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
     parallel_for(nt, [&](int64_t th, int64_t n_th) {
       const int64_t lo = blocks * th / n_th * W;
       int64_t hi = blocks * (th + 1) / n_th * W;
       hi = hi < rows ? hi : rows;
-      for (int64_t r = lo; r < hi; r += W) {
-        // (4 blocks ahead, the targets and the gradient's lines too)
-        prefetch_small_block<S, N>(a.x, a.lx, r);
-        prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
-        if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
-        block(r, int(hi - r < W ? hi - r : W), grad_tag, focal_tag);
+      alignas(64) double defer[2 * kGroupRows];
+      for (int64_t g0 = lo; g0 < hi; g0 += kGroupRows) {
+        const int64_t g1 = g0 + kGroupRows < hi ? g0 + kGroupRows : hi;
+        for (int64_t r = g0; r < g1; r += W) {
+          // (4 blocks ahead, the targets and the gradient's lines too)
+          prefetch_small_block<S, N>(a.x, a.lx, r);
+          prefetch_bytes(a.target + r + 4 * W,
+                         r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
+          if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
+          block(r, int(hi - r < W ? hi - r : W), grad_tag, focal_tag, defer + (r - g0));
+        }
+        if constexpr (!kGrad && !kFocal) finish_group(defer, g0, g1 - g0);
       }
     });
   };
@@ -918,25 +950,48 @@ template <class S, int N> void logsumexp_small(const SoftmaxArgs<S>& a) {
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
   constexpr int W = vec_width<T>;
-  parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
-    V x[N];
-    SmallRowStats<T, N> st;
-    small_block_stats<S, N>(a, r, nb, true, x, st);
-    f64v m64[K], nan64[K], out[K];
-    lanes_f64<T>(st.m, m64);
-    lanes_f64<T>(st.nan_seen, nan64);
-    for (int k = 0; k < K; ++k) {
-      const f64v v = m64[k] + log1p_of_sum<T>(st.s.v[k]);
-      // NaN rows NaN; +inf, or a row of -inf, its maximum
-      out[k] = vselect(nan64[k] != nan64[k], f64v{} + kNaN,
-                       vselect(m64[k] - m64[k] != m64[k] - m64[k], m64[k], v));
-    }
-    if (nb == W) {
-      vstore_as(a.out + r, lanes_from_f64<T>(out));
-    } else {
-      alignas(64) T yb[W];
-      vstore(yb, lanes_from_f64<T>(out));
-      for (int b = 0; b < nb; ++b) a.out[r + b] = from_compute<S>(yb[b]);
+  constexpr int WD = vec_width<double>;
+  // The float64 log1p of a group's row sums is taken after the group's blocks (loop fission,
+  // as ce_index_small's loss): per row the base m (NaN for NaN rows; a non-finite maximum with
+  // the argument 0, so that the result is that maximum) and log1p's argument.
+  constexpr int64_t kGroupRows = 8 * W;
+  const int64_t rows = a.lx.rows(), blocks = (rows + W - 1) / W;
+  parallel_for(threads_for(rows * N, blocks), [&](int64_t th, int64_t n_th) {
+    const int64_t lo = blocks * th / n_th * W;
+    int64_t hi = blocks * (th + 1) / n_th * W;
+    hi = hi < rows ? hi : rows;
+    alignas(64) double defer[2 * kGroupRows];
+    for (int64_t g0 = lo; g0 < hi; g0 += kGroupRows) {
+      const int64_t g1 = g0 + kGroupRows < hi ? g0 + kGroupRows : hi;
+      for (int64_t r = g0; r < g1; r += W) {
+        V x[N];
+        SmallRowStats<T, N> st;
+        small_block_stats<S, N>(a, r, int(hi - r < W ? hi - r : W), true, x, st);
+        f64v m64[K], nan64[K];
+        lanes_f64<T>(st.m, m64);
+        lanes_f64<T>(st.nan_seen, nan64);
+        for (int k = 0; k < K; ++k) {
+          // NaN rows NaN; +inf, or a row of -inf, its maximum
+          const auto fin = m64[k] - m64[k] == m64[k] - m64[k];
+          double* d = defer + (r - g0) + k * WD;
+          vstore(d, vselect(nan64[k] != nan64[k], f64v{} + kNaN, m64[k]));
+          vstore(d + kGroupRows, vselect(fin, st.s.v[k], f64v{}));
+        }
+      }
+      for (int64_t r = g0; r < g1; r += W) {
+        f64v out[K];
+        const double* d = defer + (r - g0);
+        for (int k = 0; k < K; ++k)
+          out[k] = vload(d + k * WD) + log1p_of_sum<T>(vload(d + kGroupRows + k * WD));
+        const int nb = int(g1 - r < W ? g1 - r : W);
+        if (nb == W) {
+          vstore_as(a.out + r, lanes_from_f64<T>(out));
+        } else {
+          alignas(64) T yb[W];
+          vstore(yb, lanes_from_f64<T>(out));
+          for (int b = 0; b < nb; ++b) a.out[r + b] = from_compute<S>(yb[b]);
+        }
+      }
     }
   });
 }

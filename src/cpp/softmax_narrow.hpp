@@ -738,7 +738,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   auto block = [&](int64_t r, int nb, auto grad_tag, auto focal_tag, double* defer)
                    __attribute__((always_inline)) {
     constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
-    constexpr bool kDefer = !kGrad && !kFocal;
+    constexpr bool kDefer = !kFocal;  // (the focal term needs the log in the block)
     V x[N];
     load_small_block<S, N>(a.x, a.lx, r, nb, x);
     alignas(64) int64_t tb[W];
@@ -792,11 +792,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         vstore(defer + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, md[k] - xt64[k])));
         vstore(defer + kGroupRows + k * WD,
                vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
-        continue;
       }
-      const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
-      const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
-      f64v l = c;
       ps[k] = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc[k] = f64v{} + g * (1.0 - 0.0) * 1.0;
       if constexpr (kGrad || kFocal) {
         const f64v s = s_ex + e_t;
@@ -804,6 +800,10 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         omp[k] = s_ex * inv_s[k];  // 1 - p_t without cancellation
         pt[k] = e_t * inv_s[k];
       }
+      if constexpr (kDefer) continue;
+      const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
+      const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
+      f64v l = c;
       if constexpr (kFocal) {  // -(1 - p_t)^gamma log p_t, gradient g (mod + dmod) (p_j - [j == t])
         f64v mod, dmod;
         focal_lanes(omp[k], pt[k], c, a.focal_gamma, mod, dmod);
@@ -834,11 +834,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
       store_small_block<S, N>(a.grad, a.lg, r, nb, gr);
     }
-    if constexpr (kDefer) return;
-    if (nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
+    if (!kDefer && nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
   };
-  // The loss alone: the float64 log1p of each row's sum is left out of the block and taken for
-  // a group of kGroupRows rows at a time (loop fission). A block is a long chain (loads, max,
+  // Without the focal term: the float64 log1p of each row's sum (the loss's; the gradient does
+  // not need it) is left out of the block and taken for a group of kGroupRows rows at a time
+  // (loop fission). A block is a long chain (loads, max,
   // exp, sums, then the division and polynomial of the log) with too many operations for the
   // out-of-order window to overlap the next block's; the group's logs are short, independent
   // iterations that it does overlap. The same operations on the same values: the same bits.
@@ -869,7 +869,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
           if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
           block(r, int(hi - r < W ? hi - r : W), grad_tag, focal_tag, defer + (r - g0));
         }
-        if constexpr (!kGrad && !kFocal) finish_group(defer, g0, g1 - g0);
+        if constexpr (!kFocal) finish_group(defer, g0, g1 - g0);
       }
     });
   };

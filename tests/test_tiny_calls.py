@@ -369,7 +369,7 @@ def test_multilabel_margin_fast_equals_general(rng, fast_only, dtype, shape):
     for v in views:
         for reduction in ("mean", "sum", "none"):
             for grad in (False, True):
-                kw = dict(reduction=reduction, return_grad=grad)
+                kw = {"reduction": reduction, "return_grad": grad}
                 with fast_only():
                     fast = fl.multilabel_margin_loss(v, t, **kw)
                 assert _core.multilabel_margin_small(v, t, reduction, grad) is not None

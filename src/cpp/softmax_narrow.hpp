@@ -850,27 +850,18 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       vstore(o + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + kGroupRows + i)));
     if (o == out) std::memcpy(a.loss + r0, out, sizeof(double) * size_t(n));
   };
-  const int64_t blocks = (rows + W - 1) / W;
-  const int nt = threads_for(rows * N, blocks);
   auto run = [&](auto grad_tag, auto focal_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
-    parallel_for(nt, [&](int64_t th, int64_t n_th) {
-      const int64_t lo = blocks * th / n_th * W;
-      int64_t hi = blocks * (th + 1) / n_th * W;
-      hi = hi < rows ? hi : rows;
+    parallel_row_groups(rows, N, W, kGroupRows, [&](int64_t g0, int64_t g1) {
       alignas(64) double defer[2 * kGroupRows];
-      for (int64_t g0 = lo; g0 < hi; g0 += kGroupRows) {
-        const int64_t g1 = g0 + kGroupRows < hi ? g0 + kGroupRows : hi;
-        for (int64_t r = g0; r < g1; r += W) {
-          // (4 blocks ahead, the targets and the gradient's lines too)
-          prefetch_small_block<S, N>(a.x, a.lx, r);
-          prefetch_bytes(a.target + r + 4 * W,
-                         r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
-          if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
-          block(r, int(hi - r < W ? hi - r : W), grad_tag, focal_tag, defer + (r - g0));
-        }
-        if constexpr (!kFocal) finish_group(defer, g0, g1 - g0);
+      for (int64_t r = g0; r < g1; r += W) {
+        // (4 blocks ahead, the targets and the gradient's lines too)
+        prefetch_small_block<S, N>(a.x, a.lx, r);
+        prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
+        if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
+        block(r, int(g1 - r < W ? g1 - r : W), grad_tag, focal_tag, defer + (r - g0));
       }
+      if constexpr (!kFocal) finish_group(defer, g0, g1 - g0);
     });
   };
   using Yes = std::true_type;
@@ -955,42 +946,35 @@ template <class S, int N> void logsumexp_small(const SoftmaxArgs<S>& a) {
   // as ce_index_small's loss): per row the base m (NaN for NaN rows; a non-finite maximum with
   // the argument 0, so that the result is that maximum) and log1p's argument.
   constexpr int64_t kGroupRows = 8 * W;
-  const int64_t rows = a.lx.rows(), blocks = (rows + W - 1) / W;
-  parallel_for(threads_for(rows * N, blocks), [&](int64_t th, int64_t n_th) {
-    const int64_t lo = blocks * th / n_th * W;
-    int64_t hi = blocks * (th + 1) / n_th * W;
-    hi = hi < rows ? hi : rows;
+  parallel_row_groups(a.lx.rows(), N, W, kGroupRows, [&](int64_t g0, int64_t g1) {
     alignas(64) double defer[2 * kGroupRows];
-    for (int64_t g0 = lo; g0 < hi; g0 += kGroupRows) {
-      const int64_t g1 = g0 + kGroupRows < hi ? g0 + kGroupRows : hi;
-      for (int64_t r = g0; r < g1; r += W) {
-        V x[N];
-        SmallRowStats<T, N> st;
-        small_block_stats<S, N>(a, r, int(hi - r < W ? hi - r : W), true, x, st);
-        f64v m64[K], nan64[K];
-        lanes_f64<T>(st.m, m64);
-        lanes_f64<T>(st.nan_seen, nan64);
-        for (int k = 0; k < K; ++k) {
-          // NaN rows NaN; +inf, or a row of -inf, its maximum
-          const auto fin = m64[k] - m64[k] == m64[k] - m64[k];
-          double* d = defer + (r - g0) + k * WD;
-          vstore(d, vselect(nan64[k] != nan64[k], f64v{} + kNaN, m64[k]));
-          vstore(d + kGroupRows, vselect(fin, st.s.v[k], f64v{}));
-        }
+    for (int64_t r = g0; r < g1; r += W) {
+      V x[N];
+      SmallRowStats<T, N> st;
+      small_block_stats<S, N>(a, r, int(g1 - r < W ? g1 - r : W), true, x, st);
+      f64v m64[K], nan64[K];
+      lanes_f64<T>(st.m, m64);
+      lanes_f64<T>(st.nan_seen, nan64);
+      for (int k = 0; k < K; ++k) {
+        // NaN rows NaN; +inf, or a row of -inf, its maximum
+        const auto fin = m64[k] - m64[k] == m64[k] - m64[k];
+        double* d = defer + (r - g0) + k * WD;
+        vstore(d, vselect(nan64[k] != nan64[k], f64v{} + kNaN, m64[k]));
+        vstore(d + kGroupRows, vselect(fin, st.s.v[k], f64v{}));
       }
-      for (int64_t r = g0; r < g1; r += W) {
-        f64v out[K];
-        const double* d = defer + (r - g0);
-        for (int k = 0; k < K; ++k)
-          out[k] = vload(d + k * WD) + log1p_of_sum<T>(vload(d + kGroupRows + k * WD));
-        const int nb = int(g1 - r < W ? g1 - r : W);
-        if (nb == W) {
-          vstore_as(a.out + r, lanes_from_f64<T>(out));
-        } else {
-          alignas(64) T yb[W];
-          vstore(yb, lanes_from_f64<T>(out));
-          for (int b = 0; b < nb; ++b) a.out[r + b] = from_compute<S>(yb[b]);
-        }
+    }
+    for (int64_t r = g0; r < g1; r += W) {
+      f64v out[K];
+      const double* d = defer + (r - g0);
+      for (int k = 0; k < K; ++k)
+        out[k] = vload(d + k * WD) + log1p_of_sum<T>(vload(d + kGroupRows + k * WD));
+      const int nb = int(g1 - r < W ? g1 - r : W);
+      if (nb == W) {
+        vstore_as(a.out + r, lanes_from_f64<T>(out));
+      } else {
+        alignas(64) T yb[W];
+        vstore(yb, lanes_from_f64<T>(out));
+        for (int b = 0; b < nb; ++b) a.out[r + b] = from_compute<S>(yb[b]);
       }
     }
   });

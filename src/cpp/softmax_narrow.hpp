@@ -784,11 +784,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const f64v s_ex = se.v[k];
       const auto t_max = xt64[k] == md[k];
       const f64v e_t = vselect(t_max, f64v{} + 1.0, et64[k]);
+      const auto bad = (md[k] - md[k] != md[k] - md[k]) | (tg.inv64[k] != 0.0);
+      const auto ign = tg.ign64[k] != 0.0;
       if constexpr (kDefer) {
         // (the loss's two terms, md - x_t and log1p's argument; 0 and 0 for ignored rows, NaN
         // for bad ones: finish_group adds them up as below)
-        const auto bad = (md[k] - md[k] != md[k] - md[k]) | (tg.inv64[k] != 0.0);
-        const auto ign = tg.ign64[k] != 0.0;
         vstore(defer + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, md[k] - xt64[k])));
         vstore(defer + kGroupRows + k * WD,
                vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
@@ -810,8 +810,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         l = mod * c;
         ps[k] = tc[k] = g * (mod + dmod);
       }
-      const auto bad = (md[k] - md[k] != md[k] - md[k]) | (tg.inv64[k] != 0.0);
-      vstore(lout + k * WD, vselect(tg.ign64[k] != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, l)));
+      vstore(lout + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, l)));
     }
     if constexpr (kGrad) {
       // ce_index_narrow's gradient with w_t = 1 (0 for ignored rows, which are filled):
@@ -838,10 +837,10 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   };
   // Without the focal term: the float64 log1p of each row's sum (the loss's; the gradient does
   // not need it) is left out of the block and taken for a group of kGroupRows rows at a time
-  // (loop fission). A block is a long chain (loads, max,
-  // exp, sums, then the division and polynomial of the log) with too many operations for the
-  // out-of-order window to overlap the next block's; the group's logs are short, independent
-  // iterations that it does overlap. The same operations on the same values: the same bits.
+  // (loop fission). A block is a long chain (loads, max, exp, sums, then the division and
+  // polynomial of the log) with too many operations for the out-of-order window to overlap the
+  // next block's; the group's logs are short, independent iterations that it does overlap. The
+  // same operations on the same values: the same bits.
   // (One thread, float32, AVX2, in cache: see the changelog.)
   auto finish_group = [&](const double* defer, int64_t r0, int64_t n) {
     alignas(64) double out[kGroupRows];

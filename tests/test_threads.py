@@ -153,6 +153,38 @@ def test_same_results_with_any_thread_count(restore_threads, big_inputs, other_i
                                                       reduction="none"), rtol=1e-9)
 
 
+def _run_exp_kernels(x, t, z, y):
+    """Kernels with an exp or a log per element, at sizes that one thread takes alone by the
+    element count but two share by the weighted work (threads_for's kExpWork)."""
+    return [
+        *fl.cross_entropy(x, t, return_grad=True, reduction="none"),
+        fl.logsumexp(x, axis=-1),
+        fl.softmax(x, axis=-1),
+        *fl.kl_div_with_logits(x, x[::-1], return_grad=True, reduction="none"),
+        *fl.binary_cross_entropy_with_logits(z, y, return_grad=True, reduction="none"),
+        *fl.soft_margin_loss(z, 2 * y - 1, return_grad=True, reduction="none"),
+        *fl.poisson_nll_loss(z, y, return_grad=True, reduction="none"),
+    ]
+
+
+def test_exp_kernels_split_by_weighted_work(restore_threads):
+    rng = np.random.default_rng(5)
+    x = read_only((3.0 * rng.standard_normal((4000, 10))).astype(np.float32))
+    t = read_only(rng.integers(0, 10, size=4000))
+    z = read_only((3.0 * rng.standard_normal(40000)).astype(np.float32))
+    y = read_only((rng.random(40000) < 0.5).astype(np.float32))
+    fl.set_num_threads(1)
+    one = _run_exp_kernels(x, t, z, y)
+    fl.set_num_threads(2)
+    two = _run_exp_kernels(x, t, z, y)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(two[0], ref.cross_entropy(x, t, reduction="none"), rtol=2e-6)
+    np.testing.assert_allclose(
+        two[6], ref.binary_cross_entropy_with_logits(z, y, reduction="none"), rtol=2e-6,
+        atol=1e-30)
+
+
 def test_threading_is_reported():
     # FASTLOSS_EXPECT_THREADING (set by .ci/run's portability step) pins what the build must be
     import os

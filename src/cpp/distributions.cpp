@@ -316,7 +316,7 @@ void kl_div_with_logits_narrow(const KlLogitsArgs<S>& a) {
   const double tau = a.temperature;
   const V inv = vset<T>(T(1.0 / tau));
   const bool grad = a.grad != nullptr;
-  parallel_row_blocks(a.ls.rows(), 2 * n, W, [&](int64_t r0, int nb) {
+  parallel_row_blocks(a.ls.rows(), 2 * n * kExpWork, W, [&](int64_t r0, int nb) {
     alignas(64) T sb[kKlNarrowMax * W], tb[kKlNarrowMax * W];
     int64_t off[W] = {};
     load_block(a.student, a.ls, r0, nb, sb, off);
@@ -390,7 +390,7 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
     else
       d[0] = v;
   };
-  parallel_row_blocks(a.ls.rows(), 2 * N, W, [&](int64_t r0, int nb) {
+  parallel_row_blocks(a.ls.rows(), 2 * N * kExpWork, W, [&](int64_t r0, int nb) {
     prefetch_small_block<S, N>(a.student, a.ls, r0);
     prefetch_small_block<S, N>(a.teacher, a.lt, r0);
     if (grad) prefetch_small_block<S, N>(a.grad, a.lg, r0);  // (its lines are read first)
@@ -460,7 +460,7 @@ void kl_div_with_logits_impl(const KlLogitsArgs<S>& a) {
   // In place (over the student or teacher) the lines are cached already: ordinary stores then.
   const bool stream =
       a.ls.rows() * n * int64_t(sizeof(S)) >= kStreamBytes && g != a.student && g != a.teacher;
-  parallel_rows<S>(a.ls.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.ls.rows(), 2 * n * kExpWork, [&](int64_t r) {
     const S* xs = read_row(a.student, a.ls, r, kSlotA);
     const S* xt = read_row(a.teacher, a.lt, r, kSlotB);
     KlKept<T> kept = kl_kept<T>(n, a.grad != nullptr);
@@ -533,7 +533,7 @@ void gaussian_kl_impl(const GaussianKlArgs<S>& a) {
   constexpr int W = vec_width<T>;
   const int64_t n = a.lm.n1;
   const f64v gs = vset<double>(a.grad_scale), hg = vset<double>(0.5 * a.grad_scale);
-  parallel_rows<S>(a.lm.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.lm.rows(), 2 * n * kExpWork, [&](int64_t r) {
     const S* mu = read_row(a.mu, a.lm, r, kSlotA);
     const S* lv = read_row(a.logvar, a.lv, r, kSlotB);
     S* gm = a.grad_mu ? write_row(a.grad_mu, a.lgm, r, kSlotG) : nullptr;

@@ -403,14 +403,15 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
 }
 
 // fn(r0, nb) for blocks of B rows (the last of a thread's range may be shorter); each thread
-// takes one contiguous range of whole blocks.
+// takes one contiguous range of whole blocks. row_work: a row's work for threads_for (its
+// elements, times kExpWork where each takes an exp or a log).
 // In groups: fn(g0, g1) for the consecutive row ranges [g0, g1) of at most G rows (G a
 // multiple of B) that make up each thread's share of whole blocks (a group ends where the share
 // does; the last group of the rows may end in a partial block).
 template <class Fn>
-void parallel_row_groups(int64_t rows, int64_t row_len, int B, int64_t G, Fn&& fn) {
+void parallel_row_groups(int64_t rows, int64_t row_work, int B, int64_t G, Fn&& fn) {
   const int64_t blocks = (rows + B - 1) / B;
-  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), blocks);
+  const int nt = threads_for(rows * (row_work > 1 ? row_work : 1), blocks);
   parallel_for(nt, [&](int64_t t, int64_t n) {
     const int64_t lo = blocks * t / n * B;
     int64_t hi = blocks * (t + 1) / n * B;
@@ -418,8 +419,8 @@ void parallel_row_groups(int64_t rows, int64_t row_len, int B, int64_t G, Fn&& f
     for (int64_t g0 = lo; g0 < hi; g0 += G) fn(g0, g0 + G < hi ? g0 + G : hi);
   });
 }
-template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_len, int B, Fn&& fn) {
-  parallel_row_groups(rows, row_len, B, B, [&](int64_t r, int64_t end) { fn(r, int(end - r)); });
+template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_work, int B, Fn&& fn) {
+  parallel_row_groups(rows, row_work, B, B, [&](int64_t r, int64_t end) { fn(r, int(end - r)); });
 }
 
 // Per-lane float64 sums of compute-type vectors (a float vector is widened to two halves).

@@ -456,14 +456,16 @@ void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b, const T* x, const 
   }
 }
 
-template <class S> double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op) {
+// (unit_work: threads_for's work per element)
+template <class S>
+double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op, int64_t unit_work) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
   constexpr int64_t kBlock16 = 1024;  // 16-bit: float32 blocks of 4 KB (a multiple of 8 W)
   static_assert(kChunk % kBlock16 == 0 && kBlock16 % (8 * W) == 0, "block sizes");
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
-  const int nt = threads_for(n, chunks);
+  const int nt = threads_for(n * unit_work, chunks);
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
   std::atomic<int64_t> n_bad{0};
   BlockArgs<T> b{};
@@ -510,7 +512,10 @@ template <class S> double drive(PairwiseArgs<S>& a, BlockFn<compute_t<S>> fn, co
 
 template <class S, class Op> double run(PairwiseArgs<S>& a, const Op& op) {
   using T = compute_t<S>;
-  return drive<S>(a, a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>, &op);
+  // every loss here but the two margin ones takes an exp or a log per element
+  constexpr bool kExp = !std::is_same_v<Op, MarginRanking> && !std::is_same_v<Op, HingeEmbedding>;
+  return drive<S>(a, a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>, &op,
+                  kExp ? kExpWork : 1);
 }
 
 template <class S> double pairwise_impl(PairwiseArgs<S>& a) {

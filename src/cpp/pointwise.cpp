@@ -175,7 +175,7 @@ struct Bce {
       V<T> lg = vlog_sum(vselect(y1, q, u), vselect(y1, zero, c));
       l = -vselect(lg < lo, lo, lg);
     } else {
-      V<T> lq = vlog_sum(q, zero), l1q = vlog_sum(u, c);
+      V<T> lq = vlog_table(q), l1q = vlog_sum(u, c);  // (log q: no correction term)
       lq = vselect(lq < lo, lo, lq);
       l1q = vselect(l1q < lo, lo, l1q);
       l = -(y * lq + (one - y) * l1q);
@@ -267,7 +267,7 @@ template <bool kLogTarget> struct KlDiv {
     } else {
       // (log y = +inf for y = +inf, which the table-based float log does not give)
       const V<T> log_y = vselect(y == splat<T>(std::numeric_limits<T>::infinity()), y,
-                                 vlog_sum(y, V<T>{}));
+                                 vlog_table(y));
       const V<T> t = y * (log_y - x);
       l = vselect(y == V<T>{}, V<T>{}, t);
       g = -y;
@@ -404,15 +404,16 @@ template <class T> void run_range(BlockFn<T> fn, const void* op, BlockArgs<T> b,
   }
 }
 
+// (unit_work: threads_for's work per element)
 template <class S> double drive(PointwiseArgs<S>& a, BlockFn<compute_t<S>> fn, const void* op,
-                                compute_t<S> y_pad) {
+                                compute_t<S> y_pad, int64_t unit_work) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>;
   constexpr int64_t kChunk = 8192;
   constexpr int64_t kBlock16 = 1024;  // 16-bit: float32 blocks of 4 KB (a multiple of 8 W)
   static_assert(kChunk % kBlock16 == 0 && kBlock16 % (8 * W) == 0, "block sizes");
   const int64_t n = a.n, chunks = (n + kChunk - 1) / kChunk;
-  const int nt = threads_for(n, chunks);
+  const int nt = threads_for(n * unit_work, chunks);
   // One float64 sum per fixed-size chunk, added in chunk order at the end: the total does not
   // depend on the number of threads.
   double* chunk_sum = static_cast<double*>(thread_scratch(kSlotChunkSums, size_t(chunks) * 8));
@@ -458,8 +459,14 @@ template <class S> double drive(PointwiseArgs<S>& a, BlockFn<compute_t<S>> fn, c
 template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
   using T = compute_t<S>;
   const BlockFn<T> fn = a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>;
+  // the losses with an exp or a log per element
+  constexpr bool kExp = std::is_same_v<Op, BceLogits<true>> || std::is_same_v<Op, BceLogits<false>> ||
+                        std::is_same_v<Op, Bce> || std::is_same_v<Op, KlDiv<true>> ||
+                        std::is_same_v<Op, KlDiv<false>> || std::is_same_v<Op, SigmoidFocal<0>> ||
+                        std::is_same_v<Op, SigmoidFocal<1>> || std::is_same_v<Op, SigmoidFocal<2>> ||
+                        std::is_same_v<Op, SigmoidFocal<-1>>;
   // hinge: a padded label 1 counts as none of -1, 0 or "bad"
-  return drive<S>(a, fn, &op, std::is_same_v<Op, Hinge> ? T(1) : T(0));
+  return drive<S>(a, fn, &op, std::is_same_v<Op, Hinge> ? T(1) : T(0), kExp ? kExpWork : 1);
 }
 
 template <class S> double pointwise_impl(PointwiseArgs<S>& a) {

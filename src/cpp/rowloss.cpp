@@ -570,7 +570,7 @@ void jensen_shannon_impl(const JsdArgs<S>& a) {
   const double tau = a.temperature, beta = a.beta;
   const T inv = T(1.0 / tau);
   const int mode = beta == 0.0 ? 0 : beta == 1.0 ? 1 : 2;
-  parallel_rows<S>(a.ls.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.ls.rows(), 2 * n * kExpWork, [&](int64_t r) {
     const T* s = compute_row<S>(read_row(a.student, a.ls, r, kSlotA), n, kSlotWA);
     const T* t = compute_row<S>(read_row(a.teacher, a.lt, r, kSlotB), n, kSlotWB);
     bool nan_s = false, nan_t = false;
@@ -636,7 +636,7 @@ template <class S>
 void ranking_softmax_impl(const RankingSoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   const int64_t n = a.lx.n1;
-  parallel_rows<S>(a.lx.rows(), 2 * n, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), 2 * n * kExpWork, [&](int64_t r) {
     const S* xs = read_row(a.x, a.lx, r, kSlotA);
     const T* yl = read_row(a.labels, a.ly, r, kSlotB);
     const uint8_t* w = a.where ? read_row(a.where, a.lw, r, kSlotC) : nullptr;

@@ -190,9 +190,11 @@ template <> struct Acc<double> {
 constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
 // fn(r) for every row, each thread on one contiguous range of rows (as schedule(static)).
+// row_work: a row's work for threads_for (its elements, times kExpWork where each takes an exp
+// or a log).
 // S: the type of the written arrays (their write tiles are flushed at the end, see read_row).
-template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_len, Fn&& fn) {
-  const int nt = threads_for(rows * (row_len > 1 ? row_len : 1), rows);
+template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_work, Fn&& fn) {
+  const int nt = threads_for(rows * (row_work > 1 ? row_work : 1), rows);
   parallel_for(nt, [&](int64_t t, int64_t n) {
     const int64_t lo = rows * t / n, hi = rows * (t + 1) / n;
     for (Tile& tile : t_tiles) tile.base = nullptr;  // (tiles of an earlier call)

@@ -468,7 +468,7 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
   const int64_t V = a.lx.n1;
   if (V >= kSmallMinSoftmax && V <= kSmallMaxClasses) return logsumexp_small_n(a);
   if (V <= kNarrowMaxSoftmax) return logsumexp_narrow(a);
-  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
     const RowStats st = range_stats<S, Coef::kNone>(x, 0, V, {});
     double out;
@@ -504,7 +504,7 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
   if (V >= kSmallMinSoftmax && V <= kSmallMaxClasses) return softmax_small_n(a, log);
   if (V <= kNarrowMaxSoftmax) return softmax_narrow(a, log);
   const bool stream = a.lx.rows() * V * int64_t(sizeof(S)) >= kStreamBytes && a.lo.s1 == 1;
-  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
     const S* x = read_row(a.x, a.lx, r, kSlotX);
     S* out = write_row(a.out, a.lo, r);
     ExpRow<T> er = exp_row<T>(V, !log);
@@ -651,7 +651,7 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     }
     scatter_row(a.grad, a.lg, r, gr);
   };
-  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
     const int64_t t = a.target[r];
     const bool ignored = t == a.ignore_index;
     if (ignored || t < 0 || t >= V) {  // out-of-range targets are rejected before the call
@@ -689,7 +689,7 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
                       static_cast<const void*>(a.grad) != static_cast<const void*>(a.x);
   const double eps = a.label_smoothing, g = a.grad_scale;
   const double z = a.z_loss;
-  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
     CoefRow<T, C> coef;
     coef.w = a.weight;
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
@@ -890,7 +890,7 @@ template <class S> void ce_shard_stats_impl(const CeShardStatsArgs<S>& a) {
     // (a -inf logit makes cd, and so the sum, infinite: the sum of the logits is -inf)
     a.sum_logits[r] = double(V) * m - (rest.cd + (in ? m - xt : 0.0));
   };
-  parallel_rows<S>(a.lx.rows(), V, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
     const S* xs = read_row(a.x, a.lx, r, kSlotX);
     if (a.softcap > 0)
       row(static_cast<const T*>(softcap_row(xs, V, a.softcap, static_cast<T*>(nullptr))), r);
@@ -906,7 +906,7 @@ template <class S> void ce_shard_grad_impl(const CeShardGradArgs<S>& a) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   const int64_t n = a.lx.n1;
-  parallel_rows<S>(a.lx.rows(), n, [&](int64_t r) {
+  parallel_rows<S>(a.lx.rows(), n * kExpWork, [&](int64_t r) {
     const int64_t t = a.target[r];
     if (t == a.ignore_index) {
       fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));

@@ -39,7 +39,7 @@ template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>, WD = vec_width<double>;
   const int64_t n = a.lx.n1;
-  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
@@ -74,7 +74,7 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
   using V = vec_t<T>;
   constexpr int W = vec_width<T>, WD = vec_width<double>;
   const int64_t n = a.lx.n1;
-  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxSoftmax * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
@@ -226,7 +226,7 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   const double eps = a.label_smoothing, g = a.grad_scale, z = a.z_loss, gamma = a.focal_gamma;
   const double eps_c = eps / double(n);
   const bool grad = a.grad != nullptr;
-  parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
+  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
@@ -662,7 +662,7 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
     }
   };
   const int64_t blocks = (rows + W - 1) / W;
-  const int nt = threads_for(rows * 2, blocks);
+  const int nt = threads_for(rows * 2 * kExpWork, blocks);
   auto run = [&](auto grad_tag, auto stats_tag) {
     parallel_for(nt, [&](int64_t th, int64_t n_th) {
       const int64_t lo = blocks * th / n_th * W;
@@ -851,7 +851,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   };
   auto run = [&](auto grad_tag, auto focal_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
-    parallel_row_groups(rows, N, W, kGroupRows, [&](int64_t g0, int64_t g1) {
+    parallel_row_groups(rows, N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
       alignas(64) double defer[2 * kGroupRows];
       for (int64_t r = g0; r < g1; r += W) {
         // (4 blocks ahead, the targets and the gradient's lines too)
@@ -945,7 +945,7 @@ template <class S, int N> void logsumexp_small(const SoftmaxArgs<S>& a) {
   // as ce_index_small's loss): per row the base m (NaN for NaN rows; a non-finite maximum with
   // the argument 0, so that the result is that maximum) and log1p's argument.
   constexpr int64_t kGroupRows = 8 * W;
-  parallel_row_groups(a.lx.rows(), N, W, kGroupRows, [&](int64_t g0, int64_t g1) {
+  parallel_row_groups(a.lx.rows(), N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
     alignas(64) double defer[2 * kGroupRows];
     for (int64_t r = g0; r < g1; r += W) {
       V x[N];
@@ -984,7 +984,7 @@ template <class S, int N> void softmax_small(const SoftmaxArgs<S>& a, bool log) 
   using V = vec_t<T>;
   constexpr int K = vec_width<T> / vec_width<double>;
   constexpr int W = vec_width<T>;
-  parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r, int nb) {
+  parallel_row_blocks(a.lx.rows(), N * kExpWork, W, [&](int64_t r, int nb) {
     prefetch_small_block<S, N>(a.out, a.lo, r);  // (written in place: its lines are read first)
     V x[N];
     SmallRowStats<T, N> st;

@@ -32,8 +32,9 @@ namespace fastloss {
 namespace {
 // 0: the default, which follows OMP_NUM_THREADS or the number of usable cores.
 std::atomic<int> g_num_threads{0};
-// Below this many elements a parallel region costs more than it saves (a team start-up is a
-// few microseconds; one core streams ~3 G floats/s).
+// Below this much work (elements, kExpWork for each of an exp/log kernel's) a parallel region
+// costs more than it saves (a team start-up is a few microseconds; one core streams ~3 G
+// floats/s).
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 16;
 
 #if !FASTLOSS_OPENMP

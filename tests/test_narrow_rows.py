@@ -298,13 +298,14 @@ def test_bit_identical_across_threads(rng, isa, restore_threads, C):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_deferred_logs_across_groups(rng, isa, threads, dtype):
-    """ce_index_small's loss and logsumexp_small take the float64 log of a group of 8 blocks'
-    row sums after the blocks (up to 128 rows a group): several groups and a partial one, with
-    ignored, NaN, +-inf and confident rows in every group, agree with the reference (and the
-    loss with the one computed alongside the gradient)."""
+    """ce_index_small's and ce_index_narrow's loss and logsumexp_small take the float64 log of
+    a group of 8 blocks' row sums after the blocks (up to 128 rows a group): several groups and
+    a partial one, with ignored, NaN, +-inf and confident rows in every group, agree with the
+    reference (and the loss with the one computed alongside the gradient, and with that of a
+    column-major copy)."""
     rtol, atol = TOL[dtype]
     rows = 2 * 128 + 8 * 16 + 37
-    for C in (3, 4, 5, 8, 10, 16):
+    for C in (3, 4, 5, 8, 10, 16, 17, 32, 100, 256):
         x, t = _batch(rng, rows, C, dtype, special=False)
         for g in range(0, rows, 41):  # (every group, at varying lanes)
             t[g] = -100
@@ -319,6 +320,8 @@ def test_deferred_logs_across_groups(rng, isa, threads, dtype):
             ref = reference.cross_entropy(x, t, reduction="none")
             np.testing.assert_allclose(loss, ref, rtol=rtol, atol=atol)
             np.testing.assert_array_equal(loss, loss_g)
+            np.testing.assert_array_equal(
+                loss, fl.cross_entropy(np.asfortranarray(x), t, reduction="none"))
             lse = fl.logsumexp(x, axis=1)
             np.testing.assert_allclose(lse, reference.logsumexp(x, axis=1), rtol=rtol, atol=atol)
         assert np.isnan(loss[1::41]).all() and (loss[0::41] == 0).all()

@@ -218,6 +218,19 @@ __attribute__((always_inline)) inline TargetLanes<T> target_lanes(const int64_t*
 // Focal loss (rare) takes a scalar epilogue per lane; soft-capping and probability targets
 // use the row kernels.
 // ---------------------------------------------------------------------------------------------
+// The deferred row logs of a group of n <= G rows (ce_index_narrow, ce_index_small): defer[i]
+// holds row r0 + i's m - x_t (0 for ignored rows, NaN for bad ones) and defer[G + i] the
+// argument of log1p_of_sum (0 for ignored rows); loss[r0 + i] = defer[i] + log1p(defer[G + i]).
+template <class T, int64_t G>
+void finish_loss_group(const double* defer, double* loss, int64_t r0, int64_t n) {
+  constexpr int WD = vec_width<double>;
+  alignas(64) double out[G];
+  double* o = n == G ? loss + r0 : out;
+  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
+    vstore(o + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i)));
+  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+}
+
 template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, double Wsum) {
   using T = compute_t<S>;
   using V = vec_t<T>;
@@ -226,7 +239,12 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   const double eps = a.label_smoothing, g = a.grad_scale, z = a.z_loss, gamma = a.focal_gamma;
   const double eps_c = eps / double(n);
   const bool grad = a.grad != nullptr;
-  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
+  // The loss alone of plain cross-entropy (no weights, label smoothing, focal or z-loss term,
+  // lse): each block leaves its rows' m - x_t and log1p arguments in `defer`, and the float64
+  // logs are taken for a group of kGroupRows rows at a time (as ce_index_small, which see).
+  const bool defer_logs = C == Coef::kNone && !grad && !a.focal && z == 0 && !a.lse && !a.weight;
+  constexpr int64_t kGroupRows = 8 * W;
+  auto block = [&](int64_t r0, int nb, double* defer) {
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
@@ -353,6 +371,19 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     to_f64_lanes(xt, xt64);
     to_f64_lanes(et, et64);
     to_f64_lanes(mx.nan_seen, nan64);
+    if (defer_logs) {  // (finish_loss_group adds up the two terms as the branch below does)
+      for (int k = 0; k < W; k += WD) {
+        const f64v md = vload(m64 + k), x_t = vload(xt64 + k), s_ex = vload(sp + k);
+        const auto t_max = x_t == md;
+        const f64v e_t = vselect(t_max, f64v{} + 1.0, vload(et64 + k));
+        const f64v nk = vload(nan64 + k), ign = vload(ign64 + k);
+        const auto bad = (nk != nk) | (md - md != md - md) | (vload(inv64 + k) != 0.0);
+        vstore(defer + k, vselect(ign != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, md - x_t)));
+        vstore(defer + kGroupRows + k,
+               vselect(ign != 0.0, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
+      }
+      return;
+    }
     if (!grad && !a.focal && z == 0 && !a.lse) {
       // Loss only: the loss of each lane and nothing else, stored straight into a.loss.
       alignas(64) double out[W];
@@ -472,6 +503,11 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     int64_t goff[W] = {};
     row_offsets(a.lg, r0, nb, goff);
     scatter_lanes(a.grad, a.lg, goff, nb, xb, fill_row, fill);
+  };
+  parallel_row_groups(a.lx.rows(), n * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
+    alignas(64) double defer[2 * kGroupRows];
+    for (int64_t r = g0; r < g1; r += W) block(r, int(g1 - r < W ? g1 - r : W), defer + (r - g0));
+    if (defer_logs) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
   });
 }
 
@@ -788,7 +824,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const auto ign = tg.ign64[k] != 0.0;
       if constexpr (kDefer) {
         // (the loss's two terms, md - x_t and log1p's argument; 0 and 0 for ignored rows, NaN
-        // for bad ones: finish_group adds them up as below)
+        // for bad ones: finish_loss_group adds them up as below)
         vstore(defer + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, md[k] - xt64[k])));
         vstore(defer + kGroupRows + k * WD,
                vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
@@ -842,13 +878,6 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   // next block's; the group's logs are short, independent iterations that it does overlap. The
   // same operations on the same values: the same bits.
   // (One thread, float32, AVX2, in cache: see the changelog.)
-  auto finish_group = [&](const double* defer, int64_t r0, int64_t n) {
-    alignas(64) double out[kGroupRows];
-    double* o = n == kGroupRows ? a.loss + r0 : out;
-    for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
-      vstore(o + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + kGroupRows + i)));
-    if (o == out) std::memcpy(a.loss + r0, out, sizeof(double) * size_t(n));
-  };
   auto run = [&](auto grad_tag, auto focal_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
     parallel_row_groups(rows, N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
@@ -860,7 +889,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
         block(r, int(g1 - r < W ? g1 - r : W), grad_tag, focal_tag, defer + (r - g0));
       }
-      if constexpr (!kFocal) finish_group(defer, g0, g1 - g0);
+      if constexpr (!kFocal) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
     });
   };
   using Yes = std::true_type;

@@ -39,28 +39,35 @@ template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
   constexpr int W = vec_width<T>, WD = vec_width<double>;
   const int64_t n = a.lx.n1;
-  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
-    alignas(64) T xb[kNarrowMaxSoftmax * W];
-    int64_t off[W] = {};
-    prefetch_block(a.x, a.lx, r0, W);
-    load_block(a.x, a.lx, r0, nb, xb, off);
-    const LaneMax<T> mx = lane_max(xb, n, true);
-    const LaneSum<T> s = lane_exp_sums(xb, n, mx, true, false);
-    alignas(64) double sp[W], m64[W], out[W];
-    s.store(sp);
-    for (int b = 0; b < W; ++b) m64[b] = double(mx.m[b]);
-    for (int k = 0; k < W; k += WD) {
-      const f64v m = vload(m64 + k);
-      vstore(out + k, m + log1p_of_sum<T>(vload(sp + k)));
+  // The float64 logs of a group of 8 blocks are taken after the group's blocks (loop fission,
+  // as logsumexp_small): each block leaves per row its base (NaN for NaN rows, else the
+  // maximum) and log1p's argument (0 where the maximum is +inf or the row is all -inf, so that
+  // the result is that maximum).
+  constexpr int64_t kGroupRows = 8 * W;
+  parallel_row_groups(a.lx.rows(), n * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
+    alignas(64) double defer[2 * kGroupRows];
+    for (int64_t r0 = g0; r0 < g1; r0 += W) {
+      const int nb = int(g1 - r0 < W ? g1 - r0 : W);
+      alignas(64) T xb[kNarrowMaxSoftmax * W];
+      int64_t off[W] = {};
+      prefetch_block(a.x, a.lx, r0, W);
+      load_block(a.x, a.lx, r0, nb, xb, off);
+      const LaneMax<T> mx = lane_max(xb, n, true);
+      const LaneSum<T> s = lane_exp_sums(xb, n, mx, true, false);
+      alignas(64) double sp[W], m64[W];
+      s.store(sp);
+      to_f64_lanes(mx.m, m64);
+      double* d = defer + (r0 - g0);
+      for (int b = 0; b < W; ++b) {
+        d[b] = mx.nan_seen[b] != mx.nan_seen[b] ? kNaN : m64[b];
+        d[kGroupRows + b] = std::isfinite(m64[b]) ? sp[b] : 0.0;
+      }
     }
-    for (int b = 0; b < nb; ++b) {
-      double v = out[b];
-      if (mx.nan_seen[b] != mx.nan_seen[b])
-        v = kNaN;
-      else if (!std::isfinite(m64[b]))  // +inf, or a row of -inf
-        v = m64[b];
-      a.out[r0 + b] = from_compute<S>(T(v));
-    }
+    const int64_t cnt = g1 - g0;
+    alignas(64) double out[kGroupRows];
+    for (int64_t i = 0; i < (cnt + WD - 1) / WD * WD; i += WD)
+      vstore(out + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + kGroupRows + i)));
+    for (int64_t i = 0; i < cnt; ++i) a.out[g0 + i] = from_compute<S>(T(out[i]));
   });
 }
 

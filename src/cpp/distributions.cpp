@@ -390,7 +390,12 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
     else
       d[0] = v;
   };
-  parallel_row_blocks(a.ls.rows(), 2 * N * kExpWork, W, [&](int64_t r0, int nb) {
+  // The loss alone: each block leaves per row its three float64 sums (the teacher's NaN for a bad
+  // row), and the divisions and logs are taken for a group of 8 blocks after them (loop
+  // fission, as ce_index_small: the same operations, the same bits).
+  constexpr int64_t kGroupRows = 8 * W;
+  const bool defer_logs = !grad;
+  auto block = [&](int64_t r0, int nb, double* defer) __attribute__((always_inline)) {
     prefetch_small_block<S, N>(a.student, a.ls, r0);
     prefetch_small_block<S, N>(a.teacher, a.lt, r0);
     if (grad) prefetch_small_block<S, N>(a.grad, a.lg, r0);  // (its lines are read first)
@@ -422,9 +427,17 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
       // NaN or +inf anywhere, or a row without any finite logit: NaN
       const auto bad = (n_s[k] != n_s[k]) | (n_t[k] != n_t[k]) | (a_s - a_s != a_s - a_s) |
                        (a_t - a_t != a_t - a_t);
+      if (defer_logs) {
+        double* d = defer + k * WD;
+        vstore(d, sum_d.v[k]);
+        vstore(d + kGroupRows, s_s);
+        vstore(d + 2 * kGroupRows, vselect(bad, f64v{} + kNaN, s_t));
+        continue;
+      }
       const f64v loss = (tau * tau) * (sum_d.v[k] / s_t + vlog(s_s / s_t));
       out[k] = vselect(bad, f64v{} + kNaN, loss);
     }
+    if (defer_logs) return;
     alignas(64) double ob[W];
     for (int k = 0; k < K; ++k) vstore(ob + k * WD, out[k]);
     for (int b = 0; b < nb; ++b) a.loss[r0 + b] = ob[b];
@@ -443,6 +456,21 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
     V g[N];
     for (int j = 0; j < N; ++j) g[j] = vselect(fill, vset<T>(T(kNaN)), vs * es[j] - vt * et[j]);
     store_small_block<S, N>(a.grad, a.lg, r0, nb, g);
+  };
+  parallel_row_groups(a.ls.rows(), 2 * N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
+    alignas(64) double defer[3 * kGroupRows];
+    for (int64_t r = g0; r < g1; r += W) block(r, int(g1 - r < W ? g1 - r : W), defer + (r - g0));
+    if (!defer_logs) return;
+    const int64_t cnt = g1 - g0;
+    alignas(64) double out[kGroupRows];
+    double* o = cnt == kGroupRows ? a.loss + g0 : out;
+    for (int64_t i = 0; i < (cnt + WD - 1) / WD * WD; i += WD) {
+      const f64v s_t = vload(defer + 2 * kGroupRows + i);  // (NaN for a bad row)
+      const f64v loss = (tau * tau) * (vload(defer + i) / s_t +
+                                       vlog(vload(defer + kGroupRows + i) / s_t));
+      vstore(o + i, vselect(s_t != s_t, f64v{} + kNaN, loss));
+    }
+    if (o == out) std::memcpy(a.loss + g0, out, sizeof(double) * size_t(cnt));
   });
 }
 

@@ -459,12 +459,10 @@ template <class S> double drive(PointwiseArgs<S>& a, BlockFn<compute_t<S>> fn, c
 template <class S, class Op> double run(PointwiseArgs<S>& a, const Op& op) {
   using T = compute_t<S>;
   const BlockFn<T> fn = a.grad ? &run_block<T, Op, true> : &run_block<T, Op, false>;
-  // the losses with an exp or a log per element
-  constexpr bool kExp = std::is_same_v<Op, BceLogits<true>> || std::is_same_v<Op, BceLogits<false>> ||
-                        std::is_same_v<Op, Bce> || std::is_same_v<Op, KlDiv<true>> ||
-                        std::is_same_v<Op, KlDiv<false>> || std::is_same_v<Op, SigmoidFocal<0>> ||
-                        std::is_same_v<Op, SigmoidFocal<1>> || std::is_same_v<Op, SigmoidFocal<2>> ||
-                        std::is_same_v<Op, SigmoidFocal<-1>>;
+  // the losses with an exp or a log per element: all but the five below
+  constexpr bool kExp = !std::is_same_v<Op, Mse> && !std::is_same_v<Op, L1> &&
+                        !std::is_same_v<Op, Huber> && !std::is_same_v<Op, SmoothL1> &&
+                        !std::is_same_v<Op, Hinge>;
   // hinge: a padded label 1 counts as none of -1, 0 or "bad"
   return drive<S>(a, fn, &op, std::is_same_v<Op, Hinge> ? T(1) : T(0), kExp ? kExpWork : 1);
 }

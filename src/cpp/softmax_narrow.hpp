@@ -30,6 +30,16 @@ template <class T> inline f64v log1p_of_sum(f64v z) {
   return vlog1p(z);
 }
 
+// The row logs deferred to the end of a group of rows (loop fission; ce_index_small says why):
+// out[i] = defer[i] + log1p_of_sum(defer[G + i]) for i < n, rounded up to whole float64 vectors
+// (out and defer hold G and 2 G values).
+template <class T, int64_t G>
+inline void deferred_logs(const double* defer, double* out, int64_t n) {
+  constexpr int WD = vec_width<double>;
+  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
+    vstore(out + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // logsumexp: lse = m + log1p(S'), S' = sum over the row without its first maximum of
 // exp(x_j - m). Leaving the maximum's term (exactly 1) out of the sum keeps a result near 0
@@ -37,7 +47,7 @@ template <class T> inline f64v log1p_of_sum(f64v z) {
 // ---------------------------------------------------------------------------------------------
 template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
   using T = compute_t<S>;
-  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  constexpr int W = vec_width<T>;
   const int64_t n = a.lx.n1;
   // The float64 logs of a group of 8 blocks are taken after the group's blocks (loop fission,
   // as logsumexp_small): each block leaves per row its base (NaN for NaN rows, else the
@@ -63,11 +73,9 @@ template <class S> void logsumexp_narrow(const SoftmaxArgs<S>& a) {
         d[kGroupRows + b] = std::isfinite(m64[b]) ? sp[b] : 0.0;
       }
     }
-    const int64_t cnt = g1 - g0;
     alignas(64) double out[kGroupRows];
-    for (int64_t i = 0; i < (cnt + WD - 1) / WD * WD; i += WD)
-      vstore(out + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + kGroupRows + i)));
-    for (int64_t i = 0; i < cnt; ++i) a.out[g0 + i] = from_compute<S>(T(out[i]));
+    deferred_logs<T, kGroupRows>(defer, out, g1 - g0);
+    for (int64_t i = 0; i < g1 - g0; ++i) a.out[g0 + i] = from_compute<S>(T(out[i]));
   });
 }
 
@@ -225,16 +233,14 @@ __attribute__((always_inline)) inline TargetLanes<T> target_lanes(const int64_t*
 // Focal loss (rare) takes a scalar epilogue per lane; soft-capping and probability targets
 // use the row kernels.
 // ---------------------------------------------------------------------------------------------
-// The deferred row logs of a group of n <= G rows (ce_index_narrow, ce_index_small): defer[i]
-// holds row r0 + i's m - x_t (0 for ignored rows, NaN for bad ones) and defer[G + i] the
-// argument of log1p_of_sum (0 for ignored rows); loss[r0 + i] = defer[i] + log1p(defer[G + i]).
+// The loss of a group of n <= G rows from its deferred logs (ce_index_narrow, ce_index_small):
+// defer[i] holds row r0 + i's m - x_t (0 for ignored rows, NaN for bad ones) and defer[G + i]
+// the argument of log1p_of_sum (0 for ignored rows).
 template <class T, int64_t G>
 void finish_loss_group(const double* defer, double* loss, int64_t r0, int64_t n) {
-  constexpr int WD = vec_width<double>;
   alignas(64) double out[G];
   double* o = n == G ? loss + r0 : out;
-  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
-    vstore(o + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i)));
+  deferred_logs<T, G>(defer, o, n);
   if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
 }
 
@@ -998,11 +1004,11 @@ template <class S, int N> void logsumexp_small(const SoftmaxArgs<S>& a) {
         vstore(d + kGroupRows, vselect(fin, st.s.v[k], f64v{}));
       }
     }
+    alignas(64) double lse[kGroupRows];  // (whole blocks: a short one's padding lanes too)
+    deferred_logs<T, kGroupRows>(defer, lse, (g1 - g0 + W - 1) / W * W);
     for (int64_t r = g0; r < g1; r += W) {
       f64v out[K];
-      const double* d = defer + (r - g0);
-      for (int k = 0; k < K; ++k)
-        out[k] = vload(d + k * WD) + log1p_of_sum<T>(vload(d + kGroupRows + k * WD));
+      for (int k = 0; k < K; ++k) out[k] = vload(lse + (r - g0) + k * WD);
       const int nb = int(g1 - r < W ? g1 - r : W);
       if (nb == W) {
         vstore_as(a.out + r, lanes_from_f64<T>(out));

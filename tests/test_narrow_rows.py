@@ -282,6 +282,47 @@ def test_small_class_softmax_family_same_bits_for_every_layout(rng, isa, threads
             np.testing.assert_allclose(got[ok], ref[ok], rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
+@pytest.mark.parametrize("C", [3, 4, 5, 7, 8, 9, 12, 15, 16])
+def test_small_class_gradient_stays_inside_its_rows(rng, isa, threads, C):
+    """The 3-to-16-class kernels write a block's rows by whole-register stores on AVX2, each
+    spilling past its row into the next rows (which are written after it): a gradient written
+    into the front of a larger buffer leaves the rest alone, an in-place gradient equals the
+    separate one, and every row is right, for full blocks and a short last one."""
+    for rows in (8, 16, 17, 23, 40, 1001):
+        x, t = _batch(rng, rows, C, np.float32)
+        y = rng.normal(0.0, 3.0, (rows, C)).astype(np.float32)
+        calls = {
+            "cross_entropy": lambda z, **kw: fl.cross_entropy(z, t, reduction="sum", **kw),
+            "softmax_focal_loss": lambda z, **kw: fl.softmax_focal_loss(z, t, reduction="sum",
+                                                                        **kw),
+            "kl_div_with_logits": lambda z, **kw: fl.kl_div_with_logits(z, y, reduction="sum",
+                                                                        **kw),
+        }
+        for name, f in calls.items():
+            loss, grad = f(x, return_grad=True)
+            buf = np.full(rows * C + 40, 7.0, np.float32)
+            front = buf[: rows * C].reshape(rows, C)
+            loss2, grad2 = f(x, return_grad=True, grad_out=front)
+            assert grad2 is front, name
+            np.testing.assert_array_equal(buf[rows * C:], 7.0, err_msg=name)
+            np.testing.assert_array_equal(grad2, grad, err_msg=name)
+            x2 = x.copy()
+            loss3, grad3 = f(x2, return_grad=True, grad_out=x2)
+            np.testing.assert_array_equal(grad3, grad, err_msg=name)
+            np.testing.assert_array_equal([loss2, loss3], [loss, loss], err_msg=name)
+            ref = getattr(reference, name)
+            args = (t,) if name != "kl_div_with_logits" else (y,)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                _, ref_grad = ref(x.astype(np.float64), *args, reduction="sum", return_grad=True)
+            np.testing.assert_allclose(grad, ref_grad, rtol=2e-5, atol=1e-6, err_msg=name)
+    for rows in (8, 17, 1001):  # softmax / log_softmax: their own output array
+        x = rng.normal(0.0, 3.0, (rows, C)).astype(np.float32)
+        for name in ("softmax", "log_softmax"):
+            got = getattr(fl, name)(x, axis=1)
+            want = getattr(reference, name)(x.astype(np.float64), axis=1)
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=name)
+
+
 @pytest.mark.parametrize("C", [3, 10, 37, 256])
 def test_bit_identical_across_threads(rng, isa, restore_threads, C):
     """Enough work for two threads (the pool splits rows into whole blocks of lanes)."""

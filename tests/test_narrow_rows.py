@@ -291,12 +291,12 @@ def test_small_class_gradient_stays_inside_its_rows(rng, isa, threads, C):
     for rows in (8, 16, 17, 23, 40, 1001):
         x, t = _batch(rng, rows, C, np.float32)
         y = rng.normal(0.0, 3.0, (rows, C)).astype(np.float32)
-        calls = {
-            "cross_entropy": lambda z, **kw: fl.cross_entropy(z, t, reduction="sum", **kw),
-            "softmax_focal_loss": lambda z, **kw: fl.softmax_focal_loss(z, t, reduction="sum",
-                                                                        **kw),
-            "kl_div_with_logits": lambda z, **kw: fl.kl_div_with_logits(z, y, reduction="sum",
-                                                                        **kw),
+        calls = {  # (t=t, y=y: this iteration's arrays)
+            "cross_entropy": lambda z, t=t, **kw: fl.cross_entropy(z, t, reduction="sum", **kw),
+            "softmax_focal_loss": lambda z, t=t, **kw: fl.softmax_focal_loss(
+                z, t, reduction="sum", **kw),
+            "kl_div_with_logits": lambda z, y=y, **kw: fl.kl_div_with_logits(
+                z, y, reduction="sum", **kw),
         }
         for name, f in calls.items():
             loss, grad = f(x, return_grad=True)

@@ -582,7 +582,8 @@ template <class T> inline void join_pairs(T* p, vec_t<T> a, vec_t<T> b) {
 template <int N, int W>
 __attribute__((always_inline)) inline void small_row_store(float* p, int b, TileReg v) {
   constexpr int L = int(sizeof(TileReg) / sizeof(float));
-  constexpr int k = N > L ? N - L : N, end = N > L ? W * N - L : W * N;
+  constexpr int k = N > L ? N - L : N;
+  [[maybe_unused]] constexpr int end = N > L ? W * N - L : W * N;
 #if defined(__AVX2__) && !defined(__AVX512F__)
   if (b * N + L <= end) return tile_store(p + b * N, v);
 #endif

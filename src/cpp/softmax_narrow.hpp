@@ -34,7 +34,8 @@ template <class T> inline f64v log1p_of_sum(f64v z) {
 // out[i] = defer[i] + log1p_of_sum(defer[G + i]) for i < n, rounded up to whole float64 vectors
 // (out and defer hold G and 2 G values).
 template <class T, int64_t G>
-inline void deferred_logs(const double* defer, double* out, int64_t n) {
+__attribute__((always_inline)) inline void deferred_logs(const double* defer, double* out,
+                                                         int64_t n) {
   constexpr int WD = vec_width<double>;
   for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
     vstore(out + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i)));
@@ -732,10 +733,10 @@ template <class T> void ce_index_binary(const CrossEntropyArgs<T>& a) {
 
 // ---------------------------------------------------------------------------------------------
 // 3 to 16 classes (2 for the focal loss and 16-bit inputs, which ce_index_binary does not
-// take), class-index targets, no weights (alpha), label smoothing, z-loss, lse or token
-// accuracy, any layout and input type: the arithmetic of ce_index_narrow<S, Coef::kNone>
-// (with its focal term), operation for operation (so the same bits), on a block held
-// in registers. ce_index_narrow's block passes through stack buffers (the transposed logits,
+// take), class-index targets, no weights (alpha), z-loss, lse or token accuracy, any layout
+// and input type: the arithmetic of ce_index_narrow<S, Coef::kNone> (with its focal term), or
+// with label smoothing of ce_index_narrow<S, Coef::kOne>, operation for operation, on a block
+// held in registers. ce_index_narrow's block passes through stack buffers (the transposed logits,
 // the targets, the float64 lanes of the epilogue), and with a few classes those stores and
 // reloads, not the arithmetic, set its time (one thread, float32, AVX-512, in cache: 0.63 of
 // the time at 3 classes, 0.77 at 10, 0.84 at 16; with the gradient 0.45, 0.56, 0.71). Here a
@@ -747,7 +748,8 @@ template <class S> bool ce_small_applies(const CrossEntropyArgs<S>& a) {
   // (two classes: ce_index_binary, which takes neither the focal term nor 16-bit inputs)
   const int64_t lo = a.focal || !std::is_same_v<S, compute_t<S>> ? 2 : 3;
   return n >= lo && n <= kSmallMaxClasses && a.target && !a.probs && !a.weight &&
-         a.label_smoothing == 0.0 && a.z_loss == 0.0 && a.softcap == 0.0 && !a.lse && !a.correct;
+         (a.label_smoothing == 0.0 || !a.focal) && a.z_loss == 0.0 && a.softcap == 0.0 &&
+         !a.lse && !a.correct;
 }
 
 // The focal term of ce_index_narrow in float64 lanes, operation for operation: q = 1 - p_t,
@@ -774,6 +776,9 @@ inline void focal_lanes(f64v q, f64v pt, f64v ce, double gamma, f64v& mod, f64v&
   }
 }
 
+// ce_index_small's modes: plain cross-entropy, the focal loss, label smoothing
+constexpr int kModePlain = 0, kModeFocal = 1, kModeSmooth = 2;
+
 template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
@@ -782,12 +787,18 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   const int64_t rows = a.lx.rows(), ignore_index = a.ignore_index;
   const double g = a.grad_scale;
   // rows [r, r + nb) (a short block: its targets padded with ignored rows)
-  // (kGrad, kFocal: the gradient, the focal term; compile-time, so that plain cross-entropy's
-  // body has neither the focal branches nor their registers)
-  auto block = [&](int64_t r, int nb, auto grad_tag, auto focal_tag, double* defer)
+  // (kGrad: the gradient; the mode: plain cross-entropy, the focal term (kFocal) or label
+  // smoothing (kSmooth, ce_index_narrow<S, Coef::kOne>'s arithmetic); compile-time, so that
+  // plain cross-entropy's body has neither the other modes' branches nor their registers)
+  auto block = [&](int64_t r, int nb, auto grad_tag, auto mode_tag, double* defer)
                    __attribute__((always_inline)) {
-    constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
-    constexpr bool kDefer = !kFocal;  // (the focal term needs the log in the block)
+    constexpr bool kGrad = decltype(grad_tag)::value;
+    constexpr bool kFocal = decltype(mode_tag)::value == kModeFocal;
+    constexpr bool kSmooth = decltype(mode_tag)::value == kModeSmooth;
+    constexpr bool kDefer = !kFocal && !kSmooth;  // (those two need the log in the block)
+    // label smoothing: eps, eps / C, and the sum of the class coefficients (C)
+    const double eps = kSmooth ? a.label_smoothing : 0.0, eps_c = eps / double(N);
+    constexpr double Wsum = double(N);
     V x[N];
     load_small_block<S, N>(a.x, a.lx, r, nb, x);
     alignas(64) int64_t tb[W];
@@ -806,14 +817,15 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
     V m = vset<T>(-std::numeric_limits<T>::infinity());
     for (int j = 0; j < N; ++j) m = vselect(x[j] > m, x[j], m);
     V e[N], xt = vset<T>(0), et = vset<T>(0);
+    LaneSum<T> se, scd;  // (scd: label smoothing's sum over the classes of m - x_c)
     auto term = [&](int j) {
       e[j] = vexp_capped(x[j] - m);
       const auto is_t = tg.t == vset<T>(T(j));
       xt = vselect(is_t, x[j], xt);
       et = vselect(is_t, e[j], et);
+      if constexpr (kSmooth) scd.add(vset<T>(1) * (m - x[j]));
       return vselect(is_t, vset<T>(0), e[j]);
     };
-    LaneSum<T> se;
     int j = 0;
     for (; j + 4 <= N; j += 4) {
       const V e0 = term(j), e1 = term(j + 1), e2 = term(j + 2), e3 = term(j + 3);
@@ -842,7 +854,8 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         vstore(defer + kGroupRows + k * WD,
                vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
       }
-      ps[k] = f64v{} + g * ((1.0 - 0.0) * 1.0 + 0.0), tc[k] = f64v{} + g * (1.0 - 0.0) * 1.0;
+      ps[k] = f64v{} + g * ((1.0 - eps) * 1.0 + eps_c * Wsum);
+      tc[k] = f64v{} + g * (1.0 - eps) * 1.0;
       if constexpr (kGrad || kFocal) {
         const f64v s = s_ex + e_t;
         inv_s[k] = 1.0 / s;
@@ -853,6 +866,10 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const f64v log_sum = log1p_of_sum<T>(vselect(t_max, s_ex, (s_ex - 1.0) + e_t));
       const f64v c = (md[k] - xt64[k]) + log_sum;  // -log p_t
       f64v l = c;
+      if constexpr (kSmooth) {  // (1 - eps) (-log p_t) + (eps / C) (sum_c (m - x_c) + C log S)
+        l = (1.0 - eps) * c;
+        l += eps_c * (scd.v[k] + Wsum * log_sum);
+      }
       if constexpr (kFocal) {  // -(1 - p_t)^gamma log p_t, gradient g (mod + dmod) (p_j - [j == t])
         f64v mod, dmod;
         focal_lanes(omp[k], pt[k], c, a.focal_gamma, mod, dmod);
@@ -863,11 +880,13 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
     }
     if constexpr (kGrad) {
       // ce_index_narrow's gradient with w_t = 1 (0 for ignored rows, which are filled):
-      // (ps / S) e_j, and at the target -tc (1 - p_t) + (ps - tc) p_t - g (0 / C) 0
+      // (ps / S) e_j - g (eps / C) c_j, and at the target -tc (1 - p_t) + (ps - tc) p_t
+      // - g (eps / C) c_t, with c_j = 1 for label smoothing and 0 otherwise
+      constexpr double c_j = kSmooth ? 1.0 : 0.0;
       f64v gs64[K], gt64[K];
       for (int k = 0; k < K; ++k) {
         gs64[k] = ps[k] * inv_s[k];
-        gt64[k] = -tc[k] * omp[k] + (ps[k] - tc[k]) * pt[k] - g * 0.0 * 0.0;
+        gt64[k] = -tc[k] * omp[k] + (ps[k] - tc[k]) * pt[k] - g * eps_c * c_j;
       }
       V vgs, vgt;
       if constexpr (std::is_same_v<T, float>)
@@ -878,8 +897,11 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
       const auto bad_t = (m - m != m - m) | (tg.t < vset<T>(0));
       const V fill = vselect(tg.ign != vset<T>(0), vset<T>(0), vset<T>(T(kNaN)));
       V gr[N];
-      for (int q = 0; q < N; ++q)
-        gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, vgs * e[q]));
+      for (int q = 0; q < N; ++q) {
+        V out = vgs * e[q];
+        if constexpr (kSmooth) out -= vset<T>(T(g * eps_c));
+        gr[q] = vselect(bad_t, fill, vselect(tg.t == vset<T>(T(q)), vgt, out));
+      }
       store_small_block<S, N>(a.grad, a.lg, r, nb, gr);
     }
     if (!kDefer && nb < W) std::memcpy(a.loss + r, lb, sizeof(double) * size_t(nb));
@@ -891,8 +913,9 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   // next block's; the group's logs are short, independent iterations that it does overlap. The
   // same operations on the same values: the same bits.
   // (One thread, float32, AVX2, in cache: see the changelog.)
-  auto run = [&](auto grad_tag, auto focal_tag) {
-    constexpr bool kGrad = decltype(grad_tag)::value, kFocal = decltype(focal_tag)::value;
+  auto run = [&](auto grad_tag, auto mode_tag) {
+    constexpr bool kGrad = decltype(grad_tag)::value;
+    constexpr bool kPlain = decltype(mode_tag)::value == kModePlain;
     parallel_row_groups(rows, N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
       alignas(64) double defer[2 * kGroupRows];
       for (int64_t r = g0; r < g1; r += W) {
@@ -900,17 +923,23 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         prefetch_small_block<S, N>(a.x, a.lx, r);
         prefetch_bytes(a.target + r + 4 * W, r + 5 * W <= rows ? W * int64_t(sizeof(int64_t)) : 0);
         if constexpr (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r);
-        block(r, int(g1 - r < W ? g1 - r : W), grad_tag, focal_tag, defer + (r - g0));
+        block(r, int(g1 - r < W ? g1 - r : W), grad_tag, mode_tag, defer + (r - g0));
       }
-      if constexpr (!kFocal) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
+      if constexpr (kPlain) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
     });
   };
-  using Yes = std::true_type;
-  using No = std::false_type;
+  auto with_mode = [&](auto grad_tag) {
+    if (a.focal)
+      run(grad_tag, std::integral_constant<int, kModeFocal>{});
+    else if (a.label_smoothing > 0.0)
+      run(grad_tag, std::integral_constant<int, kModeSmooth>{});
+    else
+      run(grad_tag, std::integral_constant<int, kModePlain>{});
+  };
   if (a.grad)
-    a.focal ? run(Yes{}, Yes{}) : run(Yes{}, No{});
+    with_mode(std::true_type{});
   else
-    a.focal ? run(No{}, Yes{}) : run(No{}, No{});
+    with_mode(std::false_type{});
 }
 
 

@@ -1,8 +1,10 @@
-// Run-time choice of the instruction set: the kernel file is compiled once per ISA into its own
-// namespace (see CMakeLists.txt); here the best table the CPU supports is picked at load, unless
-// the environment variable FASTLOSS_ISA names a lower one. Built without -march=native, so a
-// wheel built on one x86-64 machine runs on any other; on other architectures only the portable
-// baseline exists.
+// Run-time choice of the instruction set: the kernel files are compiled once per ISA into their
+// own namespace (see CMakeLists.txt); here the best ISA the CPU supports is picked at load,
+// unless the environment variable FASTLOSS_ISA names a lower one, and every call goes through
+// that ISA's tables. Built without -march=native, so a wheel built on one x86-64 machine runs on
+// any other; on other architectures only the portable baseline exists. FASTLOSS_AVX2 and
+// FASTLOSS_AVX512 say which x86 ISAs this build compiled (all of them but in .ci/sanitize's
+// instrumented build, which compiles only those its CPU can run).
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -10,31 +12,40 @@
 #include "ctc.hpp"
 #include "distributions.hpp"
 #include "kernels.hpp"
-#include "overlap.hpp"  // issue 16
+#include "overlap.hpp"
+#include "pairs.hpp"
+#include "rowloss.hpp"
 #include "scale.hpp"
 
 #if defined(FASTLOSS_X86)
 #include <cpuid.h>
 #endif
 
+// The tables of one ISA's kernel files (defined there, in namespace fastloss::<isa>).
+#define FASTLOSS_ISA_TABLES(isa)                     \
+  namespace isa {                                    \
+  extern const KernelTable table;                    \
+  extern const PointwiseTable pointwise_table;       \
+  extern const DistributionTable distribution_table; \
+  extern const CtcTable ctc_table;                   \
+  extern const ScaleTable scale_table;               \
+  extern const OverlapTable overlap_table;           \
+  extern const RowLossTable rowloss_table;           \
+  extern const PairTable pair_table;                 \
+  }
+// An entry of kIsas: its name, tables and CPU check.
+#define FASTLOSS_ISA_ENTRY(isa, cpu_has)                                                   \
+  {#isa, &isa::table, &isa::pointwise_table, &isa::distribution_table, &isa::ctc_table,    \
+   &isa::scale_table, &isa::overlap_table, &isa::rowloss_table, &isa::pair_table, cpu_has}
+
 namespace fastloss {
 
-namespace baseline {
-extern const KernelTable table;
-extern const PointwiseTable pointwise_table;
-extern const DistributionTable distribution_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const KernelTable table;
-extern const PointwiseTable pointwise_table;
-extern const DistributionTable distribution_table;
-}
-namespace avx512 {
-extern const KernelTable table;
-extern const PointwiseTable pointwise_table;
-extern const DistributionTable distribution_table;
-}
+FASTLOSS_ISA_TABLES(baseline)
+#if defined(FASTLOSS_AVX2)
+FASTLOSS_ISA_TABLES(avx2)
+#endif
+#if defined(FASTLOSS_AVX512)
+FASTLOSS_ISA_TABLES(avx512)
 #endif
 
 namespace {
@@ -73,7 +84,7 @@ X86Features detect_x86() {
   return f;
 }
 
-const X86Features& x86() {
+[[maybe_unused]] const X86Features& x86() {
   static const X86Features f = detect_x86();
   return f;
 }
@@ -84,24 +95,31 @@ struct Isa {
   const KernelTable* table;
   const PointwiseTable* pointwise;
   const DistributionTable* distributions;
+  const CtcTable* ctc;
+  const ScaleTable* scale;
+  const OverlapTable* overlap;
+  const RowLossTable* rowloss;
+  const PairTable* pairs;
   bool (*cpu_has)();
 };
 
 const Isa kIsas[] = {  // best first
-#if defined(FASTLOSS_X86)
-    {"avx512", &avx512::table, &avx512::pointwise_table, &avx512::distribution_table,
-     [] {
-       const X86Features& f = x86();
-       return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.fma && f.f16c;
-     }},
-    {"avx2", &avx2::table, &avx2::pointwise_table, &avx2::distribution_table,
-     [] {
-       const X86Features& f = x86();
-       return f.avx2 && f.fma && f.f16c;
-     }},
+#if defined(FASTLOSS_AVX512)
+    FASTLOSS_ISA_ENTRY(avx512,
+                       [] {
+                         const X86Features& f = x86();
+                         return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.fma &&
+                                f.f16c;
+                       }),
 #endif
-    {"baseline", &baseline::table, &baseline::pointwise_table, &baseline::distribution_table,
-     [] { return true; }},
+#if defined(FASTLOSS_AVX2)
+    FASTLOSS_ISA_ENTRY(avx2,
+                       [] {
+                         const X86Features& f = x86();
+                         return f.avx2 && f.fma && f.f16c;
+                       }),
+#endif
+    FASTLOSS_ISA_ENTRY(baseline, [] { return true; }),
 };
 constexpr int kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 
@@ -126,13 +144,15 @@ int initial_choice() {
 
 std::atomic<int> g_choice{initial_choice()};
 
-const KernelTable& table() { return *kIsas[g_choice.load(std::memory_order_relaxed)].table; }
-const PointwiseTable& pw_table() {
-  return *kIsas[g_choice.load(std::memory_order_relaxed)].pointwise;
-}
-const DistributionTable& dist_table() {
-  return *kIsas[g_choice.load(std::memory_order_relaxed)].distributions;
-}
+const Isa& isa() { return kIsas[g_choice.load(std::memory_order_relaxed)]; }
+const KernelTable& table() { return *isa().table; }
+const PointwiseTable& pw_table() { return *isa().pointwise; }
+const DistributionTable& dist_table() { return *isa().distributions; }
+const CtcTable& ctc_dispatch() { return *isa().ctc; }
+const ScaleTable& scale_dispatch() { return *isa().scale; }
+const OverlapTable& overlap_dispatch() { return *isa().overlap; }
+const RowLossTable& rowloss_dispatch() { return *isa().rowloss; }
+const PairTable& pair_dispatch() { return *isa().pairs; }
 
 }  // namespace
 
@@ -171,118 +191,24 @@ void count_targets(const int64_t* t, int64_t n, int64_t n_classes, int64_t ignor
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_DIST)
 #undef FASTLOSS_FORWARD_DIST
 
-// CTC (ctc.hpp): a table per instruction set, the one named like the ISA in use.
-namespace baseline {
-extern const CtcTable ctc_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const CtcTable ctc_table;
-}
-namespace avx512 {
-extern const CtcTable ctc_table;
-}
-#endif
-namespace {
-const CtcTable& ctc_dispatch() {
-#if defined(FASTLOSS_X86)
-  const char* isa = active_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::ctc_table;
-  if (std::strcmp(isa, "avx2") == 0) return avx2::ctc_table;
-#endif
-  return baseline::ctc_table;
-}
-}  // namespace
 #define FASTLOSS_FORWARD_CTC(sfx, S) \
   void ctc_loss(const CtcArgs<S>& a) { ctc_dispatch().ctc_loss_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_CTC)
 #undef FASTLOSS_FORWARD_CTC
 
-// Sharded cross-entropy (scale.hpp): as CTC, the table of the ISA in use.
-namespace baseline {
-extern const ScaleTable scale_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const ScaleTable scale_table;
-}
-namespace avx512 {
-extern const ScaleTable scale_table;
-}
-#endif
-namespace {
-const ScaleTable& scale_dispatch() {
-#if defined(FASTLOSS_X86)
-  const char* isa = active_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::scale_table;
-  if (std::strcmp(isa, "avx2") == 0) return avx2::scale_table;
-#endif
-  return baseline::scale_table;
-}
-}  // namespace
 #define FASTLOSS_FORWARD_SCALE(sfx, S)                                                         \
   void ce_shard_stats(const CeShardStatsArgs<S>& a) { scale_dispatch().ce_shard_stats_##sfx(a); } \
   void ce_shard_grad(const CeShardGradArgs<S>& a) { scale_dispatch().ce_shard_grad_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_SCALE)
 #undef FASTLOSS_FORWARD_SCALE
 
-// Issue 16: overlap losses and cosine similarity (overlap.hpp): as CTC, the table of the ISA
-// in use.
-namespace baseline {
-extern const OverlapTable overlap_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const OverlapTable overlap_table;
-}
-namespace avx512 {
-extern const OverlapTable overlap_table;
-}
-#endif
-namespace {
-const OverlapTable& overlap_dispatch() {
-#if defined(FASTLOSS_X86)
-  const char* isa = active_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::overlap_table;
-  if (std::strcmp(isa, "avx2") == 0) return avx2::overlap_table;
-#endif
-  return baseline::overlap_table;
-}
-}  // namespace
 #define FASTLOSS_FORWARD_OVERLAP(sfx, S)                                                     \
   void overlap_stats(const OverlapArgs<S>& a) { overlap_dispatch().overlap_stats_##sfx(a); } \
   void overlap_grad(const OverlapArgs<S>& a) { overlap_dispatch().overlap_grad_##sfx(a); }   \
   void cosine_similarity(const CosineArgs<S>& a) { overlap_dispatch().cosine_similarity_##sfx(a); }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_OVERLAP)
 #undef FASTLOSS_FORWARD_OVERLAP
-// (end of issue 16)
 
-}  // namespace fastloss
-
-// Issue 16: row losses (rowloss.hpp): as CTC, the table of the ISA in use.
-#include "rowloss.hpp"
-namespace fastloss {
-namespace baseline {
-extern const RowLossTable rowloss_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const RowLossTable rowloss_table;
-}
-namespace avx512 {
-extern const RowLossTable rowloss_table;
-}
-#endif
-namespace {
-const RowLossTable& rowloss_dispatch() {
-#if defined(FASTLOSS_X86)
-  const char* isa = active_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::rowloss_table;
-  if (std::strcmp(isa, "avx2") == 0) return avx2::rowloss_table;
-#endif
-  return baseline::rowloss_table;
-}
-}  // namespace
 #define FASTLOSS_FORWARD_ROWLOSS(sfx, S)                                                        \
   void class_margin(const ClassMarginArgs<S>& a) { rowloss_dispatch().class_margin_##sfx(a); }  \
   void sparsemax(const SparsemaxArgs<S>& a) { rowloss_dispatch().sparsemax_##sfx(a); }          \
@@ -295,32 +221,7 @@ const RowLossTable& rowloss_dispatch() {
   }
 FASTLOSS_FOR_EACH_DTYPE(FASTLOSS_FORWARD_ROWLOSS)
 #undef FASTLOSS_FORWARD_ROWLOSS
-}  // namespace fastloss
 
-// issue 16: the PyTorch-catalogue pair losses (pairs.hpp), as CTC: the table of the ISA in use.
-#include "pairs.hpp"
-namespace fastloss {
-namespace baseline {
-extern const PairTable pair_table;
-}
-#if defined(FASTLOSS_X86)
-namespace avx2 {
-extern const PairTable pair_table;
-}
-namespace avx512 {
-extern const PairTable pair_table;
-}
-#endif
-namespace {
-const PairTable& pair_dispatch() {
-#if defined(FASTLOSS_X86)
-  const char* isa = active_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::pair_table;
-  if (std::strcmp(isa, "avx2") == 0) return avx2::pair_table;
-#endif
-  return baseline::pair_table;
-}
-}  // namespace
 #define FASTLOSS_FORWARD_PAIR(sfx, S)                                                 \
   double pairwise(PairwiseArgs<S>& a) { return pair_dispatch().pairwise_##sfx(a); } \
   int64_t pairwise_count_invalid(const PairwiseArgs<S>& a) {                        \

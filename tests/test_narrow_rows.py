@@ -318,12 +318,14 @@ def test_small_class_label_smoothing(rng, isa, threads, dtype):
         np.testing.assert_allclose(gr.astype(np.float64), ref_gr, rtol=1e-2, atol=4e-3)
 
 
-@pytest.mark.parametrize("C", [3, 4, 5, 7, 8, 9, 12, 15, 16])
+@pytest.mark.parametrize("C", [3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 33, 100])
 def test_small_class_gradient_stays_inside_its_rows(rng, isa, threads, C):
     """The 3-to-16-class kernels write a block's rows by whole-register stores on AVX2, each
-    spilling past its row into the next rows (which are written after it): a gradient written
-    into the front of a larger buffer leaves the rest alone, an in-place gradient equals the
-    separate one, and every row is right, for full blocks and a short last one."""
+    spilling past its row into the next rows (which are written after it), and the lane kernels
+    (17 classes on) write the classes past a row's last whole tile as the tile of its last
+    W classes, again over values already written: a gradient written into the front of a larger
+    buffer leaves the rest alone, an in-place gradient equals the separate one, and every row
+    is right, for full blocks and a short last one."""
     for rows in (8, 16, 17, 23, 40, 1001):
         x, t = _batch(rng, rows, C, np.float32)
         y = rng.normal(0.0, 3.0, (rows, C)).astype(np.float32)

@@ -361,6 +361,45 @@ def test_small_class_gradient_stays_inside_its_rows(rng, isa, threads, C):
             np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("C", [17, 24, 33, 100, 256])
+def test_lane_kernels_16bit_rows_same_bits_as_float32(rng, isa, threads, dtype, C):
+    """16-bit rows of 17 classes on go through the lane kernels' float tiles (converted as they
+    are loaded and stored), and their arithmetic is float32's: the results equal those of the
+    same values as float32, the gradient and softmax rounded to the 16-bit type, with NaN,
+    infinite and ignored rows, full blocks and a short last one; a gradient written into the
+    front of a larger buffer leaves the rest alone, and one written in place is the same."""
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    for rows in (16, 37, 1001):
+        x, t = _batch(rng, rows, C, np.float32)
+        x = x.astype(dt)
+        xf = x.astype(np.float32)
+        y = rng.normal(0.0, 2.0, (rows, C)).astype(dt)
+        calls = {
+            "cross_entropy": lambda z, t=t, **kw: fl.cross_entropy(z, t, reduction="none", **kw),
+            "kl_div_with_logits": lambda z, y=y, **kw: fl.kl_div_with_logits(
+                z, y if z.dtype == dt else y.astype(np.float32), reduction="none", **kw),
+        }
+        for name, f in calls.items():
+            loss, grad = f(x, return_grad=True)
+            loss_f, grad_f = f(xf, return_grad=True)
+            np.testing.assert_array_equal(loss.astype(np.float32), loss_f.astype(np.float32),
+                                          err_msg=name)
+            np.testing.assert_array_equal(grad, grad_f.astype(dt), err_msg=name)
+            buf = np.full(rows * C + 40, 7.0, dt)
+            front = buf[: rows * C].reshape(rows, C)
+            f(x, return_grad=True, grad_out=front)
+            np.testing.assert_array_equal(buf[rows * C:].astype(np.float32), 7.0, err_msg=name)
+            np.testing.assert_array_equal(front, grad, err_msg=name)
+            x2 = x.copy()
+            f(x2, return_grad=True, grad_out=x2)
+            np.testing.assert_array_equal(x2, grad, err_msg=name)
+        for name in ("logsumexp", "softmax", "log_softmax"):
+            got = getattr(fl, name)(x, axis=1)
+            want = getattr(fl, name)(xf, axis=1)
+            np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=name)
+
+
 @pytest.mark.parametrize("C", [3, 10, 37, 256])
 def test_bit_identical_across_threads(rng, isa, restore_threads, C):
     """Enough work for two threads (the pool splits rows into whole blocks of lanes)."""

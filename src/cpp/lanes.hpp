@@ -116,6 +116,14 @@ using TileReg = __m256;
 inline TileReg tile_load(const float* p) { return _mm256_loadu_ps(p); }
 inline void tile_store(float* p, TileReg v) { _mm256_storeu_ps(p, v); }
 #endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+// A tile row of W floats stored as W elements of S: float32 by tile_store, 16-bit types
+// converted as they are stored (vstore_as rounds as from_compute does).
+template <class S> __attribute__((always_inline)) inline void tile_store_as(S* p, TileReg v) {
+  if constexpr (std::is_same_v<S, float>) tile_store(p, v);
+  else vstore_as(p, f32v(v));
+}
+#endif
 
 #if defined(__AVX512F__)
 // f(std::integral_constant<int, n>{}) for a class count n from 3 to 7 (loops over the classes
@@ -251,7 +259,10 @@ void gather_lanes(const S* x, const Layout3& L, const int64_t* off, int nb, T* b
           transpose_tile(r);
           for (int j = 0; j < W; ++j) tile_store(buf + (j0 + j) * W, r[j]);
         }
-        if (j0 < n) {  // the last k < W classes (rows of fewer than W classes: the only tile)
+        if (j0 < n) {
+          // The last k < W classes (rows of fewer than W classes: the only tile), by masked
+          // loads: the whole tile of the row's last W classes, as 16-bit rows and the stores
+          // take it, measured 1.02-1.04 the time here from 17 to 25 classes.
           const int k = int(n - j0);
           TileReg r[W];
           for (int b = 0; b < W; ++b) r[b] = load_row_part(x + off[b] + j0, k);
@@ -348,11 +359,14 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
     return;
   }
 #if defined(__AVX512F__) || defined(__AVX2__)
-  if constexpr (!std::is_same_v<S, float> && std::is_same_v<T, float> &&
-                sizeof(TileReg) == W * sizeof(float)) {
-    // 16-bit rows of at least W classes, a full block with no filled row: gather_lanes' tiles
-    // in reverse, each row's W values converted as they are stored (vstore_as rounds as
-    // from_compute does)
+  if constexpr (std::is_same_v<T, float> && sizeof(TileReg) == W * sizeof(float)) {
+    // Rows of at least W classes, a full block with no filled row: gather_lanes' tiles in
+    // reverse, 16-bit rows converted as they are stored (vstore_as rounds as from_compute
+    // does). The last k < W classes as the tile of the row's last W classes, whole, its first
+    // W - k classes written again with the values they already hold (vmaskmovps stores are slow
+    // on Zen 3: AVX2, one thread, float32, in cache, time against the masked tile:
+    // cross-entropy with the gradient 0.86 at 17 and 20 classes, 0.90 at 25, 0.92 at 33, 0.96
+    // at 100; softmax 0.81-0.97 from 17 to 100).
     bool any_fill = false;
     if (use_fill)
       for (int b = 0; b < nb; ++b) any_fill |= use_fill[b];
@@ -362,78 +376,54 @@ void scatter_lanes(S* g, const Layout3& L, const int64_t* off, int nb, const T* 
         TileReg r[W];
         for (int i = 0; i < W; ++i) r[i] = tile_load(buf + (j + i) * W);
         transpose_tile(r);
-        for (int b = 0; b < W; ++b) vstore_as(g + off[b] + j, f32v(r[b]));
+        for (int b = 0; b < W; ++b) tile_store_as(g + off[b] + j, r[b]);
       }
       return;
     }
-  }
-  if constexpr (std::is_same_v<S, float> && sizeof(TileReg) == W * sizeof(float)) {
-    if (s1 == 1) {
-      int64_t j0 = 0;
-      bool any_fill = false;
-      if (use_fill)
-        for (int b = 0; b < nb; ++b) any_fill |= use_fill[b];
+    if constexpr (std::is_same_v<S, float>) {
+      if (s1 == 1) {
 #if defined(__AVX512F__)
-      // The inverse of gather_lanes' split for 3 to 7 classes in consecutive rows
-      // (join_small_rows).
-      if (nb == W && !any_fill && n >= 3 && n <= 7 && L.n2 == 1 && L.s0 == n) {
-        auto put = [&](auto kN) {
-          constexpr int N = decltype(kN)::value;
-          __m512 c[N];
-          for (int j = 0; j < N; ++j)
-            c[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(buf) + j * W);
-          join_small_rows<N>(c, g + off[0]);
-        };
-        with_small_class_count(n, put);
-        return;
-      }
-#endif
-      if (nb == W && !any_fill) {  // full tiles: fixed trip counts, the tile in registers
-        for (; j0 + W <= n; j0 += W) {
-          TileReg r[W];
-          for (int j = 0; j < W; ++j) r[j] = tile_load(buf + (j0 + j) * W);
-          transpose_tile(r);
-          for (int b = 0; b < W; ++b) tile_store(g + off[b] + j0, r[b]);
+        // The inverse of gather_lanes' split for 3 to 7 classes in consecutive rows
+        // (join_small_rows).
+        if (nb == W && !any_fill && n >= 3 && n <= 7 && L.n2 == 1 && L.s0 == n) {
+          auto put = [&](auto kN) {
+            constexpr int N = decltype(kN)::value;
+            __m512 c[N];
+            for (int j = 0; j < N; ++j)
+              c[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(buf) + j * W);
+            join_small_rows<N>(c, g + off[0]);
+          };
+          with_small_class_count(n, put);
+          return;
         }
-        if (j0 < n && n >= W) {
-          // The last k < W classes of rows of at least W: the tile of the last W classes,
-          // whole, its first W - k classes written again with the values they already hold.
-          // (vmaskmovps stores are slow on Zen 3: AVX2, one thread, float32, in cache, time
-          // against the masked tile: cross-entropy with the gradient 0.86 at 17 and 20
-          // classes, 0.90 at 25, 0.92 at 33, 0.96 at 100; softmax 0.81-0.97 from 17 to 100.
-          // The same whole tile for the loads measured 1.02-1.04 from 17 to 25: not taken.)
-          const int64_t jl = n - W;
-          TileReg r[W];
-          for (int j = 0; j < W; ++j) r[j] = tile_load(buf + (jl + j) * W);
-          transpose_tile(r);
-          for (int b = 0; b < W; ++b) tile_store(g + off[b] + jl, r[b]);
-        } else if (j0 < n) {  // the last k < W classes (rows of fewer than W classes)
-          const int k = int(n - j0);
+#endif
+        if (nb == W && !any_fill) {  // rows of fewer than W classes: one masked tile
+          const int k = int(n);
           TileReg r[W];
           for (int j = 0; j < W; ++j) {
             r[j] = TileReg{};
-            if (j < k) r[j] = tile_load(buf + (j0 + j) * W);
+            if (j < k) r[j] = tile_load(buf + j * W);
           }
           transpose_tile(r);
-          for (int b = 0; b < W; ++b) store_row_part(g + off[b] + j0, k, r[b]);
+          for (int b = 0; b < W; ++b) store_row_part(g + off[b], k, r[b]);
+          return;
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += W) {  // a partial block, or one with filled rows
+          const int k = int(n - j0 < W ? n - j0 : W);
+          TileReg r[W];
+          for (int j = 0; j < k; ++j) r[j] = tile_load(buf + (j0 + j) * W);
+          for (int j = k; j < W; ++j) r[j] = r[0];
+          transpose_tile(r);  // (r[b]: row b's classes j0 .. j0 + k - 1)
+          for (int b = 0; b < nb; ++b) {
+            if (use_fill && use_fill[b]) {
+              for (int j = 0; j < k; ++j) g[off[b] + j0 + j] = fill[b];
+            } else {
+              store_row_part(g + off[b] + j0, k, r[b]);
+            }
+          }
         }
         return;
       }
-      for (; j0 < n; j0 += W) {
-        const int k = int(n - j0 < W ? n - j0 : W);
-        TileReg r[W];
-        for (int j = 0; j < k; ++j) r[j] = tile_load(buf + (j0 + j) * W);
-        for (int j = k; j < W; ++j) r[j] = r[0];
-        transpose_tile(r);  // (r[b]: row b's classes j0 .. j0 + k - 1)
-        for (int b = 0; b < nb; ++b) {
-          if (use_fill && use_fill[b]) {
-            for (int j = 0; j < k; ++j) g[off[b] + j0 + j] = fill[b];
-          } else {
-            store_row_part(g + off[b] + j0, k, r[b]);
-          }
-        }
-      }
-      return;
     }
   }
 #endif

@@ -375,6 +375,40 @@ def test_nll_loss_grad_out_in_place(rng, name):
     assert_allclose(xv, want_grad, rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("C", [1, 2, 3, 10, 100, 5000])
+def test_nll_loss_gradient_in_row_chunks(rng, isa, restore_threads, threads, C):
+    # The gradient of rows a stride apart is written a chunk of rows at a time (about 4 KB):
+    # losses, then the chunk zeroed, then the targets' entries. Rows enough for several chunks
+    # and both threads, every layout of the gradient that path takes (rows back to back, a
+    # gap after each row, classes a stride apart), ignored targets, weights, 16-bit rows, in
+    # place; the rest of a larger buffer untouched.
+    fl.set_num_threads(threads)
+    rows = 3 * max(4, 4096 // (4 * C)) + 5
+    for dtype in (np.float32, np.float64, ml_dtypes.bfloat16):
+        x = ref.log_softmax(logits_of(rng, (rows, C)), axis=1).astype(dtype)
+        t = rng.integers(0, C, rows)
+        t[::7] = -100
+        w = rng.uniform(0.5, 2.0, C)
+        for kw in ({}, {"weight": w}):
+            want_loss, want_grad = ref.nll_loss(x, t, reduction="none", return_grad=True, **kw)
+            got_loss, got = fl.nll_loss(x, t, reduction="none", return_grad=True, **kw)
+            eps = float(np.finfo(got_loss.dtype).eps)
+            assert_allclose(got_loss, want_loss, rtol=2 * eps)
+            assert_allclose(got.astype(np.float64), want_grad,
+                            rtol=float(ml_dtypes.finfo(dtype).eps))
+            big = np.full((rows, C + 3), 7.0, dtype=dtype)  # a gap after each row
+            for g in (big[:, 1:C + 1], np.full((C, rows), 7.0, dtype=dtype).T):
+                fl.nll_loss(x, t, reduction="none", return_grad=True, grad_out=g, **kw)
+                np.testing.assert_array_equal(g, got)
+            assert np.all(big[:, 0] == 7.0) and np.all(big[:, C + 1:] == 7.0)
+            xi = x.copy()
+            l_in, g_in = fl.nll_loss(xi, t, reduction="none", return_grad=True, grad_out=xi, **kw)
+            assert g_in is xi
+            np.testing.assert_array_equal(l_in, got_loss)
+            np.testing.assert_array_equal(xi, got)
+
+
 @pytest.mark.parametrize("name", LAYOUTS[1:])
 @pytest.mark.parametrize("axis", [-1, 0])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

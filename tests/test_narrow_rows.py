@@ -608,7 +608,9 @@ def test_multi_margin_loss_every_class_count(rng, isa, threads, p):
 def test_multi_margin_loss_small_same_bits_for_every_layout(rng, isa, threads, dtype):
     """2 to 16 classes take multi_margin_small (the block in registers; its arithmetic is the
     lane kernel's, operation for operation): rows back to back, a row stride, Fortran order
-    and the gradient written in place give the same bits, for p = 1 and 2, with weights."""
+    and the gradient written in place give the same bits, for p = 1 and 2, with weights; and a
+    row alone (a short block, whose per-lane constants are computed lane by lane) the same bits
+    as in a full block (without weights: vectors)."""
     for C in range(2, 18):
         rows = 16 * 2 + 5
         x = (rng.normal(0.0, 1.0, (rows, C)) * rng.choice([1.0, 30.0], (rows, 1))).astype(dtype)
@@ -630,6 +632,10 @@ def test_multi_margin_loss_small_same_bits_for_every_layout(rng, isa, threads, d
                 loss2, grad2 = fl.multi_margin_loss(x2, t, grad_out=x2, **kw)
                 np.testing.assert_array_equal(loss2, loss)
                 np.testing.assert_array_equal(grad2, grad)
+                for i in (0, 2, 3, 4, 9, 17):
+                    loss1, grad1 = fl.multi_margin_loss(x[i:i + 1], t[i:i + 1], **kw)
+                    np.testing.assert_array_equal(loss1, loss[i:i + 1])
+                    np.testing.assert_array_equal(grad1, grad[i:i + 1])
 
 
 @pytest.mark.parametrize("C", [4, 33, 64])

@@ -754,17 +754,37 @@ template <class S, int N, int kP, bool kGrad>
 void multi_margin_small(const MultiMarginArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
-  constexpr int W = vec_width<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>, K = W / WD;
   parallel_row_blocks(a.lx.rows(), N, W, [&](int64_t r0, int nb) {
     prefetch_small_block<S, N>(a.x, a.lx, r0);
     if (kGrad) prefetch_small_block<S, N>(a.grad, a.lg, r0);  // (its lines are read first)
     V x[N];
     load_small_block<S, N>(a.x, a.lx, r0, nb, x);
+    // The per-lane constants of margin_lanes: for a full block without weights as vectors
+    // (the same operations in float64 lanes, so the same values; lane by lane, their stores
+    // and reloads as vectors stall: one thread, float32, in cache, see the changelog)
+    const bool vec = nb == W && !a.weight;
     alignas(64) T tgt[W], kv[W];
     alignas(64) double coef[W];
     bool bad[W];
-    margin_lanes<kP>(a, r0, nb, N, tgt, kv, coef, bad);
-    const V tv = vload(tgt), k = vload(kv);
+    f64v coef64[K], bad64[K];
+    V tv, k;
+    if (vec) {
+      // (no index is ignored: -1 as ignore_index marks it bad, as every target outside [0, N))
+      const TargetLanes<T> tl = target_lanes<T>(a.target + r0, N, -1);
+      f64v kv64[K];
+      for (int q = 0; q < K; ++q) {
+        bad64[q] = tl.ign64[q] + tl.inv64[q];
+        coef64[q] = vselect(bad64[q] != 0.0, f64v{}, f64v{} + 1.0 / double(N));
+        kv64[q] = (a.grad_scale * coef64[q]) * (kP == 1 ? 1.0 : 2.0);
+      }
+      tv = tl.t;
+      if constexpr (std::is_same_v<T, float>) k = narrow(kv64[0], kv64[1]);
+      else k = kv64[0];
+    } else {
+      margin_lanes<kP>(a, r0, nb, N, tgt, kv, coef, bad);
+      tv = vload(tgt), k = vload(kv);
+    }
     V xt{};
     for (int j = 0; j < N; ++j) xt = vselect(tv == vset<T>(T(j)), x[j], xt);
     const V c = vset<T>(T(a.margin)) - xt;
@@ -772,14 +792,30 @@ void multi_margin_small(const MultiMarginArgs<S>& a) {
     V g[N];
     for (int j = 0; j < N; ++j) g[j] = margin_term<kP>(c, x[j], tv, T(j), k, sum_hp, sum_dh);
     alignas(64) double hp[W], dh[W];
-    sum_hp.store(hp);
-    sum_dh.store(dh);
-    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = bad[b] ? kNaN : coef[b] * hp[b];
+    if (vec) {
+      for (int q = 0; q < K; ++q)
+        vstore(a.loss + r0 + q * WD,
+               vselect(bad64[q] != 0.0, f64v{} + kNaN, coef64[q] * sum_hp.v[q]));
+    } else {
+      sum_hp.store(hp);
+      for (int b = 0; b < nb; ++b) a.loss[r0 + b] = bad[b] ? kNaN : coef[b] * hp[b];
+    }
     if constexpr (kGrad) {
-      alignas(64) T gt[W];
-      for (int b = 0; b < W; ++b)  // d loss / d x_t = -sum_{j != t} d loss / d x_j
-        gt[b] = T(-a.grad_scale * coef[b] * double(kP) * dh[b]);
-      const V vgt = vload(gt), nan = vset<T>(T(kNaN));
+      // d loss / d x_t = -sum_{j != t} d loss / d x_j
+      V vgt;
+      if (vec) {
+        f64v gt64[K];
+        for (int q = 0; q < K; ++q)
+          gt64[q] = ((-a.grad_scale * coef64[q]) * double(kP)) * sum_dh.v[q];
+        if constexpr (std::is_same_v<T, float>) vgt = narrow(gt64[0], gt64[1]);
+        else vgt = gt64[0];
+      } else {
+        sum_dh.store(dh);
+        alignas(64) T gt[W];
+        for (int b = 0; b < W; ++b) gt[b] = T(-a.grad_scale * coef[b] * double(kP) * dh[b]);
+        vgt = vload(gt);
+      }
+      const V nan = vset<T>(T(kNaN));
       const auto fill = tv < V{};  // (bad rows: NaN)
       for (int j = 0; j < N; ++j)
         g[j] = vselect(fill, nan, vselect(tv == vset<T>(T(j)), vgt, g[j]));

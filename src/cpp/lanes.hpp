@@ -480,6 +480,95 @@ template <class T> struct LaneSum {
   }
 };
 
+// Targets of a block as lanes (the lane cross-entropy kernels, multi_margin_small): the class
+// (compute type; -1 for ignore_index rows and invalid targets), and 1.0 / 0.0 per float64 lane
+// for ignore_index rows and for invalid targets. AVX-512 and AVX2 by 64-bit compares (a scalar loop compiles to a
+// branch per lane, and its stores stall the vector loads after them: one thread, float32, in
+// cache, 10% less time at 3 classes, 6% at 10, 3% at 100).
+template <class T> struct TargetLanes {
+  static constexpr int K = vec_width<T> / vec_width<double>;
+  vec_t<T> t, ign;  // (ign: 1 / 0 in the compute type)
+  f64v ign64[K], inv64[K];
+};
+template <class T>
+__attribute__((always_inline)) inline TargetLanes<T> target_lanes(const int64_t* tp, int64_t n,
+                                                                    int64_t ignore_index) {
+  [[maybe_unused]] constexpr int W = vec_width<T>, WD = vec_width<double>;
+  TargetLanes<T> r;
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+  const __m512i vi = _mm512_set1_epi64(ignore_index), vn = _mm512_set1_epi64(n);
+  const __m512d one = _mm512_set1_pd(1.0);
+  __mmask8 ign[TargetLanes<T>::K], skip[TargetLanes<T>::K];
+  for (int k = 0; k < TargetLanes<T>::K; ++k) {
+    const __m512i t = _mm512_loadu_si512(tp + k * WD);
+    ign[k] = _mm512_cmpeq_epi64_mask(t, vi);
+    skip[k] = ign[k] | _mm512_cmpge_epu64_mask(t, vn);  // (t < 0: a large unsigned)
+    r.ign64[k] = f64v(_mm512_maskz_mov_pd(ign[k], one));
+    r.inv64[k] = f64v(_mm512_maskz_mov_pd(__mmask8(skip[k] & ~ign[k]), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 m1 = _mm256_set1_ps(-1.0f);
+    const __m256 t0 = _mm256_mask_blend_ps(skip[0], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp)), m1);
+    const __m256 t1 =
+        _mm256_mask_blend_ps(skip[1], _mm512_cvtepi64_ps(_mm512_loadu_si512(tp + 8)), m1);
+    r.t = vec_t<T>(_mm512_insertf32x8(_mm512_castps256_ps512(t0), t1, 1));
+    const __mmask16 ig = __mmask16(ign[0] | (unsigned(ign[1]) << 8));
+    r.ign = vec_t<T>(_mm512_maskz_mov_ps(ig, _mm512_set1_ps(1.0f)));
+  } else {
+    r.t = vec_t<T>(_mm512_mask_blend_pd(skip[0], _mm512_cvtepi64_pd(_mm512_loadu_si512(tp)),
+                                        _mm512_set1_pd(-1.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
+#elif defined(__AVX2__)
+  // (the scalar form below stores lanes one at a time and reloads them as vectors: a stalled
+  // store forwarding per vector)
+  const __m256i vi = _mm256_set1_epi64x(ignore_index), vlast = _mm256_set1_epi64x(n - 1);
+  const __m256i zero = _mm256_setzero_si256(), m1 = _mm256_set1_epi64x(-1);
+  const __m256d one = _mm256_set1_pd(1.0);
+  __m256i tc[TargetLanes<T>::K], ig[TargetLanes<T>::K], sk[TargetLanes<T>::K];
+  for (int k = 0; k < TargetLanes<T>::K; ++k) {
+    const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + k * WD));
+    ig[k] = _mm256_cmpeq_epi64(t, vi);
+    sk[k] = _mm256_or_si256(ig[k], _mm256_or_si256(_mm256_cmpgt_epi64(zero, t),
+                                                   _mm256_cmpgt_epi64(t, vlast)));
+    tc[k] = _mm256_blendv_epi8(t, m1, sk[k]);  // (a class in [0, n) or -1)
+    r.ign64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(ig[k]), one));
+    r.inv64[k] = f64v(_mm256_and_pd(_mm256_castsi256_pd(_mm256_andnot_si256(ig[k], sk[k])), one));
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (low halves first)
+    auto pack = [&](__m256i a, __m256i b) {
+      return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, even),
+                                       _mm256_permutevar8x32_epi32(b, even), 0x20);
+    };
+    r.t = vec_t<T>(_mm256_cvtepi32_ps(pack(tc[0], tc[1])));
+    r.ign = vec_t<T>(_mm256_and_ps(_mm256_castsi256_ps(pack(ig[0], ig[1])), _mm256_set1_ps(1.0f)));
+  } else {
+    // (|class| < 2^31: its int64 as the low bits of 2^52 + 2^31's mantissa, then that off)
+    const __m256i biased = _mm256_add_epi64(tc[0], _mm256_set1_epi64x(int64_t(1) << 31));
+    r.t = vec_t<T>(_mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(biased, _mm256_set1_epi64x(0x4330000000000000LL))),
+        _mm256_set1_pd(4503599627370496.0 + 2147483648.0)));
+    r.ign = vec_t<T>(r.ign64[0]);
+  }
+#else
+  alignas(64) T tgt[W], ignt[W];
+  alignas(64) double ign64[W], inv64[W];
+  for (int b = 0; b < W; ++b) {
+    const int64_t t = tp[b];
+    const bool ign = t == ignore_index, skip = ign | (t < 0) | (t >= n);
+    tgt[b] = skip ? T(-1) : T(t);
+    ignt[b] = ign ? T(1) : T(0);
+    ign64[b] = ign ? 1.0 : 0.0;
+    inv64[b] = skip & !ign ? 1.0 : 0.0;
+  }
+  r.t = vload(tgt), r.ign = vload(ignt);
+  for (int k = 0; k < TargetLanes<T>::K; ++k)
+    r.ign64[k] = vload(ign64 + k * WD), r.inv64[k] = vload(inv64 + k * WD);
+#endif
+  return r;
+}
+
 // The W lanes of a compute-type vector as float64 values.
 template <class V> void to_f64_lanes(V v, double* out) {
   if constexpr (sizeof(v[0]) == 4) {

@@ -409,6 +409,36 @@ def test_nll_loss_gradient_in_row_chunks(rng, isa, restore_threads, threads, C):
             np.testing.assert_array_equal(xi, got)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
+    # A gradient of at least 32 MB (rows of more classes than the lane kernels take) is written
+    # by streaming stores from a row's first whole vector on, the target's entry set in its
+    # vector before the store, the row's first and last partial vectors by ordinary stores.
+    # Rows of 300 and 1000 float32 classes start part-way into a cache line. The same rows in
+    # calls of under 32 MB (ordinary stores) must give the same bits: the loss with the
+    # gradient for plain, weighted and smoothed cross-entropy (targets in every vector
+    # position, ignored rows), and softmax.
+    item = np.dtype(dtype).itemsize
+    for C in (300, 1000):
+        rows = (33 << 20) // (C * item) + 3
+        x = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
+        t = rng.integers(0, C, rows)
+        t[::7] = -100
+        t[1::7] = C - 1
+        t[2::7] = 0
+        w = rng.uniform(0.5, 2.0, C)
+        parts = np.array_split(np.arange(rows), 5)
+        for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}):
+            loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+            for p in parts:
+                lp, gp = fl.cross_entropy(x[p], t[p], reduction="none", return_grad=True, **kw)
+                np.testing.assert_array_equal(loss[p], lp)
+                np.testing.assert_array_equal(grad[p], gp)
+        p = fl.softmax(x, axis=1)
+        for q in parts:
+            np.testing.assert_array_equal(p[q], fl.softmax(x[q], axis=1))
+
+
 @pytest.mark.parametrize("name", LAYOUTS[1:])
 @pytest.mark.parametrize("axis", [-1, 0])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

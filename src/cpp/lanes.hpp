@@ -584,7 +584,7 @@ __attribute__((always_inline)) inline TargetLanes<T> target_lanes(const int64_t*
     tgt[b] = skip ? T(-1) : T(t);
     ignt[b] = ign ? T(1) : T(0);
     ign64[b] = ign ? 1.0 : 0.0;
-    inv64[b] = skip & !ign ? 1.0 : 0.0;
+    inv64[b] = (skip && !ign) ? 1.0 : 0.0;
   }
   r.t = vload(tgt), r.ign = vload(ignt);
   for (int k = 0; k < TargetLanes<T>::K; ++k)

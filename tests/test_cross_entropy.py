@@ -439,6 +439,82 @@ def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
             np.testing.assert_array_equal(p[q], fl.softmax(x[q], axis=1))
 
 
+def _span_rows(rng, rows, C, dtype):
+    # Rows for the row kernels' spans (a span's statistics first, then its exps and logs):
+    # ignored rows, a NaN, a +inf, a half-masked row, all but the target masked, a row whose
+    # maximum is far above its first entry (summed again the careful way), the target first
+    # (the sums' reference then its neighbour), and confident rows (loss by log1p).
+    x = rng.normal(0.0, 3.0, (rows, C))
+    t = rng.integers(0, C, rows)
+    t[::7] = -100
+    x[3, C // 3] = np.nan
+    x[4, ::2] = -np.inf
+    t[4] = 1
+    x[5, C - 1] = x[5, 0] + 100.0
+    x[6, t[6]] = x[6].max() + 50.0
+    x[8, C // 2] = np.inf
+    x[9, :] = -np.inf
+    x[9, t[9]] = 2.0
+    t[10] = 0
+    t[11] = 0
+    x[11, 1] = -80.0
+    x[12, C - 2] = 1e4
+    x[13] -= 1e4
+    return x.astype(dtype), t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16])
+def test_loss_alone_in_row_spans(rng, isa, restore_threads, dtype):
+    # Without a gradient the row kernels (over 256 classes) take a span of rows' sums first and
+    # their exps and logs after (see row_stats_pending). The loss, the lse and the token
+    # accuracy must be the bits the row-by-row path gives with the gradient, with 1 and 2
+    # threads (each thread's rows cut into spans of 16 and a rest), with the class axis
+    # strided; and logsumexp the same bits with 1 and 2 threads and strided, near the
+    # reference, also for rows of log-probabilities (|lse| < 1: summed again without the max).
+    for C in (257, 300, 2047, 2049):
+        rows = max(133, 40000 // C + 5)
+        x, t = _span_rows(rng, rows, C, dtype)
+        w = rng.uniform(0.5, 2.0, C)
+        for kw in ({}, {"weight": w}, {"label_smoothing": 0.1, "weight": w}, {"z_loss": 1e-3}):
+            got = {}
+            for n in (1, 2):
+                fl.set_num_threads(n)
+                r = fl.cross_entropy(x, t, reduction="none", return_lse=True,
+                                     return_token_accuracy=True, **kw)
+                rt = fl.cross_entropy(x.T, t, axis=0, reduction="none", return_lse=True,
+                                      return_token_accuracy=True, **kw)
+                rg = fl.cross_entropy(x, t, reduction="none", return_lse=True,
+                                      return_token_accuracy=True, return_grad=True, **kw)
+                for q in (rt, rg):
+                    np.testing.assert_array_equal(q.loss, r.loss)
+                    np.testing.assert_array_equal(q.lse, r.lse)
+                    np.testing.assert_array_equal(q.token_accuracy, r.token_accuracy)
+                got[n] = r
+            np.testing.assert_array_equal(got[1].loss, got[2].loss)
+            with np.errstate(invalid="ignore"):
+                want = ref.cross_entropy(x, t, reduction="none", **kw)
+            rtol = 1e-12 if dtype == np.float64 else 2e-6
+            with np.errstate(invalid="ignore"):
+                # (atol: the confident row's loss is about 1e-21, which the reference's
+                # log_softmax rounds to -0.0)
+                np.testing.assert_allclose(got[1].loss, want, rtol=rtol, atol=1e-15)
+            assert np.isnan(got[1].loss[[3, 8]]).all() and (got[1].loss[::7] == 0).all()
+        with np.errstate(invalid="ignore"):
+            xl = (x.astype(np.float64) - ref.logsumexp(x, axis=1, keepdims=True)).astype(dtype)
+        for xs in (x, xl):
+            lse = {}
+            for n in (1, 2):
+                fl.set_num_threads(n)
+                lse[n] = fl.logsumexp(xs, axis=1)
+                np.testing.assert_array_equal(fl.logsumexp(xs.T, axis=0), lse[n])
+            np.testing.assert_array_equal(lse[1], lse[2])
+            tol = 2.0**-8 if dtype == ml_dtypes.bfloat16 else rtol  # (the result's type)
+            with np.errstate(invalid="ignore"):
+                want = ref.logsumexp(xs, axis=1)
+                np.testing.assert_allclose(lse[1].astype(np.float64), want, rtol=tol,
+                                           atol=1e-300 if xs is x else tol)
+
+
 @pytest.mark.parametrize("name", LAYOUTS[1:])
 @pytest.mark.parametrize("axis", [-1, 0])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -189,21 +189,28 @@ template <> struct Acc<double> {
 // not stay cached anyway, and write-allocate would read it first.
 constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
-// fn(r) for every row, each thread on one contiguous range of rows (as schedule(static)).
+// fn(r0, r1) for consecutive spans [r0, r1) of at most G rows that make up each thread's
+// contiguous range of rows (as schedule(static)); a span ends where the thread's range does.
 // row_work: a row's work for threads_for (its elements, times kExpWork where each takes an exp
 // or a log).
 // S: the type of the written arrays (their write tiles are flushed at the end, see read_row).
-template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_work, Fn&& fn) {
+template <class S, class Fn>
+void parallel_row_spans(int64_t rows, int64_t row_work, int64_t G, Fn&& fn) {
   const int nt = threads_for(rows * (row_work > 1 ? row_work : 1), rows);
   parallel_for(nt, [&](int64_t t, int64_t n) {
     const int64_t lo = rows * t / n, hi = rows * (t + 1) / n;
     for (Tile& tile : t_tiles) tile.base = nullptr;  // (tiles of an earlier call)
     t_rows_end = hi;
-    for (int64_t r = lo; r < hi; ++r) fn(r);
+    for (int64_t r = lo; r < hi; r += G) fn(r, r + G < hi ? r + G : hi);
     for (Tile& tile : t_tiles)
       if (tile.write) flush_tile<S>(tile);
     stream_fence();  // make this thread's non-temporal stores visible before returning
   });
+}
+
+// fn(r) for every row, each thread on one contiguous range of rows.
+template <class S, class Fn> void parallel_rows(int64_t rows, int64_t row_work, Fn&& fn) {
+  parallel_row_spans<S>(rows, row_work, 1, [&](int64_t r, int64_t) { fn(r); });
 }
 
 }  // namespace

@@ -464,14 +464,16 @@ def _span_rows(rng, rows, C, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16])
-def test_loss_alone_in_row_spans(rng, isa, restore_threads, dtype):
-    # Without a gradient the row kernels (over 256 classes) take a span of rows' sums first and
-    # their exps and logs after (see row_stats_pending). The loss, the lse and the token
-    # accuracy must be the bits the row-by-row path gives with the gradient, with 1 and 2
-    # threads (each thread's rows cut into spans of 16 and a rest), with the class axis
-    # strided; and logsumexp the same bits with 1 and 2 threads and strided, near the
+def test_row_kernel_spans(rng, isa, restore_threads, dtype):
+    # The row kernels (over 256 classes) take a span of rows' sums first, their exps and logs
+    # after (see row_stats_pending), then with a gradient (rows of one block) the span's
+    # gradients from their kept exps (up to 400 classes). The loss, the lse and the token
+    # accuracy must be the same bits with and without the gradient (from 401 classes row by row),
+    # with 1 and 2 threads (each thread's rows cut into spans and a rest), with the class axis
+    # strided; the gradient the same bits with 1 and 2 threads, strided and in place; both
+    # near the reference. logsumexp: the same bits with 1 and 2 threads and strided, near the
     # reference, also for rows of log-probabilities (|lse| < 1: summed again without the max).
-    for C in (257, 300, 2047, 2049):
+    for C in (257, 300, 400, 401, 2047, 2049):  # (2049: rows of two blocks)
         rows = max(133, 40000 // C + 5)
         x, t = _span_rows(rng, rows, C, dtype)
         w = rng.uniform(0.5, 2.0, C)
@@ -482,22 +484,32 @@ def test_loss_alone_in_row_spans(rng, isa, restore_threads, dtype):
                 r = fl.cross_entropy(x, t, reduction="none", return_lse=True,
                                      return_token_accuracy=True, **kw)
                 rt = fl.cross_entropy(x.T, t, axis=0, reduction="none", return_lse=True,
-                                      return_token_accuracy=True, **kw)
+                                      return_token_accuracy=True, return_grad=True, **kw)
                 rg = fl.cross_entropy(x, t, reduction="none", return_lse=True,
                                       return_token_accuracy=True, return_grad=True, **kw)
+                xi = x.copy()
+                li, gi = fl.cross_entropy(xi, t, reduction="none", return_grad=True,
+                                          grad_out=xi, **kw)
                 for q in (rt, rg):
                     np.testing.assert_array_equal(q.loss, r.loss)
                     np.testing.assert_array_equal(q.lse, r.lse)
                     np.testing.assert_array_equal(q.token_accuracy, r.token_accuracy)
-                got[n] = r
+                np.testing.assert_array_equal(rt.grad.T, rg.grad)
+                np.testing.assert_array_equal(li, r.loss)
+                np.testing.assert_array_equal(gi, rg.grad)
+                got[n] = rg
             np.testing.assert_array_equal(got[1].loss, got[2].loss)
+            np.testing.assert_array_equal(got[1].grad, got[2].grad)
             with np.errstate(invalid="ignore"):
-                want = ref.cross_entropy(x, t, reduction="none", **kw)
+                want, want_g = ref.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
             rtol = 1e-12 if dtype == np.float64 else 2e-6
             with np.errstate(invalid="ignore"):
                 # (atol: the confident row's loss is about 1e-21, which the reference's
                 # log_softmax rounds to -0.0)
                 np.testing.assert_allclose(got[1].loss, want, rtol=rtol, atol=1e-15)
+                gtol = 2.0**-8 if dtype == ml_dtypes.bfloat16 else rtol  # (the gradient's type)
+                np.testing.assert_allclose(got[1].grad.astype(np.float64), want_g, rtol=gtol,
+                                           atol=gtol * np.abs(want_g[np.isfinite(want_g)]).max())
             assert np.isnan(got[1].loss[[3, 8]]).all() and (got[1].loss[::7] == 0).all()
         with np.errstate(invalid="ignore"):
             xl = (x.astype(np.float64) - ref.logsumexp(x, axis=1, keepdims=True)).astype(dtype)
@@ -513,6 +525,23 @@ def test_loss_alone_in_row_spans(rng, isa, restore_threads, dtype):
                 want = ref.logsumexp(xs, axis=1)
                 np.testing.assert_allclose(lse[1].astype(np.float64), want, rtol=tol,
                                            atol=1e-300 if xs is x else tol)
+
+
+@pytest.mark.parametrize("C", [5, 100, 300, 2049])
+def test_lse_of_ignored_rows_with_in_place_gradient(rng, C):
+    # An ignored row's gradient is 0 and its lse that of its logits: with the gradient written
+    # over the logits, the lse must be taken before the row is zeroed (the row kernels took
+    # it after: log(C) for every ignored row).
+    x = rng.normal(0.0, 3.0, (9, C)).astype(np.float32)
+    t = rng.integers(0, C, 9)
+    t[::3] = -100
+    want = fl.cross_entropy(x, t, reduction="none", return_lse=True, return_grad=True)
+    xi = x.copy()
+    r = fl.cross_entropy(xi, t, reduction="none", return_lse=True, return_grad=True, grad_out=xi)
+    np.testing.assert_array_equal(r.lse, want.lse)
+    np.testing.assert_array_equal(r.loss, want.loss)
+    np.testing.assert_array_equal(xi, want.grad)
+    assert (xi[::3] == 0).all()
 
 
 @pytest.mark.parametrize("name", LAYOUTS[1:])

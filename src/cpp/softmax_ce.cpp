@@ -406,17 +406,21 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
 // in one loop of independent iterations that the core overlaps; row by row, that chain of
 // scalar exps and a log held up the next row's vector work (float32 cross-entropy, 300
 // classes, one thread in cache: 91 ns a row that way, 75 in spans of 16).
+// With er (er->e not nullptr), the exps are kept as range_stats keeps them.
 template <class S, Coef C, class T = compute_t<S>>
 RowStats row_stats_pending(const S* x, int64_t n, const CoefRow<T, C>& coef, int64_t skip,
-                           double& to) {
+                           double& to, ExpRow<T>* er = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     if (n <= kBlock<T> && n > 0) {  // range_stats' first (and only) block, as it does it
       const T m = to_compute(x[skip == 0 && n > 1 ? 1 : 0]);
       if (std::isfinite(m)) {
         T block_max;
-        const RowSums rs = row_sums<S, C, false>(x, 0, n, m, coef, block_max,
-                                                 static_cast<T*>(nullptr), skip);
+        const RowSums rs =
+            er && er->e ? row_sums<S, C, true>(x, 0, n, m, coef, block_max, er->e, skip)
+                        : row_sums<S, C, false>(x, 0, n, m, coef, block_max,
+                                                static_cast<T*>(nullptr), skip);
         if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
+          if (er && er->e) er->add(n, double(m));
           RowStats bs;
           bs.m = double(m);
           bs.s = rs.exp;
@@ -429,7 +433,7 @@ RowStats row_stats_pending(const S* x, int64_t n, const CoefRow<T, C>& coef, int
       }
     }
   }
-  const RowStats st = range_stats<S, C>(x, 0, n, coef, {}, static_cast<ExpRow<T>*>(nullptr), skip);
+  const RowStats st = range_stats<S, C>(x, 0, n, coef, {}, er, skip);
   to = st.m;
   return st;
 }
@@ -708,21 +712,9 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     e.c_t = c_t;
     return e;
   };
-  // One row with its gradient: x is the logits row (or its capped copy, R = T); dcap !=
-  // nullptr: softcap chain.
-  auto row = [&](auto tag_ptr, int64_t r, T* dcap, const S* raw) {
-    using R = std::remove_cv_t<std::remove_pointer_t<decltype(tag_ptr)>>;
-    const R* x = tag_ptr;
-    const int64_t t = a.target[r];
-    // Statistics of the row without the target, then the target itself. With a gradient to
-    // compute, the exp values are kept (in L2) so the gradient pass needs no exp.
-    ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
-    const RowStats excl = range_stats<R, C>(x, 0, V, coef, {}, &er, t);
-    const double xt = to_compute(x[t]);
-    // (argmax of the logits as given: soft-capping can tie what it saturates)
-    if (a.correct) a.correct[r] = argmax_is(raw, V, t, excl.nan || std::isnan(xt));
-    const RowEnd e = row_end(r, t, excl, xt);
-    if (e.filled || !a.grad) return;
+  // Row r's gradient from its kept exps er (its target t, row_end's e); dcap != nullptr: the
+  // softcap chain.
+  auto grad_row = [&](int64_t r, int64_t t, const RowEnd& e, const ExpRow<T>& er, T* dcap) {
     S* gr = write_row(a.grad, a.lg, r);
     er.e[t] = T(0);  // (its segment skips t; the entry is set in closed form below)
     // The target entry in closed form: p_scale p_t - t_coef - (eps/C) g c_t, with
@@ -739,44 +731,86 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     }
     scatter_row(a.grad, a.lg, r, gr);
   };
+  // One row: x is the logits row (or its capped copy, R = T); dcap != nullptr: softcap chain.
+  auto row = [&](auto tag_ptr, int64_t r, T* dcap, const S* raw) {
+    using R = std::remove_cv_t<std::remove_pointer_t<decltype(tag_ptr)>>;
+    const R* x = tag_ptr;
+    const int64_t t = a.target[r];
+    // Statistics of the row without the target, then the target itself. With a gradient to
+    // compute, the exp values are kept (in L2) so the gradient pass needs no exp.
+    ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
+    const RowStats excl = range_stats<R, C>(x, 0, V, coef, {}, &er, t);
+    const double xt = to_compute(x[t]);
+    // (argmax of the logits as given: soft-capping can tie what it saturates)
+    if (a.correct) a.correct[r] = argmax_is(raw, V, t, excl.nan || std::isnan(xt));
+    const RowEnd e = row_end(r, t, excl, xt);
+    if (!e.filled && a.grad) grad_row(r, t, e, er, dcap);
+  };
   // Ignored rows and invalid targets: true if row r is one (and is done).
   auto no_target = [&](int64_t r) {
     const int64_t t = a.target[r];
     const bool ignored = t == a.ignore_index;
     if (!ignored && t >= 0 && t < V) return false;
     // (out-of-range targets are rejected before the call)
-    a.loss[r] = ignored ? 0.0 : kNaN;
-    if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
-    if (a.correct) a.correct[r] = 0;
-    if (a.lse) {  // an ignored row still has its log-sum-exp
+    if (a.lse) {  // an ignored row still has its log-sum-exp (read before an in-place fill)
       const S* xs = read_row(a.x, a.lx, r, kSlotX);
       a.lse[r] = a.softcap > 0 ? row_lse(softcap_row(xs, V, a.softcap, static_cast<T*>(nullptr)), V)
                                : row_lse(xs, V);
     }
+    a.loss[r] = ignored ? 0.0 : kNaN;
+    if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
+    if (a.correct) a.correct[r] = 0;
     return true;
   };
-  if (!a.grad && a.softcap == 0) {
-    // The loss alone: a span of rows' statistics first, then their exps and logs (see
-    // row_stats_pending).
-    constexpr int64_t kSpan = 16;
-    parallel_row_spans<S>(a.lx.rows(), V * kExpWork, kSpan, [&](int64_t r0, int64_t r1) {
+  // With a gradient, spans up to 400 classes. Float32 cross-entropy with the gradient, spans
+  // against row by row: one thread in cache (1 MB of logits) 0.79-0.84 of the time at 257 to
+  // 500 classes, 0.95 at 1000; two threads, 8 and 24 MB of logits, 0.79-0.92 at 300 and 400
+  // but 1.02-1.06 at 500 to 2000; 200 MB 0.93-0.98 at 257 and 300, 0.99 at 400, 1.02-1.09
+  // from 500 to 2000 (the span's gradients go out in one burst of stores, its reads in another).
+  constexpr int64_t kSpanGradMaxClasses = 400;
+  if (a.softcap == 0 && (!a.grad || V <= kSpanGradMaxClasses)) {
+    // A span of rows' statistics first, then their exps and logs (see row_stats_pending),
+    // then, with a gradient, their gradients from their kept exps (rows of one block: one
+    // segment each; a span's exps stay within about 32 KB).
+    constexpr int64_t kSpan = 16, kSegs = 2;
+    int64_t span = kSpan;
+    if (a.grad) {
+      const int64_t fit = (int64_t(32) << 10) / (V * int64_t(sizeof(T)));
+      span = fit < 1 ? 1 : fit < kSpan ? fit : kSpan;
+    }
+    parallel_row_spans<S>(a.lx.rows(), V * kExpWork, span, [&](int64_t r0, int64_t r1) {
       RowStats st[kSpan];
       double to[kSpan], xt[kSpan];
       bool done[kSpan];
+      ExpRow<T> er[kSpan];
+      T* e0 = a.grad ? scratch_row<T>(kSlotE, span * V) : nullptr;
+      int64_t* seg_end = a.grad ? scratch_row<int64_t>(kSlotSegEnd, span * kSegs) : nullptr;
+      double* seg_ref = a.grad ? scratch_row<double>(kSlotSegRef, span * kSegs) : nullptr;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
         done[k] = no_target(r);
         if (done[k]) continue;
         const int64_t t = a.target[r];
         const S* x = read_row(a.x, a.lx, r, kSlotX);
-        st[k] = row_stats_pending<S, C>(x, V, coef, t, to[k]);
+        if (a.grad) {
+          er[k].e = e0 + k * V;
+          er[k].seg_end = seg_end + k * kSegs;
+          er[k].seg_ref = seg_ref + k * kSegs;
+        }
+        st[k] = row_stats_pending<S, C>(x, V, coef, t, to[k], &er[k]);
         xt[k] = to_compute(x[t]);
         if (a.correct) a.correct[r] = argmax_is(x, V, t, st[k].nan || std::isnan(xt[k]));
       }
+      RowEnd e[kSpan];
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
         if (done[k]) continue;
-        row_end(r, a.target[r], to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], xt[k]);
+        e[k] = row_end(r, a.target[r], to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], xt[k]);
+      }
+      if (!a.grad) return;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t k = r - r0;
+        if (!done[k] && !e[k].filled) grad_row(r, a.target[r], e[k], er[k], nullptr);
       }
     });
     return;

@@ -471,8 +471,9 @@ def test_row_kernel_spans(rng, isa, restore_threads, dtype):
     # accuracy must be the same bits with and without the gradient (from 401 classes row by row),
     # with 1 and 2 threads (each thread's rows cut into spans and a rest), with the class axis
     # strided; the gradient the same bits with 1 and 2 threads, strided and in place; both
-    # near the reference. logsumexp: the same bits with 1 and 2 threads and strided, near the
-    # reference, also for rows of log-probabilities (|lse| < 1: summed again without the max).
+    # near the reference. logsumexp, softmax and log_softmax (spans up to 400 classes for the
+    # last two): the same bits with 1 and 2 threads and strided, near the reference; logsumexp
+    # also for rows of log-probabilities (|lse| < 1: summed again without the max).
     for C in (257, 300, 400, 401, 2047, 2049):  # (2049: rows of two blocks)
         rows = max(133, 40000 // C + 5)
         x, t = _span_rows(rng, rows, C, dtype)
@@ -511,6 +512,19 @@ def test_row_kernel_spans(rng, isa, restore_threads, dtype):
                 np.testing.assert_allclose(got[1].grad.astype(np.float64), want_g, rtol=gtol,
                                            atol=gtol * np.abs(want_g[np.isfinite(want_g)]).max())
             assert np.isnan(got[1].loss[[3, 8]]).all() and (got[1].loss[::7] == 0).all()
+        for fn in (fl.softmax, fl.log_softmax):  # (spans up to 400 classes)
+            out = {}
+            for n in (1, 2):
+                fl.set_num_threads(n)
+                out[n] = fn(x, axis=1)
+                np.testing.assert_array_equal(fn(x.T, axis=0).T, out[n])
+            np.testing.assert_array_equal(out[1], out[2])
+            with np.errstate(invalid="ignore"):
+                want = getattr(ref, fn.__name__)(x.astype(np.float64), axis=1)
+            tol = 2.0**-8 if dtype == ml_dtypes.bfloat16 else rtol
+            keep = np.arange(rows) != 8  # (+inf: x_j - m as scipy, where the reference has NaN)
+            np.testing.assert_allclose(out[1][keep].astype(np.float64), want[keep], rtol=tol,
+                                       atol=tol * (1.0 if fn is fl.softmax else 20.0))
         with np.errstate(invalid="ignore"):
             xl = (x.astype(np.float64) - ref.logsumexp(x, axis=1, keepdims=True)).astype(dtype)
         for xs in (x, xl):

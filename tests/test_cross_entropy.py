@@ -541,6 +541,51 @@ def test_row_kernel_spans(rng, isa, restore_threads, dtype):
                                            atol=1e-300 if xs is x else tol)
 
 
+@pytest.mark.parametrize("C", [2, 10, 300])
+def test_probability_targets_loss_in_spans(rng, restore_threads, C):
+    # Cross-entropy with probability targets, the loss alone, takes a span of rows' sums
+    # first and their exps and logs after (see row_stats_pending): the same bits as the loss
+    # computed with the gradient (row by row), with 1 and 2 threads, with the class axis
+    # strided; near the reference. Rows: a NaN, all logits -inf with no target mass (loss 0),
+    # a masked class with no mass, a maximum far above the first logit, a confident row.
+    rows = max(133, 40000 // C + 5)
+    x = rng.normal(0.0, 3.0, (rows, C))
+    y = rng.random((rows, C))
+    y /= y.sum(axis=1, keepdims=True)
+    x[3, C // 2] = np.nan
+    x[4, :] = -np.inf
+    y[4, :] = 0.0
+    x[5, -1] = -np.inf
+    y[5, -1] = 0.0
+    x[6, -1] = x[6, 0] + 100.0
+    x[7, 0] = 80.0
+    y[7, :] = 0.0
+    y[7, 0] = 1.0
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    w = rng.uniform(0.5, 2.0, C)
+    for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}, {"z_loss": 1e-3}):
+        got = {}
+        for n in (1, 2):
+            fl.set_num_threads(n)
+            r = fl.cross_entropy(x, y, reduction="none", return_lse=True, **kw)
+            rt = fl.cross_entropy(x.T, y.T, axis=0, reduction="none", return_lse=True, **kw)
+            rg = fl.cross_entropy(x, y, reduction="none", return_lse=True, return_grad=True, **kw)
+            for q in (rt, rg):
+                np.testing.assert_array_equal(q.loss, r.loss)
+                np.testing.assert_array_equal(q.lse, r.lse)
+            got[n] = r.loss
+        np.testing.assert_array_equal(got[1], got[2])
+        with np.errstate(invalid="ignore"):
+            want = ref.cross_entropy(x, y, reduction="none", **kw)
+        # (atol: the row sum, about 1 for a confident row, is float32 partials, and log(sum)
+        # keeps its absolute error, about 6e-8, where log1p(sum - 1) would keep the relative)
+        keep = np.arange(rows) != 4  # (z-loss of an all -inf row: NaN here, inf there)
+        np.testing.assert_allclose(got[1][keep], want[keep], rtol=2e-6, atol=5e-7)
+        assert np.isnan(got[1][3])
+        if "label_smoothing" not in kw and "z_loss" not in kw:  # (these give -inf logits mass)
+            assert got[1][4] == 0.0 and np.isfinite(got[1][5])
+
+
 @pytest.mark.parametrize("C", [5, 100, 300, 2049])
 def test_lse_of_ignored_rows_with_in_place_gradient(rng, C):
     # An ignored row's gradient is 0 and its lse that of its logits: with the gradient written

@@ -877,32 +877,63 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
                       static_cast<const void*>(a.grad) != static_cast<const void*>(a.x);
   const double eps = a.label_smoothing, g = a.grad_scale;
   const double z = a.z_loss;
-  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
+  // Row r's target coefficients.
+  auto coef_of = [&](int64_t r) {
     CoefRow<T, C> coef;
     coef.w = a.weight;
     coef.y = read_row(a.probs, a.lp, r, kSlotY);
     coef.a = T(1.0 - eps);
     coef.b = T(eps / double(V));
+    return coef;
+  };
+  // The loss (and lse) of row r from its statistics (final); false: the row is done (its
+  // loss 0 or NaN, its gradient filled), else its log-sum-exp in lse.
+  auto row_loss = [&](int64_t r, const RowStats& st, double& lse) {
+    if (a.lse) a.lse[r] = st.nan ? kNaN : std::isfinite(st.m) ? st.m + std::log(st.s) : st.m;
+    if (!st.nan && st.m == -kInf<double> && st.c == 0 && st.cd == 0 && z == 0) {
+      // Logits all -inf and no target mass: every term is 0 log 0 = 0, so the loss is 0
+      // for any logits, and so is its gradient (p is 0/0 here).
+      a.loss[r] = 0.0;
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));
+      return false;
+    }
+    if (st.nan || !std::isfinite(st.m)) {
+      a.loss[r] = kNaN;
+      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      return false;
+    }
+    const double log_sum = std::log(st.s);
+    lse = st.m + log_sum;
+    a.loss[r] = st.cd + st.c * log_sum + z * lse * lse;
+    return true;
+  };
+  if (!a.grad && a.softcap == 0) {
+    // The loss alone: a span of rows' statistics, then their exps and logs (see
+    // row_stats_pending).
+    constexpr int64_t kSpan = 16;
+    parallel_row_spans<S>(a.lx.rows(), V * kExpWork, kSpan, [&](int64_t r0, int64_t r1) {
+      RowStats st[kSpan];
+      double to[kSpan];
+      for (int64_t r = r0; r < r1; ++r) {
+        const CoefRow<T, C> coef = coef_of(r);
+        st[r - r0] = row_stats_pending<S, C>(read_row(a.x, a.lx, r, kSlotX), V, coef, -1, to[r - r0]);
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t k = r - r0;
+        double lse;
+        row_loss(r, to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], lse);
+      }
+    });
+    return;
+  }
+  parallel_rows<S>(a.lx.rows(), V * kExpWork, [&](int64_t r) {
+    const CoefRow<T, C> coef = coef_of(r);
     auto row = [&](auto x, T* dcap) {
       using R = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
       ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
       const RowStats st = range_stats<R, C>(x, 0, V, coef, {}, &er);
-      if (a.lse) a.lse[r] = st.nan ? kNaN : std::isfinite(st.m) ? st.m + std::log(st.s) : st.m;
-      if (!st.nan && st.m == -kInf<double> && st.c == 0 && st.cd == 0 && z == 0) {
-        // Logits all -inf and no target mass: every term is 0 log 0 = 0, so the loss is 0
-        // for any logits, and so is its gradient (p is 0/0 here).
-        a.loss[r] = 0.0;
-        if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(0)));
-        return;
-      }
-      if (st.nan || !std::isfinite(st.m)) {
-        a.loss[r] = kNaN;
-        if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
-        return;
-      }
-      const double log_sum = std::log(st.s), lse = st.m + log_sum;
-      a.loss[r] = st.cd + st.c * log_sum + z * lse * lse;
-      if (!a.grad) return;
+      double lse;
+      if (!row_loss(r, st, lse) || !a.grad) return;
       S* gr = write_row(a.grad, a.lg, r);
       const double p_scale = g * (st.c + 2.0 * z * lse);
       if (dcap) {

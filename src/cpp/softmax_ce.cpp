@@ -595,11 +595,12 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
     }
     scatter_row(a.out, a.lo, r, out);
   };
-  if (V <= kSpanMaxClasses) {
+  if (V <= kSpanMaxClasses && !stream) {
     // A span of rows' statistics (softmax: their exps kept), then their outputs (see
-    // row_stats_pending). Float32, 257 to 400 classes, time against row by row: softmax 0.79
-    // (one thread in cache) and 0.96-0.97 (two threads, 50M logits), log_softmax 0.84-0.87
-    // and 0.96-1.03.
+    // row_stats_pending). Float32, 257 to 400 classes, one thread in cache, time against row
+    // by row: softmax 0.79-0.85, log_softmax 0.84-0.94. Outputs of 32 MB and more (streamed)
+    // go row by row: two threads, 50M logits, spans took 0.96-1.08 the time (softmax) in
+    // five runs.
     constexpr int64_t kSpan = 16;
     parallel_row_spans<S>(a.lx.rows(), V * kExpWork, kSpan, [&](int64_t r0, int64_t r1) {
       RowStats st[kSpan];

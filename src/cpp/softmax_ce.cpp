@@ -357,6 +357,26 @@ RowStats block_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
   return st;
 }
 
+// The sums of the block x[b:e) (without x[skip]) in one pass relative to m (finite): true, with
+// its statistics relative to m in bs and its maximum in block_max, unless the block has to be
+// redone the careful way (a logit more than kMaxShift above m, or a NaN). With er, its exps are
+// kept and its segment added.
+template <class S, Coef C, class T>
+bool one_pass_block(const S* x, int64_t b, int64_t e, T m, const CoefRow<T, C>& coef,
+                    ExpRow<T>* er, int64_t skip, RowStats& bs, T& block_max) {
+  const RowSums rs =
+      er && er->e
+          ? row_sums<S, C, true>(x, b, e, m, coef, block_max, er->e, skip)
+          : row_sums<S, C, false>(x, b, e, m, coef, block_max, static_cast<T*>(nullptr), skip);
+  if (!(block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd))) return false;
+  if (er && er->e) er->add(e, double(m));
+  bs.m = double(m);
+  bs.s = rs.exp;
+  bs.cd = rs.cd;
+  bs.c = rs.c;
+  return true;
+}
+
 // Statistics of x[begin:end) without x[skip] (an index, or -1: none), block by block, continuing
 // from `st` (the stretches before). Each block is summed in one pass relative to the running
 // maximum m while its own maximum is taken; only when it turns out to exceed m by more than
@@ -378,17 +398,8 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
         m = to_compute(x[b == skip && b + 1 < e ? b + 1 : b]);
     if (std::isfinite(m) && !st.nan) {
       T block_max;
-      const RowSums rs =
-          er && er->e
-              ? row_sums<S, C, true>(x, b, e, m, coef, block_max, er->e, skip)
-              : row_sums<S, C, false>(x, b, e, m, coef, block_max, static_cast<T*>(nullptr), skip);
-      if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
-        if (er && er->e) er->add(e, double(m));
-        RowStats bs;
-        bs.m = double(m);
-        bs.s = rs.exp;
-        bs.cd = rs.cd;
-        bs.c = rs.c;
+      RowStats bs;
+      if (one_pass_block<S, C>(x, b, e, m, coef, er, skip, bs, block_max)) {
         st = merge(st, bs);
         if (block_max > m) st = rebase(st, double(block_max));
         continue;
@@ -419,17 +430,8 @@ RowStats row_stats_pending(const S* x, int64_t n, const CoefRow<T, C>& coef, int
       const T m = to_compute(x[skip == 0 && n > 1 ? 1 : 0]);
       if (std::isfinite(m)) {
         T block_max;
-        const RowSums rs =
-            er && er->e ? row_sums<S, C, true>(x, 0, n, m, coef, block_max, er->e, skip)
-                        : row_sums<S, C, false>(x, 0, n, m, coef, block_max,
-                                                static_cast<T*>(nullptr), skip);
-        if (block_max <= m + kMaxShift<T> && !std::isnan(rs.exp) && !std::isnan(rs.cd)) {
-          if (er && er->e) er->add(n, double(m));
-          RowStats bs;
-          bs.m = double(m);
-          bs.s = rs.exp;
-          bs.cd = rs.cd;
-          bs.c = rs.c;
+        RowStats bs;
+        if (one_pass_block<S, C>(x, 0, n, m, coef, er, skip, bs, block_max)) {
           const RowStats st = merge(RowStats{}, bs);
           to = block_max > m ? double(block_max) : st.m;
           return st;

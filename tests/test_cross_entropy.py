@@ -417,7 +417,8 @@ def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
     # Rows of 300 and 1000 float32 classes start part-way into a cache line. The same rows in
     # calls of under 32 MB (ordinary stores) must give the same bits: the loss with the
     # gradient for plain, weighted and smoothed cross-entropy (targets in every vector
-    # position, ignored rows), and softmax.
+    # position, ignored rows, NaN rows), and softmax. (Up to 400 classes a span of rows is
+    # staged in L1 and streamed out as one stretch.)
     item = np.dtype(dtype).itemsize
     for C in (300, 1000):
         rows = (33 << 20) // (C * item) + 3
@@ -426,6 +427,7 @@ def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
         t[::7] = -100
         t[1::7] = C - 1
         t[2::7] = 0
+        x[3::101, C // 2] = np.nan
         w = rng.uniform(0.5, 2.0, C)
         parts = np.array_split(np.arange(rows), 5)
         for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}):

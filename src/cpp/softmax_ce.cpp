@@ -413,6 +413,8 @@ RowStats range_stats(const S* x, int64_t begin, int64_t end, const CoefRow<T, C>
 // Kernels that write rows (gradients, softmax) take spans up to this many classes (see
 // ce_index_rows for the measurements).
 constexpr int64_t kSpanMaxClasses = 400;
+// Segments of kept exps a row of a span holds (rows of one block: one).
+constexpr int64_t kSpanSegs = 2;
 
 // range_stats of a whole row x[0:n) (without x[skip]) less the last step of a row of one block:
 // the returned statistics may still be relative to the reference the float sums were taken
@@ -625,14 +627,14 @@ template <class S> void softmax_impl(const SoftmaxArgs<S>& a, bool log) {
       double to[kSpan];
       ExpRow<T> er[kSpan];
       T* e0 = log ? nullptr : scratch_row<T>(kSlotE, kSpan * V);
-      int64_t* seg_end = log ? nullptr : scratch_row<int64_t>(kSlotSegEnd, kSpan * 2);
-      double* seg_ref = log ? nullptr : scratch_row<double>(kSlotSegRef, kSpan * 2);
+      int64_t* seg_end = log ? nullptr : scratch_row<int64_t>(kSlotSegEnd, kSpan * kSpanSegs);
+      double* seg_ref = log ? nullptr : scratch_row<double>(kSlotSegRef, kSpan * kSpanSegs);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
         if (!log) {
           er[k].e = e0 + k * V;
-          er[k].seg_end = seg_end + k * 2;
-          er[k].seg_ref = seg_ref + k * 2;
+          er[k].seg_end = seg_end + k * kSpanSegs;
+          er[k].seg_ref = seg_ref + k * kSpanSegs;
         }
         st[k] = row_stats_pending<S, Coef::kNone>(read_row(a.x, a.lx, r, kSlotX), V, {}, -1,
                                                   to[k], &er[k]);
@@ -715,15 +717,15 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     bool filled;
   };
   // The loss (and lse) of row r from the statistics of the row without its target (excl, final)
-  // and the target's logit xt.
-  auto row_end = [&](int64_t r, int64_t t, const RowStats& excl, double xt) {
+  // and the target's logit xt. fill: a NaN row's gradient is filled here (else by the caller).
+  auto row_end = [&](int64_t r, int64_t t, const RowStats& excl, double xt, bool fill = true) {
     RowEnd e{};
     const double md = excl.m > xt ? excl.m : xt;
     const bool has_nan = excl.nan || std::isnan(xt);
     if (has_nan || !std::isfinite(md)) {
       if (a.lse) a.lse[r] = has_nan ? kNaN : md;
       a.loss[r] = kNaN;
-      if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
+      if (a.grad && fill) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       e.filled = true;
       return e;
     }
@@ -804,8 +806,9 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     const RowEnd e = row_end(r, t, excl, xt);
     if (!e.filled && a.grad) grad_row(r, t, e, er, dcap);
   };
-  // Ignored rows and invalid targets: true if row r is one (and is done).
-  auto no_target = [&](int64_t r) {
+  // Ignored rows and invalid targets: true if row r is one (and is done; fill: its gradient
+  // filled here, else by the caller).
+  auto no_target = [&](int64_t r, bool fill = true) {
     const int64_t t = a.target[r];
     const bool ignored = t == a.ignore_index;
     if (!ignored && t >= 0 && t < V) return false;
@@ -816,7 +819,7 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
                                : row_lse(xs, V);
     }
     a.loss[r] = ignored ? 0.0 : kNaN;
-    if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
+    if (a.grad && fill) fill_row(a.grad, a.lg, r, from_compute<S>(ignored ? T(0) : T(kNaN)));
     if (a.correct) a.correct[r] = 0;
     return true;
   };
@@ -829,30 +832,34 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
     // A span of rows' statistics first, then their exps and logs (see row_stats_pending),
     // then, with a gradient, their gradients from their kept exps (rows of one block: one
     // segment each; a span's exps stay within about 32 KB).
-    constexpr int64_t kSpan = 16, kSegs = 2;
+    constexpr int64_t kSpan = 16;
     int64_t span = kSpan;
     if (a.grad) {
       const int64_t fit = (int64_t(32) << 10) / (V * int64_t(sizeof(T)));
       span = fit < 1 ? 1 : fit < kSpan ? fit : kSpan;
     }
+    // Streamed gradient rows back to back (S == T): the span's rows go into an L1 buffer and
+    // out as one stretch (below); filled rows too, so they are not written twice.
+    bool staged = false;
+    if constexpr (std::is_same_v<S, T>) staged = a.grad && stream && a.lg.n2 == 1 && a.lg.s0 == V;
     parallel_row_spans<S>(a.lx.rows(), V * kExpWork, span, [&](int64_t r0, int64_t r1) {
       RowStats st[kSpan];
       double to[kSpan], xt[kSpan];
       bool done[kSpan];
       ExpRow<T> er[kSpan];
       T* e0 = a.grad ? scratch_row<T>(kSlotE, span * V) : nullptr;
-      int64_t* seg_end = a.grad ? scratch_row<int64_t>(kSlotSegEnd, span * kSegs) : nullptr;
-      double* seg_ref = a.grad ? scratch_row<double>(kSlotSegRef, span * kSegs) : nullptr;
+      int64_t* seg_end = a.grad ? scratch_row<int64_t>(kSlotSegEnd, span * kSpanSegs) : nullptr;
+      double* seg_ref = a.grad ? scratch_row<double>(kSlotSegRef, span * kSpanSegs) : nullptr;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
-        done[k] = no_target(r);
+        done[k] = no_target(r, !staged);
         if (done[k]) continue;
         const int64_t t = a.target[r];
         const S* x = read_row(a.x, a.lx, r, kSlotX);
         if (a.grad) {
           er[k].e = e0 + k * V;
-          er[k].seg_end = seg_end + k * kSegs;
-          er[k].seg_ref = seg_ref + k * kSegs;
+          er[k].seg_end = seg_end + k * kSpanSegs;
+          er[k].seg_ref = seg_ref + k * kSpanSegs;
         }
         st[k] = row_stats_pending<S, C>(x, V, coef, t, to[k], &er[k]);
         xt[k] = to_compute(x[t]);
@@ -862,11 +869,12 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
         if (done[k]) continue;
-        e[k] = row_end(r, a.target[r], to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], xt[k]);
+        e[k] = row_end(r, a.target[r], to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], xt[k],
+                       !staged);
       }
       if (!a.grad) return;
       if constexpr (std::is_same_v<S, T>) {
-        if (stream && a.lg.n2 == 1 && a.lg.s0 == V) {
+        if (staged) {
           // Streamed gradient rows back to back: the span's rows go into an L1 buffer, then
           // out as one stretch of streaming stores, so that only the stretch's partial first
           // and last lines take ordinary stores (row by row, the lines shared by two rows did,
@@ -880,7 +888,7 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
             const int64_t k = r - r0;
             if (!done[k] && !e[k].filled) {
               grad_row(r, a.target[r], e[k], er[k], nullptr, buf + k * V);
-            } else {  // (as no_target and row_end filled the row)
+            } else {  // (the fill no_target and row_end leave to the caller here)
               const T fill = done[k] && a.target[r] == a.ignore_index ? T(0) : T(kNaN);
               for (int64_t j = 0; j < V; ++j) buf[k * V + j] = fill;
             }

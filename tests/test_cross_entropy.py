@@ -579,13 +579,88 @@ def test_probability_targets_loss_in_spans(rng, restore_threads, C):
         np.testing.assert_array_equal(got[1], got[2])
         with np.errstate(invalid="ignore"):
             want = ref.cross_entropy(x, y, reduction="none", **kw)
-        # (atol: the row sum, about 1 for a confident row, is float32 partials, and log(sum)
-        # keeps its absolute error, about 6e-8, where log1p(sum - 1) would keep the relative)
-        keep = np.arange(rows) != 4  # (z-loss of an all -inf row: NaN here, inf there)
-        np.testing.assert_allclose(got[1][keep], want[keep], rtol=2e-6, atol=5e-7)
+        # (row 4: z-loss of an all -inf row: NaN here, inf there; row 7: the reference's
+        # log(sum) keeps an absolute error of about 1e-16, the kernels log1p(S'))
+        keep = ~np.isin(np.arange(rows), [4, 7])
+        np.testing.assert_allclose(got[1][keep], want[keep], rtol=2e-6)
         assert np.isnan(got[1][3])
         if "label_smoothing" not in kw and "z_loss" not in kw:  # (these give -inf logits mass)
             assert got[1][4] == 0.0 and np.isfinite(got[1][5])
+        if not kw:
+            x7 = x[7].astype(np.float64)
+            # (rtol: x_j - 80 rounds to float32, up to 4.8e-6 off in each exponent)
+            np.testing.assert_allclose(got[1][7], np.log1p(np.sum(np.exp(x7[1:] - 80.0))),
+                                       rtol=1e-5)
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 7, 8, 16, 17, 31, 40, 64, 70, 99, 100, 101])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16])
+def test_probability_targets_in_lanes(rng, restore_threads, C, dtype):
+    # Probability targets up to 100 classes go through a kernel with the rows in SIMD lanes
+    # (ce_probs_narrow; 101 classes: the row kernel). The loss and lse must be the same bits
+    # with and without the gradient, with 1 and 2 threads, with the class axis strided (rows
+    # in lanes) and with rows a padded stride apart; the gradient the same bits in place;
+    # everything near the reference. Rows: a NaN, all -inf with no target mass (loss 0,
+    # gradient 0), a masked class with no mass, +inf (NaN), a -inf logit with mass (loss inf),
+    # all logits equal, and a confident row whose loss is a hand value: log1p((C - 1) e^-30).
+    rows = max(53, 20000 // C + 5)
+    x = rng.normal(0.0, 3.0, (rows, C))
+    y = rng.random((rows, C))
+    y /= y.sum(axis=1, keepdims=True)
+    x[3, C // 2] = np.nan
+    x[4, :], y[4, :] = -np.inf, 0.0
+    x[5, -1], y[5, -1] = -np.inf, 0.0
+    y[5] /= max(y[5].sum(), 1e-300)
+    x[6, C // 3] = np.inf
+    x[7, :], x[7, 0], y[7, :], y[7, 0] = 0.0, 30.0, 0.0, 1.0
+    x[8, -1] = -np.inf  # (with target mass: -log p = inf)
+    x[9, :] = 1.5
+    x = x.astype(dtype)
+    y = y.astype(np.float64 if dtype == np.float64 else np.float32)
+    w = rng.uniform(0.5, 2.0, C)
+    bf16 = dtype == ml_dtypes.bfloat16
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}, {"z_loss": 1e-3}):
+        got = {}
+        for n in (1, 2):
+            fl.set_num_threads(n)
+            r = fl.cross_entropy(x, y, reduction="none", return_lse=True, **kw)
+            rg = fl.cross_entropy(x, y, reduction="none", return_lse=True, return_grad=True, **kw)
+            rt = fl.cross_entropy(x.T, y.T, axis=0, reduction="none", return_lse=True,
+                                  return_grad=True, **kw)
+            xp = np.zeros((rows, C + 3), dtype)[:, :C]
+            xp[...] = x
+            rp = fl.cross_entropy(xp, y, reduction="none", return_lse=True, return_grad=True,
+                                  **kw)
+            for q in (rg, rt, rp):
+                np.testing.assert_array_equal(q.loss, r.loss)
+                np.testing.assert_array_equal(q.lse, r.lse)
+            np.testing.assert_array_equal(rt.grad, rg.grad.T)
+            np.testing.assert_array_equal(rp.grad, rg.grad)
+            xi = x.copy()
+            fl.cross_entropy(xi, y, reduction="none", return_grad=True, grad_out=xi, **kw)
+            np.testing.assert_array_equal(xi, rg.grad)
+            got[n] = rg
+        np.testing.assert_array_equal(got[1].loss, got[2].loss)
+        np.testing.assert_array_equal(got[1].grad, got[2].grad)
+        loss, grad = got[1].loss.astype(np.float64), got[1].grad.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want, want_g = ref.cross_entropy(x, y, reduction="none", return_grad=True, **kw)
+        # (row 7: the reference's log(sum) keeps an absolute error of about 1e-16; row 4 (and
+        # row 5 of one class) with the z-loss: NaN here, inf there)
+        keep = ~np.isin(np.arange(rows), [4, 7] if C > 1 else [4, 5, 7])
+        np.testing.assert_allclose(loss[keep], want[keep], rtol=rtol, atol=0)
+        gtol = 2.0**-8 if bf16 else 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(grad[keep], want_g[keep], rtol=gtol, atol=gtol * 1e-2)
+        assert np.isnan(loss[3]) and np.isnan(grad[3]).all()
+        assert np.isnan(loss[6]) and np.isnan(grad[6]).all()
+        if C > 1:  # (label smoothing gives the masked class of row 5 mass: inf)
+            assert np.isfinite(loss[5]) == ("label_smoothing" not in kw)
+            assert np.isfinite(grad[5]).all() and loss[8] == np.inf and np.isfinite(grad[8]).all()
+        if not kw:
+            assert loss[4] == 0.0 and (grad[4] == 0.0).all()
+            np.testing.assert_allclose(loss[7], np.log1p((C - 1) * np.exp(-30.0)), rtol=rtol)
+            np.testing.assert_allclose(loss[9], np.log(C), rtol=rtol, atol=1e-15)
 
 
 @pytest.mark.parametrize("C", [5, 100, 300, 2049])

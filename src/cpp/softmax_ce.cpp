@@ -536,6 +536,19 @@ template <class S> double row_lse(const S* x, int64_t n) {
   return st.m + std::log(st.s);
 }
 
+// S' of a row: sum_j exp(x_j - m) without the row's first maximum m (the row maximum, an element
+// of the row exactly), relative to m, summed again: a sum that holds the maximum's own term 1
+// cannot resolve a rest below about 1.1e-16 (float64) or 6e-8 (float32 partials), so log(sum)
+// keeps that absolute error where log1p(S') keeps a relative one. -1 if no element equals m.
+template <class S> double sum_without_first_max(const S* x, int64_t n, double m) {
+  using T = compute_t<S>;
+  int64_t j = 0;
+  while (j < n && double(to_compute(x[j])) != m) ++j;
+  if (j == n) return -1.0;
+  return rebase(range_stats<S, Coef::kNone>(x, 0, n, {}, {}, static_cast<ExpRow<T>*>(nullptr), j),
+                m).s;
+}
+
 #include "softmax_narrow.hpp"
 
 // ---------------------------------------------------------------------------------------------
@@ -572,15 +585,8 @@ template <class S> void logsumexp_impl(const SoftmaxArgs<S>& a) {
         out = st.m + std::log(st.s);
         if (std::fabs(out) < 1.0) {
           // (read again: a strided row's tile may have moved on since)
-          const S* x = read_row(a.x, a.lx, r, kSlotX);
-          int64_t j = 0;  // the first maximum (st.m is the row maximum, rounded from T exactly)
-          while (j < V && double(to_compute(x[j])) != st.m) ++j;
-          if (j < V) {
-            const RowStats rest = rebase(
-                range_stats<S, Coef::kNone>(x, 0, V, {}, {}, static_cast<ExpRow<T>*>(nullptr), j),
-                st.m);
-            out = st.m + std::log1p(rest.s);
-          }
+          const double rest = sum_without_first_max(read_row(a.x, a.lx, r, kSlotX), V, st.m);
+          if (rest >= 0) out = st.m + std::log1p(rest);
         }
       }
       a.out[r] = from_compute<S>(T(out));
@@ -940,9 +946,12 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
     return coef;
   };
   // The loss (and lse) of row r from its statistics (final); false: the row is done (its
-  // loss 0 or NaN, its gradient filled), else its log-sum-exp in lse.
-  auto row_loss = [&](int64_t r, const RowStats& st, double& lse) {
-    if (a.lse) a.lse[r] = st.nan ? kNaN : std::isfinite(st.m) ? st.m + std::log(st.s) : st.m;
+  // loss 0 or NaN, its gradient filled), else its log-sum-exp in lse. row() gives the row's
+  // logits (as summed), read only for a confident row: where the sum is below 1.25 and the
+  // loss could be small (sum_j c_j (m - x_j) < c / 4, or the lse near 0 where it is used),
+  // log S = log1p(S') with S' summed again without the maximum (sum_without_first_max).
+  auto row_loss = [&](int64_t r, const RowStats& st, double& lse, auto&& row) {
+    if (a.lse && (st.nan || !std::isfinite(st.m))) a.lse[r] = st.nan ? kNaN : st.m;
     if (!st.nan && st.m == -kInf<double> && st.c == 0 && st.cd == 0 && z == 0) {
       // Logits all -inf and no target mass: every term is 0 log 0 = 0, so the loss is 0
       // for any logits, and so is its gradient (p is 0/0 here).
@@ -955,8 +964,13 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
       if (a.grad) fill_row(a.grad, a.lg, r, from_compute<S>(T(kNaN)));
       return false;
     }
-    const double log_sum = std::log(st.s);
+    double log_sum = std::log(st.s);
     lse = st.m + log_sum;
+    if (st.s < 1.25 && (st.cd < 0.25 * st.c || ((a.lse || z != 0) && std::fabs(lse) < 1.0))) {
+      const double rest = sum_without_first_max(row(), V, st.m);
+      if (rest >= 0) log_sum = std::log1p(rest), lse = st.m + log_sum;
+    }
+    if (a.lse) a.lse[r] = lse;
     a.loss[r] = st.cd + st.c * log_sum + z * lse * lse;
     return true;
   };
@@ -974,7 +988,8 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t k = r - r0;
         double lse;
-        row_loss(r, to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], lse);
+        row_loss(r, to[k] > st[k].m ? rebase(st[k], to[k]) : st[k], lse,
+                 [&] { return read_row(a.x, a.lx, r, kSlotX); });  // (read again if strided)
       }
     });
     return;
@@ -986,7 +1001,7 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
       ExpRow<T> er = exp_row<T>(V, a.grad != nullptr);
       const RowStats st = range_stats<R, C>(x, 0, V, coef, {}, &er);
       double lse;
-      if (!row_loss(r, st, lse) || !a.grad) return;
+      if (!row_loss(r, st, lse, [&] { return x; }) || !a.grad) return;
       S* gr = write_row(a.grad, a.lg, r);
       const double p_scale = g * (st.c + 2.0 * z * lse);
       if (dcap) {
@@ -1011,6 +1026,13 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
 template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
   const bool smooth = a.label_smoothing > 0.0;
   if (a.probs) {
+    if (a.lx.n1 <= kProbsNarrowMax && a.softcap == 0) {  // rows in SIMD lanes
+      if (a.weight)
+        ce_probs_narrow<S, Coef::kWProbs>(a);
+      else
+        ce_probs_narrow<S, Coef::kProbs>(a);
+      return;
+    }
     if (a.weight)
       ce_probs_rows<S, Coef::kWProbs>(a);
     else

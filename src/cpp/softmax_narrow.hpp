@@ -441,6 +441,113 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cross-entropy with probability targets (ce_probs_rows' formulas, c_j = w_j ((1 - eps) y_j +
+// eps / C)) for rows of at most kProbsNarrowMax classes, with the rows in SIMD lanes:
+//   loss  = sum_j c_j (m - x_j) + (sum_j c_j) log S + z lse^2,  lse = m + log S
+//   log S = log1p(S'),  S' = sum of exp(x_j - m) without the row's first maximum (exactly 1)
+//   grad  = (g (sum_j c_j + 2 z lse) / S) e_j - g c_j
+// log1p(S') keeps the small loss of a confident row accurate (the row kernel's log S, its sum
+// holding the maximum's 1, leaves an absolute error of about 6e-8 in float32). A row with NaN
+// or a non-finite maximum gives NaN (its gradient NaN), except an all -inf row without target
+// mass, which gives 0 (every term 0 log 0; its gradient 0), as the row kernel.
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kProbsNarrowMax = 100;
+
+template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, WD = vec_width<double>;
+  const int64_t n = a.lx.n1;
+  const double g = a.grad_scale, z = a.z_loss;
+  const bool grad = a.grad != nullptr;
+  const V ca = vset<T>(T(1.0 - a.label_smoothing)), cb = vset<T>(T(a.label_smoothing / double(n)));
+  parallel_row_blocks(a.lx.rows(), n * kExpWork, W, [&](int64_t r0, int nb) {
+    alignas(64) T xb[kProbsNarrowMax * W], yb[kProbsNarrowMax * W];
+    int64_t off[W] = {};
+    prefetch_block(a.x, a.lx, r0, W);
+    prefetch_block(a.probs, a.lp, r0, W);
+    if (grad) prefetch_block(a.grad, a.lg, r0, W);  // (written in place: its lines are read first)
+    load_block(a.x, a.lx, r0, nb, xb, off);
+    load_block(a.probs, a.lp, r0, nb, yb, off);
+    const LaneMax<T> mx = lane_max(xb, n, true);
+    const V m = mx.m;
+    LaneSum<T> se, scd, sc;
+    // class j: exp(x_j - m) (0 for the first maximum), c_j (m - x_j) (0 where c_j = 0, even
+    // at -inf) and c_j; with the gradient e_j and c_j replace x_j and y_j in the buffers
+    auto term = [&](int64_t j, V& pcd, V& pc) {
+      const V x = vload(xb + j * W), e = vexp_capped(x - m);
+      V c = ca * vload(yb + j * W) + cb;
+      if constexpr (C == Coef::kWProbs) c = vset<T>(a.weight[j]) * c;
+      if (grad) vstore(xb + j * W, e), vstore(yb + j * W, c);
+      pcd += vselect(c == V{}, V{}, c * (m - x));
+      pc += c;
+      return vselect(mx.first == vset<T>(T(j)), V{}, e);
+    };
+    // (compute-type partials of four classes, then the float64 lanes: docs/numerics.md)
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      V pcd{}, pc{};
+      const V e0 = term(j, pcd, pc), e1 = term(j + 1, pcd, pc);
+      const V e2 = term(j + 2, pcd, pc), e3 = term(j + 3, pcd, pc);
+      se.add((e0 + e1) + (e2 + e3));
+      scd.add(pcd);
+      sc.add(pc);
+    }
+    if (j < n) {
+      V pcd{}, pc{}, pe{};
+      for (; j < n; ++j) pe += term(j, pcd, pc);
+      se.add(pe);
+      scd.add(pcd);
+      sc.add(pc);
+    }
+    alignas(64) double sp[W], cd[W], cs[W], m64[W], nan64[W], ls[W], loss[W];
+    se.store(sp);
+    scd.store(cd);
+    sc.store(cs);
+    to_f64_lanes(m, m64);
+    to_f64_lanes(mx.nan_seen, nan64);
+    for (int k = 0; k < W; k += WD) {
+      const f64v md = vload(m64 + k), nk = vload(nan64 + k), c = vload(cs + k),
+                 d = vload(cd + k);
+      const f64v log_sum = log1p_of_sum<T>(vload(sp + k));
+      f64v l = d + c * log_sum;
+      if (z != 0) {
+        const f64v lse = md + log_sum;
+        l += z * lse * lse;
+      }
+      const auto bad = (nk != nk) | (md - md != md - md);
+      const auto empty = (nk == nk) & (md == -kInf<double>) & (c == 0.0) & (d == 0.0);
+      vstore(ls + k, log_sum);
+      vstore(loss + k, vselect(bad, vselect(empty, f64v{}, f64v{} + kNaN), l));
+    }
+    if (z != 0)  // (an all -inf row without target mass has a z-loss term NaN: NaN)
+      for (int b = 0; b < W; ++b)
+        if (m64[b] == -kInf<double> && nan64[b] == nan64[b]) loss[b] = kNaN;
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = loss[b];
+    if (a.lse)
+      for (int b = 0; b < nb; ++b)
+        a.lse[r0 + b] = nan64[b] != nan64[b]     ? kNaN
+                        : !std::isfinite(m64[b]) ? m64[b]
+                                                 : m64[b] + ls[b];
+    if (!grad) return;
+    alignas(64) T gs[W];
+    bool fill_row[W];
+    T fill[W];
+    for (int b = 0; b < W; ++b) {
+      const bool bad = nan64[b] != nan64[b] || !std::isfinite(m64[b]);
+      fill_row[b] = bad;
+      fill[b] = loss[b] == 0.0 ? T(0) : T(kNaN);
+      gs[b] = bad ? T(0) : T(g * (cs[b] + 2.0 * z * (m64[b] + ls[b])) / (1.0 + sp[b]));
+    }
+    const V vgs = vload(gs), vg = vset<T>(T(g));
+    for (int64_t i = 0; i < n; ++i)
+      vstore(xb + i * W, vgs * vload(xb + i * W) - vg * vload(yb + i * W));
+    row_offsets(a.lg, r0, nb, off);
+    scatter_lanes(a.grad, a.lg, off, nb, xb, fill_row, fill);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Two classes (binary softmax), contiguous (N, 2) logits and gradient, no label smoothing,
 // z-loss or focal term: with z = x_other - x_t the loss is
 //   -log p_t = softplus(z) = max(z, 0) + log1p(exp(-|z|))

@@ -907,6 +907,14 @@ template <class S, int N> inline void prefetch_small_block(const S* x, const Lay
   }
 }
 
+// f(std::integral_constant<int, n>{}) for a class count n from N to Hi.
+template <int N, int Hi, class F> void with_class_count_to(int64_t n, F&& f) {
+  if constexpr (N < Hi) {
+    if (n != N) return with_class_count_to<N + 1, Hi>(n, f);
+  }
+  f(std::integral_constant<int, N>{});
+}
+
 // f(std::integral_constant<int, n>{}) for a class count n from N to kSmallMaxClasses.
 template <int N, class F> void with_class_count_up_to_16(int64_t n, F&& f) {
   if constexpr (N < kSmallMaxClasses) {

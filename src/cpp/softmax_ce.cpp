@@ -1024,6 +1024,14 @@ template <class S, Coef C> void ce_probs_rows(const CrossEntropyArgs<S>& a) {
 template <class S> void cross_entropy_impl(const CrossEntropyArgs<S>& a) {
   const bool smooth = a.label_smoothing > 0.0;
   if (a.probs) {
+    if (a.lx.n1 >= 2 && a.lx.n1 <= kProbsSmallMax && a.softcap == 0) {  // in registers
+      return with_class_count_to<2, kProbsSmallMax>(a.lx.n1, [&](auto kN) {
+        if (a.weight)
+          ce_probs_small<S, Coef::kWProbs, decltype(kN)::value>(a);
+        else
+          ce_probs_small<S, Coef::kProbs, decltype(kN)::value>(a);
+      });
+    }
     if (a.lx.n1 <= kProbsNarrowMax && a.softcap == 0) {  // rows in SIMD lanes
       if (a.weight)
         ce_probs_narrow<S, Coef::kWProbs>(a);

@@ -453,6 +453,49 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kProbsNarrowMax = 100;
 
+// The sums of ce_probs_narrow and ce_probs_small over n classes: term(j, pcd, pc) gives class
+// j's exp (0 for the first maximum) and adds c_j (m - x_j) and c_j to pcd and pc. Compute-type
+// partials of four classes, then the float64 lanes (docs/numerics.md).
+template <class T, class Term>
+__attribute__((always_inline)) inline void probs_lane_sums(int64_t n, Term&& term, LaneSum<T>& se,
+                                                           LaneSum<T>& scd, LaneSum<T>& sc) {
+  using V = vec_t<T>;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    V pcd{}, pc{};
+    const V e0 = term(j, pcd, pc), e1 = term(j + 1, pcd, pc);
+    const V e2 = term(j + 2, pcd, pc), e3 = term(j + 3, pcd, pc);
+    se.add((e0 + e1) + (e2 + e3));
+    scd.add(pcd);
+    sc.add(pc);
+  }
+  if (j < n) {
+    V pcd{}, pc{}, pe{};
+    for (; j < n; ++j) pe += term(j, pcd, pc);
+    se.add(pe);
+    scd.add(pcd);
+    sc.add(pc);
+  }
+}
+
+// The loss of float64 lanes of rows from their maximum md, NaN flag nk and sums (S' in sp,
+// c_j (m - x_j) in cd, c_j in cs), and log S in log_sum: NaN for a row with NaN or a
+// non-finite maximum, except an all -inf row without target mass (0; NaN with a z-loss term).
+template <class T>
+__attribute__((always_inline)) inline f64v probs_lane_loss(f64v md, f64v nk, f64v sp, f64v cd,
+                                                           f64v cs, double z, f64v& log_sum) {
+  log_sum = log1p_of_sum<T>(sp);
+  f64v l = cd + cs * log_sum;
+  if (z != 0) {
+    const f64v lse = md + log_sum;
+    l += z * lse * lse;
+  }
+  const auto bad = (nk != nk) | (md - md != md - md);
+  const auto empty = (nk == nk) & (md == -kInf<double>) & (cs == 0.0) & (cd == 0.0);
+  const f64v bad_loss = z == 0 ? vselect(empty, f64v{}, f64v{} + kNaN) : f64v{} + kNaN;
+  return vselect(bad, bad_loss, l);
+}
+
 template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
@@ -483,23 +526,7 @@ template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
       pc += c;
       return vselect(mx.first == vset<T>(T(j)), V{}, e);
     };
-    // (compute-type partials of four classes, then the float64 lanes: docs/numerics.md)
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-      V pcd{}, pc{};
-      const V e0 = term(j, pcd, pc), e1 = term(j + 1, pcd, pc);
-      const V e2 = term(j + 2, pcd, pc), e3 = term(j + 3, pcd, pc);
-      se.add((e0 + e1) + (e2 + e3));
-      scd.add(pcd);
-      sc.add(pc);
-    }
-    if (j < n) {
-      V pcd{}, pc{}, pe{};
-      for (; j < n; ++j) pe += term(j, pcd, pc);
-      se.add(pe);
-      scd.add(pcd);
-      sc.add(pc);
-    }
+    probs_lane_sums<T>(n, term, se, scd, sc);
     alignas(64) double sp[W], cd[W], cs[W], m64[W], nan64[W], ls[W], loss[W];
     se.store(sp);
     scd.store(cd);
@@ -507,20 +534,10 @@ template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
     to_f64_lanes(m, m64);
     to_f64_lanes(mx.nan_seen, nan64);
     for (int k = 0; k < W; k += WD) {
-      const f64v md = vload(m64 + k), nk = vload(nan64 + k), c = vload(cs + k),
-                 d = vload(cd + k);
-      const f64v log_sum = log1p_of_sum<T>(vload(sp + k));
-      f64v l = d + c * log_sum;
-      if (z != 0) {
-        const f64v lse = md + log_sum;
-        l += z * lse * lse;
-      }
-      const auto bad = (nk != nk) | (md - md != md - md);
-      const auto empty = (nk == nk) & (md == -kInf<double>) & (c == 0.0) & (d == 0.0);
-      // (an all -inf row without target mass: 0, NaN with a z-loss term)
-      const f64v bad_loss = z == 0 ? vselect(empty, f64v{}, f64v{} + kNaN) : f64v{} + kNaN;
+      f64v log_sum;
+      vstore(loss + k, probs_lane_loss<T>(vload(m64 + k), vload(nan64 + k), vload(sp + k),
+                                          vload(cd + k), vload(cs + k), z, log_sum));
       vstore(ls + k, log_sum);
-      vstore(loss + k, vselect(bad, bad_loss, l));
     }
     for (int b = 0; b < nb; ++b) a.loss[r0 + b] = loss[b];
     if (a.lse)
@@ -591,38 +608,11 @@ template <class S, Coef C, int N> void ce_probs_small(const CrossEntropyArgs<S>&
       pc += c[j];
       return vselect(first == vset<T>(T(j)), V{}, e[j]);
     };
-    int j = 0;
-    for (; j + 4 <= N; j += 4) {
-      V pcd{}, pc{};
-      const V e0 = term(j, pcd, pc), e1 = term(j + 1, pcd, pc);
-      const V e2 = term(j + 2, pcd, pc), e3 = term(j + 3, pcd, pc);
-      se.add((e0 + e1) + (e2 + e3));
-      scd.add(pcd);
-      sc.add(pc);
-    }
-    if (j < N) {
-      V pcd{}, pc{}, pe{};
-      for (; j < N; ++j) pe += term(j, pcd, pc);
-      se.add(pe);
-      scd.add(pcd);
-      sc.add(pc);
-    }
+    probs_lane_sums<T>(N, term, se, scd, sc);
     f64v m64[K], nan64[K], ls[K], loss[K];
     f64_lanes(m, m64), f64_lanes(nan_seen, nan64);
     for (int k = 0; k < K; ++k) {
-      const f64v md = m64[k], nk = nan64[k], cs = sc.v[k], d = scd.v[k];
-      const f64v log_sum = log1p_of_sum<T>(se.v[k]);
-      f64v l = d + cs * log_sum;
-      if (z != 0) {
-        const f64v lse = md + log_sum;
-        l += z * lse * lse;
-      }
-      const auto bad = (nk != nk) | (md - md != md - md);
-      const auto empty = (nk == nk) & (md == -kInf<double>) & (cs == 0.0) & (d == 0.0);
-      ls[k] = log_sum;
-      // (an all -inf row without target mass: 0, NaN with a z-loss term)
-      const f64v bad_loss = z == 0 ? vselect(empty, f64v{}, f64v{} + kNaN) : f64v{} + kNaN;
-      loss[k] = vselect(bad, bad_loss, l);
+      loss[k] = probs_lane_loss<T>(m64[k], nan64[k], se.v[k], scd.v[k], sc.v[k], z, ls[k]);
     }
     alignas(64) double lb[W], mb[W], nb64[W], lsb[W];
     for (int k = 0; k < K; ++k) {

@@ -91,3 +91,53 @@ def bench_torch(benchmark, record, ce_case, grad):
 
     benchmark(run)
     record(x.nbytes, x.nbytes if grad else 0)
+
+
+PROB_CLASSES = [2, 10, 100, 1000]
+
+
+@pytest.fixture(scope="module")
+def prob_cases():
+    """Probability targets: 2^24 float32 logits of N(0, 3^2) a point, and rows of random class
+    probabilities of the same shape."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for c in PROB_CLASSES:
+        x = rng.normal(0.0, 3.0, ((1 << 24) // c, c)).astype(np.float32)
+        y = rng.random(x.shape, dtype=np.float32)
+        y /= y.sum(axis=1, keepdims=True)
+        out[c] = x, y
+    return out
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["loss", "loss_grad"])
+@pytest.mark.parametrize("classes", PROB_CLASSES)
+@pytest.mark.parametrize("library", ["fastloss", "torch"])
+def bench_probability_targets(benchmark, record, prob_cases, library, classes, grad):
+    """Cross-entropy with probability targets (soft labels, distillation): up to 100 classes
+    the rows in SIMD lanes, over 100 a row at a time."""
+    x, y = prob_cases[classes]
+    benchmark.group = f"probability targets, {classes} classes, {'loss+grad' if grad else 'loss'}"
+    if library == "fastloss":
+        g = np.empty_like(x)
+        if grad:
+            benchmark(fl.cross_entropy, x, y, return_grad=True, grad_out=g)
+        else:
+            benchmark(fl.cross_entropy, x, y)
+    else:
+        torch = pytest.importorskip("torch")
+        import torch.nn.functional as F
+
+        torch.set_num_threads(fl.get_num_threads())
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def run():
+            if not grad:
+                with torch.no_grad():
+                    return F.cross_entropy(xt, yt)
+            xg = xt.detach().requires_grad_(True)
+            F.cross_entropy(xg, yt).backward()
+            return xg.grad
+
+        benchmark.pedantic(run, rounds=3)
+    record(x.nbytes + y.nbytes, x.nbytes if grad else 0)

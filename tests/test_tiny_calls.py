@@ -337,6 +337,31 @@ def test_class_rows_errors_and_declines(rng, fn):
             _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 257)])
+def test_cross_entropy_probability_targets_fast_equals_general(rng, fast_only, dtype, shape):
+    # Probability targets of the logits' dtype and shape take the fast path too (strided
+    # logits and targets as well); other target dtypes and bad shapes the general path.
+    x = rng.normal(0, 3, shape).astype(dtype)
+    y = rng.random(shape).astype(dtype)
+    y /= y.sum(axis=1, keepdims=True)
+    flip = (lambda a: a[:, ::-1]) if shape[1] > 1 else (lambda a: a)
+    for v, p in [(x, y), (flip(x), y), (x, flip(y))]:
+        for reduction in ("mean", "sum", "none"):
+            for grad in (False, True):
+                kw = dict(reduction=reduction, return_grad=grad)
+                with fast_only():
+                    fast = fl.cross_entropy(v, p, **kw)
+                assert _core.class_rows_small(0, v, p, -100, reduction, grad, 0.0) is not None
+                _same(fast, fl.cross_entropy(_g(v), p, **kw))
+                _same(fast, fl.cross_entropy(v, p, axis=1, ignore_index=3, **kw))
+    other = np.float64 if dtype == np.float32 else np.float32
+    for args in [(x, y.astype(other)), (x, y[:, :-1]), (x, y[:-1]), (x, y[None])]:
+        assert _core.class_rows_small(0, *args, -100, "mean", False, 0.0) is None
+        for grad in (False, True):
+            _same_outcome(fl.cross_entropy, args, (_g(args[0]), args[1]), return_grad=grad)
+
+
 def test_cross_entropy_grad_matches_reference(rng):
     from fastloss import reference
     x = rng.normal(0, 3, (32, 10))

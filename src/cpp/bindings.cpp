@@ -530,7 +530,8 @@ py::object small_rows_result(const std::vector<double>& per_row, int red, double
 // without class weights: the loss ("mean", "sum" as a NumPy scalar, "none" as an (N,) array)
 // and with return_grad the gradient, as the public function returns them; None where the
 // general path applies (anything else, a target out of range, an empty or large batch, an
-// ignore_index outside int64).
+// ignore_index outside int64). cross_entropy also takes probability targets: (N, C) of the
+// logits' dtype (ignore_index unused, the mean over all N rows).
 py::object class_rows_small(int kind, py::handle logits, py::handle target,
                             py::handle ignore_index_, py::handle reduction,
                             py::handle return_grad, double p0) {
@@ -547,15 +548,18 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   if (overflow) return py::none();
   const auto x = py::reinterpret_borrow<py::array>(logits);
   const auto t = py::reinterpret_borrow<py::array>(target);
-  if (x.ndim() != 2 || t.ndim() != 1 || !plain_float(x) || !plain_dtype(t, 'i', 8) ||
-      t.strides(0) != 8)
+  if (x.ndim() != 2 || !plain_float(x)) return py::none();
+  const bool probs = kind == 0 && t.ndim() == 2 && plain_float(t) &&
+                     t.dtype().itemsize() == x.dtype().itemsize();
+  if (!probs && (t.ndim() != 1 || !plain_dtype(t, 'i', 8) || t.strides(0) != 8))
     return py::none();
   const int64_t n = x.shape(0), C = x.shape(1);
   // (large calls: the general path, whose checks and reduction run over all cores)
-  if (t.shape(0) != n || n == 0 || C == 0 || n > kSmallRows) return py::none();
-  const int64_t* tp = static_cast<const int64_t*>(t.data());
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  if (t.shape(0) != n || (probs && t.shape(1) != C) || n == 0 || C == 0 || n > kSmallRows)
+    return py::none();
+  const int64_t* tp = probs ? nullptr : static_cast<const int64_t*>(t.data());
+  int64_t count = probs ? n : 0;
+  for (int64_t i = 0; i < n && !probs; ++i) {
     const int64_t v = tp[i];
     if (v == ignore_index && !margin) continue;
     if (v < 0 || v >= C) return py::none();  // the general path names the bad index
@@ -585,6 +589,11 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
         CrossEntropyArgs<S> a;
         a.x = static_cast<const S*>(x.data()), a.lx = lx;
         a.target = tp, a.ignore_index = ignore_index, a.grad_scale = scale;
+        if (probs) {
+          a.probs = static_cast<const S*>(t.data());
+          a.lp.n0 = n, a.lp.n1 = C, a.lp.n2 = 1, a.lp.s2 = 1;
+          a.lp.s0 = t.strides(0) / ssize_t(sizeof(S)), a.lp.s1 = t.strides(1) / ssize_t(sizeof(S));
+        }
         a.loss = per_row.data();
         if (grad) a.grad = gp, a.lg = lg;
         if (kind == 2) a.focal = true, a.focal_gamma = p0;

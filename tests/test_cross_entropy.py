@@ -417,8 +417,9 @@ def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
     # Rows of 300 and 1000 float32 classes start part-way into a cache line. The same rows in
     # calls of under 32 MB (ordinary stores) must give the same bits: the loss with the
     # gradient for plain, weighted and smoothed cross-entropy (targets in every vector
-    # position, ignored rows, NaN rows), and softmax. (Up to 400 classes a span of rows is
-    # staged in L1 and streamed out as one stretch.)
+    # position, ignored rows, NaN rows), and softmax. (Up to 1024 classes a span of rows is
+    # staged in L1 and streamed out as one stretch, into a gradient the caller gives (grad_out);
+    # into one the call allocates (fresh pages), row by row: both are checked.)
     item = np.dtype(dtype).itemsize
     for C in (300, 1000):
         rows = (33 << 20) // (C * item) + 3
@@ -430,8 +431,13 @@ def test_streamed_gradient_same_as_small_calls(rng, isa, dtype):
         x[3::101, C // 2] = np.nan
         w = rng.uniform(0.5, 2.0, C)
         parts = np.array_split(np.arange(rows), 5)
+        g_out = np.ones_like(x)  # (pages touched: the staged spans)
         for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}):
             loss, grad = fl.cross_entropy(x, t, reduction="none", return_grad=True, **kw)
+            l_out, _ = fl.cross_entropy(x, t, reduction="none", return_grad=True, grad_out=g_out,
+                                        **kw)
+            np.testing.assert_array_equal(l_out, loss)
+            np.testing.assert_array_equal(g_out, grad)
             for p in parts:
                 lp, gp = fl.cross_entropy(x[p], t[p], reduction="none", return_grad=True, **kw)
                 np.testing.assert_array_equal(loss[p], lp)

@@ -23,6 +23,9 @@ def cross_entropy(
     softcap: float = ...,
     focal: bool = ...,
     focal_gamma: float = ...,
+    lse: Optional[np.ndarray] = ...,
+    correct: Optional[np.ndarray] = ...,
+    grad_fresh: bool = ...,
 ) -> None: ...
 def nll_loss(
     log_probs: np.ndarray,

@@ -296,9 +296,11 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     args = (w, ignore_index, eps, scale)
     opts = (z, cap, focal, float(focal_gamma) if focal else 0.0)
     gcore = grad.core if grad else None
+    fresh = grad is not None and grad.temp is not None  # (a hint for the core: untouched pages)
     if reduction == "none" or n_rows <= _CHUNK_ROWS:
         per_row = row_losses(n_rows, reduction)
-        _core.cross_entropy(x3, target_flat, probs3, *args, per_row, gcore, *opts, lse, correct)
+        _core.cross_entropy(x3, target_flat, probs3, *args, per_row, gcore, *opts, lse, correct,
+                            fresh)
         loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
     else:
         # A reduced loss over many rows: the rows in chunks along axis 0, each chunk's losses
@@ -318,7 +320,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
                 x3[o0:o1], None if target_flat is None else target_flat[r0:r1],
                 None if probs3 is None else probs3[o0:o1], *args, part,
                 None if gcore is None else gcore[o0:o1], *opts,
-                None if lse is None else lse[r0:r1], None if correct is None else correct[r0:r1])
+                None if lse is None else lse[r0:r1], None if correct is None else correct[r0:r1],
+                fresh)
             total += _core.sum_f64(part)  # (np.sum's order, over the cores)
         loss = reduce_total(total, reduction, denom, x.loss_dtype)
     g = grad.result() if want_grad else None

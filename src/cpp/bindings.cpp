@@ -65,7 +65,7 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
                       const OptArray& weight, int64_t ignore_index, double label_smoothing,
                       double grad_scale, py::array loss, OptArray grad, double z_loss,
                       double softcap, bool focal, double focal_gamma, OptArray lse,
-                      OptArray correct) {
+                      OptArray correct, bool grad_fresh) {
   by_dtype(x, [&](auto tag) {
     using S = decltype(tag);
     using T = compute_t<S>;
@@ -92,6 +92,7 @@ void cross_entropy_py(const py::array& x, const OptArray& target, const OptArray
     if (grad) {
       a.lg = layout3<S>(*grad, "grad");
       a.grad = mutable_ptr<S>(*grad);
+      a.grad_fresh = grad_fresh;
     }
     if (lse) {
       vector_ptr<double>(lse, rows, "lse");
@@ -595,7 +596,7 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
           a.lp.s0 = t.strides(0) / ssize_t(sizeof(S)), a.lp.s1 = t.strides(1) / ssize_t(sizeof(S));
         }
         a.loss = per_row.data();
-        if (grad) a.grad = gp, a.lg = lg;
+        if (grad) a.grad = gp, a.lg = lg, a.grad_fresh = true;
         if (kind == 2) a.focal = true, a.focal_gamma = p0;
         fastloss::cross_entropy(a);
       } else if (kind == 3) {
@@ -760,7 +761,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
         py::arg("grad_scale"), py::arg("loss"), py::arg("grad"), py::arg("z_loss") = 0.0,
         py::arg("softcap") = 0.0, py::arg("focal") = false, py::arg("focal_gamma") = 0.0,
-        py::arg("lse") = py::none(), py::arg("correct") = py::none());
+        py::arg("lse") = py::none(), py::arg("correct") = py::none(),
+        py::arg("grad_fresh") = false);
   m.def("nll_loss", &nll_loss_py, py::arg("log_probs"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Small-call fast paths (see there and bind_util.hpp): what the public function returns,

@@ -61,6 +61,7 @@ template <class S> struct CrossEntropyArgs {
   double* loss = nullptr;   // per-row loss (rows) contiguous, always written
   S* grad = nullptr;        // gradient with layout lg; or nullptr for loss only
   Layout3 lg;
+  bool grad_fresh = false;  // grad is a fresh allocation (pages not yet touched): a hint
   // Statistics from the same pass (return_lse, return_token_accuracy), (rows) contiguous:
   double* lse = nullptr;       // log-sum-exp of the (soft-capped) row, every row; or nullptr
   uint8_t* correct = nullptr;  // index targets: 1 where NumPy's argmax of the row is the

@@ -840,9 +840,12 @@ template <class S, Coef C> void ce_index_rows(const CrossEntropyArgs<S>& a, doub
   // Streamed gradient rows back to back (S == T) are staged (below) up to kStagedMaxClasses:
   // two threads, 50M float32 logits, against row by row, 0.76-0.86 the time at 500 classes,
   // 0.80 at 777, 0.82-0.94 at 1000 and 0.97 at 2000 into a preallocated gradient (float64 0.81
-  // and 0.92 at 500 and 1000; label smoothing 0.70 and 0.86), 1.07-1.14 into a fresh one.
+  // and 0.92 at 500 and 1000; label smoothing 0.70 and 0.86), but 1.07-1.14 into a fresh one
+  // (its pages are zeroed on first touch, which leaves the lines rows share in cache): not
+  // where the caller says the gradient is fresh (grad_fresh).
   bool staged = false;
-  if constexpr (std::is_same_v<S, T>) staged = a.grad && stream && a.lg.n2 == 1 && a.lg.s0 == V;
+  if constexpr (std::is_same_v<S, T>)
+    staged = a.grad && stream && !a.grad_fresh && a.lg.n2 == 1 && a.lg.s0 == V;
   if (a.softcap == 0 &&
       (!a.grad || V <= kSpanMaxClasses || (staged && V <= kStagedMaxClasses))) {
     // A span of rows' statistics first, then their exps and logs (see row_stats_pending),

@@ -384,12 +384,6 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
   const double tau = a.temperature;
   const V inv = vset<T>(T(1.0 / tau));
   const bool grad = a.grad != nullptr;
-  auto f64_lanes = [](V v, f64v* d) __attribute__((always_inline)) {
-    if constexpr (std::is_same_v<T, float>)
-      widen(v, d[0], d[1]);
-    else
-      d[0] = v;
-  };
   // The loss alone: each block leaves per row its three float64 sums (the teacher's NaN for a bad
   // row), and the divisions and logs are taken for a group of 8 blocks after them (loop
   // fission, as ce_index_small: the same operations, the same bits).
@@ -421,7 +415,7 @@ void kl_div_with_logits_small(const KlLogitsArgs<S>& a) {
       sum_d.add(vselect(et[j] == V{}, V{}, et[j] * (bt - as)));  // q_j = 0: 0, even at -inf
     }
     f64v m_s[K], m_t[K], n_s[K], n_t[K], out[K];
-    f64_lanes(ms, m_s), f64_lanes(mt, m_t), f64_lanes(nan_s, n_s), f64_lanes(nan_t, n_t);
+    lanes_f64<T>(ms, m_s), lanes_f64<T>(mt, m_t), lanes_f64<T>(nan_s, n_s), lanes_f64<T>(nan_t, n_t);
     for (int k = 0; k < K; ++k) {
       const f64v s_s = sum_s.v[k], s_t = sum_t.v[k], a_s = m_s[k], a_t = m_t[k];
       // NaN or +inf anywhere, or a row without any finite logit: NaN

@@ -605,6 +605,20 @@ template <class V> void to_f64_lanes(V v, double* out) {
   }
 }
 
+// The float64 lanes of a compute-type vector, and back (rounded to nearest).
+template <class T> __attribute__((always_inline)) inline void lanes_f64(vec_t<T> v, f64v* d) {
+  if constexpr (std::is_same_v<T, float>)
+    widen(v, d[0], d[1]);
+  else
+    d[0] = v;
+}
+template <class T> __attribute__((always_inline)) inline vec_t<T> lanes_from_f64(const f64v* d) {
+  if constexpr (std::is_same_v<T, float>)
+    return narrow(d[0], d[1]);
+  else
+    return d[0];
+}
+
 // Row statistics of a transposed block: per lane the maximum m, whether the row has a NaN,
 // and (with `first`) the class of the first maximum.
 template <class T> struct LaneMax {

@@ -578,12 +578,6 @@ template <class S, Coef C, int N> void ce_probs_small(const CrossEntropyArgs<S>&
   const double g = a.grad_scale, z = a.z_loss;
   const bool grad = a.grad != nullptr;
   const V ca = vset<T>(T(1.0 - a.label_smoothing)), cb = vset<T>(T(a.label_smoothing / double(N)));
-  auto f64_lanes = [](V v, f64v* d) __attribute__((always_inline)) {
-    if constexpr (std::is_same_v<T, float>)
-      widen(v, d[0], d[1]);
-    else
-      d[0] = v;
-  };
   parallel_row_blocks(a.lx.rows(), N * kExpWork, W, [&](int64_t r0, int nb) {
     prefetch_small_block<S, N>(a.x, a.lx, r0);
     prefetch_small_block<T, N>(a.probs, a.lp, r0);
@@ -610,7 +604,7 @@ template <class S, Coef C, int N> void ce_probs_small(const CrossEntropyArgs<S>&
     };
     probs_lane_sums<T>(N, term, se, scd, sc);
     f64v m64[K], nan64[K], ls[K], loss[K];
-    f64_lanes(m, m64), f64_lanes(nan_seen, nan64);
+    lanes_f64<T>(m, m64), lanes_f64<T>(nan_seen, nan64);
     for (int k = 0; k < K; ++k) {
       loss[k] = probs_lane_loss<T>(m64[k], nan64[k], se.v[k], scd.v[k], sc.v[k], z, ls[k]);
     }
@@ -1099,20 +1093,6 @@ __attribute__((always_inline)) inline void small_row_stats(const vec_t<T> x[N], 
     st.s.add((e0 + e1) + (e2 + e3));
   }
   for (; j < N; ++j) st.s.add(term(j));
-}
-
-// The float64 lanes of a compute-type vector, and back (rounded to nearest).
-template <class T> __attribute__((always_inline)) inline void lanes_f64(vec_t<T> v, f64v* d) {
-  if constexpr (std::is_same_v<T, float>)
-    widen(v, d[0], d[1]);
-  else
-    d[0] = v;
-}
-template <class T> __attribute__((always_inline)) inline vec_t<T> lanes_from_f64(const f64v* d) {
-  if constexpr (std::is_same_v<T, float>)
-    return narrow(d[0], d[1]);
-  else
-    return d[0];
 }
 
 // The rows [r, r + nb) of a softmax-family call as class vectors, and their statistics.

@@ -525,8 +525,8 @@ inline bool probs_row_empty(double md, double nk, double cs, double cd) {
 // fission, as ce_index_small: the same operations on the same values, so the same bits).
 // One thread, float32, in cache, against the logs in the block: AVX-512 the loss 0.68-0.79 the
 // time from 2 to 8 classes, 0.91-0.94 from 10 to 16, 0.97-0.99 from 32 to 100, with the
-// gradient (ce_probs_small only) 0.78-0.93; AVX2 the loss 0.56-0.78 from 2 to 10 classes, 0.96
-// at 100, with the gradient 0.65-0.75.
+// gradient 0.78-0.93 from 2 to 8 classes; AVX2 the loss 0.56-0.78 from 2 to 10 classes, 0.96
+// at 100, with the gradient 0.65-0.75 from 2 to 8 and 0.89-0.99 from 9 to 32.
 constexpr int64_t kProbsGroupBlocks = 8;
 
 template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
@@ -536,9 +536,10 @@ template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
   constexpr int64_t kGroupRows = kProbsGroupBlocks * W;
   const int64_t n = a.lx.n1;
   const double g = a.grad_scale, z = a.z_loss;
-  // (the logs deferred for the loss alone: with the gradient, deferring them measured 1.00 to
-  // 1.03 the time from 9 to 100 classes)
-  const bool grad = a.grad != nullptr, defer_logs = z == 0 && !a.lse && !grad;
+  // (with the gradient only up to 32 classes: against the logs in the block, one thread in
+  // cache, AVX2 0.89-0.99 the time from 9 to 32 classes but 0.97-1.01 at 64 and 100, AVX-512
+  // 0.96-1.00 up to 32 and 0.98-1.06 at 64 and 100)
+  const bool grad = a.grad != nullptr, defer_logs = z == 0 && !a.lse && (!grad || n <= 32);
   const V ca = vset<T>(T(1.0 - a.label_smoothing)), cb = vset<T>(T(a.label_smoothing / double(n)));
   auto block = [&](int64_t r0, int nb, double* defer) {
     alignas(64) T xb[kProbsNarrowMax * W], yb[kProbsNarrowMax * W];
@@ -570,33 +571,41 @@ template <class S, Coef C> void ce_probs_narrow(const CrossEntropyArgs<S>& a) {
       sc.store(defer + 4 * kGroupRows);
       to_f64_lanes(m, defer);
       to_f64_lanes(mx.nan_seen, defer + kGroupRows);
-      return;
+      if (!grad) return;
+      for (int b = 0; b < W; ++b) {  // (the gradient's values; z = 0: no log S in it)
+        m64[b] = defer[b], nan64[b] = defer[kGroupRows + b], sp[b] = defer[2 * kGroupRows + b];
+        cd[b] = defer[3 * kGroupRows + b], cs[b] = defer[4 * kGroupRows + b], ls[b] = 0.0;
+      }
+    } else {
+      se.store(sp);
+      scd.store(cd);
+      sc.store(cs);
+      to_f64_lanes(m, m64);
+      to_f64_lanes(mx.nan_seen, nan64);
+      for (int k = 0; k < W; k += WD) {
+        f64v log_sum;
+        vstore(loss + k, probs_lane_loss<T>(vload(m64 + k), vload(nan64 + k), vload(sp + k),
+                                            vload(cd + k), vload(cs + k), z, log_sum));
+        vstore(ls + k, log_sum);
+      }
+      for (int b = 0; b < nb; ++b) a.loss[r0 + b] = loss[b];
+      if (a.lse)
+        for (int b = 0; b < nb; ++b)
+          a.lse[r0 + b] = nan64[b] != nan64[b]     ? kNaN
+                          : !std::isfinite(m64[b]) ? m64[b]
+                                                   : m64[b] + ls[b];
+      if (!grad) return;
     }
-    se.store(sp);
-    scd.store(cd);
-    sc.store(cs);
-    to_f64_lanes(m, m64);
-    to_f64_lanes(mx.nan_seen, nan64);
-    for (int k = 0; k < W; k += WD) {
-      f64v log_sum;
-      vstore(loss + k, probs_lane_loss<T>(vload(m64 + k), vload(nan64 + k), vload(sp + k),
-                                          vload(cd + k), vload(cs + k), z, log_sum));
-      vstore(ls + k, log_sum);
-    }
-    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = loss[b];
-    if (a.lse)
-      for (int b = 0; b < nb; ++b)
-        a.lse[r0 + b] = nan64[b] != nan64[b]     ? kNaN
-                        : !std::isfinite(m64[b]) ? m64[b]
-                                                 : m64[b] + ls[b];
-    if (!grad) return;
     alignas(64) T gs[W];
     bool fill_row[W];
     T fill[W];
     for (int b = 0; b < W; ++b) {
       const bool bad = nan64[b] != nan64[b] || !std::isfinite(m64[b]);
       fill_row[b] = bad;
-      fill[b] = loss[b] == 0.0 ? T(0) : T(kNaN);
+      // (a bad row's loss: 0 for an empty row, else NaN)
+      const bool zero =
+          defer_logs ? probs_row_empty(m64[b], nan64[b], cs[b], cd[b]) : loss[b] == 0.0;
+      fill[b] = zero ? T(0) : T(kNaN);
       gs[b] = bad ? T(0) : T(g * (cs[b] + 2.0 * z * (m64[b] + ls[b])) / (1.0 + sp[b]));
     }
     const V vgs = vload(gs), vg = vset<T>(T(g));

@@ -286,12 +286,13 @@ def test_kl_div_with_logits_matches_reference(rng, shape, axis, T, reduction, dt
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kl_div_with_logits_deferred_logs_across_groups(rng, isa, dtype):
-    """The loss alone of 2 to 16 classes takes the float64 divisions and log of a group of 8
-    blocks after the blocks: several groups and a partial one, with NaN, +inf and all -inf rows
-    in every group, agree with the reference and, bit for bit, with the loss computed alongside
-    the gradient (in the block) and with a column-major copy's."""
+    """The lane kernels (up to 100 classes) take the float64 divisions and log of a group of 8
+    blocks after the blocks, with and without the gradient: several groups and a partial one,
+    with NaN, +inf and all -inf rows in every group, agree with the reference and, bit for bit,
+    with the loss computed alongside the gradient and with a column-major copy's; the
+    gradient is NaN in exactly the NaN rows and near the reference elsewhere."""
     rows = 2 * 128 + 8 * 16 + 37
-    for C in (2, 3, 4, 10, 16):
+    for C in (2, 3, 4, 10, 16, 17, 33, 100):
         s = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
         t = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
         for g in range(0, rows, 41):
@@ -302,9 +303,17 @@ def test_kl_div_with_logits_deferred_logs_across_groups(rng, isa, dtype):
             s[g + 4] += 1e4
         for T in (1.0, 2.0):
             loss = fl.kl_div_with_logits(s, t, temperature=T, reduction="none")
-            loss_g, _ = fl.kl_div_with_logits(s, t, temperature=T, reduction="none",
-                                              return_grad=True)
+            loss_g, grad = fl.kl_div_with_logits(s, t, temperature=T, reduction="none",
+                                                 return_grad=True)
             np.testing.assert_array_equal(loss, loss_g)
+            bad = np.isnan(loss)
+            assert np.isnan(grad[bad]).all() and not np.isnan(grad[~bad]).any()
+            with np.errstate(invalid="ignore", over="ignore"):
+                _, want_g = ref.kl_div_with_logits(s, t, temperature=T, reduction="none",
+                                                   return_grad=True)
+            np.testing.assert_allclose(grad[~bad], want_g[~bad],
+                                       rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                       atol=1e-6 if dtype == np.float32 else 1e-12)
             np.testing.assert_array_equal(
                 loss, fl.kl_div_with_logits(np.asfortranarray(s), t, temperature=T,
                                             reduction="none"))

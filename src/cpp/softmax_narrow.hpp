@@ -159,6 +159,23 @@ void finish_loss_group(const double* defer, double* loss, int64_t r0, int64_t n)
   deferred_logs<T, G>(defer, o, n);
   if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
 }
+// The same with label smoothing (no class weights): defer[2 G + i] holds the row's
+// sum_c (m - x_c) (0 for ignored rows), and the loss is the blocks' (1 - eps) (-log p_t) +
+// (eps / C) (sum_c (m - x_c) + C log S), operation for operation.
+template <class T, int64_t G>
+void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_t n, double eps,
+                           double eps_c, double Wsum) {
+  constexpr int WD = vec_width<double>;
+  alignas(64) double out[G];
+  double* o = n == G ? loss + r0 : out;
+  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) {
+    const f64v log_sum = log1p_of_sum<T>(vload(defer + G + i));
+    f64v l = (1.0 - eps) * ((vload(defer + i) + log_sum));
+    l += eps_c * (vload(defer + 2 * G + i) + Wsum * log_sum);
+    vstore(o + i, l);
+  }
+  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+}
 
 template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, double Wsum) {
   using T = compute_t<S>;
@@ -168,13 +185,15 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   const double eps = a.label_smoothing, g = a.grad_scale, z = a.z_loss, gamma = a.focal_gamma;
   const double eps_c = eps / double(n);
   const bool grad = a.grad != nullptr;
-  // The loss of plain cross-entropy (no weights, label smoothing, focal or z-loss term, lse),
-  // with or without the gradient (which needs no log): each block leaves its rows' m - x_t and
-  // log1p arguments in `defer`, and the float64 logs are taken for a group of kGroupRows rows
-  // at a time (as ce_index_small, which see). With the gradient, against the logs in the block
-  // (float32, one thread in cache): AVX-512 0.92-0.99 the time from 17 to 100 classes, AVX2
-  // 0.91-0.99; two threads over 50M logits (AVX-512) 0.91 at 17, 0.92 at 32, 0.98 at 100.
-  const bool defer_logs = C == Coef::kNone && !a.focal && z == 0 && !a.lse && !a.weight;
+  // The loss of cross-entropy without weights, focal or z-loss term or lse (plain, or with
+  // label smoothing: then also sum_c (m - x_c)), with or without the gradient (which needs no
+  // log): each block leaves its rows' m - x_t and log1p arguments in `defer`, and the float64
+  // logs are taken for a group of kGroupRows rows at a time (as ce_index_small, which see).
+  // Against the logs in the block (float32, one thread in cache): plain with the gradient,
+  // AVX-512 0.92-0.99 the time from 17 to 100 classes, AVX2 0.91-0.99 (two threads over 50M
+  // logits, AVX-512: 0.91 at 17, 0.92 at 32, 0.98 at 100); label smoothing, the loss, AVX-512
+  // 0.90-0.97 from 17 to 256, AVX2 0.82-0.97, with the gradient 0.98-1.02 and 0.90-1.00.
+  const bool defer_logs = C != Coef::kWeight && !a.focal && z == 0 && !a.lse && !a.weight;
   constexpr int64_t kGroupRows = 8 * W;
   auto block = [&](int64_t r0, int nb, double* defer) {
     alignas(64) T xb[kNarrowMaxClasses * W];
@@ -313,6 +332,8 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
         vstore(defer + k, vselect(ign != 0.0, f64v{}, vselect(bad, f64v{} + kNaN, md - x_t)));
         vstore(defer + kGroupRows + k,
                vselect(ign != 0.0, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
+        if constexpr (C == Coef::kOne)  // (label smoothing: finish_smoothed_group)
+          vstore(defer + 2 * kGroupRows + k, vselect(ign != 0.0, f64v{}, vload(cd + k)));
       }
       if (!grad) return;
     }
@@ -440,9 +461,13 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     scatter_lanes(a.grad, a.lg, goff, nb, xb, fill_row, fill);
   };
   parallel_row_groups(a.lx.rows(), n * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
-    alignas(64) double defer[2 * kGroupRows];
+    alignas(64) double defer[3 * kGroupRows];
     for (int64_t r = g0; r < g1; r += W) block(r, int(g1 - r < W ? g1 - r : W), defer + (r - g0));
-    if (defer_logs) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
+    if (!defer_logs) return;
+    if constexpr (C == Coef::kOne)
+      finish_smoothed_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0, eps, eps_c, Wsum);
+    else
+      finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
   });
 }
 
@@ -1010,7 +1035,7 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     constexpr bool kFocal = decltype(mode_tag)::value == kModeFocal;
     constexpr bool kSmooth = decltype(mode_tag)::value == kModeSmooth;
-    constexpr bool kDefer = !kFocal && !kSmooth;  // (those two need the log in the block)
+    constexpr bool kDefer = !kFocal;  // (the focal term needs the log in the block)
     // label smoothing: eps, eps / C, and the sum of the class coefficients (C)
     const double eps = kSmooth ? a.label_smoothing : 0.0, eps_c = eps / double(N);
     constexpr double Wsum = double(N);
@@ -1068,6 +1093,8 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         vstore(defer + k * WD, vselect(ign, f64v{}, vselect(bad, f64v{} + kNaN, md[k] - xt64[k])));
         vstore(defer + kGroupRows + k * WD,
                vselect(ign, f64v{}, vselect(t_max, s_ex, (s_ex - 1.0) + e_t)));
+        if constexpr (kSmooth)  // (label smoothing: finish_smoothed_group)
+          vstore(defer + 2 * kGroupRows + k * WD, vselect(ign, f64v{}, scd.v[k]));
       }
       ps[k] = f64v{} + g * ((1.0 - eps) * 1.0 + eps_c * Wsum);
       tc[k] = f64v{} + g * (1.0 - eps) * 1.0;
@@ -1123,7 +1150,8 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   };
   // Without the focal term: the float64 log1p of each row's sum (the loss's; the gradient does
   // not need it) is left out of the block and taken for a group of kGroupRows rows at a time
-  // (loop fission). A block is a long chain (loads, max, exp, sums, then the division and
+  // (loop fission; with label smoothing since it measured, one thread in cache, float32, 0.88
+  // the time at 3 classes and 0.98-1.0 at 10 and 16 on AVX-512, 0.94, 1.0 and 0.95 on AVX2). A block is a long chain (loads, max, exp, sums, then the division and
   // polynomial of the log) with too many operations for the out-of-order window to overlap the
   // next block's; the group's logs are short, independent iterations that it does overlap. The
   // same operations on the same values: the same bits.
@@ -1131,8 +1159,9 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
   auto run = [&](auto grad_tag, auto mode_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     constexpr bool kPlain = decltype(mode_tag)::value == kModePlain;
+    constexpr bool kSmooth = decltype(mode_tag)::value == kModeSmooth;
     parallel_row_groups(rows, N * kExpWork, W, kGroupRows, [&](int64_t g0, int64_t g1) {
-      alignas(64) double defer[2 * kGroupRows];
+      alignas(64) double defer[3 * kGroupRows];
       for (int64_t r = g0; r < g1; r += W) {
         // (4 blocks ahead, the targets and the gradient's lines too)
         prefetch_small_block<S, N>(a.x, a.lx, r);
@@ -1141,6 +1170,9 @@ template <class S, int N> void ce_index_small(const CrossEntropyArgs<S>& a) {
         block(r, int(g1 - r < W ? g1 - r : W), grad_tag, mode_tag, defer + (r - g0));
       }
       if constexpr (kPlain) finish_loss_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0);
+      if constexpr (kSmooth)
+        finish_smoothed_group<T, kGroupRows>(defer, a.loss, g0, g1 - g0, a.label_smoothing,
+                                             a.label_smoothing / double(N), double(N));
     });
   };
   auto with_mode = [&](auto grad_tag) {

@@ -170,7 +170,7 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
   double* o = n == G ? loss + r0 : out;
   for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) {
     const f64v log_sum = log1p_of_sum<T>(vload(defer + G + i));
-    f64v l = (1.0 - eps) * ((vload(defer + i) + log_sum));
+    f64v l = (1.0 - eps) * (vload(defer + i) + log_sum);
     l += eps_c * (vload(defer + 2 * G + i) + Wsum * log_sum);
     vstore(o + i, l);
   }

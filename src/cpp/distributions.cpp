@@ -385,15 +385,11 @@ constexpr int64_t kKlGroupBlocks = 8;
 
 template <int64_t G>
 void finish_kl_group(const double* defer, double* loss, int64_t r0, int64_t n, double tau) {
-  constexpr int WD = vec_width<double>;
-  alignas(64) double out[G];
-  double* o = n == G ? loss + r0 : out;
-  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) {
+  store_group_losses<G>(loss, r0, n, [&](int64_t i) {
     const f64v s_t = vload(defer + 2 * G + i);  // (NaN for a bad row)
     const f64v l = (tau * tau) * (vload(defer + i) / s_t + vlog(vload(defer + G + i) / s_t));
-    vstore(o + i, vselect(s_t != s_t, f64v{} + kNaN, l));
-  }
-  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+    return vselect(s_t != s_t, f64v{} + kNaN, l);
+  });
 }
 
 // kl_div_with_logits of 2 to 16 classes, any layout and input type: kl_div_with_logits_narrow's

@@ -485,6 +485,20 @@ template <class Fn> void parallel_row_blocks(int64_t rows, int64_t row_work, int
   parallel_row_groups(rows, row_work, B, B, [&](int64_t r, int64_t end) { fn(r, int(end - r)); });
 }
 
+// The per-row losses of a group of n <= G rows from row r0, taken after the group's blocks
+// (the deferred logs of the lane kernels): f(i) gives the float64 vector of rows r0 + i ..
+// r0 + i + WD - 1, for i < n rounded up to whole vectors; stored straight into loss for a
+// whole group, else through a buffer whose lanes past n are dropped.
+template <int64_t G, class F>
+__attribute__((always_inline)) inline void store_group_losses(double* loss, int64_t r0, int64_t n,
+                                                              F&& f) {
+  constexpr int WD = vec_width<double>;
+  alignas(64) double out[G];
+  double* o = n == G ? loss + r0 : out;
+  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) vstore(o + i, f(i));
+  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+}
+
 // Per-lane float64 sums of compute-type vectors (a float vector is widened to two halves).
 template <class T> struct LaneSum {
   static constexpr int K = vec_width<T> / vec_width<double>;

@@ -38,11 +38,15 @@ template <class T> inline f64v log1p_of_sum(f64v z) {
 // out[i] = defer[i] + log1p_of_sum(defer[G + i]) for i < n, rounded up to whole float64 vectors
 // (out and defer hold G and 2 G values).
 template <class T, int64_t G>
+__attribute__((always_inline)) inline f64v deferred_log(const double* defer, int64_t i) {
+  return vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i));
+}
+template <class T, int64_t G>
 __attribute__((always_inline)) inline void deferred_logs(const double* defer, double* out,
                                                          int64_t n) {
   constexpr int WD = vec_width<double>;
   for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD)
-    vstore(out + i, vload(defer + i) + log1p_of_sum<T>(vload(defer + G + i)));
+    vstore(out + i, deferred_log<T, G>(defer, i));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,10 +158,7 @@ template <class S> void softmax_narrow(const SoftmaxArgs<S>& a, bool log) {
 // the argument of log1p_of_sum (0 for ignored rows).
 template <class T, int64_t G>
 void finish_loss_group(const double* defer, double* loss, int64_t r0, int64_t n) {
-  alignas(64) double out[G];
-  double* o = n == G ? loss + r0 : out;
-  deferred_logs<T, G>(defer, o, n);
-  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+  store_group_losses<G>(loss, r0, n, [&](int64_t i) { return deferred_log<T, G>(defer, i); });
 }
 // The same with label smoothing (no class weights): defer[2 G + i] holds the row's
 // sum_c (m - x_c) (0 for ignored rows), and the loss is the blocks' (1 - eps) (-log p_t) +
@@ -165,16 +166,12 @@ void finish_loss_group(const double* defer, double* loss, int64_t r0, int64_t n)
 template <class T, int64_t G>
 void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_t n, double eps,
                            double eps_c, double Wsum) {
-  constexpr int WD = vec_width<double>;
-  alignas(64) double out[G];
-  double* o = n == G ? loss + r0 : out;
-  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) {
+  store_group_losses<G>(loss, r0, n, [&](int64_t i) {
     const f64v log_sum = log1p_of_sum<T>(vload(defer + G + i));
     f64v l = (1.0 - eps) * (vload(defer + i) + log_sum);
     l += eps_c * (vload(defer + 2 * G + i) + Wsum * log_sum);
-    vstore(o + i, l);
-  }
-  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+    return l;
+  });
 }
 
 template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, double Wsum) {
@@ -532,16 +529,11 @@ __attribute__((always_inline)) inline f64v probs_lane_loss(f64v md, f64v nk, f64
 // sum c_j; probs_lane_loss (without a z-loss term) on them, as the block would have taken it.
 template <class T, int64_t G>
 void finish_probs_group(const double* defer, double* loss, int64_t r0, int64_t n) {
-  constexpr int WD = vec_width<double>;
-  alignas(64) double out[G];
-  double* o = n == G ? loss + r0 : out;
-  for (int64_t i = 0; i < (n + WD - 1) / WD * WD; i += WD) {
+  store_group_losses<G>(loss, r0, n, [&](int64_t i) {
     f64v log_sum;
-    vstore(o + i, probs_lane_loss<T>(vload(defer + i), vload(defer + G + i),
-                                     vload(defer + 2 * G + i), vload(defer + 3 * G + i),
-                                     vload(defer + 4 * G + i), 0.0, log_sum));
-  }
-  if (o == out) std::memcpy(loss + r0, out, sizeof(double) * size_t(n));
+    return probs_lane_loss<T>(vload(defer + i), vload(defer + G + i), vload(defer + 2 * G + i),
+                              vload(defer + 3 * G + i), vload(defer + 4 * G + i), 0.0, log_sum);
+  });
 }
 
 // Whether a row that gives no gradient of its own (NaN, or a non-finite maximum) has loss 0 (an

@@ -690,6 +690,26 @@ def test_focal_where_the_probability_underflows(dtype, big, alpha, gamma):
         assert loss[0] == pytest.approx(alpha * 200 if alpha >= 0 else 200, rel=1e-7)
 
 
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bce_special_probability_leaves_its_neighbours_alone(isa, rng, labels, dtype):
+    # A vector of normal probabilities in (0, 1) takes a shorter form than one with a 0, a 1, a
+    # subnormal or a NaN in it (AVX2: the logs without their special cases); the two must give
+    # the other elements of the vector the same bits, loss and gradient.
+    n = 64
+    q = rng.uniform(1e-6, 1 - 1e-6, n).astype(dtype)
+    y = (rng.integers(0, 2, n) if labels == "hard" else rng.random(n)).astype(dtype)
+    clean, clean_g = fl.binary_cross_entropy(q, y, reduction="none", return_grad=True)
+    for value in (0.0, 1.0, 1e-40, np.nan):
+        for at in (0, 5, 13, 31, 63):
+            qs = q.copy()
+            qs[at] = value
+            loss, g = fl.binary_cross_entropy(qs, y, reduction="none", return_grad=True)
+            keep = np.arange(n) != at
+            np.testing.assert_array_equal(loss[keep], clean[keep], err_msg=f"{value} at {at}")
+            np.testing.assert_array_equal(g[keep], clean_g[keep], err_msg=f"{value} at {at}")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_bce_probabilities_exactly_0_and_1(dtype):
     q = np.array([0.0, 0.0, 1.0, 1.0, 0.0], dtype)

@@ -315,7 +315,8 @@ struct GeneralizedKl {
   FL_INLINE void operator()(V<T> x, V<T>, V<T> y, V<T>& l, V<T>& g, V<T>&, M<T>& bad) const {
     const V<T> zero{}, e = exp_any<T>(x);
     bad = M<T>(y < zero);
-    const V<T> kl = vselect(y == zero, zero, y * (vlog_table(y) - x));
+    const auto y0 = y == zero;
+    const V<T> kl = vselect(y0, zero, y * (vlog_nonzero(y, y0) - x));
     g = e - y;
     l = kl + g;
   }

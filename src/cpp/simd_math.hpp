@@ -615,9 +615,10 @@ FL_ALWAYS_INLINE void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
 //     relative accuracy).
 // Errors: exp about 1.5 ulp, log1p about 1 ulp (against 1 ulp for the generic forms).
 FL_ALWAYS_INLINE void exp_log1p_neg(f32v a, f32v& e, f32v& l1pe) {
-  const __m256 ma = __m256(a);
-  // min(126 ln 2, a): the constant first, so that a NaN a is what comes out
-  const __m256 ac = _mm256_min_ps(_mm256_set1_ps(87.3365447f), ma);
+  // (no clamp of a: where a > 126 ln 2, or +inf, the last step sets e to 0 whatever the steps
+  // before made of a; a NaN a comes out as NaN. One thread in cache, exp and log1p alone:
+  // 0.94 the time with the clamp.)
+  const __m256 ac = __m256(a), ma = ac;
   const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: round to nearest
   const __m256 t = _mm256_fmadd_ps(ac, _mm256_set1_ps(-11.5415603271117f), shifter);  // -8/ln2
   const __m256 n = _mm256_sub_ps(t, shifter);

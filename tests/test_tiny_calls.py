@@ -151,6 +151,78 @@ def test_elementwise_fast_equals_general(rng, fast_only, name, dtype, shape):
         assert _core.pointwise_fast(0, _g(ops[0]), ops[1], 0.0, 0.0, "mean", True) is None
 
 
+POINTWISE_KINDS = {"mse_loss": 0, "l1_loss": 1, "huber_loss": 2, "smooth_l1_loss": 3,
+                   "bce_with_logits": 4, "binary_cross_entropy": 5, "sigmoid_focal_loss": 6,
+                   "hinge_loss": 7, "hinge_loss_01": 7, "kl_div": 8, "kl_div_log_target": 8}
+
+
+@pytest.mark.parametrize("name", list(POINTWISE_KINDS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_pointwise_fast_with_grad_out(rng, fast_only, name, dtype, in_place):
+    # A preallocated gradient (a training loop's buffer) keeps the fast path: the same bits
+    # as the general path, returned in grad_out itself (also in place of the input, for the
+    # losses that do not check their input in the kernel)
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, (4, 33), dtype)
+    ops = [d[k] for k in keys]
+    checks = name.startswith(("binary_cross_entropy", "hinge", "kl_div"))
+    for reduction in _reductions(name):
+        kw2 = dict(kw, reduction=reduction, return_grad=True)
+        want = f(*[_g(a) for a in ops], **kw2)
+        x = ops[0].copy()
+        g = x if in_place else np.full_like(x, np.nan)
+        if in_place and checks:  # (the general path: a check may still fail after the writes)
+            got = f(x, *ops[1:], grad_out=g, **kw2)
+        else:
+            with fast_only():
+                got = f(x, *ops[1:], grad_out=g, **kw2)
+        assert got[1] is g
+        _same(got, want)
+    args = (POINTWISE_KINDS[name], ops[0], ops[1], float(name == "kl_div_log_target"), 0.0)
+    g = np.empty_like(ops[0])
+    assert _core.pointwise_fast(*args, "mean", True, g) is not None
+    assert _core.pointwise_fast(*args, "mean", True, None) is not None
+    # declined: return_grad False, another dtype or shape, a view, read-only, a subclass,
+    # overlapping the target, (checking kinds) overlapping the input
+    ro = np.empty_like(ops[0])
+    ro.flags.writeable = False
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.empty(ops[0].shape, other), np.empty((4, 34), dtype)[:, :33],
+                np.empty((33, 4), dtype).T, ro, _g(np.empty_like(ops[0])), ops[1], [0.0]):
+        assert _core.pointwise_fast(*args, "mean", True, bad) is None
+    assert _core.pointwise_fast(*args, "mean", False, g) is None
+    assert (_core.pointwise_fast(*args, "mean", True, ops[0]) is None) == checks
+
+
+@pytest.mark.parametrize("name", ["binary_cross_entropy", "hinge_loss", "kl_div"])
+def test_pointwise_fast_grad_out_invalid_input(rng, name):
+    # The kinds that check their input in the kernel write grad_out only after the check (a
+    # fresh gradient copied into it), so an invalid call raises as the general path does;
+    # calls over kSmallWork elements take the general path
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, (64,), np.float32)
+    ops = [d[k] for k in keys]
+    bad = ops[0].copy() if name == "binary_cross_entropy" else ops[0]
+    t = ops[1].copy()
+    if name == "binary_cross_entropy":
+        bad[3] = 1.5
+    elif name == "hinge_loss":
+        t[3] = 0.5
+    else:
+        t[3] = -0.25
+    g = np.empty_like(ops[0])
+    args = (POINTWISE_KINDS[name], bad, t, 0.0, 0.0, "sum", True, g)
+    g[:] = 7.0
+    assert _core.pointwise_fast(*args) is None
+    assert np.all(g == 7.0)  # (nothing written)
+    _same_outcome(f, (bad, t), (_g(bad), t), grad_out=g, return_grad=True, **kw)
+    big = np.resize(ops[0], 40000), np.resize(ops[1], 40000)
+    assert _core.pointwise_fast(POINTWISE_KINDS[name], *big, 0.0, 0.0, "sum", True,
+                                np.empty_like(big[0])) is None
+    assert _core.pointwise_fast(POINTWISE_KINDS[name], *big, 0.0, 0.0, "sum", True) is not None
+
+
 def test_elementwise_fast_matches_reference(rng):
     """Not only self-consistent: the fast path's numbers are the reference's."""
     from fastloss import reference

@@ -88,11 +88,13 @@ def pointwise(kind: str, input: Any, target: Any, *, input_name: str = "input",
               weight: Any = None, pos_weight: Any = None, p0: float = 0.0, p1: float = 0.0,
               reduction: str = "mean", return_grad: bool = False, grad_out: Any = None):
     """Run one pointwise loss (``kind`` is a key of KINDS) with the public arguments."""
-    if weight is None and pos_weight is None and grad_out is None:
-        # The common small call (ndarrays of one shape, float dtype and C order): checked and
-        # computed in one call into the core; None: the general path below, which also raises
-        # every user-facing error (the core writes only into arrays it creates).
-        r = _core.pointwise_fast(KINDS[kind], input, target, p0, p1, reduction, return_grad)
+    if weight is None and pos_weight is None:
+        # The common small call (ndarrays of one shape, float dtype and C order; a grad_out of
+        # that shape and dtype): checked and computed in one call into the core; None: the
+        # general path below, which also raises every user-facing error (the core writes into
+        # grad_out only once every check has passed).
+        r = _core.pointwise_fast(KINDS[kind], input, target, p0, p1, reduction, return_grad,
+                                 grad_out)
         if r is not None:
             return r
     x = float_input(input, input_name)

@@ -676,10 +676,13 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
 
 // The pointwise losses (kind as _core.pointwise), no weights: elementwise_fast (bind_util.hpp).
 py::object pointwise_fast(int kind, py::handle x, py::handle y, double p0, double p1,
-                          py::handle reduction, py::handle return_grad) {
+                          py::handle reduction, py::handle return_grad, py::handle grad_out) {
   if (kind < 0 || kind > int(PointwiseKind::kKlDiv))
     throw std::invalid_argument("_core: unknown pointwise kind");
   const FastMean rule = kind == int(PointwiseKind::kKlDiv) ? kMeanOrBatchMean : kMeanElements;
+  // (bce, hinge and kl_div check their inputs in the kernel)
+  const bool checks = kind == int(PointwiseKind::kBce) || kind == int(PointwiseKind::kHinge) ||
+                      kind == int(PointwiseKind::kKlDiv);
   return elementwise_fast({x, y}, 1, reduction, return_grad, rule, [&](auto& c, double& total) {
     using S = typename std::decay_t<decltype(c)>::type;
     PointwiseArgs<S> a;
@@ -690,7 +693,7 @@ py::object pointwise_fast(int kind, py::handle x, py::handle y, double p0, doubl
     // what the general path raises for (bce, kl_div: [2]; hinge: [2], or both -1 and 0)
     const int64_t* k = a.label_counts;
     return k[2] == 0 && !(a.kind == PointwiseKind::kHinge && k[0] && k[1]);
-  });
+  }, grad_out, checks);
 }
 
 // logsumexp (op 0), softmax (1), log_softmax (2) of a C-order float32/float64 ndarray (at least
@@ -769,7 +772,9 @@ PYBIND11_MODULE(_core, m) {
   // or None where its general path applies.
   m.def("class_rows_small", &class_rows_small);
   m.def("multilabel_margin_small", &multilabel_margin_small);
-  m.def("pointwise_fast", &pointwise_fast);
+  m.def("pointwise_fast", &pointwise_fast, py::arg("kind"), py::arg("x"), py::arg("y"),
+        py::arg("p0"), py::arg("p1"), py::arg("reduction"), py::arg("return_grad"),
+        py::arg("grad_out") = py::none());
   m.def("softmax_small", &softmax_small);
   m.def("sum_f64", &sum_f64, py::arg("a"));
   m.def("check_class_targets", &check_class_targets, py::arg("target"), py::arg("n_classes"),

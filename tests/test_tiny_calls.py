@@ -373,6 +373,52 @@ def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
                   f(_g(v), t_all, ignore_index=7, return_grad=grad))
 
 
+@pytest.mark.parametrize("fn", list(_CLASS_ROWS) + ["cross_entropy_probs"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_rows_fast_with_grad_out(rng, fast_only, fn, dtype):
+    # A preallocated gradient keeps the fast path: the general path's bits, returned in
+    # grad_out itself, also in place of C-order logits; other buffers take the general path
+    probs = fn == "cross_entropy_probs"
+    fn = "cross_entropy" if probs else fn
+    f, kind = getattr(fl, fn), _CLASS_ROWS[fn]
+    margin = fn == "multi_margin_loss"
+    x = rng.normal(0, 3, (32, 10)).astype(dtype)
+    if probs:
+        t = rng.random((32, 10)).astype(dtype)
+        t /= t.sum(axis=1, keepdims=True)
+    else:
+        t = rng.integers(0, 10, 32)
+        if not margin:
+            t[::5] = -100
+    for v in (x, x[:, ::-1]):
+        for reduction in ("mean", "sum", "none"):
+            want = f(_g(v), t, reduction=reduction, return_grad=True)
+            for in_place in (False, True):
+                if in_place and v is not x:
+                    continue
+                vv = v.copy() if in_place else v
+                g = vv if in_place else np.full(v.shape, np.nan, dtype)
+                with fast_only():
+                    got = f(vv, t, reduction=reduction, return_grad=True, grad_out=g)
+                assert got[1] is g
+                _same(got, want)
+    ii = None if margin else -100
+    assert _core.class_rows_small(kind, x, t, ii, "mean", True, 2.0, np.empty_like(x)) is not None
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.empty(x.shape, other), np.empty((32, 11), dtype)[:, :10],
+                np.empty((10, 32), dtype).T, np.empty((32, 9), dtype), ro,
+                _g(np.empty_like(x)), x[:, ::-1], [[0.0] * 10] * 32):
+        assert _core.class_rows_small(kind, x, t, ii, "mean", True, 2.0, bad) is None
+        assert _core.class_rows_small(kind, x[:, ::-1], t, ii, "mean", True, 2.0, x) is None
+    assert _core.class_rows_small(kind, x, t, ii, "mean", False, 2.0, np.empty_like(x)) is None
+    if probs:  # (the gradient in place of the targets: the general path)
+        assert _core.class_rows_small(kind, x, t, ii, "mean", True, 2.0, t) is None
+    with pytest.raises(ValueError, match="return_grad"):
+        f(x, t, grad_out=np.empty_like(x))
+
+
 @pytest.mark.parametrize("fn", list(_CLASS_ROWS))
 def test_class_rows_errors_and_declines(rng, fn):
     f = getattr(fl, fn)

@@ -165,7 +165,7 @@ def cross_entropy(
     >>> r.lse.round(4), float(r.token_accuracy)
     (array([2.417, 2.72 ]), 0.5)
     """
-    if (weight is None and softcap is None and normalizer is None and grad_out is None
+    if (weight is None and softcap is None and normalizer is None
             and type(axis) is int and axis in (-1, 1)
             and type(label_smoothing) is float and label_smoothing == 0.0
             and type(z_loss) is float and z_loss == 0.0
@@ -173,7 +173,8 @@ def cross_entropy(
         # The common small call (2-d logits, int64 targets), checked and computed in one call
         # into the core (None: the general path below, which also raises every user-facing
         # error).
-        r = _core.class_rows_small(0, logits, target, ignore_index, reduction, return_grad, 0.0)
+        r = _core.class_rows_small(0, logits, target, ignore_index, reduction, return_grad, 0.0,
+                                   grad_out)
         if r is not None:
             return r
     return _cross_entropy(logits, target, axis, weight, ignore_index, reduction,
@@ -375,10 +376,10 @@ def nll_loss(
     >>> float(fl.nll_loss(np.log([[0.7, 0.2, 0.1]]), [0]))  # -log(0.7)
     0.35667494393873245
     """
-    if weight is None and grad_out is None and type(axis) is int and axis in (-1, 1):
+    if weight is None and type(axis) is int and axis in (-1, 1):
         # the common small call (as cross_entropy's)
         r = _core.class_rows_small(1, log_probs, target, ignore_index, reduction, return_grad,
-                                   0.0)
+                                   0.0, grad_out)
         if r is not None:
             return r
     x, ax = _class_input(log_probs, "log_probs", axis)
@@ -445,11 +446,11 @@ def softmax_focal_loss(
     >>> float(fl.softmax_focal_loss([[0.0, 0.0]], [0]))  # 0.5**2 * ln 2
     0.17328679513998632
     """
-    if (alpha is None and grad_out is None and type(axis) is int and axis in (-1, 1)
+    if (alpha is None and type(axis) is int and axis in (-1, 1)
             and type(gamma) is float and 0.0 <= gamma < math.inf):
         # the common small call (as cross_entropy's)
         r = _core.class_rows_small(2, logits, target, ignore_index, reduction, return_grad,
-                                   gamma)
+                                   gamma, grad_out)
         if r is not None:
             return r
     g = check_real(gamma, "gamma", 0.0, math.inf)

@@ -146,9 +146,9 @@ def multi_margin_loss(
     array([[ 0.15,  0.2 ,  0.3 , -0.65]])
     """
     if (type(p) is int and p == 1 and type(margin) is float and margin == 1.0
-            and weight is None and grad_out is None):
+            and weight is None):
         # the common small call (2-d scores, int64 targets), as cross_entropy's
-        r = _core.class_rows_small(3, input, target, None, reduction, return_grad, 0.0)
+        r = _core.class_rows_small(3, input, target, None, reduction, return_grad, 0.0, grad_out)
         if r is not None:
             return r
     return_grad = check_grad_out_given(grad_out, return_grad)

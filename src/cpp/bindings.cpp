@@ -532,10 +532,13 @@ py::object small_rows_result(const std::vector<double>& per_row, int red, double
 // and with return_grad the gradient, as the public function returns them; None where the
 // general path applies (anything else, a target out of range, an empty or large batch, an
 // ignore_index outside int64). cross_entropy also takes probability targets: (N, C) of the
-// logits' dtype (ignore_index unused, the mean over all N rows).
+// logits' dtype (ignore_index unused, the mean over all N rows). grad_out (None: none): the
+// caller's gradient array, (N, C) of the logits' dtype, C order, writeable, sharing no memory
+// with the targets, and with the logits only as the logits themselves (C order: the gradient in
+// place), which the kernel writes (every check is made before) and which is returned.
 py::object class_rows_small(int kind, py::handle logits, py::handle target,
                             py::handle ignore_index_, py::handle reduction,
-                            py::handle return_grad, double p0) {
+                            py::handle return_grad, double p0, py::handle grad_out) {
   const int red = fast_reduction(reduction);
   const int grad = fast_flag(return_grad);
   const bool margin = kind == 3;
@@ -558,6 +561,31 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   // (large calls: the general path, whose checks and reduction run over all cores)
   if (t.shape(0) != n || (probs && t.shape(1) != C) || n == 0 || C == 0 || n > kSmallRows)
     return py::none();
+  const bool user_grad = !grad_out.is_none();
+  if (user_grad) {
+    if (grad != 1 || !exact_ndarray(grad_out)) return py::none();
+    const auto ga = py::reinterpret_borrow<py::array>(grad_out);
+    if (!plain_float(ga) || ga.dtype().itemsize() != x.dtype().itemsize() || ga.ndim() != 2 ||
+        ga.shape(0) != n || ga.shape(1) != C || !(ga.flags() & py::array::c_style) ||
+        !ga.writeable())
+      return py::none();
+    // (byte ranges: the targets' extent from their strides; the logits may be grad_out itself)
+    auto extent = [](const py::array& a, const char*& lo, const char*& hi) {
+      lo = hi = static_cast<const char*>(a.data());
+      for (ssize_t d = 0; d < a.ndim(); ++d) {
+        const ssize_t step = a.strides(d) * (a.shape(d) - 1);
+        (step < 0 ? lo : hi) += step;
+      }
+      hi += a.itemsize();
+    };
+    const char *g0, *g1, *a0, *a1;
+    extent(ga, g0, g1);
+    extent(t, a0, a1);
+    if (a0 < g1 && g0 < a1) return py::none();
+    extent(x, a0, a1);
+    const bool same = a0 == g0 && (x.flags() & py::array::c_style);
+    if (a0 < g1 && g0 < a1 && !same) return py::none();
+  }
   const int64_t* tp = probs ? nullptr : static_cast<const int64_t*>(t.data());
   int64_t count = probs ? n : 0;
   for (int64_t i = 0; i < n && !probs; ++i) {
@@ -580,9 +608,14 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
     S* gp = nullptr;
     Layout3 lg;
     if (grad) {
-      py::array_t<S> a(std::vector<ssize_t>{n, C});
-      gp = a.mutable_data();
-      g = std::move(a);
+      if (user_grad) {
+        gp = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
+        g = py::reinterpret_borrow<py::object>(grad_out);
+      } else {
+        py::array_t<S> a(std::vector<ssize_t>{n, C});
+        gp = a.mutable_data();
+        g = std::move(a);
+      }
       lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
     }
     auto call = [&] {
@@ -596,7 +629,7 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
           a.lp.s0 = t.strides(0) / ssize_t(sizeof(S)), a.lp.s1 = t.strides(1) / ssize_t(sizeof(S));
         }
         a.loss = per_row.data();
-        if (grad) a.grad = gp, a.lg = lg, a.grad_fresh = true;
+        if (grad) a.grad = gp, a.lg = lg, a.grad_fresh = !user_grad;
         if (kind == 2) a.focal = true, a.focal_gamma = p0;
         fastloss::cross_entropy(a);
       } else if (kind == 3) {
@@ -770,7 +803,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ignore_index"), py::arg("grad_scale"), py::arg("loss"), py::arg("grad"));
   // Small-call fast paths (see there and bind_util.hpp): what the public function returns,
   // or None where its general path applies.
-  m.def("class_rows_small", &class_rows_small);
+  m.def("class_rows_small", &class_rows_small, py::arg("kind"), py::arg("logits"),
+        py::arg("target"), py::arg("ignore_index"), py::arg("reduction"), py::arg("return_grad"),
+        py::arg("p0"), py::arg("grad_out") = py::none());
   m.def("multilabel_margin_small", &multilabel_margin_small);
   m.def("pointwise_fast", &pointwise_fast, py::arg("kind"), py::arg("x"), py::arg("y"),
         py::arg("p0"), py::arg("p1"), py::arg("reduction"), py::arg("return_grad"),

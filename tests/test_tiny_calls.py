@@ -223,6 +223,42 @@ def test_pointwise_fast_grad_out_invalid_input(rng, name):
     assert _core.pointwise_fast(POINTWISE_KINDS[name], *big, 0.0, 0.0, "sum", True) is not None
 
 
+PAIR_ONE_GRAD = ("poisson_nll_loss", "poisson_nll_rates", "hinge_embedding_loss",
+                 "soft_margin_loss", "log_cosh_loss", "generalized_kl_div")
+
+
+@pytest.mark.parametrize("name", PAIR_ONE_GRAD)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_pair_fast_with_grad_out(rng, fast_only, name, dtype, in_place):
+    # As the pointwise losses: grad_out keeps the fast path, bit for bit, returned itself; in
+    # place of the input only where the kernel checks nothing (soft_margin, log_cosh)
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, (4, 33), dtype)
+    ops = [d[k] for k in keys]
+    checks = name not in ("soft_margin_loss", "log_cosh_loss")
+    for reduction in _reductions(name):
+        kw2 = dict(kw, reduction=reduction, return_grad=True)
+        want = f(*[_g(a) for a in ops], **kw2)
+        x = ops[0].copy()
+        g = x if in_place else np.full_like(x, np.nan)
+        if in_place and checks:
+            got = f(x, *ops[1:], grad_out=g, **kw2)
+        else:
+            with fast_only():
+                got = f(x, *ops[1:], grad_out=g, **kw2)
+        assert got[1] is g
+        _same(got, want)
+    if name == "poisson_nll_rates":  # an invalid rate: nothing written, the general error
+        bad = ops[0].copy()
+        bad[1, 2] = -1.0
+        g = np.full_like(bad, 7.0)
+        assert _core.pairwise_fast(0, bad, None, ops[1], 1e-8, False, True, "sum", True, False,
+                                   g) is None
+        assert np.all(g == 7.0)
+        _same_outcome(f, (bad, ops[1]), (_g(bad), ops[1]), grad_out=g, return_grad=True, **kw)
+
+
 def test_elementwise_fast_matches_reference(rng):
     """Not only self-consistent: the fast path's numbers are the reference's."""
     from fastloss import reference

@@ -269,7 +269,7 @@ def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: b
     array([ 0., -1.])
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input)
+    fast = _plain(input)
     x = None if fast else float_input(input, "input")
     log_input = _check_bool(log_input, "log_input")
     full = _check_bool(full, "full")
@@ -279,7 +279,7 @@ def poisson_nll_loss(input: Any, target: Any, *, log_input: bool = True, full: b
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["poisson_nll"], input, None, target, e, log_input, full,
-                                reduction, return_grad, False)
+                                reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         x = float_input(input, "input")
@@ -598,13 +598,13 @@ def hinge_embedding_loss(input: Any, target: Any, *, margin: float = 1.0,
     array([0.3, 0.7, 0. ])
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input)
+    fast = _plain(input)
     x = None if fast else float_input(input, "input")
     m = _finite_margin(margin)
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["hinge_embedding"], input, None, target, m, True, False,
-                                reduction, return_grad, False)
+                                reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         x = float_input(input, "input")
@@ -659,12 +659,12 @@ def soft_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     0.346574
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input)
+    fast = _plain(input)
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["soft_margin"], input, None, target, 0.0, True, False,
-                                reduction, return_grad, False)
+                                reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         x = float_input(input, "input")
@@ -727,12 +727,12 @@ def log_cosh_loss(input: Any, target: Any, *, reduction: str = "mean",
     array([ 0.        ,  0.43378083, 99.30685282])
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input)
+    fast = _plain(input)
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["log_cosh"], input, None, target, 0.0, True, False,
-                                reduction, return_grad, False)
+                                reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         x = float_input(input, "input")
@@ -799,12 +799,12 @@ def generalized_kl_div(input: Any, target: Any, *, axis: Any = -1, reduction: st
     array([0.        , 0.69314718])
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input) and type(axis) is int and axis == -1
+    fast = _plain(input) and type(axis) is int and axis == -1
     x = None if fast else float_input(input, "input")
     reduction = check_reduction(reduction)
     if fast:  # (mean over the rows of the last axis; "none": the per-element losses)
         r = _core.pairwise_fast(KINDS["generalized_kl"], input, None, target, 0.0, True, False,
-                                reduction, return_grad, True)
+                                reduction, return_grad, True, grad_out)
         if r is not None:
             if reduction != "none":
                 return r

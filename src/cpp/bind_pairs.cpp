@@ -163,7 +163,7 @@ void triplet_margin_py(const py::array& anchor, const py::array& positive,
 // summed over that axis by the caller).
 py::object pairwise_fast(int kind, py::handle x, py::handle x2, py::handle y, double p0,
                          bool log_input, bool full, py::handle reduction,
-                         py::handle return_grad, bool rows_mean) {
+                         py::handle return_grad, bool rows_mean, py::handle grad_out) {
   if (kind < 0 || kind > int(PairKind::kGeneralizedKl))
     throw std::invalid_argument("_core: unknown pairwise kind");
   const bool two = kind == int(PairKind::kGaussianNll) || kind == int(PairKind::kMarginRanking);
@@ -181,8 +181,10 @@ py::object pairwise_fast(int kind, py::handle x, py::handle x2, py::handle y, do
     total = fastloss::pairwise(a);
     return a.n_bad == 0;  // (invalid operands: the general path raises, or ignores them)
   };
+  // (grad_out: the one-gradient kinds; soft_margin and log_cosh find no invalid input)
+  const bool checks = kind != int(PairKind::kSoftMargin) && kind != int(PairKind::kLogCosh);
   return two ? elementwise_fast({x, x2, y}, 2, reduction, return_grad, rule, run)
-             : elementwise_fast({x, y}, 1, reduction, return_grad, rule, run);
+             : elementwise_fast({x, y}, 1, reduction, return_grad, rule, run, grad_out, checks);
 }
 
 }  // namespace
@@ -198,7 +200,8 @@ void register_pairs(py::module_& m) {
   // Small-call fast path: what the public function returns, or None (bind_util.hpp).
   m.def("pairwise_fast", &pairwise_fast, py::arg("kind"), py::arg("x"), py::arg("x2"),
         py::arg("y"), py::arg("p0"), py::arg("log_input"), py::arg("full"),
-        py::arg("reduction"), py::arg("return_grad"), py::arg("rows_mean"));
+        py::arg("reduction"), py::arg("return_grad"), py::arg("rows_mean"),
+        py::arg("grad_out") = py::none());
   // multilabel_margin_loss: input (rows, C) any strides, target (rows, C) int64 C order,
   // per-row float64 losses into `loss`.
   m.def("multilabel_margin", &multilabel_margin_py, py::arg("input"), py::arg("target"),

@@ -156,6 +156,29 @@ POINTWISE_KINDS = {"mse_loss": 0, "l1_loss": 1, "huber_loss": 2, "smooth_l1_loss
                    "hinge_loss": 7, "hinge_loss_01": 7, "kl_div": 8, "kl_div_log_target": 8}
 
 
+def _check_grad_out(rng, fast_only, name, dtype, in_place, checks):
+    """An elementwise loss with grad_out (a fresh array, or the input itself): the general
+    path's bits, returned in grad_out itself, by the fast path (in place of the input, where
+    the kernel checks its input (checks), by the general path: a check may fail after the
+    writes). Returns the function, its operands and options."""
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, (4, 33), dtype)
+    ops = [d[k] for k in keys]
+    for reduction in _reductions(name):
+        kw2 = dict(kw, reduction=reduction, return_grad=True)
+        want = f(*[_g(a) for a in ops], **kw2)
+        x = ops[0].copy()
+        g = x if in_place else np.full_like(x, np.nan)
+        if in_place and checks:
+            got = f(x, *ops[1:], grad_out=g, **kw2)
+        else:
+            with fast_only():
+                got = f(x, *ops[1:], grad_out=g, **kw2)
+        assert got[1] is g
+        _same(got, want)
+    return f, ops, kw
+
+
 @pytest.mark.parametrize("name", list(POINTWISE_KINDS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("in_place", [False, True])
@@ -163,22 +186,8 @@ def test_pointwise_fast_with_grad_out(rng, fast_only, name, dtype, in_place):
     # A preallocated gradient (a training loop's buffer) keeps the fast path: the same bits
     # as the general path, returned in grad_out itself (also in place of the input, for the
     # losses that do not check their input in the kernel)
-    f, keys, kw = ELEMENTWISE[name]
-    d = _data(rng, (4, 33), dtype)
-    ops = [d[k] for k in keys]
     checks = name.startswith(("binary_cross_entropy", "hinge", "kl_div"))
-    for reduction in _reductions(name):
-        kw2 = dict(kw, reduction=reduction, return_grad=True)
-        want = f(*[_g(a) for a in ops], **kw2)
-        x = ops[0].copy()
-        g = x if in_place else np.full_like(x, np.nan)
-        if in_place and checks:  # (the general path: a check may still fail after the writes)
-            got = f(x, *ops[1:], grad_out=g, **kw2)
-        else:
-            with fast_only():
-                got = f(x, *ops[1:], grad_out=g, **kw2)
-        assert got[1] is g
-        _same(got, want)
+    ops = _check_grad_out(rng, fast_only, name, dtype, in_place, checks)[1]
     args = (POINTWISE_KINDS[name], ops[0], ops[1], float(name == "kl_div_log_target"), 0.0)
     g = np.empty_like(ops[0])
     assert _core.pointwise_fast(*args, "mean", True, g) is not None
@@ -233,22 +242,8 @@ PAIR_ONE_GRAD = ("poisson_nll_loss", "poisson_nll_rates", "hinge_embedding_loss"
 def test_pair_fast_with_grad_out(rng, fast_only, name, dtype, in_place):
     # As the pointwise losses: grad_out keeps the fast path, bit for bit, returned itself; in
     # place of the input only where the kernel checks nothing (soft_margin, log_cosh)
-    f, keys, kw = ELEMENTWISE[name]
-    d = _data(rng, (4, 33), dtype)
-    ops = [d[k] for k in keys]
     checks = name not in ("soft_margin_loss", "log_cosh_loss")
-    for reduction in _reductions(name):
-        kw2 = dict(kw, reduction=reduction, return_grad=True)
-        want = f(*[_g(a) for a in ops], **kw2)
-        x = ops[0].copy()
-        g = x if in_place else np.full_like(x, np.nan)
-        if in_place and checks:
-            got = f(x, *ops[1:], grad_out=g, **kw2)
-        else:
-            with fast_only():
-                got = f(x, *ops[1:], grad_out=g, **kw2)
-        assert got[1] is g
-        _same(got, want)
+    f, ops, kw = _check_grad_out(rng, fast_only, name, dtype, in_place, checks)
     if name == "poisson_nll_rates":  # an invalid rate: nothing written, the general error
         bad = ops[0].copy()
         bad[1, 2] = -1.0

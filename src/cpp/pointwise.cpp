@@ -166,39 +166,34 @@ template <bool kPos> struct BceLogits {
 // ---------------------------------------------------------------------------------------------
 // Hard labels (a whole vector of 0 and 1) take one log: log(q) or log(1 - q), the latter as
 // log(u + c) with u = 1 - q rounded and c = (1 - u) - q its exact rounding error.
+// kNormal: every lane has q in [kNormalMin, 1) (run_block checks; the common case): both logs
+// of normal numbers and above -100 (log q >= -87.4, log(1 - q) >= -37: no clamp), by
+// vlog_normal / vlog_sum_normal, with the same bits (AVX2, float32, one thread in cache: 0.64
+// the time of the general form with soft labels, 0.68 with hard ones; AVX-512 0.86-0.88).
 struct Bce {
-  template <class T> FL_INLINE void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
+  static constexpr double kNormalMin = 0x1p-126;  // float's smallest normal
+  template <class T, bool kNormal = false>
+  FL_INLINE void operator()(V<T> q, V<T> y, V<T>, V<T>& l, V<T>& g) const {
     const V<T> one = splat<T>(1), zero{}, lo = splat<T>(-100);
     const V<T> u = one - q, c = (one - u) - q;  // 1 - q = u + c exactly (|q| <= 1)
+    auto log_sum = [&](V<T> a, V<T> b) {  // log(a + b), clamped at -100
+      if constexpr (kNormal) return vlog_sum_normal(a, b);
+      const V<T> r = vlog_sum(a, b);
+      return vselect(r < lo, lo, r);
+    };
+    auto log_q = [&] {  // (no correction term)
+      if constexpr (kNormal) return vlog_normal(q);
+      const V<T> r = vlog_table(q);
+      return vselect(r < lo, lo, r);
+    };
     const auto y1 = y == one;
-    if (all_lanes(y1 | (y == zero))) {  // hard labels
-      V<T> lg = vlog_sum(vselect(y1, q, u), vselect(y1, zero, c));
-      l = -vselect(lg < lo, lo, lg);
-    } else {
-      V<T> lq = vlog_table(q), l1q = vlog_sum(u, c);  // (log q: no correction term)
-      lq = vselect(lq < lo, lo, lq);
-      l1q = vselect(l1q < lo, lo, l1q);
-      l = -(y * lq + (one - y) * l1q);
-    }
+    if (all_lanes(y1 | (y == zero)))  // hard labels
+      l = -log_sum(vselect(y1, q, u), vselect(y1, zero, c));
+    else
+      l = -(y * log_q() + (one - y) * log_sum(u, c));
     V<T> den = q * u;
     den = vselect(den < splat<T>(1e-12), splat<T>(1e-12), den);
     g = (q - y) / den;
-  }
-  // The same where every lane has q in [kNormalMin, 1) (run_block checks; the common case):
-  // both logs of normal numbers and above -100 (log q >= -87.4, log(1 - q) >= -37: no clamp)
-  // by vlog_normal / vlog_sum_normal (AVX2, float32, one thread in cache: 0.64 the time of the
-  // form above with soft labels, 0.68 with hard ones; AVX-512 0.86-0.88). The same bits.
-  static constexpr double kNormalMin = 0x1p-126;  // float's smallest normal
-  template <class T> FL_INLINE void normal(V<T> q, V<T> y, V<T>& l, V<T>& g) const {
-    const V<T> one = splat<T>(1), zero{};
-    const V<T> u = one - q, c = (one - u) - q;
-    const auto y1 = y == one;
-    if (all_lanes(y1 | (y == zero)))
-      l = -vlog_sum_normal(vselect(y1, q, u), vselect(y1, zero, c));
-    else
-      l = -(y * vlog_normal(q) + (one - y) * vlog_sum_normal(u, c));
-    const V<T> den = q * u;
-    g = (q - y) / vselect(den < splat<T>(1e-12), splat<T>(1e-12), den);
   }
 };
 // ---------------------------------------------------------------------------------------------
@@ -359,9 +354,9 @@ __attribute__((noinline, flatten)) void run_block(const void* op_ptr, const Bloc
       c_bad -= ~(neg | zero | pos);
     }
     V<T> l, g;
-    if constexpr (kProbs) {  // (Bce::normal: no label outside [0, 1] to count)
+    if constexpr (kProbs) {  // (Bce's normal form: no label outside [0, 1] to count)
       if (all_lanes((xv >= splat<T>(Op::kNormalMin)) & (xv < one))) {
-        op.template normal<T>(xv, yv, l, g);
+        op.template operator()<T, true>(xv, yv, p, l, g);
       } else {
         c_bad -= I((xv < V<T>{}) | (xv > one));  // outside [0, 1] (NaN passes)
         op.template operator()<T>(xv, yv, p, l, g);

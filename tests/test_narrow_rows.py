@@ -747,6 +747,49 @@ def test_large_loss_only_call_checks_targets_chunk_by_chunk(rng, restore_threads
             fl.cross_entropy(x, bad, return_grad=True)
 
 
+@pytest.mark.parametrize("C", [2, 3, 10, 16, 17, 40, 100, 256, 257, 300])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+                         ids=["float32", "float64", "float16", "bfloat16"])
+def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, dtype):
+    """The chunked loss-only path runs each chunk's kernel before checking its targets: every
+    kernel (two classes, in registers, in lanes, by rows; plain, focal with alpha, label
+    smoothing; rows back to back and a strided class axis) must take any int64 target without
+    reading outside its row (the sanitizer build runs this), and the call must raise the
+    checked path's IndexError for the first bad entry, not return a loss."""
+    from fastloss import classification
+
+    monkeypatch.setattr(classification, "_CHUNK_ROWS", 16)
+    monkeypatch.setattr(classification._core, "class_rows_small", lambda *a: None)  # (declined)
+    checked = []
+    check = classification.check_target_chunk
+    monkeypatch.setattr(classification, "check_target_chunk",
+                        lambda ct, r0, *a: checked.append(r0) or check(ct, r0, *a))
+    rows = 70  # (five chunks of 16 rows)
+    x = rng.normal(0.0, 3.0, (rows, C)).astype(dtype)
+    t = rng.integers(0, C, rows)
+    t[::9] = -100
+    xs = np.moveaxis(x.reshape(7, 10, C), -1, 1)  # (7, C, 10): the class axis strided
+    alpha = rng.random(C).astype(np.float64) + 0.5
+    calls = [
+        lambda tt: fl.cross_entropy(x, tt),
+        lambda tt: fl.cross_entropy(x, tt, reduction="sum", label_smoothing=0.1),
+        lambda tt: fl.softmax_focal_loss(x, tt, alpha=alpha, gamma=2.0),
+        lambda tt: fl.cross_entropy(xs, tt.reshape(7, 10), axis=1),
+    ]
+    for call in calls:  # (the valid targets first: the deferred path, chunk by chunk)
+        checked.clear()
+        assert np.isfinite(call(t))
+        assert checked in ([0, 16, 32, 48, 64], [0, 10, 20, 30, 40, 50, 60])  # (strided: 10 a chunk)
+    for i, v in [(0, C), (17, -1), (33, -(2**63)), (48, 2**63 - 1), (69, 2**40)]:
+        bad = t.copy()
+        bad[i] = v
+        bad[i + 1 :: 11] = C + 5  # (later bad entries: the first one is reported)
+        for k, call in enumerate(calls):
+            name = rf"target\[{i}\]" if k < 3 else rf"target\[{i // 10}, {i % 10}\]"
+            with pytest.raises(IndexError, match=rf"{name} = {v} is out of range"):
+                call(bad)
+
+
 def test_sum_f64_is_numpy_sum(rng):
     from fastloss import _core
 

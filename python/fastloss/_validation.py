@@ -244,7 +244,7 @@ def _bad_class_target(flat, i, expected, n_classes, axis, ignore_index, name):
 def check_target_chunk(ct: ClassTargets, r0: int, r1: int, n_classes: int, axis: int,
                        name: str = "target") -> int:
     """The checks of :func:`class_targets` for rows ``[r0, r1)`` of targets taken with
-    ``check=False``, just before the kernel reads them (while they are in cache): raises the
+    ``check=False``, right after the kernel has read them (while they are in cache): raises the
     same IndexError for the first bad entry, else returns the number of rows not ignored."""
     from . import _core
 

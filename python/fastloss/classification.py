@@ -247,9 +247,13 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     t = np.asarray(target)
     target_flat = probs3 = None
     # A reduced loss without gradient over many rows (the chunked loop below): each chunk's
-    # targets are checked right before the kernel reads them, in cache, instead of in a pass
+    # targets are checked right after the kernel has read them, in cache, instead of in a pass
     # of their own over memory (16 of 24 bytes a row of a 2-class problem), and the mean's
-    # count is summed from the chunks. Nothing is written to the caller before the check.
+    # count is summed from the chunks. Every kernel takes any int64 target (an out-of-range
+    # one makes its row NaN: no read outside the row), and before the check it has written
+    # only this call's own per-row buffer, so nothing of the caller's is written before a
+    # check fails. (Checked after rather than before the kernel: the kernel's read of the
+    # targets from memory overlaps its arithmetic, and the check reads them from cache.)
     n_rows_all = math.prod(arr.shape) // n_classes if n_classes else 0
     deferred = (not want_grad and not want_acc and reduction != "none" and t.dtype.kind in "iu"
                 and (w is None or focal) and normalizer is None and n_rows_all > _CHUNK_ROWS)
@@ -314,8 +318,6 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
         for o0 in range(0, n0, step):
             o1 = min(n0, o0 + step)
             r0, r1 = o0 * n2, o1 * n2
-            if deferred:
-                denom += check_target_chunk(ct, r0, r1, n_classes, ax)
             part = per_row[: r1 - r0]
             _core.cross_entropy(
                 x3[o0:o1], None if target_flat is None else target_flat[r0:r1],
@@ -323,6 +325,8 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
                 None if gcore is None else gcore[o0:o1], *opts,
                 None if lse is None else lse[r0:r1], None if correct is None else correct[r0:r1],
                 fresh)
+            if deferred:
+                denom += check_target_chunk(ct, r0, r1, n_classes, ax)
             total += _core.sum_f64(part)  # (np.sum's order, over the cores)
         loss = reduce_total(total, reduction, denom, x.loss_dtype)
     g = grad.result() if want_grad else None

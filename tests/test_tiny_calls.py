@@ -254,6 +254,74 @@ def test_pair_fast_with_grad_out(rng, fast_only, name, dtype, in_place):
         _same_outcome(f, (bad, ops[1]), (_g(bad), ops[1]), grad_out=g, return_grad=True, **kw)
 
 
+@pytest.mark.parametrize("name", ["gaussian_nll_loss", "margin_ranking_loss"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_fast_with_two_grad_outs(rng, fast_only, name, dtype):
+    # The two-gradient losses take grad_out as a pair (tuple or list; an entry None: that
+    # gradient fresh): the fast path, the general path's bits, the caller's arrays returned;
+    # in place of the operands only where the kernel checks nothing (margin_ranking)
+    f, keys, kw = ELEMENTWISE[name]
+    d = _data(rng, (4, 33), dtype)
+    ops = [d[k] for k in keys]
+    diff = (0, 2) if name == "gaussian_nll_loss" else (0, 1)  # (the differentiable operands)
+    checks = name == "gaussian_nll_loss"
+    for reduction in ("mean", "sum", "none"):
+        kw2 = dict(kw, reduction=reduction, return_grad=True)
+        want = f(*[_g(a) for a in ops], **kw2)
+        for mode in ("both", "first", "second", "list", "in_place"):
+            args = [a.copy() for a in ops]
+            gs = [np.full_like(ops[0], np.nan), np.full_like(ops[0], np.nan)]
+            if mode == "first":
+                gs[1] = None
+            elif mode == "second":
+                gs[0] = None
+            elif mode == "in_place":
+                gs = [args[diff[0]], args[diff[1]]]
+            gout = list(gs) if mode == "list" else tuple(gs)
+            if mode == "in_place" and checks:
+                got = f(*args, grad_out=gout, **kw2)
+            else:
+                with fast_only():
+                    got = f(*args, grad_out=gout, **kw2)
+            _same(got, want)
+            for j in (0, 1):
+                if gs[j] is not None:
+                    assert got[1][j] is gs[j]
+    # the core declines: one entry of another dtype, a strided view, read-only, a subclass, the
+    # two entries sharing memory, an entry over the target, three entries, a bare array, a
+    # return_grad of False; in place where the kernel checks
+    kind = {"gaussian_nll_loss": 1, "margin_ranking_loss": 2}[name]
+    from fastloss.pairs import KINDS
+    assert KINDS[name.removesuffix("_loss")] == kind
+    x, x2, y = ops[diff[0]], ops[diff[1]], ops[1 if name == "gaussian_nll_loss" else 2]
+    head = (kind, x, x2, y, 1e-6 if checks else 0.3, True, False, "sum")
+
+    def fast(gout, grad=True):
+        return _core.pairwise_fast(*head, grad, False, gout)
+
+    g1, g2 = np.empty_like(x), np.empty_like(x)
+    assert fast((g1, g2)) is not None and fast([None, g2]) is not None
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.empty(x.shape, other), np.empty((4, 34), dtype)[:, :33], ro,
+                _g(np.empty_like(x)), g1, y, [0.0]):
+        assert fast((g1, bad) if bad is not g1 else (g1, g1)) is None
+    assert fast((g1, g2, None)) is None and fast(g1) is None and fast((g1,)) is None
+    assert fast((g1, g2), grad=False) is None
+    assert (fast((x, x2)) is None) == checks
+    assert fast((x2, None)) is None  # (an operand that is not the gradient's own)
+    if checks:  # a negative variance: nothing written, the general path's error
+        bad_var = x2.copy()
+        bad_var[1, 2] = -1.0
+        g1[:], g2[:] = 7.0, 7.0
+        assert _core.pairwise_fast(kind, x, bad_var, y, 1e-6, True, False, "sum", True, False,
+                                   (g1, g2)) is None
+        assert np.all(g1 == 7.0) and np.all(g2 == 7.0)
+        _same_outcome(f, (x, y, bad_var), (_g(x), y, bad_var), grad_out=(g1, g2),
+                      return_grad=True, **kw)
+
+
 def test_elementwise_fast_matches_reference(rng):
     """Not only self-consistent: the fast path's numbers are the reference's."""
     from fastloss import reference

@@ -398,7 +398,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     (array([1., 0.]), 0.5)
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input) and _plain(var) and var.shape == input.shape
+    fast = _plain(input) and _plain(var) and var.shape == input.shape
     x = None if fast else float_input(input, "input")
     full = _check_bool(full, "full")
     e = check_real(eps, "eps")
@@ -409,7 +409,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, *, full: bool = False,
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["gaussian_nll"], input, var, target, e, True, full,
-                                reduction, return_grad, False)
+                                reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         x = float_input(input, "input")
@@ -519,14 +519,14 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, *, margin: float 
     (array([-0.5,  0. ]), array([0.5, 0. ]))
     """
     return_grad = check_grad_out_given(grad_out, return_grad)
-    fast = grad_out is None and _plain(input1) and _plain(input2)
+    fast = _plain(input1) and _plain(input2)
     if not fast:
         a, b = float_input(input1, "input1"), float_input(input2, "input2")
     m = _finite_margin(margin)
     reduction = check_reduction(reduction)
     if fast:
         r = _core.pairwise_fast(KINDS["margin_ranking"], input1, input2, target, m, True,
-                                False, reduction, return_grad, False)
+                                False, reduction, return_grad, False, grad_out)
         if r is not None:
             return r
         a, b = float_input(input1, "input1"), float_input(input2, "input2")

@@ -181,9 +181,11 @@ py::object pairwise_fast(int kind, py::handle x, py::handle x2, py::handle y, do
     total = fastloss::pairwise(a);
     return a.n_bad == 0;  // (invalid operands: the general path raises, or ignores them)
   };
-  // (grad_out: the one-gradient kinds; soft_margin and log_cosh find no invalid input)
-  const bool checks = kind != int(PairKind::kSoftMargin) && kind != int(PairKind::kLogCosh);
-  return two ? elementwise_fast({x, x2, y}, 2, reduction, return_grad, rule, run)
+  // (grad_out: an array, or for gaussian_nll and margin_ranking a pair; soft_margin, log_cosh
+  // and margin_ranking find no invalid input)
+  const bool checks = kind != int(PairKind::kSoftMargin) && kind != int(PairKind::kLogCosh) &&
+                      kind != int(PairKind::kMarginRanking);
+  return two ? elementwise_fast({x, x2, y}, 2, reduction, return_grad, rule, run, grad_out, checks)
              : elementwise_fast({x, y}, 1, reduction, return_grad, rule, run, grad_out, checks);
 }
 

@@ -618,6 +618,45 @@ def test_multilabel_margin_fast_equals_general(rng, fast_only, dtype, shape):
                 _same(fast, fl.multilabel_margin_loss(_g(v), t, **kw))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multilabel_margin_fast_with_grad_out(rng, fast_only, dtype):
+    # A preallocated gradient keeps the fast path: the general path's bits, returned in
+    # grad_out itself (strided scores too); in place of the scores, and any other buffer, the
+    # general path; a bad target writes nothing
+    x = rng.normal(0, 1, (32, 10)).astype(dtype)
+    t = _multilabel_targets(rng, 32, 10)
+    for v in (x, x[:, ::-1]):
+        for reduction in ("mean", "sum", "none"):
+            want = fl.multilabel_margin_loss(_g(v), t, reduction=reduction, return_grad=True)
+            g = np.full(v.shape, np.nan, dtype)
+            with fast_only():
+                got = fl.multilabel_margin_loss(v, t, reduction=reduction, return_grad=True,
+                                                grad_out=g)
+            assert got[1] is g
+            _same(got, want)
+    f = _core.multilabel_margin_small
+    assert f(x, t, "mean", True, np.empty_like(x)) is not None
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.empty(x.shape, other), np.empty((32, 11), dtype)[:, :10],
+                np.empty((10, 32), dtype).T, np.empty((32, 9), dtype), ro,
+                _g(np.empty_like(x)), x, x[:, ::-1], t.view(dtype), [[0.0] * 10] * 32):
+        assert f(x, t, "mean", True, bad) is None
+    assert f(x, t, "mean", False, np.empty_like(x)) is None
+    xx = x.copy()
+    _same(fl.multilabel_margin_loss(xx, t, return_grad=True, grad_out=xx),
+          fl.multilabel_margin_loss(_g(x), t, return_grad=True))
+    bad_t = t.copy()
+    bad_t[3, 4] = 10
+    g = np.full_like(x, 7.0)
+    assert f(x, bad_t, "sum", True, g) is None
+    assert np.all(g == 7.0)
+    _same_outcome(fl.multilabel_margin_loss, (x, bad_t), (_g(x), bad_t), grad_out=g,
+                  return_grad=True)
+    assert np.all(g == 7.0)
+
+
 def test_multilabel_margin_fast_matches_reference(rng):
     from fastloss import reference
     x = rng.normal(size=(32, 10))
@@ -650,7 +689,7 @@ def test_multilabel_margin_errors_and_declines(rng):
             kw2.setdefault("return_grad", grad)
             _same_outcome(f, args, (_g(args[0]), args[1]), **kw2)
     # what the fast path declines (other target dtypes and layouts, 1-d and 3-d scores, 16-bit
-    # scores, grad_out) gives the general path's numbers
+    # scores) gives the general path's numbers
     for args in [(x, t.astype(np.int32)), (x, np.asfortranarray(t)), (x[None], t[None]),
                  (x[0], t[0]), (x.astype(np.float16), t)]:
         assert _core.multilabel_margin_small(*args, "mean", False) is None

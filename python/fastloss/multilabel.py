@@ -89,13 +89,12 @@ def multilabel_margin_loss(input: Any, target: Any, *, reduction: str = "mean",
     >>> fl.multilabel_margin_loss(x, y, return_grad=True)[1]
     array([[-0.5,  0.5,  0.5, -0.5]])
     """
-    if grad_out is None:
-        # the common small call (2-d float32/float64 scores, int64 targets), checked and
-        # computed in one call into the core (None: the general path below, which raises
-        # every user-facing error)
-        r = _core.multilabel_margin_small(input, target, reduction, return_grad)
-        if r is not None:
-            return r
+    # the common small call (2-d float32/float64 scores, int64 targets, a grad_out or not),
+    # checked and computed in one call into the core (None: the general path below, which
+    # raises every user-facing error)
+    r = _core.multilabel_margin_small(input, target, reduction, return_grad, grad_out)
+    if r is not None:
+        return r
     return_grad = check_grad_out_given(grad_out, return_grad)
     x = float_input(input, "input")
     arr = x.array

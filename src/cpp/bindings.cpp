@@ -525,6 +525,35 @@ py::object small_rows_result(const std::vector<double>& per_row, int red, double
   return g ? py::object(py::make_tuple(value, g)) : value;
 }
 
+// The grad_out of a small call on (N, C) input x with targets t (class_rows_small,
+// multilabel_margin_small): an exact ndarray of x's dtype and shape, C order, writeable,
+// sharing no memory with t, and with x only as x itself where same_ok (and x in C order: the
+// gradient in place). Byte ranges: each array's extent from its strides.
+bool small_grad_out_ok(py::handle grad_out, const py::array& x, const py::array& t,
+                       bool same_ok) {
+  if (!exact_ndarray(grad_out)) return false;
+  const auto ga = py::reinterpret_borrow<py::array>(grad_out);
+  if (!plain_float(ga) || ga.dtype().itemsize() != x.dtype().itemsize() || ga.ndim() != 2 ||
+      ga.shape(0) != x.shape(0) || ga.shape(1) != x.shape(1) ||
+      !(ga.flags() & py::array::c_style) || !ga.writeable())
+    return false;
+  auto extent = [](const py::array& a, const char*& lo, const char*& hi) {
+    lo = hi = static_cast<const char*>(a.data());
+    for (ssize_t d = 0; d < a.ndim(); ++d) {
+      const ssize_t step = a.strides(d) * (a.shape(d) - 1);
+      (step < 0 ? lo : hi) += step;
+    }
+    hi += a.itemsize();
+  };
+  const char *g0, *g1, *a0, *a1;
+  extent(ga, g0, g1);
+  extent(t, a0, a1);
+  if (a0 < g1 && g0 < a1) return false;
+  extent(x, a0, a1);
+  const bool same = same_ok && a0 == g0 && (x.flags() & py::array::c_style);
+  return !(a0 < g1 && g0 < a1 && !same);
+}
+
 // cross_entropy (kind 0), nll_loss (kind 1), softmax_focal_loss (kind 2, p0 = gamma, no alpha)
 // or multi_margin_loss (kind 3, p = 1, margin 1, no weight; no ignore_index: pass None) of
 // logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64,
@@ -562,30 +591,7 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   if (t.shape(0) != n || (probs && t.shape(1) != C) || n == 0 || C == 0 || n > kSmallRows)
     return py::none();
   const bool user_grad = !grad_out.is_none();
-  if (user_grad) {
-    if (grad != 1 || !exact_ndarray(grad_out)) return py::none();
-    const auto ga = py::reinterpret_borrow<py::array>(grad_out);
-    if (!plain_float(ga) || ga.dtype().itemsize() != x.dtype().itemsize() || ga.ndim() != 2 ||
-        ga.shape(0) != n || ga.shape(1) != C || !(ga.flags() & py::array::c_style) ||
-        !ga.writeable())
-      return py::none();
-    // (byte ranges: the targets' extent from their strides; the logits may be grad_out itself)
-    auto extent = [](const py::array& a, const char*& lo, const char*& hi) {
-      lo = hi = static_cast<const char*>(a.data());
-      for (ssize_t d = 0; d < a.ndim(); ++d) {
-        const ssize_t step = a.strides(d) * (a.shape(d) - 1);
-        (step < 0 ? lo : hi) += step;
-      }
-      hi += a.itemsize();
-    };
-    const char *g0, *g1, *a0, *a1;
-    extent(ga, g0, g1);
-    extent(t, a0, a1);
-    if (a0 < g1 && g0 < a1) return py::none();
-    extent(x, a0, a1);
-    const bool same = a0 == g0 && (x.flags() & py::array::c_style);
-    if (a0 < g1 && g0 < a1 && !same) return py::none();
-  }
+  if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, x, t, true))) return py::none();
   const int64_t* tp = probs ? nullptr : static_cast<const int64_t*>(t.data());
   int64_t count = probs ? n : 0;
   for (int64_t i = 0; i < n && !probs; ++i) {
@@ -660,11 +666,13 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
 }
 
 // multilabel_margin_loss of (N, C) scores and (N, C) C-order int64 targets (every entry in
-// [-1, C), checked here), no grad_out: the loss and with return_grad the gradient, as the
-// public function returns them; None where the general path applies (anything else, a target
-// out of range, an empty or large call).
+// [-1, C), checked here): the loss and with return_grad the gradient, as the public function
+// returns them; None where the general path applies (anything else, a target out of range, an
+// empty or large call). grad_out (None: none): the caller's gradient array as
+// small_grad_out_ok says (not in place of the scores: a row's gradient depends on the whole
+// row), which the kernel writes after every check and which is returned.
 py::object multilabel_margin_small(py::handle input, py::handle target, py::handle reduction,
-                                   py::handle return_grad) {
+                                   py::handle return_grad, py::handle grad_out) {
   const int red = fast_reduction(reduction);
   const int grad = fast_flag(return_grad);
   if (red < 0 || grad < 0 || !exact_ndarray(input) || !exact_ndarray(target)) return py::none();
@@ -677,6 +685,8 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
   if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
       n * C > kSmallRows * 64)
     return py::none();
+  const bool user_grad = !grad_out.is_none();
+  if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, x, t, false))) return py::none();
   const int64_t* tp = static_cast<const int64_t*>(t.data());
   for (int64_t i = 0; i < n * C; ++i)
     if (tp[i] < -1 || tp[i] >= C) return py::none();  // the general path names the entry
@@ -691,7 +701,11 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
     a.grad_scale = red == kFastMean ? 1.0 / double(n) : 1.0;
     a.loss = per_row.data();
     py::object g;  // (null without return_grad)
-    if (grad) {
+    if (grad && user_grad) {
+      a.grad = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
+      a.g0 = C, a.g1 = 1;
+      g = py::reinterpret_borrow<py::object>(grad_out);
+    } else if (grad) {
       py::array_t<S> ga(std::vector<ssize_t>{n, C});
       a.grad = ga.mutable_data(), a.g0 = C, a.g1 = 1;
       g = std::move(ga);
@@ -806,7 +820,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("class_rows_small", &class_rows_small, py::arg("kind"), py::arg("logits"),
         py::arg("target"), py::arg("ignore_index"), py::arg("reduction"), py::arg("return_grad"),
         py::arg("p0"), py::arg("grad_out") = py::none());
-  m.def("multilabel_margin_small", &multilabel_margin_small);
+  m.def("multilabel_margin_small", &multilabel_margin_small, py::arg("input"), py::arg("target"),
+        py::arg("reduction"), py::arg("return_grad"), py::arg("grad_out") = py::none());
   m.def("pointwise_fast", &pointwise_fast, py::arg("kind"), py::arg("x"), py::arg("y"),
         py::arg("p0"), py::arg("p1"), py::arg("reduction"), py::arg("return_grad"),
         py::arg("grad_out") = py::none());

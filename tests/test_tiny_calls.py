@@ -1,6 +1,6 @@
 """Issue 13, "tiny calls": the small-call fast paths of the pointwise losses, the pair losses,
-cross_entropy / nll_loss with gradients and "none", multilabel_margin_loss, and logsumexp /
-softmax / log_softmax.
+cross_entropy / nll_loss with gradients and "none", multilabel_margin_loss, kl_div_with_logits,
+and logsumexp / softmax / log_softmax.
 
 The fast path must give the general path's results bit for bit (values, dtypes, shapes, Python
 types) and, on invalid input, the same exception with the same message. The general path is
@@ -62,7 +62,8 @@ def fast_only(monkeypatch):
     import importlib
 
     mods = {m: importlib.import_module(f"fastloss.{m}")  # (fastloss.softmax is the function)
-            for m in ("_pointwise", "pairs", "classification", "softmax", "margin", "multilabel")}
+            for m in ("_pointwise", "pairs", "classification", "softmax", "margin", "multilabel",
+                      "distributions")}
 
     def general(*args, **kwargs):
         raise AssertionError("the general path ran")
@@ -76,6 +77,7 @@ def fast_only(monkeypatch):
             m.setattr(mods["classification"], "float_input", general)  # (softmax_focal_loss)
             m.setattr(mods["margin"], "float_input", general)
             m.setattr(mods["multilabel"], "float_input", general)
+            m.setattr(mods["distributions"], "float_input", general)
             m.setattr(mods["softmax"], "float_input", general)
             yield
 
@@ -748,3 +750,92 @@ def test_fast_only_catches_the_general_path(rng, fast_only):
                  lambda: fl.gaussian_nll_loss(x, x, 1.0)):
         with fast_only(), pytest.raises(AssertionError, match="the general path ran"):
             call()
+
+
+# ---------------------------------------------------------------------------------------------
+# kl_div_with_logits
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 37)])
+def test_kl_div_with_logits_fast_equals_general(rng, fast_only, dtype, shape):
+    s = rng.normal(0, 2, shape).astype(dtype)
+    t = rng.normal(0, 2, shape).astype(dtype)
+    if s.size > 5:
+        s.flat[3], t.flat[5], t.flat[4] = np.nan, -np.inf, np.inf
+    f = fl.kl_div_with_logits
+    views = [(s, t), (s[:, ::-1], t), (s, np.asfortranarray(t))] if shape[1] > 1 else [(s, t)]
+    for a, b in views:
+        for axis in (-1, 1):
+            for tau in (1.0, 2.5):
+                for reduction in ("batchmean", "mean", "sum", "none"):
+                    for grad in (False, True):
+                        kw = {"axis": axis, "temperature": tau, "reduction": reduction,
+                              "return_grad": grad}
+                        with fast_only():
+                            fast = f(a, b, **kw)
+                        assert _core.kl_div_with_logits_small(a, b, axis, tau, reduction,
+                                                              grad) is not None
+                        _same(fast, f(_g(a), b, **kw))
+
+
+def test_kl_div_with_logits_fast_matches_reference(rng):
+    from fastloss import reference
+    s, t = rng.normal(size=(32, 10)), rng.normal(size=(32, 10))
+    loss, g = fl.kl_div_with_logits(s, t, temperature=2.0, return_grad=True)
+    rl, rg = reference.kl_div_with_logits(s, t, temperature=2.0, return_grad=True)
+    np.testing.assert_allclose(loss, rl, rtol=1e-13)
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kl_div_with_logits_fast_with_grad_out(rng, fast_only, dtype):
+    # A preallocated gradient keeps the fast path: the general path's bits, returned in
+    # grad_out itself; in place of either operand, and any other buffer, the general path
+    s = rng.normal(0, 2, (32, 10)).astype(dtype)
+    t = rng.normal(0, 2, (32, 10)).astype(dtype)
+    f = fl.kl_div_with_logits
+    for reduction in ("batchmean", "mean", "sum", "none"):
+        want = f(_g(s), t, reduction=reduction, return_grad=True)
+        g = np.full(s.shape, np.nan, dtype)
+        with fast_only():
+            got = f(s, t, reduction=reduction, return_grad=True, grad_out=g)
+        assert got[1] is g
+        _same(got, want)
+    fast = _core.kl_div_with_logits_small
+    assert fast(s, t, -1, 1.0, "sum", True, np.empty_like(s)) is not None
+    ro = np.empty_like(s)
+    ro.flags.writeable = False
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.empty(s.shape, other), np.empty((32, 11), dtype)[:, :10],
+                np.empty((10, 32), dtype).T, np.empty((32, 9), dtype), ro,
+                _g(np.empty_like(s)), s, t, [[0.0] * 10] * 32):
+        assert fast(s, t, -1, 1.0, "sum", True, bad) is None
+    assert fast(s, t, -1, 1.0, "sum", False, np.empty_like(s)) is None
+    xs, xt = s.copy(), t.copy()  # (in place of either operand: the general path's numbers)
+    _same(f(xs, t, return_grad=True, grad_out=xs), f(_g(s), t, return_grad=True))
+    _same(f(s, xt, return_grad=True, grad_out=xt), f(_g(s), t, return_grad=True))
+
+
+def test_kl_div_with_logits_errors_and_declines(rng):
+    f = fl.kl_div_with_logits
+    s = rng.normal(size=(4, 3)).astype(np.float32)
+    t = rng.normal(size=(4, 3)).astype(np.float32)
+    fast = _core.kl_div_with_logits_small
+    # what the fast path declines gives the general path's numbers or errors: another axis,
+    # an int, NumPy or bad temperature, mixed or 16-bit dtypes, 1-d and 3-d logits, shapes
+    # that differ, empty axes, an unknown reduction, a non-bool return_grad
+    cases = [((s, t), {"axis": 0}), ((s, t), {"temperature": 2}),
+             ((s, t), {"temperature": np.float64(2.0)}), ((s, t), {"temperature": 0.0}),
+             ((s, t), {"temperature": float("inf")}), ((s, t), {"temperature": True}),
+             ((s, t.astype(np.float64)), {}), ((s.astype(np.float16), t), {}),
+             ((s[0], t[0]), {}), ((s[None], t[None]), {}), ((s, t[:3]), {}),
+             ((s[:, :0], t[:, :0]), {}), ((s[:0], t[:0]), {}), ((s, t), {"reduction": "avg"}),
+             ((s, t), {"return_grad": 1}), ((s, t), {"axis": 2}), ((s, t), {"axis": 2**70})]
+    for args, kw in cases:
+        kw2 = {"axis": -1, "temperature": 1.0, "reduction": "batchmean", "return_grad": False}
+        kw2.update(kw)
+        assert fast(*args, *kw2.values()) is None
+        for grad in (False, True):
+            kw3 = dict(kw)
+            kw3.setdefault("return_grad", grad)
+            _same_outcome(f, args, (_g(args[0]), args[1]), **kw3)

@@ -40,6 +40,9 @@ def nll_loss(
 def class_rows_small(kind: int, logits: object, target: object, ignore_index: object,
                      reduction: object, return_grad: object, p0: float,
                      grad_out: object = None) -> object: ...
+def kl_div_with_logits_small(student: object, teacher: object, axis: object,
+                             temperature: object, reduction: object, return_grad: object,
+                             grad_out: object = None) -> object: ...
 def multilabel_margin_small(input: object, target: object, reduction: object,
                             return_grad: object, grad_out: object = None) -> object: ...
 def pointwise_fast(kind: int, x: object, y: object, p0: float, p1: float, reduction: object,

@@ -721,6 +721,81 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
   return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
 }
 
+// kl_div_with_logits of (N, C) student and teacher logits of one float dtype (any strides),
+// axis -1 or 1 (an exact int), a Python float temperature (positive, finite), as the public
+// function returns it: the loss and with return_grad the gradient; None where the general path
+// applies (anything else, an empty or large call). grad_out (None: none): the caller's gradient
+// array as small_grad_out_ok says (not in place of the student: a row's gradient depends on
+// the whole row; sharing nothing with the teacher), which the kernel writes and which is
+// returned (the kernel rejects nothing: NaN rows are NaN).
+py::object kl_div_with_logits_small(py::handle student, py::handle teacher, py::handle axis,
+                                    py::handle temperature, py::handle reduction,
+                                    py::handle return_grad, py::handle grad_out) {
+  const int red = fast_reduction(reduction, true);
+  const int grad = fast_flag(return_grad);
+  if (red < 0 || grad < 0 || !exact_ndarray(student) || !exact_ndarray(teacher) ||
+      !PyLong_CheckExact(axis.ptr()) || !PyFloat_CheckExact(temperature.ptr()))
+    return py::none();
+  const long ax = PyLong_AsLong(axis.ptr());
+  const double tau = PyFloat_AS_DOUBLE(temperature.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    return py::none();
+  }
+  if ((ax != -1 && ax != 1) || !(tau > 0) || !std::isfinite(tau)) return py::none();
+  const auto s = py::reinterpret_borrow<py::array>(student);
+  const auto t = py::reinterpret_borrow<py::array>(teacher);
+  if (s.ndim() != 2 || t.ndim() != 2 || !plain_float(s) || !plain_float(t) ||
+      s.dtype().itemsize() != t.dtype().itemsize())
+    return py::none();
+  const int64_t n = s.shape(0), C = s.shape(1);
+  if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
+      n * C > kSmallRows * 64)
+    return py::none();
+  const bool user_grad = !grad_out.is_none();
+  if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, s, t, false))) return py::none();
+  // (batchmean: over the rows; mean: over every element)
+  const double count = red == kFastMean ? double(n) * double(C) : double(n);
+  const bool mean = red == kFastMean || red == kFastBatchMean;
+  std::vector<double> per_row(size_t(n), 0.0);
+  auto run = [&](auto tag) -> py::object {
+    using S = decltype(tag);
+    auto layout = [](const py::array& a) {  // (the general path's as3d view: (N, C, 1))
+      Layout3 l;
+      l.n0 = a.shape(0), l.n1 = a.shape(1), l.n2 = 1;
+      l.s0 = a.strides(0) / ssize_t(sizeof(S)), l.s1 = a.strides(1) / ssize_t(sizeof(S));
+      l.s2 = 1;
+      return l;
+    };
+    KlLogitsArgs<S> a;
+    a.student = static_cast<const S*>(s.data()), a.ls = layout(s);
+    a.teacher = static_cast<const S*>(t.data()), a.lt = layout(t);
+    a.temperature = tau;
+    a.grad_scale = mean ? 1.0 / count : 1.0;
+    a.loss = per_row.data();
+    py::object g;  // (null without return_grad)
+    if (grad) {
+      if (user_grad) {
+        a.grad = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
+        g = py::reinterpret_borrow<py::object>(grad_out);
+      } else {
+        py::array_t<S> ga(std::vector<ssize_t>{n, C});
+        a.grad = ga.mutable_data();
+        g = std::move(ga);
+      }
+      a.lg.n0 = n, a.lg.n1 = C, a.lg.n2 = 1, a.lg.s0 = C, a.lg.s1 = 1, a.lg.s2 = 1;
+    }
+    if (n * C >= kSmallWork) {
+      py::gil_scoped_release nogil;
+      fastloss::kl_div_with_logits(a);
+    } else {
+      fastloss::kl_div_with_logits(a);
+    }
+    return small_rows_result<S>(per_row, mean ? int(kFastMean) : red, count, g);
+  };
+  return s.dtype().itemsize() == 4 ? run(float{}) : run(double{});
+}
+
 // The pointwise losses (kind as _core.pointwise), no weights: elementwise_fast (bind_util.hpp).
 py::object pointwise_fast(int kind, py::handle x, py::handle y, double p0, double p1,
                           py::handle reduction, py::handle return_grad, py::handle grad_out) {
@@ -820,6 +895,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("class_rows_small", &class_rows_small, py::arg("kind"), py::arg("logits"),
         py::arg("target"), py::arg("ignore_index"), py::arg("reduction"), py::arg("return_grad"),
         py::arg("p0"), py::arg("grad_out") = py::none());
+  m.def("kl_div_with_logits_small", &kl_div_with_logits_small, py::arg("student"),
+        py::arg("teacher"), py::arg("axis"), py::arg("temperature"), py::arg("reduction"),
+        py::arg("return_grad"), py::arg("grad_out") = py::none());
   m.def("multilabel_margin_small", &multilabel_margin_small, py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("return_grad"), py::arg("grad_out") = py::none());
   m.def("pointwise_fast", &pointwise_fast, py::arg("kind"), py::arg("x"), py::arg("y"),

@@ -385,6 +385,66 @@ def test_unit_grad_output_and_backward_twice():
     torch.testing.assert_close(ours.grad, ref.grad)
 
 
+# --- eager calls without the dispatcher -------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_eager_path_is_the_operator_bit_for_bit(monkeypatch, name, dtype):
+    # In plain eager mode every call skips the dispatcher (the operator's implementation in
+    # an autograd.Function); its values and gradients are those of the operator itself
+    fn, _, make, diff = CASES[name]
+    args = make(dtype)
+    seen = []
+    eager_ok = _torch_ops._eager_ok
+    monkeypatch.setattr(_torch_ops, "_eager_ok", lambda a: seen.append(eager_ok(a)) or seen[-1])
+    out, grads = _run(fn, args, diff)
+    assert seen and all(seen)
+    monkeypatch.setattr(_torch_ops, "_eager_ok", lambda a: False)  # (torch.ops.fastloss)
+    out_op, grads_op = _run(fn, args, diff)
+    assert out.dtype == out_op.dtype and torch.equal(out, out_op)
+    for g, r in zip(grads, grads_op):
+        assert g.dtype == r.dtype and torch.equal(g, r)
+    with torch.no_grad():  # (no gradient asked for: the loss alone, the same both ways)
+        want = fn(*args)
+        monkeypatch.setattr(_torch_ops, "_eager_ok", eager_ok)
+        assert torch.equal(fn(*args), want)
+
+
+def test_eager_path_only_where_nothing_intercepts():
+    # the dispatcher wherever something may intercept the call: torch.compile (tested above),
+    # a torch.func transform, a dispatch mode (fake tensors), a function mode (a device
+    # context), a tensor subclass, a tensor on another device
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(4, 5)
+    ok = _torch_ops._eager_ok
+    assert ok((x, 3, "mean", None)) and ok((torch.nn.Parameter(x),))
+    with torch.device("cpu"):
+        assert not ok((x,))
+    with FakeTensorMode():
+        assert not ok((torch.empty(2),))
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        assert not ok((x,))
+    assert not ok((x.as_subclass(Sub),)) and not ok((torch.empty(2, device="meta"),))
+    seen = []
+    torch.func.vmap(lambda v: seen.append(ok((v,))) or v)(x)
+    assert seen == [False]
+    # a call in a device context goes through the operator and gives the same numbers
+    t = torch.tensor([0, 1, 2, 3])
+    with torch.device("cpu"):
+        a = flt.cross_entropy(x, t, reduction="none")
+    assert torch.equal(a, flt.cross_entropy(x, t, reduction="none"))
+
+
 # --- the in-place option ----------------------------------------------------------------
 
 def _head(seed=0, V=13, D=6, N=9):

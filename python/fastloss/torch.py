@@ -22,8 +22,10 @@ under autograd, ``torch.compile(fullgraph=True)`` and ``torch.export`` without g
 The forward views the tensors as NumPy arrays (no copy, any strides; float16 and bfloat16
 included) and runs the fastloss kernel, which gives the loss and, when an input requires
 grad, its gradient in the same pass; backward multiplies that gradient by ``grad_output``
-(a unit ``grad_output``, ``loss.backward()``, hands it on as it is). No loss arithmetic
-happens in this module.
+(a unit ``grad_output``, ``loss.backward()``, hands it on as it is). In plain eager mode a
+call runs the operator's implementation and autograd formula without the dispatcher (an
+``autograd.Function``: the same numbers, a fraction of the per-call cost; see
+``fastloss._torch_ops``). No loss arithmetic happens in this module.
 
 Differences from :mod:`torch.nn.functional`:
 
@@ -78,7 +80,7 @@ from torch import Tensor
 from torch.nn import _reduction as _torch_reduction
 from torch.nn import functional as F
 
-from . import _torch_ops  # noqa: F401 (registers the torch.ops.fastloss operators)
+from . import _torch_ops  # (registers the torch.ops.fastloss operators)
 from .classification import CrossEntropyResult
 from ._validation import REDUCTIONS, check_reduction
 
@@ -115,7 +117,10 @@ __all__ = [
     "TripletMarginLoss",
 ]
 
-_ops = torch.ops.fastloss
+# the operators (torch.library CustomOpDef objects: calling one is calling torch.ops.fastloss's
+# operator of that name) and _ops.run, which calls them without the dispatcher in plain eager
+# mode (_torch_ops says when)
+_ops = _torch_ops
 
 
 # --- argument checks --------------------------------------------------------------------
@@ -205,9 +210,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     _check_float("cross_entropy", "input", input)
     _no_grad_for("cross_entropy", target=target, weight=weight)
     want_lse, want_acc = bool(return_lse), bool(return_token_accuracy)
-    out = _ops.cross_entropy(input, target, weight, int(ignore_index), reduction,
-                             float(label_smoothing), float(z_loss), _float_or_none(softcap),
-                             _float_or_none(normalizer), want_lse, want_acc, _need_grad(input))
+    out = _ops.run(_ops.cross_entropy, input, target, weight, int(ignore_index), reduction,
+                   float(label_smoothing), float(z_loss), _float_or_none(softcap),
+                   _float_or_none(normalizer), want_lse, want_acc, _need_grad(input))
     if not (want_lse or want_acc):
         return out[0]
     return CrossEntropyResult(out[0], None, out[2] if want_lse else None,
@@ -262,7 +267,7 @@ def cross_entropy_inplace(input: Tensor, target: Tensor, weight: Optional[Tensor
     args = (int(ignore_index), reduction, float(label_smoothing), float(z_loss),
             _float_or_none(softcap), _float_or_none(normalizer))
     if not _need_grad(input):
-        return _ops.cross_entropy(input, target, weight, *args, False, False, False)[0]
+        return _ops.run(_ops.cross_entropy, input, target, weight, *args, False, False, False)[0]
     if input.is_leaf or (input._base is not None and input._base.is_leaf):
         raise RuntimeError(
             "fastloss.torch.cross_entropy_inplace: input is a leaf tensor (a parameter or a "
@@ -284,8 +289,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
     _check_tensors("nll_loss", input=input, target=target, weight=weight)
     _check_float("nll_loss", "input", input)
     _no_grad_for("nll_loss", target=target, weight=weight)
-    return _ops.nll_loss(input, target, weight, int(ignore_index), reduction,
-                         _need_grad(input))[0]
+    return _ops.run(_ops.nll_loss, input, target, weight, int(ignore_index), reduction,
+                    _need_grad(input))[0]
 
 
 def softmax_focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0,
@@ -300,8 +305,9 @@ def softmax_focal_loss(input: Tensor, target: Tensor, gamma: float = 2.0,
     _check_tensors("softmax_focal_loss", input=input, target=target, alpha=alpha_t)
     _check_float("softmax_focal_loss", "input", input)
     _no_grad_for("softmax_focal_loss", target=target, alpha=alpha_t)
-    return _ops.softmax_focal_loss(
-        input, target, alpha_t, None if alpha is None or alpha_t is not None else float(alpha),
+    return _ops.run(
+        _ops.softmax_focal_loss, input, target, alpha_t,
+        None if alpha is None or alpha_t is not None else float(alpha),
         float(gamma), int(ignore_index), reduction, _need_grad(input))[0]
 
 
@@ -314,8 +320,8 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     _check_tensors("multi_margin_loss", input=input, target=target, weight=weight)
     _check_float("multi_margin_loss", "input", input)
     _no_grad_for("multi_margin_loss", target=target, weight=weight)
-    return _ops.multi_margin_loss(input, target, int(p), float(margin), weight, reduction,
-                                  _need_grad(input))[0]
+    return _ops.run(_ops.multi_margin_loss, input, target, int(p), float(margin), weight,
+                    reduction, _need_grad(input))[0]
 
 
 # --- regression and binary --------------------------------------------------------------
@@ -345,8 +351,8 @@ def mse_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     _same_shape_weight("mse_loss", input, weight)
     x, need = _pointwise_args("mse_loss", input, target, reduction, weight=weight)
     if weight is not None and reduction == "mean":
-        return _ops.mse_loss(x, target, weight, "sum", need)[0] / weight.sum()
-    return _ops.mse_loss(x, target, weight, reduction, need)[0]
+        return _ops.run(_ops.mse_loss, x, target, weight, "sum", need)[0] / weight.sum()
+    return _ops.run(_ops.mse_loss, x, target, weight, reduction, need)[0]
 
 
 def l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
@@ -358,8 +364,8 @@ def l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     _same_shape_weight("l1_loss", input, weight)
     x, need = _pointwise_args("l1_loss", input, target, reduction, weight=weight)
     if weight is not None and reduction == "mean":
-        return _ops.l1_loss(x, target, weight, "sum", need)[0] / weight.sum()
-    return _ops.l1_loss(x, target, weight, reduction, need)[0]
+        return _ops.run(_ops.l1_loss, x, target, weight, "sum", need)[0] / weight.sum()
+    return _ops.run(_ops.l1_loss, x, target, weight, reduction, need)[0]
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
@@ -369,7 +375,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     reduction = check_reduction(reduction)
     _same_shape_weight("huber_loss", input, weight)
     x, need = _pointwise_args("huber_loss", input, target, reduction, weight=weight)
-    return _ops.huber_loss(x, target, float(delta), weight, reduction, need)[0]
+    return _ops.run(_ops.huber_loss, x, target, float(delta), weight, reduction, need)[0]
 
 
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
@@ -378,7 +384,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] =
     """:func:`torch.nn.functional.smooth_l1_loss`, computed by :func:`fastloss.smooth_l1_loss`."""
     reduction = _reduction(size_average, reduce, reduction)
     x, need = _pointwise_args("smooth_l1_loss", input, target, reduction)
-    return _ops.smooth_l1_loss(x, target, float(beta), None, reduction, need)[0]
+    return _ops.run(_ops.smooth_l1_loss, x, target, float(beta), None, reduction, need)[0]
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -388,7 +394,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
     -100), computed by :func:`fastloss.binary_cross_entropy`."""
     reduction = _reduction(size_average, reduce, reduction)
     x, need = _pointwise_args("binary_cross_entropy", input, target, reduction, weight=weight)
-    return _ops.binary_cross_entropy(x, target, weight, reduction, need)[0]
+    return _ops.run(_ops.binary_cross_entropy, x, target, weight, reduction, need)[0]
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
@@ -401,8 +407,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     reduction = _reduction(size_average, reduce, reduction)
     x, need = _pointwise_args("binary_cross_entropy_with_logits", input, target, reduction,
                               weight=weight, pos_weight=pos_weight)
-    return _ops.binary_cross_entropy_with_logits(x, target, weight, pos_weight, reduction,
-                                                 need)[0]
+    return _ops.run(_ops.binary_cross_entropy_with_logits, x, target, weight, pos_weight,
+                    reduction, need)[0]
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
@@ -411,7 +417,8 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
     computed by :func:`fastloss.sigmoid_focal_loss`."""
     reduction = check_reduction(reduction)
     x, need = _pointwise_args("sigmoid_focal_loss", inputs, targets, reduction)
-    return _ops.sigmoid_focal_loss(x, targets, float(alpha), float(gamma), reduction, need)[0]
+    return _ops.run(_ops.sigmoid_focal_loss, x, targets, float(alpha), float(gamma), reduction,
+                    need)[0]
 
 
 def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
@@ -421,7 +428,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     the KL divergence per sample), computed by :func:`fastloss.kl_div`."""
     reduction = _reduction(size_average, reduce, reduction, REDUCTIONS + ("batchmean",))
     x, need = _pointwise_args("kl_div", input, target, reduction)
-    return _ops.kl_div(x, target, reduction, bool(log_target), need)[0]
+    return _ops.run(_ops.kl_div, x, target, reduction, bool(log_target), need)[0]
 
 
 # --- distillation, embeddings, sequences ------------------------------------------------
@@ -438,8 +445,8 @@ def kl_div_with_logits(student: Tensor, teacher: Tensor, *, temperature: float =
     _check_tensors("kl_div_with_logits", student=student, teacher=teacher)
     _check_float("kl_div_with_logits", "student", student)
     _no_grad_for("kl_div_with_logits", teacher=teacher)
-    return _ops.kl_div_with_logits(student, teacher, float(temperature), reduction,
-                                   _need_grad(student))[0]
+    return _ops.run(_ops.kl_div_with_logits, student, teacher, float(temperature), reduction,
+                    _need_grad(student))[0]
 
 
 def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
@@ -452,9 +459,9 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     _check_tensors("triplet_margin_loss", anchor=anchor, positive=positive, negative=negative)
     for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
         _check_float("triplet_margin_loss", name, t)
-    return _ops.triplet_margin_loss(anchor, positive, negative, float(margin), float(p),
-                                    float(eps), bool(swap), reduction,
-                                    _need_grad(anchor, positive, negative))[0]
+    return _ops.run(_ops.triplet_margin_loss, anchor, positive, negative, float(margin),
+                    float(p), float(eps), bool(swap), reduction,
+                    _need_grad(anchor, positive, negative))[0]
 
 
 def _lengths(value: Union[Tensor, Sequence[int]]) -> Tensor:
@@ -472,8 +479,8 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Union[Tensor, Se
     _check_tensors("ctc_loss", log_probs=log_probs, targets=targets,
                    input_lengths=input_lengths, target_lengths=target_lengths)
     _check_float("ctc_loss", "log_probs", log_probs)
-    return _ops.ctc_loss(log_probs, targets, input_lengths, target_lengths, int(blank),
-                         reduction, bool(zero_infinity), _need_grad(log_probs))[0]
+    return _ops.run(_ops.ctc_loss, log_probs, targets, input_lengths, target_lengths,
+                    int(blank), reduction, bool(zero_infinity), _need_grad(log_probs))[0]
 
 
 # --- the output layer -------------------------------------------------------------------
@@ -505,12 +512,12 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         return _linear_then_cross_entropy(input, linear_weight, target, linear_bias, weight,
                                           reduction, ignore_index, label_smoothing)
     if input.dim() == 1:  # one sample: a batch of one
-        loss = _ops.linear_cross_entropy(input.unsqueeze(0), linear_weight, target.reshape(1),
-                                         linear_bias, ignore_index, reduction,
-                                         float(label_smoothing), need)[0]
+        loss = _ops.run(_ops.linear_cross_entropy, input.unsqueeze(0), linear_weight,
+                        target.reshape(1), linear_bias, ignore_index, reduction,
+                        float(label_smoothing), need)[0]
         return loss.reshape(())
-    return _ops.linear_cross_entropy(input, linear_weight, target, linear_bias, ignore_index,
-                                     reduction, float(label_smoothing), need)[0]
+    return _ops.run(_ops.linear_cross_entropy, input, linear_weight, target, linear_bias,
+                    ignore_index, reduction, float(label_smoothing), need)[0]
 
 
 def _linear_then_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction,

@@ -466,6 +466,9 @@ def test_class_rows_fast_equals_general(rng, fast_only, fn, dtype, shape):
                 _same(fast, f(_g(v), t, **kw))
                 if not margin:
                     _same(fast, f(v, t, axis=1, **kw))
+                t32 = t.astype(np.int32)  # (JAX's default integer: the fast path too)
+                with fast_only():
+                    _same(f(v, t32, **kw), fast)
         if margin:
             continue
         t_all = np.full(shape[0], 7)
@@ -550,10 +553,17 @@ def test_class_rows_errors_and_declines(rng, fn):
                                 reduction="none", return_grad=grad)
             if fn == "cross_entropy":  # (3e38 + 3e38; nll_loss's -x_t = 3e38 fits)
                 assert out[0] == "raised" and out[1][0] is FloatingPointError
-    # other target dtypes and 3-d logits: the general path, the same numbers
-    for args in [(x, t.astype(np.int32)), (x[None], t[None])]:
+    # other target dtypes and 3-d logits: the general path, the same numbers; int32 targets
+    # on the fast path, with the general path's errors for bad ones
+    for args in [(x, t.astype(np.int32)), (x, t.astype(np.int16)), (x, t.astype(np.uint64)),
+                 (x[None], t[None])]:
         for grad in (False, True):
             _same_outcome(f, args, (_g(args[0]), args[1]), return_grad=grad)
+    for bad_t in (np.array([0, 1, 3, 0], np.int32), np.array([0, -5, 1, 2], np.int32)):
+        assert _core.class_rows_small(_CLASS_ROWS[fn], x, bad_t, None if fn == "multi_margin_loss"
+                                      else -100, "mean", False, 2.0) is None
+        for grad in (False, True):
+            _same_outcome(f, (x, bad_t), (_g(x), bad_t), return_grad=grad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

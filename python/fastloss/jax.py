@@ -139,7 +139,10 @@ def _page_buffer(shape: tuple, dtype: Any) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _host(spec: _Spec, want_grad: bool, grad_dtypes: tuple) -> Callable:
-    def call(*arrays: np.ndarray):
+    def call(*arrays: Any):
+        # (the callback is handed jax.Arrays: as NumPy arrays (views of the host buffers) the
+        # fastloss functions take their one-call fast paths, which take ndarrays only)
+        arrays = tuple(np.asarray(a) for a in arrays)
         extra = {}
         if want_grad and spec.grad_out:
             extra["grad_out"] = _page_buffer(arrays[spec.diff[0]].shape, grad_dtypes[0])

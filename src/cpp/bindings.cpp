@@ -556,8 +556,8 @@ bool small_grad_out_ok(py::handle grad_out, const py::array& x, const py::array&
 
 // cross_entropy (kind 0), nll_loss (kind 1), softmax_focal_loss (kind 2, p0 = gamma, no alpha)
 // or multi_margin_loss (kind 3, p = 1, margin 1, no weight; no ignore_index: pass None) of
-// logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64,
-// without class weights: the loss ("mean", "sum" as a NumPy scalar, "none" as an (N,) array)
+// logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64 or
+// int32, without class weights: the loss ("mean", "sum" as a NumPy scalar, "none" an (N,) array)
 // and with return_grad the gradient, as the public function returns them; None where the
 // general path applies (anything else, a target out of range, an empty or large batch, an
 // ignore_index outside int64). cross_entropy also takes probability targets: (N, C) of the
@@ -584,7 +584,10 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   if (x.ndim() != 2 || !plain_float(x)) return py::none();
   const bool probs = kind == 0 && t.ndim() == 2 && plain_float(t) &&
                      t.dtype().itemsize() == x.dtype().itemsize();
-  if (!probs && (t.ndim() != 1 || !plain_dtype(t, 'i', 8) || t.strides(0) != 8))
+  // (class indices: int64, or int32 (JAX's default integer), widened below)
+  const bool i32 = !probs && t.ndim() == 1 && plain_dtype(t, 'i', 4);
+  if (!probs && (t.ndim() != 1 || !(i32 || plain_dtype(t, 'i', 8)) ||
+                 t.strides(0) != t.itemsize()))
     return py::none();
   const int64_t n = x.shape(0), C = x.shape(1);
   // (large calls: the general path, whose checks and reduction run over all cores)
@@ -592,7 +595,12 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
     return py::none();
   const bool user_grad = !grad_out.is_none();
   if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, x, t, true))) return py::none();
-  const int64_t* tp = probs ? nullptr : static_cast<const int64_t*>(t.data());
+  std::vector<int64_t> t64;
+  if (i32) {
+    const int32_t* p32 = static_cast<const int32_t*>(t.data());
+    t64.assign(p32, p32 + n);
+  }
+  const int64_t* tp = probs ? nullptr : i32 ? t64.data() : static_cast<const int64_t*>(t.data());
   int64_t count = probs ? n : 0;
   for (int64_t i = 0; i < n && !probs; ++i) {
     const int64_t v = tp[i];

@@ -763,77 +763,94 @@ def test_fast_only_catches_the_general_path(rng, fast_only):
 
 
 # ---------------------------------------------------------------------------------------------
-# kl_div_with_logits
+# kl_div_with_logits, jensen_shannon_with_logits (_core.distill_small: kind 0 and 1)
 # ---------------------------------------------------------------------------------------------
+DISTILL = {"kl_div_with_logits": (0, {}), "jensen_shannon_with_logits": (1, {"beta": 0.3})}
+
+
+def _distill_fast(name, s, t, axis=-1, temperature=1.0, reduction="batchmean",
+                  return_grad=False, grad_out=None, beta=0.3):
+    kind = DISTILL[name][0]
+    return _core.distill_small(kind, s, t, axis, temperature, beta if kind else None,
+                               reduction, return_grad, grad_out)
+
+
+@pytest.mark.parametrize("name", list(DISTILL))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (32, 10), (7, 3), (300, 37)])
-def test_kl_div_with_logits_fast_equals_general(rng, fast_only, dtype, shape):
+def test_distill_fast_equals_general(rng, fast_only, name, dtype, shape):
     s = rng.normal(0, 2, shape).astype(dtype)
     t = rng.normal(0, 2, shape).astype(dtype)
     if s.size > 5:
         s.flat[3], t.flat[5], t.flat[4] = np.nan, -np.inf, np.inf
-    f = fl.kl_div_with_logits
+    f, extra = getattr(fl, name), DISTILL[name][1]
     views = [(s, t), (s[:, ::-1], t), (s, np.asfortranarray(t))] if shape[1] > 1 else [(s, t)]
     for a, b in views:
         for axis in (-1, 1):
             for tau in (1.0, 2.5):
                 for reduction in ("batchmean", "mean", "sum", "none"):
                     for grad in (False, True):
-                        kw = {"axis": axis, "temperature": tau, "reduction": reduction,
-                              "return_grad": grad}
+                        kw = dict(extra, axis=axis, temperature=tau, reduction=reduction,
+                                  return_grad=grad)
                         with fast_only():
                             fast = f(a, b, **kw)
-                        assert _core.kl_div_with_logits_small(a, b, axis, tau, reduction,
-                                                              grad) is not None
+                        assert _distill_fast(name, a, b, **kw) is not None
                         _same(fast, f(_g(a), b, **kw))
 
 
-def test_kl_div_with_logits_fast_matches_reference(rng):
+def test_distill_fast_matches_reference(rng):
     from fastloss import reference
     s, t = rng.normal(size=(32, 10)), rng.normal(size=(32, 10))
     loss, g = fl.kl_div_with_logits(s, t, temperature=2.0, return_grad=True)
     rl, rg = reference.kl_div_with_logits(s, t, temperature=2.0, return_grad=True)
     np.testing.assert_allclose(loss, rl, rtol=1e-13)
     np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-16)
+    loss, g = fl.jensen_shannon_with_logits(s, t, beta=0.3, temperature=2.0, return_grad=True)
+    rl, rg = reference.jensen_shannon_with_logits(s, t, beta=0.3, temperature=2.0,
+                                                  return_grad=True)
+    np.testing.assert_allclose(loss, rl, rtol=1e-12)
+    np.testing.assert_allclose(g, rg, rtol=1e-11, atol=1e-16)
 
 
+@pytest.mark.parametrize("name", list(DISTILL))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kl_div_with_logits_fast_with_grad_out(rng, fast_only, dtype):
+def test_distill_fast_with_grad_out(rng, fast_only, name, dtype):
     # A preallocated gradient keeps the fast path: the general path's bits, returned in
     # grad_out itself; in place of either operand, and any other buffer, the general path
     s = rng.normal(0, 2, (32, 10)).astype(dtype)
     t = rng.normal(0, 2, (32, 10)).astype(dtype)
-    f = fl.kl_div_with_logits
+    f, extra = getattr(fl, name), DISTILL[name][1]
     for reduction in ("batchmean", "mean", "sum", "none"):
-        want = f(_g(s), t, reduction=reduction, return_grad=True)
+        want = f(_g(s), t, reduction=reduction, return_grad=True, **extra)
         g = np.full(s.shape, np.nan, dtype)
         with fast_only():
-            got = f(s, t, reduction=reduction, return_grad=True, grad_out=g)
+            got = f(s, t, reduction=reduction, return_grad=True, grad_out=g, **extra)
         assert got[1] is g
         _same(got, want)
-    fast = _core.kl_div_with_logits_small
-    assert fast(s, t, -1, 1.0, "sum", True, np.empty_like(s)) is not None
+    kw = {"reduction": "sum", "return_grad": True}
+    assert _distill_fast(name, s, t, grad_out=np.empty_like(s), **kw) is not None
     ro = np.empty_like(s)
     ro.flags.writeable = False
     other = np.float32 if dtype == np.float64 else np.float64
     for bad in (np.empty(s.shape, other), np.empty((32, 11), dtype)[:, :10],
                 np.empty((10, 32), dtype).T, np.empty((32, 9), dtype), ro,
                 _g(np.empty_like(s)), s, t, [[0.0] * 10] * 32):
-        assert fast(s, t, -1, 1.0, "sum", True, bad) is None
-    assert fast(s, t, -1, 1.0, "sum", False, np.empty_like(s)) is None
+        assert _distill_fast(name, s, t, grad_out=bad, **kw) is None
+    assert _distill_fast(name, s, t, reduction="sum", grad_out=np.empty_like(s)) is None
     xs, xt = s.copy(), t.copy()  # (in place of either operand: the general path's numbers)
-    _same(f(xs, t, return_grad=True, grad_out=xs), f(_g(s), t, return_grad=True))
-    _same(f(s, xt, return_grad=True, grad_out=xt), f(_g(s), t, return_grad=True))
+    want = f(_g(s), t, return_grad=True, **extra)
+    _same(f(xs, t, return_grad=True, grad_out=xs, **extra), want)
+    _same(f(s, xt, return_grad=True, grad_out=xt, **extra), want)
 
 
-def test_kl_div_with_logits_errors_and_declines(rng):
-    f = fl.kl_div_with_logits
+@pytest.mark.parametrize("name", list(DISTILL))
+def test_distill_errors_and_declines(rng, name):
+    f, extra = getattr(fl, name), DISTILL[name][1]
     s = rng.normal(size=(4, 3)).astype(np.float32)
     t = rng.normal(size=(4, 3)).astype(np.float32)
-    fast = _core.kl_div_with_logits_small
     # what the fast path declines gives the general path's numbers or errors: another axis,
-    # an int, NumPy or bad temperature, mixed or 16-bit dtypes, 1-d and 3-d logits, shapes
-    # that differ, empty axes, an unknown reduction, a non-bool return_grad
+    # an int, NumPy or bad temperature (or beta), mixed or 16-bit dtypes, 1-d and 3-d logits,
+    # shapes that differ, empty axes, an unknown reduction, a non-bool return_grad
     cases = [((s, t), {"axis": 0}), ((s, t), {"temperature": 2}),
              ((s, t), {"temperature": np.float64(2.0)}), ((s, t), {"temperature": 0.0}),
              ((s, t), {"temperature": float("inf")}), ((s, t), {"temperature": True}),
@@ -841,11 +858,14 @@ def test_kl_div_with_logits_errors_and_declines(rng):
              ((s[0], t[0]), {}), ((s[None], t[None]), {}), ((s, t[:3]), {}),
              ((s[:, :0], t[:, :0]), {}), ((s[:0], t[:0]), {}), ((s, t), {"reduction": "avg"}),
              ((s, t), {"return_grad": 1}), ((s, t), {"axis": 2}), ((s, t), {"axis": 2**70})]
+    if extra:
+        cases += [((s, t), {"beta": 1}), ((s, t), {"beta": 1.5}), ((s, t), {"beta": -0.0}),
+                  ((s, t), {"beta": float("nan")}), ((s, t), {"beta": np.float64(0.2)})]
     for args, kw in cases:
-        kw2 = {"axis": -1, "temperature": 1.0, "reduction": "batchmean", "return_grad": False}
-        kw2.update(kw)
-        assert fast(*args, *kw2.values()) is None
+        kw2 = dict(extra, **kw)
+        fast = _distill_fast(name, *args, **kw2)
+        assert fast is None or kw2.get("beta") == 0.0  # (-0.0 is in [0, 1]: the fast path)
         for grad in (False, True):
-            kw3 = dict(kw)
+            kw3 = dict(kw2)
             kw3.setdefault("return_grad", grad)
             _same_outcome(f, args, (_g(args[0]), args[1]), **kw3)

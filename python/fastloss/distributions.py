@@ -138,8 +138,8 @@ def kl_div_with_logits(
     # the common small call (2-d float32/float64 logits of one dtype, the class axis last, a
     # float temperature), checked and computed in one call into the core (None: the general
     # path below, which raises every user-facing error)
-    r = _core.kl_div_with_logits_small(student_logits, teacher_logits, axis, temperature,
-                                       reduction, return_grad, grad_out)
+    r = _core.distill_small(0, student_logits, teacher_logits, axis, temperature, None,
+                            reduction, return_grad, grad_out)
     if r is not None:
         return r
     s = float_input(student_logits, "student_logits")

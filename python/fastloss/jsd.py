@@ -129,6 +129,13 @@ def jensen_shannon_with_logits(
     >>> np.round(grad, 6)
     array([[-0.105912,  0.105912]])
     """
+    # the common small call (2-d float32/float64 logits of one dtype, the class axis last,
+    # float beta and temperature), checked and computed in one call into the core (None: the
+    # general path below, which raises every user-facing error)
+    r = _core.distill_small(1, student, teacher, axis, temperature, beta, reduction,
+                            return_grad, grad_out)
+    if r is not None:
+        return r
     s = float_input(student, "student")
     t = float_input(teacher, "teacher")
     shape = s.array.shape

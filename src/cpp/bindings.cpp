@@ -18,6 +18,7 @@
 #include "distributions.hpp"
 #include "kernels.hpp"
 #include "pairs.hpp"
+#include "rowloss.hpp"
 #include "scale.hpp"
 
 namespace py = pybind11;
@@ -729,28 +730,33 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
   return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
 }
 
-// kl_div_with_logits of (N, C) student and teacher logits of one float dtype (any strides),
-// axis -1 or 1 (an exact int), a Python float temperature (positive, finite), as the public
-// function returns it: the loss and with return_grad the gradient; None where the general path
-// applies (anything else, an empty or large call). grad_out (None: none): the caller's gradient
-// array as small_grad_out_ok says (not in place of the student: a row's gradient depends on
-// the whole row; sharing nothing with the teacher), which the kernel writes and which is
-// returned (the kernel rejects nothing: NaN rows are NaN).
-py::object kl_div_with_logits_small(py::handle student, py::handle teacher, py::handle axis,
-                                    py::handle temperature, py::handle reduction,
-                                    py::handle return_grad, py::handle grad_out) {
+// The distillation losses of (N, C) student and teacher logits of one float dtype (any
+// strides): kind 0 kl_div_with_logits (beta None), 1 jensen_shannon_with_logits (beta a
+// Python float in [0, 1]); axis -1 or 1 (an exact int), a Python float temperature (positive,
+// finite); as the public function returns it: the loss and with return_grad the gradient;
+// None where the general path applies (anything else, an empty or large call). grad_out
+// (None: none): the caller's gradient array as small_grad_out_ok says (not in place of the
+// student: a row's gradient depends on the whole row; sharing nothing with the teacher),
+// which the kernel writes and which is returned (the kernels reject nothing: NaN rows are NaN).
+py::object distill_small(int kind, py::handle student, py::handle teacher, py::handle axis,
+                         py::handle temperature, py::handle beta_, py::handle reduction,
+                         py::handle return_grad, py::handle grad_out) {
   const int red = fast_reduction(reduction, true);
   const int grad = fast_flag(return_grad);
-  if (red < 0 || grad < 0 || !exact_ndarray(student) || !exact_ndarray(teacher) ||
-      !PyLong_CheckExact(axis.ptr()) || !PyFloat_CheckExact(temperature.ptr()))
+  const bool jsd = kind == 1;
+  if ((kind != 0 && !jsd) || red < 0 || grad < 0 || !exact_ndarray(student) ||
+      !exact_ndarray(teacher) || !PyLong_CheckExact(axis.ptr()) ||
+      !PyFloat_CheckExact(temperature.ptr()) || (jsd && !PyFloat_CheckExact(beta_.ptr())))
     return py::none();
   const long ax = PyLong_AsLong(axis.ptr());
-  const double tau = PyFloat_AS_DOUBLE(temperature.ptr());
   if (PyErr_Occurred()) {
     PyErr_Clear();
     return py::none();
   }
-  if ((ax != -1 && ax != 1) || !(tau > 0) || !std::isfinite(tau)) return py::none();
+  const double tau = PyFloat_AS_DOUBLE(temperature.ptr());
+  const double beta = jsd ? PyFloat_AS_DOUBLE(beta_.ptr()) : 0.0;
+  if ((ax != -1 && ax != 1) || !(tau > 0) || !std::isfinite(tau) || !(beta >= 0 && beta <= 1))
+    return py::none();
   const auto s = py::reinterpret_borrow<py::array>(student);
   const auto t = py::reinterpret_borrow<py::array>(teacher);
   if (s.ndim() != 2 || t.ndim() != 2 || !plain_float(s) || !plain_float(t) ||
@@ -775,29 +781,47 @@ py::object kl_div_with_logits_small(py::handle student, py::handle teacher, py::
       l.s2 = 1;
       return l;
     };
-    KlLogitsArgs<S> a;
-    a.student = static_cast<const S*>(s.data()), a.ls = layout(s);
-    a.teacher = static_cast<const S*>(t.data()), a.lt = layout(t);
-    a.temperature = tau;
-    a.grad_scale = mean ? 1.0 / count : 1.0;
-    a.loss = per_row.data();
+    S* gp = nullptr;
     py::object g;  // (null without return_grad)
     if (grad) {
       if (user_grad) {
-        a.grad = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
+        gp = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
         g = py::reinterpret_borrow<py::object>(grad_out);
       } else {
         py::array_t<S> ga(std::vector<ssize_t>{n, C});
-        a.grad = ga.mutable_data();
+        gp = ga.mutable_data();
         g = std::move(ga);
       }
-      a.lg.n0 = n, a.lg.n1 = C, a.lg.n2 = 1, a.lg.s0 = C, a.lg.s1 = 1, a.lg.s2 = 1;
     }
-    if (n * C >= kSmallWork) {
-      py::gil_scoped_release nogil;
-      fastloss::kl_div_with_logits(a);
+    Layout3 lg;
+    lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
+    auto call = [&](auto& a) {  // (KlLogitsArgs or JsdArgs: the same fields but beta)
+      a.student = static_cast<const S*>(s.data()), a.ls = layout(s);
+      a.teacher = static_cast<const S*>(t.data()), a.lt = layout(t);
+      a.temperature = tau;
+      a.grad_scale = mean ? 1.0 / count : 1.0;
+      a.loss = per_row.data();
+      a.grad = gp, a.lg = lg;
+      auto kernel = [&] {
+        if constexpr (std::is_same_v<std::decay_t<decltype(a)>, JsdArgs<S>>)
+          fastloss::jensen_shannon(a);
+        else
+          fastloss::kl_div_with_logits(a);
+      };
+      if (n * C >= kSmallWork) {
+        py::gil_scoped_release nogil;
+        kernel();
+      } else {
+        kernel();
+      }
+    };
+    if (jsd) {
+      JsdArgs<S> a;
+      a.beta = beta;
+      call(a);
     } else {
-      fastloss::kl_div_with_logits(a);
+      KlLogitsArgs<S> a;
+      call(a);
     }
     return small_rows_result<S>(per_row, mean ? int(kFastMean) : red, count, g);
   };
@@ -903,9 +927,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("class_rows_small", &class_rows_small, py::arg("kind"), py::arg("logits"),
         py::arg("target"), py::arg("ignore_index"), py::arg("reduction"), py::arg("return_grad"),
         py::arg("p0"), py::arg("grad_out") = py::none());
-  m.def("kl_div_with_logits_small", &kl_div_with_logits_small, py::arg("student"),
-        py::arg("teacher"), py::arg("axis"), py::arg("temperature"), py::arg("reduction"),
-        py::arg("return_grad"), py::arg("grad_out") = py::none());
+  m.def("distill_small", &distill_small, py::arg("kind"), py::arg("student"),
+        py::arg("teacher"), py::arg("axis"), py::arg("temperature"), py::arg("beta"),
+        py::arg("reduction"), py::arg("return_grad"), py::arg("grad_out") = py::none());
   m.def("multilabel_margin_small", &multilabel_margin_small, py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("return_grad"), py::arg("grad_out") = py::none());
   m.def("pointwise_fast", &pointwise_fast, py::arg("kind"), py::arg("x"), py::arg("y"),

@@ -779,7 +779,8 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
     for call in calls:  # (the valid targets first: the deferred path, chunk by chunk)
         checked.clear()
         assert np.isfinite(call(t))
-        assert checked in ([0, 16, 32, 48, 64], [0, 10, 20, 30, 40, 50, 60])  # (strided: 10 a chunk)
+        # (rows back to back: chunks of 16 rows; the strided class axis: 10 rows a chunk)
+        assert checked in ([0, 16, 32, 48, 64], [0, 10, 20, 30, 40, 50, 60])
     for i, v in [(0, C), (17, -1), (33, -(2**63)), (48, 2**63 - 1), (69, 2**40)]:
         bad = t.copy()
         bad[i] = v

@@ -555,6 +555,58 @@ bool small_grad_out_ok(py::handle grad_out, const py::array& x, const py::array&
   return !(a0 < g1 && g0 < a1 && !same);
 }
 
+// Whether a small call of two 2-d operands x and t of one (n, C) shape applies
+// (multilabel_margin_small, distill_small): not empty, at most kSmallRows rows and 64 times
+// as many elements, and a grad_out (if given: with return_grad only) that small_grad_out_ok
+// takes, not in place of x.
+bool small_pair_call(const py::array& x, const py::array& t, int grad, py::handle grad_out) {
+  const int64_t n = x.shape(0), C = x.shape(1);
+  if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
+      n * C > kSmallRows * 64)
+    return false;
+  return grad_out.is_none() || (grad == 1 && small_grad_out_ok(grad_out, x, t, false));
+}
+
+// f() for a small call: with the GIL released from kSmallWork elements of work on (below
+// that, releasing and taking it back costs more than other threads gain).
+template <class F> void small_call(int64_t work, F&& f) {
+  if (work >= kSmallWork) {
+    py::gil_scoped_release nogil;
+    f();
+  } else {
+    f();
+  }
+}
+
+// The gradient array of a small (n, C) call with return_grad: the caller's grad_out (checked
+// by small_grad_out_ok) or a fresh C-order array; into g the object returned for it.
+template <class S>
+S* small_grad_array(py::handle grad_out, bool user_grad, int64_t n, int64_t C, py::object& g) {
+  if (user_grad) {
+    g = py::reinterpret_borrow<py::object>(grad_out);
+    return static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
+  }
+  py::array_t<S> a(std::vector<ssize_t>{n, C});
+  S* p = a.mutable_data();
+  g = std::move(a);
+  return p;
+}
+
+// The layout of a 2-d array as the general path's as3d view, (N, C, 1), and of a C-order
+// (n, C) gradient.
+template <class S> Layout3 rows_layout(const py::array& a) {
+  Layout3 l;
+  l.n0 = a.shape(0), l.n1 = a.shape(1), l.n2 = 1;
+  l.s0 = a.strides(0) / ssize_t(sizeof(S)), l.s1 = a.strides(1) / ssize_t(sizeof(S));
+  l.s2 = 1;
+  return l;
+}
+inline Layout3 c_rows_layout(int64_t n, int64_t C) {
+  Layout3 l;
+  l.n0 = n, l.n1 = C, l.n2 = 1, l.s0 = C, l.s1 = 1, l.s2 = 1;
+  return l;
+}
+
 // cross_entropy (kind 0), nll_loss (kind 1), softmax_focal_loss (kind 2, p0 = gamma, no alpha)
 // or multi_margin_loss (kind 3, p = 1, margin 1, no weight; no ignore_index: pass None) of
 // logits / log-probabilities / scores (N, C) and class-index targets (N,) contiguous int64 or
@@ -615,24 +667,9 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
   std::vector<double> per_row(size_t(n), 0.0);
   auto run = [&](auto tag) -> py::object {
     using S = decltype(tag);
-    Layout3 lx;  // (the layout of the general path's as3d view: (N, C, 1))
-    lx.n0 = n, lx.n1 = C, lx.n2 = 1;
-    lx.s0 = x.strides(0) / ssize_t(sizeof(S)), lx.s1 = x.strides(1) / ssize_t(sizeof(S));
-    lx.s2 = 1;
+    const Layout3 lx = rows_layout<S>(x), lg = c_rows_layout(n, C);
     py::object g;  // (null without return_grad: a default py::array_t allocates one)
-    S* gp = nullptr;
-    Layout3 lg;
-    if (grad) {
-      if (user_grad) {
-        gp = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
-        g = py::reinterpret_borrow<py::object>(grad_out);
-      } else {
-        py::array_t<S> a(std::vector<ssize_t>{n, C});
-        gp = a.mutable_data();
-        g = std::move(a);
-      }
-      lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
-    }
+    S* gp = grad ? small_grad_array<S>(grad_out, user_grad, n, C, g) : nullptr;
     auto call = [&] {
       if (kind == 0 || kind == 2) {
         CrossEntropyArgs<S> a;
@@ -663,12 +700,7 @@ py::object class_rows_small(int kind, py::handle logits, py::handle target,
         fastloss::nll_loss(a);
       }
     };
-    if (n * C >= kSmallWork) {
-      py::gil_scoped_release nogil;
-      call();
-    } else {
-      call();
-    }
+    small_call(n * C, call);
     return small_rows_result<S>(per_row, red, double(count), g);
   };
   return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
@@ -690,12 +722,9 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
   if (x.ndim() != 2 || t.ndim() != 2 || !plain_float(x) || !plain_dtype(t, 'i', 8) ||
       !(t.flags() & py::array::c_style))
     return py::none();
+  if (!small_pair_call(x, t, grad, grad_out)) return py::none();
   const int64_t n = x.shape(0), C = x.shape(1);
-  if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
-      n * C > kSmallRows * 64)
-    return py::none();
   const bool user_grad = !grad_out.is_none();
-  if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, x, t, false))) return py::none();
   const int64_t* tp = static_cast<const int64_t*>(t.data());
   for (int64_t i = 0; i < n * C; ++i)
     if (tp[i] < -1 || tp[i] >= C) return py::none();  // the general path names the entry
@@ -710,21 +739,8 @@ py::object multilabel_margin_small(py::handle input, py::handle target, py::hand
     a.grad_scale = red == kFastMean ? 1.0 / double(n) : 1.0;
     a.loss = per_row.data();
     py::object g;  // (null without return_grad)
-    if (grad && user_grad) {
-      a.grad = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
-      a.g0 = C, a.g1 = 1;
-      g = py::reinterpret_borrow<py::object>(grad_out);
-    } else if (grad) {
-      py::array_t<S> ga(std::vector<ssize_t>{n, C});
-      a.grad = ga.mutable_data(), a.g0 = C, a.g1 = 1;
-      g = std::move(ga);
-    }
-    if (n * C >= kSmallWork) {
-      py::gil_scoped_release nogil;
-      fastloss::multilabel_margin(a);
-    } else {
-      fastloss::multilabel_margin(a);
-    }
+    if (grad) a.grad = small_grad_array<S>(grad_out, user_grad, n, C, g), a.g0 = C, a.g1 = 1;
+    small_call(n * C, [&] { fastloss::multilabel_margin(a); });
     return small_rows_result<S>(per_row, red, double(n), g);
   };
   return x.dtype().itemsize() == 4 ? run(float{}) : run(double{});
@@ -762,42 +778,21 @@ py::object distill_small(int kind, py::handle student, py::handle teacher, py::h
   if (s.ndim() != 2 || t.ndim() != 2 || !plain_float(s) || !plain_float(t) ||
       s.dtype().itemsize() != t.dtype().itemsize())
     return py::none();
+  if (!small_pair_call(s, t, grad, grad_out)) return py::none();
   const int64_t n = s.shape(0), C = s.shape(1);
-  if (t.shape(0) != n || t.shape(1) != C || n == 0 || C == 0 || n > kSmallRows ||
-      n * C > kSmallRows * 64)
-    return py::none();
   const bool user_grad = !grad_out.is_none();
-  if (user_grad && (grad != 1 || !small_grad_out_ok(grad_out, s, t, false))) return py::none();
   // (batchmean: over the rows; mean: over every element)
   const double count = red == kFastMean ? double(n) * double(C) : double(n);
   const bool mean = red == kFastMean || red == kFastBatchMean;
   std::vector<double> per_row(size_t(n), 0.0);
   auto run = [&](auto tag) -> py::object {
     using S = decltype(tag);
-    auto layout = [](const py::array& a) {  // (the general path's as3d view: (N, C, 1))
-      Layout3 l;
-      l.n0 = a.shape(0), l.n1 = a.shape(1), l.n2 = 1;
-      l.s0 = a.strides(0) / ssize_t(sizeof(S)), l.s1 = a.strides(1) / ssize_t(sizeof(S));
-      l.s2 = 1;
-      return l;
-    };
-    S* gp = nullptr;
     py::object g;  // (null without return_grad)
-    if (grad) {
-      if (user_grad) {
-        gp = static_cast<S*>(py::reinterpret_borrow<py::array>(grad_out).mutable_data());
-        g = py::reinterpret_borrow<py::object>(grad_out);
-      } else {
-        py::array_t<S> ga(std::vector<ssize_t>{n, C});
-        gp = ga.mutable_data();
-        g = std::move(ga);
-      }
-    }
-    Layout3 lg;
-    lg.n0 = n, lg.n1 = C, lg.n2 = 1, lg.s0 = C, lg.s1 = 1, lg.s2 = 1;
+    S* gp = grad ? small_grad_array<S>(grad_out, user_grad, n, C, g) : nullptr;
+    const Layout3 lg = c_rows_layout(n, C);
     auto call = [&](auto& a) {  // (KlLogitsArgs or JsdArgs: the same fields but beta)
-      a.student = static_cast<const S*>(s.data()), a.ls = layout(s);
-      a.teacher = static_cast<const S*>(t.data()), a.lt = layout(t);
+      a.student = static_cast<const S*>(s.data()), a.ls = rows_layout<S>(s);
+      a.teacher = static_cast<const S*>(t.data()), a.lt = rows_layout<S>(t);
       a.temperature = tau;
       a.grad_scale = mean ? 1.0 / count : 1.0;
       a.loss = per_row.data();
@@ -808,12 +803,7 @@ py::object distill_small(int kind, py::handle student, py::handle teacher, py::h
         else
           fastloss::kl_div_with_logits(a);
       };
-      if (n * C >= kSmallWork) {
-        py::gil_scoped_release nogil;
-        kernel();
-      } else {
-        kernel();
-      }
+      small_call(n * C, kernel);
     };
     if (jsd) {
       JsdArgs<S> a;
@@ -890,12 +880,7 @@ py::object softmax_small(int op, py::handle x_, py::handle axis) {
       if (op == 0) fastloss::logsumexp(a);
       else fastloss::softmax(a, op == 2);
     };
-    if (x.size() >= kSmallWork) {
-      py::gil_scoped_release nogil;
-      call();
-    } else {
-      call();
-    }
+    small_call(x.size(), call);
     if (op == 0 && kept.empty()) return numpy_scalar(double(a.out[0]), std::is_same_v<S, float>);
     return out;
   };

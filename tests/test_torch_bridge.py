@@ -438,8 +438,13 @@ def test_eager_path_only_where_nothing_intercepts():
     seen = []
     torch.func.vmap(lambda v: seen.append(ok((v,))) or v)(x)
     assert seen == [False]
-    # a call in a device context goes through the operator and gives the same numbers
+    # torch.jit.trace records the operator (not a Python autograd node)
     t = torch.tensor([0, 1, 2, 3])
+    traced = torch.jit.trace(lambda a, b: flt.cross_entropy(a, b), (x, t), check_trace=False)
+    assert "fastloss::cross_entropy" in str(traced.graph)
+    x2 = torch.randn(4, 5)
+    assert torch.equal(traced(x2, t), flt.cross_entropy(x2, t))
+    # a call in a device context goes through the operator and gives the same numbers
     with torch.device("cpu"):
         a = flt.cross_entropy(x, t, reduction="none")
     assert torch.equal(a, flt.cross_entropy(x, t, reduction="none"))

@@ -16,9 +16,9 @@ except ``cross_entropy_inplace``), a fake implementation that only computes shap
 the functional ones, ``register_autograd``. No loss arithmetic happens here: every number
 comes from the fastloss functions.
 
-:func:`run` calls a functional operator. In plain eager mode (not compiling, no ``torch.func``
-transform, no dispatch or function mode, every tensor argument a plain CPU tensor or
-parameter) it skips the dispatcher: the operator's own implementation runs inside a
+:func:`run` calls a functional operator. In plain eager mode (not compiling or
+``torch.jit.trace``-ing, no ``torch.func`` transform, no dispatch or function mode, every
+tensor argument a plain CPU tensor or parameter) it skips the dispatcher: the operator's own implementation runs inside a
 ``torch.autograd.Function`` with the operator's ``setup_context`` and ``backward``, so the
 results and gradients are the operator's, bit for bit. The dispatcher's path for a custom
 operator cost 40-50 us a call (a (32, 10) cross-entropy forward: 53 us through it, 12 us
@@ -164,7 +164,7 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _eager_ok(args: tuple) -> bool:
     """Whether a call of an operator on ``args`` may skip the dispatcher (see the module's
     documentation)."""
-    if _EAGER_CHECKS is None or torch.compiler.is_compiling():
+    if _EAGER_CHECKS is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     transforms, dispatch_modes, function_modes = _EAGER_CHECKS
     if transforms() or dispatch_modes() or function_modes():

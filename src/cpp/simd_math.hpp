@@ -545,27 +545,31 @@ alignas(64) inline constexpr float kExp2J32[32] = {
     0x1.ae89fa0000000p+0f, 0x1.b7f7700000000p+0f, 0x1.c199be0000000p+0f, 0x1.cb720e0000000p+0f,
     0x1.d5818e0000000p+0f, 0x1.dfc9740000000p+0f, 0x1.ea4afa0000000p+0f, 0x1.f507660000000p+0f,
 };
-// exp(x) for x in [-104, 100] or NaN (callers clamp): x = (n/32) ln 2 + r, n = round(32 x / ln 2)
-// by the 1.5 * 2^23 shifter (its low 5 bits index the table), r = x - n ln2/32 (ln2/32 in two
-// parts, the first product fused: r is accurate to an ulp of itself), |r| <= ln2/64;
-// exp(x) = 2^floor(n/32) * 2^(j/32) * exp(r), j = n mod 32, with exp(r) - 1 = r + r^2 (1/2 +
-// r/6) (truncation < 6e-10) and 2^floor(n/32) applied by vscalefps (0 below the float range,
-// subnormals kept; +inf above it). About 1.5 ulp; two thirds of the operations of vexp_capped.
-// (kNeg: exp(-x), the negation folded into the first operations.)
+// exp(x) for x in [-104, 100] or NaN (callers clamp): x = (n/32) ln 2 + r, n = round(32 x / ln 2),
+// r = x - (n/32) ln 2 (ln 2 in two parts, the first product fused: r is accurate to an ulp of
+// itself), |r| <= ln2/64; exp(x) = 2^floor(n/32) * 2^(j/32) * exp(r), j = n mod 32, with
+// exp(r) - 1 = r + r^2 (1/2 + r/6) (truncation < 6e-10) and 2^floor(n/32) applied by vscalefps
+// (0 below the float range, subnormals kept; +inf above it). About 1.5 ulp; two thirds of the
+// operations of vexp_capped. (kNeg: exp(-x), the negation folded into the first operations.)
+// n/32 comes straight from a rounding shifter of 1.5 * 2^18, whose ulp is 1/32: t = x / ln 2 +
+// shifter rounds to a multiple of 1/32, t - shifter is n/32 exactly (vscalefps floors it to
+// floor(n/32)) and the low 5 bits of t's mantissa are n mod 32 (the table index). The constants
+// are those of n = round(32 x / ln 2) scaled by powers of 2, so no rounding changes: the bits
+// of a 1.5 * 2^23 shifter and a multiply of n by 1/32, less that multiply.
 template <bool kNeg> FL_ALWAYS_INLINE f32v vexp_table(f32v x) {
-  const __m512 xx = __m512(x), shifter = _mm512_set1_ps(12582912.0f);
+  const __m512 xx = __m512(x), shifter = _mm512_set1_ps(393216.0f);
   constexpr float s = kNeg ? -1.0f : 1.0f;
-  const __m512 t = _mm512_fmadd_ps(xx, _mm512_set1_ps(s * 46.1662413084468283f), shifter);
-  const __m512 n = _mm512_sub_ps(t, shifter);
-  // r = (+-x) - n ln2/32
-  __m512 r = kNeg ? _mm512_fnmsub_ps(n, _mm512_set1_ps(0x1.62e43p-6f), xx)
-                  : _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e43p-6f), xx);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-0x1.05c61p-34f), r);
+  const __m512 t = _mm512_fmadd_ps(xx, _mm512_set1_ps(s * 1.44269504088896341f), shifter);
+  const __m512 n32 = _mm512_sub_ps(t, shifter);  // n/32
+  // r = (+-x) - (n/32) ln2
+  __m512 r = kNeg ? _mm512_fnmsub_ps(n32, _mm512_set1_ps(0x1.62e43p-1f), xx)
+                  : _mm512_fnmadd_ps(n32, _mm512_set1_ps(0x1.62e43p-1f), xx);
+  r = _mm512_fnmadd_ps(n32, _mm512_set1_ps(-0x1.05c61p-29f), r);
   const __m512 q = _mm512_fmadd_ps(r, _mm512_set1_ps(0x1.555556p-3f), _mm512_set1_ps(0.5f));
   const __m512 em1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
   const __m512 tab = __m512(table_lookup(kExp2J32, _mm512_castps_si512(t)));
   const __m512 y = _mm512_fmadd_ps(tab, em1, tab);
-  return f32v(_mm512_scalef_ps(y, _mm512_mul_ps(n, _mm512_set1_ps(0.03125f))));
+  return f32v(_mm512_scalef_ps(y, n32));
 }
 // log(u + c) for u >= 0 and a correction |c| <= ulp(u) (0: plain log u): u = m 2^k with m in
 // [0.75, 1.5) by vgetmantps/vgetexpps (subnormals included), f = (m + c 2^-k) / c_i - 1.

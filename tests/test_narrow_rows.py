@@ -775,10 +775,12 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
         lambda tt: fl.cross_entropy(x, tt, reduction="sum", label_smoothing=0.1),
         lambda tt: fl.softmax_focal_loss(x, tt, alpha=alpha, gamma=2.0),
         lambda tt: fl.cross_entropy(xs, tt.reshape(7, 10), axis=1),
+        lambda tt: fl.cross_entropy(x, tt, reduction="none", weight=alpha),
+        lambda tt: fl.cross_entropy(xs, tt.reshape(7, 10), axis=1, reduction="none"),
     ]
     for call in calls:  # (the valid targets first: the deferred path, chunk by chunk)
         checked.clear()
-        assert np.isfinite(call(t))
+        assert np.all(np.isfinite(call(t)))
         # (rows back to back: chunks of 16 rows; the strided class axis: 10 rows a chunk)
         assert checked in ([0, 16, 32, 48, 64], [0, 10, 20, 30, 40, 50, 60])
     for i, v in [(0, C), (17, -1), (33, -(2**63)), (48, 2**63 - 1), (69, 2**40)]:
@@ -786,9 +788,53 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
         bad[i] = v
         bad[i + 1 :: 11] = C + 5  # (later bad entries: the first one is reported)
         for k, call in enumerate(calls):
-            name = rf"target\[{i}\]" if k < 3 else rf"target\[{i // 10}, {i % 10}\]"
+            name = (rf"target\[{i}\]" if k in (0, 1, 2, 4)
+                    else rf"target\[{i // 10}, {i % 10}\]")
             with pytest.raises(IndexError, match=rf"{name} = {v} is out of range"):
                 call(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+                         ids=["float32", "float64", "float16", "bfloat16"])
+def test_chunked_none_reduction_is_the_one_call_bit_for_bit(rng, isa, monkeypatch, dtype):
+    """reduction="none" over many rows runs chunk by chunk (each chunk's float64 losses
+    rounded into the result, or written there directly for float64): the same bits as one
+    call over all rows, with and without the gradient, lse and token accuracy, weights, an
+    ignored row, a NaN row and a strided class axis."""
+    from fastloss import classification
+
+    x = rng.normal(0.0, 3.0, (70, 10)).astype(dtype)
+    x[5, 3] = np.nan
+    t = rng.integers(0, 10, 70)
+    t[::9] = -100
+    xs = np.moveaxis(x.reshape(7, 10, 10), -1, 1)  # (7, C, 10): the class axis strided
+    w = rng.random(10) + 0.5
+    calls = [
+        lambda: fl.cross_entropy(x, t, reduction="none", weight=w, label_smoothing=0.1),
+        lambda: fl.cross_entropy(x, t, reduction="none", return_grad=True),
+        lambda: fl.cross_entropy(x, t, reduction="none", return_lse=True,
+                                 return_token_accuracy=True),
+        lambda: fl.cross_entropy(xs, t.reshape(7, 10), axis=1, reduction="none", z_loss=1e-3),
+        lambda: fl.softmax_focal_loss(x, t, gamma=2.0, reduction="none"),
+    ]
+    want = [call() for call in calls]
+    monkeypatch.setattr(classification, "_CHUNK_ROWS", 16)
+    monkeypatch.setattr(classification._core, "class_rows_small", lambda *a: None)  # (declined)
+    chunks = []
+    core_ce = classification._core.cross_entropy
+    monkeypatch.setattr(classification._core, "cross_entropy",
+                        lambda *a: chunks.append(1) or core_ce(*a))
+    for call, expect in zip(calls, want):
+        chunks.clear()
+        got = call()
+        assert len(chunks) >= 5  # (chunk by chunk)
+        for g, e in zip(got if isinstance(got, tuple) else (got,),
+                        expect if isinstance(expect, tuple) else (expect,)):
+            assert type(g) is type(e)
+            if isinstance(g, np.ndarray):
+                assert g.dtype == e.dtype and g.shape == e.shape
+            np.testing.assert_array_equal(g, e)
+    assert np.isnan(want[1][0][5]) and want[0][0] == 0.0
 
 
 def test_sum_f64_is_numpy_sum(rng):

@@ -254,9 +254,11 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     # only this call's own per-row buffer, so nothing of the caller's is written before a
     # check fails. (Checked after rather than before the kernel: the kernel's read of the
     # targets from memory overlaps its arithmetic, and the check reads them from cache.)
+    # reduction="none" defers too (its count is not needed, so class weights may be given).
     n_rows_all = math.prod(arr.shape) // n_classes if n_classes else 0
-    deferred = (not want_grad and not want_acc and reduction != "none" and t.dtype.kind in "iu"
-                and (w is None or focal) and normalizer is None and n_rows_all > _CHUNK_ROWS)
+    deferred = (not want_grad and not want_acc and t.dtype.kind in "iu"
+                and (reduction == "none" or w is None or focal) and normalizer is None
+                and n_rows_all > _CHUNK_ROWS)
     if t.dtype.kind in "iu":
         ct = class_targets(t, arr.shape, ax, ignore_index, check=not deferred)
         deferred = ct.n_valid is None
@@ -302,23 +304,27 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
     opts = (z, cap, focal, float(focal_gamma) if focal else 0.0)
     gcore = grad.core if grad else None
     fresh = grad is not None and grad.temp is not None  # (a hint for the core: untouched pages)
-    if reduction == "none" or n_rows <= _CHUNK_ROWS:
+    if n_rows <= _CHUNK_ROWS:
         per_row = row_losses(n_rows, reduction)
         _core.cross_entropy(x3, target_flat, probs3, *args, per_row, gcore, *opts, lse, correct,
                             fresh)
         loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
     else:
-        # A reduced loss over many rows: the rows in chunks along axis 0, each chunk's losses
-        # in one reused buffer that stays in cache and is summed there. A fresh per-row array
-        # (8 bytes a row) would cost as much as the logits of a 2-class problem, and its first
-        # touch (page faults) more. The chunks do not depend on the thread count.
+        # Many rows: the rows in chunks along axis 0, each chunk's float64 losses in one reused
+        # buffer that stays in cache, where it is summed or (reduction="none") rounded into the
+        # result. A fresh float64 per-row array (8 bytes a row) would cost as much as the
+        # logits of a 2-class problem, and its first touch (page faults) more. float64 results
+        # take the kernel's losses directly. The chunks do not depend on the thread count.
         step = max(1, _CHUNK_ROWS // n2)
-        per_row = row_losses(step * n2, reduction)
+        none = reduction == "none"
+        out = np.empty(n_rows, dtype=x.loss_dtype) if none else None
+        direct = none and out.dtype == np.float64
+        per_row = None if direct else row_losses(step * n2, "sum")
         total = 0.0
         for o0 in range(0, n0, step):
             o1 = min(n0, o0 + step)
             r0, r1 = o0 * n2, o1 * n2
-            part = per_row[: r1 - r0]
+            part = out[r0:r1] if direct else per_row[: r1 - r0]
             _core.cross_entropy(
                 x3[o0:o1], None if target_flat is None else target_flat[r0:r1],
                 None if probs3 is None else probs3[o0:o1], *args, part,
@@ -327,8 +333,14 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
                 fresh)
             if deferred:
                 denom += check_target_chunk(ct, r0, r1, n_classes, ax)
-            total += _core.sum_f64(part)  # (np.sum's order, over the cores)
-        loss = reduce_total(total, reduction, denom, x.loss_dtype)
+            if not none:
+                total += _core.sum_f64(part)  # (np.sum's order, over the cores)
+            elif not direct:
+                out[r0:r1] = part  # (astype's rounding)
+        if none:
+            loss = out.reshape(out_shape)
+        else:
+            loss = reduce_total(total, reduction, denom, x.loss_dtype)
     g = grad.result() if want_grad else None
     if not (want_lse or want_acc):
         return (loss, g) if want_grad else loss

@@ -753,7 +753,8 @@ def test_large_loss_only_call_checks_targets_chunk_by_chunk(rng, restore_threads
 def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, dtype):
     """The chunked loss-only path runs each chunk's kernel before checking its targets: every
     kernel (two classes, in registers, in lanes, by rows; plain, focal with alpha, label
-    smoothing; rows back to back and a strided class axis) must take any int64 target without
+    smoothing, reduction "none" with weights; nll_loss; rows back to back and a strided class
+    axis) must take any int64 target without
     reading outside its row (the sanitizer build runs this), and the call must raise the
     checked path's IndexError for the first bad entry, not return a loss."""
     from fastloss import classification
@@ -777,7 +778,11 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
         lambda tt: fl.cross_entropy(xs, tt.reshape(7, 10), axis=1),
         lambda tt: fl.cross_entropy(x, tt, reduction="none", weight=alpha),
         lambda tt: fl.cross_entropy(xs, tt.reshape(7, 10), axis=1, reduction="none"),
+        lambda tt: fl.nll_loss(x, tt),
+        lambda tt: fl.nll_loss(x, tt, reduction="none", weight=alpha),
+        lambda tt: fl.nll_loss(xs, tt.reshape(7, 10), axis=1, reduction="sum"),
     ]
+    strided = (3, 5, 8)
     for call in calls:  # (the valid targets first: the deferred path, chunk by chunk)
         checked.clear()
         assert np.all(np.isfinite(call(t)))
@@ -788,7 +793,7 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
         bad[i] = v
         bad[i + 1 :: 11] = C + 5  # (later bad entries: the first one is reported)
         for k, call in enumerate(calls):
-            name = (rf"target\[{i}\]" if k in (0, 1, 2, 4)
+            name = (rf"target\[{i}\]" if k not in strided
                     else rf"target\[{i // 10}, {i % 10}\]")
             with pytest.raises(IndexError, match=rf"{name} = {v} is out of range"):
                 call(bad)
@@ -797,7 +802,8 @@ def test_chunked_loss_checks_targets_after_the_kernel(rng, isa, monkeypatch, C, 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
                          ids=["float32", "float64", "float16", "bfloat16"])
 def test_chunked_none_reduction_is_the_one_call_bit_for_bit(rng, isa, monkeypatch, dtype):
-    """reduction="none" over many rows runs chunk by chunk (each chunk's float64 losses
+    """reduction="none" over many rows (cross_entropy, nll_loss) runs chunk by chunk (each
+    chunk's float64 losses
     rounded into the result, or written there directly for float64): the same bits as one
     call over all rows, with and without the gradient, lse and token accuracy, weights, an
     ignored row, a NaN row and a strided class axis."""
@@ -816,14 +822,17 @@ def test_chunked_none_reduction_is_the_one_call_bit_for_bit(rng, isa, monkeypatc
                                  return_token_accuracy=True),
         lambda: fl.cross_entropy(xs, t.reshape(7, 10), axis=1, reduction="none", z_loss=1e-3),
         lambda: fl.softmax_focal_loss(x, t, gamma=2.0, reduction="none"),
+        lambda: fl.nll_loss(x, t, reduction="none", weight=w),
+        lambda: fl.nll_loss(xs, t.reshape(7, 10), axis=1, reduction="none"),
     ]
     want = [call() for call in calls]
     monkeypatch.setattr(classification, "_CHUNK_ROWS", 16)
     monkeypatch.setattr(classification._core, "class_rows_small", lambda *a: None)  # (declined)
     chunks = []
-    core_ce = classification._core.cross_entropy
-    monkeypatch.setattr(classification._core, "cross_entropy",
-                        lambda *a: chunks.append(1) or core_ce(*a))
+    for fn in ("cross_entropy", "nll_loss"):
+        core_fn = getattr(classification._core, fn)
+        monkeypatch.setattr(classification._core, fn,
+                            lambda *a, f=core_fn: chunks.append(1) or f(*a))
     for call, expect in zip(calls, want):
         chunks.clear()
         got = call()
@@ -835,6 +844,16 @@ def test_chunked_none_reduction_is_the_one_call_bit_for_bit(rng, isa, monkeypatc
                 assert g.dtype == e.dtype and g.shape == e.shape
             np.testing.assert_array_equal(g, e)
     assert np.isnan(want[1][0][5]) and want[0][0] == 0.0
+    # A reduced loss: the sum of the chunks' sums (np.sum's order within each chunk)
+    x[5, 3] = 0  # (no NaN row here)
+    for red in ("mean", "sum"):
+        for call, ref in [(fl.cross_entropy, fl.reference.cross_entropy),
+                          (fl.nll_loss, fl.reference.nll_loss)]:
+            chunks.clear()
+            got = call(x, t, reduction=red, weight=w)
+            assert len(chunks) >= 5 and np.isfinite(got)
+            np.testing.assert_allclose(got, ref(x.astype(np.float64), t, reduction=red, weight=w),
+                                       rtol=1e-6 if dtype == np.float64 else 4e-6)
 
 
 def test_sum_f64_is_numpy_sum(rng):

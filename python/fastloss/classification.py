@@ -188,6 +188,36 @@ def cross_entropy(
 _CHUNK_ROWS = 1 << 18
 
 
+def _row_chunks(n0, n2, reduction, loss_dtype, kernel, check=None):
+    """A loss over many rows, (n0, C, n2) as axis-0 chunks of about ``_CHUNK_ROWS`` rows:
+    ``kernel(o0, o1, r0, r1, part)`` writes the float64 losses of rows ``[r0, r1)`` (slice
+    ``[o0, o1)`` of axis 0) into ``part``, then ``check(r0, r1)`` (if given) checks their
+    targets and returns the count of rows not ignored. Each chunk's losses sit in one reused
+    buffer that stays in cache, where they are summed or (reduction="none") rounded into the
+    result: a fresh float64 per-row array (8 bytes a row) would cost as much as the logits of a
+    2-class problem, and its first touch (page faults) more. float64 results take the kernel's
+    losses directly. The chunks do not depend on the thread count. Returns (the float64 sum,
+    or the flat array of losses for "none"; the count)."""
+    step = max(1, _CHUNK_ROWS // n2)
+    none = reduction == "none"
+    out = np.empty(n0 * n2, dtype=loss_dtype) if none else None
+    direct = none and out.dtype == np.float64
+    per_row = None if direct else row_losses(step * n2, "sum")
+    total, counted = 0.0, 0
+    for o0 in range(0, n0, step):
+        o1 = min(n0, o0 + step)
+        r0, r1 = o0 * n2, o1 * n2
+        part = out[r0:r1] if direct else per_row[: r1 - r0]
+        kernel(o0, o1, r0, r1, part)
+        if check is not None:
+            counted += check(r0, r1)
+        if not none:
+            total += _core.sum_f64(part)  # (np.sum's order, over the cores)
+        elif not direct:
+            out[r0:r1] = part  # (astype's rounding)
+    return (out if none else total), counted
+
+
 def _check_z_softcap(z_loss: Any, softcap: Any, dtype: Any = None) -> tuple[float, float]:
     """z_loss >= 0 and softcap > 0 (0.0: none). With ``dtype`` (what the core computes in),
     both must also be finite in it: c tanh(x / c) and the z-loss coefficient are formed in that
@@ -310,37 +340,20 @@ def _cross_entropy(logits, target, axis, weight, ignore_index, reduction, label_
                             fresh)
         loss = reduce_rows(per_row, reduction, denom, out_shape, x.loss_dtype)
     else:
-        # Many rows: the rows in chunks along axis 0, each chunk's float64 losses in one reused
-        # buffer that stays in cache, where it is summed or (reduction="none") rounded into the
-        # result. A fresh float64 per-row array (8 bytes a row) would cost as much as the
-        # logits of a 2-class problem, and its first touch (page faults) more. float64 results
-        # take the kernel's losses directly. The chunks do not depend on the thread count.
-        step = max(1, _CHUNK_ROWS // n2)
-        none = reduction == "none"
-        out = np.empty(n_rows, dtype=x.loss_dtype) if none else None
-        direct = none and out.dtype == np.float64
-        per_row = None if direct else row_losses(step * n2, "sum")
-        total = 0.0
-        for o0 in range(0, n0, step):
-            o1 = min(n0, o0 + step)
-            r0, r1 = o0 * n2, o1 * n2
-            part = out[r0:r1] if direct else per_row[: r1 - r0]
+        def kernel(o0, o1, r0, r1, part):
             _core.cross_entropy(
                 x3[o0:o1], None if target_flat is None else target_flat[r0:r1],
                 None if probs3 is None else probs3[o0:o1], *args, part,
                 None if gcore is None else gcore[o0:o1], *opts,
                 None if lse is None else lse[r0:r1], None if correct is None else correct[r0:r1],
                 fresh)
-            if deferred:
-                denom += check_target_chunk(ct, r0, r1, n_classes, ax)
-            if not none:
-                total += _core.sum_f64(part)  # (np.sum's order, over the cores)
-            elif not direct:
-                out[r0:r1] = part  # (astype's rounding)
-        if none:
-            loss = out.reshape(out_shape)
+
+        check = (lambda r0, r1: check_target_chunk(ct, r0, r1, n_classes, ax)) if deferred else None
+        loss, counted = _row_chunks(n0, n2, reduction, x.loss_dtype, kernel, check)
+        if reduction == "none":
+            loss = loss.reshape(out_shape)
         else:
-            loss = reduce_total(total, reduction, denom, x.loss_dtype)
+            loss = reduce_total(loss, reduction, denom + counted, x.loss_dtype)
     g = grad.result() if want_grad else None
     if not (want_lse or want_acc):
         return (loss, g) if want_grad else loss
@@ -407,16 +420,37 @@ def nll_loss(
     t = np.asarray(target)
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
-    ct = class_targets(t, arr.shape, ax, ignore_index)
-    denom = float(ct.n_valid) if w is None else float(
-        np.sum(w[ct.flat[ct.valid]], dtype=np.float64))
+    # Many rows without the gradient: chunk by chunk, each chunk's targets checked after its
+    # kernel (as cross_entropy's; the kernel takes any int64 target, making a bad one's row NaN
+    # without reading outside the row).
+    n_rows = math.prod(arr.shape) // arr.shape[ax] if arr.shape[ax] else 0
+    deferred = (not want_grad and (reduction == "none" or w is None) and n_rows > _CHUNK_ROWS)
+    ct = class_targets(t, arr.shape, ax, ignore_index, check=not deferred)
+    deferred = ct.n_valid is None
+    if deferred:
+        denom = 0.0  # (counted below)
+    else:
+        denom = float(ct.n_valid) if w is None else float(
+            np.sum(w[ct.flat[ct.valid]], dtype=np.float64))
     x3 = as3d(arr, ax)
     grad = GradTarget(grad_out, x, ax, (x3,)) if want_grad else None
     scale = (1.0 / denom if denom != 0 else 0.0) if reduction == "mean" else 1.0
-    per_row = row_losses(x3.shape[0] * x3.shape[2], reduction)
-    _core.nll_loss(x3, ct.flat, w, ignore_index, scale, per_row, grad.core if grad else None)
-    loss = reduce_rows(per_row, reduction, denom, ct.shape, x.loss_dtype)
-    return (loss, grad.result()) if want_grad else loss
+    if n_rows <= _CHUNK_ROWS or want_grad:
+        per_row = row_losses(n_rows, reduction)
+        _core.nll_loss(x3, ct.flat, w, ignore_index, scale, per_row, grad.core if grad else None)
+        loss = reduce_rows(per_row, reduction, denom, ct.shape, x.loss_dtype)
+        return (loss, grad.result()) if want_grad else loss
+
+    def kernel(o0, o1, r0, r1, part):
+        _core.nll_loss(x3[o0:o1], ct.flat[r0:r1], w, ignore_index, scale, part, None)
+
+    n_classes = arr.shape[ax]
+    check = (lambda r0, r1: check_target_chunk(ct, r0, r1, n_classes, ax, "target")) \
+        if deferred else None
+    loss, counted = _row_chunks(x3.shape[0], x3.shape[2], reduction, x.loss_dtype, kernel, check)
+    if reduction == "none":
+        return loss.reshape(ct.shape)
+    return reduce_total(loss, reduction, denom + counted, x.loss_dtype)
 
 
 def softmax_focal_loss(

@@ -372,7 +372,8 @@ def test_small_class_gradient_stays_inside_its_rows(rng, isa, threads, C):
 def test_lane_kernels_16bit_rows_same_bits_as_float32(rng, isa, threads, dtype, C):
     """16-bit rows of 17 classes on go through the lane kernels' float tiles (converted as they
     are loaded and stored), and their arithmetic is float32's: the results equal those of the
-    same values as float32, the gradient and softmax rounded to the 16-bit type, with NaN,
+    same values as float32, the gradient and softmax rounded to the 16-bit type (within an
+    ulp of it for the row kernels of logsumexp, softmax and log_softmax over 100), with NaN,
     infinite and ignored rows, full blocks and a short last one; a gradient written into the
     front of a larger buffer leaves the rest alone, and one written in place is the same."""
     dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
@@ -403,7 +404,13 @@ def test_lane_kernels_16bit_rows_same_bits_as_float32(rng, isa, threads, dtype, 
         for name in ("logsumexp", "softmax", "log_softmax"):
             got = getattr(fl, name)(x, axis=1)
             want = getattr(fl, name)(xf, axis=1)
-            np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=name)
+            if C <= 100:  # (the lane kernels: float32's arithmetic)
+                np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=name)
+            else:  # the row kernels sum bfloat16 rows in another order (docs/numerics.md)
+                ulp = np.float32(2.0 ** -7 if dt == ml_dtypes.bfloat16 else 2.0 ** -10)
+                np.testing.assert_allclose(got.astype(np.float32),
+                                           want.astype(got.dtype).astype(np.float32),
+                                           rtol=ulp, atol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("C", [3, 10, 37, 256])

@@ -953,6 +953,42 @@ template <class S> inline vec_t<compute_t<S>> vload_as(const S* p) {
   }
 }
 
+// Two vectors of float from 2 W bfloat16 at p, in one load and two bit operations (the widening
+// load of vload_as takes a cross-lane shuffle a vector): even holds elements p[2 i], odd
+// p[2 i + 1] (lane i). For sums and maxima, where the order of the elements does not matter.
+#if defined(__AVX512F__)
+constexpr bool kBf16PairLoad = true;
+FL_ALWAYS_INLINE void vload_bf16_pair(const bfloat16* p, f32v& even, f32v& odd) {
+  const __m512i v = _mm512_loadu_si512(p);
+  even = f32v(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+  odd = f32v(_mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xFFFF0000u)))));
+}
+// The inverse order for float: p[2 i] = even[i], p[2 i + 1] = odd[i], 2 W floats.
+FL_ALWAYS_INLINE void vstore_interleaved(float* p, f32v even, f32v odd) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  _mm512_storeu_ps(p, _mm512_permutex2var_ps(__m512(even), lo, __m512(odd)));
+  _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(__m512(even), hi, __m512(odd)));
+}
+#elif defined(__AVX2__)
+constexpr bool kBf16PairLoad = true;
+FL_ALWAYS_INLINE void vload_bf16_pair(const bfloat16* p, f32v& even, f32v& odd) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  even = f32v(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+  odd = f32v(_mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u)))));
+}
+FL_ALWAYS_INLINE void vstore_interleaved(float* p, f32v even, f32v odd) {
+  const __m256 lo = _mm256_unpacklo_ps(__m256(even), __m256(odd));  // e0 o0 e1 o1 | e4 o4 e5 o5
+  const __m256 hi = _mm256_unpackhi_ps(__m256(even), __m256(odd));  // e2 o2 e3 o3 | e6 o6 e7 o7
+  _mm256_storeu_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+  _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+#else
+constexpr bool kBf16PairLoad = false;
+inline void vload_bf16_pair(const bfloat16*, f32v&, f32v&) {}
+inline void vstore_interleaved(float*, f32v, f32v) {}
+#endif
+
 template <class S> inline compute_t<S> to_compute(S v);
 template <class S> inline S from_compute(compute_t<S> v);
 

@@ -163,11 +163,12 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
     }
   };
   // One vector at j (n valid lanes): exp(x_j - m) into pe; c_j (m - x_j) and c_j into pcd, pc.
-  auto step = [&](V xv, V cv, int64_t j, int64_t n, V& mx, V& pe, V& pcd, V& pc) {
+  auto step = [&](V xv, V cv, int64_t j, int64_t n, V& mx, V& pe, V& pcd, V& pc,
+                  auto kStore) {
     mx = vmax<T>(mx, xv);
     const V e = vexp_capped(xv - vm);
     pe += e;
-    if constexpr (kKeep) {
+    if constexpr (kKeep && decltype(kStore)::value) {
       if (n == W)
         vstore(e_row + j, e);
       else
@@ -179,16 +180,37 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
       pcd += vselect(cv == zero, zero, cv * (vm - xv));
       pc += cv;
     }
+    return e;
   };
+  // bfloat16 sums without coefficients take a pair of vectors in one load (vload_bf16_pair:
+  // even and odd elements; the order of the terms is free), kept exps stored back in order
+  // (so the loss is the same bits with and without the gradient). AVX-512, one thread in
+  // cache, the loss of 4,096 to 128,256 classes: 0.94-0.95 of the time of two widening loads.
+  constexpr bool kPair = std::is_same_v<S, bfloat16> && C == Coef::kNone && kBf16PairLoad;
   auto chunk = [&](int64_t j, auto kMask) {
     V pe0 = zero, pe1 = zero, pcd0 = zero, pcd1 = zero, pc0 = zero, pc1 = zero;
     for (int k = 0; k < kChunk; k += 2) {
       const int64_t j0 = j + k * W, j1 = j0 + W;
-      V x0, c0, x1, c1;
-      load(j0, W, x0, c0, kMask);
-      load(j1, W, x1, c1, kMask);
-      step(x0, c0, j0, W, mx0, pe0, pcd0, pc0);
-      step(x1, c1, j1, W, mx1, pe1, pcd1, pc1);
+      V x0, c0 = zero, x1, c1 = zero;
+      if constexpr (kPair) {
+        if constexpr (std::is_same_v<S, bfloat16>) vload_bf16_pair(x + j0, x0, x1);
+        if constexpr (decltype(kMask)::value) {  // lane i: elements j0 + 2 i and j0 + 2 i + 1
+          const auto pos = iota + iota - (IV{} + int32_t(skip - j0));
+          x0 = vselect(pos == IV{}, vset<T>(-kInf<T>), x0);
+          x1 = vselect(pos == IV{} - 1, vset<T>(-kInf<T>), x1);
+        }
+      } else {
+        load(j0, W, x0, c0, kMask);
+        load(j1, W, x1, c1, kMask);
+      }
+      if constexpr (kPair) {
+        const V e0 = step(x0, c0, j0, W, mx0, pe0, pcd0, pc0, std::false_type{});
+        const V e1 = step(x1, c1, j1, W, mx1, pe1, pcd1, pc1, std::false_type{});
+        if constexpr (kKeep) vstore_interleaved(e_row + j0, e0, e1);
+      } else {
+        step(x0, c0, j0, W, mx0, pe0, pcd0, pc0, std::true_type{});
+        step(x1, c1, j1, W, mx1, pe1, pcd1, pc1, std::true_type{});
+      }
     }
     se.add_partial(pe0 + pe1);
     if constexpr (C != Coef::kNone) {
@@ -222,7 +244,7 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
         load(j, n, xv, cv, std::true_type{});
       else
         load(j, n, xv, cv, std::false_type{});
-      step(xv, cv, j, n, mx0, pe0, pcd0, pc0);
+      step(xv, cv, j, n, mx0, pe0, pcd0, pc0, std::true_type{});
       std::swap(pe0, pe1);  // (the next vector goes to the other partial)
       if constexpr (C != Coef::kNone) {
         std::swap(pcd0, pcd1);

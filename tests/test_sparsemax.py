@@ -349,6 +349,36 @@ def test_multiclass_bad_input():
         fl.multiclass_hinge_loss(s, [0, 1, 2], margin="1")
     with pytest.raises(ValueError, match="size 0"):
         fl.multiclass_hinge_loss(np.zeros((3, 0)), [0, 0, 0])
+    # the first bad entry is the one reported, -1 (which the core's check reads as an ignored
+    # entry) included, before and after another bad one
+    t = np.zeros(10_000, np.int64)
+    for bad in ([(70, -1), (900, 4)], [(70, 4), (900, -1)], [(70, -1)], [(9_999, -2**63)]):
+        tt = t.copy()
+        for i, v in bad:
+            tt[i] = v
+        i, v = bad[0]
+        with pytest.raises(IndexError, match=rf"target\[{i}\] = {v} is out of range"):
+            fl.multiclass_hinge_loss(np.zeros((10_000, 4)), tt)
+
+
+@pytest.mark.parametrize("fn", [fl.multiclass_hinge_loss, fl.multiclass_perceptron_loss])
+def test_multiclass_chunked_rows_are_one_call_bit_for_bit(rng, isa, monkeypatch, fn):
+    """Many rows without the gradient run chunk by chunk (classification._row_chunks): the
+    same bits for "none" as one call, the reduced losses the sum of the chunks' sums."""
+    from fastloss import classification
+
+    x = rng.normal(0.0, 2.0, (70, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 70)
+    xs = np.moveaxis(x.reshape(7, 10, 10), -1, 1)  # (7, C, 10): the class axis strided
+    want = [fn(x, t, reduction="none"), fn(xs, t.reshape(7, 10), axis=1, reduction="none")]
+    monkeypatch.setattr(classification, "_CHUNK_ROWS", 16)
+    got = [fn(x, t, reduction="none"), fn(xs, t.reshape(7, 10), axis=1, reduction="none")]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+    for red in ("mean", "sum"):
+        np.testing.assert_allclose(fn(x, t, reduction=red),
+                                   getattr(np, red)(want[0].astype(np.float64)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["fastloss.sparsemax", "fastloss.multiclass"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, classification
 from ._validation import (
     GradTarget,
     as3d,
@@ -17,6 +17,7 @@ from ._validation import (
     float_input,
     normalize_axis,
     reduce_rows,
+    reduce_total,
     row_losses,
 )
 
@@ -41,9 +42,12 @@ def index_targets(target: Any, shape: tuple, axis: int, name: str = "target") ->
         i = int(np.flatnonzero(t.ravel() > np.iinfo(np.int64).max)[0])
         raise IndexError(f"{name}.flat[{i}] is out of range for {n_classes} classes")
     flat = np.require(t, np.int64, ["C", "A"]).reshape(-1)
-    bad = (flat < 0) | (flat >= n_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    # One parallel pass in the core (-1 counts there as an ignored entry: an earlier -1 is
+    # then the first bad one) instead of NumPy's temporaries (10M targets: 1.4 ms, not 9.7).
+    i, n_valid = _core.check_class_targets(flat, n_classes, -1)
+    if i >= 0 or n_valid != flat.size:
+        neg = np.flatnonzero(flat[: i if i >= 0 else flat.size] == -1)
+        i = int(neg[0]) if neg.size else int(i)
         pos = tuple(int(k) for k in np.unravel_index(i, expected)) if expected else ()
         raise IndexError(
             f"{name}[{', '.join(map(str, pos))}] = {flat[i]} is out of range: class indices "
@@ -67,9 +71,18 @@ def _class_margin(scores, target, axis, margin, reduction, return_grad, grad_out
     rows = x3.shape[0] * x3.shape[2]
     scale = (1.0 / rows if rows else 0.0) if reduction == "mean" else 1.0
     grad = GradTarget(grad_out, x, ax, (x3,)) if want_grad else None
+    out_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
+    if not want_grad and rows > classification._CHUNK_ROWS:  # (as cross_entropy's)
+        def kernel(o0, o1, r0, r1, part):
+            _core.class_margin(x3[o0:o1], flat[r0:r1], margin, scale, part, None)
+
+        total, _ = classification._row_chunks(x3.shape[0], x3.shape[2], reduction,
+                                              x.loss_dtype, kernel)
+        if reduction == "none":
+            return total.reshape(out_shape)
+        return reduce_total(total, reduction, float(rows), x.loss_dtype)
     per_row = row_losses(rows, reduction)
     _core.class_margin(x3, flat, margin, scale, per_row, grad.core if grad else None)
-    out_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
     loss = reduce_rows(per_row, reduction, float(rows), out_shape, x.loss_dtype)
     return (loss, grad.result()) if want_grad else loss
 

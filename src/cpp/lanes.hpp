@@ -323,11 +323,13 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
 // of 10 float32 classes are 640 bytes) and its arithmetic long, and the hardware prefetcher
 // alone left it waiting on memory: cross-entropy loss over 50M float32 logits, 2 threads, median
 // of 8 alternated runs, 10 classes 53.3 -> 28.8 ms, 3 classes 81.8 -> 67.7, 32 classes 20.8 ->
-// 13.6, 100 classes 17.8 -> 11.5 (4 blocks ahead for blocks up to 1 KB, else 2).
-template <class S> inline void prefetch_block(const S* x, const Layout3& L, int64_t r0, int B) {
+// 13.6, 100 classes 17.8 -> 11.5 (4 blocks ahead for blocks up to 1 KB, else `far`, 2 unless
+// the kernel says otherwise).
+template <class S>
+inline void prefetch_block(const S* x, const Layout3& L, int64_t r0, int B, int far = 2) {
   if (L.n2 != 1 || L.s1 != 1 || L.s0 < L.n1) return;
   const int64_t bytes = int64_t(B) * L.s0 * int64_t(sizeof(S));
-  const int64_t r = r0 + (bytes <= 1024 ? 4 : 2) * B;
+  const int64_t r = r0 + (bytes <= 1024 ? 4 : far) * B;
   if (r + B > L.n0) return;  // (the last blocks: already on their way, or read)
   prefetch_bytes(x + r * L.s0, bytes);
 }

@@ -200,6 +200,9 @@ void class_margin_narrow(const ClassMarginArgs<S>& a) {
   parallel_row_blocks(a.lx.rows(), n, W, [&](int64_t r0, int nb) {
     alignas(64) T xb[kClassMarginNarrowMax * W];
     int64_t off[W] = {};
+    prefetch_block(a.x, a.lx, r0, W);  // (as the cross-entropy lane kernel; see the changelog)
+    if (a.lx.n2 == 1) prefetch_bytes(a.target + r0 + 4 * W, W * int64_t(sizeof(int64_t)));
+    if (a.grad) prefetch_block(a.grad, a.lg, r0, W);
     load_block(a.x, a.lx, r0, nb, xb, off);
     alignas(64) T tgt[W];
     bool bad[W];

@@ -564,12 +564,122 @@ double jsd_terms(const T* s, const T* t, int64_t n, T ms, T mt, T inv, double lo
   return acc.total();
 }
 
+// The same for rows of at most kJsdNarrowMax classes, with the rows in SIMD lanes (lanes.hpp,
+// as kl_div_with_logits_narrow): the maxima, sums and logs per lane (the logs in float64
+// lanes), then jsd_terms' terms and gradient per class, operation for operation, with the
+// sums taken per class into float64 lanes. AVX-512, two threads, 50M float32 logits, the
+// loss against the row kernel: 0.22 the time at 10 classes, 0.51 at 32, 0.74 at 64, 0.90 at
+// 100, 1.03 at 128 (with the gradient 0.23, 0.58, 0.86, 0.96, 1.07); a (32, 10) call with the
+// gradient 1.6 us (4.4).
+constexpr int64_t kJsdNarrowMax = 100;
+
+template <class S>
+void jensen_shannon_narrow(const JsdArgs<S>& a) {
+  using T = compute_t<S>;
+  using V = vec_t<T>;
+  constexpr int W = vec_width<T>, K = W / vec_width<double>;
+  const int64_t n = a.ls.n1;
+  const double tau = a.temperature, beta = a.beta;
+  const int mode = beta == 0.0 ? 0 : beta == 1.0 ? 1 : 2;
+  const V vinv = vset<T>(T(1.0 / tau)), zero = vset<T>(0), one = vset<T>(1);
+  const V vb = vset<T>(T(beta)), vb1 = vset<T>(T(1.0 - beta));
+  const V small = vset<T>(T(0.34657359027997265));
+  const bool grad = a.grad != nullptr;
+  parallel_row_blocks(a.ls.rows(), 2 * n * kExpWork, W, [&](int64_t r0, int nb) {
+    // sb, tb: the logits (sb then w_j and the gradient); es, et: their exps
+    alignas(64) T sb[kJsdNarrowMax * W], tb[kJsdNarrowMax * W];
+    alignas(64) T es[kJsdNarrowMax * W], et[kJsdNarrowMax * W];
+    int64_t off[W] = {};
+    prefetch_block(a.student, a.ls, r0, W, 1);  // (one block ahead, as kl_div_with_logits)
+    prefetch_block(a.teacher, a.lt, r0, W, 1);
+    if (grad) prefetch_block(a.grad, a.lg, r0, W, 1);
+    load_block(a.student, a.ls, r0, nb, sb, off);
+    load_block(a.teacher, a.lt, r0, nb, tb, off);
+    const LaneMax<T> ms = lane_max(sb, n, false), mt = lane_max(tb, n, false);
+    LaneSum<T> sum_s, sum_t;
+    for (int64_t j = 0; j < n; ++j) {
+      const V e_s = vexp_capped((vload(sb + j * W) - ms.m) * vinv);
+      const V e_t = vexp_capped((vload(tb + j * W) - mt.m) * vinv);
+      vstore(es + j * W, e_s);
+      vstore(et + j * W, e_t);
+      sum_s.add(e_s);
+      sum_t.add(e_t);
+    }
+    // per lane: 1 / S_s, 1 / S_t, log S_t - log S_s (float64, then the compute type); a row
+    // with NaN or +inf, or all -inf, in either input is bad (NaN)
+    f64v ms64[K], mt64[K], ns64[K], nt64[K], rss64[K], rst64[K], c64[K], bad64[K];
+    lanes_f64<T>(ms.m, ms64), lanes_f64<T>(mt.m, mt64);
+    lanes_f64<T>(ms.nan_seen, ns64), lanes_f64<T>(mt.nan_seen, nt64);
+    for (int k = 0; k < K; ++k) {
+      const auto bad = (ns64[k] != ns64[k]) | (nt64[k] != nt64[k]) |
+                       (ms64[k] - ms64[k] != ms64[k] - ms64[k]) |
+                       (mt64[k] - mt64[k] != mt64[k] - mt64[k]);
+      bad64[k] = vselect(bad, f64v{} + 1.0, f64v{});
+      rss64[k] = 1.0 / sum_s.v[k];
+      rst64[k] = 1.0 / sum_t.v[k];
+      c64[k] = vlog(sum_t.v[k]) - vlog(sum_s.v[k]);
+    }
+    const V rss = lanes_from_f64<T>(rss64), rst = lanes_from_f64<T>(rst64);
+    const V vc = lanes_from_f64<T>(c64);
+    LaneSum<T> acc, accw;
+    for (int64_t j = 0; j < n; ++j) {
+      const V q = vload(es + j * W) * rss, p = vload(et + j * W) * rst;
+      const V delta = ((vload(sb + j * W) - ms.m) - (vload(tb + j * W) - mt.m)) * vinv + vc;
+      V term, wv = zero;
+      if (mode == 0) {
+        term = vselect(p == zero, zero, zero - p * delta);  // P (log P - log Q)
+      } else if (mode == 1) {
+        term = vselect(q == zero, zero, q * delta);  // Q (log Q - log P)
+        wv = term;
+      } else {  // (jsd_terms' general case)
+        const auto neg = delta <= zero;
+        const V x = vselect(neg, delta, zero - delta);  // -|delta| (NaN stays NaN)
+        const V em1 = vselect(zero - x < small, expm1_poly(x), vexp_capped(x) - one);
+        const V l = zero - vlog1p(vselect(neg, vb1, vb) * em1);
+        const V A = vselect(neg, l, l - delta), B = vselect(neg, delta + l, l);
+        const V tp = vselect(p == zero, zero, p * A);
+        const V tq = vselect(q == zero, zero, q * B);
+        wv = vb1 * tq;
+        term = vb * tp + wv;
+      }
+      acc.add(term);
+      if (mode != 0) {
+        accw.add(wv);
+        if (grad) vstore(sb + j * W, wv);
+      }
+    }
+    alignas(64) double out[W];
+    for (int k = 0; k < K; ++k)
+      vstore(out + k * vec_width<double>,
+             vselect(bad64[k] != 0.0, f64v{} + kNaN, acc.v[k]));
+    for (int b = 0; b < nb; ++b) a.loss[r0 + b] = out[b];
+    if (!grad) return;
+    const V vcg = vset<T>(T(a.grad_scale / tau));
+    const V vw = mode == 0 ? zero : lanes_from_f64<T>(accw.v);  // (beta = 1: the loss)
+    for (int64_t j = 0; j < n; ++j) {
+      const V q = vload(es + j * W) * rss;
+      const V gv = mode == 0 ? vcg * (q - vload(et + j * W) * rst)  // (Q - P) / T
+                             : vcg * (vload(sb + j * W) - q * vw);  // (w - Q sum w) / T
+      vstore(sb + j * W, gv);
+    }
+    bool fill_row[W];
+    T fill[W];
+    for (int b = 0; b < W; ++b) {
+      fill_row[b] = out[b] != out[b] && b < nb;
+      fill[b] = T(kNaN);
+    }
+    row_offsets(a.lg, r0, nb, off);
+    scatter_lanes(a.grad, a.lg, off, nb, sb, fill_row, fill);
+  });
+}
+
 template <class S>
 void jensen_shannon_impl(const JsdArgs<S>& a) {
   using T = compute_t<S>;
   using V = vec_t<T>;
   constexpr int W = vec_width<T>;
   const int64_t n = a.ls.n1;
+  if (n <= kJsdNarrowMax) return jensen_shannon_narrow(a);
   const double tau = a.temperature, beta = a.beta;
   const T inv = T(1.0 / tau);
   const int mode = beta == 0.0 ? 0 : beta == 1.0 ? 1 : 2;

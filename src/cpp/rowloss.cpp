@@ -505,6 +505,26 @@ void sparsemax_loss_impl(const SparsemaxLossArgs<S>& a) {
 // (in cache), and the term pass and the gradient pass read those back. A row with NaN or
 // +inf, or whose student or teacher logits are all -inf, gives NaN.
 // ---------------------------------------------------------------------------------------------
+// The general case's term beta P A + (1 - beta) Q B, and w = (1 - beta) Q B, from delta:
+// A = log P - log M, B = log Q - log M = delta + A, with M = beta P + (1 - beta) Q:
+//   delta <= 0: A = -log1p((1 - beta) expm1(delta)),  B = delta + A
+//   delta >  0: B = -log1p(beta expm1(-delta)),        A = B - delta
+// (expm1 and log1p keep the accuracy of nearly equal P and Q; arguments > -1). vb, vb1: beta
+// and 1 - beta.
+template <class T, class V = vec_t<T>>
+FL_ALWAYS_INLINE V jsd_mixed_term(V p, V q, V delta, V vb, V vb1, V& wv) {
+  const V zero = vset<T>(0), one = vset<T>(1), small = vset<T>(T(0.34657359027997265));
+  const auto neg = delta <= zero;
+  const V x = vselect(neg, delta, zero - delta);  // -|delta| (NaN stays NaN)
+  const V em1 = vselect(zero - x < small, expm1_poly(x), vexp_capped(x) - one);
+  const V l = zero - vlog1p(vselect(neg, vb1, vb) * em1);
+  const V A = vselect(neg, l, l - delta), B = vselect(neg, delta + l, l);
+  const V tp = vselect(p == zero, zero, p * A);
+  const V tq = vselect(q == zero, zero, q * B);
+  wv = vb1 * tq;
+  return vb * tp + wv;
+}
+
 template <int kMode, class T>  // kMode 0: beta = 0, 1: beta = 1, 2: general
 double jsd_terms(const T* s, const T* t, int64_t n, T ms, T mt, T inv, double log_ss,
                  double log_st, const T* es, const T* et, double ss, double st, double beta,
@@ -518,7 +538,6 @@ double jsd_terms(const T* s, const T* t, int64_t n, T ms, T mt, T inv, double lo
   // logits' differences first, the constant once in float64 (equal rows give exactly 0)
   const V vc = vset<T>(T(log_st - log_ss));
   const V vb = vset<T>(T(beta)), vb1 = vset<T>(T(1.0 - beta));
-  const V small = vset<T>(T(0.34657359027997265)), one = vset<T>(1);
   for (int64_t j = 0; j < n; j += W) {
     const int64_t cnt = n - j < W ? n - j : W;
     const bool full = cnt == W;
@@ -535,19 +554,7 @@ double jsd_terms(const T* s, const T* t, int64_t n, T ms, T mt, T inv, double lo
       term = vselect(q == zero, zero, q * delta);  // Q (log Q - log P)
       wv = term;
     } else {
-      // A = log P - log M, B = log Q - log M = delta + A, with M = beta P + (1 - beta) Q:
-      //   delta <= 0: A = -log1p((1 - beta) expm1(delta)),  B = delta + A
-      //   delta >  0: B = -log1p(beta expm1(-delta)),        A = B - delta
-      // (expm1 and log1p keep the accuracy of nearly equal P and Q; arguments > -1)
-      const auto neg = delta <= zero;
-      const V x = vselect(neg, delta, zero - delta);  // -|delta| (NaN stays NaN)
-      const V em1 = vselect(zero - x < small, expm1_poly(x), vexp_capped(x) - one);
-      const V l = zero - vlog1p(vselect(neg, vb1, vb) * em1);
-      const V A = vselect(neg, l, l - delta), B = vselect(neg, delta + l, l);
-      const V tp = vselect(p == zero, zero, p * A);
-      const V tq = vselect(q == zero, zero, q * B);
-      wv = vb1 * tq;
-      term = vb * tp + wv;
+      term = jsd_mixed_term<T>(p, q, delta, vb, vb1, wv);
     }
     acc.add_partial(term);
     if constexpr (kMode != 0) {
@@ -581,9 +588,8 @@ void jensen_shannon_narrow(const JsdArgs<S>& a) {
   const int64_t n = a.ls.n1;
   const double tau = a.temperature, beta = a.beta;
   const int mode = beta == 0.0 ? 0 : beta == 1.0 ? 1 : 2;
-  const V vinv = vset<T>(T(1.0 / tau)), zero = vset<T>(0), one = vset<T>(1);
+  const V vinv = vset<T>(T(1.0 / tau)), zero = vset<T>(0);
   const V vb = vset<T>(T(beta)), vb1 = vset<T>(T(1.0 - beta));
-  const V small = vset<T>(T(0.34657359027997265));
   const bool grad = a.grad != nullptr;
   parallel_row_blocks(a.ls.rows(), 2 * n * kExpWork, W, [&](int64_t r0, int nb) {
     // sb, tb: the logits (sb then w_j and the gradient); es, et: their exps
@@ -631,16 +637,8 @@ void jensen_shannon_narrow(const JsdArgs<S>& a) {
       } else if (mode == 1) {
         term = vselect(q == zero, zero, q * delta);  // Q (log Q - log P)
         wv = term;
-      } else {  // (jsd_terms' general case)
-        const auto neg = delta <= zero;
-        const V x = vselect(neg, delta, zero - delta);  // -|delta| (NaN stays NaN)
-        const V em1 = vselect(zero - x < small, expm1_poly(x), vexp_capped(x) - one);
-        const V l = zero - vlog1p(vselect(neg, vb1, vb) * em1);
-        const V A = vselect(neg, l, l - delta), B = vselect(neg, delta + l, l);
-        const V tp = vselect(p == zero, zero, p * A);
-        const V tq = vselect(q == zero, zero, q * B);
-        wv = vb1 * tq;
-        term = vb * tp + wv;
+      } else {
+        term = jsd_mixed_term<T>(p, q, delta, vb, vb1, wv);
       }
       acc.add(term);
       if (mode != 0) {

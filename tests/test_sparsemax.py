@@ -335,6 +335,27 @@ def test_multiclass_dtypes_and_extremes(rng):
     assert np.isnan(loss[0]) and np.isnan(g[0]).all() and loss[1] == 2.0
 
 
+@pytest.mark.parametrize("margin", [1.0, 0.0, 2.0])
+@pytest.mark.parametrize("C", [2, 5, 16, 17, 64])
+def test_multiclass_lanes_ties_and_bad_rows(rng, isa, C, margin):
+    """The lane kernel's per-lane epilogue (up to 64 classes): small integer scores make z = 0
+    and tied rivals common; NaN rows; full blocks and a short last one (37 rows), float32 and
+    float64, against the reference exactly."""
+    s = rng.integers(-2, 3, size=(37, C)).astype(np.float64)
+    s[4, 0] = np.nan
+    t = rng.integers(0, C, size=37)
+    want, wg = ref.multiclass_hinge_loss(s, t, margin=margin, reduction="none", return_grad=True)
+    for dt in (np.float64, np.float32):
+        got, g = fl.multiclass_hinge_loss(s.astype(dt), t, margin=margin, reduction="none",
+                                          return_grad=True)
+        assert np.isnan(got[4]) and np.isnan(g[4]).all()
+        ok = np.arange(37) != 4
+        np.testing.assert_array_equal(got[ok], want[ok])
+        np.testing.assert_array_equal(g[ok], wg[ok].astype(dt))
+        np.testing.assert_array_equal(
+            fl.multiclass_hinge_loss(s.astype(dt), t, margin=margin, reduction="none"), got)
+
+
 def test_multiclass_bad_input():
     s = np.zeros((3, 4))
     with pytest.raises(IndexError, match="out of range"):

@@ -204,14 +204,16 @@ void class_margin_narrow(const ClassMarginArgs<S>& a) {
     if (a.lx.n2 == 1) prefetch_bytes(a.target + r0 + 4 * W, W * int64_t(sizeof(int64_t)));
     if (a.grad) prefetch_block(a.grad, a.lg, r0, W);
     load_block(a.x, a.lx, r0, nb, xb, off);
-    alignas(64) T tgt[W];
-    bool bad[W];
-    for (int b = 0; b < W; ++b) {
-      const int64_t t = b < nb ? a.target[r0 + b] : 0;
-      bad[b] = t < 0 || t >= n;  // rejected before the call; a NaN row if one slips through
-      tgt[b] = bad[b] ? T(-1) : T(t);
+    // targets as lanes (-1, and a flag, for an index outside [0, n): rejected before the call,
+    // a NaN row if one slips through; a short block padded with class 0, never written)
+    alignas(64) int64_t tpad[W];
+    const int64_t* tp = a.target + r0;
+    if (nb < W) {
+      for (int b = 0; b < W; ++b) tpad[b] = b < nb ? a.target[r0 + b] : 0;
+      tp = tpad;
     }
-    const V tv = vload(tgt), zero = vset<T>(0), one = vset<T>(1);
+    const TargetLanes<T> tg = target_lanes<T>(tp, n, -1);  // (-1 "ignored" or not: bad)
+    const V tv = tg.t, zero = vset<T>(0), one = vset<T>(1);
     V xt = zero, m = vset<T>(-kInf<T>), nan = zero;
     for (int64_t j = 0; j < n; ++j) {
       const V v = vload(xb + j * W);
@@ -224,28 +226,36 @@ void class_margin_narrow(const ClassMarginArgs<S>& a) {
     if (a.grad)
       for (int64_t j = 0; j < n; ++j)
         cnt += vselect((vload(xb + j * W) == m) & (tv != vset<T>(T(j))), one, zero);
-    alignas(64) double md[W], xd[W], nd[W], cd[W];
-    to_f64_lanes(m, md);
-    to_f64_lanes(xt, xd);
-    to_f64_lanes(nan, nd);
-    to_f64_lanes(cnt, cd);
-    alignas(64) T share[W], gy[W];
+    // per float64 lane: z = (m - s_y) + margin, the loss max(z, 0) (NaN for a bad row), and
+    // the gradient's shares (the row kernel's operations)
+    constexpr int K = TargetLanes<T>::K, WD = vec_width<double>;
+    f64v md[K], xd[K], nd[K], cd[K], share64[K], gy64[K];
+    lanes_f64<T>(m, md), lanes_f64<T>(xt, xd), lanes_f64<T>(nan, nd), lanes_f64<T>(cnt, cd);
+    alignas(64) double lbuf[W], nanbuf[W];
+    double* lout = nb == W ? a.loss + r0 : lbuf;
+    const f64v f0 = vset<double>(0.0), f1 = vset<double>(1.0), gs = vset<double>(a.grad_scale);
+    for (int k = 0; k < K; ++k) {
+      const f64v z = (md[k] - xd[k]) + a.margin;
+      const auto is_nan = (tg.ign64[k] + tg.inv64[k] != f0) | (nd[k] != f0) | (z != z);
+      vstore(lout + k * WD, vselect(is_nan, f0 + kNaN, vselect(z > f0, z, f0)));
+      if (!a.grad) continue;
+      vstore(nanbuf + k * WD, vselect(is_nan, f1, f0));
+      const auto with_y = z <= f0, with_others = (z >= f0) & (cd[k] > f0);
+      const f64v kk = vselect(with_others, cd[k], f0) + vselect(with_y, f1, f0);
+      const f64v ks = vselect(kk == f0, f1, kk);  // (no share at all: no division)
+      share64[k] = vselect(with_others, gs / ks, f0);
+      gy64[k] = gs * (vselect(with_y, f1 / ks, f0) - f1);
+    }
+    if (nb < W) std::memcpy(a.loss + r0, lbuf, sizeof(double) * size_t(nb));
     bool fill_row[W];
     T fill[W];
-    for (int b = 0; b < W; ++b) {
-      // z = (m - s_y) + margin in float64
-      const double z = (md[b] - xd[b]) + a.margin;
-      const bool is_nan = bad[b] || nd[b] != 0 || z != z;
-      if (b < nb) a.loss[r0 + b] = is_nan ? kNaN : (z > 0 ? z : 0.0);
-      const bool with_y = z <= 0, with_others = z >= 0 && cd[b] > 0;
-      const double k = (with_others ? cd[b] : 0.0) + (with_y ? 1.0 : 0.0);
-      share[b] = with_others ? T(a.grad_scale / k) : T(0);
-      gy[b] = T(a.grad_scale * ((with_y ? 1.0 / k : 0.0) - 1.0));
-      fill_row[b] = is_nan && b < nb;
-      fill[b] = T(kNaN);
-    }
+    if (a.grad)
+      for (int b = 0; b < W; ++b) {
+        fill_row[b] = nanbuf[b] != 0.0 && b < nb;
+        fill[b] = T(kNaN);
+      }
     if (!a.grad) return;
-    const V vs = vload(share), vgy = vload(gy);
+    const V vs = lanes_from_f64<T>(share64), vgy = lanes_from_f64<T>(gy64);
     for (int64_t j = 0; j < n; ++j) {
       const V v = vload(xb + j * W);
       const auto is_y = tv == vset<T>(T(j));

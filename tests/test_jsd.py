@@ -271,6 +271,7 @@ def test_jsd_lane_kernel(rng, isa, restore_threads, C, beta):
         li, gi = fl.jensen_shannon_with_logits(xi, y, beta=beta, temperature=1.5,
                                                reduction="none", return_grad=True, grad_out=xi)
         np.testing.assert_array_equal(li, loss)
+        assert gi is xi
         np.testing.assert_array_equal(xi, g)
         np.testing.assert_array_equal(
             fl.jensen_shannon_with_logits(x, y, beta=beta, temperature=1.5, reduction="none"),

@@ -319,14 +319,14 @@ void kl_div_with_logits_narrow(const KlLogitsArgs<S>& a) {
   parallel_row_blocks(a.ls.rows(), 2 * n * kExpWork, W, [&](int64_t r0, int nb) {
     alignas(64) T sb[kKlNarrowMax * W], tb[kKlNarrowMax * W];
     int64_t off[W] = {};
-    // The next block's rows (the one after next for blocks up to 1 KB), as the cross-entropy
-    // lane kernel's. AVX-512, two threads, 50M float32 logits, against none: 0.58-0.61 the
-    // time at 17 and 32 classes, 0.82 at 64, 0.94 at 100 (with the gradient 0.55-0.95). Two
+    // The rows one block ahead (four for blocks up to 1 KB), where the cross-entropy lane
+    // kernel's go two. AVX-512, two threads, 50M float32 logits, against none: 0.54-0.61 the
+    // time at 17 and 32 classes, 0.76 at 64, 0.91 at 100 (with the gradient 0.55-0.98). Two
     // blocks ahead (three arrays' blocks and the two tiles crowd L1) took 1.04-1.26 the time
     // of one from 24 to 100 classes, into L2 (prefetcht1) 1.02-1.38.
     prefetch_block(a.student, a.ls, r0, W, 1);
     prefetch_block(a.teacher, a.lt, r0, W, 1);
-    if (grad) prefetch_block(a.grad, a.lg, r0, W, 1);  // (its lines are read first)  // (its lines are read first)
+    if (grad) prefetch_block(a.grad, a.lg, r0, W, 1);  // (its lines are read first)
     load_block(a.student, a.ls, r0, nb, sb, off);
     load_block(a.teacher, a.lt, r0, nb, tb, off);
     const LaneMax<T> ms = lane_max(sb, n, false), mt = lane_max(tb, n, false);

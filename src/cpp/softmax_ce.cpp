@@ -199,15 +199,12 @@ RowSums row_sums(const S* x, int64_t begin, int64_t end, T m, const CoefRow<T, C
           x0 = vselect(pos == IV{}, vset<T>(-kInf<T>), x0);
           x1 = vselect(pos == IV{} - 1, vset<T>(-kInf<T>), x1);
         }
-      } else {
-        load(j0, W, x0, c0, kMask);
-        load(j1, W, x1, c1, kMask);
-      }
-      if constexpr (kPair) {
         const V e0 = step(x0, c0, j0, W, mx0, pe0, pcd0, pc0, std::false_type{});
         const V e1 = step(x1, c1, j1, W, mx1, pe1, pcd1, pc1, std::false_type{});
         if constexpr (kKeep) vstore_interleaved(e_row + j0, e0, e1);
       } else {
+        load(j0, W, x0, c0, kMask);
+        load(j1, W, x1, c1, kMask);
         step(x0, c0, j0, W, mx0, pe0, pcd0, pc0, std::true_type{});
         step(x1, c1, j1, W, mx1, pe1, pcd1, pc1, std::true_type{});
       }

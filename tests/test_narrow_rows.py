@@ -215,6 +215,76 @@ def test_small_class_kernel_same_bits_for_every_layout(rng, isa, threads, dtype,
         np.testing.assert_allclose(loss2[ok], ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
+@pytest.mark.parametrize("C", [63, 64, 65, 100, 128, 129, 200, 256, 257])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # (z-loss of huge rows)
+def test_rows_in_vectors_same_bits_as_the_lane_kernel(rng, isa, threads, C):
+    """float32 cross-entropy of 64 to 256 classes sums each row's exps by lane: rows back to
+    back (taken in vectors, on AVX-512) give the bits of a row stride, Fortran order, the
+    (N, C, H, W) class axis and bfloat16 logits (the lane kernel, rows in lanes), with and
+    without the gradient, in place, with class weights, a z-loss and the focal term, and with
+    lse; for ordinary, huge, NaN, +-inf, ignored, invalid-free confident rows and a partial
+    block. 63 and 257 classes (other kernels) stay in the list as the boundaries."""
+    rows = 16 * 3 + 5
+    x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
+    x = x.astype(np.float32)
+    t = rng.integers(0, C, rows)
+    t[[0, 9]] = -100
+    x[2, 1] = np.nan
+    x[3, :] = -np.inf
+    x[4, 0] = np.inf
+    x[5, t[5]] = -np.inf
+    x[6, :] = 0.0
+    x[6, t[6]] = 100.0
+    x[7, t[7]] = np.nan
+    x[8, :] = -np.inf
+    x[8, t[8]] = 40.0
+    x[10, :] = np.float32(3e38)
+    w = rng.uniform(0.5, 2.0, C)
+    wide = np.full((rows, C + 3), 7.0, np.float32)
+    wide[:, :C] = x
+    nchw = np.ascontiguousarray(x.reshape(1, rows, C).transpose(0, 2, 1))  # (1, C, rows)
+    calls = [
+        (fl.cross_entropy, {}),
+        (fl.cross_entropy, {"weight": w}),
+        (fl.cross_entropy, {"z_loss": 1e-3}),
+        (fl.softmax_focal_loss, {"gamma": 2.0}),
+    ]
+    for f, kw in calls:
+        name = f"{f.__name__} {sorted(kw)}"
+        loss, grad = f(x, t, reduction="none", return_grad=True, **kw)
+        for other in (wide[:, :C], np.asfortranarray(x)):
+            loss_o, grad_o = f(other, t, reduction="none", return_grad=True, **kw)
+            np.testing.assert_array_equal(loss_o, loss, err_msg=name)
+            np.testing.assert_array_equal(grad_o, grad, err_msg=name)
+            np.testing.assert_array_equal(np.signbit(grad_o), np.signbit(grad), err_msg=name)
+        loss_n, grad_n = f(nchw, t[None], axis=1, reduction="none", return_grad=True, **kw)
+        np.testing.assert_array_equal(loss_n[0], loss, err_msg=name)
+        np.testing.assert_array_equal(grad_n[0].T, grad, err_msg=name)
+        np.testing.assert_array_equal(f(x, t, reduction="none", **kw), loss, err_msg=name)
+        x2 = x.copy()
+        loss2, grad2 = f(x2, t, reduction="none", return_grad=True, grad_out=x2, **kw)
+        np.testing.assert_array_equal(loss2, loss, err_msg=name)
+        np.testing.assert_array_equal(grad2, grad, err_msg=name)
+        for reduction in ("mean", "sum"):
+            np.testing.assert_array_equal(f(x, t, reduction=reduction, **kw),
+                                          f(np.asfortranarray(x), t, reduction=reduction, **kw),
+                                          err_msg=name)
+        ok = (t != -100) & np.isfinite(x).all(axis=1) & (np.abs(x) < 1e30).all(axis=1)
+        want, want_g = getattr(reference, f.__name__)(x[ok], t[ok], reduction="none",
+                                                      return_grad=True, **kw)
+        np.testing.assert_allclose(loss[ok], want, rtol=2e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(grad[ok], want_g, rtol=2e-6, atol=1e-6, err_msg=name)
+    with np.errstate(invalid="ignore"):
+        r = fl.cross_entropy(x, t, reduction="none", return_lse=True)
+    np.testing.assert_array_equal(r.loss, fl.cross_entropy(x, t, reduction="none"))
+    xb = x.astype(ml_dtypes.bfloat16)
+    loss_b, grad_b = fl.cross_entropy(xb, t, reduction="none", return_grad=True)
+    loss_f, grad_f = fl.cross_entropy(xb.astype(np.float32), t, reduction="none",
+                                      return_grad=True)
+    np.testing.assert_array_equal(loss_b, loss_f)
+    np.testing.assert_array_equal(grad_b, grad_f.astype(ml_dtypes.bfloat16))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_small_class_focal_same_bits_as_lane_kernel(rng, isa, threads, dtype):
     """softmax_focal_loss without alpha, 2 to 16 classes: ce_index_small with the focal term.

@@ -174,6 +174,151 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// float32 rows of kByLaneMin to kByLaneMax classes, plain cross-entropy sums (no class
+// coefficients): S' is summed "by lane". Row-major, a row is NV = ceil(n / W) vectors; lane l
+// holds classes l, l + W, l + 2 W, ... Each lane's terms (the target's and the padding's 0)
+// are added in groups of eight vectors, ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
+// (shorter groups: the same tree without the missing terms), each group widened into that
+// lane's float64 sum; then the lanes are folded in halves (lane l + lane l + W/2, then the
+// same on the float64 lanes until one is left). ce_index_narrow's class loop adds the terms
+// of such rows in that order too (kByLane), so a row gives the same bits whether its classes
+// lie back to back (ce_rows_by_lane: rows in vectors, no transpose) or a stride apart (the
+// lane kernel, rows in lanes).
+// AVX-512 only (AVX2's 16 registers hold too few rows' vectors). Against the lane kernel's
+// transposed blocks, float32, one thread in cache: loss 0.90-0.93 the time from 64 to 128
+// classes, 0.89-0.93 from 150 to 256, with the gradient 0.80-0.86; two threads over 100M
+// logits, see the changelog. Below 64 classes (a row of three vectors or a part-filled
+// fourth) rows in vectors measured slower (1.05-1.2 at 40 to 56 classes); each row's R rows
+// go in step, unrolled (rolled, the rows' vectors went through the stack: 1.1 the time).
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kByLaneMin = 64, kByLaneMax = 256;
+#if defined(__AVX512F__)
+constexpr bool kByLaneIsa = true;
+#else
+constexpr bool kByLaneIsa = false;  // (AVX2, SSE2: the lane kernel's order, no rows in vectors)
+#endif
+
+// The four-term tree of the by-lane order over t[0 .. c) (c = 1 .. 4).
+template <class V> FL_ALWAYS_INLINE V by_lane_tree4(const V* t, int c) {
+  if (c == 1) return t[0];
+  if (c == 2) return t[0] + t[1];
+  if (c == 3) return (t[0] + t[1]) + t[2];
+  return (t[0] + t[1]) + (t[2] + t[3]);
+}
+// A group of c = 1 .. 8 terms.
+template <class V> FL_ALWAYS_INLINE V by_lane_group(const V* t, int c) {
+  return c <= 4 ? by_lane_tree4(t, c) : by_lane_tree4(t, 4) + by_lane_tree4(t + 4, c - 4);
+}
+
+// The lanes of float64 lanes lo (lanes 0 .. W/2 - 1 of a float vector) and hi folded in halves.
+FL_ALWAYS_INLINE double by_lane_fold(f64v lo, f64v hi) {
+  f64v s = lo + hi;
+#if defined(__AVX512F__)
+  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(__m512d(s)),
+                                   _mm512_extractf64x4_pd(__m512d(s), 1));
+  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+#elif defined(__AVX__)
+  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(__m256d(s)),
+                                _mm256_extractf128_pd(__m256d(s), 1));
+#else
+  const __m128d s2 = __m128d(s);
+#endif
+  return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+}
+
+#if defined(__AVX512F__)
+// The maximum of a float vector's lanes, in every lane (NaN lanes may or may not win: the
+// callers flag rows with a NaN by their sums).
+FL_ALWAYS_INLINE f32v hmax_all(f32v v) {
+#if defined(__AVX512F__)
+  __m512 m = __m512(v);
+  m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0x4e));
+  m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0xb1));
+  m = _mm512_max_ps(m, _mm512_permute_ps(m, 0x4e));
+  return f32v(_mm512_max_ps(m, _mm512_permute_ps(m, 0xb1)));
+#else
+  __m256 m = __m256(v);
+  m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 0x01));
+  m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4e));
+  return f32v(_mm256_max_ps(m, _mm256_permute_ps(m, 0xb1)));
+#endif
+}
+
+// Rows in vectors: for rows b < nb at x + off[b] (classes back to back), NV vectors of W
+// classes each (n classes, n > (NV - 1) W): the row's maximum m[b], S' (by lane, without the
+// target's term: tgt[b] a class or -1) in sp[b], and the target's logit in xt[b] (0 without
+// one). With e, the row's exps are kept at e + b NV W (the target's 0, the padding's 0).
+// R rows go in step (independent chains for the out-of-order core).
+template <int NV, int R>
+FL_ALWAYS_INLINE void ce_rows_by_lane_step(const float* x, const int64_t* off, int b0,
+                                           int64_t n, const float* tgt, float* m, float* xt,
+                                           double* sp, float* e) {
+  constexpr int W = vec_width<float>;
+  const int64_t tail = n - int64_t(NV - 1) * W;
+  f32v v[R][NV], mv[R];
+  int t[R];
+  _Pragma("GCC unroll 16")
+  for (int i = 0; i < R; ++i) {
+    const float* p = x + off[b0 + i];
+    _Pragma("GCC unroll 16")
+    for (int k = 0; k < NV - 1; ++k) v[i][k] = vload(p + k * W);
+    v[i][NV - 1] = load_partial(p + (NV - 1) * W, tail, -std::numeric_limits<float>::infinity());
+    t[i] = int(tgt[b0 + i]);
+    xt[b0 + i] = t[i] >= 0 ? p[t[i]] : 0.0f;
+  }
+  _Pragma("GCC unroll 16")
+  for (int i = 0; i < R; ++i) {
+    f32v a = v[i][0], c = NV > 1 ? v[i][1] : v[i][0];
+    _Pragma("GCC unroll 16")
+    for (int k = 2; k < NV; k += 2) {
+      a = vmax<float>(a, v[i][k]);
+      if (k + 1 < NV) c = vmax<float>(c, v[i][k + 1]);
+    }
+    mv[i] = hmax_all(vmax<float>(a, c));
+  }
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  _Pragma("GCC unroll 16")
+  for (int i = 0; i < R; ++i) {
+    f32v ev[NV];
+    const unsigned tk = unsigned(t[i]) / W, tbit = 1u << (unsigned(t[i]) % W);
+    _Pragma("GCC unroll 16")
+    for (int k = 0; k < NV; ++k) {
+      // (the target's slot -inf: its exp 0)
+      const __mmask16 hit = __mmask16(tk == unsigned(k) ? tbit : 0u);
+      const f32v xk = f32v(_mm512_mask_mov_ps(__m512(v[i][k]), hit, ninf));
+      ev[k] = vexp_capped(xk - mv[i]);
+      if (e) vstore(e + (b0 + i) * NV * W + k * W, ev[k]);
+    }
+    f64v lo{}, hi{};
+    _Pragma("GCC unroll 16")
+    for (int k = 0; k < NV; k += 8) add_widened(by_lane_group(ev + k, NV - k < 8 ? NV - k : 8), lo, hi);
+    sp[b0 + i] = by_lane_fold(lo, hi);
+    m[b0 + i] = mv[i][0];
+  }
+}
+
+template <int NV>
+void ce_rows_by_lane(const float* x, const int64_t* off, int nb, int64_t n, const float* tgt,
+                     float* m, float* xt, double* sp, float* e) {
+  constexpr int R = NV <= 4 ? 4 : NV <= 8 ? 2 : 1;
+  int b = 0;
+  for (; b + R <= nb; b += R) ce_rows_by_lane_step<NV, R>(x, off, b, n, tgt, m, xt, sp, e);
+  for (; b < nb; ++b) ce_rows_by_lane_step<NV, 1>(x, off, b, n, tgt, m, xt, sp, e);
+}
+
+// ce_rows_by_lane for n classes (kByLaneMin .. kByLaneMax).
+inline void ce_rows_by_lane_n(const float* x, const int64_t* off, int nb, int64_t n,
+                              const float* tgt, float* m, float* xt, double* sp, float* e) {
+  constexpr int W = vec_width<float>;
+  const int64_t nv = (n + W - 1) / W;
+  constexpr int lo = int((kByLaneMin + W - 1) / W), hi = int((kByLaneMax + W - 1) / W);
+  with_class_count_to<lo, hi>(nv, [&](auto nv_c) {
+    ce_rows_by_lane<decltype(nv_c)::value>(x, off, nb, n, tgt, m, xt, sp, e);
+  });
+}
+#endif
+
 template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, double Wsum) {
   using T = compute_t<S>;
   using V = vec_t<T>;
@@ -192,13 +337,25 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   // 0.90-0.97 from 17 to 256, AVX2 0.82-0.97, with the gradient 0.98-1.02 and 0.90-1.00.
   const bool defer_logs = C != Coef::kWeight && !a.focal && z == 0 && !a.lse && !a.weight;
   constexpr int64_t kGroupRows = 8 * W;
+  // float32 sums without class coefficients from kByLaneMin to kByLaneMax classes: by lane
+  // (see ce_rows_by_lane), and rows whose classes lie back to back are taken in vectors
+  // (row_path; not for token accuracy or lse, which need the lane kernel's maximum flags)
+  constexpr bool kByLane = kByLaneIsa && std::is_same_v<T, float> && C == Coef::kNone;
+  const bool by_lane = kByLane && n >= kByLaneMin && n <= kByLaneMax;
+  constexpr bool kRows = kByLane && std::is_same_v<S, float>;
+  const bool row_path = kRows && by_lane && a.lx.s1 == 1 &&
+                        (!grad || a.lg.s1 == 1) && !a.correct && !a.lse;
+  const int64_t nvw = (n + W - 1) / W * W;  // (row_path: a row's vectors, in floats)
   auto block = [&](int64_t r0, int nb, double* defer) {
     alignas(64) T xb[kNarrowMaxClasses * W];
     int64_t off[W] = {};
     prefetch_block(a.x, a.lx, r0, W);
     if (a.lx.n2 == 1) prefetch_bytes(a.target + r0 + 4 * W, W * int64_t(sizeof(int64_t)));
     if (grad) prefetch_block(a.grad, a.lg, r0, W);  // (written in place: its lines are read first)
-    load_block(a.x, a.lx, r0, nb, xb, off);
+    if (row_path)
+      row_offsets(a.lx, r0, nb, off);
+    else
+      load_block(a.x, a.lx, r0, nb, xb, off);
     // Targets as compute-type lanes (exact: classes < 2^24); -1 for ignored rows and padding
     // (padding lanes are never written out).
     alignas(64) int64_t traw[W];
@@ -219,7 +376,23 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     const bool need_ignored = a.weight || a.correct || a.lse || grad;
     if (need_ignored)
       for (int b = 0; b < W; ++b) ignored[b] = tgt[b] < T(0);
-    const LaneMax<T> mx = lane_max(xb, n, a.correct != nullptr);
+    alignas(64) double sp[W];  // S' per row
+    alignas(64) T rm[W], rxt[W];  // (row_path: the rows' maxima and target logits)
+    LaneMax<T> mx{};
+    if constexpr (kRows) {
+      if (row_path) {
+        ce_rows_by_lane_n(a.x, off, nb, n, tgt, rm, rxt, sp, grad ? xb : nullptr);
+        if (nb < W)
+          for (int b = nb; b < W; ++b) rm[b] = rxt[b] = T(0), sp[b] = 0.0;
+        mx.m = vload(rm);
+        // (a row with a NaN: its S' or its target's logit is NaN, and so is x_t + S'; the
+        // lane kernel's nan_seen is read for that flag only, lse and accuracy not taking
+        // this path)
+        if constexpr (std::is_same_v<T, float>)
+          mx.nan_seen = vload(rxt) + narrow(vload(sp), vload(sp + WD));
+      }
+    }
+    if (!row_path) mx = lane_max(xb, n, a.correct != nullptr);
     const V m = mx.m;
     if (a.correct) {  // token accuracy: NumPy's argmax (first maximum; a NaN is the largest)
       alignas(64) T first[W], nan_seen[W];
@@ -241,7 +414,13 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     // (exp 0): the class loop then sums S' with no per-class compare and selects. (Fewer
     // classes: the per-block scalar work costs more than it saves. Label smoothing reads every
     // x_c, the target's included: it selects.) Both give the same bits.
-    const bool mask_t = C == Coef::kNone && n >= kMaskTargetMin;
+    const bool mask_t = C == Coef::kNone && n >= kMaskTargetMin && !row_path;
+    if constexpr (kRows) {
+      if (row_path) {  // the target's logit and exp(x_t - m) (0 without a target)
+        xt = vload(rxt);
+        et = vselect(tv < vset<T>(0), vset<T>(0), vexp_capped(xt - m));
+      }
+    }
     if (mask_t) {
       alignas(64) T xtb[W], etb[W];
       for (int b = 0; b < W; ++b) {
@@ -298,7 +477,36 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
       }
       for (; j < n; ++j) se.add(e(j, vset<T>(T(j))));
     };
-    if (mask_t) {
+    // by lane (kByLane): lane l's terms, then the lanes folded in halves (ce_rows_by_lane's
+    // order; the class count is at least kMaskTargetMin: the target masked)
+    auto by_lane_loop = [&](auto kGrad) {
+      alignas(64) double pl[W * W];  // lane l's float64 sums of the block's rows at pl + l W
+      const int64_t nv = (n + W - 1) / W;
+      for (int l = 0; l < W; ++l) {
+        LaneSum<T> acc;
+        for (int64_t k0 = 0; k0 < nv; k0 += 8) {
+          V t[8];
+          int c = 0;
+          for (int64_t k = k0; k < k0 + 8 && l + k * W < n; ++k)
+            t[c++] = term(l + k * W, V{}, kGrad, std::true_type{});
+          if (c) acc.add(by_lane_group(t, c));
+        }
+        acc.store(pl + l * W);
+      }
+      for (int h = W / 2; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l)
+          for (int k = 0; k < W; k += WD)
+            vstore(pl + l * W + k, vload(pl + l * W + k) + vload(pl + (l + h) * W + k));
+      std::memcpy(sp, pl, sizeof(sp));
+    };
+    static_assert(kByLaneMin >= kMaskTargetMin);
+    if (row_path) {
+    } else if (by_lane) {
+      if (grad)
+        by_lane_loop(std::true_type{});
+      else
+        by_lane_loop(std::false_type{});
+    } else if (mask_t) {
       if (grad)
         class_loop(std::true_type{}, std::true_type{});
       else
@@ -312,8 +520,8 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     // Epilogue in float64 lanes. exp(x_t - m) is the class loop's, or the same vexp_capped
     // taken aside (in the compute type: for float32 its rounding moves log S by at most
     // p_t * 2^-23, below the float32 result's ulp).
-    alignas(64) double sp[W], cd[W], m64[W], xt64[W], et64[W], nan64[W], wt[W], ct[W];
-    se.store(sp);
+    alignas(64) double cd[W], m64[W], xt64[W], et64[W], nan64[W], wt[W], ct[W];
+    if (!by_lane) se.store(sp);
     if constexpr (C != Coef::kNone) scd.store(cd);
     to_f64_lanes(m, m64);
     to_f64_lanes(xt, xt64);
@@ -442,6 +650,23 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     for (int b = 0; b < W; ++b) {
       gs[b] = T(ps[b] * sum_inv[b]);
       gt[b] = T(-tc[b] * omp[b] + (ps[b] - tc[b]) * pt[b] - g * eps_c * ct[b]);
+    }
+    if constexpr (kRows) {
+      if (row_path) {  // the rows' kept exps times gs, the target's entry gt
+        int64_t goff[W] = {};
+        row_offsets(a.lg, r0, nb, goff);
+        const int64_t tail = n - (nvw - W);
+        for (int b = 0; b < nb; ++b) {
+          S* gp = a.grad + goff[b];
+          const T* eb = xb + b * nvw;
+          const V s = vset<T>(fill_row[b] ? fill[b] : gs[b]);  // (a filled row: s itself)
+          for (int64_t k = 0; k + W < nvw; k += W)
+            vstore_as(gp + k, fill_row[b] ? s : s * vload(eb + k));
+          store_partial(gp + (nvw - W), tail, fill_row[b] ? s : s * vload(eb + nvw - W));
+          if (!fill_row[b]) gp[int64_t(tgt[b])] = from_compute<S>(gt[b]);
+        }
+        return;
+      }
     }
     const V vgs = vload(gs), vgt = vload(gt), vd = vset<T>(T(g * eps_c));
     V jv = vset<T>(0);

@@ -186,11 +186,13 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
 // lie back to back (ce_rows_by_lane: rows in vectors, no transpose) or a stride apart (the
 // lane kernel, rows in lanes).
 // AVX-512 only (AVX2's 16 registers hold too few rows' vectors). Against the lane kernel's
-// transposed blocks, float32, one thread in cache: loss 0.90-0.93 the time from 64 to 128
-// classes, 0.89-0.93 from 150 to 256, with the gradient 0.80-0.86; two threads over 100M
-// logits, see the changelog. Below 64 classes (a row of three vectors or a part-filled
-// fourth) rows in vectors measured slower (1.05-1.2 at 40 to 56 classes); each row's R rows
-// go in step, unrolled (rolled, the rows' vectors went through the stack: 1.1 the time).
+// transposed blocks, float32, paired runs: two threads over 100M logits, the loss 0.83-0.87
+// the time from 128 to 200 classes, 0.96-1.04 at 64 to 100 and 256, with the gradient
+// 0.80-0.96 from 80 to 256 (1.00 at 64); one thread in cache, the loss 0.91-1.03, with the
+// gradient 0.85-0.97. Below 64 classes (rows of three vectors, or a part-filled fourth) rows
+// in vectors took 1.05-1.2 the time at 40 to 56 classes. R rows go in step, unrolled (left
+// rolled, their vectors went through the stack: 1.1 the time); the prefetch of the block
+// ahead stays (without it, 1.4-2 the time over 100M logits).
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kByLaneMin = 64, kByLaneMax = 256;
 #if defined(__AVX512F__)
@@ -211,38 +213,24 @@ template <class V> FL_ALWAYS_INLINE V by_lane_group(const V* t, int c) {
   return c <= 4 ? by_lane_tree4(t, c) : by_lane_tree4(t, 4) + by_lane_tree4(t + 4, c - 4);
 }
 
-// The lanes of float64 lanes lo (lanes 0 .. W/2 - 1 of a float vector) and hi folded in halves.
-FL_ALWAYS_INLINE double by_lane_fold(f64v lo, f64v hi) {
-  f64v s = lo + hi;
 #if defined(__AVX512F__)
-  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(__m512d(s)),
-                                   _mm512_extractf64x4_pd(__m512d(s), 1));
+// The lanes of float64 lanes lo (lanes 0 .. 7 of a float vector) and hi folded in halves:
+// lane i + lane i + 8, then i + (i + 4), i + (i + 2), 0 + 1.
+FL_ALWAYS_INLINE double by_lane_fold(f64v lo, f64v hi) {
+  const __m512d s = __m512d(lo + hi);
+  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
   const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-#elif defined(__AVX__)
-  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(__m256d(s)),
-                                _mm256_extractf128_pd(__m256d(s), 1));
-#else
-  const __m128d s2 = __m128d(s);
-#endif
   return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
 }
 
-#if defined(__AVX512F__)
 // The maximum of a float vector's lanes, in every lane (NaN lanes may or may not win: the
 // callers flag rows with a NaN by their sums).
 FL_ALWAYS_INLINE f32v hmax_all(f32v v) {
-#if defined(__AVX512F__)
   __m512 m = __m512(v);
   m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0x4e));
   m = _mm512_max_ps(m, _mm512_shuffle_f32x4(m, m, 0xb1));
   m = _mm512_max_ps(m, _mm512_permute_ps(m, 0x4e));
   return f32v(_mm512_max_ps(m, _mm512_permute_ps(m, 0xb1)));
-#else
-  __m256 m = __m256(v);
-  m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 0x01));
-  m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4e));
-  return f32v(_mm256_max_ps(m, _mm256_permute_ps(m, 0xb1)));
-#endif
 }
 
 // Rows in vectors: for rows b < nb at x + off[b] (classes back to back), NV vectors of W
@@ -292,7 +280,8 @@ FL_ALWAYS_INLINE void ce_rows_by_lane_step(const float* x, const int64_t* off, i
     }
     f64v lo{}, hi{};
     _Pragma("GCC unroll 16")
-    for (int k = 0; k < NV; k += 8) add_widened(by_lane_group(ev + k, NV - k < 8 ? NV - k : 8), lo, hi);
+    for (int k = 0; k < NV; k += 8)
+      add_widened(by_lane_group(ev + k, NV - k < 8 ? NV - k : 8), lo, hi);
     sp[b0 + i] = by_lane_fold(lo, hi);
     m[b0 + i] = mv[i][0];
   }

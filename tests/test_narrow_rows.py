@@ -39,6 +39,22 @@ def _batch(rng, rows, C, dtype, special=True):
     return x, t
 
 
+def _extreme_rows(rng, rows, C, dtype, ignore_index):
+    """Rows of ordinary, huge (x 30, x 1e30) logits with rows 0 and 9 ignored, a NaN in row 2,
+    an all -inf row 3, +inf in row 4, row 5's target -inf and row 6 zeros but its target 100."""
+    x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
+    x = x.astype(dtype)
+    t = rng.integers(0, C, rows)
+    t[[0, 9]] = ignore_index
+    x[2, 1] = np.nan
+    x[3, :] = -np.inf
+    x[4, 0] = np.inf
+    x[5, t[5]] = -np.inf
+    x[6, :] = 0.0
+    x[6, t[6]] = 100.0
+    return x, t
+
+
 def _check_ce(x, t, **kw):
     dtype = x.dtype.type
     rtol, atol = TOL[dtype]
@@ -171,16 +187,7 @@ def test_small_class_kernel_same_bits_for_every_layout(rng, isa, threads, dtype,
     place. (Its arithmetic is ce_index_narrow's, operation for operation.)"""
     for C in range(3, 18):
         rows = 16 * 3 + 5
-        x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
-        x = x.astype(dtype)
-        t = rng.integers(0, C, rows)
-        t[[0, 9]] = ignore_index
-        x[2, 1] = np.nan
-        x[3, :] = -np.inf
-        x[4, 0] = np.inf
-        x[5, t[5]] = -np.inf
-        x[6, :] = 0.0
-        x[6, t[6]] = 100.0
+        x, t = _extreme_rows(rng, rows, C, dtype, ignore_index)
         x[rows - 1, t[rows - 1]] = 50.0
         wide = np.full((rows, C + 3), 7.0, dtype)
         wide[:, :C] = x
@@ -225,16 +232,7 @@ def test_rows_in_vectors_same_bits_as_the_lane_kernel(rng, isa, threads, C):
     lse; for ordinary, huge, NaN, +-inf, ignored, invalid-free confident rows and a partial
     block. 63 and 257 classes (other kernels) stay in the list as the boundaries."""
     rows = 16 * 3 + 5
-    x = rng.normal(0.0, 3.0, (rows, C)) * rng.choice([1.0, 30.0, 1e30], (rows, 1))
-    x = x.astype(np.float32)
-    t = rng.integers(0, C, rows)
-    t[[0, 9]] = -100
-    x[2, 1] = np.nan
-    x[3, :] = -np.inf
-    x[4, 0] = np.inf
-    x[5, t[5]] = -np.inf
-    x[6, :] = 0.0
-    x[6, t[6]] = 100.0
+    x, t = _extreme_rows(rng, rows, C, np.float32, -100)
     x[7, t[7]] = np.nan
     x[8, :] = -np.inf
     x[8, t[8]] = 40.0

@@ -190,9 +190,9 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
 // the time from 128 to 200 classes, 0.96-1.04 at 64 to 100 and 256, with the gradient
 // 0.80-0.96 from 80 to 256 (1.00 at 64); one thread in cache, the loss 0.91-1.03, with the
 // gradient 0.85-0.97. Below 64 classes (rows of three vectors, or a part-filled fourth) rows
-// in vectors took 1.05-1.2 the time at 40 to 56 classes. R rows go in step, unrolled (left
-// rolled, their vectors went through the stack: 1.1 the time); the prefetch of the block
-// ahead stays (without it, 1.4-2 the time over 100M logits).
+// in vectors took 1.13-1.2 the time in cache at 40 to 56 classes. R rows go in step,
+// unrolled (left rolled, their vectors went through the stack: 1.1 the time); the prefetch
+// of the block ahead stays (without it, 1.25-2.4 the time over 100M logits).
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kByLaneMin = 64, kByLaneMax = 256;
 #if defined(__AVX512F__)

@@ -175,8 +175,8 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
 }
 
 // ---------------------------------------------------------------------------------------------
-// float32 rows of kByLaneMin to kByLaneMax classes, plain cross-entropy sums (no class
-// coefficients): S' is summed "by lane". Row-major, a row is NV = ceil(n / W) vectors; lane l
+// Rows of kByLaneMin to kByLaneMax classes computed in float32 (float32 and 16-bit logits),
+// plain cross-entropy sums (no class coefficients): S' is summed "by lane". Row-major, a row is NV = ceil(n / W) vectors; lane l
 // holds classes l, l + W, l + 2 W, ... Each lane's terms (the target's and the padding's 0)
 // are added in groups of eight vectors, ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
 // (shorter groups: the same tree without the missing terms), each group widened into that
@@ -184,17 +184,21 @@ void finish_smoothed_group(const double* defer, double* loss, int64_t r0, int64_
 // same on the float64 lanes until one is left). ce_index_narrow's class loop adds the terms
 // of such rows in that order too (kByLane), so a row gives the same bits whether its classes
 // lie back to back (ce_rows_by_lane: rows in vectors, no transpose) or a stride apart (the
-// lane kernel, rows in lanes).
+// lane kernel, rows in lanes), and bfloat16 logits keep float32's bits.
 // AVX-512 only (AVX2's 16 registers hold too few rows' vectors). Against the lane kernel's
-// transposed blocks, float32, paired runs: two threads over 100M logits, the loss 0.83-0.87
-// the time from 128 to 200 classes, 0.96-1.04 at 64 to 100 and 256, with the gradient
-// 0.80-0.96 from 80 to 256 (1.00 at 64); one thread in cache, the loss 0.91-1.03, with the
-// gradient 0.85-0.97. Below 64 classes (rows of three vectors, or a part-filled fourth) rows
-// in vectors took 1.13-1.2 the time in cache at 40 to 56 classes. R rows go in step,
+// transposed blocks, float32, paired runs: two threads over 100M logits, the loss 0.79-0.87
+// the time from 128 to 200 classes, 0.96-1.00 at 100 and 256, with the gradient 0.80-0.96
+// from 100 to 256; one thread in cache, the loss 0.91-1.03, with the gradient 0.85-0.93.
+// The lane kernel pays for the by-lane order (a sum per lane, then the fold): an (N, C, H,
+// W) class axis took 1.01-1.05 the time at 100 to 256 classes. bfloat16 rows (in vectors)
+// took 0.93-1.08 the time, with the gradient 0.86-1.01. From 64 to 96 classes rows in
+// vectors gained nothing on the loss (0.96-1.04, with the gradient 0.91-1.00) and the lane
+// kernel's by-lane order cost 3-11%, so they start above six vectors; at 40 to 56 classes
+// rows in vectors took 1.13-1.2 the time in cache. R rows go in step,
 // unrolled (left rolled, their vectors went through the stack: 1.1 the time); the prefetch
 // of the block ahead stays (without it, 1.25-2.4 the time over 100M logits).
 // ---------------------------------------------------------------------------------------------
-constexpr int64_t kByLaneMin = 64, kByLaneMax = 256;
+constexpr int64_t kByLaneMin = 97, kByLaneMax = 256;
 #if defined(__AVX512F__)
 constexpr bool kByLaneIsa = true;
 #else
@@ -238,8 +242,8 @@ FL_ALWAYS_INLINE f32v hmax_all(f32v v) {
 // target's term: tgt[b] a class or -1) in sp[b], and the target's logit in xt[b] (0 without
 // one). With e, the row's exps are kept at e + b NV W (the target's 0, the padding's 0).
 // R rows go in step (independent chains for the out-of-order core).
-template <int NV, int R>
-FL_ALWAYS_INLINE void ce_rows_by_lane_step(const float* x, const int64_t* off, int b0,
+template <int NV, int R, class S>
+FL_ALWAYS_INLINE void ce_rows_by_lane_step(const S* x, const int64_t* off, int b0,
                                            int64_t n, const float* tgt, float* m, float* xt,
                                            double* sp, float* e) {
   constexpr int W = vec_width<float>;
@@ -248,12 +252,12 @@ FL_ALWAYS_INLINE void ce_rows_by_lane_step(const float* x, const int64_t* off, i
   int t[R];
   _Pragma("GCC unroll 16")
   for (int i = 0; i < R; ++i) {
-    const float* p = x + off[b0 + i];
+    const S* p = x + off[b0 + i];
     _Pragma("GCC unroll 16")
-    for (int k = 0; k < NV - 1; ++k) v[i][k] = vload(p + k * W);
+    for (int k = 0; k < NV - 1; ++k) v[i][k] = vload_as(p + k * W);
     v[i][NV - 1] = load_partial(p + (NV - 1) * W, tail, -std::numeric_limits<float>::infinity());
     t[i] = int(tgt[b0 + i]);
-    xt[b0 + i] = t[i] >= 0 ? p[t[i]] : 0.0f;
+    xt[b0 + i] = t[i] >= 0 ? to_compute(p[t[i]]) : 0.0f;
   }
   _Pragma("GCC unroll 16")
   for (int i = 0; i < R; ++i) {
@@ -287,23 +291,24 @@ FL_ALWAYS_INLINE void ce_rows_by_lane_step(const float* x, const int64_t* off, i
   }
 }
 
-template <int NV>
-void ce_rows_by_lane(const float* x, const int64_t* off, int nb, int64_t n, const float* tgt,
+template <int NV, class S>
+void ce_rows_by_lane(const S* x, const int64_t* off, int nb, int64_t n, const float* tgt,
                      float* m, float* xt, double* sp, float* e) {
   constexpr int R = NV <= 4 ? 4 : NV <= 8 ? 2 : 1;
   int b = 0;
-  for (; b + R <= nb; b += R) ce_rows_by_lane_step<NV, R>(x, off, b, n, tgt, m, xt, sp, e);
-  for (; b < nb; ++b) ce_rows_by_lane_step<NV, 1>(x, off, b, n, tgt, m, xt, sp, e);
+  for (; b + R <= nb; b += R) ce_rows_by_lane_step<NV, R, S>(x, off, b, n, tgt, m, xt, sp, e);
+  for (; b < nb; ++b) ce_rows_by_lane_step<NV, 1, S>(x, off, b, n, tgt, m, xt, sp, e);
 }
 
 // ce_rows_by_lane for n classes (kByLaneMin .. kByLaneMax).
-inline void ce_rows_by_lane_n(const float* x, const int64_t* off, int nb, int64_t n,
+template <class S>
+void ce_rows_by_lane_n(const S* x, const int64_t* off, int nb, int64_t n,
                               const float* tgt, float* m, float* xt, double* sp, float* e) {
   constexpr int W = vec_width<float>;
   const int64_t nv = (n + W - 1) / W;
   constexpr int lo = int((kByLaneMin + W - 1) / W), hi = int((kByLaneMax + W - 1) / W);
   with_class_count_to<lo, hi>(nv, [&](auto nv_c) {
-    ce_rows_by_lane<decltype(nv_c)::value>(x, off, nb, n, tgt, m, xt, sp, e);
+    ce_rows_by_lane<decltype(nv_c)::value, S>(x, off, nb, n, tgt, m, xt, sp, e);
   });
 }
 #endif
@@ -327,11 +332,12 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
   const bool defer_logs = C != Coef::kWeight && !a.focal && z == 0 && !a.lse && !a.weight;
   constexpr int64_t kGroupRows = 8 * W;
   // float32 sums without class coefficients from kByLaneMin to kByLaneMax classes: by lane
-  // (see ce_rows_by_lane), and rows whose classes lie back to back are taken in vectors
-  // (row_path; not for token accuracy or lse, which need the lane kernel's maximum flags)
+  // (see ce_rows_by_lane), and rows whose classes lie back to back (float32 or 16-bit) are
+  // taken in vectors (row_path; not for token accuracy or lse, which need the lane kernel's
+  // maximum flags)
   constexpr bool kByLane = kByLaneIsa && std::is_same_v<T, float> && C == Coef::kNone;
   const bool by_lane = kByLane && n >= kByLaneMin && n <= kByLaneMax;
-  constexpr bool kRows = kByLane && std::is_same_v<S, float>;
+  constexpr bool kRows = kByLane;  // (float32 and 16-bit logits)
   const bool row_path = kRows && by_lane && a.lx.s1 == 1 &&
                         (!grad || a.lg.s1 == 1) && !a.correct && !a.lse;
   const int64_t nvw = (n + W - 1) / W * W;  // (row_path: a row's vectors, in floats)
@@ -469,16 +475,28 @@ template <class S, Coef C> void ce_index_narrow(const CrossEntropyArgs<S>& a, do
     // by lane (kByLane): lane l's terms, then the lanes folded in halves (ce_rows_by_lane's
     // order; the class count is at least kMaskTargetMin: the target masked)
     auto by_lane_loop = [&](auto kGrad) {
-      alignas(64) double pl[W * W];  // lane l's float64 sums of the block's rows at pl + l W
       const int64_t nv = (n + W - 1) / W;
+      const int64_t tail = n - (nv - 1) * W;  // (lanes l < tail hold nv terms, the rest nv - 1)
+      // the tree of by_lane_tree4 over lane l's terms k .. k + c - 1 (c = 1 .. 4), as values
+      auto tree4 = [&](int l, int64_t k, int64_t c) {
+        auto e = [&](int64_t q) { return term(l + q * W, V{}, kGrad, std::true_type{}); };
+        const V t0 = e(k);
+        if (c == 1) return t0;
+        const V t1 = e(k + 1);
+        if (c == 2) return t0 + t1;
+        const V t2 = e(k + 2);
+        if (c == 3) return (t0 + t1) + t2;
+        return (t0 + t1) + (t2 + e(k + 3));
+      };
+      alignas(64) double pl[W * W];  // lane l's float64 sums of the block's rows at pl + l W
       for (int l = 0; l < W; ++l) {
+        const int64_t cnt = l < tail ? nv : nv - 1;
         LaneSum<T> acc;
-        for (int64_t k0 = 0; k0 < nv; k0 += 8) {
-          V t[8];
-          int c = 0;
-          for (int64_t k = k0; k < k0 + 8 && l + k * W < n; ++k)
-            t[c++] = term(l + k * W, V{}, kGrad, std::true_type{});
-          if (c) acc.add(by_lane_group(t, c));
+        for (int64_t k0 = 0; k0 < cnt; k0 += 8) {
+          const int64_t c = cnt - k0 < 8 ? cnt - k0 : 8;  // (by_lane_group of c terms)
+          V g = tree4(l, k0, c < 4 ? c : 4);
+          if (c > 4) g = g + tree4(l, k0 + 4, c - 4);
+          acc.add(g);
         }
         acc.store(pl + l * W);
       }
